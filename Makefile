@@ -1,0 +1,54 @@
+# mri-anomaly: the README's commands. Everything runs inside .venv (created on first use, reused after).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-out
+JOBS ?= 2
+
+.PHONY: setup test pytest ctest cuda-check demo bench lint clean info
+
+setup: $(STAMP)
+
+# torch==2.13.0 goes in first and alone: the machine has a local CPU wheel for it, and an unpinned
+# torch would pull several GB of CUDA wheels. The package is installed editable with
+# --no-build-isolation so the extension compiles against exactly this torch.
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: $(VENV)/bin/python constraints.txt
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -c constraints.txt numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML pytest ninja setuptools wheel
+	touch $@
+
+$(STAMP): $(VENV)/.deps pyproject.toml setup.py $(CSRC)
+	MAX_JOBS=$(JOBS) $(PIP) install -q -c constraints.txt --no-build-isolation --no-deps -e .
+	touch $@
+
+# C++ kernel tests (ctest) and, where nvcc exists, the sm_90 compile check of the CUDA kernels.
+ctest: $(VENV)/.deps
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$(abspath $(PY)) > build-cmake.log 2>&1 || (cat build-cmake.log; exit 1)
+	cmake --build build/cmake -j $(JOBS) >> build-cmake.log 2>&1 || (cat build-cmake.log; exit 1)
+	ctest --test-dir build/cmake --output-on-failure
+
+pytest: $(STAMP)
+	$(PY) -m pytest -q
+
+test: $(STAMP) ctest pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/mri-anomaly demo --out $(DEMO_OUT)
+
+bench: $(STAMP)
+	$(PY) benchmarks/flow_step.py
+	$(PY) benchmarks/glow_step.py
+	$(PY) benchmarks/deep_sad_labels.py
+
+info: $(STAMP)
+	$(VENV)/bin/mri-anomaly info
+
+clean:
+	rm -rf build build-cmake.log python/mri_anomaly/*.so *.egg-info python/*.egg-info

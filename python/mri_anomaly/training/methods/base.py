@@ -1,0 +1,108 @@
+"""The contract between the trainer and a method (Glow, Deep SAD/SVDD, latent-norm autoencoder).
+
+A method is an ``nn.Module`` that owns its networks, so a checkpoint is ``method.state_dict()``.
+The :class:`~mri_anomaly.training.Trainer` runs the method's phases in order (for example
+``("pretrain", "train")`` for Deep SAD, ``("general", "in")`` for a Glow likelihood ratio); per phase
+it calls :meth:`begin_phase` once (data-dependent init, centre, weight copies), then
+:meth:`training_loss` on each batch and steps an optimiser over :meth:`phase_parameters`.
+Scoring calls :meth:`score`; every score is oriented higher = more anomalous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Batch = dict[str, Any]
+"""A collated batch from the datasets: ``image`` (N, C, *spatial) float32 in [0, 1], and where known
+``label`` (N,), ``semi_target`` (N,) in {-1, 0, 1}, ``mask`` (N, 1, *spatial), ``subject_id`` list."""
+
+
+@dataclass
+class ScoreOutput:
+    """Per-sample scores ``{name: (N,)}`` and optional maps ``{name: (N, 1, *spatial)}`` on the model grid."""
+
+    scores: dict[str, torch.Tensor]
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AnomalyMethod(nn.Module):
+    """Base class of every method. Subclasses set ``name``, ``phases`` and implement the hooks.
+
+    Args:
+        spatial_dims: 2 (axial slices) or 3 (volumes).
+        in_channels: image channels.
+    """
+
+    name: ClassVar[str] = "base"
+    phases: ClassVar[tuple[str, ...]] = ("train",)
+    score_names: ClassVar[tuple[str, ...]] = ()
+    map_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spatial_dims: int, in_channels: int = 1) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+
+    @classmethod
+    def from_config(cls, spatial_dims: int, in_channels: int, params: dict[str, Any]) -> AnomalyMethod:
+        """Build from the ``model`` section of a validated config (keyword arguments of ``__init__``)."""
+        return cls(spatial_dims=spatial_dims, in_channels=in_channels, **params)
+
+    def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
+        """Once at the start of ``phase``: data-dependent init etc. ``batches`` iterates training batches."""
+
+    def end_phase(self, phase: str) -> None:
+        """Once at the end of ``phase``."""
+
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        """The parameters the optimiser updates in ``phase`` (default: all that require grad)."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
+        """The 0-dim loss of one batch in ``phase``. ``general_batch`` comes from the datalist's
+        ``general`` section when the method asks for it (:attr:`uses_general_data`)."""
+        raise NotImplementedError
+
+    def uses_general_data(self, phase: str) -> bool:
+        """Whether ``phase`` trains on (or needs batches from) the ``general`` section."""
+        return False
+
+    def phase_data_section(self, phase: str) -> str:
+        """The datalist section whose batches ``training_loss`` receives as ``batch`` in ``phase``."""
+        return "training"
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> ScoreOutput:
+        """Scores (and maps, where the method has them) of one batch, higher = more anomalous."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[AnomalyMethod]] = {}
+
+
+def register_method(cls: type[AnomalyMethod]) -> type[AnomalyMethod]:
+    """Class decorator: make a method available to configs under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method_class(name: str) -> type[AnomalyMethod]:
+    """The method class registered as ``name``; a clear error lists the known names."""
+    from mri_anomaly.training import methods  # noqa: F401  (imports every method module, which registers)
+
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; known methods: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def available_methods() -> list[str]:
+    from mri_anomaly.training import methods  # noqa: F401
+
+    return sorted(_REGISTRY)

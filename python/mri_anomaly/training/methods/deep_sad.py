@@ -1,0 +1,269 @@
+"""``deep-sad``: Deep SAD (Ruff et al., ICLR 2020), and Deep SVDD (ICML 2018) when there are no labels.
+
+Phases:
+
+* ``"pretrain"``: a bias-free autoencoder (the Deep SAD encoder + a mirrored decoder) is trained with the
+  mean squared error on the training images as they come (labelled ones included, as in the reference;
+  no synthetic lesions).
+* ``"train"``: :meth:`DeepSADMethod.begin_phase` copies the pretrained encoder into φ (strictly, every
+  tensor) and sets the centre c to the mean embedding (eval mode) of the training images that are not
+  known anomalies, ``|c_k| < center_eps`` pushed to ``±center_eps``; c then stays fixed. Each batch is
+  trained with :func:`~mri_anomaly.models.deep_sad_loss` (or the soft-boundary loss).
+
+Labelled samples come from two places:
+
+* the batch's ``semi_target`` (the datalist's ``semi_target``: +1 known normal, −1 known anomaly, 0 or
+  absent = unlabelled);
+* synthetic anomalies, when ``gamma_l > 0``: in each ``"train"`` batch, ``k`` unlabelled samples chosen at
+  random get a synthetic lesion (``mri_anomaly.data.RandLesion``) and ``semi_target = −1``, where ``k`` is
+  ``gamma_l · N`` rounded stochastically (``floor`` plus one with probability equal to the fractional
+  part), so **γ_l is the expected fraction of every training batch that is a labelled (synthetic)
+  anomaly** — the paper's ``γ_l = m / (n + m)``. Unlike the paper, whose m labelled anomalies are a fixed
+  set, the lesions are new at every step (random place, size, kind).
+
+The score is ``deep_sad_dist``, the squared distance ``‖φ(x) − c‖²`` (higher = more anomalous).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mri_anomaly.models import DeepSAD, deep_sad_loss, soft_boundary_loss, soft_boundary_radius
+from mri_anomaly.training.methods.base import AnomalyMethod, Batch, ScoreOutput, register_method
+
+__all__ = ["DeepSADMethod", "batch_images", "batch_semi_targets"]
+
+_OBJECTIVES = ("one-class", "soft-boundary")
+
+
+def batch_images(batch: Batch, spatial_dims: int, in_channels: int, device: torch.device) -> torch.Tensor:
+    """The batch's ``image`` as a plain float32 tensor (N, C, *spatial) on ``device``.
+
+    Raises:
+        KeyError: if the batch has no ``image``.
+        ValueError: if its shape does not fit ``spatial_dims`` / ``in_channels``.
+    """
+    if "image" not in batch:
+        raise KeyError(f"batch has no 'image' entry (keys: {sorted(batch)})")
+    image = batch["image"]
+    if hasattr(image, "as_tensor"):  # MONAI MetaTensor: drop the metadata tracking in the model
+        image = image.as_tensor()
+    image = torch.as_tensor(image).to(device=device, dtype=torch.float32)
+    if image.ndim != spatial_dims + 2 or image.shape[1] != in_channels:
+        raise ValueError(
+            f"batch['image'] must be (N, {in_channels}, *spatial) with {spatial_dims} spatial dims, "
+            f"got shape {tuple(image.shape)}"
+        )
+    return image
+
+
+def batch_semi_targets(batch: Batch, n: int, device: torch.device) -> torch.Tensor:
+    """The batch's ``semi_target`` as an int64 (N,) tensor, zeros (all unlabelled) when absent.
+
+    Raises:
+        ValueError: if it has the wrong length or values outside {−1, 0, 1}.
+    """
+    if batch.get("semi_target") is None:
+        return torch.zeros(n, dtype=torch.long, device=device)
+    semi_target = torch.as_tensor(batch["semi_target"]).reshape(-1).to(device=device, dtype=torch.long)
+    if semi_target.numel() != n:
+        raise ValueError(f"batch['semi_target'] must have {n} values (one per image), got {semi_target.numel()}")
+    if not bool(((semi_target >= -1) & (semi_target <= 1)).all()):
+        raise ValueError(f"batch['semi_target'] values must be -1, 0 or 1, got {semi_target.unique().tolist()}")
+    return semi_target
+
+
+def _default_lesion_transform(options: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        from mri_anomaly.data import RandLesion
+    except ImportError as err:  # pragma: no cover - only while the data package is incomplete
+        raise RuntimeError(f"gamma_l > 0 needs mri_anomaly.data.RandLesion, which cannot be imported: {err}") from err
+    lesion = RandLesion(prob=1.0, **options)
+
+    def insert(image: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(lesion(image))
+
+    return insert
+
+
+@register_method
+class DeepSADMethod(AnomalyMethod):
+    """Deep SAD / Deep SVDD as an :class:`AnomalyMethod` (see the module docstring for phases and labels).
+
+    Args:
+        spatial_dims: 2 (slices (N, C, H, W)) or 3 (volumes (N, C, H, W, D)); sizes divisible by
+            ``2 ** len(channels)``.
+        in_channels: image channels.
+        rep_dim: embedding size of φ.
+        channels: encoder channels per level (each level halves the size).
+        kernel_size: odd convolution kernel size.
+        pooled_size: adaptive-pool grid before the linear layer (int or one per spatial dim).
+        negative_slope: LeakyReLU slope.
+        eta: weight η of the labelled terms (> 0).
+        eps: ε inside ``(dist + ε)^(±1)`` (> 0).
+        center_eps: centre coordinates with smaller magnitude are pushed to ``±center_eps``.
+        objective: ``"one-class"`` (Deep SVDD / Deep SAD) or ``"soft-boundary"`` (Deep SVDD with radius R;
+            takes no labels).
+        nu: ν of the soft-boundary objective, in (0, 1].
+        radius_warmup_steps: soft-boundary: R stays 0 for this many ``"train"`` steps, then is set on every
+            batch to the (1 − ν)-quantile of the batch's distances (as in Deep SVDD's warm-up epochs).
+        gamma_l: expected fraction of each ``"train"`` batch replaced by synthetic labelled anomalies, in [0, 1).
+        lesion: keyword arguments of ``mri_anomaly.data.RandLesion`` for the synthetic anomalies.
+
+    Raises:
+        ValueError: for an argument out of range, naming it.
+    """
+
+    name = "deep-sad"
+    phases = ("pretrain", "train")
+    score_names = ("deep_sad_dist",)
+    map_names = ()
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int = 1,
+        rep_dim: int = 32,
+        channels: list[int] | tuple[int, ...] = (16, 32, 64),
+        kernel_size: int = 3,
+        pooled_size: int | list[int] = 4,
+        negative_slope: float = 0.01,
+        eta: float = 1.0,
+        eps: float = 1e-6,
+        center_eps: float = 0.1,
+        objective: str = "one-class",
+        nu: float = 0.1,
+        radius_warmup_steps: int = 100,
+        gamma_l: float = 0.0,
+        lesion: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(spatial_dims, in_channels)
+        if eta <= 0:
+            raise ValueError(f"eta must be > 0, got {eta}")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if center_eps < 0:
+            raise ValueError(f"center_eps must be >= 0, got {center_eps}")
+        if objective not in _OBJECTIVES:
+            raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+        if not 0 < nu <= 1:
+            raise ValueError(f"nu must be in (0, 1], got {nu}")
+        if not 0 <= gamma_l < 1:
+            raise ValueError(f"gamma_l must be in [0, 1), got {gamma_l}")
+        if objective == "soft-boundary" and gamma_l > 0:
+            raise ValueError("objective 'soft-boundary' is one-class Deep SVDD and takes no labels: set gamma_l = 0")
+        self.eta = float(eta)
+        self.eps = float(eps)
+        self.center_eps = float(center_eps)
+        self.objective = objective
+        self.nu = float(nu)
+        self.radius_warmup_steps = int(radius_warmup_steps)
+        self.gamma_l = float(gamma_l)
+        self.lesion_options = dict(lesion or {})
+        self.net = DeepSAD(
+            spatial_dims,
+            in_channels,
+            rep_dim,
+            channels=tuple(channels),
+            kernel_size=kernel_size,
+            pooled_size=pooled_size,
+            negative_slope=negative_slope,
+        )
+        self.autoencoder: nn.Module = self.net.autoencoder()
+        self.register_buffer("train_steps", torch.tensor(0, dtype=torch.long))
+        self._lesion_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.center.device
+
+    @property
+    def lesion_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Inserts one synthetic lesion into one image (C, *spatial); ``RandLesion(**lesion)`` unless set."""
+        if self._lesion_transform is None:
+            self._lesion_transform = _default_lesion_transform(self.lesion_options)
+        return self._lesion_transform
+
+    @lesion_transform.setter
+    def lesion_transform(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._lesion_transform = transform
+
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        """``"pretrain"``: the autoencoder's parameters; ``"train"``: those of φ."""
+        module = {"pretrain": self.autoencoder, "train": self.net}.get(phase)
+        if module is None:
+            raise ValueError(f"unknown phase {phase!r}; deep-sad phases are {self.phases}")
+        return (p for p in module.parameters() if p.requires_grad)
+
+    def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
+        """``"train"``: copy the pretrained encoder into φ and fix the centre on ``batches``."""
+        if phase == "pretrain":
+            return
+        if phase != "train":
+            raise ValueError(f"unknown phase {phase!r}; deep-sad phases are {self.phases}")
+        self.net.load_pretrained_encoder(self.autoencoder)
+
+        def normal_images() -> Iterator[torch.Tensor]:
+            for batch in batches:
+                x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
+                keep = batch_semi_targets(batch, x.shape[0], self.device) != -1
+                if bool(keep.any()):
+                    yield x[keep]
+
+        self.net.init_center(normal_images(), eps=self.center_eps)
+
+    def labelled_batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and semi-targets of a ``"train"`` batch, after inserting synthetic anomalies (γ_l).
+
+        Returns:
+            ``(x (N, C, *spatial), semi_target (N,) int64)``; the batch itself is not modified.
+        """
+        x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
+        semi_target = batch_semi_targets(batch, x.shape[0], self.device)
+        if self.gamma_l == 0:
+            return x, semi_target
+        expected = self.gamma_l * x.shape[0]
+        count = math.floor(expected) + int(torch.rand(()).item() < expected - math.floor(expected))
+        candidates = torch.nonzero(semi_target == 0).flatten()
+        chosen = candidates[torch.randperm(candidates.numel(), device=candidates.device)[:count]]
+        if chosen.numel():
+            x = x.clone()
+            semi_target = semi_target.clone()
+            for i in chosen.tolist():
+                x[i] = self.lesion_transform(x[i]).to(x)
+            semi_target[chosen] = -1
+        return x, semi_target
+
+    def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
+        """``"pretrain"``: autoencoder MSE; ``"train"``: Deep SAD (or soft-boundary Deep SVDD) loss."""
+        if phase == "pretrain":
+            x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
+            x_hat, _ = self.autoencoder(x)
+            return F.mse_loss(x_hat, x)
+        if phase != "train":
+            raise ValueError(f"unknown phase {phase!r}; deep-sad phases are {self.phases}")
+        if not bool(self.net.center_initialized):
+            raise RuntimeError("the centre is not initialised: begin_phase('train', batches) must run first")
+        x, semi_target = self.labelled_batch(batch)
+        dist = self.net.distance(x)
+        self.train_steps += 1
+        if self.objective == "one-class":
+            return deep_sad_loss(dist, semi_target, eta=self.eta, eps=self.eps)
+        if bool((semi_target != 0).any()):
+            raise ValueError("objective 'soft-boundary' takes no labels, but the batch has non-zero semi_target")
+        loss = soft_boundary_loss(dist, self.net.radius, self.nu)
+        if int(self.train_steps) > self.radius_warmup_steps:
+            self.net.radius.copy_(soft_boundary_radius(dist, self.nu))
+        return loss
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> ScoreOutput:
+        """``deep_sad_dist`` (N,): squared distance of φ(x) to c."""
+        x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
+        return ScoreOutput(scores={"deep_sad_dist": self.net.score(x)})

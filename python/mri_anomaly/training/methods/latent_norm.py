@@ -1,0 +1,82 @@
+"""``latent-norm-ae``: the latent-norm ("targeted collapse", Toll) autoencoder of Ghafourian et al.
+
+One phase, ``"train"``, minimising the batch mean of ``‖x − x̂‖₂ + β‖z‖₂``. Scores ``latent_norm`` (the
+same expression per sample) and the voxel map ``residual`` = ``|x − x̂|`` (averaged over channels).
+
+β: for our [0, 1] inputs the default ``beta = 1.0`` makes the two terms comparable on 40×48 slices
+(reconstruction norm of a few units); on volumes the reconstruction norm is ~√(number of slices) times
+larger, so β must grow by that factor for the same balance. See :mod:`mri_anomaly.models.latent_norm`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mri_anomaly.models import LatentNormAutoEncoder
+from mri_anomaly.training.methods.base import AnomalyMethod, Batch, ScoreOutput, register_method
+from mri_anomaly.training.methods.deep_sad import batch_images
+
+__all__ = ["LatentNormMethod"]
+
+
+@register_method
+class LatentNormMethod(AnomalyMethod):
+    """Latent-norm autoencoder as an :class:`AnomalyMethod`.
+
+    Args:
+        spatial_dims: 2 (slices (N, C, H, W)) or 3 (volumes (N, C, H, W, D)); sizes divisible by
+            ``2 ** len(channels)``.
+        in_channels: image channels.
+        latent_dim: size of the code z.
+        beta: weight of ``‖z‖₂`` (>= 0).
+        channels, kernel_size, pooled_size, negative_slope: of the bias-free encoder/decoder.
+
+    Raises:
+        ValueError: for an argument out of range, naming it.
+    """
+
+    name = "latent-norm-ae"
+    phases = ("train",)
+    score_names = ("latent_norm",)
+    map_names = ("residual",)
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int = 1,
+        latent_dim: int = 32,
+        beta: float = 1.0,
+        channels: list[int] | tuple[int, ...] = (16, 32, 64),
+        kernel_size: int = 3,
+        pooled_size: int | list[int] = 4,
+        negative_slope: float = 0.01,
+    ) -> None:
+        super().__init__(spatial_dims, in_channels)
+        self.net = LatentNormAutoEncoder(
+            spatial_dims,
+            in_channels,
+            latent_dim,
+            beta=beta,
+            channels=tuple(channels),
+            kernel_size=kernel_size,
+            pooled_size=pooled_size,
+            negative_slope=negative_slope,
+        )
+
+    def _images(self, batch: Batch) -> torch.Tensor:
+        return batch_images(batch, self.spatial_dims, self.in_channels, next(self.net.parameters()).device)
+
+    def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
+        """Batch mean of ``‖x − x̂‖₂ + β‖z‖₂``."""
+        if phase != "train":
+            raise ValueError(f"unknown phase {phase!r}; latent-norm-ae phases are {self.phases}")
+        return self.net.loss(self._images(batch))
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> ScoreOutput:
+        """``latent_norm`` (N,) and the map ``residual`` (N, 1, *spatial)."""
+        score, residual = self.net.score_and_residual(self._images(batch))
+        return ScoreOutput(scores={"latent_norm": score}, maps={"residual": residual.mean(dim=1, keepdim=True)})
+
+    def extra_repr(self) -> str:
+        return f"beta={self.net.beta}"

@@ -1,0 +1,221 @@
+// ATen glue of the flow-step ops: schemas (TORCH_LIBRARY), argument checks, CPU registrations.
+// The maths lives in the torch-free kernels (csrc/kernels/flow_step_cpu.h); CUDA registrations are in
+// flow_step_cuda.cpp (built with WITH_CUDA only).
+#include "torch/flow_step_checks.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "kernels/flow_step_cpu.h"
+
+// Fortran BLAS as exported by libtorch_cpu (MKL or OpenBLAS). Weak, so that a torch built without
+// BLAS still loads the extension and the kernels fall back to LoopGemm.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace mri_anomaly {
+namespace {
+
+template <typename T>
+struct BlasGemm {
+  void operator()(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                  int64_t ldb, T beta, T* c, int64_t ldc) const {
+    const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+    const int m_ = int(m), n_ = int(n), k_ = int(k), lda_ = int(lda), ldb_ = int(ldb), ldc_ = int(ldc);
+    const T one = T(1);
+    if constexpr (std::is_same_v<T, float>) {
+      sgemm_(&ta, &tb, &m_, &n_, &k_, &one, a, &lda_, b, &ldb_, &beta, c, &ldc_);
+    } else {
+      dgemm_(&ta, &tb, &m_, &n_, &k_, &one, a, &lda_, b, &ldb_, &beta, c, &ldc_);
+    }
+  }
+};
+
+struct AtenParallelFor {
+  template <typename Fn>
+  void operator()(int64_t begin, int64_t end, const Fn& fn) const {
+    at::parallel_for(begin, end, 1, fn);
+  }
+};
+
+// "blas" (default where the symbols exist) or "loops"; MRI_ANOMALY_CPU_GEMM overrides, for benchmarks.
+bool use_blas(int64_t voxels) {
+  static const bool blas_wanted = [] {
+    const char* env = std::getenv("MRI_ANOMALY_CPU_GEMM");
+    return !(env != nullptr && std::strcmp(env, "loops") == 0);
+  }();
+  // Fortran BLAS takes 32-bit ints: leading dimensions are up to V.
+  return blas_wanted && sgemm_ != nullptr && dgemm_ != nullptr && voxels < std::numeric_limits<int>::max();
+}
+
+template <typename T, typename Fn>
+void with_gemm(int64_t voxels, const Fn& fn) {
+  if (use_blas(voxels)) {
+    fn(BlasGemm<T>{});
+  } else {
+    fn(cpu::LoopGemm<T>{});
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> flow_step_cpu(const at::Tensor& x_, const at::Tensor& log_scale_,
+                                                 const at::Tensor& bias_, const at::Tensor& weight_,
+                                                 const at::Tensor& weight_logabsdet_) {
+  checks::check_activation("x", x_);
+  checks::check_param("log_scale", log_scale_, x_, {x_.size(1)});
+  checks::check_param("bias", bias_, x_, {x_.size(1)});
+  checks::check_param("weight", weight_, x_, {x_.size(1), x_.size(1)});
+  checks::check_param("weight_logabsdet", weight_logabsdet_, x_, {});
+  checks::check_finite({{"log_scale", log_scale_}, {"bias", bias_}, {"weight", weight_},
+                        {"weight_logabsdet", weight_logabsdet_}});
+  const at::Tensor x = x_.contiguous(), log_scale = log_scale_.contiguous(), bias = bias_.contiguous(),
+                   weight = weight_.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), V = checks::voxels(x);
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "flow_step_cpu", [&] {
+    with_gemm<scalar_t>(V, [&](const auto& gemm) {
+      cpu::flow_step_forward<scalar_t>(x.const_data_ptr<scalar_t>(), log_scale.const_data_ptr<scalar_t>(),
+                                       bias.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                       y.mutable_data_ptr<scalar_t>(), N, C, V, gemm, AtenParallelFor{});
+    });
+  });
+  at::Tensor logdet = ((log_scale.sum() + weight_logabsdet_) * double(V)).expand({N}).contiguous();
+  return {y, logdet};
+}
+
+at::Tensor flow_step_inverse_cpu(const at::Tensor& y_, const at::Tensor& log_scale_, const at::Tensor& bias_,
+                                 const at::Tensor& weight_inverse_) {
+  checks::check_activation("y", y_);
+  checks::check_param("log_scale", log_scale_, y_, {y_.size(1)});
+  checks::check_param("bias", bias_, y_, {y_.size(1)});
+  checks::check_param("weight_inverse", weight_inverse_, y_, {y_.size(1), y_.size(1)});
+  checks::check_finite({{"log_scale", log_scale_}, {"bias", bias_}, {"weight_inverse", weight_inverse_}});
+  const at::Tensor y = y_.contiguous(), log_scale = log_scale_.contiguous(), bias = bias_.contiguous(),
+                   weight_inverse = weight_inverse_.contiguous();
+  const int64_t N = y.size(0), C = y.size(1), V = checks::voxels(y);
+  at::Tensor x = at::empty_like(y, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "flow_step_inverse_cpu", [&] {
+    with_gemm<scalar_t>(V, [&](const auto& gemm) {
+      cpu::flow_step_inverse<scalar_t>(y.const_data_ptr<scalar_t>(), log_scale.const_data_ptr<scalar_t>(),
+                                       bias.const_data_ptr<scalar_t>(), weight_inverse.const_data_ptr<scalar_t>(),
+                                       x.mutable_data_ptr<scalar_t>(), N, C, V, gemm, AtenParallelFor{});
+    });
+  });
+  return x;
+}
+
+// Shared by both backward ops. `xy` is x (saved input) or y (from_output).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_y_, const at::Tensor& grad_logdet_, const at::Tensor& xy_, const at::Tensor& log_scale_,
+    const at::Tensor& bias_, const at::Tensor& weight_, const at::Tensor* weight_inverse_, const char* xy_name) {
+  checks::check_activation("grad_y", grad_y_);
+  checks::check_same_activation(xy_name, xy_, "grad_y", grad_y_);
+  const int64_t C = grad_y_.size(1);
+  checks::check_param("grad_logdet", grad_logdet_, grad_y_, {grad_y_.size(0)});
+  checks::check_param("log_scale", log_scale_, grad_y_, {C});
+  checks::check_param("bias", bias_, grad_y_, {C});
+  checks::check_param("weight", weight_, grad_y_, {C, C});
+  std::vector<std::pair<const char*, at::Tensor>> params = {
+      {"log_scale", log_scale_}, {"bias", bias_}, {"weight", weight_}};
+  if (weight_inverse_ != nullptr) {
+    checks::check_param("weight_inverse", *weight_inverse_, grad_y_, {C, C});
+    params.push_back({"weight_inverse", *weight_inverse_});
+  }
+  checks::check_finite(params);
+  const at::Tensor grad_y = grad_y_.contiguous(), xy = xy_.contiguous(), log_scale = log_scale_.contiguous(),
+                   bias = bias_.contiguous(), weight = weight_.contiguous();
+  const at::Tensor weight_inverse = weight_inverse_ != nullptr ? weight_inverse_->contiguous() : weight;
+  const int64_t N = grad_y.size(0), V = checks::voxels(grad_y);
+  const cpu::Plan plan(N, C, V);
+  at::Tensor x_out = weight_inverse_ != nullptr ? at::empty_like(xy, at::MemoryFormat::Contiguous) : at::Tensor();
+  at::Tensor grad_x = at::empty_like(grad_y, at::MemoryFormat::Contiguous);
+  const auto f64 = grad_y.options().dtype(at::kDouble);
+  at::Tensor partials = at::empty({plan.chunks, plan.partial_size()}, f64);
+  at::Tensor sums = at::zeros({plan.partial_size()}, f64);
+  AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "flow_step_backward_cpu", [&] {
+    with_gemm<scalar_t>(V, [&](const auto& gemm) {
+      cpu::flow_step_backward_partials<scalar_t>(
+          grad_y.const_data_ptr<scalar_t>(), xy.const_data_ptr<scalar_t>(), log_scale.const_data_ptr<scalar_t>(),
+          bias.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+          weight_inverse.const_data_ptr<scalar_t>(), weight_inverse_ != nullptr,
+          x_out.defined() ? x_out.mutable_data_ptr<scalar_t>() : nullptr, grad_x.mutable_data_ptr<scalar_t>(),
+          partials.mutable_data_ptr<double>(), N, C, V, gemm, AtenParallelFor{});
+    });
+  });
+  if (plan.chunks > 0) {
+    cpu::sum_partials(partials.const_data_ptr<double>(), plan.chunks, plan.partial_size(),
+                      sums.mutable_data_ptr<double>(), AtenParallelFor{});
+  }
+  const auto dtype = grad_y.scalar_type();
+  at::Tensor grad_weight = sums.slice(0, 0, C * C).view({C, C}).to(dtype);
+  at::Tensor grad_log_scale =
+      (sums.slice(0, C * C, C * C + C) + grad_logdet_.to(at::kDouble).sum() * double(V)).to(dtype);
+  at::Tensor grad_bias = sums.slice(0, C * C + C, C * C + 2 * C).to(dtype);
+  return {x_out, grad_x, grad_log_scale, grad_bias, grad_weight};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flow_step_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& log_scale,
+    const at::Tensor& bias, const at::Tensor& weight) {
+  auto out = backward_cpu(grad_y, grad_logdet, x, log_scale, bias, weight, nullptr, "x");
+  return {std::get<1>(out), std::get<2>(out), std::get<3>(out), std::get<4>(out)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> flow_step_backward_from_output_cpu(
+    const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& y, const at::Tensor& log_scale,
+    const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& weight_inverse) {
+  return backward_cpu(grad_y, grad_logdet, y, log_scale, bias, weight, &weight_inverse, "y");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& x_) {
+  checks::check_activation("x", x_);
+  const at::Tensor x = x_.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), V = checks::voxels(x);
+  const cpu::Plan plan(N, C, V);
+  const auto f64 = x.options().dtype(at::kDouble);
+  at::Tensor partials = at::empty({plan.chunks, 2 * C}, f64);
+  at::Tensor sums = at::zeros({2 * C}, f64);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_moments_cpu", [&] {
+    cpu::channel_moments_partials<scalar_t>(x.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<double>(), N,
+                                            C, V, AtenParallelFor{});
+  });
+  if (plan.chunks > 0) {
+    cpu::sum_partials(partials.const_data_ptr<double>(), plan.chunks, 2 * C, sums.mutable_data_ptr<double>(),
+                      AtenParallelFor{});
+  }
+  at::Tensor count = at::full({C}, double(N * V), f64);
+  return {count, sums.slice(0, 0, C).clone(), sums.slice(0, C, 2 * C).clone()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(mri_anomaly, m) {
+  m.def("flow_step(Tensor x, Tensor log_scale, Tensor bias, Tensor weight, Tensor weight_logabsdet) -> (Tensor, Tensor)");
+  m.def("flow_step_inverse(Tensor y, Tensor log_scale, Tensor bias, Tensor weight_inverse) -> Tensor");
+  m.def(
+      "flow_step_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor log_scale, Tensor bias, "
+      "Tensor weight) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "flow_step_backward_from_output(Tensor grad_y, Tensor grad_logdet, Tensor y, Tensor log_scale, "
+      "Tensor bias, Tensor weight, Tensor weight_inverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("channel_moments(Tensor x) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mri_anomaly, CPU, m) {
+  m.impl("flow_step", &flow_step_cpu);
+  m.impl("flow_step_inverse", &flow_step_inverse_cpu);
+  m.impl("flow_step_backward", &flow_step_backward_cpu);
+  m.impl("flow_step_backward_from_output", &flow_step_backward_from_output_cpu);
+  m.impl("channel_moments", &channel_moments_cpu);
+}
+
+}  // namespace mri_anomaly

@@ -1,0 +1,46 @@
+"""Data: checked loading, the invertible preprocessing chain, datalists, datasets, lesions, the demo cohort."""
+
+from mri_anomaly.data.intensity import (
+    Quantize,
+    Quantized,
+    QuantizeD,
+    QuantizeDict,
+    ScaleIntensityInMask,
+    ScaleIntensityInMaskd,
+    ScaleIntensityInMaskD,
+    ScaleIntensityInMaskDict,
+    estimate_foreground,
+)
+from mri_anomaly.data.io import InputFileError, check_array, load_volume, read_header, safe_load
+from mri_anomaly.data.loading import LoadVolume, LoadVolumed, LoadVolumeD, LoadVolumeDict
+from mri_anomaly.data.preprocessing import (
+    DEMO_PREPROCESSING,
+    FULL_RESOLUTION_PREPROCESSING,
+    PREPROCESSING_DEFAULTS,
+    invert_to_input_space,
+    preprocessing,
+    resolve_preprocessing_config,
+    save_map_in_input_space,
+    validate_preprocessing_config,
+)
+from mri_anomaly.data.datalist import (
+    ITEM_KEYS,
+    PATH_KEYS,
+    SECTIONS,
+    DatalistError,
+    build_datalist,
+    classify_folder,
+    find_images,
+    load_datalist,
+    subject_id_from_path,
+    validate_datalist,
+    write_datalist,
+)
+from mri_anomaly.data.datasets import (
+    FillDefaultsd,
+    SliceDataset,
+    VolumeDataset,
+    collate_with_errors,
+    slice_brain_fractions,
+    unwrap_input_error,
+)

@@ -1,0 +1,176 @@
+"""Intensity transforms: percentile scaling inside the brain, and quantisation to 256 levels.
+
+* :class:`ScaleIntensityInMask` maps the ``lower``/``upper`` percentiles of the voxels *inside the
+  brain* to ``b_min``/``b_max`` (0/1) and clips. The brain is a given mask (``brain_mask_key`` in the
+  preprocessing config, e.g. BRATS' ``brainmask.nii.gz``) or, without one, the foreground estimated by
+  :func:`estimate_foreground` (voxels above ``min + 5 % of (p99 - min)``: the zero/constant background
+  of skull-stripped scans, BRATS' negative constant, and the air of whole-head scans such as IXI fall
+  outside). With a given mask, voxels outside it are set to ``b_min`` (brain extraction).
+* :class:`Quantize` maps [0, 1] to the 256-level grid the flows dequantise: ``k / n_bins`` with
+  ``k = clamp(floor(x * n_bins), 0, n_bins - 1)``.
+
+Both keep ``MetaTensor`` metadata; neither is spatial, so neither needs an inverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from mri_anomaly.data.io import InputFileError
+
+__all__ = [
+    "estimate_foreground",
+    "ScaleIntensityInMask",
+    "ScaleIntensityInMaskd",
+    "ScaleIntensityInMaskD",
+    "ScaleIntensityInMaskDict",
+    "Quantize",
+    "Quantized",
+    "QuantizeD",
+    "QuantizeDict",
+]
+
+
+def estimate_foreground(img: torch.Tensor, fraction: float = 0.05) -> torch.Tensor:
+    """Boolean foreground of ``img`` (any shape): ``img > min + fraction * (p99 - min)``."""
+    flat = img.detach().reshape(-1).float()
+    lo = flat.min()
+    sample = flat if flat.numel() <= 2_000_000 else flat[:: flat.numel() // 2_000_000 + 1]
+    hi = torch.quantile(sample, 0.99)
+    return img > lo + fraction * (hi - lo)
+
+
+def _filename(img: torch.Tensor) -> str | None:
+    return img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
+
+
+class ScaleIntensityInMask(Transform):
+    """Percentile intensity scaling computed inside a brain mask.
+
+    Args:
+        lower: lower percentile (0-100) mapped to ``b_min``.
+        upper: upper percentile (0-100) mapped to ``b_max``.
+        b_min: output value of the lower percentile.
+        b_max: output value of the upper percentile.
+        clip: clip the output to [b_min, b_max].
+        inside_mask: compute percentiles inside the brain (given or estimated); False: over all voxels.
+        zero_outside: with a given mask, set voxels outside it to ``b_min``.
+        foreground_fraction: threshold of :func:`estimate_foreground` when no mask is given.
+
+    Raises:
+        InputFileError: the brain (mask) is empty or the intensities inside it are constant.
+    """
+
+    def __init__(
+        self,
+        lower: float = 1.0,
+        upper: float = 99.0,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = True,
+        inside_mask: bool = True,
+        zero_outside: bool = True,
+        foreground_fraction: float = 0.05,
+    ) -> None:
+        if not 0 <= lower < upper <= 100:
+            raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
+        self.lower, self.upper = float(lower), float(upper)
+        self.b_min, self.b_max = float(b_min), float(b_max)
+        self.clip = clip
+        self.inside_mask = inside_mask
+        self.zero_outside = zero_outside
+        self.foreground_fraction = foreground_fraction
+
+    def __call__(self, img: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: img (C, *spatial); mask broadcastable to img, nonzero = brain. Returns img's type, float32."""
+        x = img.float()
+        if self.inside_mask:
+            region = (mask > 0.5).expand_as(x) if mask is not None else estimate_foreground(x, self.foreground_fraction)
+        else:
+            region = torch.ones_like(x, dtype=torch.bool)
+        vals = x.detach()[region]
+        if vals.numel() == 0:
+            raise InputFileError(_filename(img), "brain mask is empty: no voxels to compute percentiles from")
+        if vals.numel() > 2_000_000:
+            vals = vals[:: vals.numel() // 2_000_000 + 1]
+        q = torch.quantile(vals, torch.tensor([self.lower / 100.0, self.upper / 100.0], dtype=vals.dtype))
+        lo, hi = float(q[0]), float(q[1])
+        if hi <= lo:
+            raise InputFileError(_filename(img), f"intensities inside the brain are constant ({lo:g})")
+        out = (x - lo) / (hi - lo) * (self.b_max - self.b_min) + self.b_min
+        if self.clip:
+            out = out.clamp(self.b_min, self.b_max)
+        if mask is not None and self.zero_outside:
+            out = torch.where(mask.expand_as(out) > 0.5, out, torch.full_like(out, self.b_min))
+        if isinstance(img, MetaTensor) and not isinstance(out, MetaTensor):
+            out = MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
+        return out
+
+
+class ScaleIntensityInMaskd(MapTransform):
+    """Dictionary twin of :class:`ScaleIntensityInMask`.
+
+    Args:
+        keys: image keys to scale.
+        mask_key: key of the brain mask (None: estimate the foreground of each image).
+        allow_missing_keys: skip absent keys.
+        kwargs: passed to :class:`ScaleIntensityInMask`.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, mask_key: str | None = None, allow_missing_keys: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.scaler = ScaleIntensityInMask(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        mask = d.get(self.mask_key) if self.mask_key is not None else None
+        if self.mask_key is not None and mask is None:
+            raise KeyError(f"brain mask key {self.mask_key!r} missing from the item (keys: {sorted(map(str, d))})")
+        for key in self.key_iterator(d):
+            d[key] = self.scaler(d[key], mask)
+        return d
+
+
+class Quantize(Transform):
+    """Quantise [0, 1] intensities to ``n_bins`` levels ``k / n_bins``, k in {0, ..., n_bins - 1}.
+
+    Args:
+        n_bins: number of levels (256 for 8-bit flows).
+    """
+
+    def __init__(self, n_bins: int = 256) -> None:
+        if n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2, got {n_bins}")
+        self.n_bins = int(n_bins)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """Args: img (C, *spatial) in [0, 1] (values outside are clamped). Returns float32, same type."""
+        out = torch.floor(img.float() * self.n_bins).clamp(0, self.n_bins - 1) / self.n_bins
+        return out
+
+
+class Quantized(MapTransform):
+    """Dictionary twin of :class:`Quantize`."""
+
+    def __init__(self, keys: KeysCollection, n_bins: int = 256, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.quantizer = Quantize(n_bins)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.quantizer(d[key])
+        return d
+
+
+ScaleIntensityInMaskD = ScaleIntensityInMaskDict = ScaleIntensityInMaskd
+QuantizeD = QuantizeDict = Quantized

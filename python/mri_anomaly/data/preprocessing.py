@@ -1,0 +1,298 @@
+"""The preprocessing chain: one invertible MONAI ``Compose`` built from a config dict.
+
+The config is the ``preprocessing:`` section of a YAML config. Keys (defaults in
+:data:`PREPROCESSING_DEFAULTS`, which are also the demo cohort's, :data:`DEMO_PREPROCESSING`)::
+
+    spacing: [4.0, 4.0, 4.0]    # mm, target voxel size (null: keep the input's)
+    orientation: RAS            # axcodes; RAS puts the axial (S) axis LAST
+    intensity:
+      lower: 1.0                # percentile mapped to 0
+      upper: 99.0               # percentile mapped to 1
+      inside_mask: true         # percentiles of brain voxels only (given mask or estimated foreground)
+      clip: true                # clip to [0, 1]
+    crop_foreground: true       # crop to the brain's bounding box (CropForegroundd)
+    crop_margin: 1              # voxels kept around the foreground
+    spatial_size: [40, 48, 40]  # fixed model grid (pad/crop, centred) so batches stack; null: pad only
+    divisible_by: 8             # 2**levels of the deepest model; spatial_size must be a multiple
+    brain_mask_key: null        # item key of a brain mask (e.g. "brain_mask" for BRATS); null: estimate
+
+The chain, for image keys (bilinear) and mask keys (nearest, binarised to {0, 1}):
+
+``LoadVolumed`` (checked, :class:`~mri_anomaly.data.io.InputFileError` on bad files) ->
+``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``Spacingd`` -> ``ScaleIntensityInMaskd`` ->
+``CropForegroundd`` -> ``ResizeWithPadOrCropd(spatial_size)`` (or ``DivisiblePadd(divisible_by)``).
+
+Outputs: ``image`` float32 ``MetaTensor`` (1, H, W, D) in [0, 1], RAS, axial axis last; masks the same
+shape with values {0, 1}. Every spatial step is a MONAI invertible transform, so a map on the model grid
+goes back to the input's grid and affine with :func:`invert_to_input_space` /
+:func:`save_map_in_input_space` (MONAI ``Invertd`` replays ``applied_operations`` backwards:
+pad/crop -> un-crop -> resample to the input spacing -> reorient).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    DivisiblePadd,
+    EnsureChannelFirstd,
+    Invertd,
+    Orientationd,
+    ResizeWithPadOrCropd,
+    Spacingd,
+)
+
+from mri_anomaly.data.intensity import ScaleIntensityInMaskd
+from mri_anomaly.data.loading import LoadVolumed
+
+__all__ = [
+    "PREPROCESSING_DEFAULTS",
+    "DEMO_PREPROCESSING",
+    "FULL_RESOLUTION_PREPROCESSING",
+    "resolve_preprocessing_config",
+    "validate_preprocessing_config",
+    "preprocessing",
+    "invert_to_input_space",
+    "save_map_in_input_space",
+]
+
+PREPROCESSING_DEFAULTS: dict[str, Any] = {
+    "spacing": [4.0, 4.0, 4.0],
+    "orientation": "RAS",
+    "intensity": {"lower": 1.0, "upper": 99.0, "inside_mask": True, "clip": True},
+    "crop_foreground": True,
+    "crop_margin": 1,
+    "spatial_size": [40, 48, 40],
+    "divisible_by": 8,
+    "brain_mask_key": None,
+}
+"""Defaults: 4 mm isotropic RAS on a 40 x 48 x 40 grid (a whole adult brain fits; divisible by 8)."""
+
+DEMO_PREPROCESSING: dict[str, Any] = copy.deepcopy(PREPROCESSING_DEFAULTS)
+"""Recommended for the demo cohort (``mri-anomaly demo-data`` at its default 4 mm spacing)."""
+
+FULL_RESOLUTION_PREPROCESSING: dict[str, Any] = {
+    **copy.deepcopy(PREPROCESSING_DEFAULTS),
+    "spacing": [1.0, 1.0, 1.0],
+    "spatial_size": [160, 192, 160],
+    "divisible_by": 32,
+}
+"""1 mm, 160 x 192 x 160 (GPU runs; ``demo-data --spacing 1``)."""
+
+_INTENSITY_KEYS = {"lower", "upper", "inside_mask", "clip"}
+
+
+def resolve_preprocessing_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config`` merged over :data:`PREPROCESSING_DEFAULTS` (the ``intensity`` sub-dict is merged too)."""
+    out = copy.deepcopy(PREPROCESSING_DEFAULTS)
+    for k, v in dict(config or {}).items():
+        if k == "intensity" and isinstance(v, Mapping):
+            out["intensity"] = {**out["intensity"], **dict(v)}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]:
+    """All problems of a preprocessing config, as messages (empty list: valid). Unknown keys are problems."""
+    problems: list[str] = []
+    if config is not None and not isinstance(config, Mapping):
+        return [f"preprocessing: expected a mapping, got {type(config).__name__}"]
+    raw = dict(config or {})
+    for k in raw:
+        if k not in PREPROCESSING_DEFAULTS:
+            problems.append(f"preprocessing: unknown key {k!r} (known: {sorted(PREPROCESSING_DEFAULTS)})")
+    cfg = resolve_preprocessing_config({k: v for k, v in raw.items() if k in PREPROCESSING_DEFAULTS})
+    sp = cfg["spacing"]
+    if sp is not None:
+        if _is_num(sp):
+            sp = [sp] * 3
+        if not (isinstance(sp, Sequence) and len(sp) == 3 and all(_is_num(s) and s > 0 for s in sp)):
+            problems.append(f"preprocessing.spacing: expected null or 3 positive numbers (mm), got {cfg['spacing']!r}")
+    ori = cfg["orientation"]
+    if not (isinstance(ori, str) and len(ori) == 3 and sorted(ori.upper()) != [] and
+            {frozenset("LR"), frozenset("AP"), frozenset("SI")} == {frozenset(p) for p in
+            [next((a for a in ("LR", "AP", "SI") if c in a), c) for c in ori.upper()]}):
+        problems.append(f"preprocessing.orientation: expected axcodes like 'RAS', got {ori!r}")
+    elif ori.upper()[2] not in "SI":
+        problems.append(f"preprocessing.orientation: the axial axis (S/I) must be last, got {ori!r}")
+    inten = cfg["intensity"]
+    if not isinstance(inten, Mapping):
+        problems.append(f"preprocessing.intensity: expected a mapping, got {inten!r}")
+    else:
+        for k in inten:
+            if k not in _INTENSITY_KEYS:
+                problems.append(f"preprocessing.intensity: unknown key {k!r} (known: {sorted(_INTENSITY_KEYS)})")
+        lo, hi = inten.get("lower"), inten.get("upper")
+        if not (_is_num(lo) and _is_num(hi) and 0 <= lo < hi <= 100):
+            problems.append(f"preprocessing.intensity: need 0 <= lower < upper <= 100, got lower={lo!r}, upper={hi!r}")
+        for k in ("inside_mask", "clip"):
+            if not isinstance(inten.get(k), bool):
+                problems.append(f"preprocessing.intensity.{k}: expected true/false, got {inten.get(k)!r}")
+    if not isinstance(cfg["crop_foreground"], bool):
+        problems.append(f"preprocessing.crop_foreground: expected true/false, got {cfg['crop_foreground']!r}")
+    if not (isinstance(cfg["crop_margin"], int) and not isinstance(cfg["crop_margin"], bool) and cfg["crop_margin"] >= 0):
+        problems.append(f"preprocessing.crop_margin: expected an integer >= 0, got {cfg['crop_margin']!r}")
+    k = cfg["divisible_by"]
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        problems.append(f"preprocessing.divisible_by: expected an integer >= 1, got {k!r}")
+        k = None
+    ss = cfg["spatial_size"]
+    if ss is not None:
+        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in ss)):
+            problems.append(f"preprocessing.spatial_size: expected null or 3 positive integers, got {ss!r}")
+        elif k is not None and any(s % k for s in ss):
+            problems.append(f"preprocessing.spatial_size: {list(ss)} is not divisible by divisible_by={k}")
+    bm = cfg["brain_mask_key"]
+    if bm is not None and not (isinstance(bm, str) and bm):
+        problems.append(f"preprocessing.brain_mask_key: expected null or an item key, got {bm!r}")
+    return problems
+
+
+def _positive(x: torch.Tensor) -> torch.Tensor:
+    return x > 0
+
+
+def preprocessing(
+    config: Mapping[str, Any] | None = None,
+    keys: Sequence[str] = ("image", "mask"),
+    image_keys: Sequence[str] = ("image",),
+) -> Compose:
+    """The invertible preprocessing ``Compose`` for dictionary items of file paths.
+
+    Args:
+        config: preprocessing config (see the module docstring); missing keys take the defaults.
+        keys: item keys to load and transform. Keys in ``image_keys`` are images (bilinear, must be
+            present); the others are masks (nearest, binarised, may be absent from an item). The
+            config's ``brain_mask_key`` is added as a mask key.
+        image_keys: which of ``keys`` are images; the first drives the foreground crop when there is
+            no brain mask.
+
+    Returns:
+        ``Compose``: ``{"image": path, ...}`` -> ``{"image": MetaTensor (1, H, W, D) float32 in [0, 1], ...}``.
+
+    Raises:
+        ValueError: the config is invalid (all problems listed).
+    """
+    problems = validate_preprocessing_config(config)
+    if problems:
+        raise ValueError("invalid preprocessing config:\n  " + "\n  ".join(problems))
+    cfg = resolve_preprocessing_config(config)
+    imgs = [k for k in keys if k in image_keys]
+    if not imgs:
+        raise ValueError(f"no image key among keys={list(keys)} (image_keys={list(image_keys)})")
+    masks = [k for k in keys if k not in image_keys]
+    bm = cfg["brain_mask_key"]
+    if bm is not None and bm not in masks:
+        masks.append(bm)
+    all_keys = imgs + masks
+    modes = ["bilinear"] * len(imgs) + ["nearest"] * len(masks)
+    t: list[Any] = [
+        LoadVolumed(imgs),
+        LoadVolumed(masks, mask_keys=masks, allow_missing_keys=True),
+        EnsureChannelFirstd(all_keys, channel_dim="no_channel", allow_missing_keys=True),
+        Orientationd(all_keys, axcodes=cfg["orientation"].upper(), labels=(("L", "R"), ("P", "A"), ("I", "S")),
+                     allow_missing_keys=True),
+    ]
+    if cfg["spacing"] is not None:
+        sp = cfg["spacing"] if isinstance(cfg["spacing"], Sequence) else [cfg["spacing"]] * 3
+        t.append(Spacingd(all_keys, pixdim=[float(s) for s in sp], mode=modes, dtype=np.float32,
+                          allow_missing_keys=True))
+    it = cfg["intensity"]
+    t.append(ScaleIntensityInMaskd(imgs, mask_key=bm, lower=it["lower"], upper=it["upper"],
+                                   inside_mask=it["inside_mask"], clip=it["clip"]))
+    if cfg["crop_foreground"]:
+        t.append(CropForegroundd(all_keys, source_key=bm or imgs[0], select_fn=_positive,
+                                 margin=int(cfg["crop_margin"]), allow_smaller=True, start_coord_key=None,
+                                 end_coord_key=None, allow_missing_keys=True))
+    if cfg["spatial_size"] is not None:
+        t.append(ResizeWithPadOrCropd(all_keys, spatial_size=list(cfg["spatial_size"]), allow_missing_keys=True))
+    else:
+        t.append(DivisiblePadd(all_keys, k=int(cfg["divisible_by"]), allow_missing_keys=True))
+    return Compose(t)
+
+
+def invert_to_input_space(
+    map_: torch.Tensor,
+    item: Mapping[str, Any],
+    transform: Compose,
+    key: str = "image",
+    nearest: bool = False,
+) -> MetaTensor:
+    """Take a map on the model grid back to the grid and affine of the input file of ``item[key]``.
+
+    Args:
+        map_: (1, H, W, D) on the model grid (the grid of the preprocessed ``item[key]``).
+        item: the preprocessed item (one element, not a batch; ``monai.data.decollate_batch`` splits a
+            batch) whose ``item[key]`` carries ``applied_operations``.
+        transform: the ``Compose`` from :func:`preprocessing` that produced ``item``.
+        key: the image key whose spatial operations are undone.
+        nearest: nearest-neighbour interpolation (for label maps); bilinear otherwise.
+
+    Returns:
+        ``MetaTensor`` (1, X, Y, Z) on the input's grid; ``.affine`` is the input's affine.
+
+    Raises:
+        ValueError: ``item[key]`` carries no spatial operations to undo, or the shapes disagree.
+    """
+    ref = item[key]
+    if not isinstance(ref, MetaTensor) or not ref.applied_operations:
+        raise ValueError(f"item[{key!r}] is not a preprocessed MetaTensor with applied_operations to invert")
+    m = torch.as_tensor(map_).detach().float().cpu()
+    if m.ndim == ref.ndim - 1:
+        m = m[None]
+    if tuple(m.shape[1:]) != tuple(ref.shape[1:]) or m.shape[0] != 1:
+        raise ValueError(f"map shape {tuple(map_.shape)} does not match the model grid {tuple(ref.shape)}")
+    pred = MetaTensor(m, meta=copy.deepcopy(ref.meta))
+    inv = Invertd("pred", transform=transform, orig_keys=key, nearest_interp=nearest, to_tensor=True)
+    out = inv({"pred": pred, key: ref})["pred"]
+    if not isinstance(out, MetaTensor):
+        out = MetaTensor(out, meta=ref.meta)
+    return out
+
+
+def save_map_in_input_space(
+    map_: torch.Tensor,
+    item: Mapping[str, Any],
+    path: str | os.PathLike,
+    transform: Compose,
+    key: str = "image",
+    nearest: bool = False,
+) -> Path:
+    """Write a model-grid map (1, H, W, D) as float32 NIfTI on the input's grid with the input's affine.
+
+    Args: as :func:`invert_to_input_space`; ``path`` the output ``.nii.gz`` (parent folders are made).
+
+    Returns:
+        the written path.
+    """
+    out = invert_to_input_space(map_, item, transform, key=key, nearest=nearest)
+    arr = out.detach().cpu().numpy()[0].astype(np.float32)
+    affine = np.asarray(out.affine, dtype=np.float64)
+    orig = item[key].meta.get("original_affine")
+    if orig is not None:
+        orig = np.asarray(orig, dtype=np.float64)
+        if np.allclose(orig, affine, atol=1e-3):
+            affine = orig  # the exact input affine, not one recomposed in float32
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(arr, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(p))
+    return p

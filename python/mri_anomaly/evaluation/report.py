@@ -1,0 +1,254 @@
+"""The HTML report: tables of metrics with CIs, thresholds, per-site results and PNG figures.
+
+``report.html`` is self-contained apart from its figures: inline CSS, no scripts, no network; figures are
+PNG files in ``figures/`` next to it, referenced by relative paths (so the folder can be zipped or served).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mri_anomaly.evaluation import figures as fig
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:3px;margin-top:28px}
+h3{font-size:15px;margin-bottom:4px} .sub{color:#666;font-size:13px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0 14px} th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f3f3f3} td.l,th.l{text-align:left} tr:nth-child(even) td{background:#fafafa}
+.ci{color:#777;font-size:11px} .best{font-weight:bold} .err{color:#a33;text-align:left}
+figure{display:inline-block;margin:6px 10px 12px 0;vertical-align:top} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:12px;color:#555;max-width:560px} .notes li{font-size:13px;margin:3px 0} code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{float(v):.{digits}f}"
+
+
+def _with_ci(entry: Mapping[str, Any], key: str, digits: int = 3) -> str:
+    value = _num(entry.get(key), digits)
+    ci = entry.get(f"{key}_ci")
+    if ci and len(ci) == 2 and ci[0] is not None and np.isfinite(ci[0]):
+        value += f' <span class="ci">[{_num(ci[0], digits)}, {_num(ci[1], digits)}]</span>'
+    return value
+
+
+def _split_key(key: str, several: bool) -> tuple[str, str]:
+    if several and "/" in key:
+        run, col = key.split("/", 1)
+        return run, col
+    return "", key
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    head = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>" for i, h in enumerate(headers))
+    body = []
+    for row in rows:
+        cells = "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _level_table(level: Mapping[str, Mapping[str, Any]], keys: Sequence[str], several: bool) -> str:
+    headers = (["run"] if several else []) + ["score", "n (anomalous)"] + [k.replace("_", " ") for k in keys]
+    rows = []
+    best = {k: max((e.get(k) for e in level.values() if isinstance(e.get(k), (int, float)) and e.get(k) is not None), default=None)
+            for k in ("auroc", "ap", "best_dice")}  # fmt: skip
+    for key, entry in level.items():
+        run, col = _split_key(key, several)
+        lead = ([html.escape(run)] if several else []) + [html.escape(col)]
+        if "error" in entry:
+            rows.append(lead + [f"{entry.get('n', '–')} ({entry.get('n_anomalous', '–')})"]
+                        + [f'<span class="err">{html.escape(entry["error"])}</span>'] + [""] * (len(keys) - 1))  # fmt: skip
+            continue
+        cells = []
+        for k in keys:
+            cell = _with_ci(entry, k)
+            if k in best and best[k] is not None and entry.get(k) == best[k] and len(level) > 1:
+                cell = f'<span class="best">{cell}</span>'
+            cells.append(cell)
+        rows.append(lead + [f"{entry.get('n')} ({entry.get('n_anomalous')})"] + cells)
+    return _table(headers, rows, left=2 if several else 1)
+
+
+def _figure(path: Path, out: Path, caption: str) -> str:
+    rel = path.relative_to(out).as_posix()
+    return f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def _profiles(ss, section: str, max_subjects: int = 4) -> list:
+    sl = ss.slices
+    if sl is None or "slice_label" not in sl.columns:
+        return []
+    if "section" in sl.columns:
+        sl = sl[sl["section"] == section]
+    cols = [c for c in ss.score_columns if c in sl.columns][:4]
+    if not cols or sl.empty:
+        return []
+    positive = sl.groupby("subject_id")["slice_label"].max()
+    subjects = sorted(positive[positive == 1].index.astype(str))[:max_subjects]
+    healthy = sl[sl["slice_label"] == 0]
+    stats = {}
+    for c in cols:
+        v = healthy[c].to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]
+        stats[c] = (float(v.mean()), float(v.std()) or 1.0) if v.size else (0.0, 1.0)
+    profiles = []
+    for subject in subjects:
+        part = sl[sl["subject_id"].astype(str) == subject].sort_values("slice")
+        values = {c: (part[c].to_numpy(dtype=np.float64) - stats[c][0]) / stats[c][1] for c in cols}
+        profiles.append((subject, part["slice"].to_numpy(), values, part["slice_label"].to_numpy()))
+    return profiles
+
+
+def write_report(
+    metrics: Mapping[str, Any],
+    sets: Sequence[Any],
+    curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    thresholds: Mapping[str, float],
+    out: str | Path,
+    title: str = "mri-anomaly evaluation",
+    section: str = "test",
+    several: bool = False,
+) -> Path:
+    """Draw the figures into ``out/figures`` and write ``out/report.html``; returns the report path.
+
+    Args:
+        metrics: the ``metrics.json`` content from :func:`~mri_anomaly.evaluation.evaluate.evaluate` (voxel
+            entries may carry ``_cases`` for the overlays). sets: the :class:`ScoreSet` objects.
+        curves: ``{"volume"|"slice": {key: (y, s)}}``. thresholds: ``{key: threshold}``.
+    """
+    from mri_anomaly import __version__
+
+    out = Path(out)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    parts: list[str] = []
+    figs: dict[str, list[str]] = {"curves": [], "dist": [], "profiles": [], "overlays": []}
+
+    for level in ("volume", "slice"):
+        if curves.get(level):
+            noun = "scans" if level == "volume" else "axial slices"
+            p = fig.roc_figure(curves[level], figdir / f"roc_{level}.png", title=f"ROC, {level} level ({noun})")
+            figs["curves"].append(_figure(p, out, f"ROC curves, {level} level; legend: AUROC."))
+            p = fig.pr_figure(curves[level], figdir / f"pr_{level}.png", title=f"Precision-recall, {level} level")
+            figs["curves"].append(_figure(p, out, f"Precision-recall curves, {level} level; dotted: prevalence; legend: AP."))
+    for ss in sets:
+        prefix = f"{ss.name}/" if several else ""
+        cols = {c: curves["volume"][prefix + c] for c in ss.score_columns if prefix + c in curves.get("volume", {})}
+        if cols:
+            thr = {c: thresholds[prefix + c] for c in cols if prefix + c in thresholds}
+            p = fig.distribution_figure(cols, figdir / f"dist_{_slug(ss.name)}.png", thr, title=f"{ss.name}: volume scores")
+            figs["dist"].append(_figure(p, out, f"{ss.name}: volume-level score distributions, healthy vs anomalous ({section}); dashed: threshold calibrated on healthy validation scans."))
+        prof = _profiles(ss, section)
+        if prof:
+            p = fig.slice_profile_figure(prof, figdir / f"profiles_{_slug(ss.name)}.png", title=f"{ss.name}: slice profiles")
+            figs["profiles"].append(_figure(p, out, f"{ss.name}: per-slice scores of anomalous scans, standardised by the healthy slices' mean and SD; shaded: slices with ground-truth anomaly."))
+    for key, entry in metrics.get("voxel", {}).items():
+        cases = [c for c in entry.get("_cases", []) if c.mask][:3]
+        if not cases:
+            continue
+        p = fig.overlay_montage([(c.subject_id, c.image, c.map, c.mask) for c in cases],
+                                figdir / f"overlay_{_slug(key)}.png", title=f"{key}")  # fmt: skip
+        figs["overlays"].append(_figure(p, out, f"{key}: map (hot, above its 95th percentile in the scan) over the scan; cyan: ground-truth contour."))
+
+    runs = metrics.get("runs", {})
+    meta = metrics.get("meta", {})
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts.append(f"<h1>{html.escape(title)}</h1>")
+    parts.append(
+        f'<div class="sub">mri-anomaly {html.escape(__version__)} · {now} · section <code>{html.escape(section)}</code>'
+        f" · datalist <code>{html.escape(str(meta.get('datalist')))}</code> · CIs: {html.escape(_ci_text(metrics))}</div>"
+    )
+    run_rows = [[html.escape(n), html.escape(str(r.get("method") or "–")), html.escape(", ".join(r.get("score_columns", []))),
+                 html.escape(", ".join(r.get("maps", [])) or "–"), str(r.get("n_scans")), str(r.get("n_anomalous")), str(r.get("n_calibration"))]
+                for n, r in runs.items()]  # fmt: skip
+    parts.append("<h2>Runs</h2>" + _table(["run", "method", "score columns", "maps", f"{html.escape(section)} scans", "anomalous", "healthy validation scans"], run_rows))
+
+    vol, slc, vox = metrics.get("volume", {}), metrics.get("slice", {}), metrics.get("voxel", {})
+    if several or len(vol) > 1:
+        rows = []
+        for key, entry in vol.items():
+            run, col = _split_key(key, several)
+            s = slc.get(key, {})
+            t = metrics.get("thresholds", {}).get(key, {})
+            lead = ([html.escape(run)] if several else []) + [html.escape(col)]
+            rows.append(lead + [_with_ci(entry, "auroc"), _with_ci(entry, "ap"), _with_ci(entry, "sens_at_95spec"),
+                                _with_ci(s, "auroc") if s else "–", _num(t.get("test_sensitivity")), _num(t.get("test_specificity"))])  # fmt: skip
+        parts.append("<h2>Comparison</h2>" + _table(
+            (["run"] if several else []) + ["score", "volume AUROC", "volume AP", "sens @ 95% spec", "slice AUROC",
+                                            "sens @ threshold", "spec @ threshold"], rows, left=2 if several else 1))  # fmt: skip
+    keys = ["auroc", "ap", "fpr_at_95tpr", "sens_at_90spec", "sens_at_95spec", "sens_at_99spec"]
+    if vol:
+        parts.append("<h2>Volume level</h2><p class=sub>One score per scan. Sensitivity at a specificity and FPR at 95 % TPR are read "
+                     "off the ROC curve of this section (an oracle operating point); the calibrated thresholds below are the honest one.</p>"
+                     + _level_table(vol, keys, several))  # fmt: skip
+    thr = metrics.get("thresholds", {})
+    if thr:
+        rows = []
+        for key, t in thr.items():
+            run, col = _split_key(key, several)
+            rows.append(([html.escape(run)] if several else []) + [html.escape(col), _num(t.get("threshold"), 4), str(t.get("n_calibration")),
+                        _num(t.get("calibration_specificity")), _with_ci(t, "test_sensitivity"), _with_ci(t, "test_specificity")])  # fmt: skip
+        target = meta.get("specificity_target", 0.95)
+        parts.append(f"<h2>Thresholds</h2><p class=sub>Calibrated on the healthy <code>{html.escape(str(meta.get('calibration_section')))}</code> "
+                     f"scans at {target:.0%} specificity (flag when score &gt; threshold), then applied to <code>{html.escape(section)}</code>.</p>"
+                     + _table((["run"] if several else []) + ["score", "threshold", "healthy scans", "specificity (calibration)",
+                                                             f"sensitivity ({html.escape(section)})", f"specificity ({html.escape(section)})"],
+                              rows, left=2 if several else 1))  # fmt: skip
+    if metrics.get("per_site"):
+        parts.append("<h2>Per site</h2>")
+        for site, entries in metrics["per_site"].items():
+            parts.append(f"<h3>site {html.escape(site)}</h3>" + _level_table(entries, ["auroc", "ap", "sens_at_95spec", "specificity_at_threshold", "sensitivity_at_threshold"], several))
+    if slc:
+        parts.append("<h2>Slice level</h2><p class=sub>One score per axial slice; a slice is anomalous when the ground-truth mask has voxels in it. "
+                     "CIs resample whole scans (slices of one scan are not independent).</p>" + _level_table(slc, keys, several))  # fmt: skip
+    if vox:
+        parts.append("<h2>Voxel level</h2><p class=sub>Voxels inside the brain, pooled over scans (MOOD style), at most "
+                     f"{meta.get('max_voxels_per_scan')} per scan (deterministic uniform subsample). Best Dice is an oracle upper bound: "
+                     "its threshold is chosen on these same voxels.</p>" + _level_table(vox, ["auroc", "ap", "best_dice", "best_dice_threshold"], several))  # fmt: skip
+    if figs["curves"]:
+        parts.append("<h2>ROC and precision-recall curves</h2>" + "".join(figs["curves"]))
+    if figs["dist"]:
+        parts.append("<h2>Score distributions</h2>" + "".join(figs["dist"]))
+    if figs["profiles"]:
+        parts.append("<h2>Slice profiles</h2>" + "".join(figs["profiles"]))
+    if figs["overlays"]:
+        parts.append("<h2>Maps on scans</h2>" + "".join(figs["overlays"]))
+    notes = list(metrics.get("notes", [])) + [
+        "Every score is oriented higher = more anomalous; non-finite scores count as most anomalous, never dropped.",
+        "Intervals are percentile bootstrap intervals; with few anomalous scans they are wide, read them before the point estimates.",
+        "Volume-level AUROC can be inflated when healthy and anomalous scans come from different sites or scanners; see the per-site table where sites are given.",
+    ]
+    parts.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    doc = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n'
+    doc += "\n".join(parts) + "\n</body></html>\n"
+    path = out / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+def _ci_text(metrics: Mapping[str, Any]) -> str:
+    meta = metrics.get("meta", {})
+    n = meta.get("n_bootstrap", 0)
+    if not n:
+        return "none (n_bootstrap = 0)"
+    return f"95 % percentile bootstrap, {n} resamples (scans: stratified; slices and voxels: resampling scans)"

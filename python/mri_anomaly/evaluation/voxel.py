@@ -1,0 +1,138 @@
+"""Voxel-level evaluation of anomaly maps against ground-truth masks.
+
+Maps are NIfTI volumes in the input's space (same grid as the scan and its mask). Voxels are taken only
+inside the brain: the item's ``brain_mask`` where the datalist gives one, else the scan's foreground
+(:func:`mri_anomaly.data.intensity.estimate_foreground`, which excludes zero/constant backgrounds). Scans
+without a mask but labelled healthy contribute all-negative voxels. Voxels of all scans are **pooled**
+(as MOOD does, so large lesions weigh more) after a deterministic uniform subsample of at most
+``max_voxels`` per scan (uniform keeps the lesion prevalence unbiased). Reported: AUROC, AP and the best
+Dice over thresholds with that threshold (an oracle upper bound), with a bootstrap CI that resamples scans.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from mri_anomaly.evaluation.bootstrap import metrics_with_ci
+from mri_anomaly.evaluation.metrics import best_dice, check_binary
+
+__all__ = ["VoxelCase", "load_case_voxels", "voxel_metric_fn", "voxel_metrics"]
+
+
+@dataclass
+class VoxelCase:
+    """One scan to evaluate: its map, ground truth and brain region (file paths)."""
+
+    subject_id: str
+    image: str
+    map: str
+    mask: str | None = None
+    brain_mask: str | None = None
+    label: int | None = None
+
+
+def _load(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndarray]:
+    from mri_anomaly.data.io import InputFileError
+
+    try:
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj, dtype=np.float32)
+    except FileNotFoundError as err:
+        raise InputFileError(path, f"{what} file not found") from err
+    except Exception as err:  # nibabel raises many types for bad files
+        raise InputFileError(path, f"cannot read {what} as NIfTI ({type(err).__name__}: {err})") from err
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise InputFileError(path, f"{what} must be a 3D volume, got shape {arr.shape}")
+    return arr, img.affine
+
+
+def load_case_voxels(case: VoxelCase, max_voxels: int | None = 100_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The (score, truth) voxel pairs of one scan inside its brain region, subsampled deterministically.
+
+    Raises:
+        InputFileError: a file is missing/unreadable, or map/mask/brain grids differ from the scan's.
+    """
+    from mri_anomaly.data.intensity import estimate_foreground
+    from mri_anomaly.data.io import InputFileError
+
+    amap, map_affine = _load(case.map, "anomaly map")
+    image, image_affine = _load(case.image, "image")
+    if amap.shape != image.shape or not np.allclose(map_affine, image_affine, atol=1e-3):
+        raise InputFileError(
+            case.map, f"anomaly map grid {amap.shape} does not match the scan {case.image} {image.shape} (maps must be in input space)"
+        )
+    if case.mask:
+        mask, _ = _load(case.mask, "mask")
+        if mask.shape != image.shape:
+            raise InputFileError(case.mask, f"mask shape {mask.shape} differs from the scan {case.image} {image.shape}")
+        truth = mask > 0.5
+    elif case.label == 0:
+        truth = np.zeros(image.shape, dtype=bool)
+    else:
+        raise InputFileError(case.image, "no voxel mask for an anomalous (or unlabelled) scan")
+    if case.brain_mask:
+        brain, _ = _load(case.brain_mask, "brain mask")
+        if brain.shape != image.shape:
+            raise InputFileError(case.brain_mask, f"brain mask shape {brain.shape} differs from the scan {image.shape}")
+        region = brain > 0.5
+    else:
+        region = estimate_foreground(torch.from_numpy(image)).numpy()
+    region |= truth  # a lesion voxel is always evaluated
+    idx = np.flatnonzero(region.reshape(-1))
+    if max_voxels is not None and idx.size > max_voxels:
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(idx, max_voxels, replace=False))
+    return amap.reshape(-1)[idx].astype(np.float64), truth.reshape(-1)[idx].astype(np.int64)
+
+
+def voxel_metric_fn(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    """AUROC, AP, best Dice and its threshold of pooled voxels (scikit-learn)."""
+    y, s = check_binary(y, s, "voxels")
+    dice, threshold = best_dice(y, s)
+    return {
+        "auroc": float(roc_auc_score(y, s)),
+        "ap": float(average_precision_score(y, s)),
+        "best_dice": dice,
+        "best_dice_threshold": threshold,
+    }
+
+
+def voxel_metrics(
+    cases: Sequence[VoxelCase],
+    max_voxels: int | None = 100_000,
+    n_resamples: int = 100,
+    seed: int = 0,
+) -> dict:
+    """Pooled voxel metrics of ``cases`` with a bootstrap over scans.
+
+    Returns:
+        ``{"auroc", "ap", "best_dice", "best_dice_threshold", "<each>_ci", "n": voxels, "n_anomalous": lesion
+        voxels, "n_scans", "max_voxels_per_scan", ...}``.
+
+    Raises:
+        ValueError: no lesion voxel at all (nothing to detect) or no healthy voxel.
+    """
+    scores, truths, groups = [], [], []
+    for i, case in enumerate(cases):
+        s, t = load_case_voxels(case, max_voxels=max_voxels, seed=seed + i)
+        scores.append(s)
+        truths.append(t)
+        groups.append(np.full(s.size, i))
+    if not scores:
+        raise ValueError("no scans with anomaly maps to evaluate at voxel level")
+    y, s, g = np.concatenate(truths), np.concatenate(scores), np.concatenate(groups)
+    out = metrics_with_ci(y, s, voxel_metric_fn, n_resamples=n_resamples, seed=seed, groups=g)
+    out.pop("best_dice_threshold_ci", None)
+    out["n_scans"] = len(cases)
+    out["n_scans_with_anomaly"] = int(sum(t.any() for t in truths))
+    out["max_voxels_per_scan"] = max_voxels
+    return out

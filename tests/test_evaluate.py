@@ -1,0 +1,101 @@
+"""`evaluate` on a synthetic score directory: metrics.json shape, numbers, thresholds in the run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _evaluation_fixtures import make_score_dir
+from mri_anomaly.evaluation.evaluate import evaluate
+from mri_anomaly.evaluation.metrics import binary_metrics
+from mri_anomaly.evaluation.thresholds import calibrate_threshold, load_thresholds
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    score_dir, sections = make_score_dir(root)
+    run = root / "run"
+    run.mkdir()
+    metrics = evaluate(score_dir, sections, root / "out", runs=[run],
+                       n_bootstrap=100, n_bootstrap_voxel=20, report=False)
+    return root, score_dir, run, metrics
+
+
+def test_metrics_json_shape_and_values(evaluated):
+    root, score_dir, _, metrics = evaluated
+    on_disk = json.loads((root / "out" / "metrics.json").read_text())
+    assert set(on_disk) >= {"volume", "slice", "voxel", "thresholds"}
+    for key in ("auroc", "auroc_ci", "ap", "ap_ci", "fpr_at_95tpr", "sens_at_95spec", "sens_at_90spec_ci"):
+        assert key in on_disk["volume"]["nll"], key
+    # the volume numbers are exactly scikit-learn's on the test rows
+    df = pd.read_csv(score_dir / "scores.csv")
+    test = df[df["section"] == "test"]
+    expected = binary_metrics(test["label"], test["ratio"])
+    for key, value in expected.items():
+        assert on_disk["volume"]["ratio"][key] == pytest.approx(value)
+    assert on_disk["volume"]["ratio"]["n"] == 12 and on_disk["volume"]["ratio"]["n_anomalous"] == 6
+    lo, hi = on_disk["volume"]["ratio"]["auroc_ci"]
+    assert lo <= on_disk["volume"]["ratio"]["auroc"] <= hi
+    # slice level: slices of the test scans, lesion slices positive
+    sl = pd.read_csv(score_dir / "slice_scores.csv")
+    sl = sl[sl["section"] == "test"]
+    assert on_disk["slice"]["nll"]["n"] == len(sl)
+    assert on_disk["slice"]["nll"]["auroc"] == pytest.approx(binary_metrics(sl["slice_label"], sl["nll"])["auroc"])
+    assert "clustered" in on_disk["slice"]["nll"]["ci_method"]
+    # voxel level: the map is lesion*2 + noise(0.5): strongly separating, best Dice well above chance
+    vox = on_disk["voxel"]["residual"]
+    assert vox["auroc"] > 0.95 and vox["best_dice"] > 0.6
+    assert vox["n_scans"] == 12 and vox["n_scans_with_anomaly"] == 6
+    assert vox["n_anomalous"] == 6 * 18  # 3x3x2 lesion voxels per anomalous scan, all inside the brain
+    assert set(on_disk["per_site"]) == {"site0", "site1"}
+
+
+def test_thresholds_stored_and_reported(evaluated):
+    _, score_dir, run, metrics = evaluated
+    stored = load_thresholds(run)
+    df = pd.read_csv(score_dir / "scores.csv")
+    val = df[df["section"] == "validation"]
+    assert stored["thresholds"]["nll"] == pytest.approx(calibrate_threshold(val["nll"], 0.95))
+    assert stored["section"] == "validation" and stored["n_healthy"] == 20
+    t = metrics["thresholds"]["nll"]
+    assert t["calibration_specificity"] >= 0.95
+    test = df[df["section"] == "test"]
+    flagged = test["nll"].to_numpy() > t["threshold"]
+    assert t["test_sensitivity"] == pytest.approx(flagged[test["label"] == 1].mean())
+    assert t["test_specificity"] == pytest.approx(1 - flagged[test["label"] == 0].mean())
+
+
+def test_comparison_prefixes_runs(tmp_path):
+    a, sections = make_score_dir(tmp_path, "glow", seed=1, with_maps=False, n_val=5)
+    b, _ = make_score_dir(tmp_path, "svdd", seed=2, with_maps=False, n_val=5)
+    m = evaluate([a, b], sections, tmp_path / "cmp", n_bootstrap=0, report=False)
+    assert set(m["volume"]) == {"glow/nll", "glow/ratio", "svdd/nll", "svdd/ratio"}
+    assert "auroc_ci" not in m["volume"]["glow/nll"]
+    assert any("only 5 healthy scans" in n for n in m["notes"])
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="scores.csv"):
+        evaluate(tmp_path, None, tmp_path / "o")
+    (tmp_path / "scores.csv").write_text("image,nll\na.nii.gz,1.0\n")
+    with pytest.raises(ValueError, match="no subject_id"):
+        evaluate(tmp_path, None, tmp_path / "o")
+    d, sections = make_score_dir(tmp_path / "x", with_maps=False)
+    with pytest.raises(ValueError, match="one run per score directory"):
+        evaluate([d], sections, tmp_path / "o", runs=[tmp_path, tmp_path])
+
+
+def test_one_class_is_reported_not_crashed(tmp_path):
+    d, sections = make_score_dir(tmp_path, with_maps=False)
+    df = pd.read_csv(d / "scores.csv")
+    df.loc[df["section"] == "test", "label"] = 0
+    df.to_csv(d / "scores.csv", index=False)
+    for item in sections["test"]:
+        item["label"] = 0
+    m = evaluate(d, sections, tmp_path / "o", n_bootstrap=0, report=False)
+    assert "both healthy" in m["volume"]["nll"]["error"]
+    assert np.isfinite(m["thresholds"]["nll"]["threshold"])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _evaluation_fixtures import make_score_dir
+from test_evaluate_data import make_score_dir
 from mri_anomaly.evaluation.evaluate import evaluate
 from mri_anomaly.evaluation.metrics import binary_metrics
 from mri_anomaly.evaluation.thresholds import calibrate_threshold, load_thresholds
@@ -20,7 +20,7 @@ def evaluated(tmp_path_factory):
     score_dir, sections = make_score_dir(root)
     run = root / "run"
     run.mkdir()
-    metrics = evaluate(score_dir, sections, root / "out", runs=[run],
+    metrics = evaluate(score_dir, root / "datalist.json", root / "out", runs=[run],
                        n_bootstrap=100, n_bootstrap_voxel=20, report=False)
     return root, score_dir, run, metrics
 

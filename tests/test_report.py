@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from _evaluation_fixtures import make_score_dir
+from test_evaluate_data import make_score_dir
 from mri_anomaly.evaluation.evaluate import evaluate
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}

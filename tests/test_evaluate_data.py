@@ -1,4 +1,4 @@
-"""A synthetic score directory in the layout of docs/design/interfaces.md (for the evaluation tests)."""
+"""A synthetic score directory in the layout of docs/design/interfaces.md (used by the evaluation tests)."""
 
 from __future__ import annotations
 
@@ -62,3 +62,16 @@ def make_score_dir(root: Path, name: str = "scores", seed: int = 0, n_val: int =
     (out / "score_meta.json").write_text(json.dumps({"method": "synthetic", "score_columns": ["nll", "ratio"]}))
     (root / "datalist.json").write_text(json.dumps(sections))
     return out, sections
+
+
+def test_synthetic_score_dir_follows_the_layout(tmp_path):
+    from mri_anomaly.data import load_datalist
+
+    out, _ = make_score_dir(tmp_path, n_val=3, n_test=4)
+    scores = pd.read_csv(out / "scores.csv")
+    assert list(scores.columns) == ["subject_id", "image", "section", "label", "nll", "ratio", "map:residual"]
+    assert (out / scores["map:residual"][0]).is_file()
+    slices = pd.read_csv(out / "slice_scores.csv")
+    assert len(slices) == 7 * SHAPE[2] and slices["slice_label"].sum() == 2 * 2  # two anomalous scans, 2 lesion slices each
+    sections = load_datalist(tmp_path / "datalist.json")
+    assert [it["label"] for it in sections["test"]] == [0, 1, 0, 1]

@@ -43,7 +43,7 @@ __all__ = ["ScoreSet", "evaluate", "load_score_set"]
 
 RESERVED_COLUMNS = {
     "subject_id", "image", "section", "label", "site", "slice", "slice_label", "semi_target", "mask",
-    "brain_mask", "error", "index", "n_voxels",
+    "brain_mask", "error", "index", "n_voxels", "brain_fraction", "counted",
 }  # fmt: skip
 
 
@@ -55,7 +55,8 @@ class ScoreSet:
         name: label used in the report and as the key prefix when several runs are compared.
         directory: the score directory. volumes: ``scores.csv``. slices: ``slice_scores.csv`` or None.
         score_columns: the score columns (higher = more anomalous). map_columns: ``{map name: column}``.
-        meta: ``score_meta.json`` (empty when absent).
+        meta: ``score_meta.json`` (empty when absent). slice_columns: score columns of ``slice_scores.csv``
+            (``score_meta.json``'s ``slice_score_columns``, else the volume columns present there).
     """
 
     name: str
@@ -65,6 +66,7 @@ class ScoreSet:
     score_columns: list[str]
     map_columns: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    slice_columns: list[str] = field(default_factory=list)
 
 
 def _score_columns(df: pd.DataFrame, meta: Mapping[str, Any]) -> list[str]:
@@ -110,7 +112,11 @@ def load_score_set(directory: str | os.PathLike, name: str | None = None) -> Sco
         if "subject_id" not in slices.columns or "slice" not in slices.columns:
             raise ValueError(f"{d / 'slice_scores.csv'}: needs subject_id and slice columns")
     maps = {str(c)[4:]: c for c in volumes.columns if str(c).startswith("map:")}
-    return ScoreSet(name or d.name, d, volumes, slices, columns, maps, meta)
+    slice_columns: list[str] = []
+    if slices is not None:
+        named = [c for c in meta.get("slice_score_columns") or [] if c in slices.columns]
+        slice_columns = named or [c for c in columns if c in slices.columns] or _score_columns(slices, {})
+    return ScoreSet(name or d.name, d, volumes, slices, columns, maps, meta, slice_columns)
 
 
 def _datalist_lookup(datalist: str | os.PathLike | Mapping | None) -> dict[str, dict[str, Any]]:
@@ -365,11 +371,13 @@ def evaluate(
             sl = ss.slices
             if "section" in sl.columns:
                 sl = sl[sl["section"] == section]
+            if "counted" in sl.columns:  # the slices with enough brain that the method's volume scores use
+                sl = sl[sl["counted"] == 1]
             if "slice_label" in sl.columns:
                 sl = sl[sl["slice_label"].isin([0, 1])]
                 ys = sl["slice_label"].to_numpy(dtype=int)
                 groups = sl["subject_id"].astype(str).to_numpy()
-                slice_cols = [c for c in ss.score_columns if c in sl.columns] or _score_columns(sl, {})
+                slice_cols = ss.slice_columns
                 log(f"{ss.name}: slice level, {len(sl)} slices of {len(np.unique(groups))} scans")
                 for col in slice_cols:
                     key = _key(ss, col, several)

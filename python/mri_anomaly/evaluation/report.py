@@ -100,7 +100,9 @@ def _profiles(ss, section: str, max_subjects: int = 4) -> list:
         return []
     if "section" in sl.columns:
         sl = sl[sl["section"] == section]
-    cols = [c for c in ss.score_columns if c in sl.columns][:4]
+    if "counted" in sl.columns:
+        sl = sl[sl["counted"] == 1]
+    cols = list(ss.slice_columns)[:4]
     if not cols or sl.empty:
         return []
     positive = sl.groupby("subject_id")["slice_label"].max()

@@ -156,10 +156,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
                       sums.mutable_data_ptr<double>(), AtenParallelFor{});
   }
   const auto dtype = grad_y.scalar_type();
-  at::Tensor grad_weight = sums.slice(0, 0, C * C).view({C, C}).to(dtype);
+  // copy=true: the three outputs must not alias one buffer (schema: fresh tensors).
+  at::Tensor grad_weight = sums.slice(0, 0, C * C).view({C, C}).to(dtype, false, true);
   at::Tensor grad_log_scale =
-      (sums.slice(0, C * C, C * C + C) + grad_logdet_.to(at::kDouble).sum() * double(V)).to(dtype);
-  at::Tensor grad_bias = sums.slice(0, C * C + C, C * C + 2 * C).to(dtype);
+      (sums.slice(0, C * C, C * C + C) + grad_logdet_.to(at::kDouble).sum() * double(V)).to(dtype, false, true);
+  at::Tensor grad_bias = sums.slice(0, C * C + C, C * C + 2 * C).to(dtype, false, true);
   return {x_out, grad_x, grad_log_scale, grad_bias, grad_weight};
 }
 

@@ -48,14 +48,22 @@ if _EXTENSION_ERROR is None:
     from mri_anomaly.ops import _registrations  # noqa: F401
 
 
+def _kernels_by_device() -> dict[str, bool]:
+    if _EXTENSION_ERROR is not None:
+        return {}
+    return {
+        device: bool(torch._C._dispatch_has_kernel_for_dispatch_key("mri_anomaly::flow_step", key))
+        for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    }
+
+
+# Looked up once: a plain dict lookup is free at call time and traceable by torch.compile.
+_KERNELS: dict[str, bool] = _kernels_by_device()
+
+
 def extension_available(device_type: str = "cpu") -> bool:
     """Whether the compiled ops have a kernel for ``device_type`` (``"cpu"`` or ``"cuda"``)."""
-    if _EXTENSION_ERROR is not None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    return bool(torch._C._dispatch_has_kernel_for_dispatch_key("mri_anomaly::flow_step", key))
+    return _KERNELS.get(device_type, False)
 
 
 def backend_name() -> str:

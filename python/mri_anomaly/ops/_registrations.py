@@ -13,13 +13,19 @@ _LIB = "mri_anomaly"
 
 
 def _check_like(name: str, t: torch.Tensor, ref: torch.Tensor, shape: tuple) -> None:
-    torch._check(tuple(t.shape) == tuple(shape), lambda: f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    torch._check(t.dtype == ref.dtype, lambda: f"{name} has dtype {t.dtype} but the activations have {ref.dtype}")
+    torch._check_value(
+        tuple(t.shape) == tuple(shape), lambda: f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}"
+    )
+    torch._check_type(t.dtype == ref.dtype, lambda: f"{name} has dtype {t.dtype} but the activations have {ref.dtype}")
+    torch._check_value(
+        t.device == ref.device,
+        lambda: f"{name} is on {t.device} but the activations are on {ref.device}; they must be on one device",
+    )
 
 
 def _check_activation(name: str, t: torch.Tensor) -> None:
-    torch._check(3 <= t.dim() <= 5, lambda: f"{name} must have shape (N, C, *spatial) with 1-3 spatial dims")
-    torch._check(t.dtype in (torch.float32, torch.float64), lambda: f"{name} must be float32 or float64")
+    torch._check_value(3 <= t.dim() <= 5, lambda: f"{name} must have shape (N, C, *spatial) with 1-3 spatial dims")
+    torch._check_type(t.dtype in (torch.float32, torch.float64), lambda: f"{name} must be float32 or float64")
 
 
 @torch.library.register_fake(f"{_LIB}::flow_step")
@@ -45,7 +51,7 @@ def _flow_step_inverse_fake(y, log_scale, bias, weight_inverse):
 
 def _backward_fake_common(grad_y, grad_logdet, xy, log_scale, bias, weight):
     _check_activation("grad_y", grad_y)
-    torch._check(xy.shape == grad_y.shape, lambda: "x/y must have the shape of grad_y")
+    torch._check_value(xy.shape == grad_y.shape, lambda: "x/y must have the shape of grad_y")
     c = grad_y.shape[1]
     _check_like("grad_logdet", grad_logdet, grad_y, (grad_y.shape[0],))
     _check_like("log_scale", log_scale, grad_y, (c,))

@@ -1,0 +1,203 @@
+"""The ``mri-anomaly`` command (also ``python -m mri_anomaly``, and ``torchrun -m mri_anomaly``).
+
+Subcommands::
+
+    mri-anomaly train --config C --datalist D --out RUN [--resume] [--device cpu|cuda] [--max-steps N] [--set k=v ...]
+    mri-anomaly score --run RUN --datalist D [--section test] --out OUT [--device ...] [--no-maps] [--workers N]
+    mri-anomaly info
+    (+ demo-data, datalist from mri_anomaly.data.commands; evaluate, demo from mri_anomaly.evaluation.commands)
+
+Each subcommand mirrors one Python call: ``train`` = ``Trainer(load_config(C, overrides), D, RUN).fit()``,
+``score`` = ``score_datalist(RUN, D, OUT, sections)``. Errors the user can fix (a bad config, datalist or
+file) are printed as one clear message with exit status 2, without a traceback (``MRI_ANOMALY_DEBUG=1``
+shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+_EPILOG_TRAIN = """\
+examples:
+  mri-anomaly train --config configs/glow3d.yaml --datalist demo/datalist.json --out runs/glow3d
+  mri-anomaly train --config configs/deep-sad-2d.yaml --datalist D --out RUN --max-steps 5 \\
+      --set train.batch_size=8 --set model.rep_dim=16
+  torchrun --nproc-per-node 2 -m mri_anomaly train --config C --datalist D --out RUN   # DDP
+  mri-anomaly train --config C --datalist D --out RUN --resume      # continue an interrupted run
+
+RUN/ receives config.yaml (resolved), checkpoint.pt (weights, optimiser, thresholds, versions; written
+atomically), train_log.csv and thresholds.json."""
+
+_EPILOG_SCORE = """\
+examples:
+  mri-anomaly score --run runs/glow3d --datalist demo/datalist.json --out scores/glow3d
+  mri-anomaly score --run RUN --datalist D --section validation,test --out OUT
+  torchrun --nproc-per-node 2 -m mri_anomaly score --run RUN --datalist D --out OUT   # sharded, merged
+
+OUT/ receives scores.csv (one row per volume), slice_scores.csv (one row per axial slice),
+maps/<section>/*.nii.gz (float32 voxel maps in the input's space and affine), errors.csv (scans that
+could not be read: skipped, the rest is scored) and score_meta.json. Running again over the same OUT
+skips the volumes already scored."""
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a method from a YAML config on a datalist",
+        description="Train one method (Glow, Deep SAD/SVDD, latent-norm autoencoder) from a YAML config. "
+        "At the end the healthy 'validation' section is scored and thresholds at score.specificity are stored.",
+        epilog=_EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="YAML config (see configs/*.yaml)")
+    p.add_argument("--datalist", required=True, help="datalist JSON/CSV with 'training' (healthy) and 'validation' sections")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory to create (or resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoint (exactly)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun each rank takes cuda:LOCAL_RANK); default cpu")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="stop after N optimiser steps in total and save (smoke runs; --resume continues)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a config value by its dotted key, parsed as YAML (repeatable), "
+                   "e.g. --set train.phases.train.steps=10 --set model.levels=2")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_score(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score",
+        help="score datalist sections with a trained run (CSV tables, voxel maps)",
+        description="Score every volume of the chosen datalist sections with a trained run: slice-wise for 2D models "
+        "(aggregated to volume scores by mean, max and top-k mean), volume-wise for 3D models; flags against the "
+        "run's thresholds.",
+        epilog=_EPILOG_SCORE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run", required=True, help="training run directory (holds checkpoint.pt)")
+    p.add_argument("--datalist", required=True, help="datalist JSON/CSV")
+    p.add_argument("--section", default="test",
+                   help="section(s) to score, comma separated (default: test), e.g. validation,test")
+    p.add_argument("--out", required=True, metavar="OUT", help="output folder (resumed when it exists)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda; default cpu")
+    p.add_argument("--no-maps", action="store_true", help="do not write voxel maps")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers that preprocess volumes ahead")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_score)
+
+
+def _add_info(subparsers) -> None:
+    p = subparsers.add_parser(
+        "info",
+        help="print versions, the ops backend and devices",
+        description="Print the package and dependency versions, which flow-step ops backend is in use "
+        "(compiled extension or pure-PyTorch reference), the registered methods and the devices.",
+    )
+    p.set_defaults(func=_cmd_info)
+
+
+def _add_registered(subparsers, module_name: str) -> None:
+    """Subcommands other modules register (data: demo-data, datalist; evaluation: evaluate, demo)."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        return
+    module.register_commands(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``mri-anomaly`` argument parser."""
+    from mri_anomaly import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mri-anomaly",
+        description="Anomaly detection in MRI volumes: Glow normalizing flows (likelihood, per-scale and likelihood-ratio "
+        "scores), Deep SAD / Deep SVDD and the latent-norm autoencoder, slice-wise and volume-wise.",
+        epilog="Typical use: demo-data (or datalist) -> train -> score -> evaluate.  'mri-anomaly demo' runs all of them.",
+    )
+    parser.add_argument("--version", action="version", version=f"mri-anomaly {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(subparsers)
+    _add_score(subparsers)
+    _add_info(subparsers)
+    _add_registered(subparsers, "mri_anomaly.data.commands")
+    _add_registered(subparsers, "mri_anomaly.evaluation.commands")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ commands
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mri_anomaly.training import Trainer, load_config
+    from mri_anomaly.training import distributed
+
+    config = load_config(args.config, args.overrides)
+    device = distributed.init_distributed(args.device)
+    try:
+        result = Trainer(config, args.datalist, args.out, device=device, max_steps=args.max_steps, resume=args.resume,
+                         progress=not args.no_progress).fit()
+    finally:
+        distributed.cleanup_distributed()
+    return 0 if result is not None else 1
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from mri_anomaly.scoring.runner import score_datalist
+    from mri_anomaly.training import distributed
+
+    sections = [s.strip() for s in args.section.split(",") if s.strip()]
+    if not sections:
+        raise ValueError("--section needs at least one section name, e.g. test or validation,test")
+    device = distributed.init_distributed(args.device)
+    try:
+        score_datalist(args.run, args.datalist, args.out, sections=sections, device=device,
+                       save_maps=False if args.no_maps else None, num_workers=args.workers,
+                       progress=not args.no_progress)
+    finally:
+        distributed.cleanup_distributed()
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from mri_anomaly import print_config
+    from mri_anomaly.training.methods import available_methods
+
+    print_config()
+    print(f"methods : {', '.join(available_methods())}")
+    return 0
+
+
+# Errors a user can act on: printed as one message, no traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    kinds: list[type[BaseException]] = [FileNotFoundError, FileExistsError, ValueError, KeyError]
+    return tuple(kinds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mri-anomaly`` console script. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        if os.environ.get("MRI_ANOMALY_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"mri-anomaly {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mri-anomaly {args.command}: interrupted; what was written so far is kept (rerun to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

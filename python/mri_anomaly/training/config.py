@@ -1,0 +1,411 @@
+"""Experiment configs: plain YAML, validated on load, overridable from the command line.
+
+A config says everything a run needs besides the datalist, so a run is reproducible from its config
+and seed::
+
+    method: glow                  # a registered method (mri_anomaly.training.methods)
+    spatial_dims: 3               # 2 = axial slices, 3 = volumes
+    in_channels: 1
+    seed: 0
+    preprocessing: {...}          # mri_anomaly.data preprocessing keys (validated by the data module)
+    slices: {min_brain_fraction: 0.05}   # 2D only: which axial slices are trained on and aggregated
+    model: {...}                  # keyword arguments of the method class's __init__
+    train:
+      batch_size: 4
+      phases: {<phase>: {steps: 100, lr: 1.0e-3, weight_decay: 0.0}}   # exactly the method's phases
+      grad_clip: 50.0             # max global gradient norm (null: no clipping)
+      num_workers: 0
+      log_every: 10
+      checkpoint_every: 50
+      max_consecutive_skips: 20   # abort when this many steps in a row have a non-finite loss/gradient
+      init_batches: 4             # batches begin_phase sees for data-dependent init
+    score:
+      specificity: 0.95           # thresholds flag at most 5 % of healthy validation scans
+      batch_size: 32              # slices (2D) or volumes (3D) per forward pass when scoring
+      top_k: 5                    # 2D: volume score = also the mean of the k highest slice scores
+      save_maps: true
+
+Every problem (unknown key, wrong type, impossible value) is collected and reported in one
+:class:`ConfigError`. ``--set a.b.c=value`` overrides any key by its dotted path; values are parsed
+as YAML scalars (``5``, ``1e-3``, ``true``, ``null``, ``[1, 2]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "TRAIN_DEFAULTS",
+    "SCORE_DEFAULTS",
+    "SLICES_DEFAULTS",
+    "load_config",
+    "apply_overrides",
+    "parse_override",
+    "validate_config",
+    "config_to_yaml",
+    "config_from_yaml",
+]
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "batch_size": 4,
+    "phases": {},
+    "grad_clip": 50.0,
+    "num_workers": 0,
+    "log_every": 10,
+    "checkpoint_every": 50,
+    "max_consecutive_skips": 20,
+    "init_batches": 4,
+}
+PHASE_DEFAULTS: dict[str, Any] = {"steps": 100, "lr": 1.0e-3, "weight_decay": 0.0}
+SCORE_DEFAULTS: dict[str, Any] = {"specificity": 0.95, "batch_size": 32, "top_k": 5, "save_maps": True}
+SLICES_DEFAULTS: dict[str, Any] = {"min_brain_fraction": 0.05}
+TOP_LEVEL_DEFAULTS: dict[str, Any] = {"in_channels": 1, "seed": 0}
+
+
+class ConfigError(ValueError):
+    """A config with problems; ``problems`` lists each one, the message lists them all."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s){where}:\n{lines}")
+
+
+# --------------------------------------------------------------------------------------------- overrides
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.phases.train.steps=5"`` -> ``(["train", "phases", "train", "steps"], 5)``.
+
+    Raises:
+        ConfigError: no ``=`` or an empty key.
+    """
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected key=value (for example train.batch_size=2)"])
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError([f"--set {text!r}: the key must be a dotted path such as model.levels"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError([f"--set {text!r}: the value is not valid YAML ({err})"]) from None
+    return parts, value
+
+
+def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of ``config`` with each ``key=value`` override applied (intermediate dicts created).
+
+    Unknown keys are set as given; :func:`validate_config` then reports them, so a typo never passes silently.
+    """
+    result = copy.deepcopy(config)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError([f"--set {text!r}: {'.'.join(parts[: i + 1])} is a {type(child).__name__}, not a section"])
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+# -------------------------------------------------------------------------------------------- validation
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class _Checker:
+    """Collects problems while walking a config."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, msg: str) -> None:
+        self.problems.append(msg)
+
+    def section(self, cfg: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
+        value = cfg.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.add(f"{where}{key}: expected a mapping, got {_type_name(value)}")
+            return None
+        return value
+
+    def unknown(self, cfg: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+        allowed = set(allowed)
+        for key in cfg:
+            if key not in allowed:
+                self.add(f"{where}{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def int_(self, cfg: Mapping[str, Any], key: str, where: str, minimum: int | None = None) -> None:
+        if key not in cfg:
+            return
+        v = cfg[key]
+        if not _is_int(v):
+            self.add(f"{where}{key}: expected an integer, got {_type_name(v)} {v!r}")
+        elif minimum is not None and v < minimum:
+            self.add(f"{where}{key}: must be >= {minimum}, got {v}")
+
+    def number(
+        self,
+        cfg: Mapping[str, Any],
+        key: str,
+        where: str,
+        check: Callable[[float], bool] | None = None,
+        rule: str = "",
+        nullable: bool = False,
+    ) -> None:
+        if key not in cfg:
+            return
+        v = cfg[key]
+        if v is None and nullable:
+            return
+        if not _is_number(v):
+            self.add(f"{where}{key}: expected a number{' or null' if nullable else ''}, got {_type_name(v)} {v!r}")
+        elif check is not None and not check(float(v)):
+            self.add(f"{where}{key}: {rule}, got {v}")
+
+    def bool_(self, cfg: Mapping[str, Any], key: str, where: str) -> None:
+        if key in cfg and not isinstance(cfg[key], bool):
+            self.add(f"{where}{key}: expected true or false, got {_type_name(cfg[key])} {cfg[key]!r}")
+
+
+def _check_model_kwargs(chk: _Checker, method_cls: type, model: dict[str, Any]) -> None:
+    """Check ``model:`` against the method's ``__init__``: unknown names, missing required ones, simple types."""
+    sig = inspect.signature(method_cls.__init__)
+    params = {n: p for n, p in sig.parameters.items() if n not in ("self", "spatial_dims", "in_channels")}
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {n: p for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+    try:
+        hints = typing.get_type_hints(method_cls.__init__)
+    except Exception:  # unresolvable forward references: skip type checks, names are still checked
+        hints = {}
+    for key, value in model.items():
+        if key not in named:
+            if not accepts_kwargs:
+                chk.add(f"model.{key}: unknown argument of method {method_cls.name!r} (allowed: {', '.join(sorted(named)) or 'none'})")
+            continue
+        hint = hints.get(key)
+        if hint is not None and not _matches_hint(value, hint):
+            chk.add(f"model.{key}: expected {_hint_name(hint)}, got {_type_name(value)} {value!r}")
+    for name, p in named.items():
+        if p.default is inspect.Parameter.empty and name not in model:
+            chk.add(f"model.{name}: required by method {method_cls.name!r} but missing")
+
+
+def _matches_hint(value: Any, hint: Any) -> bool:
+    """Best-effort check of a YAML value against a simple annotation; unknown annotations pass."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        return any(_matches_hint(value, a) for a in args)
+    try:
+        import types
+
+        if isinstance(hint, types.UnionType):
+            return any(_matches_hint(value, a) for a in typing.get_args(hint))
+    except AttributeError:  # pragma: no cover (python < 3.10)
+        pass
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return _is_int(value)
+    if hint is float:
+        return _is_number(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list) or origin is typing.Sequence or str(origin) == "<class 'collections.abc.Sequence'>":
+        if not isinstance(value, (list, tuple)):
+            return False
+        if args and not (len(args) == 2 and args[1] is Ellipsis) and origin is tuple:
+            return len(args) == len(value) and all(_matches_hint(v, a) for v, a in zip(value, args))
+        elem = args[0] if args else Any
+        return all(_matches_hint(v, elem) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _preprocessing_problems(preprocessing: dict[str, Any]) -> list[str]:
+    """Problems the data module reports for the ``preprocessing`` section (its own validator)."""
+    from mri_anomaly.data import validate_preprocessing_config
+
+    try:
+        result = validate_preprocessing_config(preprocessing)
+    except ValueError as err:  # a validator that raises: one message, possibly listing several problems
+        problems = getattr(err, "problems", None)
+        lines = list(problems) if problems else [line.strip(" -") for line in str(err).splitlines() if line.strip()]
+        return [p if p.startswith("preprocessing") else f"preprocessing: {p}" for p in lines]
+    if isinstance(result, (list, tuple)):  # a validator that returns its problems
+        return [p if str(p).startswith("preprocessing") else f"preprocessing: {p}" for p in result]
+    return []
+
+
+def validate_config(config: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """Check a config and return it with defaults filled in.
+
+    Args:
+        config: the parsed YAML mapping.
+        source: where it came from (a file name), for the message.
+
+    Returns:
+        a new dict with ``in_channels``, ``seed``, ``train``/``score``/``slices`` defaults filled and one
+        entry per method phase in ``train.phases``.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    chk = _Checker()
+    if not isinstance(config, Mapping):
+        raise ConfigError([f"the config must be a mapping, got {_type_name(config)}"], source)
+    cfg: dict[str, Any] = {**TOP_LEVEL_DEFAULTS, **copy.deepcopy(dict(config))}
+    chk.unknown(cfg, ("method", "spatial_dims", "in_channels", "seed", "preprocessing", "slices", "model", "train", "score"), "")
+
+    method_cls = None
+    if "method" not in cfg:
+        from mri_anomaly.training.methods import available_methods
+
+        chk.add(f"method: missing (one of: {', '.join(available_methods())})")
+    elif not isinstance(cfg["method"], str):
+        chk.add(f"method: expected a method name, got {_type_name(cfg['method'])}")
+    else:
+        from mri_anomaly.training.methods import get_method_class
+
+        try:
+            method_cls = get_method_class(cfg["method"])
+        except KeyError as err:
+            chk.add(f"method: {err.args[0]}")
+
+    if "spatial_dims" not in cfg:
+        chk.add("spatial_dims: missing (2 for axial slices, 3 for volumes)")
+    elif cfg["spatial_dims"] not in (2, 3) or isinstance(cfg["spatial_dims"], bool):
+        chk.add(f"spatial_dims: must be 2 or 3, got {cfg['spatial_dims']!r}")
+    chk.int_(cfg, "in_channels", "", minimum=1)
+    chk.int_(cfg, "seed", "", minimum=0)
+
+    # preprocessing: the data module owns its keys
+    pre = chk.section(cfg, "preprocessing", "")
+    if pre is not None:
+        chk.problems.extend(_preprocessing_problems(pre))
+        cfg["preprocessing"] = pre
+
+    # slices: only meaningful for 2D
+    slices = chk.section(cfg, "slices", "")
+    if slices is not None:
+        if slices and cfg.get("spatial_dims") == 3:
+            chk.add("slices: only used by 2D (spatial_dims: 2) configs; remove it or set spatial_dims: 2")
+        chk.unknown(slices, SLICES_DEFAULTS, "slices.")
+        chk.number(slices, "min_brain_fraction", "slices.", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+        cfg["slices"] = {**SLICES_DEFAULTS, **slices} if cfg.get("spatial_dims") != 3 else {}
+
+    model = chk.section(cfg, "model", "")
+    if model is not None:
+        cfg["model"] = model
+        if method_cls is not None:
+            _check_model_kwargs(chk, method_cls, model)
+
+    train = chk.section(cfg, "train", "")
+    if train is not None:
+        chk.unknown(train, TRAIN_DEFAULTS, "train.")
+        chk.int_(train, "batch_size", "train.", minimum=1)
+        chk.int_(train, "num_workers", "train.", minimum=0)
+        chk.int_(train, "log_every", "train.", minimum=1)
+        chk.int_(train, "checkpoint_every", "train.", minimum=1)
+        chk.int_(train, "max_consecutive_skips", "train.", minimum=1)
+        chk.int_(train, "init_batches", "train.", minimum=1)
+        chk.number(train, "grad_clip", "train.", lambda v: v > 0, "must be > 0 (or null for no clipping)", nullable=True)
+        phases = train.get("phases", {})
+        filled_phases: dict[str, Any] = {}
+        if not isinstance(phases, dict):
+            chk.add(f"train.phases: expected a mapping phase -> {{steps, lr, weight_decay}}, got {_type_name(phases)}")
+        else:
+            expected = tuple(method_cls.phases) if method_cls is not None else tuple(phases)
+            for name in phases:
+                if name not in expected:
+                    chk.add(f"train.phases.{name}: method {cfg.get('method')!r} has no phase {name!r} (its phases: {', '.join(expected)})")
+            for name in expected:
+                phase = phases.get(name) or {}
+                where = f"train.phases.{name}."
+                if not isinstance(phase, dict):
+                    chk.add(f"train.phases.{name}: expected a mapping, got {_type_name(phase)}")
+                    continue
+                chk.unknown(phase, PHASE_DEFAULTS, where)
+                chk.int_(phase, "steps", where, minimum=0)
+                chk.number(phase, "lr", where, lambda v: v > 0, "must be > 0")
+                chk.number(phase, "weight_decay", where, lambda v: v >= 0, "must be >= 0")
+                filled_phases[name] = {**PHASE_DEFAULTS, **phase}
+        cfg["train"] = {**TRAIN_DEFAULTS, **train, "phases": filled_phases}
+
+    score = chk.section(cfg, "score", "")
+    if score is not None:
+        chk.unknown(score, SCORE_DEFAULTS, "score.")
+        chk.number(score, "specificity", "score.", lambda v: 0.0 < v < 1.0, "must be in (0, 1)")
+        chk.int_(score, "batch_size", "score.", minimum=1)
+        chk.int_(score, "top_k", "score.", minimum=1)
+        chk.bool_(score, "save_maps", "score.")
+        cfg["score"] = {**SCORE_DEFAULTS, **score}
+
+    if chk.problems:
+        raise ConfigError(chk.problems, source)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ I/O
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a YAML config, apply ``--set`` overrides, validate, fill defaults.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or the config has problems (all listed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file not found: {path}"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"the config must be a mapping, got {_type_name(raw)}"], str(path))
+    return validate_config(apply_overrides(raw, overrides), source=str(path))
+
+
+def config_to_yaml(config: Mapping[str, Any]) -> str:
+    """The resolved config as YAML text (stored in checkpoints and as ``RUN/config.yaml``)."""
+    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
+
+
+def config_from_yaml(text: str) -> dict[str, Any]:
+    """Inverse of :func:`config_to_yaml` (re-validated so an old checkpoint with a bad config is reported)."""
+    return validate_config(yaml.safe_load(text), source="checkpoint config")

@@ -99,3 +99,21 @@ def test_one_class_is_reported_not_crashed(tmp_path):
     m = evaluate(d, sections, tmp_path / "o", n_bootstrap=0, report=False)
     assert "both healthy" in m["volume"]["nll"]["error"]
     assert np.isfinite(m["thresholds"]["nll"]["threshold"])
+
+
+def test_cli_evaluate(tmp_path, capsys):
+    from mri_anomaly.cli import main
+
+    d, _ = make_score_dir(tmp_path, with_maps=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    rc = main(["evaluate", "--scores", str(d), "--datalist", str(tmp_path / "datalist.json"), "--out", str(tmp_path / "ev"),
+               "--run", str(run), "--bootstrap", "10", "--specificity", "0.9"])
+    assert rc == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert (tmp_path / "ev" / "report.html").is_file()
+    assert load_thresholds(run)["specificity"] == 0.9
+    assert m["thresholds"]["nll"]["threshold"] == pytest.approx(load_thresholds(run)["thresholds"]["nll"])
+    rc = main(["evaluate", "--scores", str(tmp_path / "nowhere"), "--out", str(tmp_path / "ev2")])
+    assert rc == 2
+    assert "nowhere/scores.csv: not found" in capsys.readouterr().err

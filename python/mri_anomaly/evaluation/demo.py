@@ -1,0 +1,200 @@
+"""``mri-anomaly demo``: the whole pipeline on the synthetic demo cohort, resumable, ending in one report.
+
+Stages (each one is the same Python call the corresponding CLI command makes)::
+
+    data       make_demo_cohort(DIR/data)                            = mri-anomaly demo-data --out DIR/data
+    train:<r>  Trainer(load_config(configs/<r>.yaml), D, DIR/runs/<r>, resume=True).fit()
+                                                                     = mri-anomaly train --config ... --out DIR/runs/<r>
+    score:<r>  score_datalist(DIR/runs/<r>, D, DIR/scores/<r>, ("validation", "test"))
+                                                                     = mri-anomaly score --section validation,test ...
+    evaluate   evaluate([DIR/scores/*], D, DIR/report, runs=[DIR/runs/*])
+                                                                     = mri-anomaly evaluate --scores ... --run ...
+
+Finished stages are recorded in ``DIR/demo_state.json`` (with their wall-clock seconds) and skipped when the
+demo is run again; an interrupted training resumes from its checkpoint and an interrupted scoring from its
+tables. The runs (:data:`DEMO_RUNS`): 2D and 3D Glow likelihood ratio (which also report the NLL and the
+final-scale score), Deep SVDD (no labels), Deep SAD (a few labelled anomalies) and the latent-norm
+autoencoder, at demo size. ``smoke=True`` shrinks everything (cohort, steps, bootstrap) for the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEMO_RUNS", "DemoRun", "configs_dir", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One method of the demo: a name (its folder), a config file in ``configs/`` and config overrides."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    description: str = ""
+
+
+DEMO_RUNS: tuple[DemoRun, ...] = (
+    DemoRun("glow-ratio-2d", "glow-ratio-2d.yaml", description="2D Glow on slices: likelihood ratio, NLL, final-scale"),
+    DemoRun("glow-ratio-3d", "glow-ratio-3d.yaml", description="3D Glow on volumes: likelihood ratio, NLL, final-scale"),
+    DemoRun("deep-svdd-3d", "deep-svdd-3d.yaml", description="Deep SVDD (no labels)"),
+    DemoRun("deep-sad-3d", "deep-sad-3d.yaml", description="Deep SAD (a few labelled anomalies)"),
+    DemoRun("latent-norm-ae-2d", "latent-norm-ae-2d.yaml", description="latent-norm autoencoder on slices"),
+)
+
+# Smoke sizes: a cohort of a few scans and a couple of optimiser steps per phase.
+SMOKE_COHORT: dict[str, Any] = {"n_training": 4, "n_validation": 3, "n_test": 4, "n_general": 3}
+SMOKE_STEPS = 2
+SMOKE_BOOTSTRAP = 20
+STATE_FILE = "demo_state.json"
+
+
+def configs_dir() -> Path:
+    """The folder of the YAML configs: ``$MRI_ANOMALY_CONFIGS``, else ``configs/`` of the source checkout
+    (beside ``python/``), else ``./configs``.
+
+    Raises:
+        FileNotFoundError: none of them exists.
+    """
+    candidates = []
+    if os.environ.get("MRI_ANOMALY_CONFIGS"):
+        candidates.append(Path(os.environ["MRI_ANOMALY_CONFIGS"]))
+    candidates.append(Path(__file__).resolve().parents[3] / "configs")
+    candidates.append(Path.cwd() / "configs")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError(
+        f"no configs folder found (looked in {', '.join(map(str, candidates))}); set MRI_ANOMALY_CONFIGS to the repository's configs/"
+    )
+
+
+class _State:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def done(self, stage: str) -> bool:
+        return bool(self.data.get(stage, {}).get("done"))
+
+    def mark(self, stage: str, seconds: float, **extra: Any) -> None:
+        self.data[stage] = {"done": True, "seconds": round(seconds, 2), **extra}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def _smoke_overrides(config: dict[str, Any]) -> list[str]:
+    out = [f"train.phases.{phase}.steps={SMOKE_STEPS}" for phase in config["train"]["phases"]]
+    out += ["train.init_batches=1", "train.log_every=1", "train.checkpoint_every=1000"]
+    return out
+
+
+def run_demo(
+    out: str | os.PathLike,
+    runs: Sequence[DemoRun] = DEMO_RUNS,
+    seed: int = 0,
+    device: str = "cpu",
+    smoke: bool = False,
+    n_bootstrap: int = 1000,
+    progress: bool = True,
+    log: Callable[[str], None] = _say,
+) -> Path:
+    """Run (or resume) the demo into ``out``; returns the path of ``report.html``.
+
+    Args:
+        out: the demo folder (created): ``data/``, ``runs/<name>/``, ``scores/<name>/``, ``report/``.
+        runs: which methods (default: all of :data:`DEMO_RUNS`).
+        seed: seed of the demo cohort. device: ``cpu`` or ``cuda``.
+        smoke: tiny sizes (a few scans, 2 steps per phase, 20 bootstrap resamples): for tests only, the
+            numbers mean nothing.
+        n_bootstrap: bootstrap resamples of the report's CIs.
+        progress: progress bars of training and scoring.
+
+    Raises:
+        FileNotFoundError: a config is missing. ValueError: ``out`` holds a demo made with other settings.
+    """
+    from mri_anomaly.data import make_demo_cohort
+    from mri_anomaly.evaluation.evaluate import evaluate
+    from mri_anomaly.scoring.runner import score_datalist
+    from mri_anomaly.training import Trainer, load_config
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _State(out / STATE_FILE)
+    settings = {"seed": seed, "smoke": smoke, "runs": [r.name for r in runs]}
+    if state.data.get("settings") not in (None, settings):
+        raise ValueError(
+            f"{out} holds a demo made with other settings ({state.data['settings']}); use another --out or delete {out / STATE_FILE}"
+        )
+    state.data["settings"] = settings
+    cfg_dir = configs_dir()
+    configs = {}
+    for r in runs:
+        path = cfg_dir / r.config
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: demo config of {r.name!r} not found")
+        config = load_config(path, r.overrides)
+        if smoke:
+            config = load_config(path, list(r.overrides) + _smoke_overrides(config))
+        configs[r.name] = config
+    n_stages = 2 + 2 * len(runs)
+    stage_no = 0
+    t_all = time.time()
+
+    def stage(name: str, what: str) -> bool:
+        nonlocal stage_no
+        stage_no += 1
+        if state.done(name):
+            log(f"[{stage_no}/{n_stages}] {what}: already done, skipped")
+            return False
+        log(f"[{stage_no}/{n_stages}] {what} ...")
+        return True
+
+    data_dir = out / "data"
+    datalist = data_dir / "datalist.json"
+    if stage("data", f"demo cohort -> {data_dir}"):
+        t = time.time()
+        kwargs = dict(SMOKE_COHORT) if smoke else {}
+        make_demo_cohort(data_dir, seed=seed, **kwargs)
+        state.mark("data", time.time() - t)
+    for r in runs:
+        run_dir = out / "runs" / r.name
+        if stage(f"train:{r.name}", f"train {r.name} ({r.description or r.config})"):
+            t = time.time()
+            result = Trainer(configs[r.name], datalist, run_dir, device=device, resume=True, progress=progress).fit()
+            if not result.completed:
+                raise RuntimeError(f"training of {r.name} stopped before the end ({run_dir}); rerun the demo to resume")
+            state.mark(f"train:{r.name}", time.time() - t, steps=result.global_step)
+    score_dirs = []
+    for r in runs:
+        run_dir, score_dir = out / "runs" / r.name, out / "scores" / r.name
+        score_dirs.append(score_dir)
+        if stage(f"score:{r.name}", f"score {r.name} (validation and test sections)"):
+            t = time.time()
+            score_datalist(run_dir, datalist, score_dir, sections=("validation", "test"), device=device, progress=progress)
+            state.mark(f"score:{r.name}", time.time() - t)
+    report_dir = out / "report"
+    if stage("evaluate", f"evaluate and compare -> {report_dir}"):
+        t = time.time()
+        evaluate(score_dirs, datalist, report_dir, runs=[out / "runs" / r.name for r in runs],
+                 names=[r.name for r in runs], n_bootstrap=SMOKE_BOOTSTRAP if smoke else n_bootstrap,
+                 n_bootstrap_voxel=5 if smoke else 100, title="mri-anomaly demo: methods compared on the synthetic cohort",
+                 log=log)  # fmt: skip
+        state.mark("evaluate", time.time() - t)
+    state.data["total_seconds_this_call"] = round(time.time() - t_all, 2)
+    (out / STATE_FILE).write_text(json.dumps(state.data, indent=2))
+    report = report_dir / "report.html"
+    log(f"done in {time.time() - t_all:.0f} s. Report: {report.resolve()}")
+    return report

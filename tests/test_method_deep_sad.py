@@ -1,0 +1,231 @@
+"""The ``deep-sad`` method adapter: phases, encoder copy, fixed centre, γ_l labels, toy separation, save/load.
+
+The toy problem is a stand-in for the demo cohort: 16×16 "slices" with a smooth ellipse (healthy) and the
+same with a bright disc inserted (anomalous), small enough to train in well under a second.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from mri_anomaly.training.methods import get_method_class
+from mri_anomaly.training.methods.deep_sad import DeepSADMethod
+
+SIZE = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny convolutions gain nothing from intra-op threads, and on a shared, busy CPU the thread
+    # hand-offs make them 10-30× slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+SMALL = dict(rep_dim=8, channels=[4, 8, 8], pooled_size=2)
+
+
+def healthy_slices(n: int, generator: torch.Generator) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+    cy = 7.5 + 0.5 * torch.randn(n, 1, 1, generator=generator)
+    cx = 7.5 + 0.5 * torch.randn(n, 1, 1, generator=generator)
+    inside = 1 - ((yy - cy) / 6) ** 2 - ((xx - cx) / 5) ** 2
+    image = 0.6 * torch.sigmoid(8 * inside) + 0.02 * torch.randn(n, SIZE, SIZE, generator=generator)
+    return image.clamp(0, 1).unsqueeze(1)
+
+
+def insert_disc(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One bright disc of radius 2.5 at a random place inside the ellipse of ``image`` (C, H, W)."""
+    yy, xx = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+    cy, cx = (4 + 8 * torch.rand(2, generator=generator)).tolist()
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 2.5**2
+    out = image.clone()
+    out[..., disc] = 1.0
+    return out
+
+
+def _train(method: DeepSADMethod, generator: torch.Generator, pretrain_steps: int = 60, train_steps: int = 120) -> None:
+    opt = torch.optim.Adam(method.phase_parameters("pretrain"), lr=1e-2)
+    for _ in range(pretrain_steps):
+        loss = method.training_loss("pretrain", {"image": healthy_slices(32, generator)})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    method.begin_phase("train", [{"image": healthy_slices(64, generator)}])
+    opt = torch.optim.Adam(method.phase_parameters("train"), lr=1e-3, weight_decay=1e-6)
+    for _ in range(train_steps):
+        loss = method.training_loss("train", {"image": healthy_slices(32, generator)})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _toy_method(gamma_l: float, seed: int) -> tuple[DeepSADMethod, torch.Generator]:
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    method = get_method_class("deep-sad").from_config(2, 1, dict(SMALL, gamma_l=gamma_l))
+    method.lesion_transform = lambda image: insert_disc(image, generator)
+    return method, generator
+
+
+def _test_scores(method: DeepSADMethod) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1234)
+    normal = healthy_slices(64, generator)
+    anomalous = torch.stack([insert_disc(x, generator) for x in healthy_slices(64, generator)])
+    return method.score({"image": normal}).scores["deep_sad_dist"], method.score({"image": anomalous}).scores["deep_sad_dist"]
+
+
+def test_registered_and_built_from_plain_config() -> None:
+    cls = get_method_class("deep-sad")
+    assert cls is DeepSADMethod and cls.phases == ("pretrain", "train") and cls.score_names == ("deep_sad_dist",)
+    method = cls.from_config(3, 1, {"rep_dim": 4, "channels": [2, 4], "pooled_size": [1, 2, 1], "eta": 2.0})
+    assert method.net.rep_dim == 4 and method.eta == 2.0
+
+
+def test_phase_parameters_and_centre_is_not_a_parameter() -> None:
+    method = DeepSADMethod(2, **SMALL)
+    pretrain = {id(p) for p in method.phase_parameters("pretrain")}
+    train = {id(p) for p in method.phase_parameters("train")}
+    assert pretrain == {id(p) for p in method.autoencoder.parameters()}
+    assert train == {id(p) for p in method.net.parameters()}
+    assert not pretrain & train
+    assert "net.center" in dict(method.named_buffers())
+    assert all(p is not method.net.center for p in method.parameters())
+    with pytest.raises(ValueError, match="unknown phase"):
+        list(method.phase_parameters("finetune"))
+
+
+def test_begin_train_copies_encoder_and_fixes_centre_on_normal_images() -> None:
+    method, generator = _toy_method(0.0, seed=0)
+    _train(method, generator, pretrain_steps=5, train_steps=0)
+    for key, value in method.autoencoder.encoder.state_dict().items():
+        assert torch.equal(method.net.encoder.state_dict()[key], value), key
+    # Known anomalies (semi_target −1) are left out of the centre.
+    normal = healthy_slices(6, generator)
+    anomalies = torch.stack([insert_disc(x, generator) for x in healthy_slices(2, generator)])
+    batch = {"image": torch.cat([normal, anomalies]), "semi_target": torch.tensor([0, 1, 0, 0, 0, 0, -1, -1])}
+    method.begin_phase("train", [batch])
+    expected = method.net.center.clone()
+    method.net.init_center([normal])
+    torch.testing.assert_close(expected, method.net.center)
+
+
+def test_toy_problem_separates_and_centre_stays_fixed() -> None:
+    method, generator = _toy_method(0.0, seed=0)
+    with pytest.raises(RuntimeError, match="begin_phase"):
+        method.training_loss("train", {"image": healthy_slices(4, generator)})
+    _train(method, generator, train_steps=0)
+    center = method.net.center.clone()
+    assert bool((center.abs() >= 0.1).all())
+    opt = torch.optim.Adam(method.phase_parameters("train"), lr=1e-3)
+    for _ in range(120):
+        loss = method.training_loss("train", {"image": healthy_slices(32, generator)})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(method.net.center, center)
+    normal, anomalous = _test_scores(method)
+    auroc = roc_auc_score([0] * 64 + [1] * 64, torch.cat([normal, anomalous]).numpy())
+    assert auroc > 0.9, auroc
+    # No hypersphere collapse: healthy scores are spread, not one constant.
+    assert normal.std().item() > 1e-3 and normal.unique().numel() == 64
+
+
+def test_labelled_anomalies_move_known_anomalies_away_from_centre() -> None:
+    # Same seed, same pretraining; only the labelled anomalies (γ_l) differ. Measured: mean anomaly
+    # distance 2.6 (γ_l = 0) -> 18 (γ_l = 0.25) at seed 0, and ≥ 2.4× at seeds 1 and 2.
+    anomaly_distance = {}
+    for gamma_l in (0.0, 0.25):
+        method, generator = _toy_method(gamma_l, seed=0)
+        _train(method, generator)
+        normal, anomalous = _test_scores(method)
+        anomaly_distance[gamma_l] = anomalous.mean().item()
+        assert anomalous.mean() > 10 * normal.mean()
+    assert anomaly_distance[0.25] > 2 * anomaly_distance[0.0], anomaly_distance
+
+
+def test_gamma_l_inserts_lesions_into_the_expected_fraction() -> None:
+    method, generator = _toy_method(0.25, seed=0)
+    images = healthy_slices(8, generator)
+    semi = torch.tensor([-1, 1, 0, 0, 0, 0, 0, 0])
+    x, semi_target = method.labelled_batch({"image": images, "semi_target": semi})
+    changed = (x != images).flatten(1).any(dim=1)
+    new_labels = (semi_target == -1) & (semi == 0)
+    assert int(new_labels.sum()) == 2  # 0.25 · 8, no fractional part
+    assert torch.equal(changed, new_labels)  # exactly the newly labelled samples got a lesion
+    assert semi_target[0] == -1 and semi_target[1] == 1  # datalist labels kept
+    # Fractional expectation: 0.05 · 10 = 0.5 labelled anomalies per batch on average.
+    method.gamma_l = 0.05
+    counts = [int((method.labelled_batch({"image": healthy_slices(10, generator)})[1] == -1).sum()) for _ in range(400)]
+    assert set(counts) <= {0, 1} and 0.4 < sum(counts) / 400 < 0.6
+    method.gamma_l = 0.0
+    x, semi_target = method.labelled_batch({"image": images})
+    assert torch.equal(x, images) and not bool(semi_target.any())
+
+
+def test_save_and_load_give_identical_scores() -> None:
+    method, generator = _toy_method(0.1, seed=3)
+    _train(method, generator, pretrain_steps=5, train_steps=5)
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    loaded = DeepSADMethod(2, **SMALL, gamma_l=0.1)
+    loaded.load_state_dict(state)
+    batch = {"image": healthy_slices(8, generator)}
+    assert torch.equal(method.score(batch).scores["deep_sad_dist"], loaded.score(batch).scores["deep_sad_dist"])
+    assert bool(loaded.net.center_initialized) and torch.equal(loaded.net.center, method.net.center)
+
+
+def test_soft_boundary_radius_after_warmup_and_no_labels() -> None:
+    generator = torch.Generator().manual_seed(0)
+    method = DeepSADMethod(2, **SMALL, objective="soft-boundary", nu=0.25, radius_warmup_steps=2)
+    method.begin_phase("train", [{"image": healthy_slices(16, generator)}])
+    for step in range(3):
+        batch = {"image": healthy_slices(8, generator)}
+        method.training_loss("train", batch)
+        assert (method.net.radius.item() == 0.0) == (step < 2)
+    with torch.no_grad():
+        dist = method.net.distance(batch["image"])  # same train-mode batch statistics as the loss
+    assert method.net.radius.item() == pytest.approx(torch.quantile(dist.sqrt(), 0.75).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="no labels"):
+        method.training_loss("train", {"image": healthy_slices(2, generator), "semi_target": torch.tensor([0, -1])})
+    with pytest.raises(ValueError, match="gamma_l"):
+        DeepSADMethod(2, objective="soft-boundary", gamma_l=0.1)
+
+
+def test_volumes_end_to_end() -> None:
+    method = DeepSADMethod(3, rep_dim=4, channels=[2, 4, 4])
+    batch = {"image": torch.rand(3, 1, 8, 16, 8), "semi_target": torch.tensor([0, -1, 1])}
+    method.training_loss("pretrain", batch).backward()
+    method.begin_phase("train", [batch])
+    loss = method.training_loss("train", batch)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in method.phase_parameters("train"))
+    out = method.score(batch)
+    assert out.scores["deep_sad_dist"].shape == (3,) and out.maps == {}
+
+
+def test_bad_arguments_and_batches() -> None:
+    for kwargs, name in [
+        ({"eta": 0}, "eta"),
+        ({"eps": -1}, "eps"),
+        ({"objective": "svdd"}, "objective"),
+        ({"nu": 1.5}, "nu"),
+        ({"gamma_l": 1.0}, "gamma_l"),
+        ({"center_eps": -0.1}, "center_eps"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            DeepSADMethod(2, **kwargs)
+    method = DeepSADMethod(2, **SMALL)
+    with pytest.raises(KeyError, match="image"):
+        method.training_loss("pretrain", {"img": torch.rand(2, 1, 16, 16)})
+    with pytest.raises(ValueError, match="semi_target"):
+        method.labelled_batch({"image": torch.rand(2, 1, 16, 16), "semi_target": torch.tensor([0, 3])})
+    with pytest.raises(ValueError, match=r"batch\['image'\]"):
+        method.training_loss("pretrain", {"image": torch.rand(2, 1, 16, 16, 16)})

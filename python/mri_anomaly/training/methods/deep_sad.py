@@ -15,7 +15,7 @@ Labelled samples come from two places:
 * the batch's ``semi_target`` (the datalist's ``semi_target``: +1 known normal, −1 known anomaly, 0 or
   absent = unlabelled);
 * synthetic anomalies, when ``gamma_l > 0``: in each ``"train"`` batch, ``k`` unlabelled samples chosen at
-  random get a synthetic lesion (``mri_anomaly.data.RandLesion``) and ``semi_target = −1``, where ``k`` is
+  random get a synthetic lesion (``mri_anomaly.data.lesions.RandLesion``) and ``semi_target = −1``, where ``k`` is
   ``gamma_l · N`` rounded stochastically (``floor`` plus one with probability equal to the fractional
   part), so **γ_l is the expected fraction of every training batch that is a labelled (synthetic)
   anomaly** — the paper's ``γ_l = m / (n + m)``. Unlike the paper, whose m labelled anomalies are a fixed
@@ -79,15 +79,22 @@ def batch_semi_targets(batch: Batch, n: int, device: torch.device) -> torch.Tens
     return semi_target
 
 
-def _default_lesion_transform(options: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
-    try:
-        from mri_anomaly.data import RandLesion
-    except ImportError as err:  # pragma: no cover - only while the data package is incomplete
-        raise RuntimeError(f"gamma_l > 0 needs mri_anomaly.data.RandLesion, which cannot be imported: {err}") from err
-    lesion = RandLesion(prob=1.0, **options)
+def _default_lesion_transform(
+    options: dict[str, Any], voxel_size_mm: tuple[float, ...]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One ``RandLesion`` insertion per call on an image (C=1, *spatial) of the given voxel size."""
+    from monai.data import MetaTensor
+
+    from mri_anomaly.data.lesions import RandLesion
+
+    # Real MS lesion patterns need masks on the image grid, which a training batch does not have.
+    lesion = RandLesion(prob=1.0, **{"kinds": ("focal", "tumour"), **options})
+    # RandLesion sizes lesions in mm from the image's affine; batches carry plain tensors.
+    affine = torch.diag(torch.tensor([*voxel_size_mm, 1.0], dtype=torch.float64))
 
     def insert(image: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(lesion(image))
+        lesioned, _ = lesion(MetaTensor(image.detach().cpu(), affine=affine))
+        return torch.as_tensor(lesioned).to(image)
 
     return insert
 
@@ -114,7 +121,10 @@ class DeepSADMethod(AnomalyMethod):
         radius_warmup_steps: soft-boundary: R stays 0 for this many ``"train"`` steps, then is set on every
             batch to the (1 − ν)-quantile of the batch's distances (as in Deep SVDD's warm-up epochs).
         gamma_l: expected fraction of each ``"train"`` batch replaced by synthetic labelled anomalies, in [0, 1).
-        lesion: keyword arguments of ``mri_anomaly.data.RandLesion`` for the synthetic anomalies.
+        lesion: keyword arguments of ``mri_anomaly.data.lesions.RandLesion`` for the synthetic anomalies
+            (default kinds ``["focal", "tumour"]``; e.g. ``{"contrast": "t1"}`` for hypointense lesions).
+        voxel_size_mm: voxel size of the model grid (one value or one per spatial dim), so that synthetic
+            lesions have their sizes in mm (the demo preprocessing resamples to 4 mm).
 
     Raises:
         ValueError: for an argument out of range, naming it.
@@ -142,6 +152,7 @@ class DeepSADMethod(AnomalyMethod):
         radius_warmup_steps: int = 100,
         gamma_l: float = 0.0,
         lesion: dict[str, Any] | None = None,
+        voxel_size_mm: float | list[float] = 4.0,
     ) -> None:
         super().__init__(spatial_dims, in_channels)
         if eta <= 0:
@@ -166,6 +177,10 @@ class DeepSADMethod(AnomalyMethod):
         self.radius_warmup_steps = int(radius_warmup_steps)
         self.gamma_l = float(gamma_l)
         self.lesion_options = dict(lesion or {})
+        sizes = [float(voxel_size_mm)] * spatial_dims if isinstance(voxel_size_mm, (int, float)) else voxel_size_mm
+        if len(sizes) != spatial_dims or any(float(v) <= 0 for v in sizes):
+            raise ValueError(f"voxel_size_mm must be a positive number or {spatial_dims} of them, got {voxel_size_mm}")
+        self.voxel_size_mm = tuple(float(v) for v in sizes)
         self.net = DeepSAD(
             spatial_dims,
             in_channels,
@@ -185,9 +200,13 @@ class DeepSADMethod(AnomalyMethod):
 
     @property
     def lesion_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Inserts one synthetic lesion into one image (C, *spatial); ``RandLesion(**lesion)`` unless set."""
+        """Inserts one synthetic lesion into one image (C, *spatial); ``RandLesion(**lesion)`` unless set.
+
+        It may raise ``ValueError`` for an image with no room for a lesion (e.g. an empty slice): that
+        sample then stays unlabelled.
+        """
         if self._lesion_transform is None:
-            self._lesion_transform = _default_lesion_transform(self.lesion_options)
+            self._lesion_transform = _default_lesion_transform(self.lesion_options, self.voxel_size_mm)
         return self._lesion_transform
 
     @lesion_transform.setter
@@ -236,8 +255,11 @@ class DeepSADMethod(AnomalyMethod):
             x = x.clone()
             semi_target = semi_target.clone()
             for i in chosen.tolist():
-                x[i] = self.lesion_transform(x[i]).to(x)
-            semi_target[chosen] = -1
+                try:
+                    x[i] = self.lesion_transform(x[i]).to(x)
+                except ValueError:  # no brain to put a lesion in: leave the sample unlabelled
+                    continue
+                semi_target[i] = -1
         return x, semi_target
 
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:

@@ -80,6 +80,29 @@ class ConfigError(ValueError):
         super().__init__(f"{len(self.problems)} problem(s){where}:\n{lines}")
 
 
+# ------------------------------------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-4`` is a float (YAML 1.2) instead of the string YAML 1.1 makes of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        __import__("re").X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 # --------------------------------------------------------------------------------------------- overrides
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.phases.train.steps=5"`` -> ``(["train", "phases", "train", "steps"], 5)``.
@@ -94,7 +117,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not p for p in parts):
         raise ConfigError([f"--set {text!r}: the key must be a dotted path such as model.levels"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError([f"--set {text!r}: the value is not valid YAML ({err})"]) from None
     return parts, value
@@ -391,7 +414,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, An
     if not path.is_file():
         raise ConfigError([f"config file not found: {path}"])
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _yaml_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
     if raw is None:
@@ -408,4 +431,4 @@ def config_to_yaml(config: Mapping[str, Any]) -> str:
 
 def config_from_yaml(text: str) -> dict[str, Any]:
     """Inverse of :func:`config_to_yaml` (re-validated so an old checkpoint with a bad config is reported)."""
-    return validate_config(yaml.safe_load(text), source="checkpoint config")
+    return validate_config(_yaml_load(text), source="checkpoint config")

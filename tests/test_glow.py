@@ -76,7 +76,7 @@ def test_contribution_of_a_scale_is_its_flow_logdets_plus_prior_density():
     h, flow_logdet = glow.chains[0](h)
     z0 = h[:, : glow.latent_channels[0]]
     prior = glow.priors[0]
-    u = torch.exp(prior.log_scale) * (z0 + prior.bias)
+    u = torch.exp(prior.log_scale) * z0 + prior.shift
     prior_logdet = prior.log_scale.sum()
     log_normal = (-0.5 * u * u - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
     torch.testing.assert_close(out.contributions[:, 0], flow_logdet + prior_logdet + log_normal)

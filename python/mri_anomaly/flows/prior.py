@@ -16,7 +16,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class LatentPrior(nn.Module):
-    """``u = exp(log_scale) * (z + bias)``, then ``u ~ N(0, I)``: the density of one scale's latent.
+    """``u = exp(log_scale) * z + shift``, then ``u ~ N(0, I)``: the density of one scale's latent.
 
     Unconditional (it does not look at other scales' latents), so each scale's log-likelihood
     contribution is well defined (Schirrmeister et al. 2020): ``log p(z) = sum(log_scale) + log N(u; 0, I)``.
@@ -24,7 +24,9 @@ class LatentPrior(nn.Module):
     ``per_dimension`` gives every latent dimension (channel and location) its own scale and bias, as in
     the paper; its parameters take their shape from the first :meth:`initialize` batch (or from a loaded
     checkpoint), so the model accepts one spatial size. ``per_channel`` shares them over locations and
-    accepts any spatial size.
+    accepts any spatial size. The shift is applied after scaling, so an optimiser step moves ``u`` by the
+    same amount whatever the dimension's scale (near-constant background dimensions get scales up to
+    ``1 / min_std``; a bias added before the scale would make their loss jump at every step).
 
     Args:
         num_channels: C of the latent.
@@ -48,7 +50,7 @@ class LatentPrior(nn.Module):
         self.min_std = float(min_std)
         shape = (num_channels,) + (1,) * spatial_dims if prior == "per_channel" else (0,)
         self.log_scale = nn.Parameter(torch.zeros(shape))
-        self.bias = nn.Parameter(torch.zeros(shape))
+        self.shift = nn.Parameter(torch.zeros(shape))
         self.register_buffer("initialized", torch.tensor(False))
 
     @property
@@ -58,7 +60,7 @@ class LatentPrior(nn.Module):
     def _resize(self, shape: tuple[int, ...]) -> None:
         # Replace .data, not the Parameter, so an optimiser built before sizing still holds these tensors.
         self.log_scale.data = torch.zeros(shape, dtype=self.log_scale.dtype, device=self.log_scale.device)
-        self.bias.data = torch.zeros(shape, dtype=self.bias.dtype, device=self.bias.device)
+        self.shift.data = torch.zeros(shape, dtype=self.shift.dtype, device=self.shift.device)
 
     def _check(self, z: torch.Tensor, name: str) -> None:
         if z.dim() != self.spatial_dims + 2 or z.shape[1] != self.num_channels:
@@ -108,7 +110,7 @@ class LatentPrior(nn.Module):
             self._resize(tuple(z.shape[1:]))
         else:
             mean, std = mean.reshape(self.log_scale.shape), std.reshape(self.log_scale.shape)
-        self.bias.copy_(-mean)
+        self.shift.copy_(-mean / std)
         self.log_scale.copy_(-std.log())
         self.initialized.fill_(True)
         return True
@@ -118,7 +120,7 @@ class LatentPrior(nn.Module):
         (summed over channels; includes the actnorm log-determinant)."""
         self._check(z, "z")
         log_scale = self.log_scale.to(z.dtype)
-        u = torch.exp(log_scale) * (z + self.bias.to(z.dtype))
+        u = torch.exp(log_scale) * z + self.shift.to(z.dtype)
         density = log_scale - 0.5 * u * u - _HALF_LOG_2PI
         return u, density.sum(1)
 
@@ -128,9 +130,9 @@ class LatentPrior(nn.Module):
         return u, log_prob_map.reshape(z.shape[0], -1).sum(1)
 
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
-        """Standardised latent ``u`` -> ``z = u * exp(-log_scale) - bias``."""
+        """Standardised latent ``u`` -> ``z = (u - shift) * exp(-log_scale)``."""
         self._check(u, "u")
-        return u * torch.exp(-self.log_scale.to(u.dtype)) - self.bias.to(u.dtype)
+        return (u - self.shift.to(u.dtype)) * torch.exp(-self.log_scale.to(u.dtype))
 
     def latent_shape(self) -> tuple[int, ...] | None:
         """``(C, *spatial)`` for a sized per-dimension prior, else None."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -39,10 +40,10 @@ __all__ = [
 
 def estimate_foreground(img: torch.Tensor, fraction: float = 0.05) -> torch.Tensor:
     """Boolean foreground of ``img`` (any shape): ``img > min + fraction * (p99 - min)``."""
-    flat = img.detach().reshape(-1).float()
-    lo = flat.min()
-    sample = flat if flat.numel() <= 2_000_000 else flat[:: flat.numel() // 2_000_000 + 1]
-    hi = torch.quantile(sample, 0.99)
+    flat = torch.as_tensor(img).detach().reshape(-1).float().cpu().numpy()
+    lo = float(flat.min())
+    sample = flat if flat.size <= 2_000_000 else flat[:: flat.size // 2_000_000 + 1]
+    hi = float(np.percentile(sample, 99.0))
     return img > lo + fraction * (hi - lo)
 
 
@@ -94,13 +95,12 @@ class ScaleIntensityInMask(Transform):
             region = (mask > 0.5).expand_as(x) if mask is not None else estimate_foreground(x, self.foreground_fraction)
         else:
             region = torch.ones_like(x, dtype=torch.bool)
-        vals = x.detach()[region]
-        if vals.numel() == 0:
+        vals = x.detach()[region].cpu().numpy()
+        if vals.size == 0:
             raise InputFileError(_filename(img), "brain mask is empty: no voxels to compute percentiles from")
-        if vals.numel() > 2_000_000:
-            vals = vals[:: vals.numel() // 2_000_000 + 1]
-        q = torch.quantile(vals, torch.tensor([self.lower / 100.0, self.upper / 100.0], dtype=vals.dtype))
-        lo, hi = float(q[0]), float(q[1])
+        if vals.size > 2_000_000:
+            vals = vals[:: vals.size // 2_000_000 + 1]
+        lo, hi = (float(v) for v in np.percentile(vals, [self.lower, self.upper]))
         if hi <= lo:
             raise InputFileError(_filename(img), f"intensities inside the brain are constant ({lo:g})")
         out = (x - lo) / (hi - lo) * (self.b_max - self.b_min) + self.b_min

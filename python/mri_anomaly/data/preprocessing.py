@@ -202,9 +202,10 @@ def preprocessing(
         masks.append(bm)
     all_keys = imgs + masks
     modes = ["bilinear"] * len(imgs) + ["nearest"] * len(masks)
-    t: list[Any] = [
-        LoadVolumed(imgs),
-        LoadVolumed(masks, mask_keys=masks, allow_missing_keys=True),
+    t: list[Any] = [LoadVolumed(imgs)]
+    if masks:
+        t.append(LoadVolumed(masks, mask_keys=masks, allow_missing_keys=True))
+    t += [
         EnsureChannelFirstd(all_keys, channel_dim="no_channel", allow_missing_keys=True),
         Orientationd(all_keys, axcodes=cfg["orientation"].upper(), labels=(("L", "R"), ("P", "A"), ("I", "S")),
                      allow_missing_keys=True),

@@ -1,0 +1,161 @@
+"""The ``demo-data`` and ``datalist`` subcommands; :func:`register_commands` adds them to ``mri-anomaly``.
+
+``mri-anomaly demo-data --out DIR [--seed S] [--healthy N] [--anomalous N] [--general N] [--spacing MM]
+[--contrast t1|t2|flair] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
+
+``mri-anomaly datalist (--images GLOB [GLOB ...] | --folder DIR) [--masks GLOB ...] [--brain-masks GLOB ...]
+[--labels CSV] [--section auto|training|validation|test|general] [--val-fraction F] [--test-fraction F]
+[--seed S] [--subject-regex RE] [--image-pattern GLOB] --out datalist.json|.csv`` builds a datalist,
+matching masks to images by subject id, validates it (every problem listed) and writes it.
+``--check DATALIST`` only validates an existing datalist. The labels CSV has a ``subject_id`` column and
+any of ``label``, ``semi_target``, ``site``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from typing import Any
+
+__all__ = ["register_commands", "demo_data_command", "datalist_command"]
+
+
+def demo_data_command(args: argparse.Namespace) -> int:
+    """Handler of ``demo-data``; returns the exit code."""
+    import time
+
+    from mri_anomaly.data.demo import make_demo_cohort
+
+    t = time.time()
+    try:
+        path = make_demo_cohort(args.out, seed=args.seed, healthy=args.healthy, anomalous=args.anomalous,
+                                general=args.general, spacing=args.spacing, contrast=args.contrast,
+                                progress=not args.quiet)
+    except ValueError as e:
+        print(f"mri-anomaly demo-data: error: {e}", file=sys.stderr)
+        return 2
+    print(f"demo cohort written in {time.time() - t:.1f} s: {path}")
+    if args.montage:
+        from mri_anomaly.data.montage import make_montage
+
+        print(f"montage: {make_montage(path, args.montage, title=f'demo cohort ({args.contrast}, {args.spacing:g} mm)')}")
+    return 0
+
+
+def _read_labels(path: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "subject_id" not in reader.fieldnames:
+            raise ValueError(f"{path}: labels CSV needs a 'subject_id' column, got {reader.fieldnames}")
+        for row in reader:
+            entry: dict[str, Any] = {}
+            for k in ("label", "semi_target"):
+                if row.get(k) not in (None, ""):
+                    try:
+                        entry[k] = int(float(row[k]))
+                    except ValueError as e:
+                        raise ValueError(f"{path}: {k} {row[k]!r} of {row['subject_id']} is not a number") from e
+            if row.get("site"):
+                entry["site"] = row["site"]
+            out[row["subject_id"]] = entry
+    return out
+
+
+def datalist_command(args: argparse.Namespace) -> int:
+    """Handler of ``datalist``; returns the exit code (1: the datalist has problems, 2: usage error)."""
+    from mri_anomaly.data.datalist import (
+        DatalistError,
+        build_datalist,
+        classify_folder,
+        find_images,
+        load_datalist,
+        validate_datalist,
+        write_datalist,
+    )
+
+    if args.check:
+        try:
+            dl = load_datalist(args.check)
+        except DatalistError as e:
+            print(str(e), file=sys.stderr)
+            return 1
+        print(f"{args.check}: valid (" + ", ".join(f"{k}: {len(v)}" for k, v in dl.items()) + ")")
+        return 0
+    if not args.out or not (args.images or args.folder):
+        print("mri-anomaly datalist: error: give --out and --images or --folder (or --check DATALIST)", file=sys.stderr)
+        return 2
+    try:
+        images: list[str] = []
+        masks = find_images(args.masks or [])
+        brains = find_images(args.brain_masks or [])
+        if args.folder:
+            fi, fm, fb = classify_folder(args.folder, image_pattern=args.image_pattern)
+            images += fi
+            masks = masks or fm
+            brains = brains or fb
+        if args.images:
+            images += find_images(args.images)
+        images = sorted(set(images) - set(masks) - set(brains))
+        if not images:
+            print("mri-anomaly datalist: error: no NIfTI images matched", file=sys.stderr)
+            return 2
+        labels = _read_labels(args.labels) if args.labels else None
+        dl = build_datalist(images, masks, brains, labels=labels, section=args.section, val_fraction=args.val_fraction,
+                            test_fraction=args.test_fraction, seed=args.seed, subject_regex=args.subject_regex)
+    except ValueError as e:
+        print(f"mri-anomaly datalist: error: {e}", file=sys.stderr)
+        return 2
+    problems = validate_datalist(dl, check_headers=not args.no_header_check)
+    path = write_datalist(dl, args.out)
+    counts = ", ".join(f"{k}: {len(v)}" for k, v in dl.items())
+    if problems:
+        print(f"{path}: written with {len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print(f"{path}: {counts}")
+    return 0
+
+
+def register_commands(subparsers: Any) -> None:
+    """Add ``demo-data`` and ``datalist`` to an ``argparse`` subparsers object (``set_defaults(func=...)``)."""
+    from mri_anomaly.data.demo import CONTRASTS, DEMO_DEFAULTS
+
+    p = subparsers.add_parser(
+        "demo-data", help="write the synthetic demo cohort (MNI152 anatomy, lesions) and its datalist.json",
+        description="Synthetic cohort from the MNI ICBM152 2009 template shipped with nilearn: healthy subjects, "
+                    "anomalous subjects (MS lesion patterns, tumours, focal lesions) with voxel masks, and a broader "
+                    "'general' set. Same seed, same arrays.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=DEMO_DEFAULTS["seed"])
+    p.add_argument("--healthy", type=int, default=DEMO_DEFAULTS["healthy"],
+                   help="healthy subjects (20%% validation, 20%% test, rest training; default %(default)s)")
+    p.add_argument("--anomalous", type=int, default=DEMO_DEFAULTS["anomalous"], help="anomalous test subjects")
+    p.add_argument("--general", type=int, default=DEMO_DEFAULTS["general"], help="subjects of the 'general' section")
+    p.add_argument("--spacing", type=float, default=DEMO_DEFAULTS["spacing"],
+                   help="voxel size in mm (4: CPU demo; 1: full resolution)")
+    p.add_argument("--contrast", choices=CONTRASTS, default=DEMO_DEFAULTS["contrast"])
+    p.add_argument("--montage", default=None, help="also write a PNG montage of examples here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=demo_data_command)
+
+    q = subparsers.add_parser(
+        "datalist", help="build (or --check) a MONAI/Decathlon datalist from file globs or a folder",
+        description="Build a datalist from images (globs or a folder), masks matched by subject id, and labels; "
+                    "validate it and write JSON (or CSV by extension).")
+    q.add_argument("--images", nargs="+", default=None, help="glob(s) of images (quote them; ** recurses)")
+    q.add_argument("--folder", default=None, help="folder scanned recursively; masks/brain masks recognised by name")
+    q.add_argument("--image-pattern", default="*", help="with --folder: glob on image file names, e.g. '*flair*'")
+    q.add_argument("--masks", nargs="+", default=None, help="glob(s) of voxel ground-truth masks")
+    q.add_argument("--brain-masks", nargs="+", default=None, help="glob(s) of brain masks")
+    q.add_argument("--labels", default=None, help="CSV with subject_id and label/semi_target/site")
+    q.add_argument("--section", default="auto", choices=["auto", "training", "validation", "test", "general"],
+                   help="auto: anomalous (label 1 or a mask) -> test, others split training/validation")
+    q.add_argument("--val-fraction", type=float, default=0.2)
+    q.add_argument("--test-fraction", type=float, default=0.0, help="healthy fraction also put in test (auto)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the split")
+    q.add_argument("--subject-regex", default=None, help="regex for the subject id (group 'id' or 1) in the path")
+    q.add_argument("--no-header-check", action="store_true", help="do not read NIfTI headers when validating")
+    q.add_argument("--out", default=None, help="output datalist (.json or .csv)")
+    q.add_argument("--check", default=None, metavar="DATALIST", help="only validate this datalist")
+    q.set_defaults(func=datalist_command)

@@ -1,0 +1,420 @@
+"""The demo cohort: synthetic subjects built from the real MNI ICBM152 2009 template and tissue maps.
+
+``make_demo_cohort(out_dir)`` (CLI ``mri-anomaly demo-data``) writes NIfTI volumes, voxel masks and
+``datalist.json``; the same seed gives the same arrays. Anatomy comes from the MNI ICBM152 2009c
+(nonlinear symmetric) T1 template, its grey- and white-matter probability maps and brain mask, which
+nilearn ships inside its package (``nilearn.datasets.load_mni152_*``, no download). Everything is
+computed once per subject by a single resampling of the template through the subject's transform.
+
+Healthy subjects vary as a real cohort does:
+
+* anatomy: an affine part (global size 0.90-1.00 of MNI with +-3 % per axis, rotations up to 5 deg,
+  shifts up to 4 mm) and a smooth non-linear displacement (a random field on a coarse 5 x 6 x 5
+  grid, cubic-interpolated, ~2.5 mm standard deviation);
+* contrast: ``t1`` uses the template's own T1 intensities (with a random gamma and small GM/WM
+  offsets); ``t2`` (bright CSF, GM > WM) and ``flair`` (dark CSF, GM > WM) are synthesised from the
+  tissue maps with +-5 % jitter of each tissue's level;
+* a smooth multiplicative bias field (log-amplitude ~0.12), a scanner gain (600-1400 arbitrary units)
+  and Rician noise (1-3 % of the brain median); the volume is skull-stripped (zero outside the brain).
+
+Anomalous subjects (``test`` section, ``label`` 1, voxel ``mask``) cycle through three kinds
+(:class:`~mri_anomaly.data.lesions.RandLesion`), inserted before bias and noise so they are imaged
+like tissue:
+
+* ``ms``: real multiple-sclerosis lesion patterns: the consensus masks of Lesjak et al. 2017 (patients
+  01-20 except 07, which stays an unseen real test case), on the same MNI space, carried through the
+  subject's transform (resampling by affine), hyperintense in FLAIR/T2, hypointense in T1; their
+  lesion loads span 875-52190 mm^3. They are read from ``../shared/data/ms-lesjak2017-mni`` (or
+  ``$MRI_ANOMALY_SHARED_DATA``); if absent the cohort falls back to the other two kinds with a warning;
+* ``tumour``: a mass (radius 10-22 mm) with necrotic core, rim and oedema, and mass effect;
+* ``focal``: 1-4 small spheroids (radius ~3-8 mm).
+
+The ``general`` section (no labels) is a **broader** healthy distribution for likelihood ratios
+(Schirrmeister et al. 2020 train a second model on a general distribution and score
+``log p_general - log p_in``): all three contrasts mixed, twice the deformation, rotations up to
+12 deg, size 0.85-1.05, bias log-amplitude ~0.3, noise up to 6 %, gamma 0.7-1.4. It shares
+low-level MRI statistics with the in-distribution data but not the contrast or tight anatomy, so
+the ratio cancels what is generic about MRI and keeps what is specific to healthy in-distribution
+anatomy.
+
+Output layout::
+
+    DIR/images/<subject>.nii.gz      float32, RAS, spacing mm, affine in MNI world coordinates
+    DIR/masks/<subject>_mask.nii.gz  uint8 {0, 1} (anomalous subjects)
+    DIR/datalist.json                training / validation (healthy), test (healthy + anomalous), general
+    DIR/subjects.csv                 subject_id, section, label, contrast, lesion_kind, lesion_voxels, ms_source
+
+Defaults (4 mm, 44 x 52 x 46 voxels, 40 healthy + 12 anomalous + 16 general) take seconds and
+preprocess (``DEMO_PREPROCESSING``) to the 40 x 48 x 40 model grid; ``spacing=1`` makes a
+full-resolution cohort (176 x 208 x 184) for GPU runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from scipy import ndimage
+
+from mri_anomaly.data.datalist import write_datalist
+from mri_anomaly.data.lesions import RandLesion
+
+__all__ = [
+    "DEMO_DEFAULTS",
+    "TINY_PREPROCESSING",
+    "CONTRASTS",
+    "make_demo_cohort",
+    "find_ms_lesion_dir",
+    "load_ms_lesion_masks",
+    "synthesize_subject",
+    "demo_grid",
+]
+
+CONTRASTS: tuple[str, ...] = ("t1", "t2", "flair")
+DEMO_DEFAULTS: dict[str, Any] = {"seed": 0, "healthy": 40, "anomalous": 12, "general": 16, "spacing": 4.0,
+                                 "contrast": "flair"}
+TINY_PREPROCESSING: dict[str, Any] = {"spacing": [8.0, 8.0, 8.0], "spatial_size": [24, 24, 24], "divisible_by": 8}
+"""For fast tests on a cohort made with ``spacing=8``: 8 mm, 24 x 24 x 24 (merge over PREPROCESSING_DEFAULTS)."""
+FOV_MM = np.array([176.0, 208.0, 184.0])
+FOV_CENTER_MM = np.array([0.0, -17.0, 5.0])  # centre of the MNI brain mask's bounding box
+_SECTION_CODE = {"training": 1, "validation": 2, "test": 3, "anomalous": 4, "general": 5}
+_HELD_OUT_MS = {"patient07"}  # the real MS case in ../shared/data: never used as a lesion shape
+
+
+@dataclass(frozen=True)
+class _Variation:
+    rot_deg: float = 5.0
+    size: tuple[float, float] = (0.90, 1.00)
+    axis_jitter: float = 0.03
+    shift_mm: float = 4.0
+    warp_mm: float = 2.5
+    bias: float = 0.12
+    noise: tuple[float, float] = (0.01, 0.03)
+    gamma: tuple[float, float] = (0.87, 1.15)
+    tissue_jitter: float = 0.05
+
+
+HEALTHY_VARIATION = _Variation()
+GENERAL_VARIATION = _Variation(rot_deg=12.0, size=(0.85, 1.05), axis_jitter=0.05, shift_mm=8.0, warp_mm=5.0,
+                               bias=0.3, noise=(0.01, 0.06), gamma=(0.7, 1.4), tissue_jitter=0.12)
+
+
+def demo_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and RAS affine of the demo grid at ``spacing`` mm (a 176 x 208 x 184 mm box around the brain)."""
+    shape = tuple(int(np.ceil(f / spacing)) for f in FOV_MM)
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    aff[:3, 3] = FOV_CENTER_MM - spacing * (np.array(shape) - 1) / 2.0
+    return shape, aff  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=4)
+def _template(spacing: float) -> dict[str, Any]:
+    """The nilearn MNI152 2009 maps (T1, GM, WM, brain, CSF), pre-smoothed against aliasing at ``spacing``."""
+    from nilearn import datasets as nds
+
+    res = 2 if spacing >= 2.5 else 1
+    t1 = nds.load_mni152_template(resolution=res)
+    gm = nds.load_mni152_gm_template(resolution=res)
+    wm = nds.load_mni152_wm_template(resolution=res)
+    br = nds.load_mni152_brain_mask(resolution=res)
+    sigma = 0.42 * np.sqrt(max((spacing / res) ** 2 - 1.0, 0.0))
+    out: dict[str, Any] = {"affine": np.asarray(t1.affine, np.float64), "res": res}
+    for name, img in (("t1", t1), ("gm", gm), ("wm", wm), ("brain", br)):
+        a = np.asarray(img.get_fdata(dtype=np.float32))
+        out[name] = ndimage.gaussian_filter(a, sigma) if sigma > 0 else a
+    out["brain"] = np.clip(out["brain"], 0, 1)
+    out["csf"] = np.clip(out["brain"] - out["gm"] - out["wm"], 0, 1)
+    b = out["brain"] > 0.5
+    out["t1_ref"] = float(np.median(out["t1"][b]))
+    return out
+
+
+def find_ms_lesion_dir() -> Path | None:
+    """The folder of the Lesjak et al. MNI lesion masks, or None: ``$MRI_ANOMALY_SHARED_DATA`` or
+    ``../shared/data`` beside the checkout (or beside the working directory)."""
+    roots = []
+    if os.environ.get("MRI_ANOMALY_SHARED_DATA"):
+        roots.append(Path(os.environ["MRI_ANOMALY_SHARED_DATA"]))
+    roots.append(Path(__file__).resolve().parents[3].parent / "shared" / "data")
+    roots.append(Path.cwd().parent / "shared" / "data")
+    for r in roots:
+        d = r / "ms-lesjak2017-mni" / "lesion_masks_mni"
+        if d.is_dir() and any(d.glob("*.nii*")):
+            return d
+    return None
+
+
+def _ms_files(ms_dir: Path) -> list[Path]:
+    return sorted(p for p in ms_dir.glob("*.nii*") if p.name.split("_")[0] not in _HELD_OUT_MS)
+
+
+@functools.lru_cache(maxsize=32)
+def _ms_mask_source(path: str, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(path)
+    a = np.asarray(img.dataobj, dtype=np.float32)
+    a = (a > 0.5).astype(np.float32)
+    res = float(np.abs(np.linalg.det(img.affine[:3, :3]))) ** (1 / 3)
+    sigma = 0.42 * np.sqrt(max((spacing / res) ** 2 - 1.0, 0.0))
+    return (ndimage.gaussian_filter(a, sigma) if sigma > 0 else a), np.asarray(img.affine, np.float64)
+
+
+def load_ms_lesion_masks(
+    affine: np.ndarray, shape: tuple[int, ...], ms_dir: str | os.PathLike | None = None, threshold: float = 0.25
+) -> list[np.ndarray]:
+    """The MS consensus masks (MNI space) resampled by affine onto a grid ``(shape, affine)`` in MNI space.
+
+    Args:
+        affine: (4, 4) voxel-to-MNI-mm affine of the target grid.
+        shape: target spatial shape.
+        ms_dir: folder of ``patientXX_lesion_consensus.nii.gz`` (default :func:`find_ms_lesion_dir`).
+        threshold: partial-volume fraction above which a target voxel is lesion.
+
+    Returns:
+        binary float32 masks of ``shape`` (empty list if the folder is absent); patient07 is held out.
+    """
+    d = Path(ms_dir) if ms_dir is not None else find_ms_lesion_dir()
+    if d is None:
+        return []
+    spacing = float(np.abs(np.linalg.det(np.asarray(affine)[:3, :3]))) ** (1 / 3)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    world = idx @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    out = []
+    for f in _ms_files(d):
+        src, saff = _ms_mask_source(str(f), spacing)
+        vox = (world - saff[:3, 3]) @ np.linalg.inv(saff[:3, :3]).T
+        m = ndimage.map_coordinates(src, vox.T, order=1, mode="constant").reshape(shape)
+        out.append((m >= threshold).astype(np.float32))
+    return out
+
+
+def _smooth_field(rng: np.random.Generator, coarse: tuple[int, ...], shape: tuple[int, ...], std: float) -> np.ndarray:
+    c = rng.standard_normal(coarse) * std
+    b = [_upsampler(n, s) for n, s in zip(coarse, shape)]  # separable cubic interpolation
+    return np.einsum("ijk,ai,bj,ck->abc", c, *b, optimize=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _upsampler(n: int, s: int) -> np.ndarray:
+    """(s, n) matrix: cubic-spline upsampling of n coarse values to s samples (``ndimage.zoom`` of the identity)."""
+    return ndimage.zoom(np.eye(n), (s / n, 1.0), order=3, mode="nearest")[:s]
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    a, b, c = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def synthesize_subject(
+    rng: np.random.Generator,
+    spacing: float,
+    contrast: str,
+    variation: _Variation = HEALTHY_VARIATION,
+    lesion: str | None = None,
+    ms_files: list[Path] | None = None,
+) -> dict[str, Any]:
+    """One synthetic subject on the demo grid.
+
+    Args:
+        rng: the subject's generator (all its randomness comes from it).
+        spacing: voxel size in mm.
+        contrast: ``t1``, ``t2`` or ``flair``.
+        variation: how much subjects vary (healthy or general).
+        lesion: None (healthy) or a kind of :data:`~mri_anomaly.data.lesions.LESION_KINDS`.
+        ms_files: candidate MS lesion masks (for ``lesion="ms"``).
+
+    Returns:
+        ``{"image": (X, Y, Z) float32, "mask": (X, Y, Z) uint8 or None, "affine": (4, 4),
+        "lesion_kind": str, "ms_source": str}``.
+    """
+    if contrast not in CONTRASTS:
+        raise ValueError(f"unknown contrast {contrast!r} (known: {CONTRASTS})")
+    tpl = _template(float(spacing))
+    shape, aff = demo_grid(spacing)
+    v = variation
+    # subject transform: output world x -> template world C + M (x - C - t) + u(x)
+    size = rng.uniform(*v.size) * (1 + rng.uniform(-v.axis_jitter, v.axis_jitter, 3))
+    m = _rotation(rng, v.rot_deg) @ np.diag(1.0 / size)
+    t = rng.uniform(-v.shift_mm, v.shift_mm, 3)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    world = idx @ aff[:3, :3].T + aff[:3, 3]
+    src = (world - FOV_CENTER_MM - t) @ m.T + FOV_CENTER_MM
+    coarse = (5, 6, 5)
+    for ax in range(3):
+        src[:, ax] += _smooth_field(rng, coarse, shape, v.warp_mm).reshape(-1)
+    taff = tpl["affine"]
+    svox = ((src - taff[:3, 3]) @ np.linalg.inv(taff[:3, :3]).T).T
+
+    def sample(a: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(a, svox, order=1, mode="constant", cval=0.0).reshape(shape).astype(np.float32)
+
+    brain = np.clip(sample(tpl["brain"]), 0, 1)
+    gm, wm, csf = sample(tpl["gm"]), sample(tpl["wm"]), sample(tpl["csf"])
+    jit = 1 + rng.uniform(-v.tissue_jitter, v.tissue_jitter, 3)
+    if contrast == "t1":
+        t1 = np.clip(sample(tpl["t1"]) / tpl["t1_ref"], 0, None)
+        img = t1 ** rng.uniform(*v.gamma) + 0.03 * rng.standard_normal() * gm + 0.03 * rng.standard_normal() * wm
+        img = img * (csf * jit[0] + gm * jit[1] + wm * jit[2] + 1e-3) / (csf + gm + wm + 1e-3)
+    else:
+        levels = {"t2": (1.0, 0.62, 0.45), "flair": (0.15, 0.62, 0.48)}[contrast]
+        img = csf * levels[0] * jit[0] + gm * levels[1] * jit[1] + wm * levels[2] * jit[2]
+        img = (img / max(float(np.median(img[brain > 0.5])), 1e-6)) ** rng.uniform(*v.gamma)
+    img = np.clip(img, 0, None).astype(np.float32)
+
+    mask = None
+    ms_source = ""
+    if lesion is not None:
+        inserter_kwargs: dict[str, Any] = {"contrast": contrast, "kinds": (lesion,),
+                                           "focal_radius_mm": (max(3.0, 0.9 * spacing), max(8.0, 2.0 * spacing))}
+        if lesion == "ms":
+            if not ms_files:
+                raise ValueError("lesion kind 'ms' needs the MS lesion masks")
+            order = rng.permutation(len(ms_files))
+            for j in order:  # a pattern with at least 3 voxels on this grid
+                src_mask, saff = _ms_mask_source(str(ms_files[j]), float(spacing))
+                mvox = ((src - saff[:3, 3]) @ np.linalg.inv(saff[:3, :3]).T).T
+                frac = ndimage.map_coordinates(src_mask, mvox, order=1, mode="constant").reshape(shape)
+                ms = ((frac >= 0.25) & (brain > 0.5)).astype(np.float32)
+                if ms.sum() >= 3:
+                    ms_source = ms_files[j].name
+                    inserter_kwargs["ms_masks"] = [ms]
+                    break
+            else:
+                raise ValueError("no MS lesion mask has 3 voxels on this grid")
+        inserter = RandLesion(**inserter_kwargs)
+        inserter.set_random_state(seed=int(rng.integers(2**31)))
+        x = MetaTensor(torch.from_numpy(img)[None], affine=torch.as_tensor(aff))
+        region = brain > 0.5
+        if lesion != "ms":  # tumours and focal lesions go in the cerebrum (template z > -30 mm)
+            region &= (src[:, 2] > -30.0).reshape(shape)
+        y, mk = inserter(x, brain_mask=torch.from_numpy(region)[None], kind=lesion)
+        img = y.numpy()[0]
+        mask = (mk.numpy()[0] > 0.5).astype(np.uint8)
+
+    bias = np.exp(_smooth_field(rng, (3, 3, 3), shape, v.bias))
+    gain = rng.uniform(600, 1400)
+    img = img * bias * gain
+    sigma = rng.uniform(*v.noise) * gain
+    n1, n2 = rng.standard_normal(shape), rng.standard_normal(shape)
+    img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)
+    img = (img * brain).astype(np.float32)
+    img[brain < 0.05] = 0.0
+    if mask is not None:
+        mask[brain < 0.05] = 0
+    return {"image": img, "mask": mask, "affine": aff, "lesion_kind": lesion or "", "ms_source": ms_source}
+
+
+def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: Any) -> None:
+    img = nib.Nifti1Image(arr.astype(dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def make_demo_cohort(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    healthy: int = 40,
+    anomalous: int = 12,
+    general: int = 16,
+    spacing: float = 4.0,
+    contrast: str = "flair",
+    ms_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Path:
+    """Write the demo cohort (see the module docstring) and return the path of ``datalist.json``.
+
+    Args:
+        out_dir: output folder (created).
+        seed: the cohort's seed; each subject's randomness derives from (seed, section, index).
+        healthy: healthy subjects: 20 % validation, 20 % test (at least 1 each when >= 3), the rest training.
+        anomalous: anomalous test subjects (kinds cycle ms, tumour, focal).
+        general: subjects of the broader ``general`` section (0: no section).
+        spacing: isotropic voxel size in mm (4: the CPU demo; 1: full resolution).
+        contrast: in-distribution contrast ``t1``, ``t2`` or ``flair``.
+        ms_dir: folder of the MS lesion masks (default :func:`find_ms_lesion_dir`).
+        progress: print one line per section.
+
+    Raises:
+        ValueError: bad counts, spacing or contrast.
+    """
+    if contrast not in CONTRASTS:
+        raise ValueError(f"unknown contrast {contrast!r} (known: {', '.join(CONTRASTS)})")
+    if healthy < 1 or anomalous < 0 or general < 0:
+        raise ValueError(f"need healthy >= 1, anomalous >= 0, general >= 0; got {healthy}, {anomalous}, {general}")
+    if not 0.5 <= spacing <= 8.0:
+        raise ValueError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    d = Path(ms_dir) if ms_dir is not None else find_ms_lesion_dir()
+    ms_files = _ms_files(d) if d is not None and d.is_dir() else []
+    kinds = ["ms", "tumour", "focal"]
+    if not ms_files and anomalous > 0:
+        warnings.warn("MS lesion masks not found (../shared/data/ms-lesjak2017-mni/lesion_masks_mni or "
+                      "$MRI_ANOMALY_SHARED_DATA): the demo's anomalies are tumours and focal lesions only", stacklevel=2)
+        kinds = ["tumour", "focal"]
+
+    n_val = max(1, round(0.2 * healthy)) if healthy >= 3 else 0
+    n_test = max(1, round(0.2 * healthy)) if healthy >= 3 else 0
+    n_train = healthy - n_val - n_test
+    plan: list[tuple[str, str, int, str | None, str, _Variation]] = []
+    for sec, n in (("training", n_train), ("validation", n_val), ("test", n_test)):
+        plan += [(sec, sec, i, None, contrast, HEALTHY_VARIATION) for i in range(n)]
+    plan += [("test", "anomalous", i, kinds[i % len(kinds)], contrast, HEALTHY_VARIATION) for i in range(anomalous)]
+    plan += [("general", "general", i, None, CONTRASTS[i % 3], GENERAL_VARIATION) for i in range(general)]
+
+    datalist: dict[str, list[dict]] = {}
+    rows = []
+    names = {"training": "train", "validation": "val", "test": "test", "anomalous": "anom", "general": "gen"}
+    for sec, group, i, lesion, con, var in plan:
+        rng = np.random.default_rng([int(seed), _SECTION_CODE[group], i])
+        s = synthesize_subject(rng, spacing, con, var, lesion=lesion, ms_files=ms_files)
+        sid = f"demo-{names[group]}-{i:03d}"
+        img_path = out / "images" / f"{sid}.nii.gz"
+        _save(s["image"], s["affine"], img_path, np.float32)
+        item: dict[str, Any] = {"image": str(img_path), "subject_id": sid, "site": "demo"}
+        if group != "general":
+            item["label"] = 1 if lesion else 0
+        nvox = 0
+        if s["mask"] is not None:
+            mpath = out / "masks" / f"{sid}_mask.nii.gz"
+            _save(s["mask"], s["affine"], mpath, np.uint8)
+            item["mask"] = str(mpath)
+            nvox = int(s["mask"].sum())
+        datalist.setdefault(sec, []).append(item)
+        rows.append({"subject_id": sid, "section": sec, "label": item.get("label", ""), "contrast": con,
+                     "lesion_kind": s["lesion_kind"], "lesion_voxels": nvox, "ms_source": s["ms_source"]})
+        if progress and i == 0:
+            print(f"demo-data: {group} ...", flush=True)
+    meta = {
+        "name": "mri-anomaly demo cohort",
+        "description": ("Synthetic subjects from the MNI ICBM152 2009 template and tissue maps (nilearn); anomalies: "
+                        + ", ".join(kinds) + "; general = broader distribution for likelihood ratios "
+                        "(all contrasts, stronger deformation/bias/noise)."),
+        "modality": {"0": contrast.upper()},
+        "contrast": contrast,
+        "spacing_mm": float(spacing),
+        "seed": int(seed),
+        "lesion_kinds": ",".join(kinds),
+    }
+    path = write_datalist(datalist, out / "datalist.json", relative=True, metadata=meta)
+    with open(out / "subjects.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "cohort.json").write_text(json.dumps({**meta, "counts": {k: len(v) for k, v in datalist.items()}}, indent=2))
+    return path

@@ -50,7 +50,7 @@ DEMO_RUNS: tuple[DemoRun, ...] = (
 )
 
 # Smoke sizes: a cohort of a few scans and a couple of optimiser steps per phase.
-SMOKE_COHORT: dict[str, Any] = {"n_training": 4, "n_validation": 3, "n_test": 4, "n_general": 3}
+SMOKE_COHORT: dict[str, Any] = {"healthy": 5, "anomalous": 2, "general": 3}
 SMOKE_STEPS = 2
 SMOKE_BOOTSTRAP = 20
 STATE_FILE = "demo_state.json"

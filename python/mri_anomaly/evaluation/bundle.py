@@ -1,0 +1,183 @@
+"""Pieces of the MONAI bundle in ``configs/bundle/``: the scoring loop and the metadata writer.
+
+The bundle (``configs/bundle/inference.yaml``) is assembled from MONAI components (``monai.data.Dataset``,
+``monai.transforms.Invertd``/``SaveImaged`` for the maps) and our classes by full dotted ``_target_`` paths;
+the loop that ties them together is :class:`BundleScorer`, which scores each preprocessed item with
+:func:`mri_anomaly.scoring.runner.score_volume` (the same function ``mri-anomaly score`` uses), runs the
+bundle's postprocessing on the maps, and writes ``scores.csv`` (with ``flag:<column>`` against the
+thresholds in ``metadata.json``) and ``slice_scores.csv``.
+
+:func:`write_bundle_metadata` writes a ``metadata.json`` for a trained run: MONAI's required fields plus an
+``mri_anomaly`` section with the run's method, score columns, preprocessing and calibrated thresholds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+__all__ = ["BundleScorer", "write_bundle_metadata"]
+
+
+class BundleScorer:
+    """Score a dataset of preprocessed items with a trained method and write the tables (and maps).
+
+    Args:
+        network: the trained :class:`~mri_anomaly.training.methods.AnomalyMethod` (weights loaded).
+        config: the run's validated config.
+        dataset: items after the preprocessing ``Compose`` (e.g. ``monai.data.Dataset``).
+        output_dir: where ``scores.csv`` and ``slice_scores.csv`` go (created).
+        postprocessing: applied to ``{**item, "<map>_map": map}`` per item (e.g. ``Invertd`` + ``SaveImaged``);
+            None: no maps.
+        thresholds: ``{score column: threshold}``; a scan is flagged when its score is > the threshold.
+        device: where the network runs.
+        map_suffix: the item key of map ``m`` is ``m + map_suffix``.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        config: Mapping[str, Any],
+        dataset: Sequence[Mapping[str, Any]],
+        output_dir: str | os.PathLike,
+        postprocessing: Callable[[dict], Any] | None = None,
+        thresholds: Mapping[str, float] | None = None,
+        device: str | torch.device = "cpu",
+        map_suffix: str = "_map",
+    ) -> None:
+        self.network = network
+        self.config = config
+        self.dataset = dataset
+        self.output_dir = Path(output_dir)
+        self.postprocessing = postprocessing
+        self.thresholds = {k: float(v) for k, v in (thresholds or {}).items()}
+        self.device = torch.device(device)
+        self.map_suffix = map_suffix
+
+    def run(self) -> Path:
+        """Score every item; returns the path of ``scores.csv``."""
+        from monai.data import MetaTensor
+
+        from mri_anomaly.scoring.runner import score_volume
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.network.to(self.device).eval()
+        rows, slice_rows = [], []
+        n = len(self.dataset)
+        for i in range(n):
+            item = dict(self.dataset[i])
+            image = item["image"]
+            path = image.meta.get("filename_or_obj", "") if isinstance(image, MetaTensor) else ""
+            subject = str(item.get("subject_id") or Path(str(path)).name.split(".")[0])
+            result = score_volume(self.network, self.config, item, self.device, want_maps=self.postprocessing is not None)
+            row: dict[str, Any] = {"subject_id": subject, "image": str(path)}
+            if isinstance(item.get("label"), (int, float)):
+                row["label"] = int(item["label"])
+            row.update(result.scores)
+            for column, t in self.thresholds.items():
+                if column in result.scores:
+                    row[f"flag:{column}"] = int(result.scores[column] > t)
+            rows.append(row)
+            slice_rows += [{"subject_id": subject, **r} for r in result.slices]
+            if self.postprocessing is not None and result.maps:
+                for name, m in result.maps.items():
+                    item[f"{name}{self.map_suffix}"] = MetaTensor(m.float(), meta=copy.deepcopy(image.meta))
+                self.postprocessing(item)
+            print(f"[bundle] {i + 1}/{n} {subject}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.scores.items()),
+                  file=sys.stderr, flush=True)  # fmt: skip
+        path = self.output_dir / "scores.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        pd.DataFrame(slice_rows).to_csv(self.output_dir / "slice_scores.csv", index=False)
+        return path
+
+
+def write_bundle_metadata(
+    run_dir: str | os.PathLike, path: str | os.PathLike, template: str | os.PathLike | None = None
+) -> Path:
+    """Write the bundle's ``metadata.json`` for the run in ``run_dir``.
+
+    Starts from ``template`` (default: the ``configs/bundle/metadata.json`` of the checkout) and fills in the
+    versions, the input grid, the score/map outputs, and ``mri_anomaly``: method, spatial dims, score
+    columns, preprocessing, thresholds (``RUN/thresholds.json`` if present, else the checkpoint's) and their
+    rule.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no checkpoint.
+    """
+    import monai
+    import numpy as np
+
+    from mri_anomaly import __version__
+    from mri_anomaly.data.preprocessing import resolve_preprocessing_config
+    from mri_anomaly.evaluation.thresholds import FLAG_RULE, load_thresholds
+    from mri_anomaly.training.checkpoint import load_checkpoint
+    from mri_anomaly.training.config import config_from_yaml
+    from mri_anomaly.training.methods import get_method_class
+    from mri_anomaly.training.trainer import CHECKPOINT_NAME
+
+    run = Path(run_dir)
+    ckpt_path = run / CHECKPOINT_NAME
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"{run}: no {CHECKPOINT_NAME}; train a run first")
+    checkpoint = load_checkpoint(ckpt_path)
+    config = config_from_yaml(checkpoint["config"])
+    cls = get_method_class(config["method"])
+    if template is None:
+        from mri_anomaly.evaluation.demo import configs_dir
+
+        template = configs_dir() / "bundle" / "metadata.json"
+    meta = json.loads(Path(template).read_text())
+    stored = load_thresholds(run)
+    if stored is not None:
+        thresholds, info = stored["thresholds"], {k: stored.get(k) for k in ("specificity", "section", "n_healthy")}
+    else:
+        thresholds = {k: float(v) for k, v in (checkpoint.get("thresholds") or {}).items()}
+        info = dict(checkpoint.get("threshold_info") or {})
+    pre = resolve_preprocessing_config(config.get("preprocessing"))
+    if config["spatial_dims"] == 2:
+        from mri_anomaly.scoring.aggregate import aggregated_names
+
+        columns = [c for s in cls.score_names for c in aggregated_names(s, int(config["score"]["top_k"]))]
+    else:
+        columns = list(cls.score_names)
+    meta.update(
+        {
+            "monai_version": monai.__version__,
+            "pytorch_version": torch.__version__.split("+")[0],
+            "numpy_version": np.__version__,
+        }
+    )
+    meta.setdefault("required_packages_version", {})["mri-anomaly"] = __version__
+    shape = pre.get("spatial_size") or ["2**p*n", "2**p*n", "2**p*n"]
+    meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = list(shape)
+    outputs = {c: {"type": "score", "format": "anomaly score (higher = more anomalous)", "num_channels": 1,
+                   "spatial_shape": [1], "dtype": "float32", "value_range": ["-inf", "inf"], "is_patch_data": False,
+                   "channel_def": {"0": c}} for c in columns}  # fmt: skip
+    for m in cls.map_names:
+        outputs[f"{m}_map"] = {"type": "image", "format": "anomaly map in the input's space", "num_channels": 1,
+                               "spatial_shape": list(shape), "dtype": "float32", "value_range": ["-inf", "inf"],
+                               "is_patch_data": False, "channel_def": {"0": m}}  # fmt: skip
+    meta["network_data_format"]["outputs"] = outputs
+    meta["mri_anomaly"] = {
+        "method": config["method"],
+        "spatial_dims": config["spatial_dims"],
+        "score_columns": columns,
+        "map_names": list(cls.map_names),
+        "preprocessing": pre,
+        "thresholds": thresholds,
+        "threshold_rule": FLAG_RULE,
+        "threshold_calibration": info,
+        "run": str(run.resolve()),
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(meta, indent=2, default=str))
+    return out

@@ -70,13 +70,7 @@ void with_gemm(int64_t voxels, const Fn& fn) {
 std::tuple<at::Tensor, at::Tensor> flow_step_cpu(const at::Tensor& x_, const at::Tensor& log_scale_,
                                                  const at::Tensor& bias_, const at::Tensor& weight_,
                                                  const at::Tensor& weight_logabsdet_) {
-  checks::check_activation("x", x_);
-  checks::check_param("log_scale", log_scale_, x_, {x_.size(1)});
-  checks::check_param("bias", bias_, x_, {x_.size(1)});
-  checks::check_param("weight", weight_, x_, {x_.size(1), x_.size(1)});
-  checks::check_param("weight_logabsdet", weight_logabsdet_, x_, {});
-  checks::check_finite({{"log_scale", log_scale_}, {"bias", bias_}, {"weight", weight_},
-                        {"weight_logabsdet", weight_logabsdet_}});
+  checks::check_forward(x_, log_scale_, bias_, weight_, weight_logabsdet_);
   const at::Tensor x = x_.contiguous(), log_scale = log_scale_.contiguous(), bias = bias_.contiguous(),
                    weight = weight_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), V = checks::voxels(x);
@@ -88,17 +82,13 @@ std::tuple<at::Tensor, at::Tensor> flow_step_cpu(const at::Tensor& x_, const at:
                                        y.mutable_data_ptr<scalar_t>(), N, C, V, gemm, AtenParallelFor{});
     });
   });
-  at::Tensor logdet = ((log_scale.sum() + weight_logabsdet_) * double(V)).expand({N}).contiguous();
+  at::Tensor logdet = checks::logdet_of(log_scale, weight_logabsdet_, N, V);
   return {y, logdet};
 }
 
 at::Tensor flow_step_inverse_cpu(const at::Tensor& y_, const at::Tensor& log_scale_, const at::Tensor& bias_,
                                  const at::Tensor& weight_inverse_) {
-  checks::check_activation("y", y_);
-  checks::check_param("log_scale", log_scale_, y_, {y_.size(1)});
-  checks::check_param("bias", bias_, y_, {y_.size(1)});
-  checks::check_param("weight_inverse", weight_inverse_, y_, {y_.size(1), y_.size(1)});
-  checks::check_finite({{"log_scale", log_scale_}, {"bias", bias_}, {"weight_inverse", weight_inverse_}});
+  checks::check_inverse(y_, log_scale_, bias_, weight_inverse_);
   const at::Tensor y = y_.contiguous(), log_scale = log_scale_.contiguous(), bias = bias_.contiguous(),
                    weight_inverse = weight_inverse_.contiguous();
   const int64_t N = y.size(0), C = y.size(1), V = checks::voxels(y);
@@ -117,20 +107,8 @@ at::Tensor flow_step_inverse_cpu(const at::Tensor& y_, const at::Tensor& log_sca
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_y_, const at::Tensor& grad_logdet_, const at::Tensor& xy_, const at::Tensor& log_scale_,
     const at::Tensor& bias_, const at::Tensor& weight_, const at::Tensor* weight_inverse_, const char* xy_name) {
-  checks::check_activation("grad_y", grad_y_);
-  checks::check_same_activation(xy_name, xy_, "grad_y", grad_y_);
+  checks::check_backward(grad_y_, grad_logdet_, xy_, xy_name, log_scale_, bias_, weight_, weight_inverse_);
   const int64_t C = grad_y_.size(1);
-  checks::check_param("grad_logdet", grad_logdet_, grad_y_, {grad_y_.size(0)});
-  checks::check_param("log_scale", log_scale_, grad_y_, {C});
-  checks::check_param("bias", bias_, grad_y_, {C});
-  checks::check_param("weight", weight_, grad_y_, {C, C});
-  std::vector<std::pair<const char*, at::Tensor>> params = {
-      {"log_scale", log_scale_}, {"bias", bias_}, {"weight", weight_}};
-  if (weight_inverse_ != nullptr) {
-    checks::check_param("weight_inverse", *weight_inverse_, grad_y_, {C, C});
-    params.push_back({"weight_inverse", *weight_inverse_});
-  }
-  checks::check_finite(params);
   const at::Tensor grad_y = grad_y_.contiguous(), xy = xy_.contiguous(), log_scale = log_scale_.contiguous(),
                    bias = bias_.contiguous(), weight = weight_.contiguous();
   const at::Tensor weight_inverse = weight_inverse_ != nullptr ? weight_inverse_->contiguous() : weight;
@@ -155,12 +133,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     cpu::sum_partials(partials.const_data_ptr<double>(), plan.chunks, plan.partial_size(),
                       sums.mutable_data_ptr<double>(), AtenParallelFor{});
   }
-  const auto dtype = grad_y.scalar_type();
-  // copy=true: the three outputs must not alias one buffer (schema: fresh tensors).
-  at::Tensor grad_weight = sums.slice(0, 0, C * C).view({C, C}).to(dtype, false, true);
-  at::Tensor grad_log_scale =
-      (sums.slice(0, C * C, C * C + C) + grad_logdet_.to(at::kDouble).sum() * double(V)).to(dtype, false, true);
-  at::Tensor grad_bias = sums.slice(0, C * C + C, C * C + 2 * C).to(dtype, false, true);
+  auto [grad_log_scale, grad_bias, grad_weight] =
+      checks::param_grads_from_sums(sums, grad_logdet_, C, V, grad_y.scalar_type());
   return {x_out, grad_x, grad_log_scale, grad_bias, grad_weight};
 }
 

@@ -55,7 +55,8 @@ def make_score_dir(root: Path, name: str = "scores", seed: int = 0, n_val: int =
             rows.append(row)
             for k in range(SHAPE[2]):
                 lab = int(mask[..., k].any())
-                slice_rows.append({"subject_id": sid, "section": section, "slice": k, "slice_label": lab,
+                # as the scorer writes it: no mask (a healthy scan) -> empty slice_label
+                slice_rows.append({"subject_id": sid, "section": section, "slice": k, "slice_label": lab if label else "",
                                    "nll": float(rng.normal() + separation * lab), "ratio": float(rng.normal())})
     pd.DataFrame(rows).to_csv(out / "scores.csv", index=False)
     pd.DataFrame(slice_rows).to_csv(out / "slice_scores.csv", index=False)

@@ -97,7 +97,7 @@ def _say(msg: str) -> None:
 
 def _smoke_overrides(config: dict[str, Any]) -> list[str]:
     out = [f"train.phases.{phase}.steps={SMOKE_STEPS}" for phase in config["train"]["phases"]]
-    out += ["train.init_batches=1", "train.log_every=1", "train.checkpoint_every=1000"]
+    out += ["train.init_batches=1", "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=1000"]
     return out
 
 

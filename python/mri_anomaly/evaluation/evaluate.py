@@ -373,6 +373,14 @@ def evaluate(
                 sl = sl[sl["section"] == section]
             if "counted" in sl.columns:  # the slices with enough brain that the method's volume scores use
                 sl = sl[sl["counted"] == 1]
+            if "label" in df.columns:  # a healthy scan has no mask: all its slices are healthy
+                healthy_ids = set(df.loc[df["label"] == 0, "subject_id"].astype(str))
+                sl = sl.copy()
+                if "slice_label" not in sl.columns:
+                    sl["slice_label"] = np.nan
+                sl["slice_label"] = pd.to_numeric(sl["slice_label"], errors="coerce")
+                fill = sl["slice_label"].isna() & sl["subject_id"].astype(str).isin(healthy_ids)
+                sl.loc[fill, "slice_label"] = 0
             if "slice_label" in sl.columns:
                 sl = sl[sl["slice_label"].isin([0, 1])]
                 ys = sl["slice_label"].to_numpy(dtype=int)

@@ -97,9 +97,11 @@ class Coupling(nn.Module):
     def reverse_and_grad(
         self, y: torch.Tensor, grad_y: torch.Tensor, grad_logdet: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
-        """Rebuild the input from the output, then backpropagate through a local recomputation.
+        """Rebuild the input from the output and backpropagate through a local recomputation.
 
-        Only this layer's activations live at once (the NN is run twice: inverse, then forward with grad).
+        Since ``y_a = x_a``, the NN output needed to invert ``y_b`` is also the one the forward used: the
+        NN runs once, with grad, and serves both the inversion and the backward. Only this layer's
+        activations live at once.
 
         Args:
             y: ``(N, C, *spatial)`` output of :meth:`forward`.
@@ -109,21 +111,31 @@ class Coupling(nn.Module):
         Returns:
             ``(x, grad_x, param_grads)``; ``param_grads`` aligned with ``tuple(self.parameters())``.
         """
-        with torch.no_grad():
-            x = self.inverse(y.detach())
+        self._check(y, "y")
         params = tuple(self.parameters())
         trainable = [p for p in params if p.requires_grad]
+        y = y.detach()
+        grad_y = grad_y.detach()
+        y_a, y_b = y[:, : self.cond_channels], y[:, self.cond_channels :]
         with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            y_re, logdet = self.forward(x_in)
-            outputs, grads = [y_re], [grad_y.detach()]
-            if grad_logdet is not None and self.coupling == "affine":
-                outputs.append(logdet)
-                grads.append(grad_logdet.detach().to(logdet.dtype))
-            found = torch.autograd.grad(outputs, [x_in, *trainable], grads, allow_unused=True)
-        by_id = {id(p): g for p, g in zip(trainable, found[1:])}
-        grad_x = found[0] if found[0] is not None else torch.zeros_like(x)
-        return x, grad_x, tuple(by_id.get(id(p)) for p in params)
+            x_a = y_a.clone().requires_grad_(True)
+            shift, log_s = self._shift_and_log_scale(x_a)
+            with torch.no_grad():
+                x_b = y_b - shift if log_s is None else y_b * torch.exp(-log_s) - shift
+            x_b.requires_grad_(True)
+            outputs, grads = [], [grad_y[:, self.cond_channels :]]
+            if log_s is None:
+                outputs.append(x_b + shift)
+            else:
+                outputs.append((x_b + shift) * torch.exp(log_s))
+                if grad_logdet is not None:
+                    outputs.append(log_s.reshape(log_s.shape[0], -1).sum(1))
+                    grads.append(grad_logdet.detach().to(log_s.dtype))
+            found = torch.autograd.grad(outputs, [x_a, x_b, *trainable], grads, allow_unused=True)
+        grad_x_a = grad_y[:, : self.cond_channels] + (found[0] if found[0] is not None else 0)
+        grad_x = torch.cat([grad_x_a, found[1]], 1)
+        by_id = {id(p): g for p, g in zip(trainable, found[2:])}
+        return torch.cat([y_a, x_b.detach()], 1), grad_x, tuple(by_id.get(id(p)) for p in params)
 
     def _check(self, t: torch.Tensor, name: str) -> None:
         if t.dim() != self.spatial_dims + 2 or t.shape[1] != self.num_channels:

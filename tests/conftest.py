@@ -35,3 +35,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def demo_cohort(tmp_path_factory) -> Path:
+    """A tiny demo cohort (issue 4), built once per session; returns its ``datalist.json``.
+
+    8 mm voxels, 4 healthy (2 training, 1 validation, 1 test), 3 anomalous (ms, tumour, focal when
+    ../shared/data is present; else tumour, focal, tumour), 3 general. Preprocess it with
+    ``mri_anomaly.data.TINY_PREPROCESSING`` (8 mm, 24 x 24 x 24). Built in a few seconds.
+    """
+    import warnings
+
+    from mri_anomaly.data import make_demo_cohort
+
+    out = tmp_path_factory.mktemp("demo_cohort")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_demo_cohort(out, seed=0, healthy=4, anomalous=3, general=3, spacing=8.0)

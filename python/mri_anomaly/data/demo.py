@@ -122,15 +122,21 @@ def _template(spacing: float) -> dict[str, Any]:
     """The nilearn MNI152 2009 maps (T1, GM, WM, brain, CSF), pre-smoothed against aliasing at ``spacing``."""
     from nilearn import datasets as nds
 
-    res = 2 if spacing >= 2.5 else 1
-    t1 = nds.load_mni152_template(resolution=res)
-    gm = nds.load_mni152_gm_template(resolution=res)
-    wm = nds.load_mni152_wm_template(resolution=res)
-    br = nds.load_mni152_brain_mask(resolution=res)
+    t1 = nds.load_mni152_template(resolution=1)  # the 1 mm files as shipped (resolution=2 resamples slowly)
+    maps = {"t1": t1, "gm": nds.load_mni152_gm_template(resolution=1), "wm": nds.load_mni152_wm_template(resolution=1),
+            "brain": nds.load_mni152_brain_mask(resolution=1)}
+    aff = np.asarray(t1.affine, np.float64)
+    res = 1
+    if spacing >= 2.5:  # 2 x 2 x 2 block average to 2 mm, then anti-alias at 2 mm
+        res = 2
+        aff = aff @ np.array([[2, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 2, 0.5], [0, 0, 0, 1.0]])
     sigma = 0.42 * np.sqrt(max((spacing / res) ** 2 - 1.0, 0.0))
-    out: dict[str, Any] = {"affine": np.asarray(t1.affine, np.float64), "res": res}
-    for name, img in (("t1", t1), ("gm", gm), ("wm", wm), ("brain", br)):
+    out: dict[str, Any] = {"affine": aff, "res": res}
+    for name, img in maps.items():
         a = np.asarray(img.get_fdata(dtype=np.float32))
+        if res == 2:
+            a = a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2, : a.shape[2] // 2 * 2]
+            a = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, a.shape[2] // 2, 2).mean(axis=(1, 3, 5))
         out[name] = ndimage.gaussian_filter(a, sigma) if sigma > 0 else a
     out["brain"] = np.clip(out["brain"], 0, 1)
     out["csf"] = np.clip(out["brain"] - out["gm"] - out["wm"], 0, 1)
@@ -160,12 +166,18 @@ def _ms_files(ms_dir: Path) -> list[Path]:
 
 @functools.lru_cache(maxsize=32)
 def _ms_mask_source(path: str, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """A lesion mask as a partial-volume fraction map, block-averaged to 2 mm when ``spacing`` >= 2.5 mm
+    and smoothed against aliasing; returns (fraction map, its affine)."""
     img = nib.load(path)
-    a = np.asarray(img.dataobj, dtype=np.float32)
-    a = (a > 0.5).astype(np.float32)
-    res = float(np.abs(np.linalg.det(img.affine[:3, :3]))) ** (1 / 3)
+    a = (np.asarray(img.dataobj) > 0.5).astype(np.float32)
+    aff = np.asarray(img.affine, np.float64)
+    if spacing >= 2.5:  # 2 x 2 x 2 block average (exact partial-volume fractions at 2 mm)
+        a = a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2, : a.shape[2] // 2 * 2]
+        a = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, a.shape[2] // 2, 2).mean(axis=(1, 3, 5))
+        aff = aff @ np.array([[2, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 2, 0.5], [0, 0, 0, 1.0]])
+    res = float(np.abs(np.linalg.det(aff[:3, :3]))) ** (1 / 3)
     sigma = 0.42 * np.sqrt(max((spacing / res) ** 2 - 1.0, 0.0))
-    return (ndimage.gaussian_filter(a, sigma) if sigma > 0 else a), np.asarray(img.affine, np.float64)
+    return (ndimage.gaussian_filter(a, sigma) if sigma > 0 else a), aff
 
 
 def load_ms_lesion_masks(
@@ -276,7 +288,7 @@ def synthesize_subject(
     mask = None
     ms_source = ""
     if lesion is not None:
-        inserter_kwargs: dict[str, Any] = {"contrast": contrast, "kinds": (lesion,),
+        inserter_kwargs: dict[str, Any] = {"contrast": contrast, "kinds": (lesion,), "clip": (0.0, None),
                                            "focal_radius_mm": (max(3.0, 0.9 * spacing), max(8.0, 2.0 * spacing))}
         if lesion == "ms":
             if not ms_files:

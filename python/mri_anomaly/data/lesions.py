@@ -17,7 +17,7 @@ Kinds (:data:`LESION_KINDS`):
 
 Intensities are set relative to the brain's median intensity ``ref`` (:data:`CONTRAST_LEVELS`, as
 multiples of ``ref``); inside the mask the image becomes ``(1 - w) * x + w * level * (1 + texture)``
-with ``w`` in [0.75, 1]. The output is clipped to the input's range.
+with ``w`` in [0.75, 1]. The output is clipped to the input's range by default (``clip``).
 
 Guarantees (tested): outside the returned mask, the image is **unchanged** except, for tumours with
 ``mass_effect > 0``, inside the displacement support (radius 2.5 R); the mask is {0, 1} and the
@@ -64,7 +64,8 @@ class RandLesion(RandomizableTransform):
 
     Args:
         prob: probability of inserting a lesion (otherwise the image is returned with an empty mask).
-        kinds: kinds to draw from (see :data:`LESION_KINDS`); ``"ms"`` needs ``ms_masks``.
+        kinds: kinds to draw from (see :data:`LESION_KINDS`); ``"ms"`` needs ``ms_masks``. None: all
+            kinds available (``"ms"`` only when ``ms_masks`` are given).
         contrast: ``"flair"``, ``"t2"`` or ``"t1"`` (which way lesions go, :data:`CONTRAST_LEVELS`).
         focal_radius_mm: range of the radius of focal lesions.
         num_focal: range (inclusive) of the number of focal lesions.
@@ -72,6 +73,8 @@ class RandLesion(RandomizableTransform):
         mass_effect: range of the mass-effect strength (0: none; at most 0.6).
         ms_masks: candidate MS lesion masks, each with the image's spatial shape (values in [0, 1]).
         opposite_sign_prob: probability that focal lesions have the opposite intensity sign.
+        clip: output range: ``"input"`` (the input's [min, max]; hyperintense lesions saturate where
+            the input is already at its maximum), a ``(low, high)`` pair (either may be None), or None (no clipping).
 
     Call: ``lesion(img, brain_mask=None) -> (image, mask)``; ``img`` (1, *spatial) with 2 or 3 spatial
     dims; ``brain_mask`` (1, *spatial) where lesions may go (default: estimated foreground). Returns the
@@ -85,7 +88,7 @@ class RandLesion(RandomizableTransform):
     def __init__(
         self,
         prob: float = 1.0,
-        kinds: Sequence[str] = LESION_KINDS,
+        kinds: Sequence[str] | None = None,
         contrast: str = "flair",
         focal_radius_mm: tuple[float, float] = (3.0, 7.0),
         num_focal: tuple[int, int] = (1, 4),
@@ -93,8 +96,11 @@ class RandLesion(RandomizableTransform):
         mass_effect: tuple[float, float] = (0.2, 0.5),
         ms_masks: Sequence[Any] | None = None,
         opposite_sign_prob: float = 0.25,
+        clip: str | tuple[float, float] | None = "input",
     ) -> None:
         RandomizableTransform.__init__(self, prob)
+        if kinds is None:
+            kinds = LESION_KINDS if ms_masks else tuple(k for k in LESION_KINDS if k != "ms")
         bad = [k for k in kinds if k not in LESION_KINDS]
         if bad or not kinds:
             raise ValueError(f"unknown lesion kind(s) {bad} (known: {LESION_KINDS})")
@@ -118,6 +124,9 @@ class RandLesion(RandomizableTransform):
             raise ValueError(f"mass_effect must satisfy 0 <= low <= high <= 0.6, got {mass_effect}")
         self.mass_effect = mass_effect
         self.opposite_sign_prob = opposite_sign_prob
+        if not (clip is None or clip == "input" or (isinstance(clip, (tuple, list)) and len(clip) == 2)):
+            raise ValueError(f"clip must be 'input', (low, high) or None, got {clip!r}")
+        self.clip = clip
         self.last_kind: str | None = None
         self._kind: str | None = None
 
@@ -155,7 +164,12 @@ class RandLesion(RandomizableTransform):
         if not brain.any():
             raise ValueError("RandLesion: the brain region is empty, cannot place a lesion")
         ref = float(np.median(x[brain]))
-        lo_clip, hi_clip = float(x.min()), float(x.max())
+        if self.clip == "input":
+            lo_clip, hi_clip = float(x.min()), float(x.max())
+        else:
+            lo, hi = self.clip if self.clip is not None else (None, None)
+            lo_clip = -np.inf if lo is None else float(lo)
+            hi_clip = np.inf if hi is None else float(hi)
         levels = CONTRAST_LEVELS[self.contrast]
         out = x.copy()
         if self._kind == "focal":

@@ -1,0 +1,119 @@
+"""RandLesion / RandLesiond: the mask and the intensity change agree, healthy voxels stay untouched,
+intensity sign follows the contrast, determinism under set_random_state, 2D slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from mri_anomaly.data import RandLesion, RandLesiond
+from mri_anomaly.data.phantom import phantom_arrays
+
+
+@pytest.fixture(scope="module")
+def volume() -> MetaTensor:
+    img, _, brain = phantom_arrays(shape=(40, 48, 40), spacing=(4.0, 4.0, 4.0), lesion_center_mm=None)
+    x = torch.from_numpy(0.7 * img / img.max())[None]  # brain below 0.7, as after percentile scaling
+    x[0, 0, 0, 0] = 1.0  # the range the output is clipped to: [0, 1]
+    return MetaTensor(x, affine=torch.diag(torch.tensor([4.0, 4.0, 4.0, 1.0], dtype=torch.float64)))
+
+
+def _ms_like(shape) -> np.ndarray:
+    m = np.zeros(shape, np.float32)
+    m[26:30, 20:24, 18:21] = 1.0  # away from the phantom's central ventricle
+    m[24:26, 26:30, 22:24] = 1.0
+    return m
+
+
+@pytest.mark.parametrize("kind", ["focal", "tumour", "ms"])
+@pytest.mark.parametrize("contrast", ["flair", "t1"])
+def test_mask_and_change_agree_and_healthy_part_untouched(volume, kind, contrast):
+    lesion = RandLesion(kinds=(kind,), contrast=contrast, mass_effect=(0.0, 0.0), ms_masks=[_ms_like(volume.shape[1:])])
+    lesion.set_random_state(3)
+    out, mask = lesion(volume)
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, volume.affine)
+    assert out.shape == volume.shape and mask.shape == volume.shape
+    assert set(torch.unique(mask).tolist()) == {0.0, 1.0}
+    inside, outside = mask > 0.5, mask < 0.5
+    diff = (out - volume).as_tensor()
+    assert torch.equal(out[outside], volume[outside])  # healthy part bit-identical
+    brain_median = volume[volume > 0.05].median().item()
+    assert diff[inside].abs().mean().item() > 0.15 * brain_median
+    if kind == "ms":
+        assert torch.equal(inside[0], torch.from_numpy(_ms_like(volume.shape[1:]) > 0.5) & (volume[0] > 0.05))
+    if kind in ("ms",) or (kind == "focal" and contrast == "flair"):
+        # MS lesions: hyperintense in FLAIR, hypointense in T1 (focal: the usual sign unless drawn opposite)
+        sign = 1 if contrast == "flair" else -1
+        assert sign * diff[inside].mean().item() > 0
+    assert lesion.last_kind == kind
+
+
+def test_tumour_mass_effect_is_confined_to_its_support(volume):
+    lesion = RandLesion(kinds=("tumour",), mass_effect=(0.5, 0.5), tumour_radius_mm=(16.0, 16.0))
+    lesion.set_random_state(0)
+    out, mask = lesion(volume)
+    changed = (out != volume)[0]
+    assert (changed & (mask[0] < 0.5)).any()  # tissue displaced beyond the mask
+    # nothing changes farther than 2.5 R from the lesion
+    idx = np.argwhere(mask[0].numpy() > 0.5)
+    centre = idx.mean(0)
+    far = np.argwhere(changed.numpy())
+    dist_mm = np.sqrt((((far - centre) * 4.0) ** 2).sum(1))
+    assert dist_mm.max() <= 2.5 * 16.0 + 1.3 * 16.0 * 0.5 + 8.0
+
+
+def test_determinism_and_randomness(volume):
+    a = RandLesion(kinds=("focal", "tumour"))
+    a.set_random_state(7)
+    b = RandLesion(kinds=("focal", "tumour"))
+    b.set_random_state(7)
+    xa, ma = a(volume)
+    xb, mb = b(volume)
+    assert torch.equal(xa, xb) and torch.equal(ma, mb)
+    masks = {tuple(np.argwhere(a(volume)[1][0].numpy() > 0)[0]) for _ in range(4)}
+    assert len(masks) > 1  # different draws place lesions differently
+
+
+def test_prob_zero_returns_input_and_empty_mask(volume):
+    out, mask = RandLesion(prob=0.0)(volume)
+    assert torch.equal(out, volume) and mask.sum() == 0
+
+
+def test_2d_slice_and_plain_tensor():
+    img, _, _ = phantom_arrays(shape=(40, 48, 40), spacing=(4.0, 4.0, 4.0), lesion_center_mm=None)
+    sl = torch.from_numpy(img[..., 20] / img.max())[None]
+    lesion = RandLesion(kinds=("focal",), focal_radius_mm=(2.0, 4.0))  # plain tensor: 1 mm voxels assumed
+    lesion.set_random_state(1)
+    out, mask = lesion(sl)
+    assert out.shape == (1, 40, 48) and mask.sum() >= 1
+    assert torch.equal(out[mask < 0.5], sl[mask < 0.5])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown lesion kind"):
+        RandLesion(kinds=("cyst",))
+    with pytest.raises(ValueError, match="needs ms_masks"):
+        RandLesion(kinds=("ms",))
+    with pytest.warns(UserWarning, match="no ms_masks"):
+        lesion = RandLesion(kinds=("ms", "focal"))
+    assert lesion.kinds == ("focal",)
+    with pytest.raises(ValueError, match="expects"):
+        RandLesion()(torch.zeros(2, 8, 8, 8))
+
+
+def test_dict_twin_sets_label_semi_target_and_unites_masks(volume):
+    old = torch.zeros_like(volume)
+    old[0, 0, 0, 0] = 1.0
+    t = RandLesiond("image", kinds=("tumour",), semi_target_value=-1)
+    t.set_random_state(5)
+    d = t({"image": volume, "mask": old, "label": 0, "semi_target": 0, "has_mask": 0})
+    assert d["label"] == 1 and d["semi_target"] == -1 and d["has_mask"] == 1 and d["lesion_kind"] == "tumour"
+    assert d["mask"][0, 0, 0, 0] == 1.0 and d["mask"].sum() > 1
+    t2 = RandLesiond("image", kinds=("tumour",), semi_target_value=-1)
+    t2.set_random_state(5)
+    d2 = t2({"image": volume, "mask": old, "label": 0, "semi_target": 0})
+    assert torch.equal(d["image"], d2["image"])
+    d3 = RandLesiond("image", prob=0.0)({"image": volume, "label": 0})
+    assert d3["label"] == 0 and d3["lesion_kind"] == "" and d3["mask"].sum() == 0

@@ -32,8 +32,7 @@ def test_shipped_config_is_valid_and_builds_its_method(path):
     assert set(config["train"]["phases"]) == set(cls.phases)
     method = build_method(config)
     assert method.spatial_dims == config["spatial_dims"]
-    if config["spatial_dims"] == 2:
-        assert 0 <= config["slices"]["min_brain_fraction"] <= 1
+    assert 0 <= config["slices"]["min_brain_fraction"] <= 1
 
 
 def _base() -> dict:
@@ -98,11 +97,12 @@ def test_unknown_method_and_missing_keys():
     assert any(p.startswith("spatial_dims: missing") for p in problems)
 
 
-def test_slices_section_is_refused_for_3d():
+def test_slices_section_applies_to_3d_too():
     cfg = _base()
     cfg["spatial_dims"] = 3
-    cfg["slices"] = {"min_brain_fraction": 0.2}
-    with pytest.raises(ConfigError, match="slices: only used by 2D"):
+    assert validate_config(cfg)["slices"] == {"min_brain_fraction": 0.05}
+    cfg["slices"] = {"min_brain_fraction": 1.2}
+    with pytest.raises(ConfigError, match=r"slices.min_brain_fraction: must be in \[0, 1\], got 1.2"):
         validate_config(cfg)
 
 

@@ -18,7 +18,8 @@ merges the shards into the same tables one process writes (rows in datalist orde
     with brain fraction >= ``slices.min_brain_fraction`` (see :mod:`mri_anomaly.scoring.aggregate`).
 ``slice_scores.csv``
     long format, one row per axial slice of the model grid: ``subject_id, section, slice, brain_fraction,
-    counted`` (1 if the slice counts towards 2D volume scores), ``slice_label`` (1 if the preprocessed
+    counted`` (1 if brain fraction >= ``slices.min_brain_fraction``: the slices 2D volume scores aggregate
+    over, and the ones slice-level evaluation uses), ``slice_label`` (1 if the preprocessed
     mask has voxels in the slice, 0 if not, empty without a mask), then score columns — 2D: the method's
     slice scores; 3D: ``<map>_slice_mean``, the mean of each voxel map over the slice.
 ``maps/<section>/<subject_id>_<map>.nii.gz``
@@ -176,6 +177,15 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu"):
         raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT_NAME} (train a model there first with `mri-anomaly train`)")
     checkpoint = load_checkpoint(path, map_location="cpu")
     config = config_from_yaml(checkpoint["config"])
+    progress = checkpoint.get("progress") or {}
+    from mri_anomaly.training.methods import get_method_class
+
+    phases = get_method_class(config["method"]).phases
+    if progress.get("begun_phase_index", len(phases) - 1) < len(phases) - 1:
+        raise ValueError(
+            f"{path}: training stopped before its last phase ({phases[-1]!r}) began, so the model cannot score yet; "
+            f"continue it with `mri-anomaly train ... --out {run_dir} --resume`"
+        )
     method = build_method(config)
     method.load_state_dict(checkpoint["state_dict"])
     method.to(device).eval()

@@ -8,7 +8,8 @@ and seed::
     in_channels: 1
     seed: 0
     preprocessing: {...}          # mri_anomaly.data preprocessing keys (validated by the data module)
-    slices: {min_brain_fraction: 0.05}   # 2D only: which axial slices are trained on and aggregated
+    slices: {min_brain_fraction: 0.05}   # axial slices with this much brain: 2D trains on and aggregates over
+                                         # them; both mark them counted=1 in slice_scores.csv
     model: {...}                  # keyword arguments of the method class's __init__
     train:
       batch_size: 4
@@ -342,14 +343,12 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.problems.extend(_preprocessing_problems(pre))
         cfg["preprocessing"] = pre
 
-    # slices: only meaningful for 2D
+    # slices: 2D trains on and aggregates over these slices; for both, they are the "counted" slices of slice tables
     slices = chk.section(cfg, "slices", "")
     if slices is not None:
-        if slices and cfg.get("spatial_dims") == 3:
-            chk.add("slices: only used by 2D (spatial_dims: 2) configs; remove it or set spatial_dims: 2")
         chk.unknown(slices, SLICES_DEFAULTS, "slices.")
         chk.number(slices, "min_brain_fraction", "slices.", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
-        cfg["slices"] = {**SLICES_DEFAULTS, **slices} if cfg.get("spatial_dims") != 3 else {}
+        cfg["slices"] = {**SLICES_DEFAULTS, **slices}
 
     model = chk.section(cfg, "model", "")
     if model is not None:

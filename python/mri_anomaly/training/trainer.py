@@ -268,7 +268,9 @@ class Trainer:
         method = build_method(cfg).to(self.device)
 
         phases = list(type(method).phases)
-        progress = {"phase_index": 0, "phase_step": 0, "global_step": 0, "completed": False, "skipped_steps": 0}
+        # begun_phase_index: the last phase whose begin_phase ran (scoring needs the last phase begun)
+        progress = {"phase_index": 0, "phase_step": 0, "global_step": 0, "completed": False, "skipped_steps": 0,
+                    "begun_phase_index": -1}
         resume = self.resume_state
         if resume is not None:
             progress.update(resume["progress"])
@@ -308,6 +310,7 @@ class Trainer:
             dataset = self._dataset(section)
             method.train()
             method.begin_phase(phase, self._init_batches(dataset, phase_index, section))
+            progress["begun_phase_index"] = phase_index
             optimizer = torch.optim.Adam(
                 list(method.phase_parameters(phase)), lr=phase_cfg["lr"], weight_decay=phase_cfg["weight_decay"]
             )
@@ -410,7 +413,11 @@ class Trainer:
         progress["completed"] = not stopped_early and progress["phase_index"] >= len(phases)
         rng = self._gather_rng()
         self._save(method, optimizer, progress, rng)
-        thresholds = self._calibrate(method)
+        thresholds = None
+        if progress["begun_phase_index"] == len(phases) - 1:
+            thresholds = self._calibrate(method)
+        elif main:
+            print(f"note: stopped before phase {phases[-1]!r} began: the model cannot score yet, no thresholds stored")
         self._save(method, optimizer, progress, rng, thresholds)
         if main and thresholds is not None:
             from mri_anomaly.evaluation.thresholds import save_thresholds

@@ -229,3 +229,32 @@ def test_bad_arguments_and_batches() -> None:
         method.labelled_batch({"image": torch.rand(2, 1, 16, 16), "semi_target": torch.tensor([0, 3])})
     with pytest.raises(ValueError, match=r"batch\['image'\]"):
         method.training_loss("pretrain", {"image": torch.rand(2, 1, 16, 16, 16)})
+
+
+def _brain_like_slices(n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 1, 40, 48) ellipses with texture in [0, 1] and a zero background, like preprocessed slices."""
+    yy, xx = torch.meshgrid(torch.arange(40).float(), torch.arange(48).float(), indexing="ij")
+    inside = (((yy - 19.5) / 17) ** 2 + ((xx - 23.5) / 21) ** 2) < 1
+    texture = 0.5 + 0.1 * torch.randn(n, 40, 48, generator=generator)
+    return torch.where(inside, texture.clamp(0.05, 1), torch.zeros(())).unsqueeze(1)
+
+
+def test_default_lesions_are_rand_lesion_sized_in_mm_and_seeded_by_torch() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = _brain_like_slices(8, generator)
+    changed_voxels = {}
+    for voxel_size_mm in (1.0, 4.0):
+        method = DeepSADMethod(2, **SMALL, gamma_l=0.5, voxel_size_mm=voxel_size_mm, lesion={"kinds": ["focal"]})
+        torch.manual_seed(5)
+        x, semi_target = method.labelled_batch({"image": images})
+        changed = (x != images).flatten(1)
+        assert int((semi_target == -1).sum()) == 4
+        assert torch.equal(changed.any(dim=1), semi_target == -1)
+        changed_voxels[voxel_size_mm] = changed.sum().item() / 4
+        torch.manual_seed(5)  # same torch seed -> the same lesions
+        again, _ = method.labelled_batch({"image": images})
+        assert torch.equal(again, x)
+    # Focal lesions of 3-7 mm radius cover ~16× fewer voxels at 4 mm than at 1 mm.
+    assert changed_voxels[1.0] > 4 * changed_voxels[4.0] > 0, changed_voxels
+    with pytest.raises(ValueError, match="voxel_size_mm"):
+        DeepSADMethod(2, voxel_size_mm=[1.0, 2.0, 3.0])

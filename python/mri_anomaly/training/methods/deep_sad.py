@@ -93,6 +93,9 @@ def _default_lesion_transform(
     affine = torch.diag(torch.tensor([*voxel_size_mm, 1.0], dtype=torch.float64))
 
     def insert(image: torch.Tensor) -> torch.Tensor:
+        # Seeded from torch's generator, which the trainer seeds and checkpoints: runs and resumptions
+        # draw the same lesions (MONAI's own RandomState would not be seeded by anyone).
+        lesion.set_random_state(int(torch.randint(0, 2**31 - 1, ()).item()))
         lesioned, _ = lesion(MetaTensor(image.detach().cpu(), affine=affine))
         return torch.as_tensor(lesioned).to(image)
 

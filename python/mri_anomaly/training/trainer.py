@@ -164,6 +164,14 @@ class Trainer:
             self.resume_state = load_checkpoint(self.checkpoint_path, map_location="cpu")
             stored = config_from_yaml(self.resume_state["config"])
             problems = _config_differences(self.config, stored)
+            # steps may grow for the phase in progress and later ones, never change for a finished phase
+            done = self.resume_state["progress"]
+            for index, phase in enumerate(stored["train"]["phases"]):
+                was, now = stored["train"]["phases"][phase]["steps"], self.config["train"]["phases"][phase]["steps"]
+                if index < done["phase_index"] and now != was:
+                    problems.append(f"train.phases.{phase}.steps: phase {phase!r} already finished after {was} steps ({now} now)")
+                elif index == done["phase_index"] and now < done["phase_step"]:
+                    problems.append(f"train.phases.{phase}.steps: {now} is fewer than the {done['phase_step']} steps already done")
             if problems:
                 raise ValueError(
                     f"cannot resume {self.checkpoint_path}: the config differs from the checkpoint's:\n  - "

@@ -228,6 +228,10 @@ class VolumeDataset(torch.utils.data.Dataset):
         return d
 
 
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
 def slice_brain_fractions(image: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """Fraction of each axial slice's voxels above ``threshold``.
 
@@ -238,7 +242,7 @@ def slice_brain_fractions(image: torch.Tensor, threshold: float = 0.0) -> torch.
     Returns:
         (D,) float tensor.
     """
-    x = torch.as_tensor(image)
+    x = _plain(image)
     return (x[0] > threshold).float().mean(dim=(0, 1))
 
 
@@ -287,8 +291,8 @@ class SliceDataset(torch.utils.data.Dataset):
         if "error" in d:
             return d
         out = {key: val for key, val in d.items() if not isinstance(val, torch.Tensor)}
-        out["image"] = torch.as_tensor(d["image"])[..., k].clone()
-        m = torch.as_tensor(d["mask"])[..., k].clone()
+        out["image"] = _plain(d["image"])[..., k].clone()
+        m = _plain(d["mask"])[..., k].clone()
         out["mask"] = m
         out["slice_index"] = k
         if d["has_mask"]:

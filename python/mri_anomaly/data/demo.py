@@ -8,7 +8,7 @@ computed once per subject by a single resampling of the template through the sub
 
 Healthy subjects vary as a real cohort does:
 
-* anatomy: an affine part (global size 0.90-1.00 of MNI with +-3 % per axis, rotations up to 5 deg,
+* anatomy: an affine part (global size 0.87-0.97 of MNI, which is larger than most adult brains, with +-3 % per axis, rotations up to 5 deg,
   shifts up to 4 mm) and a smooth non-linear displacement (a random field on a coarse 5 x 6 x 5
   grid, cubic-interpolated, ~2.5 mm standard deviation);
 * contrast: ``t1`` uses the template's own T1 intensities (with a random gamma and small GM/WM
@@ -32,7 +32,7 @@ like tissue:
 The ``general`` section (no labels) is a **broader** healthy distribution for likelihood ratios
 (Schirrmeister et al. 2020 train a second model on a general distribution and score
 ``log p_general - log p_in``): all three contrasts mixed, twice the deformation, rotations up to
-12 deg, size 0.85-1.05, bias log-amplitude ~0.3, noise up to 6 %, gamma 0.7-1.4. It shares
+12 deg, size 0.82-1.02, bias log-amplitude ~0.3, noise up to 6 %, gamma 0.7-1.4. It shares
 low-level MRI statistics with the in-distribution data but not the contrast or tight anatomy, so
 the ratio cancels what is generic about MRI and keeps what is specific to healthy in-distribution
 anatomy.
@@ -94,7 +94,7 @@ _HELD_OUT_MS = {"patient07"}  # the real MS case in ../shared/data: never used a
 @dataclass(frozen=True)
 class _Variation:
     rot_deg: float = 5.0
-    size: tuple[float, float] = (0.90, 1.00)
+    size: tuple[float, float] = (0.87, 0.97)
     axis_jitter: float = 0.03
     shift_mm: float = 4.0
     warp_mm: float = 2.5
@@ -105,7 +105,7 @@ class _Variation:
 
 
 HEALTHY_VARIATION = _Variation()
-GENERAL_VARIATION = _Variation(rot_deg=12.0, size=(0.85, 1.05), axis_jitter=0.05, shift_mm=8.0, warp_mm=5.0,
+GENERAL_VARIATION = _Variation(rot_deg=12.0, size=(0.82, 1.02), axis_jitter=0.05, shift_mm=8.0, warp_mm=5.0,
                                bias=0.3, noise=(0.01, 0.06), gamma=(0.7, 1.4), tissue_jitter=0.12)
 
 

@@ -124,3 +124,28 @@ def test_bootstrap_is_deterministic_and_clustered_is_wider():
     width = lambda ci: ci["auroc"][1] - ci["auroc"][0]  # noqa: E731
     # 600 slices from 30 subjects carry about the information of 30 samples, not 600
     assert width(clustered) > 2 * width(a)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_curve_metrics_equal_sklearn_functions(seed):
+    """binary_metrics / voxel_metrics_fn read AUROC, AP and Dice off one ROC curve; they must equal the
+    scikit-learn functions exactly, with ties (rounded scores) and non-finite scores."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from mri_anomaly.evaluation.metrics import voxel_metrics_fn
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.normal(size=300) + y, 1)  # many ties
+    s[:3] = [np.nan, np.inf, -np.inf]
+    m = binary_metrics(y, s)
+    f = np.nan_to_num(s, nan=1e9, posinf=1e9, neginf=-1e9)  # the same ranking, finite
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, f), abs=1e-12)
+    assert m["ap"] == pytest.approx(average_precision_score(y, f), abs=1e-12)
+    assert m["sens_at_95spec"] == pytest.approx(sensitivity_at_specificity(y, f, 0.95))
+    assert m["fpr_at_95tpr"] == pytest.approx(fpr_at_tpr(y, f, 0.95))
+    v = voxel_metrics_fn(y, f)
+    dice, threshold = best_dice(y, f)
+    assert v["best_dice"] == pytest.approx(dice, abs=1e-12)
+    assert v["best_dice_threshold"] == pytest.approx(threshold)
+    assert v["auroc"] == pytest.approx(m["auroc"]) and v["ap"] == pytest.approx(m["ap"])

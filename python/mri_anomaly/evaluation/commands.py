@@ -71,7 +71,7 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of the demo runs (default: all): "
-                   "glow-ratio-2d,glow-ratio-3d,deep-svdd-3d,deep-sad-3d,latent-norm-ae-2d")
+                   "glow2d-ratio,glow3d-ratio,deep-svdd-2d,deep-sad-2d,latent-norm-ae-2d")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of the report's CIs")
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check (numbers mean nothing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -12,6 +12,11 @@ the convention that a sample is called anomalous when its score is ``>=`` the th
 * ``best_dice``: the largest Dice = F1 = 2PR/(P+R) over the thresholds of the precision-recall curve, with
   its threshold (an oracle upper bound, as in MedIAnomaly/UPD; the threshold is chosen on the data it is
   scored on).
+
+:func:`binary_metrics` (what the bootstrap calls thousands of times) reads everything off **one**
+``roc_curve`` call: AUROC as ``sklearn.metrics.auc`` of that curve (what ``roc_auc_score`` computes) and AP
+as scikit-learn's step sum over the same thresholds (what ``average_precision_score`` computes); the tests
+hold both to the scikit-learn functions, ties included.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 __all__ = [
     "DEFAULT_SPECIFICITIES",
@@ -28,10 +33,12 @@ __all__ = [
     "best_dice",
     "binary_metrics",
     "check_binary",
+    "curve_counts",
     "finite_ranked",
     "fpr_at_tpr",
     "sensitivity_at_specificity",
     "spec_key",
+    "voxel_metrics_fn",
 ]
 
 DEFAULT_SPECIFICITIES: tuple[float, ...] = (0.90, 0.95, 0.99)
@@ -137,6 +144,26 @@ def best_dice(y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarray) -> 
     return float(dice[i]), float(thresholds[i])
 
 
+def curve_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One ``sklearn.metrics.roc_curve`` (every threshold kept), as rates and counts.
+
+    Returns:
+        ``(fpr, tpr, fps, tps)``, each starting with the point (0, 0) of threshold +inf; ``fps``/``tps`` are the
+        numbers of healthy/anomalous samples with score >= each threshold.
+    """
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    return fpr, tpr, np.rint(fpr * n_neg), np.rint(tpr * n_pos)
+
+
+def _ap_from_counts(fps: np.ndarray, tps: np.ndarray) -> float:
+    # scikit-learn's AP: sum over thresholds of (R_k - R_{k-1}) * P_k
+    precision = tps[1:] / (tps[1:] + fps[1:])
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(recall) * precision))
+
+
 def binary_metrics(
     y_true: Sequence | np.ndarray,
     y_score: Sequence | np.ndarray,
@@ -151,12 +178,32 @@ def binary_metrics(
         ``tpr`` and ``specificities``).
     """
     y, s = check_binary(y_true, y_score, name=name)
-    fpr, tpr_curve, _ = roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr_curve, fps, tps = curve_counts(y, s)
     out = {
-        "auroc": float(roc_auc_score(y, s)),
-        "ap": float(average_precision_score(y, s)),
+        "auroc": float(auc(fpr, tpr_curve)),
+        "ap": _ap_from_counts(fps, tps),
         f"fpr_at_{round(tpr * 100):d}tpr": _fpr_at_tpr(fpr, tpr_curve, tpr),
     }
     for spec in specificities:
         out[spec_key(spec)] = _sens_at_spec(fpr, tpr_curve, spec)
     return out
+
+
+def voxel_metrics_fn(y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarray) -> dict[str, float]:
+    """AUROC, AP, best Dice and its threshold from one ROC curve (for pooled voxels, millions of samples).
+
+    Dice at threshold t is 2TP / (2TP + FP + FN) = 2 tps / (tps + fps + n_anomalous), the F1 of
+    :func:`best_dice`.
+    """
+    y, s = check_binary(y_true, y_score, name="voxels")
+    fpr, tpr_curve, thresholds = roc_curve(y, s, drop_intermediate=False)
+    n_pos = int(y.sum())
+    fps, tps = np.rint(fpr * (y.size - n_pos)), np.rint(tpr_curve * n_pos)
+    dice = 2.0 * tps[1:] / (tps[1:] + fps[1:] + n_pos)
+    i = int(np.argmax(dice))
+    return {
+        "auroc": float(auc(fpr, tpr_curve)),
+        "ap": _ap_from_counts(fps, tps),
+        "best_dice": float(dice[i]),
+        "best_dice_threshold": float(thresholds[i + 1]),
+    }

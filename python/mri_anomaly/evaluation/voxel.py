@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mri_anomaly.evaluation.bootstrap import metrics_with_ci
-from mri_anomaly.evaluation.metrics import best_dice, check_binary
+from mri_anomaly.evaluation.metrics import voxel_metrics_fn
 
-__all__ = ["VoxelCase", "load_case_voxels", "voxel_metric_fn", "voxel_metrics"]
+__all__ = ["VoxelCase", "load_case_voxels", "voxel_metrics"]
 
 
 @dataclass
@@ -94,18 +93,6 @@ def load_case_voxels(case: VoxelCase, max_voxels: int | None = 100_000, seed: in
     return amap.reshape(-1)[idx].astype(np.float64), truth.reshape(-1)[idx].astype(np.int64)
 
 
-def voxel_metric_fn(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
-    """AUROC, AP, best Dice and its threshold of pooled voxels (scikit-learn)."""
-    y, s = check_binary(y, s, "voxels")
-    dice, threshold = best_dice(y, s)
-    return {
-        "auroc": float(roc_auc_score(y, s)),
-        "ap": float(average_precision_score(y, s)),
-        "best_dice": dice,
-        "best_dice_threshold": threshold,
-    }
-
-
 def voxel_metrics(
     cases: Sequence[VoxelCase],
     max_voxels: int | None = 100_000,
@@ -130,7 +117,7 @@ def voxel_metrics(
     if not scores:
         raise ValueError("no scans with anomaly maps to evaluate at voxel level")
     y, s, g = np.concatenate(truths), np.concatenate(scores), np.concatenate(groups)
-    out = metrics_with_ci(y, s, voxel_metric_fn, n_resamples=n_resamples, seed=seed, groups=g)
+    out = metrics_with_ci(y, s, voxel_metrics_fn, n_resamples=n_resamples, seed=seed, groups=g)
     out.pop("best_dice_threshold_ci", None)
     out["n_scans"] = len(cases)
     out["n_scans_with_anomaly"] = int(sum(t.any() for t in truths))

@@ -1,0 +1,191 @@
+"""Scoring a datalist: tables, aggregation, voxel maps in input space, errors.csv, resuming."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
+from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label, slice_profile
+from mri_anomaly.scoring.runner import score_datalist
+from mri_anomaly.training import Trainer, validate_config
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+def test_aggregate_slice_scores_by_hand():
+    scores = {"s": torch.tensor([9.0, 1.0, 2.0, 3.0, float("nan"), 5.0])}
+    counted = torch.tensor([False, True, True, True, False, True])  # slice 0 (9.0) and the NaN slice are not counted
+    out = aggregate_slice_scores(scores, counted, top_k=2)
+    assert out == pytest.approx({"s_mean": (1 + 2 + 3 + 5) / 4, "s_max": 5.0, "s_top2_mean": 4.0})
+    # a counted non-finite slice is the most anomalous, never dropped
+    out = aggregate_slice_scores(scores, torch.ones(6, dtype=torch.bool), top_k=1)
+    assert out["s_max"] == out["s_top1_mean"] == 1e30
+    # no slice qualifies: all slices count; k larger than the number of slices is clipped
+    out = aggregate_slice_scores({"s": torch.tensor([1.0, 3.0])}, torch.zeros(2, dtype=torch.bool), top_k=5)
+    assert out == pytest.approx({"s_mean": 2.0, "s_max": 3.0, "s_top5_mean": 2.0})
+    with pytest.raises(ValueError, match="top_k"):
+        aggregate_slice_scores(scores, counted, top_k=0)
+
+
+def test_slice_profile_and_labels():
+    volume = torch.zeros(1, 2, 2, 3)
+    volume[0, :, :, 1] = 4.0
+    volume[0, 0, 0, 2] = 8.0
+    assert slice_profile(volume).tolist() == [0.0, 4.0, 2.0]
+    assert slice_has_label(volume).tolist() == [0, 1, 1]
+
+
+# ------------------------------------------------------------------------------------------ a scored run
+@pytest.fixture(scope="module")
+def trained_2d_run(demo_cohort, tmp_path_factory) -> Path:
+    config = validate_config({
+        "method": "latent-norm-ae", "spatial_dims": 2, "seed": 0,
+        "preprocessing": dict(TINY_PREPROCESSING), "slices": {"min_brain_fraction": 0.1},
+        "model": {"latent_dim": 8, "channels": [4, 8], "pooled_size": 2},
+        "train": {"batch_size": 4, "init_batches": 1, "phases": {"train": {"steps": 2, "lr": 1e-3}}},
+        "score": {"top_k": 3},
+    })
+    run = tmp_path_factory.mktemp("score") / "run"
+    Trainer(config, demo_cohort, run, progress=False).fit()
+    return run
+
+
+@pytest.fixture(scope="module")
+def scored(trained_2d_run, demo_cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scored") / "out"
+    summary = score_datalist(trained_2d_run, demo_cohort, out, sections=("validation", "test"), progress=False)
+    data = load_datalist(demo_cohort)
+    assert summary.scored == len(data["validation"]) + len(data["test"]) and summary.errors == 0
+    return out
+
+
+def test_scores_csv_rows_columns_and_flags(scored, trained_2d_run, demo_cohort):
+    data = load_datalist(demo_cohort)
+    rows = read_csv(scored / "scores.csv")
+    expected = [("validation", it) for it in data["validation"]] + [("test", it) for it in data["test"]]
+    assert [(r["section"], r["image"]) for r in rows] == [(s, it["image"]) for s, it in expected]  # datalist order
+    assert [r["subject_id"] for r in rows] == [it["subject_id"] for _, it in expected]
+    assert [r["label"] for r in rows] == [str(it["label"]) if "label" in it else "" for _, it in expected]
+    columns = ["latent_norm_mean", "latent_norm_max", "latent_norm_top3_mean"]
+    assert list(rows[0])[:4] == ["subject_id", "image", "section", "label"]
+    thresholds = json.loads((trained_2d_run / "thresholds.json").read_text())["thresholds"]
+    assert set(thresholds) == set(columns)
+    for r in rows:
+        for c in columns:
+            assert np.isfinite(float(r[c]))
+            assert int(r[f"flag:{c}"]) == int(float(r[c]) > thresholds[c])
+        assert float(r["latent_norm_mean"]) <= float(r["latent_norm_top3_mean"]) <= float(r["latent_norm_max"])
+    meta = json.loads((scored / "score_meta.json").read_text())
+    assert meta["method"] == "latent-norm-ae" and meta["score_columns"] == columns
+    assert meta["slice_score_columns"] == ["latent_norm"] and meta["map_names"] == ["residual"]
+    assert meta["sections"] == ["validation", "test"] and "top-3 mean" in meta["aggregation"]
+
+
+def test_volume_scores_are_the_documented_aggregate_of_slice_scores(scored):
+    rows = read_csv(scored / "scores.csv")
+    slices = read_csv(scored / "slice_scores.csv")
+    assert list(slices[0]) == ["subject_id", "section", "slice", "brain_fraction", "counted", "slice_label", "latent_norm"]
+    for r in rows:
+        mine = [s for s in slices if s["subject_id"] == r["subject_id"] and s["section"] == r["section"]]
+        assert [int(s["slice"]) for s in mine] == list(range(24))  # every axial slice of the 24^3 model grid
+        for s in mine:
+            assert int(s["counted"]) == int(float(s["brain_fraction"]) >= 0.1)
+        kept = sorted((float(s["latent_norm"]) for s in mine if s["counted"] == "1"), reverse=True)
+        assert float(r["latent_norm_mean"]) == pytest.approx(np.mean(kept), rel=1e-9)
+        assert float(r["latent_norm_max"]) == pytest.approx(kept[0], rel=1e-12)
+        assert float(r["latent_norm_top3_mean"]) == pytest.approx(np.mean(kept[:3]), rel=1e-9)
+        labels = {s["slice_label"] for s in mine}
+        if r["label"] == "1":  # anomalous test scans have a voxel mask: some slices hold lesion voxels
+            assert labels <= {"0", "1"} and "1" in labels
+        elif r["section"] == "validation":  # no mask: unknown
+            assert labels == {""}
+
+
+def test_voxel_maps_are_float32_in_the_input_space(scored, demo_cohort):
+    rows = read_csv(scored / "scores.csv")
+    for r in rows:
+        path = scored / r["map:residual"]
+        assert path.is_file() and r["map:residual"].startswith(f"maps/{r['section']}/")
+        image, result = nib.load(r["image"]), nib.load(path)
+        assert result.shape == image.shape
+        np.testing.assert_allclose(result.affine, image.affine, atol=1e-4)
+        assert result.get_data_dtype() == np.float32
+        values = np.asarray(result.dataobj)
+        assert np.isfinite(values).all() and values.max() > 0  # residuals inside the brain
+
+
+def _corrupt_datalist(demo_cohort: Path, folder: Path) -> Path:
+    """The demo datalist plus a truncated NIfTI and a missing file in the test section."""
+    data = json.loads(Path(demo_cohort).read_text())
+    base = Path(demo_cohort).parent
+    for section in data:
+        if isinstance(data[section], list):
+            for it in data[section]:
+                for k in ("image", "mask"):
+                    if k in it:
+                        it[k] = str(base / it[k])
+    good = Path(data["test"][0]["image"])
+    broken = folder / "broken.nii.gz"
+    broken.write_bytes(gzip.compress(gzip.decompress(good.read_bytes())[:600]))  # header fine, voxels cut off
+    data["test"].insert(1, {"image": str(broken), "subject_id": "broken", "label": 0})
+    data["test"].append({"image": str(folder / "gone.nii.gz"), "subject_id": "gone", "label": 1})
+    path = folder / "datalist.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_corrupt_and_missing_files_go_to_errors_csv_and_the_rest_is_scored(trained_2d_run, demo_cohort, tmp_path):
+    datalist = _corrupt_datalist(demo_cohort, tmp_path)
+    out = tmp_path / "out"
+    summary = score_datalist(trained_2d_run, datalist, out, sections=("test",), save_maps=False, progress=False)
+    n_good = len(load_datalist(demo_cohort)["test"])
+    assert summary.scored == n_good and summary.errors == 2
+    errors = read_csv(out / "errors.csv")
+    assert [e["subject_id"] for e in errors] == ["broken", "gone"]
+    assert str(tmp_path / "broken.nii.gz") in errors[0]["error"]
+    assert "gone.nii.gz" in errors[1]["error"] and "not found" in errors[1]["error"]
+    assert "broken" not in {r["subject_id"] for r in read_csv(out / "scores.csv")}
+    # a second run retries only the failed files, rescoring nothing else, and keeps the tables
+    before = (out / "scores.csv").read_bytes()
+    again = score_datalist(trained_2d_run, datalist, out, sections=("test",), save_maps=False, progress=False)
+    assert (again.scored, again.skipped_existing, again.errors) == (0, n_good, 2)
+    assert (out / "scores.csv").read_bytes() == before
+    assert len(read_csv(out / "errors.csv")) == 2
+
+
+def test_an_interrupted_score_run_resumes_without_rescoring(trained_2d_run, scored, demo_cohort, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(scored, out)
+    complete_scores = read_csv(out / "scores.csv")
+    complete_slices = read_csv(out / "slice_scores.csv")
+    # simulate a crash while the last volume was written: its slice rows are there, its score row is
+    # half-written
+    lines = (out / "scores.csv").read_text().splitlines(keepends=True)
+    (out / "scores.csv").write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    summary = score_datalist(trained_2d_run, demo_cohort, out, sections=("validation", "test"), progress=False)
+    assert summary.scored == 1 and summary.skipped_existing == len(complete_scores) - 1
+    rows, slices = read_csv(out / "scores.csv"), read_csv(out / "slice_scores.csv")
+    assert [r["subject_id"] for r in rows] == [r["subject_id"] for r in complete_scores]
+    assert len(slices) == len(complete_slices)  # no duplicated slice rows of the rescored volume
+    for a, b in zip(rows, complete_scores):
+        assert float(a["latent_norm_max"]) == pytest.approx(float(b["latent_norm_max"]), rel=1e-6)
+
+
+def test_unknown_section_and_missing_run_are_clear_errors(trained_2d_run, demo_cohort, tmp_path):
+    with pytest.raises(ValueError, match="section\\(s\\) nope not in the datalist"):
+        score_datalist(trained_2d_run, demo_cohort, tmp_path / "o", sections=("nope",), progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        score_datalist(tmp_path / "no-run", demo_cohort, tmp_path / "o", progress=False)

@@ -165,11 +165,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from mri_anomaly import print_config
+    from mri_anomaly import get_config
     from mri_anomaly.training.methods import available_methods
 
-    print_config()
-    print(f"methods : {', '.join(available_methods())}")
+    info = {**get_config(), "methods": ", ".join(available_methods())}
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}} : {value}")
     return 0
 
 

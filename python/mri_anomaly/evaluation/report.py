@@ -147,12 +147,22 @@ def write_report(
     figs: dict[str, list[str]] = {"curves": [], "dist": [], "profiles": [], "overlays": []}
 
     for level in ("volume", "slice"):
-        if curves.get(level):
+        chosen = dict(curves.get(level, {}))
+        which = ""
+        if several and chosen:  # one curve per run: its column with the highest AUROC on this level
+            best: dict[str, str] = {}
+            for key in chosen:
+                run = key.split("/", 1)[0]
+                if run not in best or metrics[level][key]["auroc"] > metrics[level][best[run]]["auroc"]:
+                    best[run] = key
+            chosen = {key: chosen[key] for key in best.values()}
+            which = " Each run's column with the highest AUROC here (all columns are in the tables)."
+        if chosen:
             noun = "scans" if level == "volume" else "axial slices"
-            p = fig.roc_figure(curves[level], figdir / f"roc_{level}.png", title=f"ROC, {level} level ({noun})")
-            figs["curves"].append(_figure(p, out, f"ROC curves, {level} level; legend: AUROC."))
-            p = fig.pr_figure(curves[level], figdir / f"pr_{level}.png", title=f"Precision-recall, {level} level")
-            figs["curves"].append(_figure(p, out, f"Precision-recall curves, {level} level; dotted: prevalence; legend: AP."))
+            p = fig.roc_figure(chosen, figdir / f"roc_{level}.png", title=f"ROC, {level} level ({noun})")
+            figs["curves"].append(_figure(p, out, f"ROC curves, {level} level; legend: AUROC.{which}"))
+            p = fig.pr_figure(chosen, figdir / f"pr_{level}.png", title=f"Precision-recall, {level} level")
+            figs["curves"].append(_figure(p, out, f"Precision-recall curves, {level} level; dotted: prevalence; legend: AP.{which}"))
     for ss in sets:
         prefix = f"{ss.name}/" if several else ""
         cols = {c: curves["volume"][prefix + c] for c in ss.score_columns if prefix + c in curves.get("volume", {})}

@@ -1,0 +1,94 @@
+"""Wall-clock time of ``mri-anomaly demo`` (the README's first command), per stage, saved as a table.
+
+Runs the full demo from scratch into a fresh folder (or, with ``--existing DIR``, tabulates the stage times a
+finished demo recorded in ``DIR/demo_state.json``) and writes ``docs/benchmarks/demo_time.md``. The goal is
+under 20 minutes on 2 CPU cores; this is a benchmark, never a timed test. The machine's load average is
+recorded, because on a shared machine other processes slow every stage.
+
+Usage::
+
+    python benchmarks/demo_time.py [--out /tmp/demo-bench] [--existing DIR] [--doc docs/benchmarks/demo_time.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL_S = 20 * 60
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="/tmp/mri-anomaly-demo-bench", help="fresh demo folder (deleted first)")
+    parser.add_argument("--existing", default=None, help="tabulate a finished demo folder instead of running one")
+    parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks" / "demo_time.md"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    load_start = os.getloadavg()
+    if args.existing:
+        folder = Path(args.existing)
+        wall = None
+        how = f"stage times recorded by a full `mri-anomaly demo --out {folder}` run (tabulated with --existing)"
+    else:
+        folder = Path(args.out)
+        shutil.rmtree(folder, ignore_errors=True)
+        exe = Path(sys.executable).with_name("mri-anomaly")
+        cmd = [str(exe) if exe.exists() else "mri-anomaly", "demo", "--out", str(folder), "--no-progress"]
+        t = time.time()
+        subprocess.run(cmd, check=True)
+        wall = time.time() - t
+        how = f"`{' '.join(cmd[1:])}` from scratch, timed end to end by this script"
+    load_end = os.getloadavg()
+    state = json.loads((folder / "demo_state.json").read_text())
+    stages = [(k, v["seconds"]) for k, v in state.items() if isinstance(v, dict) and "seconds" in v]
+    total_stages = sum(s for _, s in stages)
+    total = wall if wall is not None else total_stages
+    lines = [
+        "# `mri-anomaly demo` wall-clock time",
+        "",
+        f"Measured: {how}.",
+        f"Machine: {_cpu_name()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"load average {load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end "
+        "(the machine was shared: a load above the CPU count means other processes took part of the cores).",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {sec:.1f} |" for name, sec in stages]
+    lines += [f"| **sum of stages** | **{total_stages:.1f}** |"]
+    if wall is not None:
+        lines += [f"| **end to end (incl. start-up)** | **{wall:.1f}** |"]
+    verdict = "within" if total < GOAL_S else "OVER"
+    lines += ["", f"Total {total / 60:.1f} min: {verdict} the 20-minute goal on 2 CPU cores.", ""]
+    slowest = sorted(stages, key=lambda x: -x[1])[:3]
+    lines += ["Slowest stages: " + ", ".join(f"{n} ({s / 60:.1f} min)" for n, s in slowest) + ".", ""]
+    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.doc).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,8 @@
 """Data: checked loading, the invertible preprocessing chain, datalists, datasets, lesions, the demo cohort."""
 
 from mri_anomaly.data.intensity import (
+    Binarize,
+    Binarized,
     Quantize,
     Quantized,
     QuantizeD,

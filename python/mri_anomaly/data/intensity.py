@@ -26,6 +26,10 @@ from monai.transforms import MapTransform, Transform
 from mri_anomaly.data.io import InputFileError
 
 __all__ = [
+    "Binarize",
+    "Binarized",
+    "BinarizeD",
+    "BinarizeDict",
     "estimate_foreground",
     "ScaleIntensityInMask",
     "ScaleIntensityInMaskd",
@@ -172,5 +176,34 @@ class Quantized(MapTransform):
         return d
 
 
+class Binarize(Transform):
+    """``(x > threshold)`` as float32 {0, 1}, same type (masks after bilinear resampling).
+
+    Args:
+        threshold: voxels above it become 1.
+    """
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = float(threshold)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return (img > self.threshold).to(torch.float32)
+
+
+class Binarized(MapTransform):
+    """Dictionary twin of :class:`Binarize`."""
+
+    def __init__(self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.binarize = Binarize(threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.binarize(d[key])
+        return d
+
+
+BinarizeD = BinarizeDict = Binarized
 ScaleIntensityInMaskD = ScaleIntensityInMaskDict = ScaleIntensityInMaskd
 QuantizeD = QuantizeDict = Quantized

@@ -16,10 +16,13 @@ The config is the ``preprocessing:`` section of a YAML config. Keys (defaults in
     divisible_by: 8             # 2**levels of the deepest model; spatial_size must be a multiple
     brain_mask_key: null        # item key of a brain mask (e.g. "brain_mask" for BRATS); null: estimate
 
-The chain, for image keys (bilinear) and mask keys (nearest, binarised to {0, 1}):
+The chain, for image keys and mask keys (masks are binarised to {0, 1} on load, resampled
+bilinearly and thresholded at 0.5, which keeps partial-volume majority and avoids the up-to-half-voxel
+bias of nearest-neighbour downsampling):
 
 ``LoadVolumed`` (checked, :class:`~mri_anomaly.data.io.InputFileError` on bad files) ->
-``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``Spacingd`` -> ``ScaleIntensityInMaskd`` ->
+``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``Spacingd`` (+ ``Binarized`` on masks) ->
+``ScaleIntensityInMaskd`` ->
 ``CropForegroundd`` -> ``ResizeWithPadOrCropd(spatial_size)`` (or ``DivisiblePadd(divisible_by)``).
 
 Outputs: ``image`` float32 ``MetaTensor`` (1, H, W, D) in [0, 1], RAS, axial axis last; masks the same
@@ -53,7 +56,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-from mri_anomaly.data.intensity import ScaleIntensityInMaskd
+from mri_anomaly.data.intensity import Binarized, ScaleIntensityInMaskd
 from mri_anomaly.data.loading import LoadVolumed
 
 __all__ = [
@@ -201,7 +204,7 @@ def preprocessing(
     if bm is not None and bm not in masks:
         masks.append(bm)
     all_keys = imgs + masks
-    modes = ["bilinear"] * len(imgs) + ["nearest"] * len(masks)
+    modes = ["bilinear"] * (len(imgs) + len(masks))  # masks: bilinear then > 0.5 (no nearest-neighbour bias)
     t: list[Any] = [LoadVolumed(imgs)]
     if masks:
         t.append(LoadVolumed(masks, mask_keys=masks, allow_missing_keys=True))
@@ -214,6 +217,8 @@ def preprocessing(
         sp = cfg["spacing"] if isinstance(cfg["spacing"], Sequence) else [cfg["spacing"]] * 3
         t.append(Spacingd(all_keys, pixdim=[float(s) for s in sp], mode=modes, dtype=np.float32,
                           allow_missing_keys=True))
+        if masks:
+            t.append(Binarized(masks, threshold=0.5, allow_missing_keys=True))
     it = cfg["intensity"]
     t.append(ScaleIntensityInMaskd(imgs, mask_key=bm, lower=it["lower"], upper=it["upper"],
                                    inside_mask=it["inside_mask"], clip=it["clip"]))

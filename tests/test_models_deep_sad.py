@@ -8,6 +8,16 @@ import torch
 from mri_anomaly.models import DeepSAD, deep_sad_loss, soft_boundary_loss, soft_boundary_radius
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny tensors gain nothing from intra-op threads, which are much slower on a busy shared CPU.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+
 def test_deep_sad_loss_hand_computed() -> None:
     dist = torch.tensor([1.0, 4.0, 0.5, 2.0], dtype=torch.float64)
     semi_target = torch.tensor([0, 1, -1, -1])
@@ -135,3 +145,23 @@ def test_score_is_squared_distance_in_eval_mode() -> None:
         expected = ((net(x) - net.center) ** 2).sum(dim=1)
     torch.testing.assert_close(score, expected)
     assert score.shape == (3,) and bool((score >= 0).all())
+
+
+
+def test_center_is_all_reduced_across_ranks(monkeypatch) -> None:
+    # Simulate a second rank: all_reduce adds that rank's embedding sum and sample count.
+    net = DeepSAD(2, 1, 4, channels=(2, 4))
+    x = torch.rand(8, 1, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        other_sum = net(x[3:]).double().sum(dim=0)
+    net.train()
+
+    def all_reduce(tensor: torch.Tensor, *args, **kwargs) -> None:
+        tensor += torch.cat([other_sum, torch.tensor([5.0], dtype=torch.float64)])
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    center = net.init_center([x[:3]], eps=0.0)
+    monkeypatch.undo()
+    torch.testing.assert_close(center, net.init_center([x], eps=0.0))

@@ -8,6 +8,16 @@ import torch
 from mri_anomaly.models import LatentNormAutoEncoder, latent_norm_score
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny tensors gain nothing from intra-op threads, which are much slower on a busy shared CPU.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+
 def test_latent_norm_score_hand_computed() -> None:
     x = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
     x_hat = torch.tensor([[3.0, 4.0, 0.0, 0.0], [1.0, -1.0, 1.0, -1.0]], dtype=torch.float64).view(2, 1, 2, 2)

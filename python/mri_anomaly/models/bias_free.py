@@ -13,6 +13,7 @@ the network independent of the input size (any size divisible by ``2 ** len(chan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -116,7 +117,7 @@ class BiasFreeEncoder(nn.Module):
             previous = width
         self.features = nn.Sequential(*layers)
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](self.pooled_size)
-        self.fc = nn.Linear(channels[-1] * int(torch.tensor(self.pooled_size).prod()), out_features, bias=False)
+        self.fc = nn.Linear(channels[-1] * math.prod(self.pooled_size), out_features, bias=False)
 
     @property
     def size_divisor(self) -> int:
@@ -165,7 +166,7 @@ class BiasFreeDecoder(nn.Module):
         self.pooled_size = _as_tuple(pooled_size, spatial_dims, "pooled_size")
         conv_type = Conv[Conv.CONV, spatial_dims]
         norm_type = Norm[Norm.BATCH, spatial_dims]
-        self.fc = nn.Linear(in_features, channels[-1] * int(torch.tensor(self.pooled_size).prod()), bias=False)
+        self.fc = nn.Linear(in_features, channels[-1] * math.prod(self.pooled_size), bias=False)
         self.fc_norm = norm_type(channels[-1], eps=norm_eps, affine=False)
         self.act = nn.LeakyReLU(negative_slope)
         self.levels = nn.ModuleList()

@@ -154,6 +154,8 @@ class DeepSAD(nn.Module):
     def init_center(self, batches: Iterable[torch.Tensor], eps: float = 0.1) -> torch.Tensor:
         """Set c to the mean embedding of ``batches`` (each (N, C, H, W[, D])) in eval mode.
 
+        Under ``torch.distributed`` the sums are all-reduced, so every rank gets the same centre.
+
         Coordinates with ``|c_k| < eps`` are pushed to ``±eps`` (sign kept, exact zeros to ``+eps``): a
         zero coordinate can be reached by a bias-free network with all-zero weights, i.e. collapse.
         The network's train/eval mode is restored afterwards.
@@ -174,6 +176,11 @@ class DeepSAD(nn.Module):
             total += self.encoder(x.to(self.center.device)).double().sum(dim=0)
             count += x.shape[0]
         self.train(was_training)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Under torchrun every rank sees its own batches: the centre is the mean over all of them.
+            totals = torch.cat([total, torch.tensor([float(count)], dtype=torch.float64, device=total.device)])
+            torch.distributed.all_reduce(totals)
+            total, count = totals[:-1], int(totals[-1].item())
         if count == 0:
             raise ValueError("batches is empty: the centre needs at least one training sample")
         center = (total / count).to(self.center.dtype)

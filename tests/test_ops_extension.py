@@ -73,7 +73,8 @@ def test_gradcheck_inverse_all_inputs():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", SHAPES + [(2, 40, 300)])
+# (1, 64, 2100): 2 voxel tiles of 2048; (2, 256, 5, 11, 11): 512-voxel tiles, 4 tiles per chunk.
+@pytest.mark.parametrize("shape", SHAPES + [(2, 40, 300), (1, 64, 2100), (2, 256, 5, 11, 11)])
 def test_every_op_matches_reference(shape, dtype):
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)
     x = torch.randn(shape, dtype=dtype)

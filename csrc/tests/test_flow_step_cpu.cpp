@@ -59,8 +59,8 @@ void run_case(int64_t N, int64_t C, int64_t V, double tol) {
   std::vector<double> L(C * C, 0.0), U(C * C, 0.0);
   for (int64_t i = 0; i < C; ++i) {
     for (int64_t j = 0; j < C; ++j) {
-      if (i > j) L[i * C + j] = 0.3 * rng.next();
-      if (i < j) U[i * C + j] = 0.3 * rng.next();
+      if (i > j) L[i * C + j] = 0.6 / std::sqrt(double(C)) * rng.next();  // keeps W well conditioned
+      if (i < j) U[i * C + j] = 0.6 / std::sqrt(double(C)) * rng.next();
     }
     L[i * C + i] = 1.0;
     U[i * C + i] = 1.0 + 0.5 * std::fabs(rng.next());
@@ -178,8 +178,10 @@ void run_case(int64_t N, int64_t C, int64_t V, double tol) {
 
 int main() {
   // (N, C, V): tiny, odd, several tiles and chunks, one-voxel samples, wide C.
-  const int64_t cases[][3] = {{1, 1, 1}, {2, 3, 5}, {2, 4, 15}, {3, 7, 1001}, {1, 5, 4099}, {2, 16, 2500},
-                              {1, 64, 300}, {2, 2, 1}};
+  // With 2^17 values per tile: (1, 64, 5000) has 3 tiles (the last partial); (2, 256, 3000) has 512-voxel
+  // tiles, 4 tiles per chunk and a partial last chunk.
+  const int64_t cases[][3] = {{1, 1, 1},     {2, 3, 5},      {2, 4, 15},      {3, 7, 1001}, {1, 5, 4099},
+                              {2, 16, 2500}, {1, 64, 300},   {2, 2, 1},       {1, 64, 5000}, {2, 256, 3000}};
   for (const auto& c : cases) {
     run_case<double>(c[0], c[1], c[2], 1e-11);
     run_case<float>(c[0], c[1], c[2], 2e-5);

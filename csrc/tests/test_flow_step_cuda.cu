@@ -61,7 +61,7 @@ void run_case(int64_t N, int64_t C, int64_t V, double tol) {
   // W = diag(d) + strictly-lower part: W^-1 by forward substitution.
   std::vector<double> wd(C * C, 0.0), wid(C * C, 0.0);
   for (int64_t i = 0; i < C; ++i) {
-    for (int64_t j = 0; j < i; ++j) wd[i * C + j] = 0.3 * rnd();
+    for (int64_t j = 0; j < i; ++j) wd[i * C + j] = 0.6 / std::sqrt(double(C)) * rnd();
     wd[i * C + i] = 1.0 + 0.5 * std::fabs(rnd());
   }
   for (int64_t col = 0; col < C; ++col)

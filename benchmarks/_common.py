@@ -1,0 +1,116 @@
+"""Helpers shared by the benchmark scripts: device naming, median timing, copy bandwidth, table output.
+
+Timing: CPU wall clock (``time.perf_counter``) or CUDA events around each call; the median over
+``reps`` calls after ``warmup`` calls. TF32 is pinned off by :func:`pin_precision`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DOCS_DIR = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+
+
+def pin_precision() -> None:
+    """Full fp32 everywhere: no TF32 in matmuls or convolutions (it changes results and speeds)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_tag(device: torch.device) -> str:
+    """A file-name-safe device id: ``cpu-2core`` or the GPU name, e.g. ``cuda-NVIDIA-H100-80GB-HBM3``."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return "cuda-" + "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
+    return f"cpu-{torch.get_num_threads()}core"
+
+
+def device_description(device: torch.device) -> str:
+    """Human-readable device line for the report (CPU model and threads, or GPU name and memory)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return (
+        f"{cpu_model()}, {torch.get_num_threads()} threads (os.cpu_count()={os.cpu_count()}), "
+        f"torch {torch.__version__}"
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(
+    fn: Callable[[int], Any], device: torch.device, reps: int = 5, warmup: int = 1
+) -> tuple[float, float]:
+    """Median and max seconds of ``fn(i)`` over ``reps`` calls after ``warmup`` calls.
+
+    ``fn`` gets the call index so that it can rotate through several input buffers (keeps inputs
+    out of the GPU's L2 between calls).
+    """
+    for i in range(warmup):
+        fn(i)
+    synchronize(device)
+    times = []
+    for i in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(warmup + i)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn(warmup + i)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), max(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int | None = None, reps: int = 5) -> float:
+    """Measured copy bandwidth in GB/s (bytes read + bytes written per second) of ``dst.copy_(src)``.
+
+    Tensors are far above cache sizes: 256 MiB on the CPU, 2 GiB on a GPU (> 1 GB D2D copy).
+    """
+    if nbytes is None:
+        nbytes = (2 << 30) if device.type == "cuda" else (256 << 20)
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds, _ = median_time(lambda i: dst.copy_(src), device, reps=reps, warmup=1)
+    return 2 * nbytes / seconds / 1e9
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_results(name: str, tag: str, markdown: str, data: dict[str, Any], out_dir: Path = DOCS_DIR) -> Path:
+    """Write ``<out_dir>/<name>-<tag>.md`` and ``.json``; returns the markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path = out_dir / f"{name}-{tag}.md"
+    md_path.write_text(markdown)
+    (out_dir / f"{name}-{tag}.json").write_text(json.dumps(data, indent=2) + "\n")
+    return md_path

@@ -52,12 +52,15 @@ def make_montage(
     healthy = [it for it in test if it.get("label") == 0][:n_healthy]
     anom = [it for it in test if it.get("label") == 1 and "mask" in it]
     kinds: dict[str, Any] = {}
+    contrasts: dict[str, str] = {}
     subj_csv = Path(datalist_path).parent / "subjects.csv"
     if subj_csv.exists():
         import csv
 
         with open(subj_csv) as f:
-            kinds = {r["subject_id"]: r["lesion_kind"] for r in csv.DictReader(f)}
+            rows_csv = list(csv.DictReader(f))
+        kinds = {r["subject_id"]: r["lesion_kind"] for r in rows_csv}
+        contrasts = {r["subject_id"]: r.get("contrast", "") for r in rows_csv}
         order: dict[str, list] = {}
         for it in anom:  # interleave kinds
             order.setdefault(kinds.get(it["subject_id"], ""), []).append(it)
@@ -97,7 +100,7 @@ def make_montage(
             if group == "anomalous":
                 label = f"{kinds.get(it['subject_id'], 'anomalous')} ({int(mask.sum())} vox)"
             elif group == "general":
-                label = f"general ({Path(it['image']).name.split('.')[0][-7:]})"
+                label = f"general ({contrasts.get(it['subject_id'], '?')})"
             ax.set_title(f"{it['subject_id']}\n{label}, z={k}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)

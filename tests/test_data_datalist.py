@@ -20,7 +20,8 @@ from mri_anomaly.data.commands import register_commands
 
 
 def _img(path, shape=(8, 8, 8), affine=None, value=None):
-    arr = np.random.default_rng(0).random(shape).astype(np.float32) if value is None else np.full(shape, value, np.uint8)
+    rng = np.random.default_rng(0)
+    arr = rng.random(shape).astype(np.float32) if value is None else np.full(shape, value, np.uint8)
     nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else affine), str(path))
     return str(path)
 
@@ -115,7 +116,8 @@ def test_build_datalist_matches_masks_by_subject_and_splits(folder):
     assert len(dl["validation"]) == 1 and all(it["label"] == 0 for it in healthy)
     s05 = next(it for it in healthy if it["subject_id"] == "s05")
     assert s05["site"] == "B" and s05["mask"].endswith("s05_mask.nii.gz")  # labelled healthy with empty mask
-    assert build_datalist(images, masks, seed=0, val_fraction=0.34) == build_datalist(images, masks, seed=0, val_fraction=0.34)
+    again = build_datalist(images, masks, seed=0, val_fraction=0.34)
+    assert again == build_datalist(images, masks, seed=0, val_fraction=0.34)
     with pytest.raises(ValueError, match="match no image"):
         build_datalist(images[:2], masks)
     assert set(build_datalist(images, section="test")) == {"test"}

@@ -47,5 +47,11 @@ from mri_anomaly.data.datasets import (
     unwrap_input_error,
 )
 from mri_anomaly.data.lesions import LESION_KINDS, RandLesion, RandLesiond, RandLesionD, RandLesionDict
-from mri_anomaly.data.demo import DEMO_DEFAULTS, TINY_PREPROCESSING, find_ms_lesion_dir, load_ms_lesion_masks, make_demo_cohort
+from mri_anomaly.data.demo import (
+    DEMO_DEFAULTS,
+    TINY_PREPROCESSING,
+    find_ms_lesion_dir,
+    load_ms_lesion_masks,
+    make_demo_cohort,
+)
 from mri_anomaly.data.montage import make_montage

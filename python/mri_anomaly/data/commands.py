@@ -39,7 +39,8 @@ def demo_data_command(args: argparse.Namespace) -> int:
     if args.montage:
         from mri_anomaly.data.montage import make_montage
 
-        print(f"montage: {make_montage(path, args.montage, title=f'demo cohort ({args.contrast}, {args.spacing:g} mm)')}")
+        title = f"demo cohort ({args.contrast}, {args.spacing:g} mm)"
+        print(f"montage: {make_montage(path, args.montage, title=title)}")
     return 0
 
 

@@ -141,7 +141,8 @@ def validate_datalist(
             where = f"{sec}[{i}]" + (f" ({it['subject_id']})" if "subject_id" in it else "")
             unknown = [k for k in it if k not in ITEM_KEYS]
             if unknown:
-                problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(ITEM_KEYS)})")
+                problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
+                                f"(known: {', '.join(ITEM_KEYS)})")
             if "image" not in it:
                 problems.append(f"{where}: missing 'image'")
             for k in PATH_KEYS:
@@ -176,7 +177,8 @@ def validate_datalist(
                 if k in headers and "image" in headers:
                     (ishape, iaff), (mshape, maff) = headers["image"], headers[k]
                     if tuple(mshape) != tuple(ishape):
-                        problems.append(f"{where}: {k} shape {tuple(mshape)} differs from image shape {tuple(ishape)} ({it[k]})")
+                        problems.append(f"{where}: {k} shape {tuple(mshape)} differs from image shape "
+                                        f"{tuple(ishape)} ({it[k]})")
                     elif not np.allclose(iaff, maff, atol=1e-3):
                         problems.append(f"{where}: {k} affine differs from the image's (max difference "
                                         f"{float(np.abs(iaff - maff).max()):.3g}) ({it[k]})")
@@ -308,7 +310,8 @@ def write_datalist(
 _MASK_RE = re.compile(r"(mask|msk|seg|label|lesion|consensus|otmulticlass|roi)", re.IGNORECASE)
 _BRAIN_MASK_RE = re.compile(r"brain[_\-]?mask", re.IGNORECASE)
 _STRIP_TOKENS = re.compile(
-    r"((^|[_\-.])(brain[_\-]?mask|mask|msk|seg|label|labels|lesion|lesion_consensus|consensus|roi|t1w?|t2w?|flair|dwi|adc|"
+    r"((^|[_\-.])(brain[_\-]?mask|mask|msk|seg|label|labels|lesion|lesion_consensus|consensus|roi|"
+    r"t1w?|t2w?|flair|dwi|adc|"
     r"pd|t1c|t1post|image|img|subtrmeandivstd|multiclass|ot))+$", re.IGNORECASE)
 
 

@@ -8,9 +8,9 @@ computed once per subject by a single resampling of the template through the sub
 
 Healthy subjects vary as a real cohort does:
 
-* anatomy: an affine part (global size 0.87-0.97 of MNI, which is larger than most adult brains, with +-3 % per axis, rotations up to 5 deg,
-  shifts up to 4 mm) and a smooth non-linear displacement (a random field on a coarse 5 x 6 x 5
-  grid, cubic-interpolated, ~2.5 mm standard deviation);
+* anatomy: an affine part (global size 0.87-0.97 of MNI, which is larger than most adult brains,
+  with +-3 % per axis, rotations up to 5 deg, shifts up to 4 mm) and a smooth non-linear
+  displacement (a random field on a coarse 5 x 6 x 5 grid, cubic-interpolated, ~2.5 mm s.d.);
 * contrast: ``t1`` uses the template's own T1 intensities (with a random gamma and small GM/WM
   offsets); ``t2`` (bright CSF, GM > WM) and ``flair`` (dark CSF, GM > WM) are synthesised from the
   tissue maps with +-5 % jitter of each tissue's level;
@@ -392,7 +392,8 @@ def make_demo_cohort(
     kinds = ["ms", "tumour", "focal"]
     if not ms_files and anomalous > 0:
         warnings.warn("MS lesion masks not found (../shared/data/ms-lesjak2017-mni/lesion_masks_mni or "
-                      "$MRI_ANOMALY_SHARED_DATA): the demo's anomalies are tumours and focal lesions only", stacklevel=2)
+                      "$MRI_ANOMALY_SHARED_DATA): the demo's anomalies are tumours and focal lesions only",
+                      stacklevel=2)
         kinds = ["tumour", "focal"]
 
     n_val = max(1, round(0.2 * healthy)) if healthy >= 3 else 0

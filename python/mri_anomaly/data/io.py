@@ -121,7 +121,8 @@ def load_volume(
     except InputFileError:
         raise
     except Exception as e:  # EOFError / zlib.error / OSError for truncated or corrupt data
-        raise InputFileError(path, f"cannot read voxel data, file truncated or corrupt ({type(e).__name__}: {e})") from e
+        problem = f"cannot read voxel data, file truncated or corrupt ({type(e).__name__}: {e})"
+        raise InputFileError(path, problem) from e
     return check_array(arr, path, is_mask=is_mask), np.asarray(img.affine, dtype=np.float64)
 
 

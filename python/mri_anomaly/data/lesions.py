@@ -112,8 +112,8 @@ class RandLesion(RandomizableTransform):
         if "ms" in kinds and not self.ms_masks:
             if kinds == ["ms"]:
                 raise ValueError("lesion kind 'ms' needs ms_masks (MS lesion masks on the image grid)")
-            warnings.warn("RandLesion: no ms_masks given, drawing only from " + ", ".join(k for k in kinds if k != "ms"),
-                          stacklevel=2)
+            others = ", ".join(k for k in kinds if k != "ms")
+            warnings.warn(f"RandLesion: no ms_masks given, drawing only from {others}", stacklevel=2)
             kinds.remove("ms")
         self.kinds = tuple(kinds)
         self.contrast = contrast

@@ -50,7 +50,8 @@ class LoadVolume(Transform):
             try:
                 out = self._loader(path)
             except Exception as e:
-                raise InputFileError(path, f"cannot read voxel data, file truncated or corrupt ({_root_message(e)})") from e
+                problem = f"cannot read voxel data, file truncated or corrupt ({_root_message(e)})"
+                raise InputFileError(path, problem) from e
             arr = check_array(out.numpy(), path, is_mask=self.is_mask)
             if arr.shape != tuple(out.shape):
                 out = MetaTensor(torch.as_tensor(arr), meta=out.meta)

@@ -107,6 +107,10 @@ def resolve_preprocessing_config(config: Mapping[str, Any] | None) -> dict[str, 
     return out
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -128,9 +132,9 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
         if not (isinstance(sp, Sequence) and len(sp) == 3 and all(_is_num(s) and s > 0 for s in sp)):
             problems.append(f"preprocessing.spacing: expected null or 3 positive numbers (mm), got {cfg['spacing']!r}")
     ori = cfg["orientation"]
-    if not (isinstance(ori, str) and len(ori) == 3 and sorted(ori.upper()) != [] and
-            {frozenset("LR"), frozenset("AP"), frozenset("SI")} == {frozenset(p) for p in
-            [next((a for a in ("LR", "AP", "SI") if c in a), c) for c in ori.upper()]}):
+    pair = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
+    if not (isinstance(ori, str) and len(ori) == 3 and all(c in pair for c in ori.upper())
+            and len({pair[c] for c in ori.upper()}) == 3):
         problems.append(f"preprocessing.orientation: expected axcodes like 'RAS', got {ori!r}")
     elif ori.upper()[2] not in "SI":
         problems.append(f"preprocessing.orientation: the axial axis (S/I) must be last, got {ori!r}")
@@ -149,7 +153,7 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
                 problems.append(f"preprocessing.intensity.{k}: expected true/false, got {inten.get(k)!r}")
     if not isinstance(cfg["crop_foreground"], bool):
         problems.append(f"preprocessing.crop_foreground: expected true/false, got {cfg['crop_foreground']!r}")
-    if not (isinstance(cfg["crop_margin"], int) and not isinstance(cfg["crop_margin"], bool) and cfg["crop_margin"] >= 0):
+    if not (_is_int(cfg["crop_margin"]) and cfg["crop_margin"] >= 0):
         problems.append(f"preprocessing.crop_margin: expected an integer >= 0, got {cfg['crop_margin']!r}")
     k = cfg["divisible_by"]
     if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
@@ -157,7 +161,7 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
         k = None
     ss = cfg["spatial_size"]
     if ss is not None:
-        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in ss)):
+        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(_is_int(s) and s > 0 for s in ss)):
             problems.append(f"preprocessing.spatial_size: expected null or 3 positive integers, got {ss!r}")
         elif k is not None and any(s % k for s in ss):
             problems.append(f"preprocessing.spatial_size: {list(ss)} is not divisible by divisible_by={k}")

@@ -122,3 +122,37 @@ def test_bad_input_backward_and_inverse():
         ref.flow_step_backward(x, torch.zeros(3), x, ls, b, w)
     with pytest.raises(ValueError, match="weight_inverse must have shape"):
         ref.flow_step_inverse(x, ls, b, w[:2])
+
+
+def test_fallback_without_extension_warns_and_runs_reference():
+    """Without mri_anomaly._C the wrappers run the reference, say so once, and ActNormInvConv still works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['mri_anomaly._C'] = None  # makes `from mri_anomaly import _C` raise ImportError\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from mri_anomaly import ops\n"
+        "assert any('pure-PyTorch reference' in str(w.message) for w in caught), [str(w.message) for w in caught]\n"
+        "assert ops.backend_name() == 'pure-PyTorch reference', ops.backend_name()\n"
+        "assert not ops.extension_available('cpu')\n"
+        "import torch\n"
+        "from mri_anomaly.flows import ActNormInvConv\n"
+        "layer = ActNormInvConv(3).double()\n"
+        "x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)\n"
+        "layer.initialize(x)\n"
+        "y, logdet = layer(x)\n"
+        "torch.testing.assert_close(layer.inverse(y), x.detach())\n"
+        "gy = torch.randn_like(y)\n"
+        "want = torch.autograd.grad(y, (x, *layer.parameters()), gy)\n"
+        "_, gx, grads = layer.reverse_and_grad(y.detach(), gy)\n"
+        "torch.testing.assert_close(gx, want[0])\n"
+        "for a, b in zip(grads, want[1:]):\n"
+        "    torch.testing.assert_close(a, b)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

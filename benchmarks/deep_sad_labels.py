@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +55,9 @@ def _lesion_kinds(cohort: Path) -> dict[str, str]:
     return {r["subject_id"]: r["lesion_kind"] for r in _read_csv(path)} if path.is_file() else {}
 
 
-def run_one(config: dict, datalist: Path, work: Path, gamma_l: float, seed: int, kinds: dict[str, str]) -> dict:
-    """Train one model and return its test AUROCs and timings."""
+def run_one(config: dict, datalist: Path, work: Path, gamma_l: float, seed: int, kinds: dict[str, str],
+            reuse: bool = False) -> dict:
+    """Train one model (or, with ``reuse``, re-read a finished run) and return its test AUROCs and timings."""
     from mri_anomaly.scoring.runner import score_datalist
     from mri_anomaly.training import Trainer
 
@@ -63,11 +65,16 @@ def run_one(config: dict, datalist: Path, work: Path, gamma_l: float, seed: int,
     cfg = json.loads(json.dumps(config))
     cfg["seed"] = seed
     cfg["model"]["gamma_l"] = gamma_l
-    start = time.time()
-    result = Trainer(cfg, datalist, work / name / "run", progress=False).fit()
-    train_seconds = time.time() - start
-    score_datalist(work / name / "run", datalist, work / name / "scores", sections=("test",), save_maps=False,
-                   progress=False)
+    record = work / name / "train.json"
+    if reuse and record.is_file() and (work / name / "scores" / "scores.csv").is_file():
+        train = json.loads(record.read_text())  # re-analysis of a finished run: no training, no scoring
+    else:
+        start = time.time()
+        result = Trainer(cfg, datalist, work / name / "run", progress=False).fit()
+        train = {"seconds": round(time.time() - start, 1), "last_loss": result.last_loss}
+        score_datalist(work / name / "run", datalist, work / name / "scores", sections=("test",), save_maps=False,
+                       progress=False)
+        record.write_text(json.dumps(train))
     volumes = _read_csv(work / name / "scores" / "scores.csv")
     slices = [r for r in _read_csv(work / name / "scores" / "slice_scores.csv") if r["counted"] == "1"]
     labels = {r["subject_id"]: int(r["label"]) for r in volumes}
@@ -80,8 +87,13 @@ def run_one(config: dict, datalist: Path, work: Path, gamma_l: float, seed: int,
         rows = [(l, r) for l, r in zip(slice_labels, slices) if kinds.get(r["subject_id"], "") in ("", kind)]
         if any(l for l, _ in rows):
             per_kind[kind] = _auroc([l for l, _ in rows], [float(r["deep_sad_dist"]) for _, r in rows])
+    healthy = [r for r in slices if labels[r["subject_id"]] == 0]
     return {
         "gamma_l": gamma_l,
+        # Control for the slice-size shortcut: lesions sit in slices with more brain.
+        "healthy_slices_spearman_score_vs_brain_fraction": float(spearmanr(
+            [float(r["deep_sad_dist"]) for r in healthy], [float(r["brain_fraction"]) for r in healthy])[0]),
+        "slice_auroc_of_brain_fraction_alone": _auroc(slice_labels, [float(r["brain_fraction"]) for r in slices]),
         "seed": seed,
         "volume_auroc": _auroc([int(r["label"]) for r in volumes], [float(r["deep_sad_dist_mean"]) for r in volumes]),
         "slice_auroc": _auroc(slice_labels, [float(r["deep_sad_dist"]) for r in slices]),
@@ -90,9 +102,22 @@ def run_one(config: dict, datalist: Path, work: Path, gamma_l: float, seed: int,
         "n_anomalous_volumes": sum(labels.values()),
         "n_slices": len(slices),
         "n_lesion_slices": sum(slice_labels),
-        "last_loss": result.last_loss,
-        "train_seconds": round(train_seconds, 1),
+        "last_loss": train["last_loss"],
+        "train_seconds": train["seconds"],
     }
+
+
+def _without_reading(args: list[str]) -> list[str]:
+    """The command-line arguments without ``--reading TEXT`` (the text goes into its own section)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--reading":
+            skip = True
+        elif not a.startswith("--reading="):
+            out.append(a)
+    return out
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -107,7 +132,8 @@ def write_tables(results: list[dict], meta: dict, out_dir: Path) -> None:
         s_mean, s_std = _mean_std([r["slice_auroc"] for r in rows])
         v_mean, v_std = _mean_std([r["volume_auroc"] for r in rows])
         by_kind = {k: _mean_std([r["slice_auroc_by_kind"][k] for r in rows]) for k in rows[0]["slice_auroc_by_kind"]}
-        summary.append({"gamma_l": g, "slice_auroc_by_kind": by_kind, "slice_auroc_mean": s_mean, "slice_auroc_std": s_std,
+        rho = _mean_std([r["healthy_slices_spearman_score_vs_brain_fraction"] for r in rows])
+        summary.append({"gamma_l": g, "slice_auroc_by_kind": by_kind, "spearman_score_vs_brain_fraction": rho, "slice_auroc_mean": s_mean, "slice_auroc_std": s_std,
                         "volume_auroc_mean": v_mean, "volume_auroc_std": v_std, "seeds": [r["seed"] for r in rows]})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "deep_sad_labels.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": results},
@@ -118,7 +144,8 @@ def write_tables(results: list[dict], meta: dict, out_dir: Path) -> None:
         "# Deep SVDD vs Deep SAD: does labelling a few anomalies help?",
         "",
         f"Generated by `{meta['command']}` on {meta['date']} ({meta['device']}, {meta['threads']} torch thread(s);"
-        f" total {meta['total_seconds']:.0f} s).",
+        f" training time summed over the {len(results)} runs: {sum(r['train_seconds'] for r in results):.0f} s,"
+        " on a CPU shared with other jobs; `--reuse` re-reads finished runs without retraining).",
         "",
         f"Demo cohort (seed {meta['cohort_seed']}): {first['n_volumes']} test volumes ({first['n_anomalous_volumes']} "
         f"anomalous: MS, tumour, focal), {first['n_slices']} brain slices ({first['n_lesion_slices']} with lesion). "
@@ -131,22 +158,30 @@ def write_tables(results: list[dict], meta: dict, out_dir: Path) -> None:
         "**Volume score = mean of the volume's brain-slice scores** (`deep_sad_dist_mean`). "
         f"AUROC (`sklearn.metrics.roc_auc_score`), mean ± std over seeds {summary[0]['seeds']}.",
         "",
-        "| method | γ_l | slice AUROC | volume AUROC |" + "".join(f" slice AUROC, {k} only |" for k in kind_names),
-        "|---|---|---|---|" + "---|" * len(kind_names),
+        "| method | γ_l | slice AUROC | volume AUROC |" + "".join(f" slice AUROC, {k} only |" for k in kind_names)
+        + " ρ(score, brain fraction), healthy slices |",
+        "|---|---|---|---|" + "---|" * len(kind_names) + "---|",
     ]
     for s in summary:
         method = "Deep SVDD" if s["gamma_l"] == 0 else "Deep SAD"
         lines.append(f"| {method} | {s['gamma_l']:g} | {s['slice_auroc_mean']:.3f} ± {s['slice_auroc_std']:.3f} | "
                      f"{s['volume_auroc_mean']:.3f} ± {s['volume_auroc_std']:.3f} |"
                      + "".join(f" {s['slice_auroc_by_kind'][k][0]:.3f} ± {s['slice_auroc_by_kind'][k][1]:.3f} |"
-                               for k in kind_names))
+                               for k in kind_names)
+                     + f" {s['spearman_score_vs_brain_fraction'][0]:+.2f} ± {s['spearman_score_vs_brain_fraction'][1]:.2f} |")
     lines += ["", "Per-kind columns: slices of healthy test volumes and of the volumes with that lesion kind "
-              "(MS patterns are never among the labelled synthetic lesions)."]
+              "(MS patterns are never among the labelled synthetic lesions).",
+              "", "Control: lesion slices have more brain than the average slice, so the slice's brain fraction "
+              f"*alone* scores slice AUROC {first['slice_auroc_of_brain_fraction_alone']:.3f}; the last column is "
+              "the Spearman correlation between a model's score and the brain fraction on healthy test slices "
+              "(near ±1: the score mostly measures slice size, not lesions)."]
     lines += ["", "Per run:", "", "| γ_l | seed | slice AUROC | volume AUROC | final loss | train s |", "|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['gamma_l']:g} | {r['seed']} | {r['slice_auroc']:.3f} | {r['volume_auroc']:.3f} | "
                      f"{r['last_loss']:.4g} | {r['train_seconds']:.0f} |")
-    lines += ["", "## Reading", "", meta.get("reading", "(see the json)"), ""]
+    if meta.get("reading"):
+        lines += ["", "## Reading", "", meta["reading"]]
+    lines.append("")
     (out_dir / "deep_sad_labels.md").write_text("\n".join(lines))
 
 
@@ -164,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small nets)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "docs" / "benchmarks")
     parser.add_argument("--work", type=Path, default=None, help="where runs go (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="re-analyse finished runs in --work instead of retraining")
     parser.add_argument("--reading", default=None, help="a sentence of interpretation for the markdown")
     args = parser.parse_args(argv)
 
@@ -187,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in args.seeds:
         for gamma_l in args.gammas:
-            r = run_one(config, datalist, work, gamma_l, seed, kinds)
+            r = run_one(config, datalist, work, gamma_l, seed, kinds, reuse=args.reuse)
             print(f"gamma_l={gamma_l:g} seed={seed}: slice AUROC {r['slice_auroc']:.3f}, volume AUROC "
                   f"{r['volume_auroc']:.3f} ({r['train_seconds']:.0f} s)", flush=True)
             results.append(r)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible)"
     meta = {
-        "command": "python benchmarks/deep_sad_labels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/deep_sad_labels.py " + " ".join(_without_reading(argv if argv is not None else sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": device,
         "threads": args.threads,

@@ -219,6 +219,7 @@ def test_bad_arguments_and_batches() -> None:
         ({"nu": 1.5}, "nu"),
         ({"gamma_l": 1.0}, "gamma_l"),
         ({"center_eps": -0.1}, "center_eps"),
+        ({"gamma_l": 0.1, "in_channels": 2}, "single-channel"),
     ]:
         with pytest.raises(ValueError, match=name):
             DeepSADMethod(2, **kwargs)
@@ -258,3 +259,8 @@ def test_default_lesions_are_rand_lesion_sized_in_mm_and_seeded_by_torch() -> No
     assert changed_voxels[1.0] > 4 * changed_voxels[4.0] > 0, changed_voxels
     with pytest.raises(ValueError, match="voxel_size_mm"):
         DeepSADMethod(2, voxel_size_mm=[1.0, 2.0, 3.0])
+    # An empty (background-only) slice has no room for a lesion: it stays unlabelled and unchanged.
+    method = DeepSADMethod(2, **SMALL, gamma_l=0.5)
+    empty = torch.zeros(2, 1, 40, 48)
+    x, semi_target = method.labelled_batch({"image": empty})
+    assert torch.equal(x, empty) and not bool(semi_target.any())

@@ -170,6 +170,8 @@ class DeepSADMethod(AnomalyMethod):
             raise ValueError(f"nu must be in (0, 1], got {nu}")
         if not 0 <= gamma_l < 1:
             raise ValueError(f"gamma_l must be in [0, 1), got {gamma_l}")
+        if gamma_l > 0 and in_channels != 1:
+            raise ValueError(f"gamma_l > 0 inserts synthetic lesions into single-channel images; in_channels is {in_channels}")
         if objective == "soft-boundary" and gamma_l > 0:
             raise ValueError("objective 'soft-boundary' is one-class Deep SVDD and takes no labels: set gamma_l = 0")
         self.eta = float(eta)
@@ -260,8 +262,10 @@ class DeepSADMethod(AnomalyMethod):
             for i in chosen.tolist():
                 try:
                     x[i] = self.lesion_transform(x[i]).to(x)
-                except ValueError:  # no brain to put a lesion in: leave the sample unlabelled
-                    continue
+                except ValueError as err:
+                    if "empty" not in str(err):  # RandLesion: "the brain region is empty, cannot place a lesion"
+                        raise
+                    continue  # no brain to put a lesion in (an edge slice): the sample stays unlabelled
                 semi_target[i] = -1
         return x, semi_target
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         f"- device: {device_description(device)}",
         f"- ops backend: {ops.backend_name()}; fp32; TF32 off; median and minimum of {reps} after 1 warm-up",
         f"- copy bandwidth (read + write): {bandwidth:.1f} GB/s",
-        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- command: `python benchmarks/{Path(__file__).name} {shlex.join(argv if argv is not None else sys.argv[1:])}`",
         f"- wall time: {elapsed:.0f} s",
     ]
     if args.note:

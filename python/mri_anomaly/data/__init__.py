@@ -1,4 +1,17 @@
-"""Data: checked loading, the invertible preprocessing chain, datalists, datasets, lesions, the demo cohort."""
+"""Data: checked loading, the invertible preprocessing chain, datalists, datasets, lesions, the demo cohort.
+
+* :mod:`~mri_anomaly.data.io`: ``InputFileError`` (``.path``, ``.problem``), ``load_volume``, ``safe_load``.
+* :mod:`~mri_anomaly.data.preprocessing`: ``PREPROCESSING_DEFAULTS`` (the config schema),
+  ``validate_preprocessing_config``, ``preprocessing(config, keys) -> Compose``,
+  ``invert_to_input_space`` / ``save_map_in_input_space`` (model grid -> the input file's grid and affine).
+* transforms in MONAI style: ``LoadVolume(d)``, ``ScaleIntensityInMask(d)``, ``Binarize(d)``,
+  ``Quantize(d)``, ``RandLesion(d)``.
+* :mod:`~mri_anomaly.data.datalist`: Decathlon JSON / CSV datalists, validated (``load_datalist``,
+  ``validate_datalist``, ``write_datalist``, ``build_datalist``).
+* :mod:`~mri_anomaly.data.datasets`: ``VolumeDataset``, ``SliceDataset``, ``collate_with_errors``
+  (the item convention is documented there).
+* :mod:`~mri_anomaly.data.demo`: ``make_demo_cohort`` (``mri-anomaly demo-data``); ``make_montage``.
+"""
 
 from mri_anomaly.data.intensity import (
     Binarize,

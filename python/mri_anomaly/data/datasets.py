@@ -251,7 +251,9 @@ class SliceDataset(torch.utils.data.Dataset):
 
     A slice ``vol[..., k]`` is kept when at least ``min_brain_fraction`` of its voxels are brain
     (``> brain_threshold``). Selection is computed once from the (cached) volumes; volumes that fail
-    to load are left out and listed in ``.errors``.
+    to load are left out and listed in ``.errors``. The volume dataset's ``augment`` runs on the whole
+    volume at every slice access (a volume-level ``RandLesiond`` may miss the slice; for a lesion in
+    every slice apply :class:`~mri_anomaly.data.lesions.RandLesion` to the (1, H, W) slice instead).
 
     Args:
         volumes: the volume dataset (its augmentation, if any, runs on each access).

@@ -3,7 +3,7 @@
 Variants (same architecture, same weights, same couplings, squeeze and priors):
 
 * ``ours-memeff``   our fused ActNormInvConv ops, ``memory_efficient=True`` (invertible backprop: each
-  scale's chain of steps is one autograd node that keeps only its output).
+  scale's chain of steps keeps only its output; backward rebuilds the activations layer by layer).
 * ``ours-autograd`` our fused ops with ordinary autograd.
 * ``plain-autograd`` plain PyTorch layers with ordinary autograd: a separate actnorm module
   (``(x + bias) * exp(log_scale)``), ``F.conv3d`` 1x1x1 with a dense weight, ``log|det W|`` by
@@ -281,9 +281,33 @@ def markdown(results: list[dict], meta: dict) -> str:
             f"{fmt(p_plain, '.1f')} | {_ratio(p_plain, p_me)} | {fmt(s_me, '.2f')} | {fmt(s_plain, '.1f')} | "
             f"{fmt(None if state is None else state * 4 / 3, '.0f')} |" + (f" {'; '.join(errors)}" if errors else "")
         )
+    lines += ["", "Summary per edge and width (computed from the rows above):", ""]
+    for edge, width in sorted({(c[0], c[1]) for c in configs}):
+        rows = [c for c in configs if c[:2] == (edge, width)]
+        me_peaks = [get("ours-memeff", c, "peak_mib") for c in rows]
+        time_ratios = [get("ours-memeff", c, "step_s") / get("plain-autograd", c, "step_s") for c in rows
+                       if get("ours-memeff", c, "step_s") and get("plain-autograd", c, "step_s")]
+        ours_ratios = [get("plain-autograd", c, "step_s") / get("ours-autograd", c, "step_s") for c in rows
+                       if get("plain-autograd", c, "step_s") and get("ours-autograd", c, "step_s")]
+        k16 = [c for c in rows if c[2] == 16]
+        parts = []
+        if all(v is not None for v in me_peaks) and me_peaks:
+            parts.append(f"memeff step peak {min(me_peaks):.1f}-{max(me_peaks):.1f} MiB over K = "
+                         f"{', '.join(str(c[2]) for c in rows)}")
+        if k16 and get("ours-memeff", k16[0], "peak_mib") and get("plain-autograd", k16[0], "peak_mib"):
+            parts.append(f"plain/memeff peak at K = 16: "
+                         f"{get('plain-autograd', k16[0], 'peak_mib') / get('ours-memeff', k16[0], 'peak_mib'):.2f}x")
+        if time_ratios:
+            parts.append(f"memeff/plain time {min(time_ratios):.2f}-{max(time_ratios):.2f}x")
+        if ours_ratios:
+            parts.append(f"plain/ours time (ordinary backprop) {min(ours_ratios):.2f}-{max(ours_ratios):.2f}x")
+        lines.append(f"* {edge}³, width {width}: " + "; ".join(parts) + ".")
     if meta.get("max_edge"):
         lines += ["", "Largest trainable edge (cube side, one step completes), width 512, K = 16:", ""]
         lines += [f"* {v}: {e}" for v, e in meta["max_edge"].items()]
+    if meta.get("notes"):
+        lines += ["", "Reading (written by hand after the run, stored in the JSON's meta.notes):", ""]
+        lines += [f"* {note}" for note in meta["notes"]]
     lines += [
         "",
         "Targets (issue 3): memory-efficient peak memory flat in K and >= 4x below plain autograd at K = 16, at "
@@ -320,6 +344,8 @@ def main() -> None:
     parser.add_argument("--find-max-edge", action="store_true",
                         help="also find the largest cube edge (multiple of 16) one step fits in, at width 512 and K=16")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="only rewrite the .md next to a saved .json (no measurement)")
     parser.add_argument("--child", nargs=5, metavar=("MODE", "VARIANTS", "SIZE", "WIDTH", "DEPTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -335,6 +361,11 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(saved["results"], saved["meta"]))
+        print(args.render.with_suffix(".md").read_text())
+        return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     if args.sizes:

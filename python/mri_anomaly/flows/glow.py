@@ -89,8 +89,8 @@ class Glow(nn.Module):
         steps: flow steps K per scale (an int, or one per scale).
         hidden_channels: coupling NN width.
         coupling: ``"affine"`` (scale ``sigmoid(raw + 2)``) or ``"additive"``.
-        memory_efficient: each scale's chain of steps is one autograd node that rebuilds its activations in
-            backward, so activation memory does not grow with ``steps``.
+        memory_efficient: each scale's chain of steps keeps only its output and rebuilds its activations in
+            backward (:class:`~mri_anomaly.flows.InvertibleChain`), so activation memory does not grow with ``steps``.
         prior: ``"per_dimension"`` (paper; fixes the input size at :meth:`initialize`) or ``"per_channel"``.
 
     Raises:

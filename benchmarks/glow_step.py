@@ -9,17 +9,20 @@ Variants (same architecture, same weights, same couplings, squeeze and priors):
   (``(x + bias) * exp(log_scale)``), ``F.conv3d`` 1x1x1 with a dense weight, ``log|det W|`` by
   ``torch.linalg.slogdet`` (as in common Glow implementations).
 
-Each configuration runs in a fresh subprocess. Measured there:
+Measured, for each configuration (cube edge, coupling width, K):
 
-* ``step_s``: median wall time of ``--repeats`` training steps after one warm-up step
+* ``step_s``: median wall time of ``--repeats`` training steps after one warm-up step, the three variants'
+  steps interleaved in one subprocess so that load from other jobs falls on all of them alike
   (``torch.cuda.synchronize`` around each step on CUDA).
-* ``peak_mib``: the step's peak memory above the memory held before the first step.
-  CPU: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the process's RSS high-water mark) minus the
-  RSS before the first step; it includes activations, gradients, Adam state and allocator slack, and
-  not memory freed and reused within the baseline. CUDA: ``torch.cuda.max_memory_allocated`` minus
-  ``memory_allocated`` before the first step.
+* ``peak_mib``: in a fresh subprocess per variant, after a warm-up step (gradients kept, Adam state
+  allocated), the peak memory of one more step above the memory held before it: activations and
+  temporaries on top of parameters, gradients and optimiser state. CPU: the RSS high-water mark
+  (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the RSS before the step, with glibc told to
+  return freed blocks >= 64 KiB to the OS at once (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``).
+  CUDA: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before the step.
 * ``saved_mib``: bytes of distinct tensors autograd saves for backward during one forward (parameters
   excluded), via ``torch.autograd.graph.saved_tensors_hooks``: the activation memory that grows with depth.
+* ``state_mib``: gradients + Adam moments (3 x parameter bytes).
 
 Usage::
 

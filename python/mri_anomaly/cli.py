@@ -4,6 +4,7 @@ Subcommands::
 
     mri-anomaly train --config C --datalist D --out RUN [--resume] [--device cpu|cuda] [--max-steps N] [--set k=v ...]
     mri-anomaly score --run RUN --datalist D [--section test] --out OUT [--device ...] [--no-maps] [--workers N]
+                                  (--run-dir RUN: the same, for torchrun, which claims --run)
     mri-anomaly info
     (+ demo-data, datalist from mri_anomaly.data.commands; evaluate, demo from mri_anomaly.evaluation.commands)
 
@@ -38,7 +39,7 @@ _EPILOG_SCORE = """\
 examples:
   mri-anomaly score --run runs/glow3d --datalist demo/datalist.json --out scores/glow3d
   mri-anomaly score --run RUN --datalist D --section validation,test --out OUT
-  torchrun --nproc-per-node 2 -m mri_anomaly score --run RUN --datalist D --out OUT   # sharded, merged
+  torchrun --nproc-per-node 2 -m mri_anomaly score --run-dir RUN --datalist D --out OUT   # sharded, merged
 
 OUT/ receives scores.csv (one row per volume), slice_scores.csv (one row per axial slice),
 maps/<section>/*.nii.gz (float32 voxel maps in the input's space and affine), errors.csv (scans that
@@ -79,7 +80,9 @@ def _add_score(subparsers) -> None:
         epilog=_EPILOG_SCORE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", required=True, help="training run directory (holds checkpoint.pt)")
+    p.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="training run directory (holds checkpoint.pt); under torchrun write --run-dir "
+                   "(torchrun itself takes --run as an abbreviation of its --run-path)")
     p.add_argument("--datalist", required=True, help="datalist JSON/CSV")
     p.add_argument("--section", default="test",
                    help="section(s) to score, comma separated (default: test), e.g. validation,test")

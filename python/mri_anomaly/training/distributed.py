@@ -26,6 +26,7 @@ __all__ = [
     "all_gather_objects",
     "all_reduce_any",
     "check_replicas_identical",
+    "broadcast_buffers",
 ]
 
 
@@ -94,6 +95,15 @@ def all_reduce_any(flag: bool, device: torch.device | str = "cpu") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy every buffer of rank ``src`` to all ranks (DDP does this at each forward, but the buffers updated
+    *during* the last forward of a phase, e.g. BatchNorm running statistics, still differ per rank)."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=src)
 
 
 def check_replicas_identical(module: torch.nn.Module, what: str, device: torch.device | str = "cpu") -> None:

@@ -5,9 +5,10 @@ The :class:`Trainer` runs the method's phases in order (``AnomalyMethod.phases``
 1. builds the phase's training data (``method.phase_data_section(phase)``, plus the ``general`` section
    when ``method.uses_general_data(phase)``) with the config's preprocessing;
 2. calls ``method.begin_phase(phase, batches)`` once with ``train.init_batches`` batches — *before* any
-   DistributedDataParallel wrapping, so data-dependent initialisation (actnorm statistics, the Deep SAD
-   centre) is computed from all ranks' data by the method's own all-reduce; the trainer then checks that
-   every rank holds identical weights and buffers;
+   DistributedDataParallel wrapping. Under ``torchrun`` every rank receives the same init batches of the
+   global batch size, so data-dependent initialisation (actnorm statistics, the Deep SAD centre) is
+   identical on all ranks whether or not the method all-reduces; the trainer then checks that every rank
+   holds identical weights and buffers (and stops with a clear error if not);
 3. steps Adam over ``method.phase_parameters(phase)`` on ``method.training_loss(...)`` for
    ``train.phases.<phase>.steps`` steps, with global-norm gradient clipping; a step whose loss or
    gradient norm is non-finite is skipped on every rank (counted in the log and the checkpoint; too many
@@ -89,12 +90,19 @@ class _LossModule(nn.Module):
 
 
 class _InitBatches:
-    """Re-iterable: the first ``count`` batches of a dedicated seed stream (same on every call and on resume)."""
+    """Re-iterable: the first ``count`` batches of a dedicated seed stream (same on every call and on resume).
+
+    Under ``torchrun`` every rank gets the *same* batches, of the global batch size (``batch_size`` x ranks):
+    a data-dependent initialisation (actnorm statistics, the Deep SAD centre) is then identical on every
+    rank by construction, and equal to that of one process training with the global batch size. (A method
+    that all-reduces its statistics, as ``ActNormInvConv`` does, sums identical moments: same result.)
+    """
 
     def __init__(self, dataset, batch_size: int, seed: int, phase_index: int, num_workers: int, count: int,
                  device: torch.device, name: str) -> None:
-        self.stream_args = dict(dataset=dataset, batch_size=batch_size, seed=seed, phase_index=phase_index, stream=2,
-                                num_workers=num_workers, name=name)
+        self.stream_args = dict(dataset=dataset, batch_size=batch_size * distributed.world_size(), seed=seed,
+                                phase_index=phase_index, stream=2, num_workers=num_workers, rank=0, world_size=1,
+                                name=name)
         self.count = min(count, ResumableBatches(**self.stream_args).batches_per_epoch)
         self.device = device
 
@@ -330,13 +338,18 @@ class Trainer:
                 self._restore_rng(resume["rng"])
             distributed.check_replicas_identical(method, f"begin_phase({phase!r})", device=self.device)
 
+            # Only the phase's parameters take gradients (the others are frozen for the phase and restored after):
+            # no wasted backward work, and DDP reduces exactly the parameters the optimiser steps.
+            in_phase = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            frozen = [p for p in method.parameters() if p.requires_grad and id(p) not in in_phase]
+            for p in frozen:
+                p.requires_grad_(False)
             model: nn.Module = _LossModule(method)
             if distributed.is_distributed():
                 from torch.nn.parallel import DistributedDataParallel
 
                 model = DistributedDataParallel(
                     model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    find_unused_parameters=True,
                 )
             batches = iter(ResumableBatches(
                 dataset, train_cfg["batch_size"], seed, phase_index, stream=0,
@@ -407,6 +420,9 @@ class Trainer:
                     loss_sum, loss_count = 0.0, 0
                 if progress["global_step"] % train_cfg["checkpoint_every"] == 0 and not is_last:
                     self._save(method, optimizer, progress, self._gather_rng())
+            for p in frozen:
+                p.requires_grad_(True)
+            distributed.broadcast_buffers(method)  # rank 0's BatchNorm statistics etc. everywhere (as saved)
             if progress["phase_step"] < phase_cfg["steps"]:
                 stopped_early = True
                 break

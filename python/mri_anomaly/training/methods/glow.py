@@ -135,6 +135,7 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
         coupling: ``"affine"`` or ``"additive"``.
         memory_efficient: invertible backprop (activation memory flat in ``steps``).
         prior: ``"per_dimension"`` (paper) or ``"per_channel"`` (any input size).
+        prior_min_std: floor on the latent std at the priors' init (see :class:`~mri_anomaly.flows.LatentPrior`).
         n_bins: quantisation levels of the [0, 1] images.
 
     Raises:
@@ -156,6 +157,7 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
         coupling: str = "affine",
         memory_efficient: bool = False,
         prior: str = "per_dimension",
+        prior_min_std: float = 0.05,
         n_bins: int = N_BINS,
     ) -> None:
         super().__init__(spatial_dims, in_channels)
@@ -164,7 +166,7 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
         self.n_bins = int(n_bins)
         self.glow = Glow(
             spatial_dims, in_channels, levels=levels, steps=steps, hidden_channels=hidden_channels,
-            coupling=coupling, memory_efficient=memory_efficient, prior=prior,
+            coupling=coupling, memory_efficient=memory_efficient, prior=prior, prior_min_std=prior_min_std,
         )
 
     def _check_phase(self, phase: str) -> None:
@@ -204,6 +206,7 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         coupling: ``"affine"`` or ``"additive"``.
         memory_efficient: invertible backprop (activation memory flat in ``steps``).
         prior: ``"per_dimension"`` (paper) or ``"per_channel"`` (any input size).
+        prior_min_std: floor on the latent std at the priors' init (see :class:`~mri_anomaly.flows.LatentPrior`).
         n_bins: quantisation levels of the [0, 1] images.
         outlier_weight: w of the outlier loss on general batches in phase ``"in"`` (0 disables it and the
             general batches).
@@ -228,6 +231,7 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         coupling: str = "affine",
         memory_efficient: bool = False,
         prior: str = "per_dimension",
+        prior_min_std: float = 0.05,
         n_bins: int = N_BINS,
         outlier_weight: float = 2.8,
         outlier_temperature: float = 0.33,
@@ -244,7 +248,7 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         self.outlier_temperature = float(outlier_temperature)
         glow_args = dict(
             levels=levels, steps=steps, hidden_channels=hidden_channels, coupling=coupling,
-            memory_efficient=memory_efficient, prior=prior,
+            memory_efficient=memory_efficient, prior=prior, prior_min_std=prior_min_std,
         )
         self.general = Glow(spatial_dims, in_channels, **glow_args)
         self.in_distribution = Glow(spatial_dims, in_channels, **glow_args)

@@ -18,7 +18,8 @@ Relative paths are resolved against the datalist's folder; :func:`load_datalist`
 paths and a ``subject_id`` on every item (from the file name when absent). A test item given as a bare
 string (Decathlon style) becomes ``{"image": path}``.
 
-CSV datalists have one row per item with columns ``section`` plus the item keys; empty cells are absent.
+CSV datalists have one row per item with columns ``section`` (empty: ``test``) plus the item keys;
+empty cells are absent.
 
 :func:`validate_datalist` returns every problem (missing files, unknown keys or sections, a mask
 whose shape or affine differs from its image, labels outside {0, 1}, semi_target outside

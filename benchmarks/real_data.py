@@ -14,7 +14,7 @@ MNI cohort at 4 mm) through ``score_datalist`` (the ``mri-anomaly score`` functi
 
 Usage::
 
-    python benchmarks/real_data.py --demo demo-out [--data ../shared/data] [--out real-data-out]
+    python benchmarks/real_data.py --demo demo-out [--data ../shared/data] [--out /tmp/mri-anomaly-real-data]
 
 Writes ``docs/benchmarks/real_data.md`` and ``docs/benchmarks/real_data.json`` (``--docs`` to change).
 """
@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", default=str(REPO / "demo-out"), help="a finished `mri-anomaly demo --out` folder")
     default_data = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
     parser.add_argument("--data", default=str(default_data), help="the real cases (../shared/data)")
-    parser.add_argument("--out", default=str(REPO / "real-data-out"), help="scores and maps go here")
+    parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "mri-anomaly-real-data"),
+                        help="scores and maps go here (default: a folder in the temp dir, outside the checkout)")
     parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks"), help="where real_data.md/json go")
     parser.add_argument("--max-voxels", type=int, default=500_000, help="brain voxels per case for voxel metrics")
     args = parser.parse_args(argv)

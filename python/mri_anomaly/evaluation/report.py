@@ -89,6 +89,22 @@ def _level_table(level: Mapping[str, Mapping[str, Any]], keys: Sequence[str], se
     return _table(headers, rows, left=2 if several else 1)
 
 
+def _base(name: str) -> str:
+    """``llr_top5_mean``/``llr_mean``/``llr_max`` -> ``llr``; ``nll_bpd`` -> ``nll``; ``nll_slice_mean`` -> ``nll``."""
+    name = re.sub(r"_(mean|max|top\d+_mean)$", "", name)
+    name = re.sub(r"_slice$", "", name)
+    return re.sub(r"_bpd$", "", name)
+
+
+def _match(key: str, candidates: Sequence[str], prefix: str) -> str | None:
+    """The slice column / map that volume column ``key`` is made from (same base name), if any."""
+    want = _base(key[len(prefix):])
+    for c in candidates:
+        if _base(re.sub(r"_slice_mean$", "", c[len(prefix):])) == want:
+            return c
+    return None
+
+
 def _figure(path: Path, out: Path, caption: str) -> str:
     rel = path.relative_to(out).as_posix()
     return f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
@@ -200,14 +216,22 @@ def write_report(
         rows = []
         for key, entry in vol.items():
             run, col = _split_key(key, several)
-            s = slc.get(key, {})
+            prefix = f"{run}/" if several else ""
+            s = slc.get(_match(key, [k for k in slc if k.startswith(prefix)], prefix) or "", {})
+            v = vox.get(_match(key, [k for k in vox if k.startswith(prefix)], prefix) or "", {})
             t = metrics.get("thresholds", {}).get(key, {})
             lead = ([html.escape(run)] if several else []) + [html.escape(col)]
             rows.append(lead + [_with_ci(entry, "auroc"), _with_ci(entry, "ap"), _with_ci(entry, "sens_at_95spec"),
-                                _with_ci(s, "auroc") if s else "–", _num(t.get("test_sensitivity")), _num(t.get("test_specificity"))])  # fmt: skip
-        parts.append("<h2>Comparison</h2>" + _table(
-            (["run"] if several else []) + ["score", "volume AUROC", "volume AP", "sens @ 95% spec", "slice AUROC",
-                                            "sens @ threshold", "spec @ threshold"], rows, left=2 if several else 1))  # fmt: skip
+                                _with_ci(s, "auroc") if "auroc" in s else "–", _with_ci(v, "ap") if "ap" in v else "–",
+                                _num(t.get("test_sensitivity")), _num(t.get("test_specificity"))])  # fmt: skip
+        parts.append("<h2>Comparison</h2><p class=sub>Every volume score column; slice AUROC and voxel AP of the slice score and map "
+                     "the column is made from. Sensitivity and specificity at the threshold calibrated on healthy validation scans "
+                     "are the honest operating point; sensitivity at 95 % specificity is read off this section's ROC curve.</p>"
+                     + _table((["run"] if several else []) + ["score", "volume AUROC", "volume AP", "sens @ 95% spec", "slice AUROC",
+                                                             "voxel AP", "sens @ threshold", "spec @ threshold"],
+                              rows, left=2 if several else 1))  # fmt: skip
+    if figs["curves"]:
+        parts.append("<h2>ROC and precision-recall curves</h2>" + "".join(figs["curves"]))
     keys = ["auroc", "ap", "fpr_at_95tpr", "sens_at_90spec", "sens_at_95spec", "sens_at_99spec"]
     if vol:
         parts.append("<h2>Volume level</h2><p class=sub>One score per scan. Sensitivity at a specificity and FPR at 95 % TPR are read "
@@ -231,14 +255,12 @@ def write_report(
         for site, entries in metrics["per_site"].items():
             parts.append(f"<h3>site {html.escape(site)}</h3>" + _level_table(entries, ["auroc", "ap", "sens_at_95spec", "specificity_at_threshold", "sensitivity_at_threshold"], several))
     if slc:
-        parts.append("<h2>Slice level</h2><p class=sub>One score per axial slice; a slice is anomalous when the ground-truth mask has voxels in it. "
+        parts.append("<h2>Slice level</h2><p class=sub>One score per axial slice (the slices with enough brain that the scorer counts); a slice is anomalous when the ground-truth mask has voxels in it. "
                      "CIs resample whole scans (slices of one scan are not independent).</p>" + _level_table(slc, keys, several))  # fmt: skip
     if vox:
         parts.append("<h2>Voxel level</h2><p class=sub>Voxels inside the brain, pooled over scans (MOOD style), at most "
                      f"{meta.get('max_voxels_per_scan')} per scan (deterministic uniform subsample). Best Dice is an oracle upper bound: "
                      "its threshold is chosen on these same voxels.</p>" + _level_table(vox, ["auroc", "ap", "best_dice", "best_dice_threshold"], several))  # fmt: skip
-    if figs["curves"]:
-        parts.append("<h2>ROC and precision-recall curves</h2>" + "".join(figs["curves"]))
     if figs["dist"]:
         parts.append("<h2>Score distributions</h2>" + "".join(figs["dist"]))
     if figs["profiles"]:

@@ -212,3 +212,33 @@ def test_too_small_training_section_is_a_clear_error(demo_cohort, tmp_path):
     config = flaky_config(1, [], batch_size=50)
     with pytest.raises(ValueError, match="fewer than batch_size 50"):
         Trainer(config, demo_cohort, tmp_path / "run", progress=False).fit()
+
+
+def _datalist_with(demo_cohort: Path, folder: Path, section: str) -> Path:
+    """The demo datalist (absolute paths) plus a corrupt scan (gzip garbage) in ``section``."""
+    data = json.loads(Path(demo_cohort).read_text())
+    base = Path(demo_cohort).parent
+    for items in data.values():
+        if isinstance(items, list):
+            for it in items:
+                for k in ("image", "mask"):
+                    if k in it:
+                        it[k] = str(base / it[k])
+    broken = folder / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b not really gzip")
+    data[section].append({"image": str(broken), "subject_id": "broken"})
+    path = folder / f"datalist-{section}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_bad_training_file_stops_before_any_work_and_a_bad_test_file_does_not(demo_cohort, tmp_path):
+    from mri_anomaly.data import DatalistError
+
+    config = flaky_config(1, [])
+    with pytest.raises(DatalistError) as info:
+        Trainer(config, _datalist_with(demo_cohort, tmp_path, "training"), tmp_path / "run", progress=False).fit()
+    assert any("broken.nii.gz" in p for p in info.value.problems)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    result = Trainer(config, _datalist_with(demo_cohort, tmp_path, "test"), tmp_path / "run2", progress=False).fit()
+    assert result.completed

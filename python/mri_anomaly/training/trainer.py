@@ -160,6 +160,7 @@ class Trainer:
         self.device = torch.device(device)
         self.max_steps = max_steps
         self.progress = progress
+        self.datalist_source = datalist
         self.datalist = self._load_datalist(datalist)
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
         self.resume_state: dict[str, Any] | None = None
@@ -189,11 +190,30 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ helpers
     @staticmethod
     def _load_datalist(datalist: Any) -> dict[str, list[dict[str, Any]]]:
+        """The datalist's structure (keys, labels) is checked now; its files only for the sections trained on
+        (:meth:`_check_training_files`): a bad test scan must not stop training."""
         if isinstance(datalist, Mapping):
             return {k: list(v) for k, v in datalist.items()}
         from mri_anomaly.data import load_datalist
 
-        return load_datalist(datalist)
+        return load_datalist(datalist, check_files=False, check_headers=False)
+
+    def _check_training_files(self, method: AnomalyMethod) -> None:
+        """Every file of the sections the method trains on exists and is a readable 3D NIfTI (all problems
+        listed at once, before any work). Validation scans are checked as they are scored (bad ones skipped)."""
+        from mri_anomaly.data.datalist import DatalistError, validate_datalist
+
+        sections = set()
+        for phase in type(method).phases:
+            sections.add(method.phase_data_section(phase))
+            if method.uses_general_data(phase):
+                sections.add("general")
+        missing = [s for s in sorted(sections) if not self.datalist.get(s)]
+        problems = [f"section {s!r} is missing or empty, but method {self.config['method']!r} trains on it" for s in missing]
+        problems += validate_datalist({s: self.datalist[s] for s in sorted(sections) if self.datalist.get(s)})
+        if problems:
+            source = None if isinstance(self.datalist_source, Mapping) else self.datalist_source
+            raise DatalistError(source, problems)
 
     def _section_items(self, section: str) -> list[dict[str, Any]]:
         items = self.datalist.get(section) or []
@@ -282,6 +302,7 @@ class Trainer:
         np.random.seed(seed % (2**32))
         random.seed(seed)
         method = build_method(cfg).to(self.device)
+        self._check_training_files(method)
 
         phases = list(type(method).phases)
         # begun_phase_index: the last phase whose begin_phase ran (scoring needs the last phase begun)

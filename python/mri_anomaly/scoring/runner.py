@@ -233,16 +233,14 @@ class _PreprocessedItems(torch.utils.data.Dataset):
 
 
 def _error_text(err: BaseException, item: Mapping[str, Any]) -> str:
-    while err.__cause__ is not None and type(err).__name__ not in ("InputFileError",):
-        cause = err.__cause__
-        if type(cause).__name__ == "InputFileError":
-            err = cause
-            break
-        err = cause
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if str(item.get("image", "")) not in text:
-        text = f"{item.get('image')}: {type(err).__name__}: {text}"
-    return text
+    """One line naming the file and the problem (the data module's ``InputFileError`` when there is one)."""
+    from mri_anomaly.data import unwrap_input_error
+
+    input_error = unwrap_input_error(err)
+    if input_error is not None:
+        return str(input_error).splitlines()[0]
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{item.get('image')}: {type(err).__name__}: {text}"
 
 
 def _identity(x: Any) -> Any:

@@ -239,6 +239,6 @@ def test_a_bad_training_file_stops_before_any_work_and_a_bad_test_file_does_not(
     with pytest.raises(DatalistError) as info:
         Trainer(config, _datalist_with(demo_cohort, tmp_path, "training"), tmp_path / "run", progress=False).fit()
     assert any("broken.nii.gz" in p for p in info.value.problems)
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run").exists()
     result = Trainer(config, _datalist_with(demo_cohort, tmp_path, "test"), tmp_path / "run2", progress=False).fit()
     assert result.completed

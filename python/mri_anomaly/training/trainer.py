@@ -288,11 +288,6 @@ class Trainer:
         cfg = self.config
         train_cfg = cfg["train"]
         main = distributed.is_main_process()
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / CONFIG_NAME).write_text(config_to_yaml(cfg))
-        distributed.barrier()
-
         seed = cfg["seed"]
         torch.manual_seed(seed)
         import random
@@ -302,7 +297,11 @@ class Trainer:
         np.random.seed(seed % (2**32))
         random.seed(seed)
         method = build_method(cfg).to(self.device)
-        self._check_training_files(method)
+        self._check_training_files(method)  # before anything is written
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG_NAME).write_text(config_to_yaml(cfg))
+        distributed.barrier()
 
         phases = list(type(method).phases)
         # begun_phase_index: the last phase whose begin_phase ran (scoring needs the last phase begun)

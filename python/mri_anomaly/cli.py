@@ -33,7 +33,12 @@ examples:
   mri-anomaly train --config C --datalist D --out RUN --resume      # continue an interrupted run
 
 RUN/ receives config.yaml (resolved), checkpoint.pt (weights, optimiser, thresholds, versions; written
-atomically), train_log.csv and thresholds.json."""
+atomically), train_log.csv and thresholds.json.
+
+Config keys: method, spatial_dims, in_channels, seed, preprocessing, slices, model (the method's own
+arguments), train (batch_size, phases.<phase>.{steps, lr, weight_decay}, grad_clip, num_workers,
+log_every, checkpoint_every, max_consecutive_skips, init_batches), score (specificity, batch_size, top_k,
+save_maps). Unknown keys, wrong types and impossible values are all reported at once."""
 
 _EPILOG_SCORE = """\
 examples:

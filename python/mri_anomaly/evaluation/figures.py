@@ -169,7 +169,8 @@ def overlay_montage(
 
     Volumes are reoriented to RAS (``nibabel.as_closest_canonical``) so the axial axis is the last one. Rows
     show ``n_slices`` slices spread over the anomaly's extent (or the middle of the volume without a mask).
-    The map is drawn where it exceeds its own 95th percentile inside the scan, scaled to its 99.5th.
+    The map is drawn inside the scan (voxels above the scan's minimum) where it exceeds its own 95th percentile
+    there, scaled to its 99.5th.
 
     Args:
         cases: ``(subject_id, image path, map path, mask path or None)``; all on one voxel grid.
@@ -207,7 +208,8 @@ def overlay_montage(
             z = int(picks[col])
             ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax)
             m = np.where(np.isfinite(amap[:, :, z]), amap[:, :, z], hi)
-            ax.imshow(np.ma.masked_less(m, lo).T, cmap="hot", origin="lower", vmin=lo, vmax=max(hi, lo + 1e-12), alpha=0.6)
+            m = np.ma.masked_where(~inside[:, :, z] | (m < lo), m)  # the map inside the scan only
+            ax.imshow(m.T, cmap="hot", origin="lower", vmin=lo, vmax=max(hi, lo + 1e-12), alpha=0.6)
             if mask is not None and mask[:, :, z].any():
                 ax.contour(mask[:, :, z].T.astype(float), levels=[0.5], colors="cyan", linewidths=0.8, origin="lower")
             ax.set_title(f"{subject} z={z}" if col == 0 else f"z={z}", fontsize=7)

@@ -189,3 +189,21 @@ def test_unknown_section_and_missing_run_are_clear_errors(trained_2d_run, demo_c
         score_datalist(trained_2d_run, demo_cohort, tmp_path / "o", sections=("nope",), progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
         score_datalist(tmp_path / "no-run", demo_cohort, tmp_path / "o", progress=False)
+
+
+def test_out_of_another_model_is_refused_and_sections_accumulate(trained_2d_run, demo_cohort, tmp_path):
+    out = tmp_path / "out"
+    score_datalist(trained_2d_run, demo_cohort, out, sections=("validation",), save_maps=False, progress=False)
+    score_datalist(trained_2d_run, demo_cohort, out, sections=("test",), save_maps=False, progress=False)
+    meta = json.loads((out / "score_meta.json").read_text())
+    assert meta["sections"] == ["validation", "test"]
+    assert {r["section"] for r in read_csv(out / "scores.csv")} == {"validation", "test"}
+    other = tmp_path / "other-run"
+    shutil.copytree(trained_2d_run, other)
+    from mri_anomaly.training import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(other / "checkpoint.pt")
+    checkpoint["progress"]["global_step"] += 1  # trained further: a different model
+    save_checkpoint(checkpoint, other / "checkpoint.pt")
+    with pytest.raises(ValueError, match="holds scores of another model"):
+        score_datalist(other, demo_cohort, out, sections=("test",), progress=False)

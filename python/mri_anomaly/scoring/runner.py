@@ -5,7 +5,8 @@ out as soon as it is done, so an interrupted run loses nothing and a second run 
 skips the volumes already in ``scores.csv``. A volume that cannot be read is recorded in ``errors.csv``
 and skipped (it is retried on the next run, and its error row is replaced). Under ``torchrun`` every rank
 scores a shard of the items (item ``i`` goes to rank ``i mod W``) into ``OUT/shards/rank<r>/``; rank 0
-merges the shards into the same tables one process writes (rows in datalist order).
+merges the shards into the same tables one process writes (rows in datalist order: sections in the
+datalist's order, items in their order).
 
 **Layout of OUT/**
 
@@ -59,6 +60,7 @@ __all__ = [
     "score_volume",
     "score_items_in_memory",
     "score_datalist",
+    "run_fingerprint",
 ]
 
 SCORES_FILE = "scores.csv"
@@ -436,6 +438,7 @@ def score_datalist(
     slice_header = ["subject_id", "section", "slice", "brain_fraction", "counted", "slice_label", *slice_score_columns]
 
     # What is already done: rows of earlier runs (merged tables and any leftover shards).
+    _check_same_model(out, checkpoint, run_dir)
     if main:
         out.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
@@ -517,8 +520,10 @@ def score_datalist(
     if main:
         shard_dirs = sorted((out / SHARDS_DIR).glob("rank*")) if (out / SHARDS_DIR).is_dir() else []
         _merge_tables(out, shard_dirs, sections, data, score_header, slice_header, retry=set())
-        _atomic_json(out / META_FILE, _meta(run_dir, checkpoint, config, sections, score_columns, slice_score_columns,
-                                             map_names, thresholds, top_k))
+        present = list(dict.fromkeys(r.get("section", "") for r in _read_rows(out / SCORES_FILE)[1]))
+        all_sections = list(dict.fromkeys([*present, *sections]))  # earlier calls' sections too
+        _atomic_json(out / META_FILE, _meta(run_dir, checkpoint, config, all_sections, score_columns,
+                                             slice_score_columns, map_names, thresholds, top_k))
     distributed.barrier()
     total_scored = sum(c[0] for c in counts)
     total_errors = sum(c[1] for c in counts)
@@ -538,13 +543,14 @@ def _save_map(volume_map: torch.Tensor, item: Mapping[str, Any], path: Path, tra
 
 def _merge_tables(out: Path, shard_dirs: Sequence[Path], sections: Sequence[str], data: Mapping[str, list],
                   score_header: Sequence[str], slice_header: Sequence[str], retry: set[tuple[str, str]]) -> None:
-    """Merge shard tables into ``out``'s, in datalist order; drop half-finished volumes; remove the shards.
+    """Merge shard tables into ``out``'s, in datalist order (sections as in the datalist, then items);
+    drop half-finished volumes; remove the shards.
 
     Slice rows without a matching ``scores.csv`` row (a volume interrupted mid-way) are dropped, as are
     error rows of volumes that were scored since or are about to be retried.
     """
     order: dict[tuple[str, str], tuple[int, int]] = {}
-    for si, s in enumerate(list(sections) + [k for k in data if k not in sections]):
+    for si, s in enumerate(list(data) + [k for k in sections if k not in data]):  # datalist section order
         for i, it in enumerate(data.get(s, [])):
             order.setdefault((s, str(it.get("image", ""))), (si, i))
     far = (10**9, 10**9)
@@ -589,6 +595,32 @@ def _merge_tables(out: Path, shard_dirs: Sequence[Path], sections: Sequence[str]
         shards.rmdir()
 
 
+def run_fingerprint(checkpoint: Mapping[str, Any]) -> str:
+    """Identifies the model that scored: its config and how far it was trained (a resumed run scores anew)."""
+    import hashlib
+
+    progress = checkpoint.get("progress") or {}
+    text = f"{checkpoint.get('config', '')}|{progress.get('global_step')}|{progress.get('completed')}"
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _check_same_model(out: Path, checkpoint: Mapping[str, Any], run_dir: Path) -> None:
+    """Refuse to add rows to an OUT scored by another model (its finished rows would be silently mixed in)."""
+    path = out / META_FILE
+    if not path.is_file():
+        return
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return
+    previous = meta.get("run_fingerprint")
+    if previous is not None and previous != run_fingerprint(checkpoint):
+        raise ValueError(
+            f"{out} holds scores of another model ({meta.get('run')}, fingerprint {previous}); this run "
+            f"({run_dir}) would mix with them: score into a new --out, or delete {out}"
+        )
+
+
 def _meta(run_dir: Path, checkpoint: Mapping[str, Any], config: Mapping[str, Any], sections: Sequence[str],
           score_columns: Sequence[str], slice_columns: Sequence[str], map_names: Sequence[str],
           thresholds: Mapping[str, float], top_k: int) -> dict[str, Any]:
@@ -603,6 +635,7 @@ def _meta(run_dir: Path, checkpoint: Mapping[str, Any], config: Mapping[str, Any
         "method": config["method"],
         "spatial_dims": config["spatial_dims"],
         "run": str(run_dir.resolve()),
+        "run_fingerprint": run_fingerprint(checkpoint),
         "sections": list(sections),
         "score_columns": list(score_columns),
         "slice_score_columns": list(slice_columns),

@@ -77,9 +77,10 @@ def test_torchrun_two_gloo_processes_match_one_process(demo_cohort, tmp_path):
     assert [r["global_step"] for r in log_ddp] == ["1", "2", "3"]
     for a, b in zip(log_ddp, log_single):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
-        assert float(a["grad_norm"]) == pytest.approx(float(b["grad_norm"]), rel=2e-2)
-    # (weights are compared through the scores: Adam turns rounding-level differences of near-zero gradient
-    # components into differences of up to a step size, which the scores barely feel)
+    # the first step starts from identical weights (same init batch on every rank): the same gradient
+    assert float(log_ddp[0]["grad_norm"]) == pytest.approx(float(log_single[0]["grad_norm"]), rel=1e-4)
+    # (later gradients and the weights are compared through the scores: Adam turns rounding-level differences
+    # of near-zero gradient components into differences of up to a step size, which the scores barely feel)
     assert any(not torch.equal(ddp["state_dict"][k], single["state_dict"][k]) for k in single["state_dict"])
     # ... and therefore the same scores and thresholds
     assert ddp["thresholds"] == pytest.approx(single["thresholds"], rel=1e-4)

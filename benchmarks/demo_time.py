@@ -15,25 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL_S = 20 * 60
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "# `mri-anomaly demo` wall-clock time",
         "",
         f"Measured: {how}.",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads.",
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads.",
         (f"1-minute load average {load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end{during} "
          "(a load above the CPU count means other processes took part of the cores)." if not args.existing else
          "Load: not measured by this tabulation (see the note below)."),

@@ -48,6 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model  # noqa: E402
+
 VARIANTS = ("ours-memeff", "ours-autograd", "plain-autograd")
 
 
@@ -392,7 +395,7 @@ def main() -> None:
                          if args.device == "cpu" else "max_memory_allocated minus memory_allocated before the step"),
     }
     if args.device == "cpu":
-        meta["device"] = f"cpu ({os.cpu_count()} cores, {_cpu_name()})"
+        meta["device"] = f"cpu ({os.cpu_count()} cores, {cpu_model()})"
     results = []
     for size, width in configs:
         for depth in args.depths:
@@ -417,15 +420,6 @@ def main() -> None:
     (args.out / f"glow_step-{tag}.md").write_text(text)
     print(text)
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":

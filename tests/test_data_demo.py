@@ -90,9 +90,14 @@ def test_anomaly_kinds_masks_and_intensity(demo_cohort):
         mask = np.asarray(nib.load(it["mask"]).dataobj) > 0
         assert mask.sum() == int(subj[it["subject_id"]]["lesion_voxels"]) > 0
         assert (img[mask] > 0).all()  # inside the brain
-        # FLAIR: MS and (mostly) focal lesions are brighter than the healthy brain
-        if subj[it["subject_id"]]["lesion_kind"] in ("ms", "focal"):
-            assert img[mask].mean() > np.median(img[(img > 0) & ~mask])
+        # FLAIR: MS and focal lesions are brighter than the healthy brain, except focal lesions drawn with
+        # the opposite sign (RandLesion's opposite_sign_prob), which are darker
+        healthy_median = np.median(img[(img > 0) & ~mask])
+        variant = subj[it["subject_id"]]["lesion_variant"]
+        if variant in ("ms", "focal"):
+            assert img[mask].mean() > healthy_median
+        elif variant == "focal_opposite":
+            assert img[mask].mean() < healthy_median
 
 
 def test_contrasts_from_tissue_maps_and_subject_variation():

@@ -42,7 +42,8 @@ Output layout::
     DIR/images/<subject>.nii.gz      float32, RAS, spacing mm, affine in MNI world coordinates
     DIR/masks/<subject>_mask.nii.gz  uint8 {0, 1} (anomalous subjects)
     DIR/datalist.json                training / validation (healthy), test (healthy + anomalous), general
-    DIR/subjects.csv                 subject_id, section, label, contrast, lesion_kind, lesion_voxels, ms_source
+    DIR/subjects.csv                 subject_id, section, label, contrast, lesion_kind, lesion_variant,
+                                     lesion_voxels, ms_source (lesion_variant: focal_opposite = opposite sign)
 
 Defaults (4 mm, 44 x 52 x 46 voxels, 40 healthy + 12 anomalous + 16 general) take seconds and
 preprocess (``DEMO_PREPROCESSING``) to the 40 x 48 x 40 model grid; ``spacing=1`` makes a
@@ -259,7 +260,8 @@ def synthesize_subject(
 
     Returns:
         ``{"image": (X, Y, Z) float32, "mask": (X, Y, Z) uint8 or None, "affine": (4, 4),
-        "lesion_kind": str, "ms_source": str}``.
+        "lesion_kind": str, "lesion_variant": str, "ms_source": str}``; ``lesion_variant`` is what was
+        inserted (e.g. ``focal_opposite`` for a focal lesion of the opposite intensity sign).
     """
     if contrast not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r} (known: {CONTRASTS})")
@@ -302,6 +304,7 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files) -> dict[str
 
     mask = None
     ms_source = ""
+    lesion_variant = ""
     if lesion is not None:
         inserter_kwargs: dict[str, Any] = {"contrast": contrast, "kinds": (lesion,), "clip": (0.0, None),
                                            "focal_radius_mm": (max(3.0, 0.9 * spacing), max(8.0, 2.0 * spacing))}
@@ -329,6 +332,7 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files) -> dict[str
         y, mk = inserter(x, brain_mask=torch.from_numpy(region)[None], kind=lesion)
         img = y.numpy()[0]
         mask = (mk.numpy()[0] > 0.5).astype(np.uint8)
+        lesion_variant = inserter.last_kind or ""
 
     bias = np.exp(_smooth_field(rng, (3, 3, 3), shape, v.bias))
     gain = rng.uniform(600, 1400)
@@ -340,7 +344,8 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files) -> dict[str
     img[brain < 0.05] = 0.0
     if mask is not None:
         mask[brain < 0.05] = 0
-    return {"image": img, "mask": mask, "affine": aff, "lesion_kind": lesion or "", "ms_source": ms_source}
+    return {"image": img, "mask": mask, "affine": aff, "lesion_kind": lesion or "", "lesion_variant": lesion_variant,
+            "ms_source": ms_source}
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: Any) -> None:
@@ -425,7 +430,8 @@ def make_demo_cohort(
             nvox = int(s["mask"].sum())
         datalist.setdefault(sec, []).append(item)
         rows.append({"subject_id": sid, "section": sec, "label": item.get("label", ""), "contrast": con,
-                     "lesion_kind": s["lesion_kind"], "lesion_voxels": nvox, "ms_source": s["ms_source"]})
+                     "lesion_kind": s["lesion_kind"], "lesion_variant": s["lesion_variant"], "lesion_voxels": nvox,
+                     "ms_source": s["ms_source"]})
         if progress and i == 0:
             print(f"demo-data: {group} ...", flush=True)
     meta = {

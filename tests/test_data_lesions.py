@@ -50,6 +50,16 @@ def test_mask_and_change_agree_and_healthy_part_untouched(volume, kind, contrast
     assert lesion.last_kind == kind
 
 
+
+@pytest.mark.parametrize("opposite_sign_prob, variant, sign", [(0.0, "focal", 1), (1.0, "focal_opposite", -1)])
+def test_focal_variant_records_the_drawn_sign(volume, opposite_sign_prob, variant, sign):
+    lesion = RandLesion(kinds=("focal",), contrast="flair", opposite_sign_prob=opposite_sign_prob)
+    lesion.set_random_state(1)
+    out, mask = lesion(volume)
+    diff = (out - volume).as_tensor()[mask > 0.5]
+    assert lesion.last_kind == "focal" and lesion.last_variant == variant
+    assert sign * diff.mean().item() > 0  # FLAIR: hyperintense, or hypointense when drawn opposite
+
 def test_tumour_mass_effect_is_confined_to_its_support(volume):
     lesion = RandLesion(kinds=("tumour",), mass_effect=(0.5, 0.5), tumour_radius_mm=(16.0, 16.0))
     lesion.set_random_state(0)

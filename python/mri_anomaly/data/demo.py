@@ -332,7 +332,7 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files) -> dict[str
         y, mk = inserter(x, brain_mask=torch.from_numpy(region)[None], kind=lesion)
         img = y.numpy()[0]
         mask = (mk.numpy()[0] > 0.5).astype(np.uint8)
-        lesion_variant = inserter.last_kind or ""
+        lesion_variant = inserter.last_variant or ""
 
     bias = np.exp(_smooth_field(rng, (3, 3, 3), shape, v.bias))
     gain = rng.uniform(600, 1400)

@@ -79,7 +79,8 @@ class RandLesion(RandomizableTransform):
     Call: ``lesion(img, brain_mask=None) -> (image, mask)``; ``img`` (1, *spatial) with 2 or 3 spatial
     dims; ``brain_mask`` (1, *spatial) where lesions may go (default: estimated foreground). Returns the
     image (same type, float32) and the mask (1, *spatial) float32 {0, 1}. ``.last_kind`` holds the kind
-    inserted (``None`` if none).
+    inserted (``None`` if none), ``.last_variant`` the same or ``"focal_opposite"`` for a focal lesion of
+    the opposite intensity sign.
 
     Raises:
         ValueError: an unknown kind or contrast, or only ``"ms"`` without ``ms_masks``.
@@ -128,6 +129,7 @@ class RandLesion(RandomizableTransform):
             raise ValueError(f"clip must be 'input', (low, high) or None, got {clip!r}")
         self.clip = clip
         self.last_kind: str | None = None
+        self.last_variant: str | None = None  # the kind, or "focal_opposite" for an opposite-sign focal lesion
         self._kind: str | None = None
 
     def randomize(self, data: Any = None) -> None:
@@ -154,7 +156,7 @@ class RandLesion(RandomizableTransform):
         x = img.detach().cpu().float().numpy()[0]
         spatial = x.shape
         if self._kind is None:
-            self.last_kind = None
+            self.last_kind = self.last_variant = None
             return self._wrap(img, x), self._wrap(img, np.zeros(spatial, np.float32))
         pixdim = self._pixdim(img)
         if brain_mask is not None:
@@ -172,6 +174,7 @@ class RandLesion(RandomizableTransform):
             hi_clip = np.inf if hi is None else float(hi)
         levels = CONTRAST_LEVELS[self.contrast]
         out = x.copy()
+        self._variant = self._kind
         if self._kind == "focal":
             mask, out = self._focal(out, brain, pixdim, ref, levels)
         elif self._kind == "tumour":
@@ -180,6 +183,7 @@ class RandLesion(RandomizableTransform):
             mask, out = self._ms(out, brain, pixdim, ref, levels)
         out = np.clip(out, lo_clip, hi_clip)
         self.last_kind = self._kind
+        self.last_variant = self._variant
         return self._wrap(img, out), self._wrap(img, mask.astype(np.float32))
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -230,6 +234,7 @@ class RandLesion(RandomizableTransform):
         shape = x.shape
         n = self.R.randint(self.num_focal[0], self.num_focal[1] + 1)
         name = "focal_opposite" if self.R.uniform() < self.opposite_sign_prob else "focal"
+        self._variant = name
         mask = np.zeros(shape, bool)
         noise = _smooth_noise(self.R, shape, sigma=1.0)
         for _ in range(n):

@@ -55,6 +55,11 @@ class AnomalyMethod(nn.Module):
         """Build from the ``model`` section of a validated config (keyword arguments of ``__init__``)."""
         return cls(spatial_dims=spatial_dims, in_channels=in_channels, **params)
 
+    def check_phase(self, phase: str) -> None:
+        """Raise ``ValueError`` naming the method's phases when ``phase`` is not one of them."""
+        if phase not in self.phases:
+            raise ValueError(f"unknown phase {phase!r} for method {self.name!r}; phases: {self.phases}")
+
     def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
         """Once at the start of ``phase``: data-dependent init etc. ``batches`` iterates training batches."""
 

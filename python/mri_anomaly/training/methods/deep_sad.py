@@ -220,17 +220,15 @@ class DeepSADMethod(AnomalyMethod):
 
     def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
         """``"pretrain"``: the autoencoder's parameters; ``"train"``: those of φ."""
-        module = {"pretrain": self.autoencoder, "train": self.net}.get(phase)
-        if module is None:
-            raise ValueError(f"unknown phase {phase!r}; deep-sad phases are {self.phases}")
+        self.check_phase(phase)
+        module = self.autoencoder if phase == "pretrain" else self.net
         return (p for p in module.parameters() if p.requires_grad)
 
     def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
         """``"train"``: copy the pretrained encoder into φ and fix the centre on ``batches``."""
+        self.check_phase(phase)
         if phase == "pretrain":
             return
-        if phase != "train":
-            raise ValueError(f"unknown phase {phase!r}; deep-sad phases are {self.phases}")
         self.net.load_pretrained_encoder(self.autoencoder)
 
         def normal_images() -> Iterator[torch.Tensor]:
@@ -271,12 +269,11 @@ class DeepSADMethod(AnomalyMethod):
 
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
         """``"pretrain"``: autoencoder MSE; ``"train"``: Deep SAD (or soft-boundary Deep SVDD) loss."""
+        self.check_phase(phase)
         if phase == "pretrain":
             x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
             x_hat, _ = self.autoencoder(x)
             return F.mse_loss(x_hat, x)
-        if phase != "train":
-            raise ValueError(f"unknown phase {phase!r}; deep-sad phases are {self.phases}")
         if not bool(self.net.center_initialized):
             raise RuntimeError("the centre is not initialised: begin_phase('train', batches) must run first")
         x, semi_target = self.labelled_batch(batch)

@@ -169,18 +169,14 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
             coupling=coupling, memory_efficient=memory_efficient, prior=prior, prior_min_std=prior_min_std,
         )
 
-    def _check_phase(self, phase: str) -> None:
-        if phase not in self.phases:
-            raise ValueError(f"unknown phase {phase!r} for method {self.name!r}; phases: {self.phases}")
-
     def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
         """Data-dependent init of the Glow on ``batches`` (dequantised with noise), unless already initialised."""
-        self._check_phase(phase)
+        self.check_phase(phase)
         self._initialize(self.glow, batches)
 
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
         """Mean NLL in bits/dim of the batch (uniform dequantisation noise)."""
-        self._check_phase(phase)
+        self.check_phase(phase)
         return self._nll_bpd_loss(self.glow, batch)
 
     @torch.no_grad()
@@ -255,18 +251,14 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         # Persistent: a resumed or loaded run never copies the general weights over the fine-tuned ones again.
         self.register_buffer("in_initialized_from_general", torch.tensor(False))
 
-    def _check_phase(self, phase: str) -> None:
-        if phase not in self.phases:
-            raise ValueError(f"unknown phase {phase!r} for method {self.name!r}; phases: {self.phases}")
-
     def phase_data_section(self, phase: str) -> str:
         """``"general"`` trains on the datalist's ``general`` section, ``"in"`` on ``training``."""
-        self._check_phase(phase)
+        self.check_phase(phase)
         return "general" if phase == "general" else "training"
 
     def uses_general_data(self, phase: str) -> bool:
         """Phase ``"in"`` receives general batches for the outlier loss (when ``outlier_weight > 0``)."""
-        self._check_phase(phase)
+        self.check_phase(phase)
         return phase == "in" and self.outlier_weight > 0
 
     def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
@@ -276,7 +268,7 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         Raises:
             RuntimeError: ``"in"`` begins before the general model was initialised/trained.
         """
-        self._check_phase(phase)
+        self.check_phase(phase)
         if phase == "general":
             self._initialize(self.general, batches)
             return
@@ -290,7 +282,7 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
 
     def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
         """``"general"``: the general Glow's parameters; ``"in"``: the in-distribution Glow's."""
-        self._check_phase(phase)
+        self.check_phase(phase)
         model = self.general if phase == "general" else self.in_distribution
         return (p for p in model.parameters() if p.requires_grad)
 
@@ -307,7 +299,7 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         Raises:
             ValueError: ``"in"`` with ``outlier_weight > 0`` and no ``general_batch``.
         """
-        self._check_phase(phase)
+        self.check_phase(phase)
         if phase == "general":
             return self._nll_bpd_loss(self.general, batch)
         loss = self._nll_bpd_loss(self.in_distribution, batch)

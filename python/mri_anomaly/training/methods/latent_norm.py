@@ -71,8 +71,7 @@ class LatentNormMethod(AnomalyMethod):
 
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
         """Batch mean of ``‖x − x̂‖₂ + β‖z‖₂``."""
-        if phase != "train":
-            raise ValueError(f"unknown phase {phase!r}; latent-norm-ae phases are {self.phases}")
+        self.check_phase(phase)
         return self.net.loss(self._images(batch))
 
     @torch.no_grad()

@@ -20,6 +20,16 @@ def _seed_and_pin_precision():
     yield
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for the module: tiny tensors gain nothing from threads, and on a shared, busy
+    CPU the thread hand-offs make them 10-30x slower. Use with ``pytest.mark.usefixtures("single_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; the test is skipped (with the reason) when absent."""

@@ -18,14 +18,8 @@ from mri_anomaly.training.methods.deep_sad import DeepSADMethod
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny convolutions gain nothing from intra-op threads, and on a shared, busy CPU the thread
-    # hand-offs make them 10-30× slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny convolutions gain nothing from intra-op threads (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SMALL = dict(rep_dim=8, channels=[4, 8, 8], pooled_size=2)
 

@@ -16,13 +16,8 @@ SIZE = 16
 SMALL = dict(latent_dim=8, channels=[4, 8, 8], pooled_size=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny convolutions gain nothing from intra-op threads and are much slower with them on a busy CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny convolutions gain nothing from intra-op threads (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _slices(n: int, generator: torch.Generator, lesion: bool = False) -> torch.Tensor:

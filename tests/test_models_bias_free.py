@@ -9,13 +9,8 @@ from torch import nn
 from mri_anomaly.models import BiasFreeAutoEncoder, BiasFreeDecoder, BiasFreeEncoder, DeepSAD, LatentNormAutoEncoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, which are much slower on a busy shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny convolutions gain nothing from intra-op threads (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

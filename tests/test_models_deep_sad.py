@@ -8,13 +8,8 @@ import torch
 from mri_anomaly.models import DeepSAD, deep_sad_loss, soft_boundary_loss, soft_boundary_radius
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, which are much slower on a busy shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny convolutions gain nothing from intra-op threads (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

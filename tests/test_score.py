@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
-from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label, slice_profile
+from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label
+from mri_anomaly.scoring.brain import slice_brain_statistic
 from mri_anomaly.scoring.runner import score_datalist
 from mri_anomaly.training import Trainer, validate_config
 
@@ -40,12 +41,21 @@ def test_aggregate_slice_scores_by_hand():
         aggregate_slice_scores(scores, counted, top_k=0)
 
 
-def test_slice_profile_and_labels():
+def test_slice_profile_over_brain_and_labels():
     volume = torch.zeros(1, 2, 2, 3)
     volume[0, :, :, 1] = 4.0
     volume[0, 0, 0, 2] = 8.0
-    assert slice_profile(volume).tolist() == [0.0, 4.0, 2.0]
     assert slice_has_label(volume).tolist() == [0, 1, 1]
+    # brain: slice 0 none (all voxels used), slice 1 all four voxels, slice 2 two voxels (values 8 and 0)
+    image = torch.zeros(1, 2, 2, 3)
+    image[0, :, :, 1] = 1.0
+    image[0, 0, :, 2] = 1.0
+    assert slice_brain_statistic(volume, image).tolist() == [0.0, 4.0, 4.0]
+    # quantile over the slice's brain voxels (linear interpolation): q50 of {8, 0} = 4, q100 = 8
+    assert slice_brain_statistic(volume, image, "q50").tolist() == [0.0, 4.0, 4.0]
+    assert slice_brain_statistic(volume, image, "q100").tolist() == [0.0, 4.0, 8.0]
+    with pytest.raises(ValueError, match="statistic"):
+        slice_brain_statistic(volume, image, "median")
 
 
 # ------------------------------------------------------------------------------------------ a scored run

@@ -118,11 +118,13 @@ def test_checkpoint_contents_and_thresholds(demo_cohort, tmp_path):
     assert stored["thresholds"] == pytest.approx(raw["thresholds"])
     assert result.thresholds == pytest.approx(raw["thresholds"])
     # recompute from the scorer's validation scores: the same numbers
-    from mri_anomaly.scoring.runner import load_run, score_items_in_memory
+    from mri_anomaly.scoring.runner import load_run, score_volume
+    from mri_anomaly.data import VolumeDataset
 
     method, cfg, _ = load_run(tmp_path / "run")
-    rows = score_items_in_memory(method, cfg, load_datalist(demo_cohort)["validation"])
-    expected = calibrate_thresholds({c: [r["scores"][c] for r in rows] for c in ("nll_bpd", "final_scale")}, 0.95)
+    volumes = VolumeDataset(load_datalist(demo_cohort)["validation"], preprocessing_config=cfg["preprocessing"], cache="none")
+    rows = [score_volume(method, cfg, volumes[i], want_maps=False) for i in range(len(volumes))]
+    expected = calibrate_thresholds({c: [r.scores[c] for r in rows] for c in ("nll_bpd", "final_scale")}, 0.95)
     assert raw["thresholds"] == pytest.approx(expected["thresholds"], rel=1e-6)
 
 

@@ -38,6 +38,7 @@ class BundleScorer:
         postprocessing: applied to ``{**item, "<map>_map": map}`` per item (e.g. ``Invertd`` + ``SaveImaged``);
             None: no maps.
         thresholds: ``{score column: threshold}``; a scan is flagged when its score is > the threshold.
+        slice_norms: the run's per-position slice norms (``metadata.json``'s ``mri_anomaly.slice_norms``).
         device: where the network runs.
         map_suffix: the item key of map ``m`` is ``m + map_suffix``.
     """
@@ -52,6 +53,7 @@ class BundleScorer:
         thresholds: Mapping[str, float] | None = None,
         device: str | torch.device = "cpu",
         map_suffix: str = "_map",
+        slice_norms: Mapping[str, Any] | None = None,
     ) -> None:
         self.network = network
         self.config = config
@@ -61,6 +63,7 @@ class BundleScorer:
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items()}
         self.device = torch.device(device)
         self.map_suffix = map_suffix
+        self.slice_norms = dict(slice_norms) if slice_norms else None
 
     def run(self) -> Path:
         """Score every item; returns the path of ``scores.csv``."""
@@ -77,7 +80,8 @@ class BundleScorer:
             image = item["image"]
             path = image.meta.get("filename_or_obj", "") if isinstance(image, MetaTensor) else ""
             subject = str(item.get("subject_id") or Path(str(path)).name.split(".")[0])
-            result = score_volume(self.network, self.config, item, self.device, want_maps=self.postprocessing is not None)
+            result = score_volume(self.network, self.config, item, self.device, want_maps=self.postprocessing is not None,
+                                  slice_norms=self.slice_norms)
             row: dict[str, Any] = {"subject_id": subject, "image": str(path)}
             if isinstance(item.get("label"), (int, float)):
                 row["label"] = int(item["label"])
@@ -135,6 +139,9 @@ def write_bundle_metadata(
 
         template = configs_dir() / "bundle" / "metadata.json"
     meta = json.loads(Path(template).read_text())
+    from mri_anomaly.scoring.runner import run_slice_norms
+
+    slice_norms = run_slice_norms(run, checkpoint)
     stored = load_thresholds(run)
     if stored is not None:
         thresholds, info = stored["thresholds"], {k: stored.get(k) for k in ("specificity", "section", "n_healthy")}
@@ -175,6 +182,7 @@ def write_bundle_metadata(
         "thresholds": thresholds,
         "threshold_rule": FLAG_RULE,
         "threshold_calibration": info,
+        "slice_norms": slice_norms,
         "run": str(run.resolve()),
     }
     out = Path(path)

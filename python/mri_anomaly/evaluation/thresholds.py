@@ -126,9 +126,18 @@ def save_thresholds(run_dir: str | os.PathLike, calibration: Mapping[str, Any]) 
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist (train a model there first)")
     path = run / THRESHOLDS_FILE
+    calibration = dict(calibration)
+    if "slice_norms" not in calibration and path.is_file():
+        # a recalibration of the thresholds alone (``evaluate``) keeps the slice norms fitted at training
+        try:
+            previous = json.loads(path.read_text()).get("slice_norms")
+        except (json.JSONDecodeError, OSError, AttributeError):
+            previous = None
+        if previous:
+            calibration["slice_norms"] = previous
     fd, tmp = tempfile.mkstemp(dir=run, prefix=".thresholds.", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(dict(calibration)), f, indent=2)
+        json.dump(_jsonable(calibration), f, indent=2)
     os.replace(tmp, path)
     return path
 

@@ -12,8 +12,10 @@ scores are reported::
     s_max         maximum over the counted slices          (one bad slice is enough)
     s_top{k}_mean mean of the k highest counted slices     (between the two; k = min(top_k, #counted))
 
-**3D models** give one score per volume themselves; their per-slice profile is the mean of each voxel
-map over each axial slice (:func:`slice_profile`).
+Slice scores are standardised per slice position first when the run has slice norms
+(:mod:`mri_anomaly.scoring.slice_norms`). **3D models** give one score per volume themselves; their per-slice
+profile is a statistic of each voxel map over each axial slice's brain voxels
+(:func:`mri_anomaly.scoring.brain.slice_brain_statistic`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 
-__all__ = ["AGGREGATIONS", "aggregate_slice_scores", "aggregated_names", "slice_profile", "slice_has_label"]
+__all__ = ["AGGREGATIONS", "aggregate_slice_scores", "aggregated_names", "slice_has_label"]
 
 AGGREGATIONS = ("mean", "max", "top_k_mean")
 
@@ -72,19 +74,3 @@ def aggregate_slice_scores(
         out[max_name] = float(kept.max())
         out[top_name] = float(kept.topk(k).values.mean())
     return out
-
-
-def slice_profile(volume_map: torch.Tensor) -> torch.Tensor:
-    """Mean of a voxel map over each axial slice.
-
-    Args:
-        volume_map: (C, H, W, D) (or (H, W, D)) on the model grid.
-
-    Returns:
-        (D,) float64, non-finite voxels counted as most anomalous.
-    """
-    m = torch.as_tensor(volume_map).detach().double().cpu()
-    if m.ndim == 4:
-        m = m.mean(dim=0)
-    m = nonfinite_to_most_anomalous(m)
-    return m.flatten(0, 1).mean(dim=0)

@@ -46,8 +46,11 @@ from typing import Any
 
 import torch
 
-from mri_anomaly.scoring.aggregate import aggregate_slice_scores, aggregated_names, slice_has_label, slice_profile
+from mri_anomaly.scoring.aggregate import aggregate_slice_scores, aggregated_names, slice_has_label
+from mri_anomaly.scoring.brain import slice_brain_statistic
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
+from mri_anomaly.scoring.slice_norms import RULE as SLICE_NORMS_RULE
+from mri_anomaly.scoring.slice_norms import standardise_slice_scores
 
 __all__ = [
     "SCORES_FILE",
@@ -58,6 +61,8 @@ __all__ = [
     "VolumeScores",
     "load_run",
     "score_volume",
+    "finish_volume_scores",
+    "slice_score_columns_of",
     "score_items_in_memory",
     "score_datalist",
     "run_fingerprint",
@@ -78,35 +83,45 @@ class VolumeScores:
 
     Attributes:
         scores: ``{column: float}`` volume scores.
-        slices: one dict per axial slice (``slice, brain_fraction, counted, slice_label?`` + slice scores).
+        slices: one dict per axial slice (``slice, brain_fraction, counted, slice_label?`` + slice scores,
+            standardised per position when the run has slice norms).
         maps: ``{name: (1, H, W, D)}`` voxel maps on the model grid.
+        raw_slice_scores: ``{column: (D,)}`` the slice scores before standardisation (what norms are fitted on).
     """
 
     scores: dict[str, float]
     slices: list[dict[str, Any]] = field(default_factory=list)
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    raw_slice_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _MethodOutput:
+    """What the model says about one volume, before slice standardisation and aggregation."""
+
+    volume_scores: dict[str, float]  # 3D methods; empty for 2D (aggregated from slices)
+    slice_scores: dict[str, torch.Tensor]  # {column: (D,)} raw
+    maps: dict[str, torch.Tensor]
+    fraction: torch.Tensor  # (D,) brain fraction
+    counted: torch.Tensor  # (D,) bool
+    labels: torch.Tensor | None  # (D,) slice has lesion voxels
 
 
 def _as_plain(t: Any) -> torch.Tensor:
     return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
 
 
+def slice_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
+    """Columns of ``slice_scores.csv``: 2D — the method's slice scores; 3D — ``<map>_slice_<statistic>``,
+    the statistic (mean, or a high quantile for the baselines) of each voxel map over the slice's brain voxels."""
+    if config["spatial_dims"] == 2:
+        return list(method_cls.score_names)
+    return [f"{m}_slice_{method_cls.slice_statistic}" for m in method_cls.map_names]
+
+
 @torch.no_grad()
-def score_volume(method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device | str = "cpu",
-                 want_maps: bool = True) -> VolumeScores:
-    """Score one preprocessed item with a 2D (slice-wise) or 3D (volume-wise) method.
-
-    Args:
-        method: an :class:`~mri_anomaly.training.methods.AnomalyMethod` in eval mode.
-        config: the run's validated config (``spatial_dims``, ``slices``, ``score``).
-        item: ``{"image": (C, H, W, D), "mask"?: (1, H, W, D), ...}`` from the preprocessing chain.
-        device: where the method runs.
-        want_maps: keep the voxel maps (otherwise only scores and slice rows).
-
-    Returns:
-        a :class:`VolumeScores`.
-    """
-    device = torch.device(device)
+def _method_output(method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device,
+                   want_maps: bool) -> _MethodOutput:
     image = _as_plain(item["image"]).float()
     depth = image.shape[-1]
     from mri_anomaly.data import slice_brain_fractions
@@ -116,11 +131,10 @@ def score_volume(method, config: Mapping[str, Any], item: Mapping[str, Any], dev
     counted = fraction >= min_fraction
     has_mask = item.get("mask") is not None and bool(item.get("has_mask", 1))
     labels = slice_has_label(_as_plain(item["mask"])) if has_mask else None
-    top_k = int(config["score"]["top_k"])
+    extra = {k: int(item[k]) for k in ("label", "semi_target") if isinstance(item.get(k), (int, float))}
     slice_columns: dict[str, torch.Tensor] = {}
     maps: dict[str, torch.Tensor] = {}
-    extra = {k: int(item[k]) for k in ("label", "semi_target") if isinstance(item.get(k), (int, float))}
-
+    volume_scores: dict[str, float] = {}
     if config["spatial_dims"] == 2:
         slices = image.permute(3, 0, 1, 2).contiguous()  # (D, C, H, W)
         chunk = int(config["score"]["batch_size"])
@@ -134,30 +148,63 @@ def score_volume(method, config: Mapping[str, Any], item: Mapping[str, Any], dev
             if want_maps:
                 for name, m in out.maps.items():
                     parts_maps.setdefault(name, []).append(m.detach().float().cpu())
-        slice_columns = {name: torch.cat(v) for name, v in parts_scores.items()}
-        scores = aggregate_slice_scores(slice_columns, counted, top_k)
+        slice_columns = {name: nonfinite_to_most_anomalous(torch.cat(v)) for name, v in parts_scores.items()}
         for name, v in parts_maps.items():
             stacked = torch.cat(v)  # (D, 1, H, W) -> (1, H, W, D)
             maps[name] = stacked.permute(1, 2, 3, 0).contiguous()
     else:
         x = image[None].to(device)
         out = method.score({"image": x, **{k: torch.as_tensor([v]) for k, v in extra.items()}})
-        scores = {
+        volume_scores = {
             name: float(nonfinite_to_most_anomalous(s.detach().double().cpu().reshape(-1))[0]) for name, s in out.scores.items()
         }
+        statistic = type(method).slice_statistic
         for name, m in out.maps.items():
             volume_map = m.detach().float().cpu()[0]  # (1, H, W, D)
-            slice_columns[f"{name}_slice_mean"] = slice_profile(volume_map)
+            profile = slice_brain_statistic(nonfinite_to_most_anomalous(volume_map), image, statistic)
+            slice_columns[f"{name}_slice_{statistic}"] = profile
             if want_maps:
                 maps[name] = volume_map
+    return _MethodOutput(volume_scores, slice_columns, maps, fraction, counted, labels)
+
+
+def finish_volume_scores(output: _MethodOutput, config: Mapping[str, Any], slice_norms: Mapping[str, Any] | None) -> VolumeScores:
+    """Standardise the slice scores per position (when the run has norms), aggregate 2D slice scores to volume
+    scores, and lay out the slice rows."""
+    slice_columns = standardise_slice_scores(output.slice_scores, slice_norms)
+    if config["spatial_dims"] == 2:
+        scores = aggregate_slice_scores(slice_columns, output.counted, int(config["score"]["top_k"]))
+    else:
+        scores = dict(output.volume_scores)
     rows = []
-    for k in range(depth):
-        row: dict[str, Any] = {"slice": k, "brain_fraction": round(float(fraction[k]), 6), "counted": int(counted[k])}
-        row["slice_label"] = int(labels[k]) if labels is not None else ""
+    for k in range(output.fraction.numel()):
+        row: dict[str, Any] = {"slice": k, "brain_fraction": round(float(output.fraction[k]), 6),
+                               "counted": int(output.counted[k])}
+        row["slice_label"] = int(output.labels[k]) if output.labels is not None else ""
         for name, v in slice_columns.items():
             row[name] = float(nonfinite_to_most_anomalous(v[k : k + 1])[0])
         rows.append(row)
-    return VolumeScores(scores=scores, slices=rows, maps=maps)
+    return VolumeScores(scores=scores, slices=rows, maps=output.maps, raw_slice_scores=output.slice_scores)
+
+
+@torch.no_grad()
+def score_volume(method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device | str = "cpu",
+                 want_maps: bool = True, slice_norms: Mapping[str, Any] | None = None) -> VolumeScores:
+    """Score one preprocessed item with a 2D (slice-wise) or 3D (volume-wise) method.
+
+    Args:
+        method: an :class:`~mri_anomaly.training.methods.AnomalyMethod` in eval mode.
+        config: the run's validated config (``spatial_dims``, ``slices``, ``score``).
+        item: ``{"image": (C, H, W, D), "mask"?: (1, H, W, D), ...}`` from the preprocessing chain.
+        device: where the method runs.
+        want_maps: keep the voxel maps (otherwise only scores and slice rows).
+        slice_norms: the run's per-position slice norms (:mod:`mri_anomaly.scoring.slice_norms`); None: raw
+            slice scores.
+
+    Returns:
+        a :class:`VolumeScores`.
+    """
+    return finish_volume_scores(_method_output(method, config, item, torch.device(device), want_maps), config, slice_norms)
 
 
 # ------------------------------------------------------------------------------------------ run loading
@@ -192,6 +239,16 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu"):
     method.load_state_dict(checkpoint["state_dict"])
     method.to(device).eval()
     return method, config, checkpoint
+
+
+def run_slice_norms(run_dir: Path, checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run's per-position slice norms: ``RUN/thresholds.json``'s ``slice_norms``, else the checkpoint's."""
+    from mri_anomaly.evaluation.thresholds import load_thresholds
+
+    stored = load_thresholds(run_dir)
+    if stored is not None and stored.get("slice_norms"):
+        return dict(stored["slice_norms"])
+    return (checkpoint.get("threshold_info") or {}).get("slice_norms") or None
 
 
 def _run_thresholds(run_dir: Path, checkpoint: Mapping[str, Any]) -> dict[str, float]:
@@ -256,16 +313,20 @@ def _iterate_preprocessed(dataset: _PreprocessedItems, num_workers: int):
 
 
 def score_items_in_memory(method, config: Mapping[str, Any], items: Sequence[Mapping[str, Any]],
-                          device: torch.device | str = "cpu", progress: bool = False) -> list[dict[str, Any]]:
-    """Volume scores of this rank's shard of ``items`` (used for thresholds at the end of training).
+                          device: torch.device | str = "cpu", progress: bool = False
+                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the method says about this rank's shard of ``items`` (used for calibration at the end of training):
+    raw slice scores and 3D volume scores, before slice standardisation (:func:`finish_volume_scores`).
 
-    Unreadable items are skipped with a warning. Returns ``[{"index", "subject_id", "scores"}]``.
+    Returns:
+        ``(rows, errors)``: ``[{"index", "subject_id", "output": _MethodOutput}]`` and
+        ``[{"index", "subject_id", "image", "error"}]`` of the items that could not be read.
     """
     from mri_anomaly.training import distributed
 
     r, w = distributed.rank(), distributed.world_size()
     shard = [(i, it) for i, it in enumerate(items) if i % w == r]
-    out = []
+    out, errors = [], []
     iterator = _iterate_preprocessed(_PreprocessedItems([it for _, it in shard], config), 0)
     if progress and distributed.is_main_process():
         from tqdm.auto import tqdm
@@ -274,11 +335,13 @@ def score_items_in_memory(method, config: Mapping[str, Any], items: Sequence[Map
     for j, data, error in iterator:
         index, item = shard[j]
         if error is not None:
-            print(f"warning: validation item skipped: {error}")
+            print(f"warning: validation scan skipped: {error}")
+            errors.append({"index": index, "subject_id": item.get("subject_id"), "image": str(item.get("image", "")),
+                           "error": error})
             continue
-        result = score_volume(method, config, data, device=device, want_maps=False)
-        out.append({"index": index, "subject_id": item.get("subject_id"), "scores": result.scores})
-    return out
+        output = _method_output(method, config, data, torch.device(device), want_maps=False)
+        out.append({"index": index, "subject_id": item.get("subject_id"), "output": output})
+    return out, errors
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -417,6 +480,7 @@ def score_datalist(
     if save_maps is None:
         save_maps = bool(config["score"]["save_maps"])
     thresholds = _run_thresholds(run_dir, checkpoint)
+    slice_norms = run_slice_norms(run_dir, checkpoint)
     rank, world = distributed.rank(), distributed.world_size()
     main = distributed.is_main_process()
 
@@ -425,10 +489,9 @@ def score_datalist(
     top_k = int(config["score"]["top_k"])
     if config["spatial_dims"] == 2:
         score_columns = [c for s in cls.score_names for c in aggregated_names(s, top_k)]
-        slice_score_columns = list(cls.score_names)
     else:
         score_columns = list(cls.score_names)
-        slice_score_columns = [f"{m}_slice_mean" for m in cls.map_names]
+    slice_score_columns = slice_score_columns_of(cls, config)
     map_names = list(cls.map_names) if save_maps else []
     flag_columns = [f"flag:{c}" for c in score_columns if c in thresholds]
     has_label = any("label" in it for s in sections for it in data[s])
@@ -468,7 +531,7 @@ def score_datalist(
     errors_table = _AppendTable(target / ERRORS_FILE, ERROR_COLUMNS)
     if main:
         _atomic_json(out / META_FILE, _meta(run_dir, checkpoint, config, sections, score_columns, slice_score_columns,
-                                             map_names, thresholds, top_k))
+                                             map_names, thresholds, top_k, slice_norms))
 
     dataset = _PreprocessedItems([it for _, _, it in mine], config)
     transform = dataset.transform
@@ -485,7 +548,8 @@ def score_datalist(
         base = {"subject_id": subject, "image": item.get("image", ""), "section": section}
         if error is None:
             try:
-                result = score_volume(method, config, item_data, device=device, want_maps=bool(map_names))
+                result = score_volume(method, config, item_data, device=device, want_maps=bool(map_names),
+                                      slice_norms=slice_norms)
                 row = {**base, "label": item.get("label", ""), **{c: _fmt(result.scores.get(c)) for c in score_columns}}
                 for c in score_columns:
                     if c in thresholds:
@@ -523,7 +587,7 @@ def score_datalist(
         present = list(dict.fromkeys(r.get("section", "") for r in _read_rows(out / SCORES_FILE)[1]))
         all_sections = list(dict.fromkeys([*present, *sections]))  # earlier calls' sections too
         _atomic_json(out / META_FILE, _meta(run_dir, checkpoint, config, all_sections, score_columns,
-                                             slice_score_columns, map_names, thresholds, top_k))
+                                             slice_score_columns, map_names, thresholds, top_k, slice_norms))
     distributed.barrier()
     total_scored = sum(c[0] for c in counts)
     total_errors = sum(c[1] for c in counts)
@@ -623,14 +687,16 @@ def _check_same_model(out: Path, checkpoint: Mapping[str, Any], run_dir: Path) -
 
 def _meta(run_dir: Path, checkpoint: Mapping[str, Any], config: Mapping[str, Any], sections: Sequence[str],
           score_columns: Sequence[str], slice_columns: Sequence[str], map_names: Sequence[str],
-          thresholds: Mapping[str, float], top_k: int) -> dict[str, Any]:
+          thresholds: Mapping[str, float], top_k: int, slice_norms: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from mri_anomaly.training.checkpoint import versions
 
     if config["spatial_dims"] == 2:
-        rule = (f"2D: slice scores aggregated over slices with brain fraction >= "
-                f"{config['slices']['min_brain_fraction']} (all slices when none qualifies): mean, max, top-{top_k} mean")
+        rule = (f"2D: slice scores (standardised per slice position when the run has slice norms) aggregated over "
+                f"slices with brain fraction >= {config['slices']['min_brain_fraction']} (all slices when none "
+                f"qualifies): mean, max, top-{top_k} mean")
     else:
-        rule = "3D: one score per volume from the method; slice profile = mean of each voxel map over the axial slice"
+        rule = ("3D: one score per volume from the method; slice profile = a statistic of each voxel map over the "
+                "axial slice's brain voxels, standardised per slice position when the run has slice norms")
     return {
         "method": config["method"],
         "spatial_dims": config["spatial_dims"],
@@ -641,6 +707,7 @@ def _meta(run_dir: Path, checkpoint: Mapping[str, Any], config: Mapping[str, Any
         "slice_score_columns": list(slice_columns),
         "map_names": list(map_names),
         "aggregation": rule,
+        "slice_standardisation": SLICE_NORMS_RULE if slice_norms else None,
         "higher_is_more_anomalous": True,
         "thresholds": dict(thresholds),
         "threshold_info": dict(checkpoint.get("threshold_info") or {}),

@@ -347,25 +347,29 @@ class Trainer:
             method.train()
             method.begin_phase(phase, self._init_batches(dataset, phase_index, section))
             progress["begun_phase_index"] = phase_index
-            optimizer = torch.optim.Adam(
-                list(method.phase_parameters(phase)), lr=phase_cfg["lr"], weight_decay=phase_cfg["weight_decay"]
-            )
+            phase_params = list(method.phase_parameters(phase))
+            if not phase_params and phase_cfg["steps"] > 0:
+                raise ValueError(f"method {cfg['method']!r} has nothing to train in phase {phase!r} (its statistics come "
+                                 f"from begin_phase): set train.phases.{phase}.steps to 0")
+            # A fit-only phase (the baselines) has no parameters and no optimiser.
+            optimizer = (torch.optim.Adam(phase_params, lr=phase_cfg["lr"], weight_decay=phase_cfg["weight_decay"])
+                         if phase_params else None)
             if mid_phase:
                 # begin_phase re-ran for its non-persistent set-up; the checkpoint overrides everything it computed.
                 method.load_state_dict(resume["state_dict"])
-                if resume.get("optimizer") is not None:
+                if resume.get("optimizer") is not None and optimizer is not None:
                     optimizer.load_state_dict(resume["optimizer"])
                 self._restore_rng(resume["rng"])
             distributed.check_replicas_identical(method, f"begin_phase({phase!r})", device=self.device)
 
             # Only the phase's parameters take gradients (the others are frozen for the phase and restored after):
             # no wasted backward work, and DDP reduces exactly the parameters the optimiser steps.
-            in_phase = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            in_phase = {id(p) for p in phase_params}
             frozen = [p for p in method.parameters() if p.requires_grad and id(p) not in in_phase]
             for p in frozen:
                 p.requires_grad_(False)
             model: nn.Module = _LossModule(method)
-            if distributed.is_distributed():
+            if distributed.is_distributed() and phase_params:
                 from torch.nn.parallel import DistributedDataParallel
 
                 model = DistributedDataParallel(
@@ -381,7 +385,7 @@ class Trainer:
                     self._dataset("general"), train_cfg["batch_size"], seed, phase_index, stream=1,
                     num_workers=train_cfg["num_workers"], start_step=start_step, name="general",
                 ))
-            params = [p for g in optimizer.param_groups for p in g["params"]]
+            params = phase_params
             consecutive_skips = 0
             loss_sum, loss_count, grad_norm_last = 0.0, 0, float("nan")
             log_rows: list[dict[str, Any]] = []
@@ -499,23 +503,32 @@ class Trainer:
         restore_rng_state(states[r] if r < len(states) else states[0])
 
     def _calibrate(self, method: AnomalyMethod) -> dict[str, Any] | None:
-        """Score the healthy ``validation`` section and compute thresholds at ``score.specificity``."""
+        """Score the healthy ``validation`` section: fit the per-position slice norms on its raw slice scores,
+        then thresholds at ``score.specificity`` on its (standardised) volume scores."""
         items = self.datalist.get("validation") or []
         if not items:
             if distributed.is_main_process():
                 print("note: the datalist has no 'validation' section: no thresholds stored (score will not flag scans)")
             return None
         from mri_anomaly.evaluation.thresholds import calibrate_thresholds
-        from mri_anomaly.scoring.runner import score_items_in_memory
+        from mri_anomaly.scoring.runner import finish_volume_scores, score_items_in_memory
+        from mri_anomaly.scoring.slice_norms import fit_slice_norms
 
         method.eval()
-        rows = score_items_in_memory(method, self.config, items, device=self.device, progress=self.progress)
+        rows, errors = score_items_in_memory(method, self.config, items, device=self.device, progress=self.progress)
         method.train()
-        rows = [r for shard in distributed.all_gather_objects(rows) for r in shard]
+        rows = sorted((r for shard in distributed.all_gather_objects(rows) for r in shard), key=lambda r: r["index"])
+        errors = sorted((e for shard in distributed.all_gather_objects(errors) for e in shard), key=lambda e: e["index"])
         if not rows:
             if distributed.is_main_process():
                 print("note: no validation scan could be scored: no thresholds stored")
             return None
-        columns = [c for c in rows[0]["scores"]]
-        healthy = {c: [r["scores"][c] for r in rows] for c in columns}
-        return calibrate_thresholds(healthy, self.config["score"]["specificity"], section="validation")
+        outputs = [r["output"] for r in rows]
+        norms = fit_slice_norms([o.slice_scores for o in outputs]) if outputs[0].slice_scores else None
+        scores = [finish_volume_scores(o, self.config, norms).scores for o in outputs]
+        healthy = {c: [s[c] for s in scores] for c in scores[0]}
+        calibration = calibrate_thresholds(healthy, self.config["score"]["specificity"], section="validation")
+        calibration["skipped"] = [{k: e[k] for k in ("subject_id", "image", "error")} for e in errors]
+        if norms is not None:
+            calibration["slice_norms"] = norms
+        return calibration

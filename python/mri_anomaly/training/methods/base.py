@@ -42,6 +42,9 @@ class AnomalyMethod(nn.Module):
     phases: ClassVar[tuple[str, ...]] = ("train",)
     score_names: ClassVar[tuple[str, ...]] = ()
     map_names: ClassVar[tuple[str, ...]] = ()
+    slice_statistic: ClassVar[str] = "mean"
+    """3D methods: the statistic of each voxel map over a slice's brain voxels that makes its slice profile
+    (``"mean"``, or ``"q<percent>"`` such as ``"q99"``; see :func:`mri_anomaly.scoring.brain.slice_brain_statistic`)."""
 
     def __init__(self, spatial_dims: int, in_channels: int = 1) -> None:
         super().__init__()

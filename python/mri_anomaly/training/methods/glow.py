@@ -26,8 +26,10 @@ Scores (``(N,)``, higher = more anomalous; non-finite values become
 * ``llr`` (``glow-ratio``): ``(log p_general(x) - log p_in(x)) / (D ln 2)``, bits/dim (= ``bpd_in - bpd_general``).
 
 Maps (``(N, 1, *spatial)`` on the model grid) come from :meth:`Glow.log_density_maps` and are in the same units
-as their scores, per voxel, so **the mean of a map over its voxels equals its score**: ``nll`` (all scales),
-``final_scale`` (last scale), ``llr`` (general minus in-distribution).
+as their scores, per voxel (the mean of a map over *all* its voxels is the whole-image bits/dim): ``nll`` (all
+scales), ``final_scale`` (last scale), ``llr`` (general minus in-distribution). **Each score is the mean of its
+map over the brain voxels** (:mod:`mri_anomaly.scoring.brain`): averaged over the whole box, a slice's score
+would also measure how much of it is brain (the background is modelled almost perfectly).
 """
 
 from __future__ import annotations
@@ -40,13 +42,8 @@ from torch import nn
 
 from mri_anomaly.flows import Glow, dequantize
 from mri_anomaly.flows.dequantization import N_BINS
-from mri_anomaly.scoring import (
-    bits_per_dim,
-    final_scale_score,
-    log_likelihood_ratio,
-    nonfinite_to_most_anomalous,
-    outlier_loss,
-)
+from mri_anomaly.scoring import bits_per_dim, nonfinite_to_most_anomalous, outlier_loss
+from mri_anomaly.scoring.brain import brain_mask, brain_mean
 from mri_anomaly.training.methods.base import AnomalyMethod, Batch, ScoreOutput, register_method
 
 __all__ = ["GlowMethod", "GlowRatioMethod"]
@@ -94,7 +91,9 @@ class _GlowScoring:
         x = self._dequantized(model, batch, training=True)
         return bits_per_dim(model(x).log_prob, model.num_dims(x.shape[2:]), self.n_bins).mean()
 
-    def _scores_and_maps(self, model: Glow, x: torch.Tensor) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    def _scores_and_maps(self, model: Glow, x: torch.Tensor, brain: torch.Tensor
+                         ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+        """Scores (means of the maps over ``brain`` (N, 1, *spatial)), maps, log p and per-scale density maps."""
         out = model(x, return_maps=True)
         spatial = x.shape[2:]
         num_dims = model.num_dims(spatial)
@@ -104,15 +103,12 @@ class _GlowScoring:
         assert maps is not None
         ln_bins, ln2 = math.log(self.n_bins), math.log(2.0)
         channels = self.in_channels
-        scores = {
-            "nll_bpd": bits_per_dim(out.log_prob, num_dims, self.n_bins),
-            "final_scale": final_scale_score(out.contributions, latent_dims, self.n_bins),
-        }
         last = latent_dims[-1]
         score_maps = {
             "nll": (-maps.sum(1, keepdim=True) + channels * ln_bins) / (channels * ln2),
             "final_scale": (-maps[:, -1:] * voxels + last * ln_bins) / (last * ln2),
         }
+        scores = {name: brain_mean(score_maps[m], brain) for name, m in (("nll_bpd", "nll"), ("final_scale", "final_scale"))}
         return scores, score_maps, out.log_prob, maps
 
 
@@ -181,8 +177,9 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
 
     @torch.no_grad()
     def score(self, batch: Batch) -> ScoreOutput:
-        x = self._dequantized(self.glow, batch, training=False)
-        scores, maps, _, _ = self._scores_and_maps(self.glow, x)
+        image = _images(batch, self.spatial_dims, self.in_channels, _device(self.glow))
+        x = dequantize(image, False, self.n_bins)
+        scores, maps, _, _ = self._scores_and_maps(self.glow, x, brain_mask(image))
         return ScoreOutput(scores=_finite(scores), maps=_finite(maps))
 
 
@@ -318,14 +315,15 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
 
     @torch.no_grad()
     def score(self, batch: Batch) -> ScoreOutput:
-        x = self._dequantized(self.in_distribution, batch, training=False)
-        scores, maps, log_prob_in, maps_in = self._scores_and_maps(self.in_distribution, x)
+        image = _images(batch, self.spatial_dims, self.in_channels, _device(self.in_distribution))
+        x = dequantize(image, False, self.n_bins)
+        brain = brain_mask(image)
+        scores, maps, _, maps_in = self._scores_and_maps(self.in_distribution, x, brain)
         out_general = self.general(x, return_maps=True)
         assert out_general.log_density_maps is not None
-        num_dims = self.in_distribution.num_dims(x.shape[2:])
-        scores = {"llr": log_likelihood_ratio(out_general.log_prob, log_prob_in, num_dims=num_dims), **scores}
         llr_map = (out_general.log_density_maps.sum(1, keepdim=True) - maps_in.sum(1, keepdim=True)) / (
             self.in_channels * math.log(2.0)
         )
+        scores = {"llr": brain_mean(llr_map, brain), **scores}
         maps = {"llr": llr_map, **maps}
         return ScoreOutput(scores=_finite(scores), maps=_finite(maps))

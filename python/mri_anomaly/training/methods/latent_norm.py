@@ -1,7 +1,8 @@
 """``latent-norm-ae``: the latent-norm ("targeted collapse", Toll) autoencoder of Ghafourian et al.
 
 One phase, ``"train"``, minimising the batch mean of ``‖x − x̂‖₂ + β‖z‖₂``. Scores ``latent_norm`` (the
-same expression per sample) and the voxel map ``residual`` = ``|x − x̂|`` (averaged over channels).
+same expression per sample, with the residual taken over brain voxels only, :mod:`mri_anomaly.scoring.brain`)
+and the voxel map ``residual`` = ``|x − x̂|`` (averaged over channels).
 
 β: for our [0, 1] inputs the default ``beta = 1.0`` is meant for 40×48 slices. Measured on the demo
 cohort's slices (``latent_dim`` 32, channels 16/32/64, 150 Adam steps at 1e-3, batch 32): ‖x − x̂‖₂ ≈ 6,
@@ -16,6 +17,8 @@ from __future__ import annotations
 import torch
 
 from mri_anomaly.models import LatentNormAutoEncoder
+from mri_anomaly.models.latent_norm import latent_norm_score
+from mri_anomaly.scoring.brain import brain_mask
 from mri_anomaly.training.methods.base import AnomalyMethod, Batch, ScoreOutput, register_method
 from mri_anomaly.training.methods.deep_sad import batch_images
 
@@ -77,8 +80,16 @@ class LatentNormMethod(AnomalyMethod):
     @torch.no_grad()
     def score(self, batch: Batch) -> ScoreOutput:
         """``latent_norm`` (N,) and the map ``residual`` (N, 1, *spatial)."""
-        score, residual = self.net.score_and_residual(self._images(batch))
-        return ScoreOutput(scores={"latent_norm": score}, maps={"residual": residual.mean(dim=1, keepdim=True)})
+        x = self._images(batch)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            x_hat, z = self.net(x)
+        finally:
+            self.net.train(was_training)
+        brain = brain_mask(x).to(x.dtype)
+        score = latent_norm_score(x * brain, x_hat * brain, z, self.net.beta)
+        return ScoreOutput(scores={"latent_norm": score}, maps={"residual": (x - x_hat).abs().mean(dim=1, keepdim=True)})
 
     def extra_repr(self) -> str:
         return f"beta={self.net.beta}"

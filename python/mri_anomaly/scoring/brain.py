@@ -1,0 +1,69 @@
+"""Statistics of voxel maps over the brain only.
+
+After preprocessing, background voxels are exactly 0 and brain voxels > 0 (skull-stripped input, or the
+brain mask applied by the intensity scaling; the same rule as :func:`mri_anomaly.data.slice_brain_fractions`).
+A score that averages a map over the whole box also measures how much of the box is brain (a big axial
+slice has more voxels with a non-trivial density than a cap of the head); averaging over brain voxels only
+removes that confound. Where a sample or slice has no brain voxel the statistic falls back to all voxels
+(such slices do not count towards volume scores anyway).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["brain_mask", "brain_mean", "brain_quantile", "slice_brain_statistic"]
+
+
+def brain_mask(image: torch.Tensor) -> torch.Tensor:
+    """(N, 1, *spatial) bool: voxels > 0 in any channel of ``image`` (N, C, *spatial)."""
+    return (torch.as_tensor(image) > 0).any(dim=1, keepdim=True)
+
+
+def _masks_or_all(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, V) bool: each row's mask, or all True for a row without any voxel in its mask."""
+    m = mask.reshape(n, -1)
+    empty = ~m.any(dim=1, keepdim=True)
+    return m | empty
+
+
+def brain_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of ``values`` (N, C, *spatial) over the voxels of ``mask`` (N, 1, *spatial), all
+    channels pooled; samples with an empty mask use all voxels. Returns (N,) in ``values``' dtype."""
+    n, c = values.shape[:2]
+    m = _masks_or_all(mask, n).to(values.dtype)  # (N, V)
+    v = values.reshape(n, c, -1)
+    return (v * m[:, None]).sum(dim=(1, 2)) / (m.sum(dim=1) * c)
+
+
+def brain_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-sample ``q``-quantile (linear interpolation) of the channel-mean of ``values`` (N, C, *spatial)
+    over the voxels of ``mask`` (N, 1, *spatial); samples with an empty mask use all voxels. Returns (N,)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    n = values.shape[0]
+    m = _masks_or_all(mask, n)
+    v = values.mean(dim=1).reshape(n, -1)
+    return torch.stack([torch.quantile(v[i][m[i]].double(), q).to(values.dtype) for i in range(n)])
+
+
+def slice_brain_statistic(volume_map: torch.Tensor, image: torch.Tensor, statistic: str = "mean") -> torch.Tensor:
+    """One value per axial slice of a voxel map over that slice's brain voxels.
+
+    Args:
+        volume_map: (C, H, W, D) map on the model grid.
+        image: (C', H, W, D) the preprocessed image (brain = voxels > 0 in any channel).
+        statistic: ``"mean"`` or ``"q<percent>"`` (e.g. ``"q99"``: the 99th percentile).
+
+    Returns:
+        (D,) float64; a slice without brain voxels uses all its voxels.
+    """
+    m = torch.as_tensor(volume_map).detach().double().cpu()
+    x = torch.as_tensor(image).detach().cpu()
+    per_slice = m.permute(3, 0, 1, 2)  # (D, C, H, W)
+    mask = brain_mask(x.permute(3, 0, 1, 2))  # (D, 1, H, W)
+    if statistic == "mean":
+        return brain_mean(per_slice, mask)
+    if statistic.startswith("q"):
+        return brain_quantile(per_slice, mask, float(statistic[1:]) / 100.0)
+    raise ValueError(f"unknown slice statistic {statistic!r} (use 'mean' or 'q<percent>', e.g. 'q99')")

@@ -1,0 +1,116 @@
+"""Slice scores standardised per slice position, brain-only statistics, and their use in scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
+from mri_anomaly.scoring.brain import brain_mask, brain_mean, brain_quantile
+from mri_anomaly.scoring.slice_norms import fit_slice_norms, standardise_slice_scores
+from mri_anomaly.training import Trainer, validate_config
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_fit_and_standardise_by_hand():
+    volumes = [{"s": [1.0, 10.0, 5.0]}, {"s": [2.0, 10.0, 7.0]}, {"s": [4.0, 10.0, 6.0]}]
+    norms = fit_slice_norms(volumes, floor_fraction=0.1)
+    column = norms["columns"]["s"]
+    # position 0: 1, 2, 4 -> median 2, |dev| 1, 0, 2 -> MAD 1; position 2: 5, 7, 6 -> median 6, MAD 1
+    # position 1: constant -> MAD 0 -> floor = 0.1 * median(1.4826, 1.4826) (the positive scales)
+    assert column["center"] == pytest.approx([2.0, 10.0, 6.0])
+    assert column["scale"] == pytest.approx([1.4826, 0.14826, 1.4826])
+    assert norms["n_volumes"] == 3 and norms["depth"] == 3
+    z = standardise_slice_scores({"s": torch.tensor([3.4826, 10.14826, 6.0]), "other": torch.tensor([7.0])}, norms)
+    assert z["s"].tolist() == pytest.approx([1.0, 1.0, 0.0])
+    assert z["other"].tolist() == [7.0]  # a column without norms stays raw
+    assert standardise_slice_scores({"s": torch.tensor([1.0])}, None)["s"].tolist() == [1.0]
+    with pytest.raises(ValueError, match="not on the run's grid"):
+        standardise_slice_scores({"s": torch.tensor([1.0, 2.0])}, norms)
+    with pytest.raises(ValueError, match="one fixed grid"):
+        fit_slice_norms([{"s": [1.0, 2.0]}, {"s": [1.0]}])
+    with pytest.raises(ValueError, match="no healthy volumes"):
+        fit_slice_norms([])
+
+
+def test_brain_statistics_by_hand():
+    values = torch.tensor([[1.0, 2.0, 3.0, 100.0]]).reshape(1, 1, 4)
+    image = torch.tensor([[0.5, 0.2, 0.9, 0.0]]).reshape(1, 1, 4)  # the last voxel is background
+    mask = brain_mask(image)
+    assert mask.flatten().tolist() == [True, True, True, False]
+    assert brain_mean(values, mask).item() == pytest.approx(2.0)
+    assert brain_quantile(values, mask, 0.5).item() == pytest.approx(2.0)
+    # no brain voxel: all voxels count
+    assert brain_mean(values, torch.zeros_like(mask)).item() == pytest.approx(26.5)
+
+
+def _glow2d_config() -> dict:
+    return validate_config({
+        "method": "glow", "spatial_dims": 2, "seed": 0, "preprocessing": dict(TINY_PREPROCESSING),
+        "slices": {"min_brain_fraction": 0.1},
+        "model": {"levels": 2, "steps": 1, "hidden_channels": 8},
+        "train": {"batch_size": 4, "init_batches": 1, "phases": {"train": {"steps": 2}}},
+        "score": {"top_k": 3},
+    })
+
+
+@pytest.mark.slow
+def test_glow_scores_are_brain_means_of_their_maps(demo_cohort, tmp_path):
+    from mri_anomaly.scoring.runner import load_run
+
+    Trainer(_glow2d_config(), demo_cohort, tmp_path / "run", progress=False).fit()
+    method, _, _ = load_run(tmp_path / "run")
+    x = torch.rand(2, 1, 24, 24) * 0.8 + 0.1
+    x[:, :, :, 12:] = 0.0  # half of each slice is background
+    out = method.score({"image": x})
+    brain = x > 0
+    for score, map_name in (("nll_bpd", "nll"), ("final_scale", "final_scale")):
+        expected = torch.stack([out.maps[map_name][i][brain[i]].mean() for i in range(2)])
+        assert torch.allclose(out.scores[score], expected, rtol=1e-5)
+        whole = out.maps[map_name].mean(dim=(1, 2, 3))
+        assert not torch.allclose(out.scores[score], whole, rtol=1e-3)  # the background would change it
+
+
+@pytest.mark.slow
+def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path):
+    from mri_anomaly.data import VolumeDataset
+    from mri_anomaly.scoring.runner import load_run, score_datalist, score_volume
+
+    Trainer(_glow2d_config(), demo_cohort, tmp_path / "run", progress=False).fit()
+    stored = json.loads((tmp_path / "run" / "thresholds.json").read_text())
+    norms = stored["slice_norms"]
+    assert set(norms["columns"]) == {"nll_bpd", "final_scale"} and norms["depth"] == 24
+    # the norms are the robust statistics of the raw validation slice scores
+    method, config, _ = load_run(tmp_path / "run")
+    items = load_datalist(demo_cohort)["validation"]
+    volumes = VolumeDataset(items, preprocessing_config=config["preprocessing"], cache="none")
+    raw = [score_volume(method, config, volumes[i], want_maps=False) for i in range(len(volumes))]
+    assert norms["n_volumes"] == len(raw)
+    refit = fit_slice_norms([r.raw_slice_scores for r in raw])
+    for column in ("nll_bpd", "final_scale"):
+        assert norms["columns"][column]["center"] == pytest.approx(refit["columns"][column]["center"], rel=1e-9)
+        assert norms["columns"][column]["scale"] == pytest.approx(refit["columns"][column]["scale"], rel=1e-9)
+    # score writes the standardised slice scores, and the 2D volume scores aggregate them
+    score_datalist(tmp_path / "run", demo_cohort, tmp_path / "scores", sections=("validation", "test"), progress=False)
+    import pandas as pd
+
+    slices = pd.read_csv(tmp_path / "scores" / "slice_scores.csv")
+    volumes_table = pd.read_csv(tmp_path / "scores" / "scores.csv")
+    meta = json.loads((tmp_path / "scores" / "score_meta.json").read_text())
+    assert meta["slice_standardisation"]
+    first = raw[0]
+    expected = standardise_slice_scores(first.raw_slice_scores, norms)
+    rows = slices[(slices["section"] == "validation") & (slices["subject_id"] == items[0]["subject_id"])].sort_values("slice")
+    assert rows["nll_bpd"].to_numpy() == pytest.approx(expected["nll_bpd"].numpy(), rel=1e-6, abs=1e-9)
+    counted = rows["counted"].to_numpy() == 1
+    row = volumes_table[volumes_table["subject_id"] == items[0]["subject_id"]].iloc[0]
+    assert row["nll_bpd_max"] == pytest.approx(float(np.max(expected["nll_bpd"].numpy()[counted])), rel=1e-6)
+    # a recalibration of the thresholds alone keeps the norms
+    from mri_anomaly.evaluation.thresholds import calibrate_thresholds, save_thresholds
+
+    save_thresholds(tmp_path / "run", calibrate_thresholds({"nll_bpd_max": [1.0, 2.0]}, 0.95))
+    assert json.loads((tmp_path / "run" / "thresholds.json").read_text())["slice_norms"] == norms

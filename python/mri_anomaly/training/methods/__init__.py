@@ -12,7 +12,7 @@ from mri_anomaly.training.methods.base import (
 # Importing the method modules registers them; a module that is not there yet is simply absent.
 import importlib as _importlib
 
-for _module in ("glow", "deep_sad", "latent_norm"):
+for _module in ("glow", "deep_sad", "latent_norm", "baselines"):
     try:
         _importlib.import_module(f"mri_anomaly.training.methods.{_module}")
     except ModuleNotFoundError as _err:  # only tolerate the module itself missing, not its imports

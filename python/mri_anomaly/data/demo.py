@@ -43,9 +43,12 @@ Output layout::
     DIR/masks/<subject>_mask.nii.gz  uint8 {0, 1} (anomalous subjects)
     DIR/datalist.json                training / validation (healthy), test (healthy + anomalous), general
     DIR/subjects.csv                 subject_id, section, label, contrast, lesion_kind, lesion_variant,
-                                     lesion_voxels, ms_source (lesion_variant: focal_opposite = opposite sign)
+                                     lesion_voxels, lesion_volume_cm3, size_stratum, ms_source
+                                     (lesion_variant: focal_opposite = opposite sign; size_stratum: < 1,
+                                     1-10, > 10 cm^3 from the measured volume, see SIZE_STRATA)
 
-Defaults (4 mm, 44 x 52 x 46 voxels, 40 healthy + 12 anomalous + 16 general) take seconds and
+Defaults (4 mm, 44 x 52 x 46 voxels; 200 healthy: 120 training, 40 validation, 40 test; 48 anomalous test
+subjects, 16 per kind, their sizes cycling through the three volume strata; 48 general) take under a minute and
 preprocess (``DEMO_PREPROCESSING``) to the 40 x 48 x 40 model grid; ``spacing=1`` makes a
 full-resolution cohort (176 x 208 x 184) for GPU runs.
 """
@@ -73,6 +76,8 @@ from mri_anomaly.data.lesions import RandLesion
 
 __all__ = [
     "DEMO_DEFAULTS",
+    "SIZE_STRATA",
+    "size_stratum",
     "TINY_PREPROCESSING",
     "CONTRASTS",
     "make_demo_cohort",
@@ -83,7 +88,7 @@ __all__ = [
 ]
 
 CONTRASTS: tuple[str, ...] = ("t1", "t2", "flair")
-DEMO_DEFAULTS: dict[str, Any] = {"seed": 0, "healthy": 40, "anomalous": 12, "general": 16, "spacing": 4.0,
+DEMO_DEFAULTS: dict[str, Any] = {"seed": 0, "healthy": 200, "anomalous": 48, "general": 48, "spacing": 4.0,
                                  "contrast": "flair"}
 TINY_PREPROCESSING: dict[str, Any] = {"spacing": [8.0, 8.0, 8.0], "spatial_size": [24, 24, 24], "divisible_by": 8}
 """For fast tests on a cohort made with ``spacing=8``: 8 mm, 24 x 24 x 24 (merge over PREPROCESSING_DEFAULTS)."""
@@ -247,6 +252,7 @@ def synthesize_subject(
     variation: _Variation = HEALTHY_VARIATION,
     lesion: str | None = None,
     ms_files: list[Path] | None = None,
+    lesion_size: str = "any",
 ) -> dict[str, Any]:
     """One synthetic subject on the demo grid.
 
@@ -257,6 +263,9 @@ def synthesize_subject(
         variation: how much subjects vary (healthy or general).
         lesion: None (healthy) or a kind of :data:`~mri_anomaly.data.lesions.LESION_KINDS`.
         ms_files: candidate MS lesion masks (for ``lesion="ms"``).
+        lesion_size: ``"any"`` or a stratum of :data:`SIZE_STRATA` the lesion is drawn for (its sizes are
+            chosen so that the lesion volume usually falls in that stratum; the actual volume is measured
+            and recorded, not assumed).
 
     Returns:
         ``{"image": (X, Y, Z) float32, "mask": (X, Y, Z) uint8 or None, "affine": (4, 4),
@@ -266,10 +275,34 @@ def synthesize_subject(
     if contrast not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r} (known: {CONTRASTS})")
     with _single_threaded_blas():
-        return _synthesize(rng, spacing, contrast, variation, lesion, ms_files)
+        return _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size)
 
 
-def _synthesize(rng, spacing, contrast, variation, lesion, ms_files) -> dict[str, Any]:
+SIZE_STRATA: dict[str, tuple[float, float]] = {"small": (0.0, 1.0), "medium": (1.0, 10.0), "large": (10.0, float("inf"))}
+"""Lesion-volume strata of the demo's anomalous subjects, in cm^3: < 1, 1-10, > 10 (lower bound included)."""
+
+
+def size_stratum(volume_cm3: float) -> str:
+    """The :data:`SIZE_STRATA` name of a lesion volume in cm^3."""
+    for name, (low, high) in SIZE_STRATA.items():
+        if low <= volume_cm3 < high:
+            return name
+    raise ValueError(f"lesion volume must be >= 0 cm^3, got {volume_cm3}")
+
+
+# RandLesion sizes per (kind, stratum) that give lesion volumes mostly inside the stratum (measured on the
+# 4 mm demo grid; the oedema of a tumour reaches ~1.3 R). MS patterns are real masks: picked by volume.
+_LESION_SIZES: dict[tuple[str, str], dict[str, Any]] = {
+    ("focal", "small"): {"num_focal": (1, 1), "focal_radius_mm": (3.6, 5.0)},
+    ("focal", "medium"): {"num_focal": (2, 3), "focal_radius_mm": (5.5, 8.0)},
+    ("focal", "large"): {"num_focal": (3, 4), "focal_radius_mm": (9.0, 12.0)},
+    ("tumour", "small"): {"tumour_radius_mm": (3.0, 4.5)},
+    ("tumour", "medium"): {"tumour_radius_mm": (6.0, 10.0)},
+    ("tumour", "large"): {"tumour_radius_mm": (14.0, 22.0)},
+}
+
+
+def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size="any") -> dict[str, Any]:
     tpl = _template(float(spacing))
     shape, aff = demo_grid(spacing)
     v = variation
@@ -308,21 +341,32 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files) -> dict[str
     if lesion is not None:
         inserter_kwargs: dict[str, Any] = {"contrast": contrast, "kinds": (lesion,), "clip": (0.0, None),
                                            "focal_radius_mm": (max(3.0, 0.9 * spacing), max(8.0, 2.0 * spacing))}
+        if lesion_size != "any" and lesion_size not in SIZE_STRATA:
+            raise ValueError(f"unknown lesion_size {lesion_size!r} (known: any, {', '.join(SIZE_STRATA)})")
+        inserter_kwargs.update(_LESION_SIZES.get((lesion, lesion_size), {}))
         if lesion == "ms":
             if not ms_files:
                 raise ValueError("lesion kind 'ms' needs the MS lesion masks")
+            voxel_cm3 = float(spacing) ** 3 / 1000.0
+            low, high = SIZE_STRATA.get(lesion_size, (0.0, float("inf")))
             order = rng.permutation(len(ms_files))
+            candidates = []  # (distance of its volume to the stratum, pattern, source): the first inside wins
             for j in order:  # a pattern with at least 3 voxels on this grid
                 src_mask, saff = _ms_mask_source(str(ms_files[j]), float(spacing))
                 mvox = ((src - saff[:3, 3]) @ np.linalg.inv(saff[:3, :3]).T).T
                 frac = ndimage.map_coordinates(src_mask, mvox, order=1, mode="constant").reshape(shape)
                 ms = ((frac >= 0.25) & (brain > 0.5)).astype(np.float32)
-                if ms.sum() >= 3:
-                    ms_source = ms_files[j].name
-                    inserter_kwargs["ms_masks"] = [ms]
+                if ms.sum() < 3:
+                    continue
+                volume = float(ms.sum()) * voxel_cm3
+                distance = max(low - volume, volume - high, 0.0) / max(volume, 1e-6)
+                candidates.append((distance, ms, ms_files[j].name))
+                if distance == 0.0:
                     break
-            else:
+            if not candidates:
                 raise ValueError("no MS lesion mask has 3 voxels on this grid")
+            _, ms, ms_source = min(candidates, key=lambda c: c[0])
+            inserter_kwargs["ms_masks"] = [ms]
         inserter = RandLesion(**inserter_kwargs)
         inserter.set_random_state(seed=int(rng.integers(2**31)))
         x = MetaTensor(torch.from_numpy(img)[None], affine=torch.as_tensor(aff))
@@ -359,9 +403,9 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: Any) -> None:
 def make_demo_cohort(
     out_dir: str | os.PathLike,
     seed: int = 0,
-    healthy: int = 40,
-    anomalous: int = 12,
-    general: int = 16,
+    healthy: int = 200,
+    anomalous: int = 48,
+    general: int = 48,
     spacing: float = 4.0,
     contrast: str = "flair",
     ms_dir: str | os.PathLike | None = None,
@@ -373,7 +417,8 @@ def make_demo_cohort(
         out_dir: output folder (created).
         seed: the cohort's seed; each subject's randomness derives from (seed, section, index).
         healthy: healthy subjects: 20 % validation, 20 % test (at least 1 each when >= 3), the rest training.
-        anomalous: anomalous test subjects (kinds cycle ms, tumour, focal).
+        anomalous: anomalous test subjects: kinds cycle ms, tumour, focal; within each kind the target size
+            cycles through the strata of :data:`SIZE_STRATA` (< 1, 1-10, > 10 cm^3).
         general: subjects of the broader ``general`` section (0: no section).
         spacing: isotropic voxel size in mm (4: the CPU demo; 1: full resolution).
         contrast: in-distribution contrast ``t1``, ``t2`` or ``flair``.
@@ -404,18 +449,20 @@ def make_demo_cohort(
     n_val = max(1, round(0.2 * healthy)) if healthy >= 3 else 0
     n_test = max(1, round(0.2 * healthy)) if healthy >= 3 else 0
     n_train = healthy - n_val - n_test
-    plan: list[tuple[str, str, int, str | None, str, _Variation]] = []
+    plan: list[tuple[str, str, int, str | None, str, _Variation, str]] = []
     for sec, n in (("training", n_train), ("validation", n_val), ("test", n_test)):
-        plan += [(sec, sec, i, None, contrast, HEALTHY_VARIATION) for i in range(n)]
-    plan += [("test", "anomalous", i, kinds[i % len(kinds)], contrast, HEALTHY_VARIATION) for i in range(anomalous)]
-    plan += [("general", "general", i, None, CONTRASTS[i % 3], GENERAL_VARIATION) for i in range(general)]
+        plan += [(sec, sec, i, None, contrast, HEALTHY_VARIATION, "any") for i in range(n)]
+    strata = list(SIZE_STRATA)
+    plan += [("test", "anomalous", i, kinds[i % len(kinds)], contrast, HEALTHY_VARIATION,
+              strata[(i // len(kinds)) % len(strata)]) for i in range(anomalous)]
+    plan += [("general", "general", i, None, CONTRASTS[i % 3], GENERAL_VARIATION, "any") for i in range(general)]
 
     datalist: dict[str, list[dict]] = {}
     rows = []
     names = {"training": "train", "validation": "val", "test": "test", "anomalous": "anom", "general": "gen"}
-    for sec, group, i, lesion, con, var in plan:
+    for sec, group, i, lesion, con, var, size in plan:
         rng = np.random.default_rng([int(seed), _SECTION_CODE[group], i])
-        s = synthesize_subject(rng, spacing, con, var, lesion=lesion, ms_files=ms_files)
+        s = synthesize_subject(rng, spacing, con, var, lesion=lesion, ms_files=ms_files, lesion_size=size)
         sid = f"demo-{names[group]}-{i:03d}"
         img_path = out / "images" / f"{sid}.nii.gz"
         _save(s["image"], s["affine"], img_path, np.float32)
@@ -431,6 +478,8 @@ def make_demo_cohort(
         datalist.setdefault(sec, []).append(item)
         rows.append({"subject_id": sid, "section": sec, "label": item.get("label", ""), "contrast": con,
                      "lesion_kind": s["lesion_kind"], "lesion_variant": s["lesion_variant"], "lesion_voxels": nvox,
+                     "lesion_volume_cm3": round(nvox * float(spacing) ** 3 / 1000.0, 4) if lesion else "",
+                     "size_stratum": size_stratum(nvox * float(spacing) ** 3 / 1000.0) if lesion else "",
                      "ms_source": s["ms_source"]})
         if progress and i == 0:
             print(f"demo-data: {group} ...", flush=True)

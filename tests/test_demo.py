@@ -29,7 +29,7 @@ def test_demo_smoke_end_to_end_and_resume(tmp_path, capsys):
     captured = capsys.readouterr()
     report = out / "report" / "report.html"
     assert f"Report: {report.resolve()}" in captured.out
-    assert "[12/12] evaluate and compare" in captured.err  # progress: data + 5 x (train, score) + evaluate
+    assert "[16/16] evaluate and compare" in captured.err  # progress: data + 7 x (train, score) + evaluate
 
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     runs = {r.name for r in DEMO_RUNS}
@@ -59,7 +59,7 @@ def test_demo_smoke_end_to_end_and_resume(tmp_path, capsys):
     # resumable: a second call skips every finished stage and rewrites nothing
     assert main(["demo", "--out", str(out), "--smoke", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert err.count("already done, skipped") == 12
+    assert err.count("already done, skipped") == 16
     assert (out / "runs" / "glow3d-ratio" / "checkpoint.pt").stat().st_mtime_ns == stamp
     # other settings in the same folder are refused, not mixed in
     assert main(["demo", "--out", str(out), "--no-progress", "--methods", "deep-svdd-2d"]) == 2

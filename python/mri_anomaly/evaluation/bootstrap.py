@@ -21,7 +21,7 @@ import numpy as np
 
 from mri_anomaly.evaluation.metrics import binary_metrics, check_binary
 
-__all__ = ["bootstrap_ci", "metrics_with_ci"]
+__all__ = ["auroc_with_ci", "bootstrap_ci", "metrics_with_ci"]
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
@@ -122,4 +122,58 @@ def metrics_with_ci(
         scheme = "clustered by subject" if groups is not None else "stratified by label"
         out["ci_method"] = f"percentile bootstrap, {n_resamples} resamples ({scheme}), {confidence:.0%}"
         out["n_bootstrap_valid"] = n_valid
+    return out
+
+
+def _pair_matrix(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(n_anomalous, n_healthy): 1 where the anomalous score is higher, 0.5 on ties (non-finite = most anomalous)."""
+    from mri_anomaly.evaluation.metrics import finite_ranked
+
+    r = finite_ranked(np.asarray(s, dtype=np.float64))
+    pos, neg = r[y == 1], r[y == 0]
+    return (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+
+
+def _stratified_weights(y: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """How often each anomalous / healthy sample is drawn in each stratified replicate: (R, n_pos), (R, n_neg)."""
+    rng = np.random.default_rng(seed)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    w_pos = np.stack([np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos) for _ in range(n_resamples)])
+    w_neg = np.stack([np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg) for _ in range(n_resamples)])
+    return w_pos.astype(np.float64), w_neg.astype(np.float64)
+
+
+def auroc_with_ci(
+    y_true: Sequence | np.ndarray,
+    y_score: Sequence | np.ndarray,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    paired_with: Sequence | np.ndarray | None = None,
+) -> dict[str, float | list[float] | int]:
+    """AUROC (or, with ``paired_with``, the AUROC difference ``score − paired_with`` on the same scans) and its
+    stratified percentile bootstrap CI, all replicates at once.
+
+    The AUROC of a replicate is the Mann-Whitney statistic over the drawn pairs: with ``C[i, j]`` = 1 when
+    anomalous sample i outranks healthy sample j (0.5 on ties) and ``w`` the draw counts,
+    ``AUROC = w_pos · C · w_neg / (n_pos n_neg)``. Equal to :func:`~mri_anomaly.evaluation.metrics.auroc` on the
+    full sample; for many columns and strata this is orders of magnitude faster than refitting per replicate.
+
+    Returns:
+        ``{"auroc" | "auroc_difference": value, "<that>_ci": [low, high], "n", "n_anomalous"}``.
+    """
+    y, s = check_binary(y_true, y_score)
+    n_pos, n_neg = int(y.sum()), int((y == 0).sum())
+    c = _pair_matrix(y, s)
+    name = "auroc"
+    if paired_with is not None:
+        _, b = check_binary(y_true, paired_with)
+        c = c - _pair_matrix(y, b)
+        name = "auroc_difference"
+    out: dict[str, float | list[float] | int] = {name: float(c.mean()), "n": int(y.size), "n_anomalous": n_pos}
+    if n_resamples > 0:
+        w_pos, w_neg = _stratified_weights(y, n_resamples, seed)
+        values = np.einsum("ri,ij,rj->r", w_pos, c, w_neg) / (n_pos * n_neg)
+        alpha = (1.0 - confidence) / 2.0
+        out[f"{name}_ci"] = [float(v) for v in np.quantile(values, [alpha, 1.0 - alpha])]
     return out

@@ -14,7 +14,8 @@ Finished stages are recorded in ``DIR/demo_state.json`` (with their wall-clock s
 demo is run again; an interrupted training resumes from its checkpoint and an interrupted scoring from its
 tables. The runs (:data:`DEMO_RUNS`): 2D and 3D Glow likelihood ratio (which also report the NLL and the
 final-scale score), Deep SVDD (no labels), Deep SAD (a few labelled anomalies) and the latent-norm
-autoencoder, at demo size. ``smoke=True`` shrinks everything (cohort, steps, bootstrap) for the test suite.
+autoencoder, at demo size, beside the two baselines every learned method must beat (``intensity``: the
+image itself; ``normative``: a voxel-wise z-score against the healthy training volumes). ``smoke=True`` shrinks everything (cohort, steps, bootstrap) for the test suite.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ DEMO_RUNS: tuple[DemoRun, ...] = (
     DemoRun("deep-svdd-2d", "deep-svdd-2d.yaml", (), "Deep SVDD on slices (no labels)"),
     DemoRun("deep-sad-2d", "deep-sad-2d.yaml", (), "Deep SAD on slices (labelled synthetic anomalies)"),
     DemoRun("latent-norm-ae-2d", "latent-norm-ae-2d.yaml", (), "latent-norm autoencoder on slices"),
+    DemoRun("intensity", "intensity.yaml", (), "baseline: the image itself as the anomaly map"),
+    DemoRun("normative", "normative.yaml", (), "baseline: voxel-wise normative model (robust z-score)"),
 )  # fmt: skip
 
 # Smoke sizes: a cohort of a few scans and a couple of optimiser steps per phase.
@@ -117,7 +120,7 @@ def _say(msg: str) -> None:
 
 
 def _smoke_overrides(config: dict[str, Any]) -> list[str]:
-    out = [f"train.phases.{phase}.steps={SMOKE_STEPS}" for phase in config["train"]["phases"]]
+    out = [f"train.phases.{phase}.steps={SMOKE_STEPS}" for phase, p in config["train"]["phases"].items() if p["steps"] > 0]
     out += ["train.init_batches=1", "train.batch_size=2", "train.log_every=1", "train.checkpoint_every=1000"]
     model = config.get("model") or {}
     if "hidden_channels" in model:  # Glow: one narrow step per scale

@@ -35,11 +35,16 @@ import numpy as np
 import pandas as pd
 
 from mri_anomaly.evaluation.bootstrap import metrics_with_ci
+from mri_anomaly.evaluation.controls import baseline_comparison, brain_fraction_rho
 from mri_anomaly.evaluation.metrics import binary_metrics
 from mri_anomaly.evaluation.thresholds import apply_threshold, calibrate_thresholds, save_thresholds
+from mri_anomaly.evaluation.strata import default_subject_table, load_subject_table, stratified_volume_metrics
 from mri_anomaly.evaluation.voxel import VoxelCase, voxel_metrics
 
-__all__ = ["ScoreSet", "evaluate", "load_score_set"]
+__all__ = ["CONTROL_RUN", "ScoreSet", "evaluate", "load_score_set"]
+
+CONTROL_RUN = "control"
+"""Run name of the control rows (the brain fraction as a slice score) when several runs are compared."""
 
 RESERVED_COLUMNS = {
     "subject_id", "image", "section", "label", "site", "slice", "slice_label", "semi_target", "mask",
@@ -222,6 +227,8 @@ def evaluate(
     report: bool = True,
     title: str = "mri-anomaly evaluation",
     log: Callable[[str], None] | None = None,
+    subjects: str | os.PathLike | None = None,
+    n_bootstrap_strata: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate score directories; write ``metrics.json``, ``report.html`` and ``figures/`` under ``out``.
 
@@ -239,6 +246,10 @@ def evaluate(
         max_voxels: voxels per scan kept for voxel metrics (deterministic subsample; None: all).
         seed: seed of bootstrap and subsampling. report: write figures and ``report.html``.
         log: progress messages (default: to stderr).
+        subjects: a subject table with ``subject_id``, ``lesion_kind``, ``size_stratum`` for per-kind and
+            per-size volume metrics (:mod:`mri_anomaly.evaluation.strata`); default: ``subjects.csv`` beside
+            the datalist file when there is one. n_bootstrap_strata: resamples of the per-stratum CIs (default
+            ``n_bootstrap``).
 
     Returns:
         the ``metrics.json`` content.
@@ -268,8 +279,14 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
+    subject_path = Path(subjects) if subjects is not None else default_subject_table(
+        None if isinstance(datalist, Mapping) else datalist)
+    subject_table = load_subject_table(subject_path) if subject_path is not None else None
     metrics: dict[str, Any] = {
         "volume": {},
+        "strata": {},
+        "brain_fraction": {},
+        "baselines": {},
         "slice": {},
         "voxel": {},
         "thresholds": {},
@@ -284,11 +301,15 @@ def evaluate(
             "max_voxels_per_scan": max_voxels,
             "seed": seed,
             "datalist": None if datalist is None or isinstance(datalist, Mapping) else str(datalist),
+            "subjects": None if subject_path is None else str(subject_path),
+            "n_bootstrap_strata": n_bootstrap_strata,
         },
         "notes": [],
     }
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"volume": {}, "slice": {}}
     thresholds_by_key: dict[str, float] = {}
+    labelled_by_run: dict[str, pd.DataFrame] = {}
+    control_done = False
     for i, ss in enumerate(sets):
         _attach_datalist(ss, lookup)
         df = ss.volumes
@@ -317,6 +338,12 @@ def evaluate(
             metrics["volume"][key] = _safe_metrics(y, s, n_resamples=n_bootstrap, seed=seed)
             if "error" not in metrics["volume"][key]:
                 curves["volume"][key] = (y, s)
+        labelled_by_run[ss.name] = lab
+        if subject_table is not None and len(lab) and (y == 0).any() and (y == 1).any():
+            per_column = stratified_volume_metrics(lab, ss.score_columns, subject_table,
+                                                   n_bootstrap if n_bootstrap_strata is None else n_bootstrap_strata, seed)
+            for col, entry in per_column.items():
+                metrics["strata"][_key(ss, col, several)] = entry
         # thresholds on healthy calibration scans
         healthy = cal[cal["label"] != 1] if "label" in cal.columns else cal
         if len(cal) and "label" in cal.columns and (cal["label"] == 1).any():
@@ -381,6 +408,9 @@ def evaluate(
                 sl["slice_label"] = pd.to_numeric(sl["slice_label"], errors="coerce")
                 fill = sl["slice_label"].isna() & sl["subject_id"].astype(str).isin(healthy_ids)
                 sl.loc[fill, "slice_label"] = 0
+            if "label" in df.columns and "brain_fraction" in sl.columns:
+                healthy_scans = set(df.loc[df["label"] == 0, "subject_id"].astype(str))
+                metrics["brain_fraction"][ss.name] = brain_fraction_rho(sl, ss.slice_columns, healthy_scans)
             if "slice_label" in sl.columns:
                 sl = sl[sl["slice_label"].isin([0, 1])]
                 ys = sl["slice_label"].to_numpy(dtype=int)
@@ -393,6 +423,13 @@ def evaluate(
                     metrics["slice"][key] = _safe_metrics(ys, s, n_resamples=n_bootstrap, seed=seed, groups=groups)
                     if "error" not in metrics["slice"][key]:
                         curves["slice"][key] = (ys, s)
+                if not control_done and "brain_fraction" in sl.columns:
+                    # control: how far the slice's size alone gets (the slices of the first run with slice scores)
+                    control_done = True
+                    key = f"{CONTROL_RUN}/brain_fraction" if several else "brain_fraction (control)"
+                    metrics["slice"][key] = _safe_metrics(ys, sl["brain_fraction"].to_numpy(dtype=np.float64),
+                                                          n_resamples=n_bootstrap, seed=seed, groups=groups)
+                    metrics["slice"][key]["control"] = f"the slice's brain fraction as its score (slices of {ss.name})"
             else:
                 metrics["notes"].append(f"{ss.name}: slice_scores.csv has no slice_label column: no slice-level metrics")
         # voxel level
@@ -419,6 +456,8 @@ def evaluate(
             except ValueError as err:
                 metrics["voxel"][key] = {"error": str(err), "n_scans": len(cases)}
             metrics["voxel"][key]["_cases"] = cases  # for the overlay figure; removed before writing
+    metrics["baselines"] = baseline_comparison({ss.name: ss.meta.get("method") for ss in sets}, metrics["volume"],
+                                               labelled_by_run, several, n_bootstrap, seed)
     metrics["meta"]["seconds"] = round(time.time() - t0, 2)
     if report:
         from mri_anomaly.evaluation.report import write_report

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mri_anomaly.evaluation import figures as fig
+from mri_anomaly.evaluation.controls import BASELINE_METHODS
 
 __all__ = ["write_report"]
 
@@ -93,6 +94,7 @@ def _base(name: str) -> str:
     """``llr_top5_mean``/``llr_mean``/``llr_max`` -> ``llr``; ``nll_bpd`` -> ``nll``; ``nll_slice_mean`` -> ``nll``."""
     name = re.sub(r"_(mean|max|top\d+_mean)$", "", name)
     name = re.sub(r"_slice$", "", name)
+    name = re.sub(r"_(q\d+)$", "", name)
     return re.sub(r"_bpd$", "", name)
 
 
@@ -100,7 +102,7 @@ def _match(key: str, candidates: Sequence[str], prefix: str) -> str | None:
     """The slice column / map that volume column ``key`` is made from (same base name), if any."""
     want = _base(key[len(prefix):])
     for c in candidates:
-        if _base(re.sub(r"_slice_mean$", "", c[len(prefix):])) == want:
+        if _base(re.sub(r"_slice_(mean|q\d+)$", "", c[len(prefix):])) == want:
             return c
     return None
 
@@ -212,10 +214,16 @@ def write_report(
     parts.append("<h2>Runs</h2>" + _table(["run", "method", "score columns", "maps", f"{html.escape(section)} scans", "anomalous", "healthy validation scans"], run_rows))
 
     vol, slc, vox = metrics.get("volume", {}), metrics.get("slice", {}), metrics.get("voxel", {})
+    against = metrics.get("baselines", {})
     if several or len(vol) > 1:
         rows = []
         for key, entry in vol.items():
             run, col = _split_key(key, several)
+            verdict = ""
+            if runs.get(run, {}).get("method") in BASELINE_METHODS:
+                verdict = "baseline"
+            elif run in against and against[run]["best_column"] == col:
+                verdict = "yes" if against[run]["beats_all_baselines"] else "<b>no</b>"
             prefix = f"{run}/" if several else ""
             s = slc.get(_match(key, [k for k in slc if k.startswith(prefix)], prefix) or "", {})
             v = vox.get(_match(key, [k for k in vox if k.startswith(prefix)], prefix) or "", {})
@@ -223,13 +231,73 @@ def write_report(
             lead = ([html.escape(run)] if several else []) + [html.escape(col)]
             rows.append(lead + [_with_ci(entry, "auroc"), _with_ci(entry, "ap"), _with_ci(entry, "sens_at_95spec"),
                                 _with_ci(s, "auroc") if "auroc" in s else "–", _with_ci(v, "ap") if "ap" in v else "–",
-                                _num(t.get("test_sensitivity")), _num(t.get("test_specificity"))])  # fmt: skip
+                                _num(t.get("test_sensitivity")), _num(t.get("test_specificity")), verdict])  # fmt: skip
         parts.append("<h2>Comparison</h2><p class=sub>Every volume score column; slice AUROC and voxel AP of the slice score and map "
                      "the column is made from. Sensitivity and specificity at the threshold calibrated on healthy validation scans "
-                     "are the honest operating point; sensitivity at 95 % specificity is read off this section's ROC curve.</p>"
+                     "are the honest operating point; sensitivity at 95 % specificity is read off this section's ROC curve. "
+                     "<i>Beats both baselines</i>: on each learned run's best column (highest volume AUROC), whether its AUROC is "
+                     "above the best column of both the <code>intensity</code> and the <code>normative</code> baseline (details and "
+                     "paired CIs below).</p>"
                      + _table((["run"] if several else []) + ["score", "volume AUROC", "volume AP", "sens @ 95% spec", "slice AUROC",
-                                                             "voxel AP", "sens @ threshold", "spec @ threshold"],
+                                                             "voxel AP", "sens @ threshold", "spec @ threshold",
+                                                             "beats both baselines"],
                               rows, left=2 if several else 1))  # fmt: skip
+    if against:
+        rows = []
+        for run, entry in against.items():
+            cells = [html.escape(run), html.escape(entry["best_column"]), _num(entry["auroc"])]
+            for base in sorted({b for e in against.values() for b in e["vs"]}):
+                v = entry["vs"].get(base)
+                if v is None:
+                    cells.append("–")
+                    continue
+                ci = v["difference_ci"]
+                cells.append(f'{html.escape(v["column"])} {_num(v["auroc"])}: {v["difference"]:+.3f} '
+                             f'<span class="ci">[{_num(ci[0])}, {_num(ci[1])}]</span>')
+            cells.append("yes" if entry["beats_all_baselines"] else "<b>no</b>")
+            rows.append(cells)
+        bases = sorted({b for e in against.values() for b in e["vs"]})
+        parts.append("<h2>Against the baselines</h2><p class=sub>Each learned run's best volume column against each baseline's "
+                     "best column on the same scans: AUROC difference (learned − baseline) with a paired, label-stratified "
+                     "bootstrap 95 % CI. A CI that contains 0 means the data cannot tell them apart.</p>"
+                     + _table(["run", "best column", "volume AUROC"] + [f"vs {html.escape(b)}" for b in bases] + ["beats all"],
+                              rows, left=2))
+    strata = metrics.get("strata", {})
+    if strata:
+        names = sorted({k for e in strata.values() for k in e}, key=lambda k: (k.split(":")[0] != "kind", _STRATUM_ORDER.get(k, 9), k))
+        best_keys = _best_key_per_run(vol, several)
+        rows = []
+        for key in best_keys:
+            if key not in strata:
+                continue
+            run, col = _split_key(key, several)
+            cells = ([html.escape(run)] if several else []) + [html.escape(col)]
+            for n in names:
+                e = strata[key].get(n)
+                cells.append(_with_ci(e, "auroc") if e and "auroc" in e else "–")
+            rows.append(cells)
+        counts = {n: next((e[n]["n_anomalous"] for e in strata.values() if n in e), 0) for n in names}
+        headers = (["run"] if several else []) + ["score"] + [f"{html.escape(n)} ({counts[n]})" for n in names]
+        parts.append("<h2>Per lesion kind and size</h2><p class=sub>Volume AUROC of each run's best column when only the "
+                     "anomalous scans of one lesion kind or one lesion-volume stratum (small &lt; 1 cm³, medium 1–10 cm³, large "
+                     "&gt; 10 cm³; anomalous scans in brackets) are ranked against all healthy scans. Every column's numbers are in "
+                     "<code>metrics.json</code> (<code>strata</code>).</p>" + _table(headers, rows, left=2 if several else 1))
+    bf = metrics.get("brain_fraction", {})
+    if bf:
+        rows = []
+        for run, entry in bf.items():
+            for col, rho in entry.get("rho", {}).items():
+                flag = "" if rho is None or not np.isfinite(rho) or abs(rho) <= 0.2 else " <b>(&gt; 0.2)</b>"
+                rows.append([html.escape(run), html.escape(col), _num(rho) + flag, str(entry.get("n_slices"))])
+        control = next((e for k, e in slc.items() if e.get("control")), None)
+        extra = ""
+        if control is not None and "auroc" in control:
+            extra = (f" As a slice score of its own, the brain fraction reaches slice AUROC {_with_ci(control, 'auroc')} "
+                     "(the control row of the slice table).")
+        parts.append("<h2>Brain-fraction control</h2><p class=sub>Spearman ρ between each slice score column and the slice's "
+                     "brain fraction, on the counted slices of healthy scans: a score of anatomy should not track slice size "
+                     f"(|ρ| ≤ 0.2 is the project's bound).{extra}</p>"
+                     + _table(["run", "slice score", "ρ with brain fraction", "healthy slices"], rows, left=2))
     if figs["curves"]:
         parts.append("<h2>ROC and precision-recall curves</h2>" + "".join(figs["curves"]))
     keys = ["auroc", "ap", "fpr_at_95tpr", "sens_at_90spec", "sens_at_95spec", "sens_at_99spec"]
@@ -278,6 +346,20 @@ def write_report(
     path = out / "report.html"
     path.write_text(doc, encoding="utf-8")
     return path
+
+
+_STRATUM_ORDER = {"size:small": 0, "size:medium": 1, "size:large": 2}
+
+
+def _best_key_per_run(volume: Mapping[str, Mapping[str, Any]], several: bool) -> list[str]:
+    """The key of each run's volume column with the highest AUROC (runs in their order)."""
+    best: dict[str, tuple[str, float]] = {}
+    for key, entry in volume.items():
+        run, _ = _split_key(key, several)
+        value = entry.get("auroc")
+        if isinstance(value, (int, float)) and np.isfinite(value) and (run not in best or value > best[run][1]):
+            best[run] = (key, float(value))
+    return [k for k, _ in best.values()]
 
 
 def _ci_text(metrics: Mapping[str, Any]) -> str:

@@ -1,0 +1,108 @@
+"""Controls that say whether a score measures anomalies: the brain-fraction confound and the baselines.
+
+* **Brain fraction.** A slice score that tracks how much of the slice is brain (caps of the head vs central
+  slices) looks like detection at slice level without being it. Reported: the Spearman rho between every
+  slice score column and the slice's brain fraction on the counted slices of *healthy* scans (0 is what a
+  score of anatomy should show), and the brain fraction itself as a slice "score" (the AUROC a trivial
+  detector gets from slice size alone).
+* **Baselines.** A learned method is worth its cost only where it beats the ``intensity`` and ``normative``
+  baselines on the same scans. For each learned run its best volume column (highest AUROC) is compared with
+  each baseline's best column by a paired bootstrap of the AUROC difference (the same resampled scans for
+  both, stratified by label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from mri_anomaly.evaluation.bootstrap import auroc_with_ci
+
+__all__ = ["BASELINE_METHODS", "baseline_comparison", "brain_fraction_rho"]
+
+BASELINE_METHODS = ("intensity", "normative")
+
+
+def brain_fraction_rho(slices: pd.DataFrame, columns: Sequence[str], healthy_ids: set[str]) -> dict[str, Any]:
+    """Spearman rho of each column with ``brain_fraction`` over counted slices of healthy scans.
+
+    Args:
+        slices: ``slice_scores.csv`` rows (``subject_id``, ``brain_fraction``, ``counted``, score columns).
+        columns: slice score columns. healthy_ids: subject ids of healthy scans.
+
+    Returns:
+        ``{"n_slices", "n_scans", "rho": {column: rho}}`` (rho NaN when a column is constant).
+    """
+    part = slices[slices["subject_id"].astype(str).isin(healthy_ids)]
+    if "counted" in part.columns:
+        part = part[part["counted"] == 1]
+    rho: dict[str, float] = {}
+    fraction = part["brain_fraction"].to_numpy(dtype=np.float64) if "brain_fraction" in part.columns else np.zeros(0)
+    for column in columns:
+        values = part[column].to_numpy(dtype=np.float64)
+        ok = np.isfinite(values) & np.isfinite(fraction)
+        if ok.sum() < 3 or np.ptp(values[ok]) == 0:
+            rho[column] = float("nan")
+        else:
+            rho[column] = float(spearmanr(values[ok], fraction[ok]).statistic)
+    return {"n_slices": int(len(part)), "n_scans": int(part["subject_id"].nunique()), "rho": rho}
+
+
+def baseline_comparison(
+    runs: Mapping[str, str | None],
+    volume_metrics: Mapping[str, Mapping[str, Any]],
+    labelled: Mapping[str, pd.DataFrame],
+    several: bool,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Each learned run's best volume column against each baseline's best column.
+
+    Args:
+        runs: ``{run name: method}``. volume_metrics: ``metrics["volume"]`` (keys ``run/column`` when
+            ``several``). labelled: ``{run name: its labelled evaluated scans (subject_id, label, columns)}``.
+        several: whether the keys of ``volume_metrics`` carry the run name.
+        n_resamples: bootstrap resamples of the AUROC difference.
+
+    Returns:
+        ``{run: {"best_column", "auroc", "vs": {baseline run: {"column", "auroc", "difference",
+        "difference_ci", "beats", "n_common_scans"}}, "beats_all_baselines"}}`` for every learned run; empty
+        when no baseline was evaluated. ``beats`` is the point estimate (AUROC higher); the CI of the paired
+        difference says whether it is significant (it excludes 0).
+    """
+    def best(run: str) -> tuple[str, float] | None:
+        prefix = f"{run}/" if several else ""
+        entries = [(k[len(prefix):], float(e["auroc"])) for k, e in volume_metrics.items()
+                   if k.startswith(prefix) and isinstance(e.get("auroc"), (int, float)) and np.isfinite(e["auroc"])]
+        return max(entries, key=lambda kv: kv[1]) if entries else None
+
+    baselines = [r for r, m in runs.items() if m in BASELINE_METHODS and best(r) is not None]
+    out: dict[str, Any] = {}
+    if not baselines:
+        return out
+    for run, method in runs.items():
+        found = best(run)
+        if method in BASELINE_METHODS or found is None or run not in labelled:
+            continue
+        column, value = found
+        entry: dict[str, Any] = {"best_column": column, "auroc": value, "vs": {}}
+        for base in baselines:
+            base_column, base_value = best(base)  # type: ignore[misc]
+            pair = labelled[run][["subject_id", "label", column]].merge(
+                labelled[base][["subject_id", base_column]], on="subject_id", suffixes=("", " (baseline)"))
+            y = pair["label"].to_numpy(dtype=int)
+            if len(pair) < 2 or y.min() == y.max():
+                continue
+            base_key = base_column if base_column != column else f"{base_column} (baseline)"
+            paired = auroc_with_ci(y, pair[column].to_numpy(dtype=np.float64), n_resamples=n_resamples, seed=seed,
+                                   paired_with=pair[base_key].to_numpy(dtype=np.float64))
+            diff, ci = paired["auroc_difference"], paired.get("auroc_difference_ci", [float("nan"), float("nan")])
+            entry["vs"][base] = {"column": base_column, "auroc": base_value, "difference": diff,
+                                 "difference_ci": ci, "beats": bool(diff > 0), "n_common_scans": int(len(pair))}
+        entry["beats_all_baselines"] = bool(entry["vs"]) and all(v["beats"] for v in entry["vs"].values())
+        out[run] = entry
+    return out

@@ -92,30 +92,11 @@ def voxel_scores(case: dict, map_path: str, max_voxels: int) -> dict:
             "prevalence": float(y.mean()), "n_voxels": int(y.size)}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo", default=str(REPO / "demo-out"), help="a finished `mri-anomaly demo --out` folder")
-    default_data = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
-    parser.add_argument("--data", default=str(default_data), help="the real cases (../shared/data)")
-    parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "mri-anomaly-real-data"),
-                        help="scores and maps go here (default: a folder in the temp dir, outside the checkout)")
-    parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks"), help="where real_data.md/json go")
-    parser.add_argument("--max-voxels", type=int, default=500_000, help="brain voxels per case for voxel metrics")
-    args = parser.parse_args(argv)
-
-    from mri_anomaly.data.datalist import write_datalist
-    from mri_anomaly.evaluation.demo import DEMO_RUNS
+def score_real_cases(demo: Path, data: Path, out: Path, runs: list[str], max_voxels: int) -> dict:
+    """Score the real cases with each demo run; slice AUROC inside each scan, voxel AP/AUROC, volume flags."""
     from mri_anomaly.evaluation.thresholds import load_thresholds
     from mri_anomaly.scoring.runner import score_datalist
 
-    demo, data, out = Path(args.demo), Path(args.data), Path(args.out)
-    if not data.is_dir():
-        print(f"real cases not found: {data} (set --data or MRI_ANOMALY_SHARED_DATA)", file=sys.stderr)
-        return 2
-    runs = [r.name for r in DEMO_RUNS if (demo / "runs" / r.name / "checkpoint.pt").is_file()]
-    if not runs:
-        print(f"no trained demo runs under {demo / 'runs'}; run `mri-anomaly demo --out {demo}` first", file=sys.stderr)
-        return 2
     out.mkdir(parents=True, exist_ok=True)
     cases = real_cases(data)
     datalist = out / "datalist.json"
@@ -125,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     "baseline_intensity": {}, "seconds": {}}  # fmt: skip
     for case in cases:
         if case.get("mask"):
-            result["baseline_intensity"][case["subject_id"]] = voxel_scores(case, case["image"], args.max_voxels)
+            result["baseline_intensity"][case["subject_id"]] = voxel_scores(case, case["image"], max_voxels)
     for run in runs:
         t = time.time()
         score_dir = out / "scores" / run
@@ -154,15 +135,40 @@ def main(argv: list[str] | None = None) -> int:
             for m in meta["map_names"]:
                 rel = row.get(f"map:{m}")
                 if isinstance(rel, str) and rel:
-                    result["voxel"].setdefault(run, {}).setdefault(sid, {})[m] = voxel_scores(case, str(score_dir / rel), args.max_voxels)
+                    result["voxel"].setdefault(run, {}).setdefault(sid, {})[m] = voxel_scores(case, str(score_dir / rel), max_voxels)
         result["seconds"][run] = round(time.time() - t, 1)
         print(f"[real-data] {run}: {result['seconds'][run]} s", file=sys.stderr, flush=True)
     result["total_seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo", default=str(REPO / "demo-out"), help="a finished `mri-anomaly demo --out` folder")
+    default_data = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
+    parser.add_argument("--data", default=str(default_data), help="the real cases (../shared/data)")
+    parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "mri-anomaly-real-data"),
+                        help="scores and maps go here (default: a folder in the temp dir, outside the checkout)")
+    parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks"), help="where real_data.md/json go")
+    parser.add_argument("--max-voxels", type=int, default=500_000, help="brain voxels per case for voxel metrics")
+    args = parser.parse_args(argv)
+
+    from mri_anomaly.evaluation.demo import DEMO_RUNS
+
+    demo, data, out = Path(args.demo), Path(args.data), Path(args.out)
+    if not data.is_dir():
+        print(f"real cases not found: {data} (set --data or MRI_ANOMALY_SHARED_DATA)", file=sys.stderr)
+        return 2
+    runs = [r.name for r in DEMO_RUNS if (demo / "runs" / r.name / "checkpoint.pt").is_file()]
+    if not runs:
+        print(f"no trained demo runs under {demo / 'runs'}; run `mri-anomaly demo --out {demo}` first", file=sys.stderr)
+        return 2
+    result = score_real_cases(demo, data, out, runs, args.max_voxels)
     result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at end {os.getloadavg()[0]:.1f}"
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "real_data.json").write_text(json.dumps(result, indent=2))
-    (docs / "real_data.md").write_text(to_markdown(result, cases, args))
+    (docs / "real_data.md").write_text(to_markdown(result, real_cases(data), args))
     print(f"wrote {docs / 'real_data.md'} and {docs / 'real_data.json'} in {result['total_seconds']} s", file=sys.stderr)
     return 0
 

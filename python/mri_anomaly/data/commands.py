@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from typing import Any
+
+from mri_anomaly.errors import MissingInputError, UserInputError
 
 __all__ = ["register_commands", "demo_data_command", "datalist_command"]
 
@@ -32,7 +35,7 @@ def demo_data_command(args: argparse.Namespace) -> int:
         path = make_demo_cohort(args.out, seed=args.seed, healthy=args.healthy, anomalous=args.anomalous,
                                 general=args.general, spacing=args.spacing, contrast=args.contrast,
                                 progress=not args.quiet)
-    except ValueError as e:
+    except UserInputError as e:
         print(f"mri-anomaly demo-data: error: {e}", file=sys.stderr)
         return 2
     print(f"demo cohort written in {time.time() - t:.1f} s: {path}")
@@ -46,18 +49,20 @@ def demo_data_command(args: argparse.Namespace) -> int:
 
 def _read_labels(path: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
+    if not os.path.isfile(path):
+        raise MissingInputError(f"{path}: labels CSV not found")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "subject_id" not in reader.fieldnames:
-            raise ValueError(f"{path}: labels CSV needs a 'subject_id' column, got {reader.fieldnames}")
+            raise UserInputError(f"{path}: labels CSV needs a 'subject_id' column, got {reader.fieldnames}")
         for row in reader:
             entry: dict[str, Any] = {}
             for k in ("label", "semi_target"):
                 if row.get(k) not in (None, ""):
                     try:
                         entry[k] = int(float(row[k]))
-                    except ValueError as e:
-                        raise ValueError(f"{path}: {k} {row[k]!r} of {row['subject_id']} is not a number") from e
+                    except (ValueError, OverflowError) as e:  # "x", "nan", "inf"
+                        raise UserInputError(f"{path}: {k} {row[k]!r} of {row['subject_id']} is not a number") from e
             if row.get("site"):
                 entry["site"] = row["site"]
             out[row["subject_id"]] = entry
@@ -105,7 +110,7 @@ def datalist_command(args: argparse.Namespace) -> int:
         labels = _read_labels(args.labels) if args.labels else None
         dl = build_datalist(images, masks, brains, labels=labels, section=args.section, val_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, seed=args.seed, subject_regex=args.subject_regex)
-    except ValueError as e:
+    except UserInputError as e:
         print(f"mri-anomaly datalist: error: {e}", file=sys.stderr)
         return 2
     problems = validate_datalist(dl, check_headers=not args.no_header_check)

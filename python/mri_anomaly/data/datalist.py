@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from mri_anomaly.data.io import InputFileError, read_header
+from mri_anomaly.errors import UserInputError
 
 __all__ = [
     "SECTIONS",
@@ -64,7 +65,7 @@ PATH_KEYS: tuple[str, ...] = ("image", "mask", "brain_mask")
 _NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 
-class DatalistError(ValueError):
+class DatalistError(UserInputError):
     """A datalist with problems. ``.problems`` lists them all; ``.path`` is the datalist file."""
 
     def __init__(self, path: str | os.PathLike | None, problems: Sequence[str]) -> None:
@@ -321,7 +322,7 @@ def _key_of(path: str, regex: re.Pattern | None) -> str:
     if regex is not None:
         m = regex.search(Path(path).as_posix())
         if m is None:
-            raise ValueError(f"--subject-regex {regex.pattern!r} does not match {path}")
+            raise UserInputError(f"--subject-regex {regex.pattern!r} does not match {path}")
         return m.group("id") if "id" in regex.groupindex else m.group(1 if regex.groups else 0)
     return _STRIP_TOKENS.sub("", name) or Path(path).parent.name or name
 
@@ -380,13 +381,13 @@ def build_datalist(
         ValueError: duplicate subject ids among images, or a mask that matches no image.
     """
     if section != "auto" and section not in SECTIONS:
-        raise ValueError(f"section must be 'auto' or one of {SECTIONS}, got {section!r}")
+        raise UserInputError(f"section must be 'auto' or one of {SECTIONS}, got {section!r}")
     regex = re.compile(subject_regex) if subject_regex else None
     images = [os.path.abspath(p) for p in images]
     ids = _subject_keys(images, regex)
     dup = sorted({k for k in ids if ids.count(k) > 1})
     if dup:
-        raise ValueError(f"several images share a subject id: {dup}; narrow the image pattern or give --subject-regex")
+        raise UserInputError(f"several images share a subject id: {dup}; narrow the image pattern or give --subject-regex")
     by_id = {k: {"image": p, "subject_id": k} for k, p in zip(ids, images)}
     for key, files in (("mask", masks), ("brain_mask", brain_masks)):
         files = [os.path.abspath(p) for p in files]
@@ -397,7 +398,7 @@ def build_datalist(
             else:
                 unmatched.append(p)
         if unmatched:
-            raise ValueError(f"{len(unmatched)} {key} file(s) match no image by subject id: {unmatched[:5]}")
+            raise UserInputError(f"{len(unmatched)} {key} file(s) match no image by subject id: {unmatched[:5]}")
     labels = labels or {}
     for k, it in by_id.items():
         extra = dict(labels.get(k, {}))

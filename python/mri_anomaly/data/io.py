@@ -24,10 +24,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from mri_anomaly.errors import UserInputError
+
 __all__ = ["InputFileError", "check_array", "load_volume", "read_header", "safe_load"]
 
 
-class InputFileError(ValueError):
+class InputFileError(UserInputError):
     """A bad input file. ``str(err)`` reads ``"<path>: <problem>"``.
 
     Attributes:

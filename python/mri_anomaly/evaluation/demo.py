@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mri_anomaly.errors import MissingInputError, UserInputError
+
 __all__ = ["DEMO_RUNS", "DemoRun", "configs_dir", "run_demo"]
 
 
@@ -82,7 +84,7 @@ def configs_dir() -> Path:
     for c in candidates:
         if c.is_dir():
             return c
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"no configs folder found (looked in {', '.join(map(str, candidates))}); set MRI_ANOMALY_CONFIGS to the repository's configs/"
     )
 
@@ -159,7 +161,7 @@ def run_demo(
     state = _State(out / STATE_FILE)
     settings = {"seed": seed, "smoke": smoke, "runs": [r.name for r in runs]}
     if state.data.get("settings") not in (None, settings):
-        raise ValueError(
+        raise UserInputError(
             f"{out} holds a demo made with other settings ({state.data['settings']}); use another --out or delete {out / STATE_FILE}"
         )
     state.data["settings"] = settings
@@ -168,7 +170,7 @@ def run_demo(
     for r in runs:
         path = cfg_dir / r.config
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: demo config of {r.name!r} not found")
+            raise MissingInputError(f"{path}: demo config of {r.name!r} not found")
         config = load_config(path, r.overrides)
         if smoke:
             config = load_config(path, list(r.overrides) + _smoke_overrides(config))

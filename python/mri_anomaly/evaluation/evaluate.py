@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.evaluation.bootstrap import metrics_with_ci
 from mri_anomaly.evaluation.metrics import binary_metrics
 from mri_anomaly.evaluation.thresholds import apply_threshold, calibrate_thresholds, save_thresholds
@@ -93,24 +94,24 @@ def load_score_set(directory: str | os.PathLike, name: str | None = None) -> Sco
     d = Path(directory)
     path = d / "scores.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; --scores must be a directory written by `mri-anomaly score`")
+        raise MissingInputError(f"{path}: not found; --scores must be a directory written by `mri-anomaly score`")
     volumes = pd.read_csv(path, dtype={"subject_id": str})
     if "subject_id" not in volumes.columns:
-        raise ValueError(f"{path}: no subject_id column (columns: {list(volumes.columns)})")
+        raise UserInputError(f"{path}: no subject_id column (columns: {list(volumes.columns)})")
     meta: dict[str, Any] = {}
     if (d / "score_meta.json").is_file():
         try:
             meta = json.loads((d / "score_meta.json").read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{d / 'score_meta.json'}: not valid JSON ({err})") from err
+            raise UserInputError(f"{d / 'score_meta.json'}: not valid JSON ({err})") from err
     columns = _score_columns(volumes, meta)
     if not columns:
-        raise ValueError(f"{path}: no score columns found (columns: {list(volumes.columns)})")
+        raise UserInputError(f"{path}: no score columns found (columns: {list(volumes.columns)})")
     slices = None
     if (d / "slice_scores.csv").is_file():
         slices = pd.read_csv(d / "slice_scores.csv", dtype={"subject_id": str})
         if "subject_id" not in slices.columns or "slice" not in slices.columns:
-            raise ValueError(f"{d / 'slice_scores.csv'}: needs subject_id and slice columns")
+            raise UserInputError(f"{d / 'slice_scores.csv'}: needs subject_id and slice columns")
     maps = {str(c)[4:]: c for c in volumes.columns if str(c).startswith("map:")}
     slice_columns: list[str] = []
     if slices is not None:
@@ -250,10 +251,13 @@ def evaluate(
     t0 = time.time()
     dirs = [scores] if isinstance(scores, (str, os.PathLike)) else list(scores)
     if not dirs:
-        raise ValueError("no score directory given")
+        raise UserInputError("no score directory given")
     runs = list(runs)
     if runs and len(runs) != len(dirs):
-        raise ValueError(f"{len(runs)} --run given for {len(dirs)} --scores; give one run per score directory")
+        raise UserInputError(f"{len(runs)} --run given for {len(dirs)} --scores; give one run per score directory")
+    for run in runs:
+        if not Path(run).is_dir():
+            raise MissingInputError(f"{run}: run directory not found (--run must be a folder written by `mri-anomaly train`)")
     sets: list[ScoreSet] = []
     used: set[str] = set()
     for i, d in enumerate(dirs):

@@ -42,6 +42,8 @@ from typing import Any
 
 import yaml
 
+from mri_anomaly.errors import UserInputError
+
 __all__ = [
     "ConfigError",
     "TRAIN_DEFAULTS",
@@ -71,7 +73,7 @@ SLICES_DEFAULTS: dict[str, Any] = {"min_brain_fraction": 0.05}
 TOP_LEVEL_DEFAULTS: dict[str, Any] = {"in_channels": 1, "seed": 0}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A config with problems; ``problems`` lists each one, the message lists them all."""
 
     def __init__(self, problems: list[str], source: str | None = None) -> None:

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mri_anomaly.errors import OutputExistsError, UserInputError
+
 from mri_anomaly.training import distributed
 from mri_anomaly.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mri_anomaly.training.config import config_from_yaml, config_to_yaml
@@ -166,7 +168,7 @@ class Trainer:
         self.resume_state: dict[str, Any] | None = None
         if self.checkpoint_path.exists():
             if not resume:
-                raise FileExistsError(
+                raise OutputExistsError(
                     f"{self.run_dir} already holds a training run ({CHECKPOINT_NAME}); pass --resume to continue it "
                     "or choose a new --out"
                 )
@@ -182,7 +184,7 @@ class Trainer:
                 elif index == done["phase_index"] and now < done["phase_step"]:
                     problems.append(f"train.phases.{phase}.steps: {now} is fewer than the {done['phase_step']} steps already done")
             if problems:
-                raise ValueError(
+                raise UserInputError(
                     f"cannot resume {self.checkpoint_path}: the config differs from the checkpoint's:\n  - "
                     + "\n  - ".join(problems)
                 )
@@ -218,7 +220,7 @@ class Trainer:
     def _section_items(self, section: str) -> list[dict[str, Any]]:
         items = self.datalist.get(section) or []
         if not items:
-            raise ValueError(f"the datalist has no items in section {section!r}, which this method trains on")
+            raise UserInputError(f"the datalist has no items in section {section!r}, which this method trains on")
         return items
 
     def _dataset(self, section: str):

@@ -27,7 +27,10 @@ and seed::
       save_maps: true
 
 Every problem (unknown key, wrong type, impossible value) is collected and reported in one
-:class:`ConfigError`. ``--set a.b.c=value`` overrides any key by its dotted path; values are parsed
+:class:`ConfigError`. When every part is valid on its own, the parts are checked against each other: the
+model grid (``preprocessing.spatial_size``, or ``divisible_by`` when it is null) must be a multiple of what
+the network needs (``2**levels`` for Glow, ``2**len(channels)`` for the encoders), and ``in_channels`` must
+be the channels the preprocessing gives. ``--set a.b.c=value`` overrides any key by its dotted path; values are parsed
 as YAML scalars (``5``, ``1e-3``, ``true``, ``null``, ``[1, 2]``).
 """
 
@@ -399,9 +402,36 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.bool_(score, "save_maps", "score.")
         cfg["score"] = {**SCORE_DEFAULTS, **score}
 
+    chk.problems.extend(_model_fit_problems(method_cls, cfg, chk.problems))
     if chk.problems:
         raise ConfigError(chk.problems, source)
     return cfg
+
+
+def _model_fit_problems(method_cls: type | None, cfg: Mapping[str, Any], found: list[str]) -> list[str]:
+    """Whether the network fits the data: the model grid against the depth of the model (Glow ``levels``,
+    encoder ``channels``) and ``in_channels`` against the channels the preprocessing gives. Without this a
+    mismatch fails only at the first forward pass, after the data are loaded. Each check runs when the keys
+    it reads have no problem of their own (``found``), so every problem is still reported at once."""
+    from mri_anomaly.data.preprocessing import model_grid_problems, preprocessed_channels
+
+    def valid(*prefixes: str) -> bool:
+        return not any(p.startswith(prefixes) for p in found)
+
+    problems = []
+    if not valid("preprocessing", "the config"):
+        return problems
+    channels = preprocessed_channels(cfg.get("preprocessing"))
+    if valid("in_channels") and cfg["in_channels"] != channels:
+        problems.append(f"in_channels: {cfg['in_channels']}, but the preprocessing gives {channels}-channel images "
+                        f"(one image file per datalist item); set in_channels: {channels}")
+    if method_cls is not None and valid("spatial_dims", "model", "method"):
+        try:
+            divisor, reason = method_cls.grid_divisor(cfg.get("model") or {})
+        except (TypeError, ValueError, KeyError):  # model arguments of the wrong kind were reported above
+            return problems
+        problems += model_grid_problems(cfg.get("preprocessing"), cfg["spatial_dims"], divisor, reason)
+    return problems
 
 
 # ------------------------------------------------------------------------------------------------ I/O

@@ -33,7 +33,8 @@ as their scores, per voxel, so **the mean of a map over its voxels equals its sc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,6 +73,12 @@ def _device(module: nn.Module) -> torch.device:
 
 
 class _GlowScoring:
+    @classmethod
+    def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
+        """Each of the ``levels`` scales squeezes every axis by 2: sizes must be multiples of ``2**levels``."""
+        levels = int(cls.model_argument(model, "levels"))
+        return 2**levels, f"model.levels={levels} (each level halves every axis)"
+
     """Shared per-batch computations of both Glow methods."""
 
     spatial_dims: int

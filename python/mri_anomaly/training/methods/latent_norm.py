@@ -13,6 +13,9 @@ slices) times larger (≈ 6× for 40 slices), so β must grow by that factor for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from mri_anomaly.models import LatentNormAutoEncoder
@@ -42,6 +45,12 @@ class LatentNormMethod(AnomalyMethod):
     phases = ("train",)
     score_names = ("latent_norm",)
     map_names = ("residual",)
+
+    @classmethod
+    def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
+        """Each encoder level max-pools every axis by 2: sizes must be multiples of ``2 ** len(channels)``."""
+        depth = len(cls.model_argument(model, "channels"))
+        return 2**depth, f"model.channels has {depth} levels (each halves every axis)"
 
     def __init__(
         self,

@@ -156,9 +156,13 @@ def register_commands(subparsers: Any) -> None:
     q.add_argument("--brain-masks", nargs="+", default=None, help="glob(s) of brain masks")
     q.add_argument("--labels", default=None, help="CSV with subject_id and label/semi_target/site")
     q.add_argument("--section", default="auto", choices=["auto", "training", "validation", "test", "general"],
-                   help="auto: anomalous (label 1 or a mask) -> test, others split training/validation")
-    q.add_argument("--val-fraction", type=float, default=0.2)
-    q.add_argument("--test-fraction", type=float, default=0.0, help="healthy fraction also put in test (auto)")
+                   help="auto: anomalous (label 1 or a mask) -> test, the others (label 0) split "
+                   "training/validation/test by --val-fraction and --test-fraction")
+    q.add_argument("--val-fraction", type=float, default=0.2,
+                   help="auto: healthy fraction for validation (thresholds; default %(default)s)")
+    q.add_argument("--test-fraction", type=float, default=0.2,
+                   help="auto: healthy fraction put in test beside the anomalous scans, so evaluate has both classes "
+                   "(default %(default)s; 0: test holds only anomalous scans)")
     q.add_argument("--seed", type=int, default=0, help="seed of the split")
     q.add_argument("--subject-regex", default=None, help="regex for the subject id (group 'id' or 1) in the path")
     q.add_argument("--no-header-check", action="store_true", help="do not read NIfTI headers when validating")

@@ -351,7 +351,7 @@ def build_datalist(
     labels: Mapping[str, Mapping[str, Any]] | None = None,
     section: str = "auto",
     val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
+    test_fraction: float = 0.2,
     seed: int = 0,
     subject_regex: str | None = None,
 ) -> dict[str, list[dict]]:
@@ -367,10 +367,11 @@ def build_datalist(
         masks: voxel ground-truth masks (matched by subject id; a mask implies ``label`` 1 unless given).
         brain_masks: brain masks (matched by subject id).
         labels: ``{subject_id: {"label": 0|1, "semi_target": ..., "site": ...}}`` (e.g. from a CSV).
-        section: ``auto`` (labelled/masked anomalous -> ``test``; the rest, taken as healthy, split into
-            ``training``/``validation`` (and ``test`` with ``test_fraction``)), or one section for all.
-        val_fraction: fraction of healthy subjects for ``validation`` (auto).
-        test_fraction: fraction of healthy subjects for ``test`` (auto).
+        section: ``auto`` (labelled/masked anomalous -> ``test``; the rest, taken as healthy (label 0), split
+            into ``training``/``validation``/``test``), or one section for all.
+        val_fraction: fraction of healthy subjects for ``validation`` (auto; at least one when there are 2+).
+        test_fraction: fraction of healthy subjects for ``test`` (auto; at least one when there are 3+), so that
+            ``evaluate`` on ``test`` has both classes. ``training`` always keeps at least one.
         seed: seed of the split.
         subject_regex: regular expression for the subject id.
 
@@ -414,10 +415,20 @@ def build_datalist(
     rng.shuffle(healthy)
     n_val = int(round(val_fraction * len(healthy)))
     n_test = int(round(test_fraction * len(healthy)))
+    if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction < 1):
+        raise UserInputError(f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1, got "
+                             f"{val_fraction} and {test_fraction}")
     if len(healthy) >= 2 and val_fraction > 0:
         n_val = max(n_val, 1)
+    if len(healthy) >= 3 and test_fraction > 0:
+        n_test = max(n_test, 1)
+    while healthy and n_val + n_test >= len(healthy):  # training keeps at least one healthy scan
+        if n_test >= n_val and n_test > 0:
+            n_test -= 1
+        else:
+            n_val -= 1
     val, test_h, train = healthy[:n_val], healthy[n_val:n_val + n_test], healthy[n_val + n_test:]
-    for it in train + val:
+    for it in train + val + test_h:
         it.setdefault("label", 0)
     out: dict[str, list[dict]] = {}
     for sec, its in (("training", train), ("validation", val), ("test", test_h + anomalous)):

@@ -192,6 +192,21 @@ def _labelled(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["label"].isin([0, 1])]
 
 
+def _one_class_problem(ss: ScoreSet, section: str, scans: pd.DataFrame, labelled: pd.DataFrame) -> str | None:
+    """Why the section cannot give detection metrics (no labels, or one class only), or None when it can."""
+    n_anomalous = int((labelled["label"] == 1).sum()) if len(labelled) else 0
+    n_healthy = len(labelled) - n_anomalous
+    if n_healthy and n_anomalous:
+        return None
+    where = f"{ss.name}: section {section!r} ({len(scans)} scans in {ss.directory / 'scores.csv'})"
+    if not len(labelled):
+        return f"{where} has no labelled scans (label 0/1): no volume metrics; give labels in the datalist"
+    missing = "healthy (label 0)" if not n_healthy else "anomalous (label 1)"
+    return (f"{where} has only {n_healthy or n_anomalous} {'anomalous' if not n_healthy else 'healthy'} scans and no "
+            f"{missing} ones: AUROC, AP and sensitivities need both; add {missing} scans to the section "
+            "(mri-anomaly datalist puts a healthy share in test: --test-fraction)")
+
+
 def _safe_metrics(y, s, **kwargs) -> dict[str, Any]:
     try:
         return metrics_with_ci(y, s, **kwargs)
@@ -290,6 +305,7 @@ def evaluate(
             "datalist": None if datalist is None or isinstance(datalist, Mapping) else str(datalist),
         },
         "notes": [],
+        "warnings": [],
     }
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"volume": {}, "slice": {}}
     thresholds_by_key: dict[str, float] = {}
@@ -312,6 +328,12 @@ def evaluate(
         }
         if len(sec) == 0:
             metrics["notes"].append(f"{ss.name}: no scans of section {section!r} in {ss.directory / 'scores.csv'}")
+        else:
+            problem = _one_class_problem(ss, section, sec, lab)
+            if problem is not None:
+                metrics["warnings"].append(problem)
+                metrics["notes"].append(f"WARNING: {problem}")
+                print(f"warning: {problem}", file=sys.stderr, flush=True)
         log(f"{ss.name}: volume level, {len(lab)} labelled scans, {len(ss.score_columns)} score columns")
         # volume level
         y = lab["label"].to_numpy(dtype=int) if len(lab) else np.zeros(0, int)

@@ -82,7 +82,9 @@ def _add_train(subparsers) -> None:
         epilog=_EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, help="YAML config (see configs/*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="YAML config file, or the name of a shipped config (glow3d, glow2d-slices, deep-sad-2d, ...; "
+                   "`mri-anomaly info` lists them)")
     p.add_argument("--datalist", required=True, help="datalist JSON/CSV with 'training' (healthy) and 'validation' sections")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to create (or resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoint (exactly)")
@@ -205,7 +207,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from mri_anomaly import get_config
     from mri_anomaly.training.methods import available_methods
 
-    info = {**get_config(), "methods": ", ".join(available_methods())}
+    from mri_anomaly.training.config import configs_dir, shipped_configs
+
+    shipped = shipped_configs()
+    where = str(configs_dir()) if shipped else "none found (set MRI_ANOMALY_CONFIGS)"
+    info = {**get_config(), "methods": ", ".join(available_methods()), "configs": where,
+            "shipped configs": ", ".join(shipped) or "none"}
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}} : {value}")

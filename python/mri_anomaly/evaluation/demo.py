@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mri_anomaly.errors import MissingInputError, UserInputError
+from mri_anomaly.training.config import configs_dir
 
 __all__ = ["DEMO_RUNS", "DemoRun", "configs_dir", "run_demo"]
 
@@ -67,26 +68,6 @@ SMOKE_COHORT: dict[str, Any] = {"healthy": 5, "anomalous": 2, "general": 3}
 SMOKE_STEPS = 2
 SMOKE_BOOTSTRAP = 20
 STATE_FILE = "demo_state.json"
-
-
-def configs_dir() -> Path:
-    """The folder of the YAML configs: ``$MRI_ANOMALY_CONFIGS``, else ``configs/`` of the source checkout
-    (beside ``python/``), else ``./configs``.
-
-    Raises:
-        FileNotFoundError: none of them exists.
-    """
-    candidates = []
-    if os.environ.get("MRI_ANOMALY_CONFIGS"):
-        candidates.append(Path(os.environ["MRI_ANOMALY_CONFIGS"]))
-    candidates.append(Path(__file__).resolve().parents[3] / "configs")
-    candidates.append(Path.cwd() / "configs")
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise MissingInputError(
-        f"no configs folder found (looked in {', '.join(map(str, candidates))}); set MRI_ANOMALY_CONFIGS to the repository's configs/"
-    )
 
 
 class _State:

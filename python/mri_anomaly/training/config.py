@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -58,6 +59,9 @@ __all__ = [
     "validate_config",
     "config_to_yaml",
     "config_from_yaml",
+    "configs_dir",
+    "shipped_configs",
+    "resolve_config_path",
 ]
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -434,16 +438,70 @@ def _model_fit_problems(method_cls: type | None, cfg: Mapping[str, Any], found: 
     return problems
 
 
+# ------------------------------------------------------------------------------------------ shipped configs
+def configs_dir() -> Path:
+    """The folder of the shipped YAML configs (and ``bundle/``), first that exists of:
+
+    ``$MRI_ANOMALY_CONFIGS``; ``mri_anomaly/configs/`` inside an installed package (package data, copied from
+    the repository's ``configs/`` when the wheel is built); ``configs/`` of the source checkout (beside
+    ``python/``); ``./configs``.
+
+    Raises:
+        MissingInputError: none of them exists.
+    """
+    from mri_anomaly.errors import MissingInputError
+
+    package = Path(__file__).resolve().parents[1]  # .../mri_anomaly
+    candidates = []
+    if os.environ.get("MRI_ANOMALY_CONFIGS"):
+        candidates.append(Path(os.environ["MRI_ANOMALY_CONFIGS"]))
+    candidates += [package / "configs", package.parents[1] / "configs", Path.cwd() / "configs"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise MissingInputError(
+        f"no configs folder found (looked in {', '.join(map(str, candidates))}); set MRI_ANOMALY_CONFIGS to the repository's configs/"
+    )
+
+
+def shipped_configs() -> dict[str, Path]:
+    """``{name: path}`` of every ``*.yaml`` in :func:`configs_dir` (``{}`` when there is none)."""
+    try:
+        folder = configs_dir()
+    except FileNotFoundError:
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """An existing config file as given, else the shipped config of that name (``glow3d`` or ``glow3d.yaml``).
+
+    Raises:
+        ConfigError: neither exists (the message lists the shipped names).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if os.sep not in text and "/" not in text:
+        shipped = shipped_configs()
+        stem = text[: -len(".yaml")] if text.endswith(".yaml") else text
+        if stem in shipped:
+            return shipped[stem]
+        names = ", ".join(shipped) or "none found"
+        raise ConfigError([f"config file not found: {path}, and no shipped config of that name (shipped: {names})"])
+    raise ConfigError([f"config file not found: {path}"])
+
+
 # ------------------------------------------------------------------------------------------------ I/O
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a YAML config, apply ``--set`` overrides, validate, fill defaults.
+    """Read a YAML config (a file, or the name of a shipped config such as ``glow3d``), apply ``--set``
+    overrides, validate, fill defaults.
 
     Raises:
         ConfigError: the file is missing or not YAML, or the config has problems (all listed).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"config file not found: {path}"])
+    path = resolve_config_path(path)
     try:
         raw = _yaml_load(path.read_text())
     except yaml.YAMLError as err:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
+import io
 import json
 import os
 import random
@@ -108,6 +109,8 @@ def _normalise(datalist: Mapping[str, Any], base_dir: Path | None) -> tuple[dict
             for k in PATH_KEYS:
                 if k in it and isinstance(it[k], (str, os.PathLike)):
                     it[k] = _resolve(it[k], base_dir)
+            if isinstance(it.get("subject_id"), (int, np.integer)) and not isinstance(it["subject_id"], bool):
+                it["subject_id"] = str(it["subject_id"])  # 101 and "101" are the same subject
             if "subject_id" not in it and isinstance(it.get("image"), str):
                 it["subject_id"] = subject_id_from_path(it["image"])
             items.append(it)
@@ -155,7 +158,9 @@ def validate_datalist(
             if "semi_target" in it and not (_is_int_like(it["semi_target"]) and int(it["semi_target"]) in (-1, 0, 1)):
                 problems.append(f"{where}: semi_target {it['semi_target']!r} is not -1, 0 or 1")
             sid = it.get("subject_id")
-            if sid is not None:
+            if sid is not None and not isinstance(sid, str):
+                problems.append(f"{where}: subject_id {sid!r} must be text or an integer")
+            elif sid is not None:
                 if sid in seen:
                     problems.append(f"{where}: duplicate subject_id {sid!r} (also {sec}[{seen[sid]}])")
                 seen.setdefault(sid, i)
@@ -196,8 +201,19 @@ def _is_int_like(v: Any) -> bool:
 
 
 def _read_csv(path: Path) -> dict[str, list[dict]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatalistError(path, [f"not UTF-8 text ({e}); save the CSV as UTF-8"]) from None
+    try:
+        return _parse_csv(path, text)
+    except csv.Error as e:
+        raise DatalistError(path, [f"not a valid CSV ({e})"]) from None
+
+
+def _parse_csv(path: Path, text: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    with open(path, newline="") as f:
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
             raise DatalistError(path, [f"CSV datalist needs a header with an 'image' column, got {reader.fieldnames}"])

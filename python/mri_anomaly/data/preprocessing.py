@@ -81,6 +81,9 @@ __all__ = [
     "CROP_WARNING_FRACTION",
 ]
 
+MAX_GRID = 2048
+"""Voxels per axis of the model grid at most (0.1 mm over 20 cm)."""
+
 CROP_WARNING_FRACTION = 0.01
 """A scan whose foreground loses more than this fraction of its voxels to the fixed grid gets a warning."""
 
@@ -143,8 +146,8 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
     if sp is not None:
         if _is_num(sp):
             sp = [sp] * 3
-        if not (isinstance(sp, Sequence) and len(sp) == 3 and all(_is_num(s) and s > 0 for s in sp)):
-            problems.append(f"preprocessing.spacing: expected null or 3 positive numbers (mm), got {cfg['spacing']!r}")
+        if not (isinstance(sp, Sequence) and len(sp) == 3 and all(_is_num(s) and 0.1 <= s <= 100 for s in sp)):
+            problems.append(f"preprocessing.spacing: expected null or 3 numbers from 0.1 to 100 (mm), got {cfg['spacing']!r}")
     ori = cfg["orientation"]
     pair = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
     if not (isinstance(ori, str) and len(ori) == 3 and all(c in pair for c in ori.upper())
@@ -170,13 +173,13 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
     if not (_is_int(cfg["crop_margin"]) and cfg["crop_margin"] >= 0):
         problems.append(f"preprocessing.crop_margin: expected an integer >= 0, got {cfg['crop_margin']!r}")
     k = cfg["divisible_by"]
-    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-        problems.append(f"preprocessing.divisible_by: expected an integer >= 1, got {k!r}")
+    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_GRID):
+        problems.append(f"preprocessing.divisible_by: expected an integer from 1 to {MAX_GRID}, got {k!r}")
         k = None
     ss = cfg["spatial_size"]
     if ss is not None:
-        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(_is_int(s) and s > 0 for s in ss)):
-            problems.append(f"preprocessing.spatial_size: expected null or 3 positive integers, got {ss!r}")
+        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(_is_int(s) and 0 < s <= MAX_GRID for s in ss)):
+            problems.append(f"preprocessing.spatial_size: expected null or 3 integers from 1 to {MAX_GRID}, got {ss!r}")
         elif k is not None and any(s % k for s in ss):
             problems.append(f"preprocessing.spatial_size: {list(ss)} is not divisible by divisible_by={k}")
     bm = cfg["brain_mask_key"]

@@ -345,6 +345,8 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.add(f"spatial_dims: must be 2 or 3, got {cfg['spatial_dims']!r}")
     chk.int_(cfg, "in_channels", "", minimum=1)
     chk.int_(cfg, "seed", "", minimum=0)
+    if _is_int(cfg.get("seed")) and cfg["seed"] >= 2**32:
+        chk.add(f"seed: must be < 2**32 (NumPy's limit), got {cfg['seed']}")
 
     # preprocessing: the data module owns its keys
     pre = chk.section(cfg, "preprocessing", "")
@@ -432,8 +434,8 @@ def _model_fit_problems(method_cls: type | None, cfg: Mapping[str, Any], found: 
     if method_cls is not None and valid("spatial_dims", "model", "method"):
         try:
             divisor, reason = method_cls.grid_divisor(cfg.get("model") or {})
-        except (TypeError, ValueError, KeyError):  # model arguments of the wrong kind were reported above
-            return problems
+        except ValueError as err:  # a depth out of range
+            return [*problems, str(err)]
         problems += model_grid_problems(cfg.get("preprocessing"), cfg["spatial_dims"], divisor, reason)
     return problems
 
@@ -503,8 +505,10 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, An
     """
     path = resolve_config_path(path)
     try:
-        raw = _yaml_load(path.read_text())
-    except yaml.YAMLError as err:
+        raw = _yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"not UTF-8 text ({err})"], str(path)) from None
+    except (yaml.YAMLError, RecursionError) as err:
         raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
     if raw is None:
         raw = {}

@@ -70,9 +70,20 @@ class TrainResult:
 
 
 def build_method(config: Mapping[str, Any]) -> AnomalyMethod:
-    """The method of a validated config, freshly constructed (weights from the current torch RNG)."""
+    """The method of a validated config, freshly constructed (weights from the current torch RNG).
+
+    Raises:
+        ConfigError: the method's constructor refused a ``model:`` value (its argument checks, e.g. ``steps: 0``).
+    """
+    from mri_anomaly.training.config import ConfigError
+
     cls = get_method_class(config["method"])
-    return cls.from_config(config["spatial_dims"], config["in_channels"], dict(config.get("model") or {}))
+    try:
+        return cls.from_config(config["spatial_dims"], config["in_channels"], dict(config.get("model") or {}))
+    except ValueError as err:
+        if isinstance(err, UserInputError):
+            raise
+        raise ConfigError([f"model: method {config['method']!r} refused its arguments: {err}"]) from err
 
 
 def move_batch(batch: Batch, device: torch.device) -> Batch:

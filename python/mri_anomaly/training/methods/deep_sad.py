@@ -141,8 +141,10 @@ class DeepSADMethod(AnomalyMethod):
     @classmethod
     def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
         """Each encoder level max-pools every axis by 2: sizes must be multiples of ``2 ** len(channels)``."""
-        depth = len(cls.model_argument(model, "channels"))
-        return 2**depth, f"model.channels has {depth} levels (each halves every axis)"
+        channels = cls.model_argument(model, "channels")
+        if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 16:
+            raise ValueError(f"model.channels: must list 1 to 16 levels of channels, got {channels!r}")
+        return 2 ** len(channels), f"model.channels has {len(channels)} levels (each halves every axis)"
 
     def __init__(
         self,

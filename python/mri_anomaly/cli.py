@@ -205,9 +205,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from mri_anomaly import get_config
-    from mri_anomaly.training.methods import available_methods
-
     from mri_anomaly.training.config import configs_dir, shipped_configs
+    from mri_anomaly.training.methods import available_methods
 
     shipped = shipped_configs()
     where = str(configs_dir()) if shipped else "none found (set MRI_ANOMALY_CONFIGS)"

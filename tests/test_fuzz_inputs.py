@@ -350,3 +350,29 @@ def test_a_model_value_the_constructor_refuses_is_a_config_error():
     config = load_config(CONFIGS / "glow3d.yaml", ["model.steps=0"])
     with pytest.raises(ConfigError, match="model: method 'glow' refused its arguments: steps must be a positive"):
         build_method(config)
+
+
+@FUZZ
+@given(rows=st.lists(st.tuples(st.sampled_from(["s01", "s02", "", " s03 ", "s01"]),
+                               st.sampled_from(["", "0", "1", "1.0", "0.5", "1.7", "nan", "inf", "-1", "x", "1e400"]),
+                               st.sampled_from(["", "A", "b"])), max_size=5),
+       header=st.sampled_from(["subject_id,label,site", "subject,label,site", "subject_id,semi_target,site"]),
+       encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16"]))
+def test_any_labels_csv_reads_exactly_or_names_the_file_and_line(rows, header, encoding):
+    from mri_anomaly.data.commands import _read_labels
+
+    path = _scratch() / "labels.csv"
+    path.write_bytes("\n".join([header, *(",".join(r) for r in rows)]).encode(encoding))
+    try:
+        out = _read_labels(str(path))
+    except UserInputError as err:
+        assert str(err).startswith(f"{path}: ")
+        event("refused")
+        return
+    event("read")
+    column = header.split(",")[1]
+    assert len(out) == len(rows)
+    for subject, value, site in rows:
+        entry = out[subject.strip()]
+        assert entry.get(column) == (int(float(value)) if value else None)
+        assert float(value or 0).is_integer() and entry.get("site") == (site or None)

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from mri_anomaly.errors import MissingInputError, UserInputError
@@ -48,24 +51,45 @@ def demo_data_command(args: argparse.Namespace) -> int:
 
 
 def _read_labels(path: str) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+    """``{subject_id: {"label"?, "semi_target"?, "site"?}}`` from a labels CSV (UTF-8, a ``subject_id`` column).
+
+    Raises:
+        MissingInputError: no such file. UserInputError: naming the file and the row for anything else
+        (not UTF-8, malformed CSV, no ``subject_id`` column, an empty or repeated id, a non-integer label).
+    """
     if not os.path.isfile(path):
         raise MissingInputError(f"{path}: labels CSV not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"{path}: labels CSV is not UTF-8 text ({e})") from None
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames or "subject_id" not in reader.fieldnames:
             raise UserInputError(f"{path}: labels CSV needs a 'subject_id' column, got {reader.fieldnames}")
-        for row in reader:
+        for line, row in enumerate(reader, start=2):
+            subject = (row.get("subject_id") or "").strip()
+            if not subject:
+                raise UserInputError(f"{path}: line {line}: empty subject_id")
+            if subject in out:
+                raise UserInputError(f"{path}: line {line}: subject_id {subject!r} appears twice")
             entry: dict[str, Any] = {}
             for k in ("label", "semi_target"):
-                if row.get(k) not in (None, ""):
+                value = (row.get(k) or "").strip()
+                if value:
                     try:
-                        entry[k] = int(float(row[k]))
-                    except (ValueError, OverflowError) as e:  # "x", "nan", "inf"
-                        raise UserInputError(f"{path}: {k} {row[k]!r} of {row['subject_id']} is not a number") from e
-            if row.get("site"):
-                entry["site"] = row["site"]
-            out[row["subject_id"]] = entry
+                        number = float(value)
+                    except ValueError:
+                        number = math.nan
+                    if not number.is_integer():  # "x", "nan", "inf", "0.5": never rounded silently
+                        raise UserInputError(f"{path}: line {line}: {k} {value!r} of {subject} is not an integer")
+                    entry[k] = int(number)
+            if (row.get("site") or "").strip():
+                entry["site"] = row["site"].strip()
+            out[subject] = entry
+    except csv.Error as e:
+        raise UserInputError(f"{path}: labels CSV is not valid CSV ({e})") from None
     return out
 
 

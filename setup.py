@@ -4,14 +4,35 @@ CPU (C++) always; CUDA when a CUDA build of torch and ``nvcc`` are present (or `
 ``MRI_ANOMALY_NO_EXTENSION=1`` skips the build: the package then runs on its pure-PyTorch
 reference of the same ops and says so in ``mri_anomaly.print_config()``.
 Build with ``pip install --no-build-isolation -e .`` so it compiles against the installed torch.
+
+The repository's ``configs/`` (every ``*.yaml`` and the MONAI bundle in ``configs/bundle/``) is the single
+source of the shipped configs; ``build_py`` copies it into the package as ``mri_anomaly/configs/``, so an
+installed (non-editable) package finds them by name (``--config glow3d``) outside the checkout.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(HERE, "configs")
+
+
+class BuildPyWithConfigs(build_py):
+    """``build_py`` plus ``configs/`` -> ``<build_lib>/mri_anomaly/configs/`` (package data of wheels)."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode or not os.path.isdir(CONFIGS):  # an editable install reads the checkout's configs/
+            return
+        target = os.path.join(self.build_lib, "mri_anomaly", "configs")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(CONFIGS, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
 
 
 def _extensions():
@@ -64,4 +85,4 @@ def _extensions():
 
 
 ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(ext_modules=ext_modules, cmdclass={**cmdclass, "build_py": BuildPyWithConfigs})

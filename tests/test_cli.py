@@ -113,3 +113,43 @@ def test_train_then_score_through_the_command(demo_cohort, tmp_path, capsys):
     assert lines[0] == "subject_id,image,section,label,latent_norm,flag:latent_norm,map:residual"
     data = load_datalist(demo_cohort)
     assert len(lines) == 1 + len(data["validation"]) + len(data["test"])
+
+
+# ------------------------------------------------------------------------------------------ user errors vs bugs (issue 13)
+def test_user_errors_share_one_type_that_is_still_a_value_error():
+    from mri_anomaly.data import DatalistError, InputFileError
+    from mri_anomaly.errors import MissingInputError, OutputExistsError, UserInputError
+    from mri_anomaly.training import ConfigError
+
+    for kind in (ConfigError, DatalistError, InputFileError, MissingInputError, OutputExistsError):
+        assert issubclass(kind, UserInputError) and issubclass(kind, ValueError), kind
+    assert issubclass(MissingInputError, FileNotFoundError) and issubclass(OutputExistsError, FileExistsError)
+
+
+@pytest.mark.parametrize("bug", [ValueError("internal: shapes disagree"), KeyError("internal_key")])
+def test_an_internal_value_or_key_error_keeps_its_traceback(bug, demo_cohort, tmp_path, monkeypatch, capsys):
+    from mri_anomaly.training.trainer import Trainer
+
+    def fit(self):
+        raise bug
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    with pytest.raises(type(bug), match="internal"):
+        main(["train", "--config", str(CONFIGS / "glow3d.yaml"), "--datalist", str(demo_cohort),
+              "--out", str(tmp_path / "run"), "--no-progress"])
+    assert "error:" not in capsys.readouterr().err  # not disguised as a one-line user error
+
+
+def test_an_existing_run_and_a_missing_labels_csv_are_one_line_user_errors(demo_cohort, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    status = main(["train", "--config", str(CONFIGS / "glow3d.yaml"), "--datalist", str(demo_cohort), "--out", str(run)])
+    assert status == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    folder = Path(demo_cohort).parent
+    status = main(["datalist", "--folder", str(folder), "--labels", str(tmp_path / "none.csv"),
+                   "--out", str(tmp_path / "d.json")])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'none.csv'}: labels CSV not found" in err and "Traceback" not in err

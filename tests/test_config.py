@@ -160,3 +160,44 @@ def test_load_config_file_errors(tmp_path):
     good.write_text(yaml.safe_dump(_base()))
     cfg = load_config(good, ["train.phases.train.steps=1"])
     assert cfg["train"]["phases"]["train"]["steps"] == 1
+
+
+# ------------------------------------------------------------------------------------------ model fits the grid (issue 13)
+def test_glow_levels_that_do_not_fit_the_grid_are_reported_on_load_with_the_other_problems():
+    config = Path(__file__).resolve().parents[1] / "configs" / "glow3d.yaml"
+    with pytest.raises(ConfigError) as info:  # 40 x 48 x 40 is not a multiple of 2**4
+        load_config(config, ["model.levels=4", "in_channels=2", "train.batch_sise=2"])
+    assert info.value.problems == [
+        "train.batch_sise: unknown key (allowed: batch_size, checkpoint_every, grad_clip, init_batches, log_every, "
+        "max_consecutive_skips, num_workers, phases)",
+        "in_channels: 2, but the preprocessing gives 1-channel images (one image file per datalist item); set in_channels: 1",
+        "preprocessing.spatial_size: [40, 48, 40] is not divisible by 16, which model.levels=4 (each level halves every "
+        "axis) needs; use e.g. [32, 48, 32] or a shallower model",
+    ]
+    assert load_config(config, ["model.levels=4", "preprocessing.spatial_size=[32, 48, 32]"])["model"]["levels"] == 4
+
+
+def test_a_padded_grid_must_be_padded_to_what_the_model_needs():
+    config = Path(__file__).resolve().parents[1] / "configs" / "glow3d.yaml"
+    with pytest.raises(ConfigError, match=r"preprocessing.divisible_by: 4 pads the grid to multiples of 4 .* "
+                                          r"model.levels=3 .* needs multiples of 8; use divisible_by: 8"):
+        load_config(config, ["preprocessing.spatial_size=null", "preprocessing.divisible_by=4"])
+    assert load_config(config, ["preprocessing.spatial_size=null", "preprocessing.divisible_by=8"])
+
+
+@pytest.mark.parametrize("name", ["deep-sad-2d", "latent-norm-ae-3d"])
+def test_encoder_depth_must_fit_the_axes_the_network_sees(name):
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    with pytest.raises(ConfigError, match=r"not divisible by 16, which model.channels has 4 levels"):
+        load_config(config, ["model.channels=[4, 8, 16, 32]"])
+    # 2D models see axial slices: only the first two axes count (the axial 40 is not a multiple of 16)
+    if name.endswith("2d"):
+        assert load_config(config, ["model.channels=[4, 8, 16, 32]", "preprocessing.spatial_size=[32, 48, 40]"])
+    else:
+        with pytest.raises(ConfigError, match=r"\[32, 48, 40\] is not divisible by 16"):
+            load_config(config, ["model.channels=[4, 8, 16, 32]", "preprocessing.spatial_size=[32, 48, 40]"])
+
+
+def test_every_shipped_config_fits_its_grid():
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        load_config(path)

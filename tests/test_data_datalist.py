@@ -108,7 +108,8 @@ def test_write_json_relative_and_csv_round_trip(folder):
 def test_build_datalist_matches_masks_by_subject_and_splits(folder):
     images = sorted(str(p) for p in (folder / "imgs").glob("*.nii.gz"))
     masks = sorted(str(p) for p in (folder / "masks").glob("*.nii.gz"))
-    dl = build_datalist(images, masks, labels={"s05": {"label": 0, "site": "B"}}, val_fraction=0.34, seed=0)
+    dl = build_datalist(images, masks, labels={"s05": {"label": 0, "site": "B"}}, val_fraction=0.34, test_fraction=0,
+                        seed=0)
     assert [it["subject_id"] for it in dl["test"]] == ["s04"]
     assert dl["test"][0]["mask"].endswith("s04_mask.nii.gz") and dl["test"][0]["label"] == 1
     healthy = dl["training"] + dl["validation"]
@@ -116,8 +117,8 @@ def test_build_datalist_matches_masks_by_subject_and_splits(folder):
     assert len(dl["validation"]) == 1 and all(it["label"] == 0 for it in healthy)
     s05 = next(it for it in healthy if it["subject_id"] == "s05")
     assert s05["site"] == "B" and s05["mask"].endswith("s05_mask.nii.gz")  # labelled healthy with empty mask
-    again = build_datalist(images, masks, seed=0, val_fraction=0.34)
-    assert again == build_datalist(images, masks, seed=0, val_fraction=0.34)
+    again = build_datalist(images, masks, seed=0, val_fraction=0.34, test_fraction=0)
+    assert again == build_datalist(images, masks, seed=0, val_fraction=0.34, test_fraction=0)
     with pytest.raises(ValueError, match="match no image"):
         build_datalist(images[:2], masks)
     assert set(build_datalist(images, section="test")) == {"test"}
@@ -131,10 +132,17 @@ def test_datalist_cli_from_globs_folder_and_check(folder, capsys):
                               str(folder / "masks" / "*.nii.gz"), "--out", str(out)])
     assert args.func(args) == 0
     dl = load_datalist(out)
-    assert sum(len(v) for v in dl.values()) == 5 and len(dl["test"]) == 2  # s04, s05 carry masks -> label 1
+    assert sum(len(v) for v in dl.values()) == 5
+    # s04, s05 carry masks -> label 1; one of the 3 healthy scans joins them (--test-fraction 0.2, at least one)
+    assert sorted(it["label"] for it in dl["test"]) == [0, 1, 1] and len(dl["training"]) == len(dl["validation"]) == 1
     labels = folder / "labels.csv"
     labels.write_text("subject_id,label\ns05,0\n")
     args = parser.parse_args(["datalist", "--folder", str(folder), "--labels", str(labels), "--out", str(out)])
+    assert args.func(args) == 0
+    assert [it["label"] for it in load_datalist(out)["test"] if it["subject_id"] == "s04"] == [1]
+    assert sorted(it["label"] for it in load_datalist(out)["test"]) == [0, 1]
+    args = parser.parse_args(["datalist", "--folder", str(folder), "--labels", str(labels), "--test-fraction", "0",
+                              "--out", str(out)])
     assert args.func(args) == 0
     assert [it["subject_id"] for it in load_datalist(out)["test"]] == ["s04"]
     args = parser.parse_args(["datalist", "--check", str(out)])
@@ -153,3 +161,17 @@ def test_validate_datalist_without_files():
     assert validate_datalist({"training": [{"image": "a.nii.gz"}]}, check_files=False) == []
     assert "no items" in validate_datalist({"training": []}, check_files=False)[0]
     assert "expected a JSON object" in validate_datalist([1, 2])[0]
+
+
+def test_auto_split_puts_a_healthy_share_in_test_so_evaluate_has_both_classes(tmp_path):
+    images = [str(tmp_path / f"s{i:02d}.nii.gz") for i in range(10)]
+    dl = build_datalist(images, labels={"s09": {"label": 1}}, seed=0)  # defaults: 20 % validation, 20 % test
+    assert [len(dl[s]) for s in ("training", "validation", "test")] == [5, 2, 3]
+    assert sorted(it["label"] for it in dl["test"]) == [0, 0, 1]
+    assert all(it["label"] == 0 for s in ("training", "validation") for it in dl[s])
+    # three healthy scans: one each; two: training and validation, none left for test
+    assert [len(v) for v in build_datalist(images[:3]).values()] == [1, 1, 1]
+    assert set(build_datalist(images[:2])) == {"training", "validation"}
+    assert list(build_datalist(images[:1])) == ["training"]
+    with pytest.raises(ValueError, match=r"val_fraction \+ test_fraction < 1"):
+        build_datalist(images, val_fraction=0.5, test_fraction=0.5)

@@ -144,3 +144,50 @@ def test_brain_mask_key_drives_scaling_and_crop(tmp_path):
     x, b = out["image"], out["brain_mask"]
     assert x[b < 0.5].abs().max().item() == 0.0
     assert x[b > 0.5].mean().item() > 0.3
+
+
+# ------------------------------------------------------------------------------------------ grid crop warning (issue 13)
+def _box_volume(path, size: int, box: int) -> str:
+    """A ``size``^3 volume at 4 mm whose foreground is a centred ``box``^3 cube of varied intensities."""
+    rng = np.random.default_rng(0)
+    arr = np.zeros((size, size, size), np.float32)
+    lo = (size - box) // 2
+    arr[lo:lo + box, lo:lo + box, lo:lo + box] = rng.uniform(100, 200, (box, box, box))
+    nib.save(nib.Nifti1Image(arr, np.diag([4.0, 4.0, 4.0, 1.0])), str(path))
+    return str(path)
+
+
+def test_cropped_foreground_fraction_by_hand():
+    from mri_anomaly.data.preprocessing import cropped_foreground_fraction
+
+    fg = torch.zeros(1, 10, 4, 4)
+    fg[0, :, 1:3, 1:3] = 1.0  # 40 voxels along x
+    assert cropped_foreground_fraction(fg, [6, 4, 4]) == pytest.approx(0.4)  # x 2..8 kept: 24 of 40
+    assert cropped_foreground_fraction(fg, [10, 8, 8]) == 0.0
+    assert cropped_foreground_fraction(torch.zeros(1, 10, 4, 4), [6, 4, 4]) == 0.0
+
+
+def test_a_grid_that_crops_the_foreground_warns_with_the_file_and_keeps_the_arrays(tmp_path):
+    from monai.transforms import Compose
+
+    from mri_anomaly.data.preprocessing import GridCropWarning, WarnGridCropd
+
+    path = _box_volume(tmp_path / "big_head.nii.gz", size=40, box=30)
+    config = {**DEMO_PREPROCESSING, "spatial_size": [16, 24, 32], "crop_margin": 0}
+    chain = preprocessing(config, keys=("image",))
+    with pytest.warns(GridCropWarning) as caught:
+        out = chain({"image": path})
+    message = str(caught[0].message)
+    # foreground box 30^3 cropped to 16 x 24 x 30: 1 - (16 * 24 * 30) / 30**3 lost
+    assert message.startswith(f"{path}: the model grid [16, 24, 32] crops {100 * (1 - 16 * 24 / 900):.1f}% of the foreground")
+    plain = Compose([t for t in chain.transforms if not isinstance(t, WarnGridCropd)])
+    reference = plain({"image": path})["image"]
+    np.testing.assert_array_equal(out["image"].numpy(), reference.numpy())
+    np.testing.assert_array_equal(np.asarray(out["image"].affine), np.asarray(reference.affine))
+    assert [op["class"] for op in out["image"].applied_operations] == [op["class"] for op in reference.applied_operations]
+    # a grid that holds the whole foreground: silent
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridCropWarning)
+        preprocessing({**config, "spatial_size": [32, 32, 32]}, keys=("image",))({"image": path})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -39,7 +38,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("config_path", CONFIGS, ids=lambda p: p.stem)
 def test_train_then_score(config_path, demo_cohort, tmp_path):
-    start = time.time()
     raw = yaml.safe_load(config_path.read_text())
     method = get_method_class(raw["method"])
     steps = 0 if raw["method"] in FIT_ONLY else 2
@@ -87,4 +85,3 @@ def test_train_then_score(config_path, demo_cohort, tmp_path):
         for r in rows:
             image = nib.load(out / r[f"map:{name}"])
             assert image.shape == nib.load(r["image"]).shape
-    assert time.time() - start < 60, "an end-to-end smoke run must stay well under a minute"

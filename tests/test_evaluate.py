@@ -119,3 +119,21 @@ def test_cli_evaluate(tmp_path, capsys):
     rc = main(["evaluate", "--scores", str(tmp_path / "nowhere"), "--out", str(tmp_path / "ev2")])
     assert rc == 2
     assert "nowhere/scores.csv: not found" in capsys.readouterr().err
+
+
+def test_a_section_with_one_class_is_a_loud_warning(tmp_path, capsys):
+    score_dir, sections = make_score_dir(tmp_path, n_val=4, n_test=4, with_maps=False)
+    scores = pd.read_csv(score_dir / "scores.csv")
+    scores[scores["label"] == 0].to_csv(score_dir / "scores.csv", index=False)  # test: healthy scans only
+    metrics = evaluate(score_dir, None, tmp_path / "out", n_bootstrap=10, report=False, log=lambda m: None)
+    expected = (f"scores: section 'test' (2 scans in {score_dir / 'scores.csv'}) has only 2 healthy scans and no "
+                "anomalous (label 1) ones: AUROC, AP and sensitivities need both")
+    assert len(metrics["warnings"]) == 1 and metrics["warnings"][0].startswith(expected)
+    assert f"warning: {expected}" in capsys.readouterr().err
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert on_disk["warnings"] == metrics["warnings"] and f"WARNING: {metrics['warnings'][0]}" in on_disk["notes"]
+    assert "error" in on_disk["volume"]["nll"]
+    # both classes: no warning
+    both, _ = make_score_dir(tmp_path / "b", n_val=4, n_test=4, with_maps=False)
+    clean = evaluate(both, None, tmp_path / "o2", n_bootstrap=10, report=False, log=lambda m: None)
+    assert clean["warnings"] == []

@@ -217,3 +217,49 @@ def test_out_of_another_model_is_refused_and_sections_accumulate(trained_2d_run,
     save_checkpoint(checkpoint, other / "checkpoint.pt")
     with pytest.raises(ValueError, match="holds scores of another model"):
         score_datalist(other, demo_cohort, out, sections=("test",), progress=False)
+
+
+# ------------------------------------------------------------------------------------------ loud failures (issue 13)
+def test_score_command_exits_3_when_scans_failed_and_still_scores_the_rest(trained_2d_run, demo_cohort, tmp_path, capsys):
+    from mri_anomaly.cli import EXIT_SOME_SCANS_FAILED, main
+
+    datalist = _corrupt_datalist(demo_cohort, tmp_path)
+    out = tmp_path / "out"
+    status = main(["score", "--run", str(trained_2d_run), "--datalist", str(datalist), "--section", "test",
+                   "--out", str(out), "--no-maps", "--no-progress"])
+    assert status == EXIT_SOME_SCANS_FAILED == 3
+    n_good = len(load_datalist(demo_cohort)["test"])
+    assert len(read_csv(out / "scores.csv")) == n_good
+    assert [e["subject_id"] for e in read_csv(out / "errors.csv")] == ["broken", "gone"]
+    summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mri-anomaly score:")]
+    assert summary == [f"mri-anomaly score: 2 of {n_good + 2} scan(s) failed, listed in {out / 'errors.csv'} "
+                       f"({n_good} scored now, 0 already done); exit status 3"]
+    # every scan readable: exit 0
+    assert main(["score", "--run", str(trained_2d_run), "--datalist", str(demo_cohort), "--section", "test",
+                 "--out", str(tmp_path / "clean"), "--no-maps", "--no-progress"]) == 0
+
+
+def test_a_bug_while_scoring_is_raised_not_recorded_as_a_bad_scan(trained_2d_run, demo_cohort, tmp_path, monkeypatch):
+    import mri_anomaly.scoring.runner as runner
+
+    def broken_scorer(*args, **kwargs):
+        raise RuntimeError("a bug in the scorer")
+
+    monkeypatch.setattr(runner, "score_volume", broken_scorer)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="a bug in the scorer"):
+        score_datalist(trained_2d_run, demo_cohort, out, sections=("test",), save_maps=False, progress=False)
+    assert not read_csv(out / "errors.csv")
+
+
+def test_a_bug_in_preprocessing_is_raised_not_recorded_as_a_bad_scan(trained_2d_run, demo_cohort, tmp_path, monkeypatch):
+    from mri_anomaly.data import VolumeDataset
+
+    def broken_getitem(self, index):
+        raise KeyError("image_meta_dict")  # what a transform bug looks like; no InputFileError behind it
+
+    monkeypatch.setattr(VolumeDataset, "__getitem__", broken_getitem)
+    out = tmp_path / "out"
+    with pytest.raises(KeyError, match="image_meta_dict"):
+        score_datalist(trained_2d_run, demo_cohort, out, sections=("test",), save_maps=False, progress=False)
+    assert not read_csv(out / "errors.csv")

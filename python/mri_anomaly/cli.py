@@ -10,8 +10,13 @@ Subcommands::
 
 Each subcommand mirrors one Python call: ``train`` = ``Trainer(load_config(C, overrides), D, RUN).fit()``,
 ``score`` = ``score_datalist(RUN, D, OUT, sections)``. Errors the user can fix (a bad config, datalist or
-file) are printed as one clear message with exit status 2, without a traceback (``MRI_ANOMALY_DEBUG=1``
-shows it).
+file: a :class:`~mri_anomaly.errors.UserInputError`) are printed as one clear message without a traceback
+(``MRI_ANOMALY_DEBUG=1`` shows it); any other exception is a bug and keeps its traceback.
+
+Exit status (:data:`EXIT_CODES`): 0 done; 1 the work stopped or the datalist has problems (``train``
+interrupted, ``datalist`` found problems); 2 a user error (bad config, datalist, file, option); 3 ``score``
+finished but some scans failed (listed in ``OUT/errors.csv``; every other scan was scored); 130 interrupted
+(Ctrl-C); an internal error exits 1 with its traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +27,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["build_parser", "main"]
+from mri_anomaly.errors import UserInputError
+
+__all__ = ["EXIT_CODES", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_SOME_SCANS_FAILED", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_SOME_SCANS_FAILED = 3
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "done",
+    1: "the work stopped early (train) or the datalist has problems (datalist); an internal error (with traceback)",
+    EXIT_USER_ERROR: "a user error: bad config, datalist, file or option (one line on stderr)",
+    EXIT_SOME_SCANS_FAILED: "score: some scans failed (OUT/errors.csv); all the others were scored",
+    130: "interrupted; what was written is kept",
+}
 
 _EPILOG_TRAIN = """\
 examples:
@@ -49,7 +67,10 @@ examples:
 OUT/ receives scores.csv (one row per volume), slice_scores.csv (one row per axial slice),
 maps/<section>/*.nii.gz (float32 voxel maps in the input's space and affine), errors.csv (scans that
 could not be read: skipped, the rest is scored) and score_meta.json. Running again over the same OUT
-skips the volumes already scored."""
+skips the volumes already scored and retries the failed ones.
+
+exit status: 0 every scan scored; 3 some scans could not be read (listed in OUT/errors.csv, the others
+scored); 2 a user error (run, datalist, section); an internal error stops the run with its traceback."""
 
 
 def _add_train(subparsers) -> None:
@@ -61,7 +82,9 @@ def _add_train(subparsers) -> None:
         epilog=_EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, help="YAML config (see configs/*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="YAML config file, or the name of a shipped config (glow3d, glow2d-slices, deep-sad-2d, ...; "
+                   "`mri-anomaly info` lists them)")
     p.add_argument("--datalist", required=True, help="datalist JSON/CSV with 'training' (healthy) and 'validation' sections")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to create (or resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoint (exactly)")
@@ -161,32 +184,44 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     sections = [s.strip() for s in args.section.split(",") if s.strip()]
     if not sections:
-        raise ValueError("--section needs at least one section name, e.g. test or validation,test")
+        raise UserInputError("--section needs at least one section name, e.g. test or validation,test")
     device = distributed.init_distributed(args.device)
+    main_process = distributed.is_main_process()
     try:
-        score_datalist(args.run, args.datalist, args.out, sections=sections, device=device,
-                       save_maps=False if args.no_maps else None, num_workers=args.workers,
-                       progress=not args.no_progress)
+        summary = score_datalist(args.run, args.datalist, args.out, sections=sections, device=device,
+                                 save_maps=False if args.no_maps else None, num_workers=args.workers,
+                                 progress=not args.no_progress)
     finally:
         distributed.cleanup_distributed()
-    return 0
+    if summary.errors:
+        if main_process:
+            total = summary.scored + summary.skipped_existing + summary.errors
+            print(f"mri-anomaly score: {summary.errors} of {total} scan(s) failed, listed in {summary.out_dir / 'errors.csv'} "
+                  f"({summary.scored} scored now, {summary.skipped_existing} already done); exit status "
+                  f"{EXIT_SOME_SCANS_FAILED}", file=sys.stderr)
+        return EXIT_SOME_SCANS_FAILED
+    return EXIT_OK
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from mri_anomaly import get_config
+    from mri_anomaly.training.config import configs_dir, shipped_configs
     from mri_anomaly.training.methods import available_methods
 
-    info = {**get_config(), "methods": ", ".join(available_methods())}
+    shipped = shipped_configs()
+    where = str(configs_dir()) if shipped else "none found (set MRI_ANOMALY_CONFIGS)"
+    info = {**get_config(), "methods": ", ".join(available_methods()), "configs": where,
+            "shipped configs": ", ".join(shipped) or "none"}
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}} : {value}")
     return 0
 
 
-# Errors a user can act on: printed as one message, no traceback.
-def _user_errors() -> tuple[type[BaseException], ...]:
-    kinds: list[type[BaseException]] = [FileNotFoundError, FileExistsError, ValueError, KeyError]
-    return tuple(kinds)
+# Errors a user can act on: printed as one message, no traceback. Everything else (a ValueError or KeyError
+# from inside the package included) is a bug and keeps its traceback. PermissionError: an --out the user
+# cannot write to (its message names the path).
+_USER_ERRORS: tuple[type[BaseException], ...] = (UserInputError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,12 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as err:
+    except _USER_ERRORS as err:
         if os.environ.get("MRI_ANOMALY_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"mri-anomaly {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        print(f"mri-anomaly {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"mri-anomaly {args.command}: interrupted; what was written so far is kept (rerun to resume)", file=sys.stderr)
         return 130

@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import math
+import os
 import sys
+from pathlib import Path
 from typing import Any
+
+from mri_anomaly.errors import MissingInputError, UserInputError
 
 __all__ = ["register_commands", "demo_data_command", "datalist_command"]
 
@@ -32,7 +38,7 @@ def demo_data_command(args: argparse.Namespace) -> int:
         path = make_demo_cohort(args.out, seed=args.seed, healthy=args.healthy, anomalous=args.anomalous,
                                 general=args.general, spacing=args.spacing, contrast=args.contrast,
                                 progress=not args.quiet)
-    except ValueError as e:
+    except UserInputError as e:
         print(f"mri-anomaly demo-data: error: {e}", file=sys.stderr)
         return 2
     print(f"demo cohort written in {time.time() - t:.1f} s: {path}")
@@ -45,22 +51,45 @@ def demo_data_command(args: argparse.Namespace) -> int:
 
 
 def _read_labels(path: str) -> dict[str, dict[str, Any]]:
+    """``{subject_id: {"label"?, "semi_target"?, "site"?}}`` from a labels CSV (UTF-8, a ``subject_id`` column).
+
+    Raises:
+        MissingInputError: no such file. UserInputError: naming the file and the row for anything else
+        (not UTF-8, malformed CSV, no ``subject_id`` column, an empty or repeated id, a non-integer label).
+    """
+    if not os.path.isfile(path):
+        raise MissingInputError(f"{path}: labels CSV not found")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"{path}: labels CSV is not UTF-8 text ({e})") from None
     out: dict[str, dict[str, Any]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames or "subject_id" not in reader.fieldnames:
-            raise ValueError(f"{path}: labels CSV needs a 'subject_id' column, got {reader.fieldnames}")
-        for row in reader:
+            raise UserInputError(f"{path}: labels CSV needs a 'subject_id' column, got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            subject = (row.get("subject_id") or "").strip()
+            if not subject:
+                raise UserInputError(f"{path}: line {line}: empty subject_id")
+            if subject in out:
+                raise UserInputError(f"{path}: line {line}: subject_id {subject!r} appears twice")
             entry: dict[str, Any] = {}
             for k in ("label", "semi_target"):
-                if row.get(k) not in (None, ""):
+                value = (row.get(k) or "").strip()
+                if value:
                     try:
-                        entry[k] = int(float(row[k]))
-                    except ValueError as e:
-                        raise ValueError(f"{path}: {k} {row[k]!r} of {row['subject_id']} is not a number") from e
-            if row.get("site"):
-                entry["site"] = row["site"]
-            out[row["subject_id"]] = entry
+                        number = float(value)
+                    except ValueError:
+                        number = math.nan
+                    if not number.is_integer():  # "x", "nan", "inf", "0.5": never rounded silently
+                        raise UserInputError(f"{path}: line {line}: {k} {value!r} of {subject} is not an integer")
+                    entry[k] = int(number)
+            if (row.get("site") or "").strip():
+                entry["site"] = row["site"].strip()
+            out[subject] = entry
+    except csv.Error as e:
+        raise UserInputError(f"{path}: labels CSV is not valid CSV ({e})") from None
     return out
 
 
@@ -105,7 +134,7 @@ def datalist_command(args: argparse.Namespace) -> int:
         labels = _read_labels(args.labels) if args.labels else None
         dl = build_datalist(images, masks, brains, labels=labels, section=args.section, val_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, seed=args.seed, subject_regex=args.subject_regex)
-    except ValueError as e:
+    except UserInputError as e:
         print(f"mri-anomaly datalist: error: {e}", file=sys.stderr)
         return 2
     problems = validate_datalist(dl, check_headers=not args.no_header_check)
@@ -151,9 +180,13 @@ def register_commands(subparsers: Any) -> None:
     q.add_argument("--brain-masks", nargs="+", default=None, help="glob(s) of brain masks")
     q.add_argument("--labels", default=None, help="CSV with subject_id and label/semi_target/site")
     q.add_argument("--section", default="auto", choices=["auto", "training", "validation", "test", "general"],
-                   help="auto: anomalous (label 1 or a mask) -> test, others split training/validation")
-    q.add_argument("--val-fraction", type=float, default=0.2)
-    q.add_argument("--test-fraction", type=float, default=0.0, help="healthy fraction also put in test (auto)")
+                   help="auto: anomalous (label 1 or a mask) -> test, the others (label 0) split "
+                   "training/validation/test by --val-fraction and --test-fraction")
+    q.add_argument("--val-fraction", type=float, default=0.2,
+                   help="auto: healthy fraction for validation (thresholds; default %(default)s)")
+    q.add_argument("--test-fraction", type=float, default=0.2,
+                   help="auto: healthy fraction put in test beside the anomalous scans, so evaluate has both classes "
+                   "(default %(default)s; 0: test holds only anomalous scans)")
     q.add_argument("--seed", type=int, default=0, help="seed of the split")
     q.add_argument("--subject-regex", default=None, help="regex for the subject id (group 'id' or 1) in the path")
     q.add_argument("--no-header-check", action="store_true", help="do not read NIfTI headers when validating")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
+import io
 import json
 import os
 import random
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from mri_anomaly.data.io import InputFileError, read_header
+from mri_anomaly.errors import UserInputError
 
 __all__ = [
     "SECTIONS",
@@ -64,7 +66,7 @@ PATH_KEYS: tuple[str, ...] = ("image", "mask", "brain_mask")
 _NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 
-class DatalistError(ValueError):
+class DatalistError(UserInputError):
     """A datalist with problems. ``.problems`` lists them all; ``.path`` is the datalist file."""
 
     def __init__(self, path: str | os.PathLike | None, problems: Sequence[str]) -> None:
@@ -107,6 +109,8 @@ def _normalise(datalist: Mapping[str, Any], base_dir: Path | None) -> tuple[dict
             for k in PATH_KEYS:
                 if k in it and isinstance(it[k], (str, os.PathLike)):
                     it[k] = _resolve(it[k], base_dir)
+            if isinstance(it.get("subject_id"), (int, np.integer)) and not isinstance(it["subject_id"], bool):
+                it["subject_id"] = str(it["subject_id"])  # 101 and "101" are the same subject
             if "subject_id" not in it and isinstance(it.get("image"), str):
                 it["subject_id"] = subject_id_from_path(it["image"])
             items.append(it)
@@ -154,7 +158,9 @@ def validate_datalist(
             if "semi_target" in it and not (_is_int_like(it["semi_target"]) and int(it["semi_target"]) in (-1, 0, 1)):
                 problems.append(f"{where}: semi_target {it['semi_target']!r} is not -1, 0 or 1")
             sid = it.get("subject_id")
-            if sid is not None:
+            if sid is not None and not isinstance(sid, str):
+                problems.append(f"{where}: subject_id {sid!r} must be text or an integer")
+            elif sid is not None:
                 if sid in seen:
                     problems.append(f"{where}: duplicate subject_id {sid!r} (also {sec}[{seen[sid]}])")
                 seen.setdefault(sid, i)
@@ -195,8 +201,19 @@ def _is_int_like(v: Any) -> bool:
 
 
 def _read_csv(path: Path) -> dict[str, list[dict]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatalistError(path, [f"not UTF-8 text ({e}); save the CSV as UTF-8"]) from None
+    try:
+        return _parse_csv(path, text)
+    except csv.Error as e:
+        raise DatalistError(path, [f"not a valid CSV ({e})"]) from None
+
+
+def _parse_csv(path: Path, text: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    with open(path, newline="") as f:
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
             raise DatalistError(path, [f"CSV datalist needs a header with an 'image' column, got {reader.fieldnames}"])
@@ -321,7 +338,7 @@ def _key_of(path: str, regex: re.Pattern | None) -> str:
     if regex is not None:
         m = regex.search(Path(path).as_posix())
         if m is None:
-            raise ValueError(f"--subject-regex {regex.pattern!r} does not match {path}")
+            raise UserInputError(f"--subject-regex {regex.pattern!r} does not match {path}")
         return m.group("id") if "id" in regex.groupindex else m.group(1 if regex.groups else 0)
     return _STRIP_TOKENS.sub("", name) or Path(path).parent.name or name
 
@@ -350,7 +367,7 @@ def build_datalist(
     labels: Mapping[str, Mapping[str, Any]] | None = None,
     section: str = "auto",
     val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
+    test_fraction: float = 0.2,
     seed: int = 0,
     subject_regex: str | None = None,
 ) -> dict[str, list[dict]]:
@@ -366,10 +383,11 @@ def build_datalist(
         masks: voxel ground-truth masks (matched by subject id; a mask implies ``label`` 1 unless given).
         brain_masks: brain masks (matched by subject id).
         labels: ``{subject_id: {"label": 0|1, "semi_target": ..., "site": ...}}`` (e.g. from a CSV).
-        section: ``auto`` (labelled/masked anomalous -> ``test``; the rest, taken as healthy, split into
-            ``training``/``validation`` (and ``test`` with ``test_fraction``)), or one section for all.
-        val_fraction: fraction of healthy subjects for ``validation`` (auto).
-        test_fraction: fraction of healthy subjects for ``test`` (auto).
+        section: ``auto`` (labelled/masked anomalous -> ``test``; the rest, taken as healthy (label 0), split
+            into ``training``/``validation``/``test``), or one section for all.
+        val_fraction: fraction of healthy subjects for ``validation`` (auto; at least one when there are 2+).
+        test_fraction: fraction of healthy subjects for ``test`` (auto; at least one when there are 3+), so that
+            ``evaluate`` on ``test`` has both classes. ``training`` always keeps at least one.
         seed: seed of the split.
         subject_regex: regular expression for the subject id.
 
@@ -380,13 +398,13 @@ def build_datalist(
         ValueError: duplicate subject ids among images, or a mask that matches no image.
     """
     if section != "auto" and section not in SECTIONS:
-        raise ValueError(f"section must be 'auto' or one of {SECTIONS}, got {section!r}")
+        raise UserInputError(f"section must be 'auto' or one of {SECTIONS}, got {section!r}")
     regex = re.compile(subject_regex) if subject_regex else None
     images = [os.path.abspath(p) for p in images]
     ids = _subject_keys(images, regex)
     dup = sorted({k for k in ids if ids.count(k) > 1})
     if dup:
-        raise ValueError(f"several images share a subject id: {dup}; narrow the image pattern or give --subject-regex")
+        raise UserInputError(f"several images share a subject id: {dup}; narrow the image pattern or give --subject-regex")
     by_id = {k: {"image": p, "subject_id": k} for k, p in zip(ids, images)}
     for key, files in (("mask", masks), ("brain_mask", brain_masks)):
         files = [os.path.abspath(p) for p in files]
@@ -397,7 +415,7 @@ def build_datalist(
             else:
                 unmatched.append(p)
         if unmatched:
-            raise ValueError(f"{len(unmatched)} {key} file(s) match no image by subject id: {unmatched[:5]}")
+            raise UserInputError(f"{len(unmatched)} {key} file(s) match no image by subject id: {unmatched[:5]}")
     labels = labels or {}
     for k, it in by_id.items():
         extra = dict(labels.get(k, {}))
@@ -413,10 +431,20 @@ def build_datalist(
     rng.shuffle(healthy)
     n_val = int(round(val_fraction * len(healthy)))
     n_test = int(round(test_fraction * len(healthy)))
+    if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction < 1):
+        raise UserInputError(f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1, got "
+                             f"{val_fraction} and {test_fraction}")
     if len(healthy) >= 2 and val_fraction > 0:
         n_val = max(n_val, 1)
+    if len(healthy) >= 3 and test_fraction > 0:
+        n_test = max(n_test, 1)
+    while healthy and n_val + n_test >= len(healthy):  # training keeps at least one healthy scan
+        if n_test >= n_val and n_test > 0:
+            n_test -= 1
+        else:
+            n_val -= 1
     val, test_h, train = healthy[:n_val], healthy[n_val:n_val + n_test], healthy[n_val + n_test:]
-    for it in train + val:
+    for it in train + val + test_h:
         it.setdefault("label", 0)
     out: dict[str, list[dict]] = {}
     for sec, its in (("training", train), ("validation", val), ("test", test_h + anomalous)):

@@ -73,6 +73,7 @@ from scipy import ndimage
 
 from mri_anomaly.data.datalist import write_datalist
 from mri_anomaly.data.lesions import RandLesion
+from mri_anomaly.errors import UserInputError
 
 __all__ = [
     "DEMO_DEFAULTS",
@@ -429,11 +430,11 @@ def make_demo_cohort(
         ValueError: bad counts, spacing or contrast.
     """
     if contrast not in CONTRASTS:
-        raise ValueError(f"unknown contrast {contrast!r} (known: {', '.join(CONTRASTS)})")
+        raise UserInputError(f"unknown contrast {contrast!r} (known: {', '.join(CONTRASTS)})")
     if healthy < 1 or anomalous < 0 or general < 0:
-        raise ValueError(f"need healthy >= 1, anomalous >= 0, general >= 0; got {healthy}, {anomalous}, {general}")
+        raise UserInputError(f"need healthy >= 1, anomalous >= 0, general >= 0; got {healthy}, {anomalous}, {general}")
     if not 0.5 <= spacing <= 8.0:
-        raise ValueError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
+        raise UserInputError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)

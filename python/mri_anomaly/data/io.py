@@ -6,6 +6,8 @@ produces a NumPy/zlib traceback deep inside a worker: it produces an :class:`Inp
 names the file and the problem, in one line a user can act on. The checks are:
 
 * the file exists and is readable as NIfTI (a truncated or corrupt ``.nii.gz`` is caught);
+* its voxels are real numbers (complex and RGB data are refused, not cast);
+* its affine is finite and invertible, with voxels of at least 1 µm and a field of view of at most 5 m;
 * the image is 3D (a trailing singleton 4th axis, common in NIfTI, is dropped; a real 4D or a 2D
   image is refused);
 * every voxel is finite (no NaN or Inf);
@@ -24,10 +26,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-__all__ = ["InputFileError", "check_array", "load_volume", "read_header", "safe_load"]
+from mri_anomaly.errors import UserInputError
+
+__all__ = ["InputFileError", "affine_problem", "check_array", "load_volume", "read_header", "safe_load"]
 
 
-class InputFileError(ValueError):
+class InputFileError(UserInputError):
     """A bad input file. ``str(err)`` reads ``"<path>: <problem>"``.
 
     Attributes:
@@ -65,7 +69,36 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
-    return shape, np.asarray(img.affine, dtype=np.float64)
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind not in "biuf":  # complex, RGB (structured) ...: no single real intensity per voxel
+        raise InputFileError(path, f"voxel type {dtype} is not a real number per voxel (complex or RGB data); "
+                                   "expected a magnitude image")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    problem = affine_problem(affine, shape)
+    if problem is not None:
+        raise InputFileError(path, problem)
+    return shape, affine
+
+
+MIN_VOXEL_MM = 1e-3
+MAX_FIELD_OF_VIEW_MM = 5000.0
+
+
+def affine_problem(affine: np.ndarray, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with a voxel-to-world affine (4, 4), or None: it must be finite and invertible, with
+    voxel sizes of at least :data:`MIN_VOXEL_MM` and a field of view of at most :data:`MAX_FIELD_OF_VIEW_MM`
+    per axis (anything else cannot be resampled to a millimetre grid)."""
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        return f"the affine (voxel-to-world matrix) is not finite: {affine[:3].tolist()}"
+    voxel = np.linalg.norm(affine[:3, :3], axis=0)
+    if abs(np.linalg.det(affine[:3, :3])) < MIN_VOXEL_MM**3 or (voxel < MIN_VOXEL_MM).any():
+        return (f"the affine (voxel-to-world matrix) is singular or its voxels are under {MIN_VOXEL_MM} mm "
+                f"(voxel sizes {np.round(voxel, 6).tolist()} mm): {affine[:3].tolist()}")
+    field = voxel * np.asarray(list(shape[:3]) + [1] * (3 - len(shape[:3])), dtype=np.float64)
+    if (field > MAX_FIELD_OF_VIEW_MM).any():
+        return (f"the field of view {np.round(field, 1).tolist()} mm exceeds {MAX_FIELD_OF_VIEW_MM:g} mm "
+                f"(voxel sizes {np.round(voxel, 3).tolist()} mm): a wrongly scaled affine")
+    return None
 
 
 def check_array(arr: np.ndarray, path: str | os.PathLike | None, *, is_mask: bool = False) -> np.ndarray:

@@ -23,7 +23,9 @@ bias of nearest-neighbour downsampling):
 ``LoadVolumed`` (checked, :class:`~mri_anomaly.data.io.InputFileError` on bad files) ->
 ``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``Spacingd`` (+ ``Binarized`` on masks) ->
 ``ScaleIntensityInMaskd`` ->
-``CropForegroundd`` -> ``ResizeWithPadOrCropd(spatial_size)`` (or ``DivisiblePadd(divisible_by)``).
+``CropForegroundd`` -> ``WarnGridCropd`` (a :class:`GridCropWarning` naming the file when the fixed grid
+cuts off more than :data:`CROP_WARNING_FRACTION` of the foreground; arrays untouched) ->
+``ResizeWithPadOrCropd(spatial_size)`` (or ``DivisiblePadd(divisible_by)``).
 
 Outputs: ``image`` float32 ``MetaTensor`` (1, H, W, D) in [0, 1], RAS, axial axis last; masks the same
 shape with values {0, 1}. Every spatial step is a MONAI invertible transform, so a map on the model grid
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -46,7 +49,9 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
+    CenterSpatialCrop,
     Compose,
+    MapTransform,
     CropForegroundd,
     DivisiblePadd,
     EnsureChannelFirstd,
@@ -68,7 +73,19 @@ __all__ = [
     "preprocessing",
     "invert_to_input_space",
     "save_map_in_input_space",
+    "preprocessed_channels",
+    "model_grid_problems",
+    "cropped_foreground_fraction",
+    "WarnGridCropd",
+    "GridCropWarning",
+    "CROP_WARNING_FRACTION",
 ]
+
+MAX_GRID = 2048
+"""Voxels per axis of the model grid at most (0.1 mm over 20 cm)."""
+
+CROP_WARNING_FRACTION = 0.01
+"""A scan whose foreground loses more than this fraction of its voxels to the fixed grid gets a warning."""
 
 PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "spacing": [4.0, 4.0, 4.0],
@@ -129,8 +146,8 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
     if sp is not None:
         if _is_num(sp):
             sp = [sp] * 3
-        if not (isinstance(sp, Sequence) and len(sp) == 3 and all(_is_num(s) and s > 0 for s in sp)):
-            problems.append(f"preprocessing.spacing: expected null or 3 positive numbers (mm), got {cfg['spacing']!r}")
+        if not (isinstance(sp, Sequence) and len(sp) == 3 and all(_is_num(s) and 0.1 <= s <= 100 for s in sp)):
+            problems.append(f"preprocessing.spacing: expected null or 3 numbers from 0.1 to 100 (mm), got {cfg['spacing']!r}")
     ori = cfg["orientation"]
     pair = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
     if not (isinstance(ori, str) and len(ori) == 3 and all(c in pair for c in ori.upper())
@@ -156,19 +173,107 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
     if not (_is_int(cfg["crop_margin"]) and cfg["crop_margin"] >= 0):
         problems.append(f"preprocessing.crop_margin: expected an integer >= 0, got {cfg['crop_margin']!r}")
     k = cfg["divisible_by"]
-    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-        problems.append(f"preprocessing.divisible_by: expected an integer >= 1, got {k!r}")
+    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_GRID):
+        problems.append(f"preprocessing.divisible_by: expected an integer from 1 to {MAX_GRID}, got {k!r}")
         k = None
     ss = cfg["spatial_size"]
     if ss is not None:
-        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(_is_int(s) and s > 0 for s in ss)):
-            problems.append(f"preprocessing.spatial_size: expected null or 3 positive integers, got {ss!r}")
+        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(_is_int(s) and 0 < s <= MAX_GRID for s in ss)):
+            problems.append(f"preprocessing.spatial_size: expected null or 3 integers from 1 to {MAX_GRID}, got {ss!r}")
         elif k is not None and any(s % k for s in ss):
             problems.append(f"preprocessing.spatial_size: {list(ss)} is not divisible by divisible_by={k}")
     bm = cfg["brain_mask_key"]
     if bm is not None and not (isinstance(bm, str) and bm):
         problems.append(f"preprocessing.brain_mask_key: expected null or an item key, got {bm!r}")
     return problems
+
+
+def preprocessed_channels(config: Mapping[str, Any] | None = None) -> int:
+    """Channels of the preprocessed ``image``: one (each datalist item holds one image file)."""
+    return 1
+
+
+def model_grid_problems(config: Mapping[str, Any] | None, spatial_dims: int, divisor: int, reason: str) -> list[str]:
+    """Problems of a (valid) preprocessing config's model grid for a network needing multiples of ``divisor``.
+
+    Args:
+        config: the ``preprocessing:`` section (defaults filled in here).
+        spatial_dims: 2 (the network sees axial slices: the first two axes) or 3 (all three axes).
+        divisor: every axis the network sees must be a multiple of this.
+        reason: what asks for it (``"model.levels=4 (...)"``), for the message.
+
+    Returns:
+        messages naming the preprocessing key (empty: the network takes this grid).
+    """
+    cfg = resolve_preprocessing_config(config)
+    ss, k = cfg["spatial_size"], cfg["divisible_by"]
+    if ss is not None:
+        seen = list(ss)[:2] if spatial_dims == 2 else list(ss)
+        if any(s % divisor for s in seen):
+            fixed = [max(divisor, int(round(s / divisor)) * divisor) for s in seen] + list(ss)[len(seen):]
+            what = f"has slice axes {seen}" if spatial_dims == 2 else "is"
+            return [f"preprocessing.spatial_size: {list(ss)} {what} not divisible by {divisor}, which {reason} "
+                    f"needs; use e.g. {fixed} or a shallower model"]
+    elif k % divisor:
+        return [f"preprocessing.divisible_by: {k} pads the grid to multiples of {k} (spatial_size is null), but {reason} "
+                f"needs multiples of {divisor}; use divisible_by: {divisor}"]
+    return []
+
+
+class GridCropWarning(UserWarning):
+    """The fixed model grid cut off part of a scan's foreground (the centre crop of ``spatial_size``)."""
+
+
+def cropped_foreground_fraction(foreground: torch.Tensor | np.ndarray, spatial_size: Sequence[int]) -> float:
+    """Fraction of the foreground voxels outside the centre crop to ``spatial_size`` (what
+    ``ResizeWithPadOrCrop`` keeps).
+
+    Args:
+        foreground: (C, X, Y, Z) or (X, Y, Z); voxels > 0 are foreground.
+        spatial_size: the model grid (X', Y', Z').
+
+    Returns:
+        ``lost / total`` in [0, 1] (0 for an empty foreground or a grid that holds it all).
+    """
+    fg = torch.as_tensor(foreground.as_tensor() if isinstance(foreground, MetaTensor) else foreground) > 0
+    if fg.ndim == len(spatial_size) + 1:
+        fg = fg.any(0)
+    total = int(fg.sum())
+    if total == 0:
+        return 0.0
+    window = CenterSpatialCrop(list(spatial_size)).compute_slices(list(fg.shape))
+    return float(total - int(fg[tuple(window)].sum())) / total
+
+
+class WarnGridCropd(MapTransform):
+    """Warn (:class:`GridCropWarning`, naming the file) when the next centre crop to ``spatial_size`` cuts off
+    more than ``threshold`` of the foreground of ``source_key``. Returns the data unchanged.
+
+    Args:
+        source_key: the item key whose voxels > 0 are the foreground (the image, or the brain mask).
+        spatial_size: the model grid the next transform crops/pads to.
+        threshold: fraction of foreground voxels above which it warns.
+        image_key: the image whose file the warning names.
+    """
+
+    def __init__(self, source_key: str, spatial_size: Sequence[int], threshold: float = CROP_WARNING_FRACTION,
+                 image_key: str = "image") -> None:
+        super().__init__([source_key])
+        self.source_key, self.spatial_size, self.threshold = source_key, list(spatial_size), float(threshold)
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        source = data[self.source_key]
+        if any(s > t for s, t in zip(source.shape[1:], self.spatial_size)):
+            lost = cropped_foreground_fraction(source, self.spatial_size)
+            if lost > self.threshold:
+                meta = getattr(data.get(self.image_key), "meta", None) or {}
+                path = meta.get("filename_or_obj") or data.get("image_path") or "<image>"
+                warnings.warn(
+                    f"{path}: the model grid {self.spatial_size} crops {100 * lost:.1f}% of the foreground "
+                    f"(foreground box {list(source.shape[1:])} voxels); raise preprocessing.spatial_size or the "
+                    "spacing to keep the whole anatomy", GridCropWarning, stacklevel=2)
+        return data
 
 
 def _positive(x: torch.Tensor) -> torch.Tensor:
@@ -231,6 +336,7 @@ def preprocessing(
                                  margin=int(cfg["crop_margin"]), allow_smaller=True, start_coord_key=None,
                                  end_coord_key=None, allow_missing_keys=True))
     if cfg["spatial_size"] is not None:
+        t.append(WarnGridCropd(bm or imgs[0], cfg["spatial_size"], image_key=imgs[0]))
         t.append(ResizeWithPadOrCropd(all_keys, spatial_size=list(cfg["spatial_size"]), allow_missing_keys=True))
     else:
         t.append(DivisiblePadd(all_keys, k=int(cfg["divisible_by"]), allow_missing_keys=True))

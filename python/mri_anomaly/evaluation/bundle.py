@@ -24,6 +24,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from mri_anomaly.errors import MissingInputError
+
 __all__ = ["BundleScorer", "write_bundle_metadata"]
 
 
@@ -130,7 +132,7 @@ def write_bundle_metadata(
     run = Path(run_dir)
     ckpt_path = run / CHECKPOINT_NAME
     if not ckpt_path.is_file():
-        raise FileNotFoundError(f"{run}: no {CHECKPOINT_NAME}; train a run first")
+        raise MissingInputError(f"{run}: no {CHECKPOINT_NAME}; train a run first")
     checkpoint = load_checkpoint(ckpt_path)
     config = config_from_yaml(checkpoint["config"])
     cls = get_method_class(config["method"])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from mri_anomaly.errors import UserInputError
+
 __all__ = ["register_commands"]
 
 _EPILOG_EVALUATE = """\
@@ -99,7 +101,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         known = {r.name: r for r in DEMO_RUNS}
         unknown = [m for m in wanted if m not in known]
         if unknown:
-            raise ValueError(f"unknown demo method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+            raise UserInputError(f"unknown demo method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
         runs = tuple(known[m] for m in wanted)
     report = run_demo(args.out, runs=runs, seed=args.seed, device=args.device, smoke=args.smoke,
                       n_bootstrap=args.bootstrap, progress=not args.no_progress)  # fmt: skip

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mri_anomaly.errors import MissingInputError, UserInputError
+from mri_anomaly.training.config import configs_dir
+
 __all__ = ["DEMO_RUNS", "DemoRun", "configs_dir", "run_demo"]
 
 
@@ -68,26 +71,6 @@ SMOKE_COHORT: dict[str, Any] = {"healthy": 5, "anomalous": 2, "general": 3}
 SMOKE_STEPS = 2
 SMOKE_BOOTSTRAP = 20
 STATE_FILE = "demo_state.json"
-
-
-def configs_dir() -> Path:
-    """The folder of the YAML configs: ``$MRI_ANOMALY_CONFIGS``, else ``configs/`` of the source checkout
-    (beside ``python/``), else ``./configs``.
-
-    Raises:
-        FileNotFoundError: none of them exists.
-    """
-    candidates = []
-    if os.environ.get("MRI_ANOMALY_CONFIGS"):
-        candidates.append(Path(os.environ["MRI_ANOMALY_CONFIGS"]))
-    candidates.append(Path(__file__).resolve().parents[3] / "configs")
-    candidates.append(Path.cwd() / "configs")
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise FileNotFoundError(
-        f"no configs folder found (looked in {', '.join(map(str, candidates))}); set MRI_ANOMALY_CONFIGS to the repository's configs/"
-    )
 
 
 class _State:
@@ -162,7 +145,7 @@ def run_demo(
     state = _State(out / STATE_FILE)
     settings = {"seed": seed, "smoke": smoke, "runs": [r.name for r in runs]}
     if state.data.get("settings") not in (None, settings):
-        raise ValueError(
+        raise UserInputError(
             f"{out} holds a demo made with other settings ({state.data['settings']}); use another --out or delete {out / STATE_FILE}"
         )
     state.data["settings"] = settings
@@ -171,7 +154,7 @@ def run_demo(
     for r in runs:
         path = cfg_dir / r.config
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: demo config of {r.name!r} not found")
+            raise MissingInputError(f"{path}: demo config of {r.name!r} not found")
         config = load_config(path, r.overrides)
         if smoke:
             config = load_config(path, list(r.overrides) + _smoke_overrides(config))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.evaluation.bootstrap import metrics_with_ci
 from mri_anomaly.evaluation.controls import baseline_comparison, brain_fraction_rho
 from mri_anomaly.evaluation.metrics import binary_metrics
@@ -98,24 +99,24 @@ def load_score_set(directory: str | os.PathLike, name: str | None = None) -> Sco
     d = Path(directory)
     path = d / "scores.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; --scores must be a directory written by `mri-anomaly score`")
+        raise MissingInputError(f"{path}: not found; --scores must be a directory written by `mri-anomaly score`")
     volumes = pd.read_csv(path, dtype={"subject_id": str})
     if "subject_id" not in volumes.columns:
-        raise ValueError(f"{path}: no subject_id column (columns: {list(volumes.columns)})")
+        raise UserInputError(f"{path}: no subject_id column (columns: {list(volumes.columns)})")
     meta: dict[str, Any] = {}
     if (d / "score_meta.json").is_file():
         try:
             meta = json.loads((d / "score_meta.json").read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{d / 'score_meta.json'}: not valid JSON ({err})") from err
+            raise UserInputError(f"{d / 'score_meta.json'}: not valid JSON ({err})") from err
     columns = _score_columns(volumes, meta)
     if not columns:
-        raise ValueError(f"{path}: no score columns found (columns: {list(volumes.columns)})")
+        raise UserInputError(f"{path}: no score columns found (columns: {list(volumes.columns)})")
     slices = None
     if (d / "slice_scores.csv").is_file():
         slices = pd.read_csv(d / "slice_scores.csv", dtype={"subject_id": str})
         if "subject_id" not in slices.columns or "slice" not in slices.columns:
-            raise ValueError(f"{d / 'slice_scores.csv'}: needs subject_id and slice columns")
+            raise UserInputError(f"{d / 'slice_scores.csv'}: needs subject_id and slice columns")
     maps = {str(c)[4:]: c for c in volumes.columns if str(c).startswith("map:")}
     slice_columns: list[str] = []
     if slices is not None:
@@ -196,6 +197,21 @@ def _labelled(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["label"].isin([0, 1])]
 
 
+def _one_class_problem(ss: ScoreSet, section: str, scans: pd.DataFrame, labelled: pd.DataFrame) -> str | None:
+    """Why the section cannot give detection metrics (no labels, or one class only), or None when it can."""
+    n_anomalous = int((labelled["label"] == 1).sum()) if len(labelled) else 0
+    n_healthy = len(labelled) - n_anomalous
+    if n_healthy and n_anomalous:
+        return None
+    where = f"{ss.name}: section {section!r} ({len(scans)} scans in {ss.directory / 'scores.csv'})"
+    if not len(labelled):
+        return f"{where} has no labelled scans (label 0/1): no volume metrics; give labels in the datalist"
+    missing = "healthy (label 0)" if not n_healthy else "anomalous (label 1)"
+    return (f"{where} has only {n_healthy or n_anomalous} {'anomalous' if not n_healthy else 'healthy'} scans and no "
+            f"{missing} ones: AUROC, AP and sensitivities need both; add {missing} scans to the section "
+            "(mri-anomaly datalist puts a healthy share in test: --test-fraction)")
+
+
 def _safe_metrics(y, s, **kwargs) -> dict[str, Any]:
     try:
         return metrics_with_ci(y, s, **kwargs)
@@ -261,10 +277,13 @@ def evaluate(
     t0 = time.time()
     dirs = [scores] if isinstance(scores, (str, os.PathLike)) else list(scores)
     if not dirs:
-        raise ValueError("no score directory given")
+        raise UserInputError("no score directory given")
     runs = list(runs)
     if runs and len(runs) != len(dirs):
-        raise ValueError(f"{len(runs)} --run given for {len(dirs)} --scores; give one run per score directory")
+        raise UserInputError(f"{len(runs)} --run given for {len(dirs)} --scores; give one run per score directory")
+    for run in runs:
+        if not Path(run).is_dir():
+            raise MissingInputError(f"{run}: run directory not found (--run must be a folder written by `mri-anomaly train`)")
     sets: list[ScoreSet] = []
     used: set[str] = set()
     for i, d in enumerate(dirs):
@@ -305,6 +324,7 @@ def evaluate(
             "n_bootstrap_strata": n_bootstrap_strata,
         },
         "notes": [],
+        "warnings": [],
     }
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"volume": {}, "slice": {}}
     thresholds_by_key: dict[str, float] = {}
@@ -329,6 +349,12 @@ def evaluate(
         }
         if len(sec) == 0:
             metrics["notes"].append(f"{ss.name}: no scans of section {section!r} in {ss.directory / 'scores.csv'}")
+        else:
+            problem = _one_class_problem(ss, section, sec, lab)
+            if problem is not None:
+                metrics["warnings"].append(problem)
+                metrics["notes"].append(f"WARNING: {problem}")
+                print(f"warning: {problem}", file=sys.stderr, flush=True)
         log(f"{ss.name}: volume level, {len(lab)} labelled scans, {len(ss.score_columns)} score columns")
         # volume level
         y = lab["label"].to_numpy(dtype=int) if len(lab) else np.zeros(0, int)

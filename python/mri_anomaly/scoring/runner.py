@@ -3,7 +3,9 @@
 Every volume is preprocessed exactly as in training (the run's config), scored by the method, and written
 out as soon as it is done, so an interrupted run loses nothing and a second run over the same ``OUT``
 skips the volumes already in ``scores.csv``. A volume that cannot be read is recorded in ``errors.csv``
-and skipped (it is retried on the next run, and its error row is replaced). Under ``torchrun`` every rank
+and skipped (it is retried on the next run, and its error row is replaced); only bad input files are
+recorded so (:class:`~mri_anomaly.data.InputFileError`): any other exception stops the run with its traceback.
+``mri-anomaly score`` exits with status 3 when any scan failed. Under ``torchrun`` every rank
 scores a shard of the items (item ``i`` goes to rank ``i mod W``) into ``OUT/shards/rank<r>/``; rank 0
 merges the shards into the same tables one process writes (rows in datalist order: sections in the
 datalist's order, items in their order).
@@ -46,6 +48,8 @@ from typing import Any
 
 import torch
 
+from mri_anomaly.data.datasets import unwrap_input_error
+from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.scoring.aggregate import aggregate_slice_scores, aggregated_names, slice_has_label
 from mri_anomaly.scoring.brain import slice_brain_statistic
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
@@ -223,7 +227,7 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu"):
 
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT_NAME} (train a model there first with `mri-anomaly train`)")
+        raise MissingInputError(f"{run_dir}: no {CHECKPOINT_NAME} (train a model there first with `mri-anomaly train`)")
     checkpoint = load_checkpoint(path, map_location="cpu")
     config = config_from_yaml(checkpoint["config"])
     progress = checkpoint.get("progress") or {}
@@ -231,7 +235,7 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu"):
 
     phases = get_method_class(config["method"]).phases
     if progress.get("begun_phase_index", len(phases) - 1) < len(phases) - 1:
-        raise ValueError(
+        raise UserInputError(
             f"{path}: training stopped before its last phase ({phases[-1]!r}) began, so the model cannot score yet; "
             f"continue it with `mri-anomaly train ... --out {run_dir} --resume`"
         )
@@ -263,10 +267,11 @@ def _run_thresholds(run_dir: Path, checkpoint: Mapping[str, Any]) -> dict[str, f
 
 # ------------------------------------------------------------------------------------------ items
 class _PreprocessedItems(torch.utils.data.Dataset):
-    """``(index, preprocessed item or None, error message or None)`` per datalist item (errors caught).
+    """``(index, preprocessed item or None, error message or None)`` per datalist item.
 
     Uncached :class:`mri_anomaly.data.VolumeDataset` items (the training preprocessing, item convention
-    of the data module); a file that cannot be read or preprocessed becomes an error message naming it.
+    of the data module); a bad input file (an :class:`~mri_anomaly.data.InputFileError`, possibly wrapped by
+    MONAI) becomes an error message naming it. Any other exception is raised: it is a bug, not a bad scan.
     """
 
     def __init__(self, items: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> None:
@@ -284,7 +289,9 @@ class _PreprocessedItems(torch.utils.data.Dataset):
         item = self.items[i]
         try:
             data = self.volumes[i]
-        except Exception as err:  # noqa: BLE001 - any failure of one scan is recorded, not fatal
+        except Exception as err:  # a bad input file is recorded, not fatal; anything else is a bug and raised
+            if unwrap_input_error(err) is None:
+                raise
             return i, None, _error_text(err, item)
         if "error" in data:
             return i, None, str(data["error"])
@@ -476,7 +483,7 @@ def score_datalist(
         data = load_datalist(datalist, check_files=False, check_headers=False)
     missing = [s for s in sections if s not in data]
     if missing:
-        raise ValueError(f"section(s) {', '.join(missing)} not in the datalist (it has: {', '.join(sorted(data))})")
+        raise UserInputError(f"section(s) {', '.join(missing)} not in the datalist (it has: {', '.join(sorted(data))})")
     if save_maps is None:
         save_maps = bool(config["score"]["save_maps"])
     thresholds = _run_thresholds(run_dir, checkpoint)
@@ -564,7 +571,9 @@ def score_datalist(
                 )
                 scores_table.write([row])  # last: a volume counts as done only once everything else is on disk
                 scored += 1
-            except Exception as err:  # noqa: BLE001 - one failing volume is recorded and the run goes on
+            except Exception as err:  # a bad input file is recorded and the run goes on; a bug is raised
+                if unwrap_input_error(err) is None:
+                    raise
                 error = _error_text(err, item)
         if error is not None:
             errors_table.write([{**base, "error": error}])
@@ -679,7 +688,7 @@ def _check_same_model(out: Path, checkpoint: Mapping[str, Any], run_dir: Path) -
         return
     previous = meta.get("run_fingerprint")
     if previous is not None and previous != run_fingerprint(checkpoint):
-        raise ValueError(
+        raise UserInputError(
             f"{out} holds scores of another model ({meta.get('run')}, fingerprint {previous}); this run "
             f"({run_dir}) would mix with them: score into a new --out, or delete {out}"
         )

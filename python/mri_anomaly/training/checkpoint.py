@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mri_anomaly.errors import MissingInputError, UserInputError
+
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "versions"]
 
 CHECKPOINT_FORMAT = 1
@@ -107,11 +109,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise MissingInputError(f"no checkpoint at {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, not a torch file, or unsafe content
-        raise ValueError(f"{path}: not a readable mri-anomaly checkpoint ({type(err).__name__}: {err})") from None
+        raise UserInputError(f"{path}: not a readable mri-anomaly checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "state_dict" not in checkpoint:
-        raise ValueError(f"{path}: not an mri-anomaly checkpoint (format {CHECKPOINT_FORMAT} with a state_dict expected)")
+        raise UserInputError(f"{path}: not an mri-anomaly checkpoint (format {CHECKPOINT_FORMAT} with a state_dict expected)")
     return checkpoint

@@ -27,7 +27,10 @@ and seed::
       save_maps: true
 
 Every problem (unknown key, wrong type, impossible value) is collected and reported in one
-:class:`ConfigError`. ``--set a.b.c=value`` overrides any key by its dotted path; values are parsed
+:class:`ConfigError`. When every part is valid on its own, the parts are checked against each other: the
+model grid (``preprocessing.spatial_size``, or ``divisible_by`` when it is null) must be a multiple of what
+the network needs (``2**levels`` for Glow, ``2**len(channels)`` for the encoders), and ``in_channels`` must
+be the channels the preprocessing gives. ``--set a.b.c=value`` overrides any key by its dotted path; values are parsed
 as YAML scalars (``5``, ``1e-3``, ``true``, ``null``, ``[1, 2]``).
 """
 
@@ -35,12 +38,15 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mri_anomaly.errors import UserInputError
 
 __all__ = [
     "ConfigError",
@@ -53,6 +59,9 @@ __all__ = [
     "validate_config",
     "config_to_yaml",
     "config_from_yaml",
+    "configs_dir",
+    "shipped_configs",
+    "resolve_config_path",
 ]
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -71,7 +80,7 @@ SLICES_DEFAULTS: dict[str, Any] = {"min_brain_fraction": 0.05}
 TOP_LEVEL_DEFAULTS: dict[str, Any] = {"in_channels": 1, "seed": 0}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A config with problems; ``problems`` lists each one, the message lists them all."""
 
     def __init__(self, problems: list[str], source: str | None = None) -> None:
@@ -336,6 +345,8 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.add(f"spatial_dims: must be 2 or 3, got {cfg['spatial_dims']!r}")
     chk.int_(cfg, "in_channels", "", minimum=1)
     chk.int_(cfg, "seed", "", minimum=0)
+    if _is_int(cfg.get("seed")) and cfg["seed"] >= 2**32:
+        chk.add(f"seed: must be < 2**32 (NumPy's limit), got {cfg['seed']}")
 
     # preprocessing: the data module owns its keys
     pre = chk.section(cfg, "preprocessing", "")
@@ -397,24 +408,107 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.bool_(score, "save_maps", "score.")
         cfg["score"] = {**SCORE_DEFAULTS, **score}
 
+    chk.problems.extend(_model_fit_problems(method_cls, cfg, chk.problems))
     if chk.problems:
         raise ConfigError(chk.problems, source)
     return cfg
 
 
+def _model_fit_problems(method_cls: type | None, cfg: Mapping[str, Any], found: list[str]) -> list[str]:
+    """Whether the network fits the data: the model grid against the depth of the model (Glow ``levels``,
+    encoder ``channels``) and ``in_channels`` against the channels the preprocessing gives. Without this a
+    mismatch fails only at the first forward pass, after the data are loaded. Each check runs when the keys
+    it reads have no problem of their own (``found``), so every problem is still reported at once."""
+    from mri_anomaly.data.preprocessing import model_grid_problems, preprocessed_channels
+
+    def valid(*prefixes: str) -> bool:
+        return not any(p.startswith(prefixes) for p in found)
+
+    problems = []
+    if not valid("preprocessing", "the config"):
+        return problems
+    channels = preprocessed_channels(cfg.get("preprocessing"))
+    if valid("in_channels") and cfg["in_channels"] != channels:
+        problems.append(f"in_channels: {cfg['in_channels']}, but the preprocessing gives {channels}-channel images "
+                        f"(one image file per datalist item); set in_channels: {channels}")
+    if method_cls is not None and valid("spatial_dims", "model", "method"):
+        try:
+            divisor, reason = method_cls.grid_divisor(cfg.get("model") or {})
+        except ValueError as err:  # a depth out of range
+            return [*problems, str(err)]
+        problems += model_grid_problems(cfg.get("preprocessing"), cfg["spatial_dims"], divisor, reason)
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ shipped configs
+def configs_dir() -> Path:
+    """The folder of the shipped YAML configs (and ``bundle/``), first that exists of:
+
+    ``$MRI_ANOMALY_CONFIGS``; ``mri_anomaly/configs/`` inside an installed package (package data, copied from
+    the repository's ``configs/`` when the wheel is built); ``configs/`` of the source checkout (beside
+    ``python/``); ``./configs``.
+
+    Raises:
+        MissingInputError: none of them exists.
+    """
+    from mri_anomaly.errors import MissingInputError
+
+    package = Path(__file__).resolve().parents[1]  # .../mri_anomaly
+    candidates = []
+    if os.environ.get("MRI_ANOMALY_CONFIGS"):
+        candidates.append(Path(os.environ["MRI_ANOMALY_CONFIGS"]))
+    candidates += [package / "configs", package.parents[1] / "configs", Path.cwd() / "configs"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise MissingInputError(
+        f"no configs folder found (looked in {', '.join(map(str, candidates))}); set MRI_ANOMALY_CONFIGS to the repository's configs/"
+    )
+
+
+def shipped_configs() -> dict[str, Path]:
+    """``{name: path}`` of every ``*.yaml`` in :func:`configs_dir` (``{}`` when there is none)."""
+    try:
+        folder = configs_dir()
+    except FileNotFoundError:
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """An existing config file as given, else the shipped config of that name (``glow3d`` or ``glow3d.yaml``).
+
+    Raises:
+        ConfigError: neither exists (the message lists the shipped names).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if os.sep not in text and "/" not in text:
+        shipped = shipped_configs()
+        stem = text[: -len(".yaml")] if text.endswith(".yaml") else text
+        if stem in shipped:
+            return shipped[stem]
+        names = ", ".join(shipped) or "none found"
+        raise ConfigError([f"config file not found: {path}, and no shipped config of that name (shipped: {names})"])
+    raise ConfigError([f"config file not found: {path}"])
+
+
 # ------------------------------------------------------------------------------------------------ I/O
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a YAML config, apply ``--set`` overrides, validate, fill defaults.
+    """Read a YAML config (a file, or the name of a shipped config such as ``glow3d``), apply ``--set``
+    overrides, validate, fill defaults.
 
     Raises:
         ConfigError: the file is missing or not YAML, or the config has problems (all listed).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"config file not found: {path}"])
+    path = resolve_config_path(path)
     try:
-        raw = _yaml_load(path.read_text())
-    except yaml.YAMLError as err:
+        raw = _yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"not UTF-8 text ({err})"], str(path)) from None
+    except (yaml.YAMLError, RecursionError) as err:
         raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
     if raw is None:
         raw = {}

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mri_anomaly.errors import UserInputError
+
 __all__ = [
     "init_distributed",
     "cleanup_distributed",
@@ -58,7 +60,7 @@ def init_distributed(device: str = "cpu") -> torch.device:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+            raise UserInputError("--device cuda was asked for but no CUDA device is available")
         target = torch.device("cuda", local_rank if env_world > 1 else (torch.device(device).index or 0))
         torch.cuda.set_device(target)
     else:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mri_anomaly.errors import UserInputError
+
 __all__ = ["SeededSampleDataset", "ResumableBatches", "sample_seed", "collate", "build_dataset"]
 
 
@@ -122,7 +124,7 @@ class ResumableBatches:
         per_rank = n // self.world_size
         self.batches_per_epoch = per_rank // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise UserInputError(
                 f"the {name} data has {n} samples: fewer than batch_size {batch_size} x {self.world_size} process(es); "
                 "lower train.batch_size or add data"
             )

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mri_anomaly.errors import OutputExistsError, UserInputError
+
 from mri_anomaly.training import distributed
 from mri_anomaly.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mri_anomaly.training.config import config_from_yaml, config_to_yaml
@@ -68,9 +70,20 @@ class TrainResult:
 
 
 def build_method(config: Mapping[str, Any]) -> AnomalyMethod:
-    """The method of a validated config, freshly constructed (weights from the current torch RNG)."""
+    """The method of a validated config, freshly constructed (weights from the current torch RNG).
+
+    Raises:
+        ConfigError: the method's constructor refused a ``model:`` value (its argument checks, e.g. ``steps: 0``).
+    """
+    from mri_anomaly.training.config import ConfigError
+
     cls = get_method_class(config["method"])
-    return cls.from_config(config["spatial_dims"], config["in_channels"], dict(config.get("model") or {}))
+    try:
+        return cls.from_config(config["spatial_dims"], config["in_channels"], dict(config.get("model") or {}))
+    except ValueError as err:
+        if isinstance(err, UserInputError):
+            raise
+        raise ConfigError([f"model: method {config['method']!r} refused its arguments: {err}"]) from err
 
 
 def move_batch(batch: Batch, device: torch.device) -> Batch:
@@ -166,7 +179,7 @@ class Trainer:
         self.resume_state: dict[str, Any] | None = None
         if self.checkpoint_path.exists():
             if not resume:
-                raise FileExistsError(
+                raise OutputExistsError(
                     f"{self.run_dir} already holds a training run ({CHECKPOINT_NAME}); pass --resume to continue it "
                     "or choose a new --out"
                 )
@@ -182,7 +195,7 @@ class Trainer:
                 elif index == done["phase_index"] and now < done["phase_step"]:
                     problems.append(f"train.phases.{phase}.steps: {now} is fewer than the {done['phase_step']} steps already done")
             if problems:
-                raise ValueError(
+                raise UserInputError(
                     f"cannot resume {self.checkpoint_path}: the config differs from the checkpoint's:\n  - "
                     + "\n  - ".join(problems)
                 )
@@ -218,7 +231,7 @@ class Trainer:
     def _section_items(self, section: str) -> list[dict[str, Any]]:
         items = self.datalist.get(section) or []
         if not items:
-            raise ValueError(f"the datalist has no items in section {section!r}, which this method trains on")
+            raise UserInputError(f"the datalist has no items in section {section!r}, which this method trains on")
         return items
 
     def _dataset(self, section: str):

@@ -10,7 +10,8 @@ Scoring calls :meth:`score`; every score is oriented higher = more anomalous.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import inspect
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -52,6 +53,23 @@ class AnomalyMethod(nn.Module):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
+
+    @classmethod
+    def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
+        """What the network needs of the model grid, for the ``model:`` keyword arguments of a config.
+
+        Returns:
+            ``(d, reason)``: every spatial size the network sees (2D: the slice's two axes; 3D: all three)
+            must be a multiple of ``d``; ``reason`` names the argument that asks for it. Default ``(1, "")``.
+        """
+        return 1, ""
+
+    @classmethod
+    def model_argument(cls, model: Mapping[str, Any], name: str) -> Any:
+        """``model[name]``, else the default of ``__init__``'s parameter ``name``."""
+        if name in model:
+            return model[name]
+        return inspect.signature(cls.__init__).parameters[name].default
 
     @classmethod
     def from_config(cls, spatial_dims: int, in_channels: int, params: dict[str, Any]) -> AnomalyMethod:

@@ -27,7 +27,7 @@ The score is ``deep_sad_dist``, the squared distance ``‖φ(x) − c‖²`` (hi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -137,6 +137,14 @@ class DeepSADMethod(AnomalyMethod):
     phases = ("pretrain", "train")
     score_names = ("deep_sad_dist",)
     map_names = ()
+
+    @classmethod
+    def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
+        """Each encoder level max-pools every axis by 2: sizes must be multiples of ``2 ** len(channels)``."""
+        channels = cls.model_argument(model, "channels")
+        if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 16:
+            raise ValueError(f"model.channels: must list 1 to 16 levels of channels, got {channels!r}")
+        return 2 ** len(channels), f"model.channels has {len(channels)} levels (each halves every axis)"
 
     def __init__(
         self,

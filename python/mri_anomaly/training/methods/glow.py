@@ -35,7 +35,8 @@ would also measure how much of it is brain (the background is modelled almost pe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,7 +69,19 @@ def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+MAX_LEVELS = 16
+"""Scales of a Glow at most (2**16 voxels per axis is beyond any MRI grid)."""
+
+
 class _GlowScoring:
+    @classmethod
+    def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
+        """Each of the ``levels`` scales squeezes every axis by 2: sizes must be multiples of ``2**levels``."""
+        levels = cls.model_argument(model, "levels")
+        if not isinstance(levels, int) or isinstance(levels, bool) or not 1 <= levels <= MAX_LEVELS:
+            raise ValueError(f"model.levels: must be an integer from 1 to {MAX_LEVELS}, got {levels!r}")
+        return 2**levels, f"model.levels={levels} (each level halves every axis)"
+
     """Shared per-batch computations of both Glow methods."""
 
     spatial_dims: int

@@ -14,6 +14,9 @@ slices) times larger (≈ 6× for 40 slices), so β must grow by that factor for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from mri_anomaly.models import LatentNormAutoEncoder
@@ -45,6 +48,14 @@ class LatentNormMethod(AnomalyMethod):
     phases = ("train",)
     score_names = ("latent_norm",)
     map_names = ("residual",)
+
+    @classmethod
+    def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
+        """Each encoder level max-pools every axis by 2: sizes must be multiples of ``2 ** len(channels)``."""
+        channels = cls.model_argument(model, "channels")
+        if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 16:
+            raise ValueError(f"model.channels: must list 1 to 16 levels of channels, got {channels!r}")
+        return 2 ** len(channels), f"model.channels has {len(channels)} levels (each halves every axis)"
 
     def __init__(
         self,

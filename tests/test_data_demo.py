@@ -15,7 +15,7 @@ import pytest
 
 from mri_anomaly.data import DEMO_PREPROCESSING, find_ms_lesion_dir, load_datalist, make_demo_cohort, preprocessing
 from mri_anomaly.data.commands import register_commands
-from mri_anomaly.data.demo import demo_grid, synthesize_subject
+from mri_anomaly.data.demo import SIZE_STRATA, demo_grid, size_stratum, synthesize_subject
 
 SMALL = dict(healthy=4, anomalous=3, general=3, spacing=8.0)
 
@@ -89,6 +89,10 @@ def test_anomaly_kinds_masks_and_intensity(demo_cohort):
         img = np.asarray(nib.load(it["image"]).dataobj)
         mask = np.asarray(nib.load(it["mask"]).dataobj) > 0
         assert mask.sum() == int(subj[it["subject_id"]]["lesion_voxels"]) > 0
+        # the stratification columns the report reads: measured volume (8 mm voxels) and its stratum
+        volume = float(subj[it["subject_id"]]["lesion_volume_cm3"])
+        assert volume == pytest.approx(mask.sum() * 8.0**3 / 1000.0)
+        assert subj[it["subject_id"]]["size_stratum"] == size_stratum(volume)
         assert (img[mask] > 0).all()  # inside the brain
         # FLAIR: MS and focal lesions are brighter than the healthy brain, except focal lesions drawn with
         # the opposite sign (RandLesion's opposite_sign_prob), which are darker
@@ -98,6 +102,24 @@ def test_anomaly_kinds_masks_and_intensity(demo_cohort):
             assert img[mask].mean() > healthy_median
         elif variant == "focal_opposite":
             assert img[mask].mean() < healthy_median
+
+
+def test_size_strata_by_hand():
+    assert list(SIZE_STRATA) == ["small", "medium", "large"]
+    assert [size_stratum(v) for v in (0.0, 0.99, 1.0, 9.99, 10.0, 250.0)] == [
+        "small", "small", "medium", "medium", "large", "large"]
+    with pytest.raises(ValueError, match=">= 0"):
+        size_stratum(-1.0)
+
+
+def test_lesion_size_targets_reach_their_strata():
+    """At the demo's 4 mm, each kind's size settings put the lesion volume in the requested stratum."""
+    for kind in ("tumour", "focal"):
+        for i, stratum in enumerate(SIZE_STRATA):
+            s = synthesize_subject(np.random.default_rng([7, i]), 4.0, "flair", lesion=kind, lesion_size=stratum)
+            assert size_stratum(float(s["mask"].sum()) * 64 / 1000.0) == stratum, (kind, stratum)
+    with pytest.raises(ValueError, match="lesion_size"):
+        synthesize_subject(np.random.default_rng(0), 4.0, "flair", lesion="focal", lesion_size="huge")
 
 
 def test_contrasts_from_tissue_maps_and_subject_variation():

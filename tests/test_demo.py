@@ -43,6 +43,13 @@ def test_demo_smoke_end_to_end_and_resume(tmp_path, capsys):
         assert 0.0 <= entry["auroc"] <= 1.0, key
         assert "auroc_ci" in entry, key
     assert metrics["voxel"], "maps of the Glow and autoencoder runs are evaluated at voxel level"
+    # the controls: every learned run against both baselines, per-stratum AUROCs, brain-fraction rho per run
+    learned = {r.name for r in DEMO_RUNS} - {"intensity", "normative"}
+    assert set(metrics["baselines"]) == learned
+    assert all(set(e["vs"]) == {"intensity", "normative"} for e in metrics["baselines"].values())
+    assert any(k.startswith("kind:") for e in metrics["strata"].values() for k in e)
+    assert set(metrics["brain_fraction"]) == runs
+    assert any(e.get("control") for e in metrics["slice"].values())
     for r in DEMO_RUNS:  # thresholds stored in every run
         stored = json.loads((out / "runs" / r.name / "thresholds.json").read_text())
         assert stored["section"] == "validation" and stored["thresholds"]

@@ -102,3 +102,26 @@ def test_baseline_comparison_by_hand():
     assert vs["difference_ci"][0] <= 0.25 <= vs["difference_ci"][1]
     # no baseline evaluated: nothing to compare
     assert baseline_comparison({"m": "glow"}, {"m/good": {"auroc": 1.0}}, {"m": learned}, several=True) == {}
+
+
+def test_binned_voxel_curves_equal_the_exact_curve_when_bins_resolve_every_score():
+    from mri_anomaly.evaluation.metrics import voxel_metrics_fn
+    from mri_anomaly.evaluation.voxel import binned_bootstrap_ci, binned_curve_metrics
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(400) < 0.1).astype(int)
+    s = rng.normal(size=400) + y
+    edges = np.unique(np.quantile(s, np.linspace(0.0, 1.0, 4097)[1:-1]))
+    bins = np.searchsorted(edges, s, side="right")
+    pos = np.bincount(bins[y == 1], minlength=edges.size + 1)[None].astype(float)
+    neg = np.bincount(bins[y == 0], minlength=edges.size + 1)[None].astype(float)
+    binned = {k: float(v[0]) for k, v in binned_curve_metrics(pos, neg).items()}
+    exact = voxel_metrics_fn(y, s)
+    for key in ("auroc", "ap", "best_dice"):
+        assert binned[key] == pytest.approx(exact[key], abs=1e-12), key
+    # the scan bootstrap: intervals around the estimate, every replicate valid when every scan has both classes
+    scores = [s[i * 100 : (i + 1) * 100] for i in range(4)]
+    truths = [np.r_[1, y[i * 100 + 1 : (i + 1) * 100]] for i in range(4)]
+    ci = binned_bootstrap_ci(scores, truths, n_resamples=50, seed=0)
+    assert ci["n_bootstrap_valid"] == 50
+    assert all(0.0 <= ci[f"{k}_ci"][0] <= ci[f"{k}_ci"][1] <= 1.0 for k in ("auroc", "ap", "best_dice"))

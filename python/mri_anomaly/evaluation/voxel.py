@@ -7,6 +7,12 @@ without a mask but labelled healthy contribute all-negative voxels. Voxels of al
 (as MOOD does, so large lesions weigh more) after a deterministic uniform subsample of at most
 ``max_voxels`` per scan (uniform keeps the lesion prevalence unbiased). Reported: AUROC, AP and the best
 Dice over thresholds with that threshold (an oracle upper bound), with a bootstrap CI that resamples scans.
+
+The point estimates come from the exact ROC curve of the pooled voxels. The bootstrap replicates (scans drawn
+with replacement) are computed from per-scan histograms of the scores over ``n_bins`` pooled-quantile bins:
+a replicate's curve is the weighted sum of its scans' histograms, so no replicate re-sorts millions of
+voxels. Within a bin scores count as tied (half credit, as ROC ties do); with 4096 bins this moves a metric
+by far less than its CI (tested against exact refitting).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import torch
 from mri_anomaly.evaluation.bootstrap import metrics_with_ci
 from mri_anomaly.evaluation.metrics import voxel_metrics_fn
 
-__all__ = ["VoxelCase", "load_case_voxels", "voxel_metrics"]
+__all__ = ["N_BINS", "VoxelCase", "binned_bootstrap_ci", "binned_curve_metrics", "load_case_voxels", "voxel_metrics"]
+
+N_BINS = 4096
 
 
 @dataclass
@@ -116,10 +124,69 @@ def voxel_metrics(
         groups.append(np.full(s.size, i))
     if not scores:
         raise ValueError("no scans with anomaly maps to evaluate at voxel level")
-    y, s, g = np.concatenate(truths), np.concatenate(scores), np.concatenate(groups)
-    out = metrics_with_ci(y, s, voxel_metrics_fn, n_resamples=n_resamples, seed=seed, groups=g)
-    out.pop("best_dice_threshold_ci", None)
+    y, s = np.concatenate(truths), np.concatenate(scores)
+    out: dict = dict(metrics_with_ci(y, s, voxel_metrics_fn, n_resamples=0))
+    if n_resamples > 0:
+        out.update(binned_bootstrap_ci(scores, truths, n_resamples, seed))
+        out["ci_method"] = (f"percentile bootstrap, {n_resamples} resamples (clustered by scan), 95%, "
+                            f"from per-scan score histograms ({N_BINS} quantile bins)")
     out["n_scans"] = len(cases)
     out["n_scans_with_anomaly"] = int(sum(t.any() for t in truths))
     out["max_voxels_per_scan"] = max_voxels
+    return out
+
+
+def binned_curve_metrics(positives: np.ndarray, negatives: np.ndarray) -> dict[str, np.ndarray]:
+    """AUROC, AP and best Dice from lesion / healthy voxel counts per score bin (bins in ascending score order).
+
+    Args:
+        positives, negatives: (R, B) counts per replicate and bin.
+
+    Returns:
+        ``{"auroc", "ap", "best_dice"}``, each (R,); thresholds sweep from the highest bin down, a bin's voxels
+        entering together (ties).
+    """
+    tps = np.cumsum(positives[:, ::-1], axis=1)
+    fps = np.cumsum(negatives[:, ::-1], axis=1)
+    n_pos, n_neg = tps[:, -1:], fps[:, -1:]
+    tpr = np.concatenate([np.zeros_like(n_pos), tps / np.maximum(n_pos, 1)], axis=1)
+    fpr = np.concatenate([np.zeros_like(n_neg), fps / np.maximum(n_neg, 1)], axis=1)
+    auroc = np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2.0, axis=1)
+    precision = np.where(tps + fps > 0, tps / np.maximum(tps + fps, 1), 1.0)
+    recall_step = np.diff(tpr, axis=1)
+    ap = np.sum(recall_step * precision, axis=1)
+    dice = 2.0 * tps / np.maximum(tps + fps + n_pos, 1)
+    return {"auroc": auroc, "ap": ap, "best_dice": dice.max(axis=1)}
+
+
+def binned_bootstrap_ci(
+    scores: Sequence[np.ndarray], truths: Sequence[np.ndarray], n_resamples: int, seed: int = 0, n_bins: int = N_BINS
+) -> dict[str, list[float] | int]:
+    """95 % percentile CIs of AUROC, AP and best Dice over replicates that draw whole scans with replacement.
+
+    Returns:
+        ``{"auroc_ci", "ap_ci", "best_dice_ci": [low, high], "n_bootstrap_valid"}`` (replicates with both
+        lesion and healthy voxels).
+    """
+    from mri_anomaly.evaluation.metrics import finite_ranked
+
+    pooled = finite_ranked(np.concatenate(scores))
+    edges = np.unique(np.quantile(pooled, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
+    pos = np.zeros((len(scores), edges.size + 1))
+    neg = np.zeros_like(pos)
+    start = 0
+    for i, (s, t) in enumerate(zip(scores, truths)):
+        bins = np.searchsorted(edges, pooled[start : start + s.size], side="right")
+        start += s.size
+        pos[i] = np.bincount(bins[t == 1], minlength=edges.size + 1)
+        neg[i] = np.bincount(bins[t == 0], minlength=edges.size + 1)
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, len(scores), len(scores)), minlength=len(scores))
+                        for _ in range(n_resamples)]).astype(np.float64)
+    p, n = weights @ pos, weights @ neg
+    valid = (p.sum(axis=1) > 0) & (n.sum(axis=1) > 0)
+    out: dict[str, list[float] | int] = {"n_bootstrap_valid": int(valid.sum())}
+    values = binned_curve_metrics(p[valid], n[valid])
+    for key, v in values.items():
+        out[f"{key}_ci"] = [float(x) for x in np.quantile(v, [0.025, 0.975])] if v.size >= 2 else [float("nan")] * 2
     return out

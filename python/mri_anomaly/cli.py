@@ -63,6 +63,7 @@ examples:
   mri-anomaly score --run runs/glow3d --datalist demo/datalist.json --out scores/glow3d
   mri-anomaly score --run RUN --datalist D --section validation,test --out OUT
   torchrun --nproc-per-node 2 -m mri_anomaly score --run-dir RUN --datalist D --out OUT   # sharded, merged
+  mri-anomaly score --run RUN --datalist D --out OUT --format mood   # + OUT/mood/{sample,pixel}/ (MOOD challenge)
 
 OUT/ receives scores.csv (one row per volume), slice_scores.csv (one row per axial slice),
 maps/<section>/*.nii.gz (float32 voxel maps in the input's space and affine), errors.csv (scans that
@@ -118,6 +119,12 @@ def _add_score(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda; default cpu")
     p.add_argument("--no-maps", action="store_true", help="do not write voxel maps")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers that preprocess volumes ahead")
+    p.add_argument("--format", default="csv", choices=("csv", "mood"),
+                   help="csv: the tables and maps (always written); mood: also the MOOD-challenge layout in OUT/mood "
+                   "(sample/<input>.txt, pixel/<input> with the input's shape and affine)")
+    p.add_argument("--mood-values", default="unit", choices=("unit", "raw"),
+                   help="with --format mood: unit maps scores into (0, 1) keeping their order (MOOD clips to [0, 1]; "
+                   "0.5 = the run's threshold); raw writes them unchanged. Default unit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
@@ -185,12 +192,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
     sections = [s.strip() for s in args.section.split(",") if s.strip()]
     if not sections:
         raise UserInputError("--section needs at least one section name, e.g. test or validation,test")
+    if args.format == "mood" and args.no_maps:
+        raise UserInputError("--format mood writes a pixel-level map per scan: drop --no-maps")
     device = distributed.init_distributed(args.device)
     main_process = distributed.is_main_process()
     try:
+        save_maps = False if args.no_maps else (True if args.format == "mood" else None)
         summary = score_datalist(args.run, args.datalist, args.out, sections=sections, device=device,
-                                 save_maps=False if args.no_maps else None, num_workers=args.workers,
-                                 progress=not args.no_progress)
+                                 save_maps=save_maps, num_workers=args.workers, progress=not args.no_progress)
+        if args.format == "mood" and main_process:
+            from mri_anomaly.scoring.mood import write_mood_outputs
+
+            print(f"MOOD layout -> {write_mood_outputs(args.out, values=args.mood_values)}")
     finally:
         distributed.cleanup_distributed()
     if summary.errors:

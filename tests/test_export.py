@@ -1,0 +1,67 @@
+"""``mri-anomaly export`` + ``load_exported``: the exported program scores and flags as ``mri-anomaly score``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import mri_anomaly
+from mri_anomaly.cli import main
+from mri_anomaly.export import METADATA_FILE
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = ["preprocessing.spacing=[8, 8, 8]", "preprocessing.spatial_size=[24, 24, 24]", "train.batch_size=2",
+        "train.init_batches=1", "train.phases.train.steps=2", "score.top_k=3", "model.levels=2", "model.steps=1",
+        "model.hidden_channels=8"]
+
+
+@pytest.mark.parametrize("config", ["glow2d-slices", "glow3d"])
+def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(CONFIGS / f"{config}.yaml"), "--datalist", str(demo_cohort),
+                 "--out", str(run), "--no-progress", *[a for o in TINY for a in ("--set", o)]]) == 0
+    assert main(["score", "--run", str(run), "--datalist", str(demo_cohort), "--section", "validation,test",
+                 "--out", str(tmp_path / "scores"), "--no-maps", "--no-progress"]) == 0
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "model.pt2")]) == 0
+    scored = pd.read_csv(tmp_path / "scores" / "scores.csv")
+    thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
+
+    # the program carries everything: scoring works with the run folder gone
+    shutil.move(str(run), str(tmp_path / "elsewhere"))
+    scorer = mri_anomaly.load_exported(tmp_path / "model.pt2")
+    images = list(scored["image"])
+    table = scorer.score_table(images)
+    columns = json.loads((tmp_path / "scores" / "score_meta.json").read_text())["score_columns"]
+    assert scorer.score_columns_ == columns and scorer.thresholds_ == pytest.approx(thresholds)
+    for c in columns:
+        np.testing.assert_allclose(table[c].to_numpy(), scored[c].to_numpy(), rtol=1e-5, atol=1e-5)
+        assert table[f"flag:{c}"].tolist() == scored[f"flag:{c}"].tolist()
+    primary = columns[0]
+    np.testing.assert_allclose(scorer.decision_function(images), scored[primary].to_numpy(), rtol=1e-5, atol=1e-5)
+    assert scorer.predict(images).tolist() == scored[f"flag:{primary}"].tolist()
+    assert scorer.threshold_ == pytest.approx(thresholds[primary])
+
+    # the metadata a deployment needs, and the fused ops inside the program
+    extra = {METADATA_FILE: ""}
+    program = torch.export.load(str(tmp_path / "model.pt2"), extra_files=extra)
+    meta = json.loads(extra[METADATA_FILE])
+    assert meta["preprocessing"]["spatial_size"] == [24, 24, 24] and meta["preprocessing"]["spacing"] == [8, 8, 8]
+    assert meta["versions"]["torch"] == torch.__version__ and meta["primary_score"] == primary
+    assert meta["score_names"] == ["nll_bpd", "final_scale"] and meta["map_names"] == ["nll", "final_scale"]
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any(t.startswith("mri_anomaly.flow_step") for t in targets), sorted(targets)
+
+
+def test_export_errors(tmp_path):
+    assert main(["export", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "m.pt2")]) == 2
+    (tmp_path / "bad.pt2").write_bytes(b"not a program")
+    with pytest.raises(ValueError, match="bad.pt2"):
+        mri_anomaly.load_exported(tmp_path / "bad.pt2")
+    with pytest.raises(FileNotFoundError, match="missing.pt2"):
+        mri_anomaly.load_exported(tmp_path / "missing.pt2")

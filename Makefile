@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 JOBS ?= 2
 
-.PHONY: setup test pytest ctest cuda-check demo bench lint clean info
+.PHONY: setup test pytest ctest cuda-check demo report-screenshot bench lint clean info
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ test: $(STAMP) ctest pytest
 
 demo: $(STAMP)
 	$(VENV)/bin/mri-anomaly demo --out $(DEMO_OUT)
+
+# docs/images/report_screenshot.png from $(DEMO_OUT)/report/report.html in headless Chromium (apt-get install
+# chromium); fails without writing when the page logs a console error or a figure does not load
+report-screenshot: $(STAMP)
+	$(PY) docs/refresh_report_screenshot.py --demo $(DEMO_OUT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/flow_step.py

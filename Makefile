@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.deps: $(VENV)/bin/python constraints.txt
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -c constraints.txt numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML fire jsonschema pytest hypothesis ninja setuptools wheel
+	$(PIP) install -q -c constraints.txt numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML fire jsonschema onnx onnxscript onnxruntime pytest hypothesis ninja setuptools wheel
 	touch $@
 
 $(STAMP): $(VENV)/.deps pyproject.toml setup.py $(CSRC)

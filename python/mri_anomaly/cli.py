@@ -138,12 +138,14 @@ def _add_export(subparsers) -> None:
         description="Write RUN's scoring (model grid -> scores and maps, fused flow-step ops included) as a "
         "torch.export program; its metadata holds the config (preprocessing, slice rule), score names, "
         "thresholds and versions. Load it with mri_anomaly.load_exported(PATH).",
-        epilog="example:\n  mri-anomaly export --run runs/glow3d --out glow3d.pt2\n"
+        epilog="examples:\n  mri-anomaly export --run runs/glow3d --out glow3d.pt2\n  mri-anomaly export --run runs/glow3d --out glow3d.onnx\n"
         "  python -c \"import mri_anomaly; s = mri_anomaly.load_exported('glow3d.pt2'); print(s.predict(['scan.nii.gz']))\"",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", required=True, help="training run directory (holds checkpoint.pt)")
-    p.add_argument("--out", required=True, metavar="PATH", help="output file, e.g. model.pt2")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output file: model.pt2 (torch.export), or model.onnx (ONNX: the flow-step ops as their "
+                   "reference maths; needs onnx and onnxscript; runs with onnxruntime)")
     p.set_defaults(func=_cmd_export)
 
 

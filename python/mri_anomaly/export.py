@@ -18,8 +18,11 @@ the training code: each file is preprocessed with the run's config by the packag
 aggregation, slice rules and non-finite handling are exactly ``score``'s. A scan is flagged when its score is
 above its column's threshold, as in ``scores.csv``.
 
-ONNX is not offered: the flow steps are custom ``torch.ops.mri_anomaly`` ops with no ONNX translation
-(see ``docs/export.md``).
+**ONNX** (``--out model.onnx``): the same program with the fused flow-step ops replaced by their pure-PyTorch
+reference (:mod:`mri_anomaly.ops.reference`, the same maths in ``aten`` ops) through
+``ExportedProgram.run_decompositions``, translated by ``torch.onnx.export`` (needs ``onnx`` and ``onnxscript``).
+Inputs ``image``; outputs ``score:<name>`` and ``map:<name>``; the same metadata JSON in the model's
+``metadata_props["mri_anomaly"]``. :func:`load_exported` runs it with ``onnxruntime`` on the CPU.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["METADATA_FILE", "FORMAT", "export_run", "load_exported", "ExportedScorer"]
+__all__ = ["METADATA_FILE", "FORMAT", "export_run", "load_exported", "ExportedScorer", "OnnxProgram"]
 
 METADATA_FILE = "mri_anomaly.json"
 FORMAT = "mri-anomaly exported scorer v1"
@@ -129,10 +132,40 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     }
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.export.save(exported, str(tmp), extra_files={METADATA_FILE: json.dumps(metadata, indent=2, default=str)})
+    tmp = out.with_name(f".tmp-{out.name}")  # same suffix: torch.export.save expects .pt2
+    text = json.dumps(metadata, indent=2, default=str)
+    if out.suffix.lower() == ".onnx":
+        names = [f"score:{n}" for n in eager[0]] + [f"map:{n}" for n in eager[1]]
+        _save_onnx(exported, example, names, text, tmp)
+    else:
+        torch.export.save(exported, str(tmp), extra_files={METADATA_FILE: text})
     os.replace(tmp, out)
     return out
+
+
+def _save_onnx(exported: torch.export.ExportedProgram, example: torch.Tensor, output_names: list[str], metadata: str,
+               path: Path) -> None:
+    """The program as ONNX: custom flow-step ops decomposed into the reference maths, then translated."""
+    try:
+        import onnx
+    except ImportError as err:
+        raise ValueError("ONNX export needs the onnx and onnxscript packages (pip install onnx onnxscript)") from err
+    from mri_anomaly.ops import reference
+
+    table = torch.export.default_decompositions()
+    custom = getattr(torch.ops, "mri_anomaly", None)
+    if custom is not None and hasattr(custom, "flow_step"):  # absent without the compiled extension
+        table[torch.ops.mri_anomaly.flow_step.default] = reference.flow_step
+    decomposed = exported.run_decompositions(table)
+    left = sorted({str(n.target) for n in decomposed.graph.nodes if str(n.target).startswith("mri_anomaly.")})
+    if left:
+        raise ValueError(f"custom ops without an ONNX translation remain in the program: {', '.join(left)}")
+    program = torch.onnx.export(decomposed, (example,), input_names=["image"], output_names=output_names,
+                                dynamo=True, verbose=False)
+    model = program.model_proto
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "mri_anomaly", metadata
+    onnx.save(model, str(path))
 
 
 @dataclass
@@ -161,25 +194,29 @@ class ExportedScorer:
     """Scores NIfTI files with an exported program, its preprocessing config and its thresholds.
 
     Args:
-        program: the loaded :class:`torch.export.ExportedProgram`.
+        program: the loaded :class:`torch.export.ExportedProgram`, or an :class:`OnnxProgram` (ONNX Runtime).
         metadata: its ``mri_anomaly.json``.
         device: ``"cpu"`` or ``"cuda"`` (the program is moved there).
         score: the score column of ``decision_function``/``predict`` (default: the primary score).
     """
 
-    def __init__(self, program: torch.export.ExportedProgram, metadata: Mapping[str, Any], device: str = "cpu",
+    def __init__(self, program: Any, metadata: Mapping[str, Any], device: str = "cpu",
                  score: str | None = None) -> None:
         from mri_anomaly.training.config import config_from_yaml
 
         self.metadata = dict(metadata)
         self.config_ = config_from_yaml(self.metadata["config"])
         self.device = torch.device(device)
-        if self.device.type != "cpu":
-            from torch.export.passes import move_to_device_pass
+        if isinstance(program, torch.export.ExportedProgram):
+            if self.device.type != "cpu":
+                from torch.export.passes import move_to_device_pass
 
-            program = move_to_device_pass(program, self.device)
+                program = move_to_device_pass(program, self.device)
+            module = program.module()
+        else:
+            module = program
         self.program = program
-        self._method = _ProgramMethod(program.module(), self.device)
+        self._method = _ProgramMethod(module, self.device)
         self.score_columns_ = list(self.metadata["score_columns"])
         if score is not None and score not in self.score_columns_:
             raise ValueError(f"score {score!r} is not one of the program's columns ({', '.join(self.score_columns_)})")
@@ -245,8 +282,41 @@ class ExportedScorer:
         return self.score_table(images, section)[f"flag:{self.score_name_}"].to_numpy(dtype=np.int64)
 
 
+class OnnxProgram:
+    """An exported ONNX model run by ONNX Runtime (CPU), called like the exported program's module.
+
+    ``program(image (N, C, *grid))`` -> ``(scores {name: (N,)}, maps {name: (N, 1, *grid)})`` as tensors.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def __call__(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        values = self.session.run(None, {self.input_name: image.detach().cpu().float().numpy()})
+        scores, maps = {}, {}
+        for name, value in zip(self.output_names, values):
+            kind, _, key = name.partition(":")
+            (scores if kind == "score" else maps)[key] = torch.from_numpy(np.asarray(value))
+        return scores, maps
+
+
+def _load_onnx(p: Path) -> tuple[OnnxProgram, dict[str, Any]]:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ValueError(f"{p}: running an ONNX export needs onnxruntime (pip install onnxruntime)") from err
+    try:
+        session = onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - any failure to read it is the file's problem
+        raise ValueError(f"{p}: not an ONNX model ({type(err).__name__}: {err})") from err
+    text = session.get_modelmeta().custom_metadata_map.get("mri_anomaly", "")
+    return OnnxProgram(session), (json.loads(text) if text else {})
+
+
 def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | None = None) -> ExportedScorer:
-    """The :class:`ExportedScorer` of a file written by ``mri-anomaly export``.
+    """The :class:`ExportedScorer` of a file written by ``mri-anomaly export`` (``.pt2``, or ``.onnx``: CPU).
 
     Raises:
         FileNotFoundError: no such file. ValueError: not an mri-anomaly export (no metadata).
@@ -256,6 +326,13 @@ def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | Non
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such exported model (write one with `mri-anomaly export --run RUN --out {p}`)")
+    if p.suffix.lower() == ".onnx":
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"{p}: ONNX exports run on the CPU here (ONNX Runtime); use the .pt2 export for {device}")
+        onnx_program, metadata = _load_onnx(p)
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{p}: an ONNX model without mri-anomaly metadata (export it with `mri-anomaly export`)")
+        return ExportedScorer(onnx_program, metadata, device="cpu", score=score)
     extra = {METADATA_FILE: ""}
     try:
         program = torch.export.load(str(p), extra_files=extra)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["METADATA_FILE", "FORMAT", "export_run", "load_exported", "ExportedScorer", "OnnxProgram"]
+__all__ = ["METADATA_FILE", "FORMAT", "export_run", "load_exported", "with_reference_ops", "ExportedScorer", "OnnxProgram"]
 
 METADATA_FILE = "mri_anomaly.json"
 FORMAT = "mri-anomaly exported scorer v1"
@@ -143,6 +143,25 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     return out
 
 
+def with_reference_ops(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``program`` with every fused flow-step op replaced by its pure-PyTorch reference (plain ``aten`` ops).
+
+    Raises:
+        ValueError: a custom op without a reference is left in the program.
+    """
+    from mri_anomaly.ops import reference
+
+    table = torch.export.default_decompositions()
+    custom = getattr(torch.ops, "mri_anomaly", None)
+    if custom is not None and hasattr(custom, "flow_step"):  # absent without the compiled extension
+        table[torch.ops.mri_anomaly.flow_step.default] = reference.flow_step
+    decomposed = program.run_decompositions(table)
+    left = sorted({str(n.target) for n in decomposed.graph.nodes if str(n.target).startswith("mri_anomaly.")})
+    if left:
+        raise ValueError(f"custom ops without a pure-PyTorch reference remain in the program: {', '.join(left)}")
+    return decomposed
+
+
 def _save_onnx(exported: torch.export.ExportedProgram, example: torch.Tensor, output_names: list[str], metadata: str,
                path: Path) -> None:
     """The program as ONNX: custom flow-step ops decomposed into the reference maths, then translated."""
@@ -150,16 +169,7 @@ def _save_onnx(exported: torch.export.ExportedProgram, example: torch.Tensor, ou
         import onnx
     except ImportError as err:
         raise ValueError("ONNX export needs the onnx and onnxscript packages (pip install onnx onnxscript)") from err
-    from mri_anomaly.ops import reference
-
-    table = torch.export.default_decompositions()
-    custom = getattr(torch.ops, "mri_anomaly", None)
-    if custom is not None and hasattr(custom, "flow_step"):  # absent without the compiled extension
-        table[torch.ops.mri_anomaly.flow_step.default] = reference.flow_step
-    decomposed = exported.run_decompositions(table)
-    left = sorted({str(n.target) for n in decomposed.graph.nodes if str(n.target).startswith("mri_anomaly.")})
-    if left:
-        raise ValueError(f"custom ops without an ONNX translation remain in the program: {', '.join(left)}")
+    decomposed = with_reference_ops(exported)
     program = torch.onnx.export(decomposed, (example,), input_names=["image"], output_names=output_names,
                                 dynamo=True, verbose=False)
     model = program.model_proto
@@ -198,16 +208,23 @@ class ExportedScorer:
         metadata: its ``mri_anomaly.json``.
         device: ``"cpu"`` or ``"cuda"`` (the program is moved there).
         score: the score column of ``decision_function``/``predict`` (default: the primary score).
+        reference_ops: run the fused flow steps as their pure-PyTorch reference (default: only on a device the
+            compiled ops have no kernel for, e.g. CUDA with a CPU-only build).
     """
 
     def __init__(self, program: Any, metadata: Mapping[str, Any], device: str = "cpu",
-                 score: str | None = None) -> None:
+                 score: str | None = None, reference_ops: bool | None = None) -> None:
+        from mri_anomaly.ops import extension_available
         from mri_anomaly.training.config import config_from_yaml
 
         self.metadata = dict(metadata)
         self.config_ = config_from_yaml(self.metadata["config"])
         self.device = torch.device(device)
         if isinstance(program, torch.export.ExportedProgram):
+            if reference_ops is None:  # the compiled ops have no kernel for this device: their reference maths
+                reference_ops = not extension_available(self.device.type)
+            if reference_ops:
+                program = with_reference_ops(program)
             if self.device.type != "cpu":
                 from torch.export.passes import move_to_device_pass
 
@@ -315,7 +332,8 @@ def _load_onnx(p: Path) -> tuple[OnnxProgram, dict[str, Any]]:
     return OnnxProgram(session), (json.loads(text) if text else {})
 
 
-def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | None = None) -> ExportedScorer:
+def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | None = None,
+                  reference_ops: bool | None = None) -> ExportedScorer:
     """The :class:`ExportedScorer` of a file written by ``mri-anomaly export`` (``.pt2``, or ``.onnx``: CPU).
 
     Raises:
@@ -344,4 +362,4 @@ def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | Non
     metadata = json.loads(extra[METADATA_FILE])
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{p}: unknown export format {metadata.get('format')!r} (this version reads {FORMAT!r})")
-    return ExportedScorer(program, metadata, device=device, score=score)
+    return ExportedScorer(program, metadata, device=device, score=score, reference_ops=reference_ops)

@@ -58,6 +58,10 @@ def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
         if reference is False:
             assert scorer.predict(images).tolist() == scored[f"flag:{primary}"].tolist()
         assert scorer.threshold_ == pytest.approx(thresholds[primary])
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti file")
+    with pytest.raises(ValueError, match="broken.nii.gz"):
+        scorer.decision_function([images[0], str(broken)])
 
     # the metadata a deployment needs, and the fused ops inside the program
     extra = {METADATA_FILE: ""}

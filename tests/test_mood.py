@@ -20,6 +20,8 @@ MODELS = {
     "glow2d-slices": ["model.levels=2", "model.steps=1", "model.hidden_channels=8", "train.phases.train.steps=2"],
     "deep-svdd-2d": ["model.channels=[4, 8]", "model.pooled_size=2", "model.rep_dim=8",
                      "train.phases.pretrain.steps=2", "train.phases.train.steps=2"],
+    "deep-sad-3d": ["model.channels=[4, 8]", "model.pooled_size=2", "model.rep_dim=8", "train.batch_size=2",
+                    "train.phases.pretrain.steps=2", "train.phases.train.steps=2"],
 }
 
 
@@ -77,6 +79,8 @@ def test_mood_layout_matches_scores_and_inputs(mood_scored):
         np.testing.assert_allclose(unit_map, to_unit(raw_map), atol=1e-6)
         if name == "glow2d-slices":  # the method's first voxel map, as score wrote it
             np.testing.assert_allclose(raw_map, nib.load(raw / row["map:nll"]).get_fdata(), rtol=1e-6)
+        elif name == "deep-sad-3d":  # no voxel maps, one score per volume: that score everywhere
+            np.testing.assert_allclose(raw_map, np.float32(row[primary]), rtol=1e-6)
         else:  # no voxel maps: slice scores painted on their slices (0 outside the model grid's crop, blended
             # at its edge by the resampling back to the input grid)
             slices = pd.read_csv(raw / "slice_scores.csv")

@@ -47,14 +47,18 @@ def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
         table = scorer.score_table(images)
         assert scorer.score_columns_ == columns and scorer.thresholds_ == pytest.approx(thresholds)
         for c in columns:
-            np.testing.assert_allclose(table[c].to_numpy(), scored[c].to_numpy(), rtol=1e-5, atol=1e-5, err_msg=exported)
+            # the same kernels agree to 1e-5; ONNX Runtime / the reference maths to 1e-5 of the column's scale
+            # (standardised slice scores near 0 magnify rounding differences of ~1e-7 in the raw ones)
+            scale = 1.0 if reference is False else max(1.0, float(np.abs(scored[c]).max()))
+            np.testing.assert_allclose(table[c].to_numpy(), scored[c].to_numpy(), rtol=1e-5, atol=1e-5 * scale,
+                                       err_msg=exported)
             differ = [i for i, (a, b) in enumerate(zip(table[f"flag:{c}"], scored[f"flag:{c}"])) if a != b]
             if reference is False:  # the same kernels: identical flags
                 assert differ == [], (exported, c)
             else:  # ONNX Runtime / the reference maths round differently (~1e-7): only a scan scored at its
                 # threshold (the calibration scan that set it) may land on the other side of it
                 assert all(abs(scored[c][i] - thresholds[c]) <= 1e-5 * max(1.0, abs(thresholds[c])) for i in differ)
-        np.testing.assert_allclose(scorer.decision_function(images), scored[primary].to_numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(scorer.decision_function(images), table[primary].to_numpy(), rtol=0, atol=0)
         if reference is False:
             assert scorer.predict(images).tolist() == scored[f"flag:{primary}"].tolist()
         assert scorer.threshold_ == pytest.approx(thresholds[primary])

@@ -105,10 +105,13 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     stored = load_thresholds(run)
     if stored is not None:
         thresholds = dict(stored["thresholds"])
-        calibration = {k: v for k, v in stored.items() if k != "thresholds"}
+        calibration = {k: v for k, v in stored.items() if k not in ("thresholds", "slice_norms")}
     else:
         thresholds = {k: float(v) for k, v in (checkpoint.get("thresholds") or {}).items()}
-        calibration = dict(checkpoint.get("threshold_info") or {})
+        calibration = {k: v for k, v in (checkpoint.get("threshold_info") or {}).items() if k != "slice_norms"}
+    # per-position slice norms fitted on the healthy validation scans, where the run has them (the same
+    # lookup as score's: RUN/thresholds.json, else the checkpoint); score_volume standardises slice scores with them
+    slice_norms = (stored or {}).get("slice_norms") or (checkpoint.get("threshold_info") or {}).get("slice_norms") or None
     cls = type(method)
     columns = _score_columns(config, list(cls.score_names))
     metadata = {
@@ -120,6 +123,8 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
         "model_input": {"shape": ["N", channels, *grid[:2]] if config["spatial_dims"] == 2 else [1, channels, *grid],
                         "range": [0.0, 1.0], "axial_axis": "last spatial axis of the preprocessed volume"},
         "score_names": list(cls.score_names),
+        "slice_statistic": getattr(cls, "slice_statistic", "mean"),
+        "slice_norms": slice_norms,
         "score_columns": columns,
         "primary_score": columns[0],
         "map_names": list(cls.map_names),
@@ -187,7 +192,8 @@ class _ProgramScores:
 
 
 class _ProgramMethod:
-    """The exported program behind the ``method.score(batch)`` interface ``score_volume`` calls."""
+    """The exported program behind the ``method.score(batch)`` interface ``score_volume`` calls (a subclass per
+    program carries the method's class attributes: ``name``, ``score_names``, ``map_names``, ``slice_statistic``)."""
 
     def __init__(self, module: Any, device: torch.device) -> None:
         self.module = module
@@ -233,7 +239,13 @@ class ExportedScorer:
         else:
             module = program
         self.program = program
-        self._method = _ProgramMethod(module, self.device)
+        method_class = type("ExportedMethod", (_ProgramMethod,), {
+            "name": self.metadata["method"], "score_names": tuple(self.metadata["score_names"]),
+            "map_names": tuple(self.metadata["map_names"]),
+            "slice_statistic": self.metadata.get("slice_statistic", "mean")})
+        self._method = method_class(module, self.device)
+        norms = self.metadata.get("slice_norms")
+        self._score_volume_options = {"slice_norms": norms} if norms else {}
         self.score_columns_ = list(self.metadata["score_columns"])
         if score is not None and score not in self.score_columns_:
             raise ValueError(f"score {score!r} is not one of the program's columns ({', '.join(self.score_columns_)})")
@@ -273,7 +285,8 @@ class ExportedScorer:
             if "error" in data:
                 errors.append(str(data["error"]).splitlines()[0])
                 continue
-            result = score_volume(self._method, self.config_, data, device=self.device, want_maps=False)
+            result = score_volume(self._method, self.config_, data, device=self.device, want_maps=False,
+                                  **self._score_volume_options)
             row: dict[str, Any] = {"subject_id": data.get("subject_id", ""), "image": item.get("image")}
             row.update({c: result.scores[c] for c in self.score_columns_})
             row.update({f"flag:{c}": int(result.scores[c] > t) for c, t in self.thresholds_.items()

@@ -31,7 +31,8 @@ def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "model.pt2")]) == 0
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "model.onnx")]) == 0
     scored = pd.read_csv(tmp_path / "scores" / "scores.csv")
-    thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
+    stored = json.loads((run / "thresholds.json").read_text())
+    thresholds = stored["thresholds"]
 
     # the program carries everything: scoring works with the run folder gone (torch.export and ONNX alike)
     shutil.move(str(run), str(tmp_path / "elsewhere"))
@@ -73,6 +74,8 @@ def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
     meta = json.loads(extra[METADATA_FILE])
     assert meta["preprocessing"]["spatial_size"] == [24, 24, 24] and meta["preprocessing"]["spacing"] == [8, 8, 8]
     assert meta["versions"]["torch"] == torch.__version__ and meta["primary_score"] == primary
+    # the per-position slice norms score standardises with travel in the file (2D runs have them)
+    assert meta["slice_norms"] == stored.get("slice_norms") and (config != "glow2d-slices" or meta["slice_norms"])
     assert meta["score_names"] == ["nll_bpd", "final_scale"] and meta["map_names"] == ["nll", "final_scale"]
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any(t.startswith("mri_anomaly.flow_step") for t in targets), sorted(targets)

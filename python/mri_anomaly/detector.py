@@ -39,32 +39,14 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-__all__ = ["Detector", "ImagesLike", "resolve_config_path", "resolve_device"]
+from mri_anomaly.errors import MissingInputError, OutputExistsError, UserInputError
+
+__all__ = ["Detector", "ImagesLike", "resolve_device"]
 
 ImagesLike = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, Mapping[str, Any]]]]
 """NIfTI paths (or datalist items ``{"image": path, ...}``), or the path of a datalist (``.json``/``.csv``)."""
 
 _RUN_FILES = ("config.yaml", "checkpoint.pt", "train_log.csv", "thresholds.json")
-
-
-def resolve_config_path(config: str | os.PathLike) -> Path:
-    """A YAML config: an existing path, else a shipped config by name (``"glow3d"`` -> ``configs/glow3d.yaml``).
-
-    Raises:
-        FileNotFoundError: neither, listing the shipped names.
-    """
-    path = Path(config)
-    if path.is_file():
-        return path
-    from mri_anomaly.evaluation.demo import configs_dir
-
-    folder = configs_dir()
-    name = path.name[:-5] if path.name.endswith(".yaml") else path.name
-    shipped = folder / f"{name}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = sorted(p.stem for p in folder.glob("*.yaml"))
-    raise FileNotFoundError(f"{config}: no such config file, and not a shipped config (shipped: {', '.join(names)})")
 
 
 def resolve_device(device: str) -> str:
@@ -92,7 +74,7 @@ def _items(images: ImagesLike, section: str, what: str) -> list[dict[str, Any]]:
 
         data = load_datalist(images, check_files=False, check_headers=False)
         if section not in data:
-            raise ValueError(f"{images}: the datalist has no {section!r} section (it has: {', '.join(sorted(data))})")
+            raise UserInputError(f"{images}: the datalist has no {section!r} section (it has: {', '.join(sorted(data))})")
         return [dict(it) for it in data[section]]
     if isinstance(images, (str, os.PathLike)):
         images = [images]
@@ -105,7 +87,7 @@ def _items(images: ImagesLike, section: str, what: str) -> list[dict[str, Any]]:
         else:
             raise TypeError(f"{what}[{i}]: expected a NIfTI path or a datalist item, got {type(image).__name__}")
     if not items:
-        raise ValueError(f"{what}: no images given")
+        raise UserInputError(f"{what}: no images given")
     return items
 
 
@@ -141,8 +123,9 @@ class Detector:
         **overrides: Any,
     ) -> None:
         from mri_anomaly.training import load_config
+        from mri_anomaly.training.config import resolve_config_path
 
-        self.config_path = resolve_config_path(config)
+        self.config_path = resolve_config_path(config)  # a shipped name or a file; ConfigError otherwise
         self.overrides = [_override_text(k, v) for k, v in overrides.items()]
         self.config_ = load_config(self.config_path, self.overrides)  # a bad value fails now, not after fit
         self.max_steps = max_steps
@@ -172,7 +155,7 @@ class Detector:
         columns = self.score_columns_
         if self.score is not None:
             if self.score not in columns:
-                raise ValueError(f"score {self.score!r} is not a score column of this run (columns: {', '.join(columns)})")
+                raise UserInputError(f"score {self.score!r} is not a score column of this run (columns: {', '.join(columns)})")
             return self.score
         return columns[0]
 
@@ -268,7 +251,7 @@ class Detector:
         errors = pd.read_csv(out_dir / ERRORS_FILE, dtype=str) if (out_dir / ERRORS_FILE).is_file() else pd.DataFrame()
         if len(errors):
             lines = "\n  ".join(str(e) for e in errors["error"])
-            raise ValueError(f"{len(errors)} of {len(items)} scan(s) could not be scored:\n  {lines}")
+            raise UserInputError(f"{len(errors)} of {len(items)} scan(s) could not be scored:\n  {lines}")
         table = pd.read_csv(out_dir / SCORES_FILE, dtype={"subject_id": str, "image": str})
         from mri_anomaly.data import load_datalist
 
@@ -299,7 +282,7 @@ class Detector:
             ValueError: the run has no threshold for the primary score (fitted without validation scans).
         """
         if self.threshold_ is None:
-            raise ValueError(f"{self.run_dir}: no threshold for {self.score_name_!r}: fit with validation_images "
+            raise UserInputError(f"{self.run_dir}: no threshold for {self.score_name_!r}: fit with validation_images "
                              "(healthy scans) to calibrate one")
         table, tmp = self._scored(images, section)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -338,7 +321,7 @@ class Detector:
 
         names = get_method_class(self.config_["method"]).map_names
         if not names:
-            raise ValueError(f"method {self.config_['method']!r} has no voxel maps (only volume/slice scores)")
+            raise UserInputError(f"method {self.config_['method']!r} has no voxel maps (only volume/slice scores)")
         out = Path(out_dir)
         table = self._score_into(images, out, True, section)
         return [{m: (out / row[f"map:{m}"]).resolve() for m in names} for _, row in table.iterrows()]
@@ -353,7 +336,7 @@ class Detector:
         source = self._run()
         target = Path(run_dir)
         if (target / "checkpoint.pt").exists():
-            raise FileExistsError(f"{target} already holds a training run (checkpoint.pt); choose another folder")
+            raise OutputExistsError(f"{target} already holds a training run (checkpoint.pt); choose another folder")
         if target.resolve() == source.resolve():
             return target
         target.mkdir(parents=True, exist_ok=True)
@@ -376,7 +359,7 @@ class Detector:
 
         run = Path(run_dir)
         if not (run / "checkpoint.pt").is_file():
-            raise FileNotFoundError(f"{run_dir}: no checkpoint.pt (train a model there first with `mri-anomaly train`)")
+            raise MissingInputError(f"{run_dir}: no checkpoint.pt (train a model there first with `mri-anomaly train`)")
         det = cls.__new__(cls)
         det.config_path = run / "config.yaml"
         det.overrides = []

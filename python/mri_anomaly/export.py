@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mri_anomaly.errors import MissingInputError, UserInputError
+
 __all__ = ["METADATA_FILE", "FORMAT", "export_run", "load_exported", "with_reference_ops", "ExportedScorer", "OnnxProgram"]
 
 METADATA_FILE = "mri_anomaly.json"
@@ -74,7 +76,7 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """
     from mri_anomaly.data.preprocessing import resolve_preprocessing_config
     from mri_anomaly.evaluation.thresholds import load_thresholds
-    from mri_anomaly.scoring.runner import load_run, run_fingerprint
+    from mri_anomaly.scoring.runner import load_run, run_fingerprint, run_slice_norms
     from mri_anomaly.training.checkpoint import versions
     from mri_anomaly.training.config import config_to_yaml
 
@@ -82,7 +84,7 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     method, config, checkpoint = load_run(run, "cpu")
     pre = resolve_preprocessing_config(config.get("preprocessing"))
     if pre["spatial_size"] is None:
-        raise ValueError(f"{run}: preprocessing.spatial_size is null (the grid varies per scan); an exported program "
+        raise UserInputError(f"{run}: preprocessing.spatial_size is null (the grid varies per scan); an exported program "
                          "needs a fixed model grid: train with preprocessing.spatial_size set")
     grid = [int(s) for s in pre["spatial_size"]]
     channels = int(config["in_channels"])
@@ -109,9 +111,8 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     else:
         thresholds = {k: float(v) for k, v in (checkpoint.get("thresholds") or {}).items()}
         calibration = {k: v for k, v in (checkpoint.get("threshold_info") or {}).items() if k != "slice_norms"}
-    # per-position slice norms fitted on the healthy validation scans, where the run has them (the same
-    # lookup as score's: RUN/thresholds.json, else the checkpoint); score_volume standardises slice scores with them
-    slice_norms = (stored or {}).get("slice_norms") or (checkpoint.get("threshold_info") or {}).get("slice_norms") or None
+    # the per-position slice norms fitted on the healthy validation scans (score_volume standardises with them)
+    slice_norms = run_slice_norms(run, checkpoint)
     cls = type(method)
     columns = _score_columns(config, list(cls.score_names))
     metadata = {
@@ -173,7 +174,7 @@ def _save_onnx(exported: torch.export.ExportedProgram, example: torch.Tensor, ou
     try:
         import onnx
     except ImportError as err:
-        raise ValueError("ONNX export needs the onnx and onnxscript packages (pip install onnx onnxscript)") from err
+        raise UserInputError("ONNX export needs the onnx and onnxscript packages (pip install onnx onnxscript)") from err
     decomposed = with_reference_ops(exported)
     program = torch.onnx.export(decomposed, (example,), input_names=["image"], output_names=output_names,
                                 dynamo=True, verbose=False)
@@ -248,7 +249,7 @@ class ExportedScorer:
         self._score_volume_options = {"slice_norms": norms} if norms else {}
         self.score_columns_ = list(self.metadata["score_columns"])
         if score is not None and score not in self.score_columns_:
-            raise ValueError(f"score {score!r} is not one of the program's columns ({', '.join(self.score_columns_)})")
+            raise UserInputError(f"score {score!r} is not one of the program's columns ({', '.join(self.score_columns_)})")
         self.score_name_ = score or str(self.metadata["primary_score"])
         self.thresholds_ = {k: float(v) for k, v in self.metadata["thresholds"].items()}
 
@@ -293,7 +294,7 @@ class ExportedScorer:
                         if c in result.scores})
             rows.append(row)
         if errors:
-            raise ValueError(f"{len(errors)} of {len(items)} scan(s) could not be scored:\n  " + "\n  ".join(errors))
+            raise UserInputError(f"{len(errors)} of {len(items)} scan(s) could not be scored:\n  " + "\n  ".join(errors))
         return pd.DataFrame(rows)
 
     def decision_function(self, images: Any, section: str = "test") -> np.ndarray:
@@ -307,7 +308,7 @@ class ExportedScorer:
             ValueError: the program carries no threshold for :attr:`score_name_`.
         """
         if self.threshold_ is None:
-            raise ValueError(f"the exported run has no threshold for {self.score_name_!r} (it was trained without "
+            raise UserInputError(f"the exported run has no threshold for {self.score_name_!r} (it was trained without "
                              "validation scans)")
         return self.score_table(images, section)[f"flag:{self.score_name_}"].to_numpy(dtype=np.int64)
 
@@ -336,11 +337,11 @@ def _load_onnx(p: Path) -> tuple[OnnxProgram, dict[str, Any]]:
     try:
         import onnxruntime
     except ImportError as err:
-        raise ValueError(f"{p}: running an ONNX export needs onnxruntime (pip install onnxruntime)") from err
+        raise UserInputError(f"{p}: running an ONNX export needs onnxruntime (pip install onnxruntime)") from err
     try:
         session = onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - any failure to read it is the file's problem
-        raise ValueError(f"{p}: not an ONNX model ({type(err).__name__}: {err})") from err
+        raise UserInputError(f"{p}: not an ONNX model ({type(err).__name__}: {err})") from err
     text = session.get_modelmeta().custom_metadata_map.get("mri_anomaly", "")
     return OnnxProgram(session), (json.loads(text) if text else {})
 
@@ -356,23 +357,23 @@ def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | Non
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such exported model (write one with `mri-anomaly export --run RUN --out {p}`)")
+        raise MissingInputError(f"{p}: no such exported model (write one with `mri-anomaly export --run RUN --out {p}`)")
     if p.suffix.lower() == ".onnx":
         if torch.device(device).type != "cpu":
-            raise ValueError(f"{p}: ONNX exports run on the CPU here (ONNX Runtime); use the .pt2 export for {device}")
+            raise UserInputError(f"{p}: ONNX exports run on the CPU here (ONNX Runtime); use the .pt2 export for {device}")
         onnx_program, metadata = _load_onnx(p)
         if metadata.get("format") != FORMAT:
-            raise ValueError(f"{p}: an ONNX model without mri-anomaly metadata (export it with `mri-anomaly export`)")
+            raise UserInputError(f"{p}: an ONNX model without mri-anomaly metadata (export it with `mri-anomaly export`)")
         return ExportedScorer(onnx_program, metadata, device="cpu", score=score)
     extra = {METADATA_FILE: ""}
     try:
         program = torch.export.load(str(p), extra_files=extra)
     except Exception as err:  # noqa: BLE001 - any failure to read it is the file's problem
-        raise ValueError(f"{p}: not a torch.export program ({type(err).__name__}: {err})") from err
+        raise UserInputError(f"{p}: not a torch.export program ({type(err).__name__}: {err})") from err
     if not extra[METADATA_FILE]:
-        raise ValueError(f"{p}: a torch.export program without mri-anomaly metadata ({METADATA_FILE}); export it with "
+        raise UserInputError(f"{p}: a torch.export program without mri-anomaly metadata ({METADATA_FILE}); export it with "
                          "`mri-anomaly export`")
     metadata = json.loads(extra[METADATA_FILE])
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{p}: unknown export format {metadata.get('format')!r} (this version reads {FORMAT!r})")
+        raise UserInputError(f"{p}: unknown export format {metadata.get('format')!r} (this version reads {FORMAT!r})")
     return ExportedScorer(program, metadata, device=device, score=score, reference_ops=reference_ops)

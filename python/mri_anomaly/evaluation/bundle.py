@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mri_anomaly.errors import MissingInputError
+from mri_anomaly.errors import MissingInputError, OutputExistsError
 
 __all__ = ["BundleScorer", "write_bundle_folder", "write_bundle_metadata"]
 
@@ -243,15 +243,15 @@ def write_bundle_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     import shutil
 
     from mri_anomaly import __version__
-    from mri_anomaly.evaluation.demo import configs_dir
     from mri_anomaly.training.checkpoint import load_checkpoint
+    from mri_anomaly.training.config import configs_dir
     from mri_anomaly.training.trainer import CHECKPOINT_NAME
 
     run, out = Path(run_dir), Path(out_dir)
     if not (run / CHECKPOINT_NAME).is_file():
-        raise FileNotFoundError(f"{run}: no {CHECKPOINT_NAME}; train a run first (mri-anomaly train ... --out {run})")
+        raise MissingInputError(f"{run}: no {CHECKPOINT_NAME}; train a run first (mri-anomaly train ... --out {run})")
     if (out / "configs" / "metadata.json").exists():
-        raise FileExistsError(f"{out} already holds a bundle (configs/metadata.json); choose another --out or delete it")
+        raise OutputExistsError(f"{out} already holds a bundle (configs/metadata.json); choose another --out or delete it")
     meta_path = write_bundle_metadata(run, out / "configs" / "metadata.json")
     shutil.copyfile(configs_dir() / "bundle" / "inference.yaml", out / "configs" / "inference.yaml")
     checkpoint = load_checkpoint(run / CHECKPOINT_NAME, map_location="cpu")

@@ -36,6 +36,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from mri_anomaly.errors import MissingInputError, UserInputError
+
 __all__ = ["MOOD_DIR", "MOOD_VALUES", "to_unit", "from_unit", "write_mood_outputs"]
 
 MOOD_DIR = "mood"
@@ -59,7 +61,7 @@ def _read_meta(out: Path) -> dict[str, Any]:
 
     path = out / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; {out} is not a folder written by `mri-anomaly score`")
+        raise MissingInputError(f"{path}: not found; {out} is not a folder written by `mri-anomaly score`")
     return json.loads(path.read_text())
 
 
@@ -96,19 +98,19 @@ def write_mood_outputs(out_dir: str | os.PathLike, values: str = "unit", score_c
     import pandas as pd
 
     if values not in MOOD_VALUES:
-        raise ValueError(f"values must be one of {MOOD_VALUES}, got {values!r}")
+        raise UserInputError(f"values must be one of {MOOD_VALUES}, got {values!r}")
     out = Path(out_dir)
     meta = _read_meta(out)
     table = pd.read_csv(out / "scores.csv", dtype={"subject_id": str, "image": str})
     columns = list(meta["score_columns"])
     column = score_column or columns[0]
     if column not in columns:
-        raise ValueError(f"{column!r} is not a score column of {out} (columns: {', '.join(columns)})")
+        raise UserInputError(f"{column!r} is not a score column of {out} (columns: {', '.join(columns)})")
     names = [Path(p).name for p in table["image"]]
     seen: dict[str, str] = {}
     for name, image in zip(names, table["image"]):
         if name in seen and seen[name] != image:
-            raise ValueError(f"the MOOD layout names outputs by input file name, and {seen[name]} and {image} share "
+            raise UserInputError(f"the MOOD layout names outputs by input file name, and {seen[name]} and {image} share "
                              f"the name {name!r}: score them into separate folders")
         seen[name] = image
     threshold = float(meta.get("thresholds", {}).get(column, 0.0)) if values == "unit" else 0.0
@@ -135,7 +137,7 @@ def write_mood_outputs(out_dir: str | os.PathLike, values: str = "unit", score_c
         if map_name is not None:
             rel = row.get(f"map:{map_name}")
             if not isinstance(rel, str) or not (out / rel).is_file():
-                raise ValueError(f"{row['image']}: no {map_name!r} map in {out / 'maps'} (score without --no-maps)")
+                raise UserInputError(f"{row['image']}: no {map_name!r} map in {out / 'maps'} (score without --no-maps)")
             voxels = np.asarray(nib.load(out / rel).dataobj, dtype=np.float64)
         elif run_config is not None:
             own = slices[(slices["subject_id"] == row["subject_id"]) & (slices["section"] == row["section"])]

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 JOBS ?= 2
 
-.PHONY: setup test pytest ctest cuda-check demo bench lint clean info
+.PHONY: setup test pytest ctest cuda-check demo report-screenshot bench lint clean info
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.deps: $(VENV)/bin/python constraints.txt
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -c constraints.txt numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML fire pytest hypothesis ninja setuptools wheel
+	$(PIP) install -q -c constraints.txt numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML fire jsonschema onnx onnxscript onnxruntime pytest hypothesis ninja setuptools wheel
 	touch $@
 
 $(STAMP): $(VENV)/.deps pyproject.toml setup.py $(CSRC)
@@ -41,6 +41,11 @@ test: $(STAMP) ctest pytest
 
 demo: $(STAMP)
 	$(VENV)/bin/mri-anomaly demo --out $(DEMO_OUT)
+
+# docs/images/report_screenshot.png from $(DEMO_OUT)/report/report.html in headless Chromium (apt-get install
+# chromium); fails without writing when the page logs a console error or a figure does not load
+report-screenshot: $(STAMP)
+	$(PY) docs/refresh_report_screenshot.py --demo $(DEMO_OUT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/flow_step.py

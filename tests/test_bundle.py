@@ -1,8 +1,11 @@
-"""The MONAI bundle in configs/bundle runs on a tiny trained run and reproduces `mri-anomaly score`."""
+"""`mri-anomaly bundle` writes a standard MONAI bundle folder that MONAI verifies and runs, reproducing `mri-anomaly score`."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -42,35 +45,68 @@ def test_metadata_carries_thresholds_and_preprocessing(tiny_run):
     assert ours["preprocessing"]["spacing"] == [4.0, 4.0, 4.0] and ours["preprocessing"]["spatial_size"] == [40, 48, 40]
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [40, 48, 40]
     assert "residual_map" in meta["network_data_format"]["outputs"]
+    assert ours["config"]["preprocessing"]["spatial_size"] == [40, 48, 40] and ours["config"]["spatial_dims"] == 2
     # the committed template is valid JSON with MONAI's required keys
     template = json.loads((BUNDLE / "metadata.json").read_text())
     assert template["network_data_format"]["inputs"]["image"]["modality"] == "MR"
 
 
-@pytest.mark.filterwarnings("ignore:parsing config_file")
-def test_bundle_runs_and_matches_the_scorer(tiny_run):
-    from monai.bundle import run
+def _monai_bundle(*args: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in a fresh process that imports this checkout's package."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
 
-    from mri_anomaly.evaluation.bundle import write_bundle_metadata
+
+def test_bundle_folder_verifies_runs_and_matches_the_scorer(tiny_run):
+    import torch
+
+    from mri_anomaly.cli import main
     from mri_anomaly.scoring.runner import score_datalist
+    from mri_anomaly.training.checkpoint import load_checkpoint
 
     root, datalist = tiny_run
-    meta_file = write_bundle_metadata(root / "run", root / "metadata.json")
+    bundle = root / "bundle"
+    assert main(["bundle", "--run", str(root / "run"), "--out", str(bundle)]) == 0
+    for rel in ("configs/metadata.json", "configs/inference.yaml", "models/model.pt", "docs/README.md"):
+        assert (bundle / rel).is_file(), rel
+    assert main(["bundle", "--run", str(root / "run"), "--out", str(bundle)]) == 2  # never overwritten
+    # models/model.pt: the run's weights only, loadable with weights_only=True
+    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    state = load_checkpoint(root / "run" / "checkpoint.pt")["state_dict"]
+    assert weights.keys() == state.keys() and all(torch.equal(weights[k], state[k]) for k in state)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["mri_anomaly"]["config"]["method"] == "latent-norm-ae"
+    assert "latent_norm_mean" in (bundle / "docs" / "README.md").read_text()
+
+    # MONAI's verify_metadata accepts it (schema: the specification's mandatory keys, kept offline in the
+    # checkout; see configs/bundle/README.md) and rejects a metadata.json without a mandatory key
+    schema = REPO / "configs" / "bundle" / "metadata_schema.json"
+    verified = _monai_bundle("verify_metadata", "--meta_file", str(bundle / "configs" / "metadata.json"),
+                             "--filepath", str(schema))
+    assert verified.returncode == 0, verified.stderr[-3000:]
+    broken = dict(meta)
+    del broken["task"]
+    (root / "broken.json").write_text(json.dumps(broken))
+    rejected = _monai_bundle("verify_metadata", "--meta_file", str(root / "broken.json"), "--filepath", str(schema))
+    assert rejected.returncode != 0 and "task" in rejected.stderr
+
+    # python -m monai.bundle run on the folder gives the numbers and flags of `mri-anomaly score`
     out = root / "bundle-out"
-    # exactly what `python -m monai.bundle run --config_file ... --meta_file ... --run_dir ...` calls
-    run(config_file=str(BUNDLE / "inference.yaml"), meta_file=str(meta_file), run_dir=str(root / "run"),
-        datalist=str(datalist), section="test", output_dir=str(out))
-    bundle = pd.read_csv(out / "scores.csv")
-    score_datalist(root / "run", datalist, root / "scored", sections=("test",), progress=False)
+    ran = _monai_bundle("run", "--bundle_root", str(bundle), "--config_file", str(bundle / "configs" / "inference.yaml"),
+                        "--datalist", str(datalist), "--output_dir", str(out))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    scored_summary = score_datalist(root / "run", datalist, root / "scored", sections=("test",), progress=False)
+    assert scored_summary.errors == 0
+    result = pd.read_csv(out / "scores.csv")
     scored = pd.read_csv(root / "scored" / "scores.csv")
-    assert list(bundle["subject_id"]) == list(scored["subject_id"])
+    assert list(result["subject_id"]) == list(scored["subject_id"])
+    thresholds = meta["mri_anomaly"]["thresholds"]
     for col in ("latent_norm_mean", "latent_norm_max", "latent_norm_top5_mean"):
-        np.testing.assert_allclose(bundle[col], scored[col], rtol=1e-5)
-    thresholds = json.loads(meta_file.read_text())["mri_anomaly"]["thresholds"]
-    for col, t in thresholds.items():
-        assert list(bundle[f"flag:{col}"]) == [int(v > t) for v in bundle[col]]
+        np.testing.assert_allclose(result[col], scored[col], rtol=0, atol=1e-6)
+        assert list(result[f"flag:{col}"]) == list(scored[f"flag:{col}"]) == [int(v > thresholds[col]) for v in result[col]]
     # maps: one per scan, on the input's grid with the input's affine (MONAI Invertd + SaveImaged)
-    for image in bundle["image"]:
+    for image in result["image"]:
         src = nib.load(image)
         name = Path(image).name.replace(".nii.gz", "")
         written = nib.load(out / "maps" / f"{name}_residual_map.nii.gz")
@@ -78,4 +114,4 @@ def test_bundle_runs_and_matches_the_scorer(tiny_run):
         np.testing.assert_allclose(written.affine, src.affine, atol=1e-4)
         assert np.isfinite(np.asarray(written.dataobj)).all()
     slices = pd.read_csv(out / "slice_scores.csv")
-    assert len(slices) == len(bundle) * 40  # 40 axial slices on the model grid
+    assert len(slices) == len(result) * 40  # 40 axial slices on the model grid

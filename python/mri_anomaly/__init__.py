@@ -8,7 +8,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "print_config", "get_config"]
+__all__ = ["__version__", "Detector", "load_exported", "print_config", "get_config"]
+
+
+def __getattr__(name: str):
+    """``Detector`` and ``load_exported`` are imported on first use (``import mri_anomaly`` stays light)."""
+    if name == "Detector":
+        from mri_anomaly.detector import Detector
+
+        return Detector
+    if name == "load_exported":
+        from mri_anomaly.export import load_exported
+
+        return load_exported
+    raise AttributeError(f"module 'mri_anomaly' has no attribute {name!r}")
 
 
 def get_config() -> dict[str, str]:

@@ -5,6 +5,8 @@ Subcommands::
     mri-anomaly train --config C --datalist D --out RUN [--resume] [--device cpu|cuda] [--max-steps N] [--set k=v ...]
     mri-anomaly score --run RUN --datalist D [--section test] --out OUT [--device ...] [--no-maps] [--workers N]
                                   (--run-dir RUN: the same, for torchrun, which claims --run)
+    mri-anomaly export --run RUN --out model.pt2
+    mri-anomaly bundle --run RUN --out DIR
     mri-anomaly info
     (+ demo-data, datalist from mri_anomaly.data.commands; evaluate, demo from mri_anomaly.evaluation.commands)
 
@@ -63,6 +65,7 @@ examples:
   mri-anomaly score --run runs/glow3d --datalist demo/datalist.json --out scores/glow3d
   mri-anomaly score --run RUN --datalist D --section validation,test --out OUT
   torchrun --nproc-per-node 2 -m mri_anomaly score --run-dir RUN --datalist D --out OUT   # sharded, merged
+  mri-anomaly score --run RUN --datalist D --out OUT --format mood   # + OUT/mood/{sample,pixel}/ (MOOD challenge)
 
 OUT/ receives scores.csv (one row per volume), slice_scores.csv (one row per axial slice),
 maps/<section>/*.nii.gz (float32 voxel maps in the input's space and affine), errors.csv (scans that
@@ -118,8 +121,48 @@ def _add_score(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda; default cpu")
     p.add_argument("--no-maps", action="store_true", help="do not write voxel maps")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers that preprocess volumes ahead")
+    p.add_argument("--format", default="csv", choices=("csv", "mood"),
+                   help="csv: the tables and maps (always written); mood: also the MOOD-challenge layout in OUT/mood "
+                   "(sample/<input>.txt, pixel/<input> with the input's shape and affine)")
+    p.add_argument("--mood-values", default="unit", choices=("unit", "raw"),
+                   help="with --format mood: unit maps scores into (0, 1) keeping their order (MOOD clips to [0, 1]; "
+                   "0.5 = the run's threshold); raw writes them unchanged. Default unit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
+
+
+def _add_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a run as a torch.export program carrying its preprocessing and thresholds",
+        description="Write RUN's scoring (model grid -> scores and maps, fused flow-step ops included) as a "
+        "torch.export program; its metadata holds the config (preprocessing, slice rule), score names, "
+        "thresholds and versions. Load it with mri_anomaly.load_exported(PATH).",
+        epilog="examples:\n  mri-anomaly export --run runs/glow3d --out glow3d.pt2\n  mri-anomaly export --run runs/glow3d --out glow3d.onnx\n"
+        "  python -c \"import mri_anomaly; s = mri_anomaly.load_exported('glow3d.pt2'); print(s.predict(['scan.nii.gz']))\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run", required=True, help="training run directory (holds checkpoint.pt)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output file: model.pt2 (torch.export), or model.onnx (ONNX: the flow-step ops as their "
+                   "reference maths; needs onnx and onnxscript; runs with onnxruntime)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _add_bundle(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bundle",
+        help="write a standard MONAI bundle folder for a run",
+        description="Write DIR/configs/{metadata.json,inference.yaml}, DIR/models/model.pt (weights only) and "
+        "DIR/docs/README.md for RUN; python -m monai.bundle run scores with it.",
+        epilog="example:\n  mri-anomaly bundle --run runs/glow3d --out bundles/glow3d\n"
+        "  python -m monai.bundle run --bundle_root bundles/glow3d --config_file bundles/glow3d/configs/inference.yaml "
+        "--datalist D --output_dir OUT",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run", required=True, help="training run directory (holds checkpoint.pt)")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create")
+    p.set_defaults(func=_cmd_bundle)
 
 
 def _add_info(subparsers) -> None:
@@ -157,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(subparsers)
     _add_score(subparsers)
+    _add_export(subparsers)
+    _add_bundle(subparsers)
     _add_info(subparsers)
     _add_registered(subparsers, "mri_anomaly.data.commands")
     _add_registered(subparsers, "mri_anomaly.evaluation.commands")
@@ -185,12 +230,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
     sections = [s.strip() for s in args.section.split(",") if s.strip()]
     if not sections:
         raise UserInputError("--section needs at least one section name, e.g. test or validation,test")
+    if args.format == "mood" and args.no_maps:
+        raise UserInputError("--format mood writes a pixel-level map per scan: drop --no-maps")
     device = distributed.init_distributed(args.device)
     main_process = distributed.is_main_process()
     try:
+        save_maps = False if args.no_maps else (True if args.format == "mood" else None)
         summary = score_datalist(args.run, args.datalist, args.out, sections=sections, device=device,
-                                 save_maps=False if args.no_maps else None, num_workers=args.workers,
-                                 progress=not args.no_progress)
+                                 save_maps=save_maps, num_workers=args.workers, progress=not args.no_progress)
+        if args.format == "mood" and main_process:
+            from mri_anomaly.scoring.mood import write_mood_outputs
+
+            print(f"MOOD layout -> {write_mood_outputs(args.out, values=args.mood_values)}")
     finally:
         distributed.cleanup_distributed()
     if summary.errors:
@@ -201,6 +252,20 @@ def _cmd_score(args: argparse.Namespace) -> int:
                   f"{EXIT_SOME_SCANS_FAILED}", file=sys.stderr)
         return EXIT_SOME_SCANS_FAILED
     return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mri_anomaly.export import export_run
+
+    print(f"exported {args.run} -> {export_run(args.run, args.out)}")
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from mri_anomaly.evaluation.bundle import write_bundle_folder
+
+    print(f"MONAI bundle of {args.run} -> {write_bundle_folder(args.run, args.out)}")
+    return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -1,6 +1,13 @@
-"""Pieces of the MONAI bundle in ``configs/bundle/``: the scoring loop and the metadata writer.
+"""The MONAI bundle of a run: the folder writer, the scoring loop and the metadata writer.
 
-The bundle (``configs/bundle/inference.yaml``) is assembled from MONAI components (``monai.data.Dataset``,
+:func:`write_bundle_folder` (``mri-anomaly bundle --run RUN --out DIR``) writes the standard layout::
+
+    DIR/configs/metadata.json     MONAI's metadata + ``mri_anomaly``: the run's config, score columns, thresholds
+    DIR/configs/inference.yaml    configs/bundle/inference.yaml: the scoring workflow
+    DIR/models/model.pt           the weights (a plain state dict; torch.load(weights_only=True))
+    DIR/docs/README.md            what the bundle scores and how to run it
+
+The workflow (``configs/bundle/inference.yaml``) is assembled from MONAI components (``monai.data.Dataset``,
 ``monai.transforms.Invertd``/``SaveImaged`` for the maps) and our classes by full dotted ``_target_`` paths;
 the loop that ties them together is :class:`BundleScorer`, which scores each preprocessed item with
 :func:`mri_anomaly.scoring.runner.score_volume` (the same function ``mri-anomaly score`` uses), runs the
@@ -24,9 +31,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mri_anomaly.errors import MissingInputError
+from mri_anomaly.errors import MissingInputError, OutputExistsError
 
-__all__ = ["BundleScorer", "write_bundle_metadata"]
+__all__ = ["BundleScorer", "write_bundle_folder", "write_bundle_metadata"]
 
 
 class BundleScorer:
@@ -183,6 +190,7 @@ def write_bundle_metadata(
         "preprocessing": pre,
         "thresholds": thresholds,
         "threshold_rule": FLAG_RULE,
+        "config": config,
         "threshold_calibration": info,
         "slice_norms": slice_norms,
         "run": str(run.resolve()),
@@ -190,4 +198,82 @@ def write_bundle_metadata(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+_README = """# {name}
+
+A MONAI bundle written by `mri-anomaly bundle` (mri-anomaly {version}) from the run `{run}`.
+
+* method: `{method}` ({dims}D{slicewise}); score columns (higher = more anomalous): {columns}
+* voxel maps: {maps}
+* thresholds (flag when score > threshold; calibrated on healthy validation scans{calibration}): {thresholds}
+* preprocessing: {spacing} mm, {orientation}, model grid {grid}, intensity percentiles {lower}-{upper}
+
+## Score a datalist
+
+```bash
+python -m monai.bundle run --bundle_root {bundle} --config_file {bundle}/configs/inference.yaml \\
+    --datalist DATALIST.json --section test --output_dir OUT
+```
+
+`OUT/scores.csv` (one row per scan: the score columns and `flag:<column>`), `OUT/slice_scores.csv` (one row
+per axial slice of the model grid) and `OUT/maps/<image>_<map>_map.nii.gz` (float32, the input's grid and
+affine). The numbers are those of `mri-anomaly score --run RUN` (the same scoring function runs).
+Needs the `mri-anomaly` package (and `fire` for the command line). Not a medical device.
+
+## Files
+
+* `configs/metadata.json`: MONAI's metadata; `mri_anomaly` holds the run's config, score columns and thresholds.
+* `configs/inference.yaml`: the scoring workflow (MONAI `Dataset`, the run's invertible preprocessing,
+  `Invertd` + `SaveImaged` for the maps, `mri_anomaly.evaluation.bundle.BundleScorer`).
+* `models/model.pt`: the weights, a plain state dict (`torch.load(..., weights_only=True)`).
+"""
+
+
+def write_bundle_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write the standard MONAI bundle folder of the run in ``run_dir`` into ``out_dir`` (layout: module docstring).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no checkpoint. FileExistsError: ``out_dir`` already holds a bundle.
+    """
+    import shutil
+
+    from mri_anomaly import __version__
+    from mri_anomaly.training.checkpoint import load_checkpoint
+    from mri_anomaly.training.config import configs_dir
+    from mri_anomaly.training.trainer import CHECKPOINT_NAME
+
+    run, out = Path(run_dir), Path(out_dir)
+    if not (run / CHECKPOINT_NAME).is_file():
+        raise MissingInputError(f"{run}: no {CHECKPOINT_NAME}; train a run first (mri-anomaly train ... --out {run})")
+    if (out / "configs" / "metadata.json").exists():
+        raise OutputExistsError(f"{out} already holds a bundle (configs/metadata.json); choose another --out or delete it")
+    meta_path = write_bundle_metadata(run, out / "configs" / "metadata.json")
+    shutil.copyfile(configs_dir() / "bundle" / "inference.yaml", out / "configs" / "inference.yaml")
+    checkpoint = load_checkpoint(run / CHECKPOINT_NAME, map_location="cpu")
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    tmp = out / "models" / ".model.pt.tmp"
+    torch.save({k: v.detach().cpu() for k, v in checkpoint["state_dict"].items()}, tmp)
+    os.replace(tmp, out / "models" / "model.pt")
+    meta = json.loads(meta_path.read_text())
+    ours = meta["mri_anomaly"]
+    pre = ours["preprocessing"]
+    calibration = ours.get("threshold_calibration") or {}
+    readme = _README.format(
+        name=meta.get("name", "mri-anomaly"), version=__version__, run=run.resolve(), method=ours["method"],
+        dims=ours["spatial_dims"], slicewise=", slice-wise, aggregated per volume" if ours["spatial_dims"] == 2 else "",
+        columns=", ".join(f"`{c}`" for c in ours["score_columns"]),
+        maps=", ".join(f"`{m}`" for m in ours["map_names"]) or "none (scores only)",
+        calibration=(f" at specificity {calibration.get('specificity')}, n = {calibration.get('n_healthy')}"
+                     if calibration.get("specificity") is not None else ""),
+        thresholds=", ".join(f"`{k}` = {v:.6g}" for k, v in ours["thresholds"].items()) or "none (no validation scans)",
+        spacing=pre.get("spacing"), orientation=pre.get("orientation"), grid=pre.get("spatial_size"),
+        lower=pre["intensity"]["lower"], upper=pre["intensity"]["upper"], bundle=out,
+    )
+    (out / "docs").mkdir(parents=True, exist_ok=True)
+    (out / "docs" / "README.md").write_text(readme)
     return out

@@ -38,8 +38,11 @@ def dequantize(
         raise TypeError(f"x must be a floating-point tensor in [0, 1], got {x.dtype}")
     if n_bins < 2:
         raise ValueError(f"n_bins must be >= 2, got {n_bins}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x has non-finite values (NaN or inf); images must be finite and scaled to [0, 1]")
+    message = "x has non-finite values (NaN or inf); images must be finite and scaled to [0, 1]"
+    if torch.compiler.is_exporting():  # no host sync in an exported program: the check runs inside it
+        torch._assert_async(torch.isfinite(x).all(), message)
+    elif not bool(torch.isfinite(x).all()):
+        raise ValueError(message)
     bins = torch.round(x.clamp(0.0, 1.0) * (n_bins - 1))
     if training:
         offset = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)

@@ -192,7 +192,8 @@ class Glow(nn.Module):
             )
 
     def _check_initialized(self) -> None:
-        if not bool(self.initialized):
+        # (an exported program cannot branch on a buffer; the exporter checks this before tracing)
+        if not torch.compiler.is_exporting() and not bool(self.initialized):
             raise RuntimeError("Glow is not initialised: call initialize(batch) (data-dependent init) first")
 
     # --- data-dependent init ---

@@ -72,7 +72,7 @@ class LatentPrior(nn.Module):
                 f"{name} must have shape (N, {self.num_channels}, *spatial) with {self.spatial_dims} spatial dims, "
                 f"got {tuple(z.shape)}"
             )
-        if not bool(self.initialized):
+        if not torch.compiler.is_exporting() and not bool(self.initialized):  # checked before export
             raise RuntimeError("LatentPrior is not initialised: call Glow.initialize(batch) before using the model")
         if self.prior == "per_dimension" and tuple(z.shape[1:]) != tuple(self.log_scale.shape):
             raise ValueError(

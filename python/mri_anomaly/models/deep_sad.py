@@ -198,7 +198,7 @@ class DeepSAD(nn.Module):
         Raises:
             RuntimeError: if the centre was never initialised.
         """
-        if not bool(self.center_initialized):
+        if not torch.compiler.is_exporting() and not bool(self.center_initialized):  # checked before export
             raise RuntimeError("the centre c is not initialised: call init_center() after pretraining")
         was_training = self.training
         self.eval()

@@ -37,6 +37,36 @@ def test_fit_and_standardise_by_hand():
         fit_slice_norms([])
 
 
+def test_brain_fraction_covariate_removes_a_size_trend():
+    """A score that rises with the slice's brain fraction at every position loses that trend once the norms
+    condition on the brain fraction; norms by position alone keep it."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+
+    def volumes(n):
+        base = np.linspace(0.05, 0.6, 12)  # typical brain fraction per position
+        f = np.clip(base + rng.normal(0, 0.05, (n, 12)), 0.01, 1)
+        s = 3.0 * np.arange(12) + 4.0 * f + rng.normal(0, 0.05, (n, 12))  # position effect + size effect + noise
+        return [{"s": row} for row in s], list(f)
+
+    fit_scores, fit_fractions = volumes(40)
+    test_scores, test_fractions = volumes(40)
+    with_covariate = fit_slice_norms(fit_scores, fit_fractions)
+    by_position = fit_slice_norms(fit_scores)
+    assert np.mean(with_covariate["columns"]["s"]["slope"]) == pytest.approx(4.0, rel=0.15)
+    assert by_position["columns"]["s"]["slope"] == [0.0] * 12 and by_position["brain_fraction_center"] is None
+
+    def rho(norms):
+        z = [standardise_slice_scores({"s": torch.tensor(v["s"])}, norms, torch.tensor(f))["s"].numpy()
+             for v, f in zip(test_scores, test_fractions)]
+        return spearmanr(np.concatenate(z), np.concatenate(test_fractions)).statistic
+
+    assert rho(by_position) > 0.2 and abs(rho(with_covariate)) < 0.1
+    with pytest.raises(ValueError, match="brain fraction"):
+        standardise_slice_scores({"s": torch.tensor(test_scores[0]["s"])}, with_covariate)
+
+
 def test_brain_statistics_by_hand():
     values = torch.tensor([[1.0, 2.0, 3.0, 100.0]]).reshape(1, 1, 4)
     image = torch.tensor([[0.5, 0.2, 0.9, 0.0]]).reshape(1, 1, 4)  # the last voxel is background
@@ -90,10 +120,14 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     volumes = VolumeDataset(items, preprocessing_config=config["preprocessing"], cache="none")
     raw = [score_volume(method, config, volumes[i], want_maps=False) for i in range(len(volumes))]
     assert norms["n_volumes"] == len(raw)
-    refit = fit_slice_norms([r.raw_slice_scores for r in raw])
+    from mri_anomaly.data import slice_brain_fractions
+
+    fractions = [slice_brain_fractions(torch.as_tensor(volumes[i]["image"])) for i in range(len(volumes))]
+    refit = fit_slice_norms([r.raw_slice_scores for r in raw], fractions, min_brain_fraction=0.1)
     for column in ("nll_bpd", "final_scale"):
         assert norms["columns"][column]["center"] == pytest.approx(refit["columns"][column]["center"], rel=1e-9)
         assert norms["columns"][column]["scale"] == pytest.approx(refit["columns"][column]["scale"], rel=1e-9)
+        assert norms["columns"][column]["slope"] == pytest.approx(refit["columns"][column]["slope"], rel=1e-9, abs=1e-12)
     # score writes the standardised slice scores, and the 2D volume scores aggregate them
     score_datalist(tmp_path / "run", demo_cohort, tmp_path / "scores", sections=("validation", "test"), progress=False)
     import pandas as pd
@@ -103,7 +137,7 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     meta = json.loads((tmp_path / "scores" / "score_meta.json").read_text())
     assert meta["slice_standardisation"]
     first = raw[0]
-    expected = standardise_slice_scores(first.raw_slice_scores, norms)
+    expected = standardise_slice_scores(first.raw_slice_scores, norms, fractions[0])
     rows = slices[(slices["section"] == "validation") & (slices["subject_id"] == items[0]["subject_id"])].sort_values("slice")
     assert rows["nll_bpd"].to_numpy() == pytest.approx(expected["nll_bpd"].numpy(), rel=1e-6, abs=1e-9)
     counted = rows["counted"].to_numpy() == 1

@@ -175,7 +175,7 @@ def _method_output(method, config: Mapping[str, Any], item: Mapping[str, Any], d
 def finish_volume_scores(output: _MethodOutput, config: Mapping[str, Any], slice_norms: Mapping[str, Any] | None) -> VolumeScores:
     """Standardise the slice scores per position (when the run has norms), aggregate 2D slice scores to volume
     scores, and lay out the slice rows."""
-    slice_columns = standardise_slice_scores(output.slice_scores, slice_norms)
+    slice_columns = standardise_slice_scores(output.slice_scores, slice_norms, output.fraction)
     if config["spatial_dims"] == 2:
         scores = aggregate_slice_scores(slice_columns, output.counted, int(config["score"]["top_k"]))
     else:

@@ -3,16 +3,23 @@
 A raw slice score mixes what the method sees with where the slice lies: caps of the head and the big
 central slices differ in size, content and in how well any model fits them, so raw slice scores track the
 slice's brain fraction. Every volume is preprocessed onto the same fixed grid, so axial slice ``k`` is the
-same position in every scan. The norms are fitted on the healthy ``validation`` scans at the end of
-training and stored in ``RUN/thresholds.json`` (key ``slice_norms``); every slice score column ``s`` is
-then reported as the robust z-score at its position::
+same position in every scan. At one position, slices still differ in how much brain they hold (head size,
+shape, position), and a score can track that too (a voxel-wise normative map, for one, lights up where a
+bigger brain extends past the healthy median). So the norm of a slice score is conditional on its position
+*and* its brain fraction ``f``, like a normative model with a covariate. The norms are fitted on the
+healthy ``validation`` scans at the end of training and stored in ``RUN/thresholds.json`` (key
+``slice_norms``); every slice score column ``s`` is then reported as::
 
-    z_k = (s_k - median_k) / scale_k,   scale_k = max(1.4826 * MAD_k, floor)
+    z_k = (s_k - median_k - slope * (f_k - fmedian_k)) / scale_k,   scale_k = max(1.4826 * MAD_k, floor)
 
-where ``median_k`` and ``MAD_k`` are taken over the healthy validation scans' slice ``k`` (all of them,
-counted or not) and ``floor = floor_fraction * median_k(1.4826 * MAD_k)`` keeps near-constant positions
-(empty slices outside the head) from dividing by ~0. 2D volume scores (mean, max, top-k mean) aggregate
-the standardised slice scores. Runs without stored norms report raw slice scores.
+``median_k`` and ``fmedian_k`` are the medians of the score and of the brain fraction over the healthy
+validation scans' slice ``k``; ``slope`` (one per column) is the least-squares slope of the position-centred
+score on the position-centred brain fraction over their slices with brain (centred scores clipped at
+±5 robust SDs so that outliers do not steer it); ``MAD_k`` is that of the residual at position ``k``, and
+``floor = floor_fraction * median_k(1.4826 * MAD_k)`` keeps near-constant positions (empty slices outside
+the head) from dividing by ~0. 2D volume scores (mean, max, top-k mean) aggregate the standardised slice
+scores. Runs without stored norms report raw slice scores; norms without a slope (``brain_fraction`` not
+given when fitting) standardise by position alone.
 """
 
 from __future__ import annotations
@@ -26,62 +33,113 @@ import torch
 __all__ = ["MAD_TO_SD", "fit_slice_norms", "standardise_slice_scores"]
 
 MAD_TO_SD = 1.4826
-RULE = "robust z per axial slice position: (s - median) / max(1.4826 MAD, floor) over healthy validation scans"
+RULE = ("robust z per axial slice position, conditional on the slice's brain fraction: "
+        "(s - median_k - slope (f - fmedian_k)) / max(1.4826 MAD_k, floor) over healthy validation scans")
+
+
+def _floored(scale: np.ndarray, floor_fraction: float) -> np.ndarray:
+    """``scale`` with a floor of ``floor_fraction`` x its median over the positions where it is > 0."""
+    positive = scale[scale > 0]
+    floor = floor_fraction * float(np.median(positive)) if positive.size else 1.0
+    return np.maximum(scale, max(floor, 1e-12))
 
 
 def fit_slice_norms(
-    slice_scores: Sequence[Mapping[str, Sequence[float] | np.ndarray | torch.Tensor]], floor_fraction: float = 0.1
+    slice_scores: Sequence[Mapping[str, Sequence[float] | np.ndarray | torch.Tensor]],
+    brain_fractions: Sequence[Sequence[float] | np.ndarray | torch.Tensor] | None = None,
+    floor_fraction: float = 0.1,
+    min_brain_fraction: float = 0.0,
 ) -> dict[str, Any]:
-    """Per-position robust centre and scale of every slice score column.
+    """Per-position robust centre and scale (and a brain-fraction slope) of every slice score column.
 
     Args:
         slice_scores: one ``{column: (D,) slice scores}`` per healthy volume (same D for all).
+        brain_fractions: one (D,) brain fraction per volume; None: standardise by position alone.
         floor_fraction: the scale floor as a fraction of the median scale over positions.
+        min_brain_fraction: only slices with at least this brain fraction (the counted slices) fit the slope.
 
     Returns:
-        ``{"rule", "n_volumes", "depth", "floor_fraction", "columns": {column: {"center": [D], "scale": [D]}}}``.
+        ``{"rule", "n_volumes", "depth", "floor_fraction", "brain_fraction_center": [D] | None,
+        "columns": {column: {"center": [D], "scale": [D], "slope": float}}}``.
 
     Raises:
         ValueError: no volumes, columns that differ between volumes, or depths that differ.
     """
     if not slice_scores:
         raise ValueError("no healthy volumes to fit slice norms on")
-    columns = list(slice_scores[0])
-    depth = None
+
+    def table_of(rows: list[np.ndarray], what: str) -> np.ndarray:
+        if len({r.size for r in rows}) != 1:
+            raise ValueError(f"slice norms need one fixed grid: {what} have {sorted({r.size for r in rows})} slices")
+        return np.stack(rows)
+
+    def as_row(v: Any) -> np.ndarray:
+        return np.array(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64).reshape(-1)
+
+    fraction = None
+    if brain_fractions is not None:
+        if len(brain_fractions) != len(slice_scores):
+            raise ValueError(f"{len(brain_fractions)} brain-fraction profiles for {len(slice_scores)} volumes")
+        fraction = table_of([as_row(f) for f in brain_fractions], "brain fractions")
     out: dict[str, Any] = {"rule": RULE, "n_volumes": len(slice_scores), "depth": 0,
-                           "floor_fraction": float(floor_fraction), "columns": {}}
-    for column in columns:
+                           "floor_fraction": float(floor_fraction), "brain_fraction_center": None, "columns": {}}
+    f_dev = None
+    if fraction is not None:
+        f_center = np.median(fraction, axis=0)
+        f_dev = fraction - f_center
+        out["brain_fraction_center"] = f_center.tolist()
+    for column in slice_scores[0]:
         rows = []
         for volume in slice_scores:
             if column not in volume:
                 raise ValueError(f"slice score column {column!r} is missing from a volume (columns: {sorted(volume)})")
-            rows.append(np.asarray(torch.as_tensor(volume[column]).double().cpu().numpy(), dtype=np.float64).reshape(-1))
-        if depth is None:
-            depth = rows[0].size
-        if any(r.size != depth for r in rows):
-            raise ValueError(f"slice norms need one fixed grid: volumes have {sorted({r.size for r in rows})} slices")
-        table = np.stack(rows)  # (n, D)
+            rows.append(as_row(volume[column]))
+        table = table_of(rows, "volumes")  # (n, D)
+        if fraction is not None and fraction.shape != table.shape:
+            raise ValueError(f"brain fractions {fraction.shape} do not match the slice scores {table.shape}")
         center = np.median(table, axis=0)
-        scale = MAD_TO_SD * np.median(np.abs(table - center), axis=0)
-        positive = scale[scale > 0]
-        floor = floor_fraction * float(np.median(positive)) if positive.size else 1.0
-        scale = np.maximum(scale, max(floor, 1e-12))
-        out["columns"][column] = {"center": center.tolist(), "scale": scale.tolist()}
-    out["depth"] = int(depth or 0)
+        dev = table - center
+        slope = np.zeros(table.shape[1])
+        if f_dev is not None:
+            # one correlation-like coefficient for all positions, in robust-SD units at each position, so that
+            # positions whose scores vary a lot do not dominate; per position it is a slope in score units
+            score_sd = _floored(MAD_TO_SD * np.median(np.abs(dev), axis=0), floor_fraction)
+            fraction_sd = MAD_TO_SD * np.median(np.abs(f_dev), axis=0)
+            used = (fraction > 0) & (fraction >= min_brain_fraction) & (fraction_sd > 1e-6)
+            z = np.clip(dev / score_sd, -5.0, 5.0)
+            g = np.divide(f_dev, fraction_sd, out=np.zeros_like(f_dev), where=fraction_sd > 1e-6)
+            denominator = float(np.sum(g[used] ** 2))
+            if denominator > 0:
+                beta = float(np.sum(z[used] * g[used]) / denominator)
+                slope = np.divide(beta * score_sd, fraction_sd, out=np.zeros_like(score_sd), where=fraction_sd > 1e-6)
+            dev = dev - slope * f_dev
+        residual_center = np.median(dev, axis=0)
+        center = center + residual_center
+        scale = _floored(MAD_TO_SD * np.median(np.abs(dev - residual_center), axis=0), floor_fraction)
+        out["columns"][column] = {"center": center.tolist(), "scale": scale.tolist(), "slope": slope.tolist()}
+        out["depth"] = int(table.shape[1])
     return out
 
 
 def standardise_slice_scores(
-    slice_scores: Mapping[str, torch.Tensor], norms: Mapping[str, Any] | None
+    slice_scores: Mapping[str, torch.Tensor], norms: Mapping[str, Any] | None,
+    brain_fraction: torch.Tensor | np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{column: (D,)}`` robust z-scores at each position (columns without norms are returned unchanged).
 
+    Args:
+        slice_scores: ``{column: (D,)}`` raw slice scores of one volume.
+        norms: from :func:`fit_slice_norms` (None: unchanged).
+        brain_fraction: (D,) the volume's brain fraction per slice; needed when the norms have slopes.
+
     Raises:
-        ValueError: a column's depth differs from the norms' (the run's grid).
+        ValueError: a column's depth differs from the norms' (the run's grid), or a brain fraction is needed
+            and missing.
     """
     if not norms:
         return dict(slice_scores)
     fitted = norms.get("columns") or {}
+    f_center = norms.get("brain_fraction_center")
     out: dict[str, torch.Tensor] = {}
     for name, values in slice_scores.items():
         v = torch.as_tensor(values).double().reshape(-1)
@@ -95,5 +153,11 @@ def standardise_slice_scores(
                 f"slice scores {name!r} have {v.numel()} slices but the run's slice norms {center.numel()}: "
                 "the volume is not on the run's grid"
             )
+        slope = torch.as_tensor(fitted[name].get("slope", 0.0), dtype=torch.float64)
+        if f_center is not None and bool((slope != 0).any()):
+            if brain_fraction is None:
+                raise ValueError("these slice norms depend on the brain fraction: pass each slice's brain fraction")
+            f = torch.as_tensor(brain_fraction, dtype=torch.float64).reshape(-1)
+            center = center + slope * (f - torch.as_tensor(f_center, dtype=torch.float64))
         out[name] = (v - center) / scale
     return out

@@ -191,3 +191,15 @@ def test_a_grid_that_crops_the_foreground_warns_with_the_file_and_keeps_the_arra
     with warnings.catch_warnings():
         warnings.simplefilter("error", GridCropWarning)
         preprocessing({**config, "spatial_size": [32, 32, 32]}, keys=("image",))({"image": path})
+
+
+def test_foreground_ignores_a_few_negative_ringing_voxels():
+    """Skull-stripped, resampled scans carry a few negative voxels at the brain's edge: the zero background
+    must stay background (with the minimum as the background level the whole box was foreground)."""
+    from mri_anomaly.data.intensity import estimate_foreground
+
+    img = torch.zeros(40, 40, 40)
+    img[10:30, 10:30, 10:30] = 100.0  # brain: 12.5 % of the box
+    img[9, 10:12, 10:20] = -20.0  # 20 ringing voxels (0.03 %)
+    fg = estimate_foreground(img)
+    assert bool(fg[10:30, 10:30, 10:30].all()) and int(fg.sum()) == 20**3

@@ -99,7 +99,8 @@ def summarise(metrics: dict) -> dict:
     rho = []
     for run, entry in metrics.get("brain_fraction", {}).items():
         for column, value in entry.get("rho", {}).items():
-            rho.append({"run": run, "column": column, "rho": value, "n_slices": entry.get("n_slices"),
+            rho.append({"run": run, "column": column, "rho": value, "rho_ci": entry.get("rho_ci", {}).get(column),
+                        "n_slices": entry.get("n_slices"),
                         "within_bound": value is not None and np.isfinite(value) and abs(value) <= RHO_BOUND})
     control = next(({"key": k, **e} for k, e in slc.items() if e.get("control")), None)
     strata = {}
@@ -156,9 +157,13 @@ def to_markdown(result: dict) -> str:
     worst = max((abs(r["rho"]) for r in s["brain_fraction_rho"] if r["rho"] is not None and np.isfinite(r["rho"])), default=None)
     n_out = sum(not r["within_bound"] for r in s["brain_fraction_rho"])
     lines += [f"Largest |ρ|: {_f(worst)}; columns outside the bound: {n_out} of {len(s['brain_fraction_rho'])}.", "",
-              "| run | slice column | ρ | healthy slices |", "|---|---|---|---|"]
+              "The CI resamples whole healthy scans (a scan's size shifts all its slices together, so the slices are not "
+              "independent samples).", "",
+              "| run | slice column | ρ [95 % CI] | healthy slices |", "|---|---|---|---|"]
     for r in s["brain_fraction_rho"]:
-        lines.append(f"| {r['run']} | `{r['column']}` | {_f(r['rho'])}{'' if r['within_bound'] else ' **(outside)**'} | {r['n_slices']} |")
+        ci = r.get("rho_ci")
+        ci_text = f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
+        lines.append(f"| {r['run']} | `{r['column']}` | {_f(r['rho'])}{ci_text}{'' if r['within_bound'] else ' **(outside)**'} | {r['n_slices']} |")
     lines += ["", "## Every column", "",
               "| run | column | volume AUROC | volume AP | slice AUROC | voxel AP | voxel best Dice |",
               "|---|---|---|---|---|---|---|"]

@@ -84,6 +84,10 @@ def test_brain_fraction_rho_uses_counted_healthy_slices():
     assert out["rho"]["noise"] == pytest.approx(spearmanr(part["noise"], part["brain_fraction"]).statistic)
     assert out["rho"]["tracks"] > 0.9
     assert np.isnan(out["rho"]["flat"])  # a constant column has no rank correlation
+    # CIs resample whole scans: they contain the estimate; none for a constant column
+    low, high = out["rho_ci"]["noise"]
+    assert low <= out["rho"]["noise"] <= high and "flat" not in out["rho_ci"]
+    assert "rho_ci" in out and brain_fraction_rho(slices, ["noise"], {"h1", "h2"}, n_resamples=0)["rho_ci"] == {}
 
 
 def test_baseline_comparison_by_hand():

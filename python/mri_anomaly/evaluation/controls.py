@@ -27,29 +27,47 @@ __all__ = ["BASELINE_METHODS", "baseline_comparison", "brain_fraction_rho"]
 BASELINE_METHODS = ("intensity", "normative")
 
 
-def brain_fraction_rho(slices: pd.DataFrame, columns: Sequence[str], healthy_ids: set[str]) -> dict[str, Any]:
+def brain_fraction_rho(slices: pd.DataFrame, columns: Sequence[str], healthy_ids: set[str],
+                       n_resamples: int = 200, seed: int = 0) -> dict[str, Any]:
     """Spearman rho of each column with ``brain_fraction`` over counted slices of healthy scans.
 
     Args:
         slices: ``slice_scores.csv`` rows (``subject_id``, ``brain_fraction``, ``counted``, score columns).
         columns: slice score columns. healthy_ids: subject ids of healthy scans.
+        n_resamples: bootstrap resamples of whole scans for the 95 % CI of rho (slices of one scan are not
+            independent: a scan's size shifts all its slices together), 0 for none.
 
     Returns:
-        ``{"n_slices", "n_scans", "rho": {column: rho}}`` (rho NaN when a column is constant).
+        ``{"n_slices", "n_scans", "rho": {column: rho}, "rho_ci": {column: [low, high]}}`` (rho NaN when a
+        column is constant).
     """
     part = slices[slices["subject_id"].astype(str).isin(healthy_ids)]
     if "counted" in part.columns:
         part = part[part["counted"] == 1]
-    rho: dict[str, float] = {}
     fraction = part["brain_fraction"].to_numpy(dtype=np.float64) if "brain_fraction" in part.columns else np.zeros(0)
+    subjects = part["subject_id"].astype(str).to_numpy()
+    members = [np.flatnonzero(subjects == u) for u in np.unique(subjects)]
+    rng = np.random.default_rng(seed)
+    draws = [np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+             for _ in range(n_resamples if members else 0)]
+
+    def rho_of(values: np.ndarray, f: np.ndarray) -> float:
+        ok = np.isfinite(values) & np.isfinite(f)
+        if ok.sum() < 3 or np.ptp(values[ok]) == 0 or np.ptp(f[ok]) == 0:
+            return float("nan")
+        return float(spearmanr(values[ok], f[ok]).statistic)
+
+    rho: dict[str, float] = {}
+    rho_ci: dict[str, list[float]] = {}
     for column in columns:
         values = part[column].to_numpy(dtype=np.float64)
-        ok = np.isfinite(values) & np.isfinite(fraction)
-        if ok.sum() < 3 or np.ptp(values[ok]) == 0:
-            rho[column] = float("nan")
-        else:
-            rho[column] = float(spearmanr(values[ok], fraction[ok]).statistic)
-    return {"n_slices": int(len(part)), "n_scans": int(part["subject_id"].nunique()), "rho": rho}
+        rho[column] = rho_of(values, fraction)
+        if draws and np.isfinite(rho[column]):
+            replicates = np.array([rho_of(values[d], fraction[d]) for d in draws])
+            replicates = replicates[np.isfinite(replicates)]
+            if replicates.size >= 2:
+                rho_ci[column] = [float(v) for v in np.quantile(replicates, [0.025, 0.975])]
+    return {"n_slices": int(len(part)), "n_scans": int(len(members)), "rho": rho, "rho_ci": rho_ci}
 
 
 def baseline_comparison(

@@ -436,7 +436,8 @@ def evaluate(
                 sl.loc[fill, "slice_label"] = 0
             if "label" in df.columns and "brain_fraction" in sl.columns:
                 healthy_scans = set(df.loc[df["label"] == 0, "subject_id"].astype(str))
-                metrics["brain_fraction"][ss.name] = brain_fraction_rho(sl, ss.slice_columns, healthy_scans)
+                metrics["brain_fraction"][ss.name] = brain_fraction_rho(sl, ss.slice_columns, healthy_scans,
+                                                                        min(n_bootstrap, 200), seed)
             if "slice_label" in sl.columns:
                 sl = sl[sl["slice_label"].isin([0, 1])]
                 ys = sl["slice_label"].to_numpy(dtype=int)

@@ -288,7 +288,9 @@ def write_report(
         for run, entry in bf.items():
             for col, rho in entry.get("rho", {}).items():
                 flag = "" if rho is None or not np.isfinite(rho) or abs(rho) <= 0.2 else " <b>(&gt; 0.2)</b>"
-                rows.append([html.escape(run), html.escape(col), _num(rho) + flag, str(entry.get("n_slices"))])
+                ci = entry.get("rho_ci", {}).get(col)
+                ci_text = f' <span class="ci">[{_num(ci[0])}, {_num(ci[1])}]</span>' if ci else ""
+                rows.append([html.escape(run), html.escape(col), _num(rho) + ci_text + flag, str(entry.get("n_slices"))])
         control = next((e for k, e in slc.items() if e.get("control")), None)
         extra = ""
         if control is not None and "auroc" in control:
@@ -296,7 +298,7 @@ def write_report(
                      "(the control row of the slice table).")
         parts.append("<h2>Brain-fraction control</h2><p class=sub>Spearman ρ between each slice score column and the slice's "
                      "brain fraction, on the counted slices of healthy scans: a score of anatomy should not track slice size "
-                     f"(|ρ| ≤ 0.2 is the project's bound).{extra}</p>"
+                     f"(|ρ| ≤ 0.2 is the project's bound; the CI resamples whole healthy scans).{extra}</p>"
                      + _table(["run", "slice score", "ρ with brain fraction", "healthy slices"], rows, left=2))
     if figs["curves"]:
         parts.append("<h2>ROC and precision-recall curves</h2>" + "".join(figs["curves"]))

@@ -17,7 +17,8 @@ Usage::
 
     python benchmarks/detection.py --demo demo-out [--data ../shared/data] [--docs docs/benchmarks]
 
-Writes ``docs/benchmarks/detection.md`` and ``detection.json`` with the command, machine, load and date.
+Writes ``docs/benchmarks/detection.md`` and ``detection.json`` with the command, machine, load and date, and the
+per-case tables of the real cases as ``real_data.md``/``.json`` (the layout of ``benchmarks/real_data.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_model  # noqa: E402
 from real_data import real_cases, score_real_cases  # noqa: E402
+from real_data import to_markdown as real_data_markdown  # noqa: E402
 
 RHO_BOUND = 0.2
 
@@ -248,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "detection.json").write_text(json.dumps(result, indent=2, default=float))
     (docs / "detection.md").write_text(to_markdown(result))
+    if real is not None:  # the per-case tables of the same models, in the real-data benchmark's layout
+        real["machine"] = result["meta"]["machine"] + f", load average at end {os.getloadavg()[0]:.1f}"
+        (docs / "real_data.json").write_text(json.dumps(real, indent=2))
+        (docs / "real_data.md").write_text(real_data_markdown(real, real_cases(data), argparse.Namespace(demo=str(demo), command=command.strip())))
     print(to_markdown(result))
     print(f"wrote {docs / 'detection.md'} and {docs / 'detection.json'}", file=sys.stderr)
     return 0

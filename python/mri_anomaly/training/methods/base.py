@@ -110,6 +110,15 @@ class AnomalyMethod(nn.Module):
         raise NotImplementedError
 
 
+def encoder_grid_divisor(cls: type[AnomalyMethod], model: Mapping[str, Any]) -> tuple[int, str]:
+    """``grid_divisor`` of the bias-free encoders (Deep SAD, autoencoders): each level of ``model.channels``
+    max-pools every axis by 2, so sizes must be multiples of ``2 ** len(channels)``."""
+    channels = cls.model_argument(model, "channels")
+    if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 16:
+        raise ValueError(f"model.channels: must list 1 to 16 levels of channels, got {channels!r}")
+    return 2 ** len(channels), f"model.channels has {len(channels)} levels (each halves every axis)"
+
+
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}
 
 

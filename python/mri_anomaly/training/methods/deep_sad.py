@@ -35,7 +35,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from mri_anomaly.models import DeepSAD, deep_sad_loss, soft_boundary_loss, soft_boundary_radius
-from mri_anomaly.training.methods.base import AnomalyMethod, Batch, ScoreOutput, register_method
+from mri_anomaly.training.methods.base import (
+    AnomalyMethod,
+    Batch,
+    ScoreOutput,
+    encoder_grid_divisor,
+    register_method,
+)
 
 __all__ = ["DeepSADMethod", "batch_images", "batch_semi_targets"]
 
@@ -138,13 +144,7 @@ class DeepSADMethod(AnomalyMethod):
     score_names = ("deep_sad_dist",)
     map_names = ()
 
-    @classmethod
-    def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
-        """Each encoder level max-pools every axis by 2: sizes must be multiples of ``2 ** len(channels)``."""
-        channels = cls.model_argument(model, "channels")
-        if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 16:
-            raise ValueError(f"model.channels: must list 1 to 16 levels of channels, got {channels!r}")
-        return 2 ** len(channels), f"model.channels has {len(channels)} levels (each halves every axis)"
+    grid_divisor = classmethod(encoder_grid_divisor)
 
     def __init__(
         self,

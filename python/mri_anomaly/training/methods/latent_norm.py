@@ -14,15 +14,19 @@ slices) times larger (≈ 6× for 40 slices), so β must grow by that factor for
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 
 from mri_anomaly.models import LatentNormAutoEncoder
 from mri_anomaly.models.latent_norm import latent_norm_score
 from mri_anomaly.scoring.brain import brain_mask
-from mri_anomaly.training.methods.base import AnomalyMethod, Batch, ScoreOutput, register_method
+from mri_anomaly.training.methods.base import (
+    AnomalyMethod,
+    Batch,
+    ScoreOutput,
+    encoder_grid_divisor,
+    register_method,
+)
 from mri_anomaly.training.methods.deep_sad import batch_images
 
 __all__ = ["LatentNormMethod"]
@@ -49,13 +53,7 @@ class LatentNormMethod(AnomalyMethod):
     score_names = ("latent_norm",)
     map_names = ("residual",)
 
-    @classmethod
-    def grid_divisor(cls, model: Mapping[str, Any]) -> tuple[int, str]:
-        """Each encoder level max-pools every axis by 2: sizes must be multiples of ``2 ** len(channels)``."""
-        channels = cls.model_argument(model, "channels")
-        if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 16:
-            raise ValueError(f"model.channels: must list 1 to 16 levels of channels, got {channels!r}")
-        return 2 ** len(channels), f"model.channels has {len(channels)} levels (each halves every axis)"
+    grid_divisor = classmethod(encoder_grid_divisor)
 
     def __init__(
         self,

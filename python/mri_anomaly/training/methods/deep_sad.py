@@ -27,7 +27,7 @@ The score is ``deep_sad_dist``, the squared distance ``‖φ(x) − c‖²`` (hi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch

@@ -180,6 +180,9 @@ def test_a_grid_that_crops_the_foreground_warns_with_the_file_and_keeps_the_arra
     message = str(caught[0].message)
     # foreground box 30^3 cropped to 16 x 24 x 30: 1 - (16 * 24 * 30) / 30**3 lost
     assert message.startswith(f"{path}: the model grid [16, 24, 32] crops {100 * (1 - 16 * 24 / 900):.1f}% of the foreground")
+    from mri_anomaly.data.preprocessing import CROP_FRACTION_KEY
+
+    assert out[CROP_FRACTION_KEY] == pytest.approx(1 - 16 * 24 / 900, abs=1e-3)  # recorded for scores.csv
     plain = Compose([t for t in chain.transforms if not isinstance(t, WarnGridCropd)])
     reference = plain({"image": path})["image"]
     np.testing.assert_array_equal(out["image"].numpy(), reference.numpy())
@@ -190,7 +193,8 @@ def test_a_grid_that_crops_the_foreground_warns_with_the_file_and_keeps_the_arra
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", GridCropWarning)
-        preprocessing({**config, "spatial_size": [32, 32, 32]}, keys=("image",))({"image": path})
+        whole = preprocessing({**config, "spatial_size": [32, 32, 32]}, keys=("image",))({"image": path})
+    assert whole[CROP_FRACTION_KEY] == 0.0
 
 
 def test_foreground_ignores_a_few_negative_ringing_voxels():

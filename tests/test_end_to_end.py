@@ -72,6 +72,7 @@ def test_train_then_score(config_path, demo_cohort, tmp_path):
         assert meta["slice_score_columns"] == [f"{m}_slice_{method.slice_statistic}" for m in method.map_names]
     assert set(thresholds["thresholds"]) == set(meta["score_columns"])
     for r in rows:
+        assert 0.0 <= float(r["cropped_foreground_fraction"]) <= 1.0  # the grid's crop of each scan is recorded
         for c in meta["score_columns"]:
             assert np.isfinite(float(r[c]))
             assert r[f"flag:{c}"] in ("0", "1")

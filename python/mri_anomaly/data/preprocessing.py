@@ -66,6 +66,7 @@ from mri_anomaly.data.loading import LoadVolumed
 
 __all__ = [
     "PREPROCESSING_DEFAULTS",
+    "CROP_FRACTION_KEY",
     "DEMO_PREPROCESSING",
     "FULL_RESOLUTION_PREPROCESSING",
     "resolve_preprocessing_config",
@@ -85,6 +86,9 @@ MAX_GRID = 2048
 """Voxels per axis of the model grid at most (0.1 mm over 20 cm)."""
 
 CROP_WARNING_FRACTION = 0.01
+CROP_FRACTION_KEY = "cropped_foreground_fraction"
+"""Item key where :class:`WarnGridCropd` records the fraction of the foreground the grid crops (0.0: none);
+``mri-anomaly score`` writes it per scan in ``scores.csv``."""
 """A scan whose foreground loses more than this fraction of its voxels to the fixed grid gets a warning."""
 
 PREPROCESSING_DEFAULTS: dict[str, Any] = {
@@ -247,7 +251,8 @@ def cropped_foreground_fraction(foreground: torch.Tensor | np.ndarray, spatial_s
 
 class WarnGridCropd(MapTransform):
     """Warn (:class:`GridCropWarning`, naming the file) when the next centre crop to ``spatial_size`` cuts off
-    more than ``threshold`` of the foreground of ``source_key``. Returns the data unchanged.
+    more than ``threshold`` of the foreground of ``source_key``, and record that fraction under
+    :data:`CROP_FRACTION_KEY` (0.0 when nothing is cropped). The arrays pass unchanged.
 
     Args:
         source_key: the item key whose voxels > 0 are the foreground (the image, or the brain mask).
@@ -264,6 +269,7 @@ class WarnGridCropd(MapTransform):
 
     def __call__(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
         source = data[self.source_key]
+        lost = 0.0
         if any(s > t for s, t in zip(source.shape[1:], self.spatial_size)):
             lost = cropped_foreground_fraction(source, self.spatial_size)
             if lost > self.threshold:
@@ -273,6 +279,8 @@ class WarnGridCropd(MapTransform):
                     f"{path}: the model grid {self.spatial_size} crops {100 * lost:.1f}% of the foreground "
                     f"(foreground box {list(source.shape[1:])} voxels); raise preprocessing.spatial_size or the "
                     "spacing to keep the whole anatomy", GridCropWarning, stacklevel=2)
+        data = dict(data)
+        data[CROP_FRACTION_KEY] = lost
         return data
 
 

@@ -49,7 +49,7 @@ CONTROL_RUN = "control"
 
 RESERVED_COLUMNS = {
     "subject_id", "image", "section", "label", "site", "slice", "slice_label", "semi_target", "mask",
-    "brain_mask", "error", "index", "n_voxels", "brain_fraction", "counted",
+    "brain_mask", "error", "index", "n_voxels", "brain_fraction", "counted", "cropped_foreground_fraction",
 }  # fmt: skip
 
 

@@ -15,7 +15,9 @@ datalist's order, items in their order).
 ``scores.csv``
     one row per volume: ``subject_id, image, section, label`` (empty where unknown), the score columns,
     ``flag:<column>`` (1 when the score is above the run's threshold for that column, 0 otherwise; only
-    for columns with a threshold), ``map:<name>`` (path of the voxel map relative to OUT).
+    for columns with a threshold), ``map:<name>`` (path of the voxel map relative to OUT),
+    ``cropped_foreground_fraction`` (share of the scan's foreground the fixed model grid cut off; above 1 %
+    ``score`` also warns, naming the file).
     Score columns: 3D models — the method's scores (``AnomalyMethod.score_names``), one per volume.
     2D models — for every slice score ``s``: ``s_mean``, ``s_max``, ``s_top{k}_mean`` over the slices
     with brain fraction >= ``slices.min_brain_fraction`` (see :mod:`mri_anomaly.scoring.aggregate`).
@@ -49,6 +51,7 @@ from typing import Any
 import torch
 
 from mri_anomaly.data.datasets import unwrap_input_error
+from mri_anomaly.data.preprocessing import CROP_FRACTION_KEY
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.scoring.aggregate import aggregate_slice_scores, aggregated_names, slice_has_label
 from mri_anomaly.scoring.brain import slice_brain_statistic
@@ -502,7 +505,8 @@ def score_datalist(
     map_names = list(cls.map_names) if save_maps else []
     flag_columns = [f"flag:{c}" for c in score_columns if c in thresholds]
     has_label = any("label" in it for s in sections for it in data[s])
-    score_header = ["subject_id", "image", "section", "label", *score_columns, *flag_columns, *[f"map:{m}" for m in map_names]]
+    score_header = ["subject_id", "image", "section", "label", *score_columns, *flag_columns,
+                    *[f"map:{m}" for m in map_names], CROP_FRACTION_KEY]
     if not has_label:
         score_header.remove("label")
     slice_header = ["subject_id", "section", "slice", "brain_fraction", "counted", "slice_label", *slice_score_columns]
@@ -557,7 +561,8 @@ def score_datalist(
             try:
                 result = score_volume(method, config, item_data, device=device, want_maps=bool(map_names),
                                       slice_norms=slice_norms)
-                row = {**base, "label": item.get("label", ""), **{c: _fmt(result.scores.get(c)) for c in score_columns}}
+                row = {**base, "label": item.get("label", ""), **{c: _fmt(result.scores.get(c)) for c in score_columns},
+                       CROP_FRACTION_KEY: _fmt(float(item_data.get(CROP_FRACTION_KEY, 0.0)))}
                 for c in score_columns:
                     if c in thresholds:
                         row[f"flag:{c}"] = int(result.scores[c] > thresholds[c])

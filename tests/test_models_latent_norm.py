@@ -83,3 +83,43 @@ def test_training_collapses_codes_of_normal_data() -> None:
         z_after = model(data)[1].norm(dim=1).mean().item()
     assert model.loss(data).item() < 0.5 * first
     assert z_after < 0.5 * z_before
+
+
+def test_decoder_output_depends_on_the_scale_of_the_code() -> None:
+    """The latent term must cost something: x_hat changes when z is scaled (the bias-free decoder of Deep SAD's
+    pretraining, BatchNorm right after the code's linear map, is invariant to it in training mode)."""
+    from mri_anomaly.models.bias_free import BiasFreeAutoEncoder
+
+    torch.manual_seed(0)
+    z = torch.randn(6, 8)
+    def change(model: torch.nn.Module) -> float:
+        return float((model.decoder(z, (16, 16)) - model.decoder(0.5 * z, (16, 16))).abs().max())
+
+    latent_norm = LatentNormAutoEncoder(2, 1, 8, beta=1.0, channels=(4, 8))
+    assert change(latent_norm.train()) > 0.05 and change(latent_norm.eval()) > 5e-3
+    # up to BatchNorm's epsilon, halving z changes nothing in the bias-free decoder (measured 3.5e-5 vs 0.14)
+    assert change(BiasFreeAutoEncoder(2, 1, 8, channels=(4, 8)).train()) < 1e-3
+
+
+def test_latent_term_changes_the_ranking() -> None:
+    """Trained with beta > 0 the codes of normal data shrink; an input unlike the training data keeps a larger
+    code, so adding beta ||z|| reorders samples whose reconstruction errors alone rank otherwise."""
+    torch.manual_seed(0)
+    model = LatentNormAutoEncoder(2, 1, 8, beta=1.0, channels=(4, 8))
+    base = torch.rand(1, 1, 16, 16)
+    data = (base + 0.05 * torch.randn(64, 1, 16, 16)).clamp(0, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        loss = model.loss(data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    test = torch.cat([(base + 0.05 * torch.randn(20, 1, 16, 16)).clamp(0, 1), torch.rand(20, 1, 16, 16)])
+    with torch.no_grad():
+        x_hat, z = model(test)
+    residual = (test - x_hat).flatten(1).norm(dim=1)
+    codes = z.norm(dim=1)
+    assert codes[20:].mean() > codes[:20].mean()  # the latent norm itself separates the two groups
+    with_latent = residual + model.beta * codes
+    assert not torch.equal(residual.argsort(), with_latent.argsort())

@@ -143,6 +143,10 @@ class BiasFreeDecoder(nn.Module):
         in_features: size of the code.
         channels: the encoder's ``channels`` (encoder order).
         kernel_size, pooled_size, negative_slope, norm_eps: as in :class:`BiasFreeEncoder`.
+        with_bias: biases and affine BatchNorm in every layer and **no** BatchNorm right after the code's
+            linear map. The bias-free default (Deep SAD's pretraining, Ruff et al.) normalises that map's output
+            per channel, so its output does not depend on the scale of the code z; an autoencoder whose loss
+            penalises ‖z‖ (the latent-norm autoencoder) would then shrink z for free.
 
     Raises:
         ValueError: for an invalid argument, naming it.
@@ -158,6 +162,7 @@ class BiasFreeDecoder(nn.Module):
         pooled_size: int | Sequence[int] = 4,
         negative_slope: float = 0.01,
         norm_eps: float = 1e-4,
+        with_bias: bool = False,
     ) -> None:
         super().__init__()
         channels = _check_common(spatial_dims, channels, kernel_size)
@@ -166,8 +171,8 @@ class BiasFreeDecoder(nn.Module):
         self.pooled_size = _as_tuple(pooled_size, spatial_dims, "pooled_size")
         conv_type = Conv[Conv.CONV, spatial_dims]
         norm_type = Norm[Norm.BATCH, spatial_dims]
-        self.fc = nn.Linear(in_features, channels[-1] * math.prod(self.pooled_size), bias=False)
-        self.fc_norm = norm_type(channels[-1], eps=norm_eps, affine=False)
+        self.fc = nn.Linear(in_features, channels[-1] * math.prod(self.pooled_size), bias=with_bias)
+        self.fc_norm = nn.Identity() if with_bias else norm_type(channels[-1], eps=norm_eps, affine=False)
         self.act = nn.LeakyReLU(negative_slope)
         self.levels = nn.ModuleList()
         for level in reversed(range(len(channels))):
@@ -175,12 +180,12 @@ class BiasFreeDecoder(nn.Module):
             self.levels.append(
                 nn.Sequential(
                     nn.Upsample(scale_factor=2, mode="nearest"),
-                    conv_type(channels[level], width_out, kernel_size, padding=kernel_size // 2, bias=False),
-                    norm_type(width_out, eps=norm_eps, affine=False),
+                    conv_type(channels[level], width_out, kernel_size, padding=kernel_size // 2, bias=with_bias),
+                    norm_type(width_out, eps=norm_eps, affine=with_bias),
                     nn.LeakyReLU(negative_slope),
                 )
             )
-        self.head = conv_type(channels[0], out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.head = conv_type(channels[0], out_channels, kernel_size, padding=kernel_size // 2, bias=with_bias)
         self._resize_mode = "bilinear" if spatial_dims == 2 else "trilinear"
 
     def forward(self, z: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
@@ -209,6 +214,7 @@ class BiasFreeAutoEncoder(nn.Module):
         in_channels: image channels.
         latent_dim: size of the code z.
         channels, kernel_size, pooled_size, negative_slope, norm_eps: as in :class:`BiasFreeEncoder`.
+        decoder_bias: the decoder's ``with_bias`` (:class:`BiasFreeDecoder`); the encoder stays bias-free.
     """
 
     def __init__(
@@ -221,6 +227,7 @@ class BiasFreeAutoEncoder(nn.Module):
         pooled_size: int | Sequence[int] = 4,
         negative_slope: float = 0.01,
         norm_eps: float = 1e-4,
+        decoder_bias: bool = False,
     ) -> None:
         super().__init__()
         options = dict(
@@ -234,7 +241,7 @@ class BiasFreeAutoEncoder(nn.Module):
         self.in_channels = in_channels
         self.latent_dim = latent_dim
         self.encoder = BiasFreeEncoder(spatial_dims, in_channels, latent_dim, **options)
-        self.decoder = BiasFreeDecoder(spatial_dims, in_channels, latent_dim, **options)
+        self.decoder = BiasFreeDecoder(spatial_dims, in_channels, latent_dim, with_bias=decoder_bias, **options)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (N, C, H, W[, D]) -> ``(x_hat, z)`` with ``x_hat`` like ``x`` and ``z`` (N, latent_dim)."""

@@ -55,7 +55,8 @@ class LatentNormAutoEncoder(BiasFreeAutoEncoder):
         in_channels: image channels.
         latent_dim: size of the code z.
         beta: weight of ``‖z‖₂`` in loss and score (see the module docstring for its scale).
-        channels, kernel_size, pooled_size, negative_slope, norm_eps: of the bias-free encoder/decoder.
+        channels, kernel_size, pooled_size, negative_slope, norm_eps: of the bias-free encoder and of the decoder
+            (which has biases: see :class:`~mri_anomaly.models.BiasFreeDecoder`'s ``with_bias``).
 
     Raises:
         ValueError: for a negative ``beta`` or an invalid network argument.
@@ -75,7 +76,10 @@ class LatentNormAutoEncoder(BiasFreeAutoEncoder):
     ) -> None:
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
-        super().__init__(spatial_dims, in_channels, latent_dim, channels, kernel_size, pooled_size, negative_slope, norm_eps)
+        # The decoder has biases and no BatchNorm on the code's linear map: with the bias-free decoder x_hat did not
+        # depend on the scale of z, so beta * ||z|| was minimised for free by shrinking one weight matrix.
+        super().__init__(spatial_dims, in_channels, latent_dim, channels, kernel_size, pooled_size, negative_slope,
+                         norm_eps, decoder_bias=True)
         self.beta = float(beta)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:

@@ -258,3 +258,16 @@ def test_default_lesions_are_rand_lesion_sized_in_mm_and_seeded_by_torch() -> No
     empty = torch.zeros(2, 1, 40, 48)
     x, semi_target = method.labelled_batch({"image": empty})
     assert torch.equal(x, empty) and not bool(semi_target.any())
+
+
+def test_shipped_deep_sad_configs_hold_out_the_test_lesion_kinds():
+    """The labelled anomalies must not come from the generator of the test anomalies they are scored on: the
+    shipped Deep SAD configs label focal lesions only, so MS patterns and tumours stay unseen (reported per kind)."""
+    from mri_anomaly.data.lesions import RandLesion
+    from mri_anomaly.training import load_config
+
+    for name in ("deep-sad-2d", "deep-sad-3d"):
+        config = load_config(name)
+        kinds = config["model"]["lesion"]["kinds"]
+        assert kinds == ["focal"] and config["model"]["gamma_l"] > 0
+        assert RandLesion(kinds=kinds).kinds == ("focal",)

@@ -244,3 +244,22 @@ def test_a_bad_training_file_stops_before_any_work_and_a_bad_test_file_does_not(
     assert not (tmp_path / "run").exists()
     result = Trainer(config, _datalist_with(demo_cohort, tmp_path, "test"), tmp_path / "run2", progress=False).fit()
     assert result.completed
+
+
+def test_deep_sad_centre_is_the_mean_over_the_whole_training_set(demo_cohort, tmp_path):
+    """Ruff et al.: c is the mean embedding of the training set after pretraining. With init_batches covering an
+    epoch (the shipped configs) begin_phase sees every training slice once (batch size 1: nothing dropped)."""
+    from mri_anomaly.scoring.runner import load_run
+    from mri_anomaly.training.loaders import build_dataset
+
+    config = deep_svdd_config(pretrain=1, train=0, batch_size=1, init_batches=100000)
+    Trainer(config, demo_cohort, tmp_path / "run", progress=False).fit()
+    method, cfg, _ = load_run(tmp_path / "run")
+    slices = build_dataset(cfg, load_datalist(demo_cohort)["training"], train=True)
+    images = torch.stack([torch.as_tensor(slices[i]["image"]) for i in range(len(slices))]).float()
+    with torch.no_grad():
+        expected = method.net.encoder(images).double().mean(dim=0)
+    small = expected.abs() < 0.1
+    expected[small] = torch.where(expected[small] < 0, -0.1, 0.1).double()
+    torch.testing.assert_close(method.net.center.double(), expected, rtol=1e-4, atol=1e-5)
+    assert len(slices) > 8  # more slices than the 8 batches of 1 that the old configs would have used

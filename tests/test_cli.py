@@ -110,7 +110,7 @@ def test_train_then_score_through_the_command(demo_cohort, tmp_path, capsys):
     assert main(["score", "--run", str(run), "--datalist", str(demo_cohort), "--section", "validation,test",
                  "--out", str(out), "--no-progress"]) == 0
     lines = (out / "scores.csv").read_text().splitlines()
-    assert lines[0] == "subject_id,image,section,label,latent_norm,flag:latent_norm,map:residual"
+    assert lines[0] == "subject_id,image,section,label,latent_norm,flag:latent_norm,map:residual,cropped_foreground_fraction"
     data = load_datalist(demo_cohort)
     assert len(lines) == 1 + len(data["validation"]) + len(data["test"])
 

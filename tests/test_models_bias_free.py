@@ -20,7 +20,7 @@ def _all_networks() -> list[nn.Module]:
         BiasFreeAutoEncoder(3, 2, 8, channels=(4, 8, 8)),
         DeepSAD(2, 1, 8),
         DeepSAD(3, 1, 8),
-        LatentNormAutoEncoder(3, 1, 8),
+        LatentNormAutoEncoder(3, 1, 8).encoder,  # its decoder has biases on purpose (next test)
     ]
 
 
@@ -36,6 +36,14 @@ def test_no_bias_and_no_affine_batchnorm(net: nn.Module) -> None:
             assert module.bias is None
     assert not [m for m in net.modules() if isinstance(m, (nn.Sigmoid, nn.Tanh))], "bounded activation inside"
     assert any(isinstance(m, nn.LeakyReLU) for m in net.modules())
+
+
+def test_latent_norm_decoder_has_biases_and_no_norm_on_the_code() -> None:
+    """Bias-free is Deep SVDD's constraint only: a bias-free decoder with BatchNorm on the code's linear map
+    ignores the scale of z, and the latent-norm loss would shrink z for free."""
+    decoder = LatentNormAutoEncoder(3, 1, 8).decoder
+    assert decoder.fc.bias is not None and isinstance(decoder.fc_norm, nn.Identity)
+    assert all(m.affine for m in decoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -434,10 +434,9 @@ def evaluate(
                 sl["slice_label"] = pd.to_numeric(sl["slice_label"], errors="coerce")
                 fill = sl["slice_label"].isna() & sl["subject_id"].astype(str).isin(healthy_ids)
                 sl.loc[fill, "slice_label"] = 0
-            if "label" in df.columns and "brain_fraction" in sl.columns:
-                healthy_scans = set(df.loc[df["label"] == 0, "subject_id"].astype(str))
-                metrics["brain_fraction"][ss.name] = brain_fraction_rho(sl, ss.slice_columns, healthy_scans,
-                                                                        min(n_bootstrap, 200), seed)
+                if "brain_fraction" in sl.columns:
+                    metrics["brain_fraction"][ss.name] = brain_fraction_rho(sl, ss.slice_columns, healthy_ids,
+                                                                            min(n_bootstrap, 200), seed)
             if "slice_label" in sl.columns:
                 sl = sl[sl["slice_label"].isin([0, 1])]
                 ys = sl["slice_label"].to_numpy(dtype=int)

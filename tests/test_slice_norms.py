@@ -123,7 +123,7 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     from mri_anomaly.data import slice_brain_fractions
 
     fractions = [slice_brain_fractions(torch.as_tensor(volumes[i]["image"])) for i in range(len(volumes))]
-    refit = fit_slice_norms([r.raw_slice_scores for r in raw], fractions, min_brain_fraction=0.1)
+    refit = fit_slice_norms([r.raw_slice_scores for r in raw], fractions, counted=[f >= 0.1 for f in fractions])
     for column in ("nll_bpd", "final_scale"):
         assert norms["columns"][column]["center"] == pytest.approx(refit["columns"][column]["center"], rel=1e-9)
         assert norms["columns"][column]["scale"] == pytest.approx(refit["columns"][column]["scale"], rel=1e-9)

@@ -10,16 +10,17 @@ bigger brain extends past the healthy median). So the norm of a slice score is c
 healthy ``validation`` scans at the end of training and stored in ``RUN/thresholds.json`` (key
 ``slice_norms``); every slice score column ``s`` is then reported as::
 
-    z_k = (s_k - median_k - slope * (f_k - fmedian_k)) / scale_k,   scale_k = max(1.4826 * MAD_k, floor)
+    z_k = (s_k - center_k - slope_k * (f_k - fmedian_k)) / scale_k,   scale_k = max(1.4826 * MAD_k, floor)
 
-``median_k`` and ``fmedian_k`` are the medians of the score and of the brain fraction over the healthy
-validation scans' slice ``k``; ``slope`` (one per column) is the least-squares slope of the position-centred
-score on the position-centred brain fraction over their slices with brain (centred scores clipped at
-±5 robust SDs so that outliers do not steer it); ``MAD_k`` is that of the residual at position ``k``, and
-``floor = floor_fraction * median_k(1.4826 * MAD_k)`` keeps near-constant positions (empty slices outside
-the head) from dividing by ~0. 2D volume scores (mean, max, top-k mean) aggregate the standardised slice
-scores. Runs without stored norms report raw slice scores; norms without a slope (``brain_fraction`` not
-given when fitting) standardise by position alone.
+``fmedian_k`` is the median brain fraction of the healthy validation scans' slice ``k`` and ``center_k`` the
+median score there (plus the median residual once the slope is taken out). ``slope_k = beta * sd_k / fsd_k``:
+``sd_k`` and ``fsd_k`` are the robust SDs (1.4826 MAD) of the score and of the brain fraction at position ``k``,
+and ``beta`` (one per column) is the least-squares coefficient of the centred score in ``sd_k`` units (clipped at
+±5) on the centred brain fraction in ``fsd_k`` units, over the counted validation slices, so that positions whose
+scores vary a lot do not dominate. ``MAD_k`` is that of the residual at position ``k``, and
+``floor = floor_fraction * median_k(1.4826 * MAD_k)`` keeps near-constant positions (empty slices outside the
+head) from dividing by ~0. 2D volume scores (mean, max, top-k mean) aggregate the standardised slice scores. Runs
+without stored norms report raw slice scores; norms fitted without brain fractions standardise by position alone.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def fit_slice_norms(
     slice_scores: Sequence[Mapping[str, Sequence[float] | np.ndarray | torch.Tensor]],
     brain_fractions: Sequence[Sequence[float] | np.ndarray | torch.Tensor] | None = None,
     floor_fraction: float = 0.1,
-    min_brain_fraction: float = 0.0,
+    counted: Sequence[Sequence[bool] | np.ndarray | torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Per-position robust centre and scale (and a brain-fraction slope) of every slice score column.
 
@@ -56,11 +57,12 @@ def fit_slice_norms(
         slice_scores: one ``{column: (D,) slice scores}`` per healthy volume (same D for all).
         brain_fractions: one (D,) brain fraction per volume; None: standardise by position alone.
         floor_fraction: the scale floor as a fraction of the median scale over positions.
-        min_brain_fraction: only slices with at least this brain fraction (the counted slices) fit the slope.
+        counted: one (D,) bool per volume, the slices that fit the slope (the scorer's counted slices); None:
+            every slice with brain.
 
     Returns:
         ``{"rule", "n_volumes", "depth", "floor_fraction", "brain_fraction_center": [D] | None,
-        "columns": {column: {"center": [D], "scale": [D], "slope": float}}}``.
+        "columns": {column: {"center": [D], "scale": [D], "slope": [D]}}}``.
 
     Raises:
         ValueError: no volumes, columns that differ between volumes, or depths that differ.
@@ -81,6 +83,11 @@ def fit_slice_norms(
         if len(brain_fractions) != len(slice_scores):
             raise ValueError(f"{len(brain_fractions)} brain-fraction profiles for {len(slice_scores)} volumes")
         fraction = table_of([as_row(f) for f in brain_fractions], "brain fractions")
+    fits_slope = None
+    if fraction is not None:
+        fits_slope = fraction > 0
+        if counted is not None:
+            fits_slope &= table_of([as_row(c) for c in counted], "counted masks").astype(bool)
     out: dict[str, Any] = {"rule": RULE, "n_volumes": len(slice_scores), "depth": 0,
                            "floor_fraction": float(floor_fraction), "brain_fraction_center": None, "columns": {}}
     f_dev = None
@@ -105,7 +112,7 @@ def fit_slice_norms(
             # positions whose scores vary a lot do not dominate; per position it is a slope in score units
             score_sd = _floored(MAD_TO_SD * np.median(np.abs(dev), axis=0), floor_fraction)
             fraction_sd = MAD_TO_SD * np.median(np.abs(f_dev), axis=0)
-            used = (fraction > 0) & (fraction >= min_brain_fraction) & (fraction_sd > 1e-6)
+            used = fits_slope & (fraction_sd > 1e-6)
             z = np.clip(dev / score_sd, -5.0, 5.0)
             g = np.divide(f_dev, fraction_sd, out=np.zeros_like(f_dev), where=fraction_sd > 1e-6)
             denominator = float(np.sum(g[used] ** 2))

@@ -537,9 +537,8 @@ class Trainer:
                 print("note: no validation scan could be scored: no thresholds stored")
             return None
         outputs = [r["output"] for r in rows]
-        min_fraction = float((self.config.get("slices") or {}).get("min_brain_fraction", 0.0))
         norms = (fit_slice_norms([o.slice_scores for o in outputs], [o.fraction for o in outputs],
-                                 min_brain_fraction=min_fraction) if outputs[0].slice_scores else None)
+                                 counted=[o.counted for o in outputs]) if outputs[0].slice_scores else None)
         scores = [finish_volume_scores(o, self.config, norms).scores for o in outputs]
         healthy = {c: [s[c] for s in scores] for c in scores[0]}
         calibration = calibrate_thresholds(healthy, self.config["score"]["specificity"], section="validation")

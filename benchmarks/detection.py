@@ -80,6 +80,8 @@ def ensure_demo(demo: Path) -> float:
 
 def summarise(metrics: dict) -> dict:
     """The benchmark's tables from ``metrics.json``."""
+    from mri_anomaly.evaluation.controls import best_volume_columns
+
     runs = metrics["runs"]
     volume, slc, vox = metrics["volume"], metrics["slice"], metrics["voxel"]
     methods = {name: r.get("method") for name, r in runs.items()}
@@ -94,10 +96,8 @@ def summarise(metrics: dict) -> dict:
                         "slice_auroc": s.get("auroc"), "slice_auroc_ci": s.get("auroc_ci"),
                         "voxel_ap": v.get("ap"), "voxel_best_dice": v.get("best_dice"),
                         "n": entry.get("n"), "n_anomalous": entry.get("n_anomalous")})
-    best: dict[str, dict] = {}
-    for c in columns:
-        if c["volume_auroc"] is not None and (c["run"] not in best or c["volume_auroc"] > best[c["run"]]["volume_auroc"]):
-            best[c["run"]] = c
+    by_key = {(c["run"], c["column"]): c for c in columns}
+    best = {run: by_key[(run, column)] for run, (column, _) in best_volume_columns(volume, several=True).items()}
     rho = []
     for run, entry in metrics.get("brain_fraction", {}).items():
         for column, value in entry.get("rho", {}).items():

@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 
 from mri_anomaly.evaluation.bootstrap import auroc_with_ci
 
-__all__ = ["BASELINE_METHODS", "baseline_comparison", "brain_fraction_rho"]
+__all__ = ["BASELINE_METHODS", "baseline_comparison", "best_volume_columns", "brain_fraction_rho"]
 
 BASELINE_METHODS = ("intensity", "normative")
 
@@ -70,6 +70,18 @@ def brain_fraction_rho(slices: pd.DataFrame, columns: Sequence[str], healthy_ids
     return {"n_slices": int(len(part)), "n_scans": int(len(members)), "rho": rho, "rho_ci": rho_ci}
 
 
+def best_volume_columns(volume_metrics: Mapping[str, Mapping[str, Any]], several: bool) -> dict[str, tuple[str, float]]:
+    """Each run's volume column with the highest finite AUROC: ``{run: (column, auroc)}`` in the runs' order
+    (keys ``run/column`` when ``several``; else the one run is ``""``). Ties keep the first column."""
+    best: dict[str, tuple[str, float]] = {}
+    for key, entry in volume_metrics.items():
+        run, column = key.split("/", 1) if several and "/" in key else ("", key)
+        value = entry.get("auroc")
+        if isinstance(value, (int, float)) and np.isfinite(value) and (run not in best or value > best[run][1]):
+            best[run] = (column, float(value))
+    return best
+
+
 def baseline_comparison(
     runs: Mapping[str, str | None],
     volume_metrics: Mapping[str, Mapping[str, Any]],
@@ -92,11 +104,10 @@ def baseline_comparison(
         when no baseline was evaluated. ``beats`` is the point estimate (AUROC higher); the CI of the paired
         difference says whether it is significant (it excludes 0).
     """
+    best_of = best_volume_columns(volume_metrics, several)
+
     def best(run: str) -> tuple[str, float] | None:
-        prefix = f"{run}/" if several else ""
-        entries = [(k[len(prefix):], float(e["auroc"])) for k, e in volume_metrics.items()
-                   if k.startswith(prefix) and isinstance(e.get("auroc"), (int, float)) and np.isfinite(e["auroc"])]
-        return max(entries, key=lambda kv: kv[1]) if entries else None
+        return best_of.get(run if several else "")
 
     baselines = [r for r, m in runs.items() if m in BASELINE_METHODS and best(r) is not None]
     out: dict[str, Any] = {}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mri_anomaly.evaluation import figures as fig
-from mri_anomaly.evaluation.controls import BASELINE_METHODS
+from mri_anomaly.evaluation.controls import BASELINE_METHODS, best_volume_columns
 
 __all__ = ["write_report"]
 
@@ -265,7 +265,8 @@ def write_report(
     strata = metrics.get("strata", {})
     if strata:
         names = sorted({k for e in strata.values() for k in e}, key=lambda k: (k.split(":")[0] != "kind", _STRATUM_ORDER.get(k, 9), k))
-        best_keys = _best_key_per_run(vol, several)
+        best_keys = [f"{run}/{column}" if several else column
+                     for run, (column, _) in best_volume_columns(vol, several).items()]
         rows = []
         for key in best_keys:
             if key not in strata:
@@ -351,17 +352,6 @@ def write_report(
 
 
 _STRATUM_ORDER = {"size:small": 0, "size:medium": 1, "size:large": 2}
-
-
-def _best_key_per_run(volume: Mapping[str, Mapping[str, Any]], several: bool) -> list[str]:
-    """The key of each run's volume column with the highest AUROC (runs in their order)."""
-    best: dict[str, tuple[str, float]] = {}
-    for key, entry in volume.items():
-        run, _ = _split_key(key, several)
-        value = entry.get("auroc")
-        if isinstance(value, (int, float)) and np.isfinite(value) and (run not in best or value > best[run][1]):
-            best[run] = (key, float(value))
-    return [k for k, _ in best.values()]
 
 
 def _ci_text(metrics: Mapping[str, Any]) -> str:

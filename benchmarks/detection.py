@@ -68,7 +68,7 @@ def _match_slice(run: str, column: str, level: dict) -> dict:
 
 def ensure_demo(demo: Path) -> float:
     """Run (or finish) the demo in ``demo``; returns the seconds it took (0 when it was complete)."""
-    from mri_anomaly.evaluation.demo import run_demo
+    from mri_anomaly.pipeline import run_demo
 
     state = demo / "demo_state.json"
     if state.is_file() and json.loads(state.read_text()).get("evaluate", {}).get("done"):
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-voxels", type=int, default=500_000, help="brain voxels per real case for voxel metrics")
     args = parser.parse_args(argv)
 
-    from mri_anomaly.evaluation.demo import DEMO_RUNS
+    from mri_anomaly.pipeline import DEMO_RUNS
     from mri_anomaly.evaluation.evaluate import evaluate
 
     demo = Path(args.demo)

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-voxels", type=int, default=500_000, help="brain voxels per case for voxel metrics")
     args = parser.parse_args(argv)
 
-    from mri_anomaly.evaluation.demo import DEMO_RUNS
+    from mri_anomaly.pipeline import DEMO_RUNS
 
     demo, data, out = Path(args.demo), Path(args.data), Path(args.out)
     if not data.is_dir():

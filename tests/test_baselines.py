@@ -87,7 +87,7 @@ def _baseline_config(method: str, steps: int = 0) -> dict:
 
 def test_normative_trains_on_every_training_volume_and_calibrates(demo_cohort, tmp_path):
     from mri_anomaly.data import VolumeDataset, load_datalist
-    from mri_anomaly.scoring.runner import load_run
+    from mri_anomaly.runs import load_run
 
     result = Trainer(_baseline_config("normative"), demo_cohort, tmp_path / "run", progress=False).fit()
     assert result.completed and set(result.thresholds) == {"abs_z_q99", "abs_z_q999"}

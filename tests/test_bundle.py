@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_metadata_carries_thresholds_and_preprocessing(tiny_run):
-    from mri_anomaly.evaluation.bundle import write_bundle_metadata
+    from mri_anomaly.bundle import write_bundle_metadata
     from mri_anomaly.evaluation.thresholds import load_thresholds
 
     root, _ = tiny_run

@@ -22,7 +22,7 @@ class _Images(HTMLParser):
 @pytest.mark.slow
 def test_demo_smoke_end_to_end_and_resume(tmp_path, capsys):
     from mri_anomaly.cli import main
-    from mri_anomaly.evaluation.demo import DEMO_RUNS, STATE_FILE
+    from mri_anomaly.pipeline import DEMO_RUNS, STATE_FILE
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--smoke", "--no-progress"]) == 0

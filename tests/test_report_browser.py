@@ -29,7 +29,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def smoke_demo(tmp_path_factory) -> Path:
     """A smoke demo folder (one method, 2 steps; the numbers mean nothing) with its report."""
-    from mri_anomaly.evaluation.demo import DEMO_RUNS, run_demo
+    from mri_anomaly.pipeline import DEMO_RUNS, run_demo
 
     out = tmp_path_factory.mktemp("browser") / "demo"
     runs = tuple(r for r in DEMO_RUNS if r.name == "latent-norm-ae-2d")

@@ -90,7 +90,7 @@ def _glow2d_config() -> dict:
 
 @pytest.mark.slow
 def test_glow_scores_are_brain_means_of_their_maps(demo_cohort, tmp_path):
-    from mri_anomaly.scoring.runner import load_run
+    from mri_anomaly.runs import load_run
 
     Trainer(_glow2d_config(), demo_cohort, tmp_path / "run", progress=False).fit()
     method, _, _ = load_run(tmp_path / "run")
@@ -108,7 +108,9 @@ def test_glow_scores_are_brain_means_of_their_maps(demo_cohort, tmp_path):
 @pytest.mark.slow
 def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path):
     from mri_anomaly.data import VolumeDataset
-    from mri_anomaly.scoring.runner import load_run, score_datalist, score_volume
+    from mri_anomaly.runs import load_run
+    from mri_anomaly.scoring.runner import score_datalist
+    from mri_anomaly.scoring.volume import score_volume
 
     Trainer(_glow2d_config(), demo_cohort, tmp_path / "run", progress=False).fit()
     stored = json.loads((tmp_path / "run" / "thresholds.json").read_text())

@@ -12,7 +12,7 @@ import torch
 from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
 from mri_anomaly.evaluation.thresholds import calibrate_thresholds
 from mri_anomaly.training import Trainer, load_checkpoint, validate_config
-from mri_anomaly.training.methods import AnomalyMethod, ScoreOutput, register_method
+from mri_anomaly.training.methods import AnomalyMethod, BatchScores, register_method
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -118,7 +118,8 @@ def test_checkpoint_contents_and_thresholds(demo_cohort, tmp_path):
     assert stored["thresholds"] == pytest.approx(raw["thresholds"])
     assert result.thresholds == pytest.approx(raw["thresholds"])
     # recompute from the scorer's validation scores: the same numbers
-    from mri_anomaly.scoring.runner import load_run, score_volume
+    from mri_anomaly.runs import load_run
+    from mri_anomaly.scoring.volume import score_volume
     from mri_anomaly.data import VolumeDataset
 
     method, cfg, _ = load_run(tmp_path / "run")
@@ -179,7 +180,7 @@ class _FlakyLoss(AnomalyMethod):
     @torch.no_grad()
     def score(self, batch):
         x = torch.as_tensor(batch["image"]).float().flatten(1).mean(1)
-        return ScoreOutput(scores={"linear": self.weight * x})
+        return BatchScores(scores={"linear": self.weight * x})
 
 
 def flaky_config(steps: int, nan_steps: list[int], **train) -> dict:
@@ -249,7 +250,7 @@ def test_a_bad_training_file_stops_before_any_work_and_a_bad_test_file_does_not(
 def test_deep_sad_centre_is_the_mean_over_the_whole_training_set(demo_cohort, tmp_path):
     """Ruff et al.: c is the mean embedding of the training set after pretraining. With init_batches covering an
     epoch (the shipped configs) begin_phase sees every training slice once (batch size 1: nothing dropped)."""
-    from mri_anomaly.scoring.runner import load_run
+    from mri_anomaly.runs import load_run
     from mri_anomaly.training.loaders import build_dataset
 
     config = deep_svdd_config(pretrain=1, train=0, batch_size=1, init_batches=100000)

@@ -6,7 +6,7 @@ Methods: 2D/3D Glow with hierarchical scores (Schirrmeister et al. 2020), Deep S
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mri_anomaly._version import __version__
 
 __all__ = ["__version__", "Detector", "load_exported", "print_config", "get_config"]
 

@@ -188,7 +188,7 @@ def _add_registered(subparsers, module_name: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mri-anomaly`` argument parser."""
-    from mri_anomaly import __version__
+    from mri_anomaly._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="mri-anomaly",
@@ -262,7 +262,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
-    from mri_anomaly.evaluation.bundle import write_bundle_folder
+    from mri_anomaly.bundle import write_bundle_folder
 
     print(f"MONAI bundle of {args.run} -> {write_bundle_folder(args.run, args.out)}")
     return 0

@@ -39,12 +39,11 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
+from mri_anomaly.data.datalist import ImagesLike, is_datalist_path, items_from_images
 from mri_anomaly.errors import MissingInputError, OutputExistsError, UserInputError
 
 __all__ = ["Detector", "ImagesLike", "resolve_device"]
 
-ImagesLike = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, Mapping[str, Any]]]]
-"""NIfTI paths (or datalist items ``{"image": path, ...}``), or the path of a datalist (``.json``/``.csv``)."""
 
 _RUN_FILES = ("config.yaml", "checkpoint.pt", "train_log.csv", "thresholds.json")
 
@@ -61,34 +60,6 @@ def resolve_device(device: str) -> str:
 def _override_text(key: str, value: Any) -> str:
     """``("train__batch_size", 8)`` -> ``"train.batch_size=8"`` (the CLI's ``--set``; JSON values are YAML)."""
     return f"{key.replace('__', '.')}={json.dumps(value)}"
-
-
-def _is_datalist_path(images: Any) -> bool:
-    return isinstance(images, (str, os.PathLike)) and Path(images).suffix.lower() in (".json", ".csv")
-
-
-def _items(images: ImagesLike, section: str, what: str) -> list[dict[str, Any]]:
-    """Datalist items from paths, items or a datalist file (its ``section``)."""
-    if _is_datalist_path(images):
-        from mri_anomaly.data import load_datalist
-
-        data = load_datalist(images, check_files=False, check_headers=False)
-        if section not in data:
-            raise UserInputError(f"{images}: the datalist has no {section!r} section (it has: {', '.join(sorted(data))})")
-        return [dict(it) for it in data[section]]
-    if isinstance(images, (str, os.PathLike)):
-        images = [images]
-    items = []
-    for i, image in enumerate(images):
-        if isinstance(image, Mapping):
-            items.append(dict(image))
-        elif isinstance(image, (str, os.PathLike)):
-            items.append({"image": os.path.abspath(os.fspath(image))})
-        else:
-            raise TypeError(f"{what}[{i}]: expected a NIfTI path or a datalist item, got {type(image).__name__}")
-    if not items:
-        raise UserInputError(f"{what}: no images given")
-    return items
 
 
 class Detector:
@@ -207,17 +178,17 @@ class Detector:
         from mri_anomaly.training import Trainer
 
         sections: dict[str, list[dict[str, Any]]] = {}
-        if _is_datalist_path(train_images):
+        if is_datalist_path(train_images):
             from mri_anomaly.data import load_datalist
 
             sections = {k: list(v) for k, v in load_datalist(train_images, check_files=False, check_headers=False).items()
                         if k in ("training", "validation", "general")}
         else:
-            sections["training"] = _items(train_images, "training", "train_images")
+            sections["training"] = items_from_images(train_images, "training", "train_images")
         if validation_images is not None:
-            sections["validation"] = _items(validation_images, "validation", "validation_images")
+            sections["validation"] = items_from_images(validation_images, "validation", "validation_images")
         if general_images is not None:
-            sections["general"] = _items(general_images, "general", "general_images")
+            sections["general"] = items_from_images(general_images, "general", "general_images")
         if self.run_dir is None or self.run_dir == self._temporary:
             self._new_temporary_run_dir()
         assert self.run_dir is not None
@@ -240,10 +211,11 @@ class Detector:
             ValueError: some scans could not be scored (each file and its problem listed).
         """
         from mri_anomaly.data import write_datalist
-        from mri_anomaly.scoring.runner import ERRORS_FILE, SCORES_FILE, score_datalist
+        from mri_anomaly.scoring.runner import score_datalist
+        from mri_anomaly.scoring.tables import ERRORS_FILE, SCORES_FILE
 
         run = self._run()
-        items = _items(images, section, "images")
+        items = items_from_images(images, section, "images")
         out_dir.mkdir(parents=True, exist_ok=True)
         datalist = write_datalist({"test": items}, out_dir / "datalist.json", relative=False)
         score_datalist(run, datalist, out_dir, sections=("test",), device=self.device, save_maps=save_maps,
@@ -294,7 +266,7 @@ class Detector:
         Profiles (arrays over the axial slices of the model grid, from ``slice_scores.csv``): ``slices:<column>``
         for every slice score column, and ``slices:brain_fraction`` / ``slices:counted``.
         """
-        from mri_anomaly.scoring.runner import SLICE_SCORES_FILE
+        from mri_anomaly.scoring.tables import SLICE_SCORES_FILE
 
         table, tmp = self._scored(images, section)
         try:

@@ -14,7 +14,7 @@ The file (``model.pt2``, :func:`torch.export.save`) holds
 (``decision_function``, ``predict``, ``score_table``) that works from NIfTI paths without a run folder or
 the training code: each file is preprocessed with the run's config by the package's preprocessing
 (:class:`~mri_anomaly.data.VolumeDataset`, the chain ``mri-anomaly score`` uses) and scored by
-:func:`mri_anomaly.scoring.runner.score_volume` with the program in place of the method, so slice
+:func:`mri_anomaly.scoring.volume.score_volume` with the program in place of the method, so slice
 aggregation, slice rules and non-finite handling are exactly ``score``'s. A scan is flagged when its score is
 above its column's threshold, as in ``scores.csv``.
 
@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from mri_anomaly.errors import MissingInputError, UserInputError
+from mri_anomaly.files import atomic_write_with, jsonable
 
 __all__ = ["METADATA_FILE", "FORMAT", "export_run", "load_exported", "with_reference_ops", "ExportedScorer", "OnnxProgram"]
 
@@ -76,7 +77,7 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """
     from mri_anomaly.data.preprocessing import resolve_preprocessing_config
     from mri_anomaly.evaluation.thresholds import load_thresholds
-    from mri_anomaly.scoring.runner import load_run, run_fingerprint, run_slice_norms
+    from mri_anomaly.runs import load_run, run_fingerprint, run_slice_norms
     from mri_anomaly.training.checkpoint import versions
     from mri_anomaly.training.config import config_to_yaml
 
@@ -129,7 +130,7 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
         "score_columns": columns,
         "primary_score": columns[0],
         "map_names": list(cls.map_names),
-        "thresholds": {k: (v if np.isfinite(v) else str(v)) for k, v in thresholds.items()},
+        "thresholds": dict(thresholds),
         "threshold_calibration": calibration,
         "flag_rule": "flag when score > threshold",
         "run": str(run.resolve()),
@@ -137,16 +138,11 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
         "versions": versions(),
     }
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")  # same suffix: torch.export.save expects .pt2
-    text = json.dumps(metadata, indent=2, default=str)
+    text = json.dumps(jsonable(metadata), indent=2, default=str)
     if out.suffix.lower() == ".onnx":
         names = [f"score:{n}" for n in eager[0]] + [f"map:{n}" for n in eager[1]]
-        _save_onnx(exported, example, names, text, tmp)
-    else:
-        torch.export.save(exported, str(tmp), extra_files={METADATA_FILE: text})
-    os.replace(tmp, out)
-    return out
+        return atomic_write_with(out, lambda tmp: _save_onnx(exported, example, names, text, tmp))
+    return atomic_write_with(out, lambda tmp: torch.export.save(exported, str(tmp), extra_files={METADATA_FILE: text}))
 
 
 def with_reference_ops(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
@@ -186,7 +182,7 @@ def _save_onnx(exported: torch.export.ExportedProgram, example: torch.Tensor, ou
 
 @dataclass
 class _ProgramScores:
-    """What :func:`~mri_anomaly.scoring.runner.score_volume` reads from ``method.score``."""
+    """What :func:`~mri_anomaly.scoring.volume.score_volume` reads from ``method.score``."""
 
     scores: dict[str, torch.Tensor]
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -270,10 +266,10 @@ class ExportedScorer:
         import pandas as pd
 
         from mri_anomaly.data import VolumeDataset, unwrap_input_error
-        from mri_anomaly.detector import _items
-        from mri_anomaly.scoring.runner import score_volume
+        from mri_anomaly.data.datalist import items_from_images
+        from mri_anomaly.scoring.volume import score_volume
 
-        items = _items(images, section, "images")
+        items = items_from_images(images, section, "images")
         dataset = VolumeDataset(items, preprocessing_config=self.config_.get("preprocessing") or {}, cache="none",
                                 on_error="return")
         rows, errors = [], []

@@ -39,7 +39,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -55,6 +55,10 @@ __all__ = [
     "load_datalist",
     "write_datalist",
     "subject_id_from_path",
+    "subject_id_of",
+    "ImagesLike",
+    "is_datalist_path",
+    "items_from_images",
     "build_datalist",
     "find_images",
     "classify_folder",
@@ -78,6 +82,15 @@ class DatalistError(UserInputError):
 def subject_id_from_path(path: str | os.PathLike) -> str:
     """The file name without ``.nii``/``.nii.gz`` (``/x/sub-01_T1w.nii.gz`` -> ``sub-01_T1w``)."""
     return _NIFTI_RE.sub("", Path(path).name) or Path(path).name
+
+
+def subject_id_of(item: Mapping[str, Any]) -> str:
+    """A datalist item's subject: its ``subject_id``, else its image file name without ``.nii``/``.nii.gz``."""
+    subject = item.get("subject_id")
+    if subject not in (None, ""):
+        return str(subject)
+    image = item.get("image")
+    return subject_id_from_path(image) if isinstance(image, (str, os.PathLike)) and str(image) else ""
 
 
 def _resolve(p: Any, base: Path | None) -> str:
@@ -470,3 +483,34 @@ def classify_folder(folder: str | os.PathLike, image_pattern: str = "*") -> tupl
         elif fnmatch.fnmatch(name.lower(), image_pattern.lower()):
             images.append(f)
     return images, masks, brains
+
+
+ImagesLike = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, Mapping[str, Any]]]]
+"""NIfTI paths (or datalist items ``{"image": path, ...}``), or the path of a datalist (``.json``/``.csv``)."""
+
+
+def is_datalist_path(images: Any) -> bool:
+    """A path ending in ``.json`` or ``.csv`` (a datalist, not an image)."""
+    return isinstance(images, (str, os.PathLike)) and Path(images).suffix.lower() in (".json", ".csv")
+
+
+def items_from_images(images: ImagesLike, section: str, what: str) -> list[dict[str, Any]]:
+    """Datalist items from paths, items or a datalist file (its ``section``)."""
+    if is_datalist_path(images):
+        data = load_datalist(images, check_files=False, check_headers=False)
+        if section not in data:
+            raise UserInputError(f"{images}: the datalist has no {section!r} section (it has: {', '.join(sorted(data))})")
+        return [dict(it) for it in data[section]]
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    items = []
+    for i, image in enumerate(images):
+        if isinstance(image, Mapping):
+            items.append(dict(image))
+        elif isinstance(image, (str, os.PathLike)):
+            items.append({"image": os.path.abspath(os.fspath(image))})
+        else:
+            raise TypeError(f"{what}[{i}]: expected a NIfTI path or a datalist item, got {type(image).__name__}")
+    if not items:
+        raise UserInputError(f"{what}: no images given")
+    return items

@@ -42,7 +42,7 @@ import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, list_data_collate
 from monai.transforms import Compose, MapTransform, Randomizable, Transform
 
-from mri_anomaly.data.datalist import subject_id_from_path
+from mri_anomaly.data.datalist import subject_id_of
 from mri_anomaly.data.io import InputFileError
 from mri_anomaly.data.preprocessing import preprocessing, resolve_preprocessing_config
 
@@ -86,7 +86,7 @@ class FillDefaultsd(MapTransform):
         d.setdefault("image_path", path)
         d["label"] = int(d["label"]) if d.get("label") is not None else -1
         d["semi_target"] = int(d["semi_target"]) if d.get("semi_target") is not None else 0
-        d["subject_id"] = str(d.get("subject_id") or (subject_id_from_path(path) if path else ""))
+        d["subject_id"] = subject_id_of({"subject_id": d.get("subject_id"), "image": path})
         d["site"] = str(d.get("site") or "")
         if isinstance(d.get(self.mask_key), torch.Tensor):
             d["has_mask"] = 1
@@ -103,7 +103,7 @@ def _error_item(item: Mapping[str, Any], err: InputFileError) -> dict[str, Any]:
     image = item.get("image")
     path = image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", ""))
     return {"error": str(err), "error_path": err.path, "image_path": path,
-            "subject_id": str(item.get("subject_id") or (subject_id_from_path(path) if path else ""))}
+            "subject_id": subject_id_of({"subject_id": item.get("subject_id"), "image": path})}
 
 
 class _Guarded(Transform):
@@ -185,7 +185,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.items = [dict(it) for it in items]
         for it in self.items:
             if isinstance(it.get("image"), str) and not it.get("subject_id"):
-                it["subject_id"] = subject_id_from_path(it["image"])
+                it["subject_id"] = subject_id_of(it)
         self.config = resolve_preprocessing_config(preprocessing_config)
         self.on_error = on_error
         self.transform = transform if transform is not None else preprocessing(self.config, keys=("image", "mask"))

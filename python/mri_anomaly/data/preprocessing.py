@@ -62,6 +62,7 @@ from monai.transforms import (
 )
 
 from mri_anomaly.data.intensity import Binarized, ScaleIntensityInMaskd
+from mri_anomaly.config_checks import ConfigChecker, is_int, is_number, type_name
 from mri_anomaly.data.loading import LoadVolumed
 
 __all__ = [
@@ -128,68 +129,57 @@ def resolve_preprocessing_config(config: Mapping[str, Any] | None) -> dict[str, 
     return out
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]:
     """All problems of a preprocessing config, as messages (empty list: valid). Unknown keys are problems."""
-    problems: list[str] = []
     if config is not None and not isinstance(config, Mapping):
-        return [f"preprocessing: expected a mapping, got {type(config).__name__}"]
+        return [f"preprocessing: expected a mapping, got {type_name(config)}"]
+    chk = ConfigChecker()
     raw = dict(config or {})
     for k in raw:
         if k not in PREPROCESSING_DEFAULTS:
-            problems.append(f"preprocessing: unknown key {k!r} (known: {sorted(PREPROCESSING_DEFAULTS)})")
+            chk.add(f"preprocessing: unknown key {k!r} (known: {sorted(PREPROCESSING_DEFAULTS)})")
     cfg = resolve_preprocessing_config({k: v for k, v in raw.items() if k in PREPROCESSING_DEFAULTS})
     sp = cfg["spacing"]
     if sp is not None:
-        if _is_num(sp):
+        if is_number(sp):
             sp = [sp] * 3
-        if not (isinstance(sp, Sequence) and len(sp) == 3 and all(_is_num(s) and 0.1 <= s <= 100 for s in sp)):
-            problems.append(f"preprocessing.spacing: expected null or 3 numbers from 0.1 to 100 (mm), got {cfg['spacing']!r}")
+        if not (isinstance(sp, Sequence) and len(sp) == 3 and all(is_number(s) and 0.1 <= s <= 100 for s in sp)):
+            chk.add(f"preprocessing.spacing: expected null or 3 numbers from 0.1 to 100 (mm), got {cfg['spacing']!r}")
     ori = cfg["orientation"]
     pair = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
     if not (isinstance(ori, str) and len(ori) == 3 and all(c in pair for c in ori.upper())
             and len({pair[c] for c in ori.upper()}) == 3):
-        problems.append(f"preprocessing.orientation: expected axcodes like 'RAS', got {ori!r}")
+        chk.add(f"preprocessing.orientation: expected axcodes like 'RAS', got {ori!r}")
     elif ori.upper()[2] not in "SI":
-        problems.append(f"preprocessing.orientation: the axial axis (S/I) must be last, got {ori!r}")
+        chk.add(f"preprocessing.orientation: the axial axis (S/I) must be last, got {ori!r}")
     inten = cfg["intensity"]
     if not isinstance(inten, Mapping):
-        problems.append(f"preprocessing.intensity: expected a mapping, got {inten!r}")
+        chk.add(f"preprocessing.intensity: expected a mapping, got {inten!r}")
     else:
         for k in inten:
             if k not in _INTENSITY_KEYS:
-                problems.append(f"preprocessing.intensity: unknown key {k!r} (known: {sorted(_INTENSITY_KEYS)})")
+                chk.add(f"preprocessing.intensity: unknown key {k!r} (known: {sorted(_INTENSITY_KEYS)})")
         lo, hi = inten.get("lower"), inten.get("upper")
-        if not (_is_num(lo) and _is_num(hi) and 0 <= lo < hi <= 100):
-            problems.append(f"preprocessing.intensity: need 0 <= lower < upper <= 100, got lower={lo!r}, upper={hi!r}")
+        if not (is_number(lo) and is_number(hi) and 0 <= lo < hi <= 100):
+            chk.add(f"preprocessing.intensity: need 0 <= lower < upper <= 100, got lower={lo!r}, upper={hi!r}")
         for k in ("inside_mask", "clip"):
-            if not isinstance(inten.get(k), bool):
-                problems.append(f"preprocessing.intensity.{k}: expected true/false, got {inten.get(k)!r}")
-    if not isinstance(cfg["crop_foreground"], bool):
-        problems.append(f"preprocessing.crop_foreground: expected true/false, got {cfg['crop_foreground']!r}")
-    if not (_is_int(cfg["crop_margin"]) and cfg["crop_margin"] >= 0):
-        problems.append(f"preprocessing.crop_margin: expected an integer >= 0, got {cfg['crop_margin']!r}")
+            chk.bool_(inten, k, "preprocessing.intensity.")
+    chk.bool_(cfg, "crop_foreground", "preprocessing.")
+    chk.int_(cfg, "crop_margin", "preprocessing.", minimum=0)
     k = cfg["divisible_by"]
-    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_GRID):
-        problems.append(f"preprocessing.divisible_by: expected an integer from 1 to {MAX_GRID}, got {k!r}")
+    if not (is_int(k) and 1 <= k <= MAX_GRID):
+        chk.add(f"preprocessing.divisible_by: expected an integer from 1 to {MAX_GRID}, got {k!r}")
         k = None
     ss = cfg["spatial_size"]
     if ss is not None:
-        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(_is_int(s) and 0 < s <= MAX_GRID for s in ss)):
-            problems.append(f"preprocessing.spatial_size: expected null or 3 integers from 1 to {MAX_GRID}, got {ss!r}")
+        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(is_int(s) and 0 < s <= MAX_GRID for s in ss)):
+            chk.add(f"preprocessing.spatial_size: expected null or 3 integers from 1 to {MAX_GRID}, got {ss!r}")
         elif k is not None and any(s % k for s in ss):
-            problems.append(f"preprocessing.spatial_size: {list(ss)} is not divisible by divisible_by={k}")
+            chk.add(f"preprocessing.spatial_size: {list(ss)} is not divisible by divisible_by={k}")
     bm = cfg["brain_mask_key"]
     if bm is not None and not (isinstance(bm, str) and bm):
-        problems.append(f"preprocessing.brain_mask_key: expected null or an item key, got {bm!r}")
-    return problems
+        chk.add(f"preprocessing.brain_mask_key: expected null or an item key, got {bm!r}")
+    return chk.problems
 
 
 def preprocessed_channels(config: Mapping[str, Any] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The ``evaluate`` and ``demo`` subcommands; :func:`register_commands` adds them to ``mri-anomaly``.
 
 Each mirrors one Python call: ``evaluate`` = :func:`mri_anomaly.evaluation.evaluate.evaluate`,
-``demo`` = :func:`mri_anomaly.evaluation.demo.run_demo`.
+``demo`` = :func:`mri_anomaly.pipeline.run_demo`.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from mri_anomaly.evaluation.demo import DEMO_RUNS, run_demo
+    from mri_anomaly.pipeline import DEMO_RUNS, run_demo
 
     runs = DEMO_RUNS
     if args.methods:

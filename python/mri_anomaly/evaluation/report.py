@@ -153,10 +153,10 @@ def write_report(
 
     Args:
         metrics: the ``metrics.json`` content from :func:`~mri_anomaly.evaluation.evaluate.evaluate` (voxel
-            entries may carry ``_cases`` for the overlays). sets: the :class:`ScoreSet` objects.
+            entries may carry ``_cases`` for the overlays). sets: the :class:`~mri_anomaly.evaluation.score_tables.ScoreTables` objects.
         curves: ``{"volume"|"slice": {key: (y, s)}}``. thresholds: ``{key: threshold}``.
     """
-    from mri_anomaly import __version__
+    from mri_anomaly._version import __version__
 
     out = Path(out)
     figdir = out / "figures"

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mri_anomaly.files import atomic_write_json
+
 
 __all__ = [
     "FLAG_RULE",
@@ -110,16 +112,6 @@ def calibrate_thresholds(
     }
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "inf"/"nan": JSON has no infinities
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def save_thresholds(run_dir: str | os.PathLike, calibration: Mapping[str, Any]) -> Path:
     """Write ``calibration`` (from :func:`calibrate_thresholds`) to ``run_dir/thresholds.json`` atomically."""
     run = Path(run_dir)
@@ -135,11 +127,7 @@ def save_thresholds(run_dir: str | os.PathLike, calibration: Mapping[str, Any]) 
             previous = None
         if previous:
             calibration["slice_norms"] = previous
-    fd, tmp = tempfile.mkstemp(dir=run, prefix=".thresholds.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(calibration), f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, calibration)
 
 
 def load_thresholds(run_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -57,7 +57,7 @@ def from_unit(values: np.ndarray | float, center: float = 0.0) -> np.ndarray:
 
 
 def _read_meta(out: Path) -> dict[str, Any]:
-    from mri_anomaly.scoring.runner import META_FILE
+    from mri_anomaly.scoring.tables import META_FILE
 
     path = out / META_FILE
     if not path.is_file():

@@ -8,9 +8,12 @@ Python API (the ``mri-anomaly train`` command mirrors it)::
     result = Trainer(config, "demo/datalist.json", "runs/glow3d").fit()
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from mri_anomaly.training.checkpoint import load_checkpoint, save_checkpoint
 from mri_anomaly.training.config import ConfigError, apply_overrides, load_config, validate_config
-from mri_anomaly.training.trainer import Trainer, TrainResult, build_method
 
 __all__ = [
     "ConfigError",
@@ -23,3 +26,17 @@ __all__ = [
     "save_checkpoint",
     "validate_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The trainer is imported on first use: it depends on scoring and evaluation (calibration at the end of
+    training), which depend on this package's methods, checkpoints and configs."""
+    if name in ("Trainer", "TrainResult"):
+        from mri_anomaly.training import trainer
+
+        return getattr(trainer, name)
+    if name == "build_method":
+        from mri_anomaly.runs import build_method
+
+        return build_method
+    raise AttributeError(f"module 'mri_anomaly.training' has no attribute {name!r}")

@@ -13,7 +13,7 @@ A checkpoint is a plain dict of tensors, containers, strings and numbers::
     threshold_info: {specificity: float, n_validation: int, section: "validation"}
     versions: {mri_anomaly: ..., torch: ..., monai: ...}
 
-Writing goes to ``<path>.tmp`` (flushed and fsynced) and then ``os.replace`` onto ``<path>``, so a
+Writing goes through :func:`mri_anomaly.files.atomic_write` (a temporary file, fsynced, renamed onto ``<path>``), so a
 process killed mid-write leaves the previous checkpoint intact.
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mri_anomaly.errors import MissingInputError, UserInputError
+from mri_anomaly.files import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "versions"]
 
@@ -36,9 +37,9 @@ CHECKPOINT_FORMAT = 1
 
 def versions() -> dict[str, str]:
     """Package and main dependency versions, recorded in every checkpoint."""
-    import mri_anomaly
+    from mri_anomaly._version import __version__
 
-    info = {"mri_anomaly": str(mri_anomaly.__version__), "torch": str(torch.__version__)}
+    info = {"mri_anomaly": __version__, "torch": str(torch.__version__)}
     try:
         import monai
 
@@ -81,22 +82,9 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
         the path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     payload = {"format": CHECKPOINT_FORMAT, "versions": versions(), **checkpoint}
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover (platforms without directory fsync)
-        pass
     return path
 
 

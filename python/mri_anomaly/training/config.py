@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from mri_anomaly.config_checks import ConfigChecker, is_int, is_number, type_name
 from mri_anomaly.errors import UserInputError
 
 __all__ = [
@@ -154,76 +155,7 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
 
 
 # -------------------------------------------------------------------------------------------- validation
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-class _Checker:
-    """Collects problems while walking a config."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def add(self, msg: str) -> None:
-        self.problems.append(msg)
-
-    def section(self, cfg: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
-        value = cfg.get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.add(f"{where}{key}: expected a mapping, got {_type_name(value)}")
-            return None
-        return value
-
-    def unknown(self, cfg: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
-        allowed = set(allowed)
-        for key in cfg:
-            if key not in allowed:
-                self.add(f"{where}{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def int_(self, cfg: Mapping[str, Any], key: str, where: str, minimum: int | None = None) -> None:
-        if key not in cfg:
-            return
-        v = cfg[key]
-        if not _is_int(v):
-            self.add(f"{where}{key}: expected an integer, got {_type_name(v)} {v!r}")
-        elif minimum is not None and v < minimum:
-            self.add(f"{where}{key}: must be >= {minimum}, got {v}")
-
-    def number(
-        self,
-        cfg: Mapping[str, Any],
-        key: str,
-        where: str,
-        check: Callable[[float], bool] | None = None,
-        rule: str = "",
-        nullable: bool = False,
-    ) -> None:
-        if key not in cfg:
-            return
-        v = cfg[key]
-        if v is None and nullable:
-            return
-        if not _is_number(v):
-            self.add(f"{where}{key}: expected a number{' or null' if nullable else ''}, got {_type_name(v)} {v!r}")
-        elif check is not None and not check(float(v)):
-            self.add(f"{where}{key}: {rule}, got {v}")
-
-    def bool_(self, cfg: Mapping[str, Any], key: str, where: str) -> None:
-        if key in cfg and not isinstance(cfg[key], bool):
-            self.add(f"{where}{key}: expected true or false, got {_type_name(cfg[key])} {cfg[key]!r}")
-
-
-def _check_model_kwargs(chk: _Checker, method_cls: type, model: dict[str, Any]) -> None:
+def _check_model_kwargs(chk: ConfigChecker, method_cls: type, model: dict[str, Any]) -> None:
     """Check ``model:`` against the method's ``__init__``: unknown names, missing required ones, simple types."""
     sig = inspect.signature(method_cls.__init__)
     params = {n: p for n, p in sig.parameters.items() if n not in ("self", "spatial_dims", "in_channels")}
@@ -240,7 +172,7 @@ def _check_model_kwargs(chk: _Checker, method_cls: type, model: dict[str, Any]) 
             continue
         hint = hints.get(key)
         if hint is not None and not _matches_hint(value, hint):
-            chk.add(f"model.{key}: expected {_hint_name(hint)}, got {_type_name(value)} {value!r}")
+            chk.add(f"model.{key}: expected {_hint_name(hint)}, got {type_name(value)} {value!r}")
     for name, p in named.items():
         if p.default is inspect.Parameter.empty and name not in model:
             chk.add(f"model.{name}: required by method {method_cls.name!r} but missing")
@@ -268,9 +200,9 @@ def _matches_hint(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return _is_int(value)
+        return is_int(value)
     if hint is float:
-        return _is_number(value)
+        return is_number(value)
     if hint is str:
         return isinstance(value, str)
     if origin in (tuple, list) or hint in (tuple, list) or origin is typing.Sequence or str(origin) == "<class 'collections.abc.Sequence'>":
@@ -318,9 +250,9 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
     Raises:
         ConfigError: listing every problem found.
     """
-    chk = _Checker()
+    chk = ConfigChecker()
     if not isinstance(config, Mapping):
-        raise ConfigError([f"the config must be a mapping, got {_type_name(config)}"], source)
+        raise ConfigError([f"the config must be a mapping, got {type_name(config)}"], source)
     cfg: dict[str, Any] = {**TOP_LEVEL_DEFAULTS, **copy.deepcopy(dict(config))}
     chk.unknown(cfg, ("method", "spatial_dims", "in_channels", "seed", "preprocessing", "slices", "model", "train", "score"), "")
 
@@ -330,7 +262,7 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
 
         chk.add(f"method: missing (one of: {', '.join(available_methods())})")
     elif not isinstance(cfg["method"], str):
-        chk.add(f"method: expected a method name, got {_type_name(cfg['method'])}")
+        chk.add(f"method: expected a method name, got {type_name(cfg['method'])}")
     else:
         from mri_anomaly.training.methods import get_method_class
 
@@ -345,7 +277,7 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.add(f"spatial_dims: must be 2 or 3, got {cfg['spatial_dims']!r}")
     chk.int_(cfg, "in_channels", "", minimum=1)
     chk.int_(cfg, "seed", "", minimum=0)
-    if _is_int(cfg.get("seed")) and cfg["seed"] >= 2**32:
+    if is_int(cfg.get("seed")) and cfg["seed"] >= 2**32:
         chk.add(f"seed: must be < 2**32 (NumPy's limit), got {cfg['seed']}")
 
     # preprocessing: the data module owns its keys
@@ -380,7 +312,7 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         phases = train.get("phases", {})
         filled_phases: dict[str, Any] = {}
         if not isinstance(phases, dict):
-            chk.add(f"train.phases: expected a mapping phase -> {{steps, lr, weight_decay}}, got {_type_name(phases)}")
+            chk.add(f"train.phases: expected a mapping phase -> {{steps, lr, weight_decay}}, got {type_name(phases)}")
         else:
             expected = tuple(method_cls.phases) if method_cls is not None else tuple(phases)
             for name in phases:
@@ -390,7 +322,7 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
                 phase = phases.get(name) or {}
                 where = f"train.phases.{name}."
                 if not isinstance(phase, dict):
-                    chk.add(f"train.phases.{name}: expected a mapping, got {_type_name(phase)}")
+                    chk.add(f"train.phases.{name}: expected a mapping, got {type_name(phase)}")
                     continue
                 chk.unknown(phase, PHASE_DEFAULTS, where)
                 chk.int_(phase, "steps", where, minimum=0)
@@ -513,7 +445,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, An
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"the config must be a mapping, got {_type_name(raw)}"], str(path))
+        raise ConfigError([f"the config must be a mapping, got {type_name(raw)}"], str(path))
     return validate_config(apply_overrides(raw, overrides), source=str(path))
 
 

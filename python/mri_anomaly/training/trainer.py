@@ -38,18 +38,17 @@ import torch
 from torch import nn
 
 from mri_anomaly.errors import OutputExistsError, UserInputError
-
+from mri_anomaly.evaluation.calibration import calibrate_run
+from mri_anomaly.files import atomic_write
+from mri_anomaly.runs import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, build_method
 from mri_anomaly.training import distributed
 from mri_anomaly.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mri_anomaly.training.config import config_from_yaml, config_to_yaml
 from mri_anomaly.training.loaders import ResumableBatches
-from mri_anomaly.training.methods import AnomalyMethod, Batch, get_method_class
+from mri_anomaly.training.methods import AnomalyMethod, Batch
 
-__all__ = ["Trainer", "TrainResult", "build_method", "CHECKPOINT_NAME", "LOG_NAME", "CONFIG_NAME", "move_batch"]
+__all__ = ["Trainer", "TrainResult", "move_batch"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "train_log.csv"
-CONFIG_NAME = "config.yaml"
 LOG_COLUMNS = ("global_step", "phase", "phase_step", "loss", "grad_norm", "lr", "skipped_steps", "seconds")
 
 # Keys that may change between an interrupted run and its resumption without changing the result.
@@ -67,23 +66,6 @@ class TrainResult:
     skipped_steps: int
     last_loss: float | None
     thresholds: dict[str, float] = field(default_factory=dict)
-
-
-def build_method(config: Mapping[str, Any]) -> AnomalyMethod:
-    """The method of a validated config, freshly constructed (weights from the current torch RNG).
-
-    Raises:
-        ConfigError: the method's constructor refused a ``model:`` value (its argument checks, e.g. ``steps: 0``).
-    """
-    from mri_anomaly.training.config import ConfigError
-
-    cls = get_method_class(config["method"])
-    try:
-        return cls.from_config(config["spatial_dims"], config["in_channels"], dict(config.get("model") or {}))
-    except ValueError as err:
-        if isinstance(err, UserInputError):
-            raise
-        raise ConfigError([f"model: method {config['method']!r} refused its arguments: {err}"]) from err
 
 
 def move_batch(batch: Batch, device: torch.device) -> Batch:
@@ -266,12 +248,10 @@ class Trainer:
             return
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if r.get("global_step", "").isdigit() and int(r["global_step"]) <= global_step]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
 
     def _save(self, method: AnomalyMethod, optimizer: torch.optim.Optimizer | None, progress: dict[str, Any],
               rng: list[dict[str, Any]], thresholds: dict[str, Any] | None = None) -> None:
@@ -476,7 +456,8 @@ class Trainer:
         self._save(method, optimizer, progress, rng)
         thresholds = None
         if progress["begun_phase_index"] == len(phases) - 1:
-            thresholds = self._calibrate(method)
+            thresholds = calibrate_run(method, self.config, self.datalist.get("validation") or [], device=self.device,
+                                       progress=self.progress)
         elif main:
             print(f"note: stopped before phase {phases[-1]!r} began: the model cannot score yet, no thresholds stored")
         self._save(method, optimizer, progress, rng, thresholds)
@@ -515,34 +496,3 @@ class Trainer:
                   "random streams continue from rank 0's (the result is not bit-identical to an uninterrupted run)")
         restore_rng_state(states[r] if r < len(states) else states[0])
 
-    def _calibrate(self, method: AnomalyMethod) -> dict[str, Any] | None:
-        """Score the healthy ``validation`` section: fit the per-position slice norms on its raw slice scores,
-        then thresholds at ``score.specificity`` on its (standardised) volume scores."""
-        items = self.datalist.get("validation") or []
-        if not items:
-            if distributed.is_main_process():
-                print("note: the datalist has no 'validation' section: no thresholds stored (score will not flag scans)")
-            return None
-        from mri_anomaly.evaluation.thresholds import calibrate_thresholds
-        from mri_anomaly.scoring.runner import finish_volume_scores, score_items_in_memory
-        from mri_anomaly.scoring.slice_norms import fit_slice_norms
-
-        method.eval()
-        rows, errors = score_items_in_memory(method, self.config, items, device=self.device, progress=self.progress)
-        method.train()
-        rows = sorted((r for shard in distributed.all_gather_objects(rows) for r in shard), key=lambda r: r["index"])
-        errors = sorted((e for shard in distributed.all_gather_objects(errors) for e in shard), key=lambda e: e["index"])
-        if not rows:
-            if distributed.is_main_process():
-                print("note: no validation scan could be scored: no thresholds stored")
-            return None
-        outputs = [r["output"] for r in rows]
-        norms = (fit_slice_norms([o.slice_scores for o in outputs], [o.fraction for o in outputs],
-                                 counted=[o.counted for o in outputs]) if outputs[0].slice_scores else None)
-        scores = [finish_volume_scores(o, self.config, norms).scores for o in outputs]
-        healthy = {c: [s[c] for s in scores] for c in scores[0]}
-        calibration = calibrate_thresholds(healthy, self.config["score"]["specificity"], section="validation")
-        calibration["skipped"] = [{k: e[k] for k in ("subject_id", "image", "error")} for e in errors]
-        if norms is not None:
-            calibration["slice_norms"] = norms
-        return calibration

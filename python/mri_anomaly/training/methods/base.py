@@ -24,7 +24,7 @@ Batch = dict[str, Any]
 
 
 @dataclass
-class ScoreOutput:
+class BatchScores:
     """Per-sample scores ``{name: (N,)}`` and optional maps ``{name: (N, 1, *spatial)}`` on the model grid."""
 
     scores: dict[str, torch.Tensor]
@@ -105,7 +105,7 @@ class AnomalyMethod(nn.Module):
         return "training"
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> ScoreOutput:
+    def score(self, batch: Batch) -> BatchScores:
         """Scores (and maps, where the method has them) of one batch, higher = more anomalous."""
         raise NotImplementedError
 
@@ -119,6 +119,27 @@ def encoder_grid_divisor(cls: type[AnomalyMethod], model: Mapping[str, Any]) -> 
     return 2 ** len(channels), f"model.channels has {len(channels)} levels (each halves every axis)"
 
 
+def batch_images(batch: Batch, spatial_dims: int, in_channels: int, device: torch.device) -> torch.Tensor:
+    """The batch's ``image`` as a plain float32 tensor (N, C, *spatial) on ``device``.
+
+    Raises:
+        KeyError: if the batch has no ``image``.
+        ValueError: if its shape does not fit ``spatial_dims`` / ``in_channels``.
+    """
+    if "image" not in batch:
+        raise KeyError(f"batch has no 'image' entry (keys: {sorted(batch)})")
+    image = batch["image"]
+    if hasattr(image, "as_tensor"):  # MONAI MetaTensor: drop the metadata tracking in the model
+        image = image.as_tensor()
+    image = torch.as_tensor(image).to(device=device, dtype=torch.float32)
+    if image.ndim != spatial_dims + 2 or image.shape[1] != in_channels:
+        raise ValueError(
+            f"batch['image'] must be (N, {in_channels}, *spatial) with {spatial_dims} spatial dims, "
+            f"got shape {tuple(image.shape)}"
+        )
+    return image
+
+
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}
 
 
@@ -126,18 +147,3 @@ def register_method(cls: type[AnomalyMethod]) -> type[AnomalyMethod]:
     """Class decorator: make a method available to configs under ``cls.name``."""
     _REGISTRY[cls.name] = cls
     return cls
-
-
-def get_method_class(name: str) -> type[AnomalyMethod]:
-    """The method class registered as ``name``; a clear error lists the known names."""
-    from mri_anomaly.training import methods  # noqa: F401  (imports every method module, which registers)
-
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; known methods: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def available_methods() -> list[str]:
-    from mri_anomaly.training import methods  # noqa: F401
-
-    return sorted(_REGISTRY)

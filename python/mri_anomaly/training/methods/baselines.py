@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from mri_anomaly.scoring.brain import brain_mask, brain_quantile
-from mri_anomaly.training.methods.base import AnomalyMethod, Batch, ScoreOutput, register_method
-from mri_anomaly.training.methods.deep_sad import batch_images
+from mri_anomaly.training.methods.base import AnomalyMethod, Batch, BatchScores, batch_images, register_method
 
 __all__ = ["IntensityMethod", "NormativeMethod"]
 
@@ -73,10 +72,10 @@ class IntensityMethod(_FitOnly):
         self.check_phase(phase)
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> ScoreOutput:
+    def score(self, batch: Batch) -> BatchScores:
         x = self._images(batch)
         intensity = x.mean(dim=1, keepdim=True)
-        return ScoreOutput(scores=_quantile_scores("intensity", intensity, brain_mask(x)), maps={"intensity": intensity})
+        return BatchScores(scores=_quantile_scores("intensity", intensity, brain_mask(x)), maps={"intensity": intensity})
 
 
 @register_method
@@ -142,7 +141,7 @@ class NormativeMethod(_FitOnly):
         self.n_fitted.fill_(stack.shape[0])
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> ScoreOutput:
+    def score(self, batch: Batch) -> BatchScores:
         if int(self.n_fitted) == 0:
             raise RuntimeError("the normative model is not fitted: train it first (phase 'fit')")
         x = self._images(batch)
@@ -152,4 +151,4 @@ class NormativeMethod(_FitOnly):
                 "score with the run's preprocessing (fixed spatial_size)"
             )
         abs_z = ((x - self.center) / self.spread).abs().mean(dim=1, keepdim=True)
-        return ScoreOutput(scores=_quantile_scores("abs_z", abs_z, brain_mask(x)), maps={"abs_z": abs_z})
+        return BatchScores(scores=_quantile_scores("abs_z", abs_z, brain_mask(x)), maps={"abs_z": abs_z})

@@ -36,37 +36,17 @@ from torch.nn import functional as F
 
 from mri_anomaly.models import DeepSAD, deep_sad_loss, soft_boundary_loss, soft_boundary_radius
 from mri_anomaly.training.methods.base import (
+    batch_images,
     AnomalyMethod,
     Batch,
-    ScoreOutput,
+    BatchScores,
     encoder_grid_divisor,
     register_method,
 )
 
-__all__ = ["DeepSADMethod", "batch_images", "batch_semi_targets"]
+__all__ = ["DeepSADMethod", "batch_semi_targets"]
 
 _OBJECTIVES = ("one-class", "soft-boundary")
-
-
-def batch_images(batch: Batch, spatial_dims: int, in_channels: int, device: torch.device) -> torch.Tensor:
-    """The batch's ``image`` as a plain float32 tensor (N, C, *spatial) on ``device``.
-
-    Raises:
-        KeyError: if the batch has no ``image``.
-        ValueError: if its shape does not fit ``spatial_dims`` / ``in_channels``.
-    """
-    if "image" not in batch:
-        raise KeyError(f"batch has no 'image' entry (keys: {sorted(batch)})")
-    image = batch["image"]
-    if hasattr(image, "as_tensor"):  # MONAI MetaTensor: drop the metadata tracking in the model
-        image = image.as_tensor()
-    image = torch.as_tensor(image).to(device=device, dtype=torch.float32)
-    if image.ndim != spatial_dims + 2 or image.shape[1] != in_channels:
-        raise ValueError(
-            f"batch['image'] must be (N, {in_channels}, *spatial) with {spatial_dims} spatial dims, "
-            f"got shape {tuple(image.shape)}"
-        )
-    return image
 
 
 def batch_semi_targets(batch: Batch, n: int, device: torch.device) -> torch.Tensor:
@@ -297,7 +277,7 @@ class DeepSADMethod(AnomalyMethod):
         return loss
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> ScoreOutput:
+    def score(self, batch: Batch) -> BatchScores:
         """``deep_sad_dist`` (N,): squared distance of φ(x) to c."""
         x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
-        return ScoreOutput(scores={"deep_sad_dist": self.net.score(x)})
+        return BatchScores(scores={"deep_sad_dist": self.net.score(x)})

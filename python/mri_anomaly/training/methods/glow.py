@@ -45,24 +45,9 @@ from mri_anomaly.flows import Glow, dequantize
 from mri_anomaly.flows.dequantization import N_BINS
 from mri_anomaly.scoring import bits_per_dim, nonfinite_to_most_anomalous, outlier_loss
 from mri_anomaly.scoring.brain import brain_mask, brain_mean
-from mri_anomaly.training.methods.base import AnomalyMethod, Batch, ScoreOutput, register_method
+from mri_anomaly.training.methods.base import AnomalyMethod, Batch, BatchScores, batch_images, register_method
 
 __all__ = ["GlowMethod", "GlowRatioMethod"]
-
-
-def _images(batch: Batch, spatial_dims: int, in_channels: int, device: torch.device) -> torch.Tensor:
-    if "image" not in batch:
-        raise KeyError(f"batch has no 'image' entry (keys: {sorted(batch)})")
-    image = batch["image"]
-    if hasattr(image, "as_tensor"):  # MONAI MetaTensor: the model does not need the metadata
-        image = image.as_tensor()
-    image = torch.as_tensor(image).to(device=device, dtype=torch.float32)
-    if image.dim() != spatial_dims + 2 or image.shape[1] != in_channels:
-        raise ValueError(
-            f"batch['image'] must be (N, {in_channels}, *spatial) with {spatial_dims} spatial dims, "
-            f"got shape {tuple(image.shape)}"
-        )
-    return image
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -89,7 +74,7 @@ class _GlowScoring:
     n_bins: int
 
     def _dequantized(self, model: Glow, batch: Batch, training: bool) -> torch.Tensor:
-        return dequantize(_images(batch, self.spatial_dims, self.in_channels, _device(model)), training, self.n_bins)
+        return dequantize(batch_images(batch, self.spatial_dims, self.in_channels, _device(model)), training, self.n_bins)
 
     def _initialize(self, model: Glow, batches: Iterable[Batch]) -> bool:
         if bool(model.initialized):  # e.g. loaded from a checkpoint: never re-initialise
@@ -109,7 +94,6 @@ class _GlowScoring:
         """Scores (means of the maps over ``brain`` (N, 1, *spatial)), maps, log p and per-scale density maps."""
         out = model(x, return_maps=True)
         spatial = x.shape[2:]
-        num_dims = model.num_dims(spatial)
         latent_dims = model.latent_dims(spatial)
         voxels = math.prod(spatial)
         maps = out.log_density_maps  # (N, levels, *spatial), nats per voxel
@@ -189,11 +173,11 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
         return self._nll_bpd_loss(self.glow, batch)
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> ScoreOutput:
-        image = _images(batch, self.spatial_dims, self.in_channels, _device(self.glow))
+    def score(self, batch: Batch) -> BatchScores:
+        image = batch_images(batch, self.spatial_dims, self.in_channels, _device(self.glow))
         x = dequantize(image, False, self.n_bins)
         scores, maps, _, _ = self._scores_and_maps(self.glow, x, brain_mask(image))
-        return ScoreOutput(scores=_finite(scores), maps=_finite(maps))
+        return BatchScores(scores=_finite(scores), maps=_finite(maps))
 
 
 @register_method
@@ -327,8 +311,8 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         return loss
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> ScoreOutput:
-        image = _images(batch, self.spatial_dims, self.in_channels, _device(self.in_distribution))
+    def score(self, batch: Batch) -> BatchScores:
+        image = batch_images(batch, self.spatial_dims, self.in_channels, _device(self.in_distribution))
         x = dequantize(image, False, self.n_bins)
         brain = brain_mask(image)
         scores, maps, _, maps_in = self._scores_and_maps(self.in_distribution, x, brain)
@@ -339,4 +323,4 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         )
         scores = {"llr": brain_mean(llr_map, brain), **scores}
         maps = {"llr": llr_map, **maps}
-        return ScoreOutput(scores=_finite(scores), maps=_finite(maps))
+        return BatchScores(scores=_finite(scores), maps=_finite(maps))

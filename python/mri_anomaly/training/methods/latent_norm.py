@@ -21,13 +21,13 @@ from mri_anomaly.models import LatentNormAutoEncoder
 from mri_anomaly.models.latent_norm import latent_norm_score
 from mri_anomaly.scoring.brain import brain_mask
 from mri_anomaly.training.methods.base import (
+    batch_images,
     AnomalyMethod,
     Batch,
-    ScoreOutput,
+    BatchScores,
     encoder_grid_divisor,
     register_method,
 )
-from mri_anomaly.training.methods.deep_sad import batch_images
 
 __all__ = ["LatentNormMethod"]
 
@@ -87,7 +87,7 @@ class LatentNormMethod(AnomalyMethod):
         return self.net.loss(self._images(batch))
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> ScoreOutput:
+    def score(self, batch: Batch) -> BatchScores:
         """``latent_norm`` (N,) and the map ``residual`` (N, 1, *spatial)."""
         x = self._images(batch)
         was_training = self.net.training
@@ -98,7 +98,7 @@ class LatentNormMethod(AnomalyMethod):
             self.net.train(was_training)
         brain = brain_mask(x).to(x.dtype)
         score = latent_norm_score(x * brain, x_hat * brain, z, self.net.beta)
-        return ScoreOutput(scores={"latent_norm": score}, maps={"residual": (x - x_hat).abs().mean(dim=1, keepdim=True)})
+        return BatchScores(scores={"latent_norm": score}, maps={"residual": (x - x_hat).abs().mean(dim=1, keepdim=True)})
 
     def extra_repr(self) -> str:
         return f"beta={self.net.beta}"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mri_anomaly.errors import MissingInputError, UserInputError
+from mri_anomaly.files import atomic_write_json
 from mri_anomaly.training.config import configs_dir
 
 __all__ = ["DEMO_RUNS", "DemoRun", "configs_dir", "run_demo"]
@@ -86,9 +87,7 @@ class _State:
         if cpu_start is not None:  # CPU time of this process: robust to other processes sharing the cores
             entry["cpu_seconds"] = round(_cpu_time() - cpu_start, 2)
         self.data[stage] = {**entry, **extra}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self.data)
 
 
 def _cpu_time() -> float:
@@ -204,7 +203,7 @@ def run_demo(
                  log=log)  # fmt: skip
         state.mark("evaluate", time.time() - t, c)
     state.data["total_seconds_this_call"] = round(time.time() - t_all, 2)
-    (out / STATE_FILE).write_text(json.dumps(state.data, indent=2))
+    atomic_write_json(out / STATE_FILE, state.data)
     report = report_dir / "report.html"
     log(f"done in {time.time() - t_all:.0f} s. Report: {report.resolve()}")
     return report

@@ -10,7 +10,7 @@
 The workflow (``configs/bundle/inference.yaml``) is assembled from MONAI components (``monai.data.Dataset``,
 ``monai.transforms.Invertd``/``SaveImaged`` for the maps) and our classes by full dotted ``_target_`` paths;
 the loop that ties them together is :class:`BundleScorer`, which scores each preprocessed item with
-:func:`mri_anomaly.scoring.runner.score_volume` (the same function ``mri-anomaly score`` uses), runs the
+:func:`mri_anomaly.scoring.volume.score_volume` (the same function ``mri-anomaly score`` uses), runs the
 bundle's postprocessing on the maps, and writes ``scores.csv`` (with ``flag:<column>`` against the
 thresholds in ``metadata.json``) and ``slice_scores.csv``.
 
@@ -31,7 +31,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from mri_anomaly.data.datalist import subject_id_of
 from mri_anomaly.errors import MissingInputError, OutputExistsError
+from mri_anomaly.files import atomic_write, atomic_write_json
 
 __all__ = ["BundleScorer", "write_bundle_folder", "write_bundle_metadata"]
 
@@ -78,7 +80,7 @@ class BundleScorer:
         """Score every item; returns the path of ``scores.csv``."""
         from monai.data import MetaTensor
 
-        from mri_anomaly.scoring.runner import score_volume
+        from mri_anomaly.scoring.volume import score_volume
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.network.to(self.device).eval()
@@ -88,7 +90,7 @@ class BundleScorer:
             item = dict(self.dataset[i])
             image = item["image"]
             path = image.meta.get("filename_or_obj", "") if isinstance(image, MetaTensor) else ""
-            subject = str(item.get("subject_id") or Path(str(path)).name.split(".")[0])
+            subject = subject_id_of({"subject_id": item.get("subject_id"), "image": str(path)})
             result = score_volume(self.network, self.config, item, self.device, want_maps=self.postprocessing is not None,
                                   slice_norms=self.slice_norms)
             row: dict[str, Any] = {"subject_id": subject, "image": str(path)}
@@ -128,13 +130,13 @@ def write_bundle_metadata(
     import monai
     import numpy as np
 
-    from mri_anomaly import __version__
+    from mri_anomaly._version import __version__
     from mri_anomaly.data.preprocessing import resolve_preprocessing_config
     from mri_anomaly.evaluation.thresholds import FLAG_RULE, load_thresholds
     from mri_anomaly.training.checkpoint import load_checkpoint
     from mri_anomaly.training.config import config_from_yaml
     from mri_anomaly.training.methods import get_method_class
-    from mri_anomaly.training.trainer import CHECKPOINT_NAME
+    from mri_anomaly.runs import CHECKPOINT_NAME
 
     run = Path(run_dir)
     ckpt_path = run / CHECKPOINT_NAME
@@ -144,11 +146,11 @@ def write_bundle_metadata(
     config = config_from_yaml(checkpoint["config"])
     cls = get_method_class(config["method"])
     if template is None:
-        from mri_anomaly.evaluation.demo import configs_dir
+        from mri_anomaly.training.config import configs_dir
 
         template = configs_dir() / "bundle" / "metadata.json"
     meta = json.loads(Path(template).read_text())
-    from mri_anomaly.scoring.runner import run_slice_norms
+    from mri_anomaly.runs import run_slice_norms
 
     slice_norms = run_slice_norms(run, checkpoint)
     stored = load_thresholds(run)
@@ -195,10 +197,7 @@ def write_bundle_metadata(
         "slice_norms": slice_norms,
         "run": str(run.resolve()),
     }
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(meta, indent=2, default=str))
-    return out
+    return atomic_write_json(path, meta)
 
 
 _README = """# {name}
@@ -226,7 +225,7 @@ Needs the `mri-anomaly` package (and `fire` for the command line). Not a medical
 
 * `configs/metadata.json`: MONAI's metadata; `mri_anomaly` holds the run's config, score columns and thresholds.
 * `configs/inference.yaml`: the scoring workflow (MONAI `Dataset`, the run's invertible preprocessing,
-  `Invertd` + `SaveImaged` for the maps, `mri_anomaly.evaluation.bundle.BundleScorer`).
+  `Invertd` + `SaveImaged` for the maps, `mri_anomaly.bundle.BundleScorer`).
 * `models/model.pt`: the weights, a plain state dict (`torch.load(..., weights_only=True)`).
 """
 
@@ -242,10 +241,10 @@ def write_bundle_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     """
     import shutil
 
-    from mri_anomaly import __version__
+    from mri_anomaly._version import __version__
     from mri_anomaly.training.checkpoint import load_checkpoint
     from mri_anomaly.training.config import configs_dir
-    from mri_anomaly.training.trainer import CHECKPOINT_NAME
+    from mri_anomaly.runs import CHECKPOINT_NAME
 
     run, out = Path(run_dir), Path(out_dir)
     if not (run / CHECKPOINT_NAME).is_file():
@@ -256,9 +255,8 @@ def write_bundle_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     shutil.copyfile(configs_dir() / "bundle" / "inference.yaml", out / "configs" / "inference.yaml")
     checkpoint = load_checkpoint(run / CHECKPOINT_NAME, map_location="cpu")
     (out / "models").mkdir(parents=True, exist_ok=True)
-    tmp = out / "models" / ".model.pt.tmp"
-    torch.save({k: v.detach().cpu() for k, v in checkpoint["state_dict"].items()}, tmp)
-    os.replace(tmp, out / "models" / "model.pt")
+    with atomic_write(out / "models" / "model.pt", "wb") as f:
+        torch.save({k: v.detach().cpu() for k, v in checkpoint["state_dict"].items()}, f)
     meta = json.loads(meta_path.read_text())
     ours = meta["mri_anomaly"]
     pre = ours["preprocessing"]

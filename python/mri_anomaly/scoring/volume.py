@@ -1,0 +1,161 @@
+"""Scoring one preprocessed volume: the method's raw scores, then standardised slice scores and volume scores.
+
+:func:`raw_volume_scores` runs the method (a 2D method slice by slice in chunks of ``score.batch_size``, a 3D
+method on the whole volume) and keeps what it says before any calibration (:class:`RawVolumeScores`).
+:func:`finish_volume_scores` standardises the slice scores per position with the run's slice norms
+(:mod:`mri_anomaly.scoring.slice_norms`), aggregates 2D slice scores to volume scores
+(:mod:`mri_anomaly.scoring.aggregate`) and lays out one row per axial slice (:class:`VolumeScores`).
+:func:`score_volume` does both; ``mri-anomaly score``, the detector, the export and the bundle all call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mri_anomaly.data import slice_brain_fractions
+from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label
+from mri_anomaly.scoring.brain import slice_brain_statistic
+from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
+from mri_anomaly.scoring.slice_norms import standardise_slice_scores
+
+__all__ = [
+    "RawVolumeScores",
+    "VolumeScores",
+    "finish_volume_scores",
+    "raw_volume_scores",
+    "score_volume",
+    "slice_score_columns_of",
+]
+
+
+@dataclass
+class VolumeScores:
+    """Scores of one preprocessed volume.
+
+    Attributes:
+        scores: ``{column: float}`` volume scores.
+        slices: one dict per axial slice (``slice, brain_fraction, counted, slice_label?`` + slice scores,
+            standardised per position when the run has slice norms).
+        maps: ``{name: (1, H, W, D)}`` voxel maps on the model grid.
+        raw_slice_scores: ``{column: (D,)}`` the slice scores before standardisation (what norms are fitted on).
+    """
+
+    scores: dict[str, float]
+    slices: list[dict[str, Any]] = field(default_factory=list)
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    raw_slice_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class RawVolumeScores:
+    """What the model says about one volume, before slice standardisation and aggregation (what calibration
+    fits slice norms and thresholds on)."""
+
+    volume_scores: dict[str, float]  # 3D methods; empty for 2D (aggregated from slices)
+    slice_scores: dict[str, torch.Tensor]  # {column: (D,)} raw
+    maps: dict[str, torch.Tensor]
+    fraction: torch.Tensor  # (D,) brain fraction
+    counted: torch.Tensor  # (D,) bool
+    labels: torch.Tensor | None  # (D,) slice has lesion voxels
+
+
+def _as_plain(t: Any) -> torch.Tensor:
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+
+
+def slice_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
+    """Columns of ``slice_scores.csv``: 2D — the method's slice scores; 3D — ``<map>_slice_<statistic>``,
+    the statistic (mean, or a high quantile for the baselines) of each voxel map over the slice's brain voxels."""
+    if config["spatial_dims"] == 2:
+        return list(method_cls.score_names)
+    return [f"{m}_slice_{method_cls.slice_statistic}" for m in method_cls.map_names]
+
+
+@torch.no_grad()
+def raw_volume_scores(method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device,
+                   want_maps: bool) -> RawVolumeScores:
+    image = _as_plain(item["image"]).float()
+    depth = image.shape[-1]
+    fraction = slice_brain_fractions(image)
+    min_fraction = float((config.get("slices") or {}).get("min_brain_fraction", 0.0))
+    counted = fraction >= min_fraction
+    has_mask = item.get("mask") is not None and bool(item.get("has_mask", 1))
+    labels = slice_has_label(_as_plain(item["mask"])) if has_mask else None
+    extra = {k: int(item[k]) for k in ("label", "semi_target") if isinstance(item.get(k), (int, float))}
+    slice_columns: dict[str, torch.Tensor] = {}
+    maps: dict[str, torch.Tensor] = {}
+    volume_scores: dict[str, float] = {}
+    if config["spatial_dims"] == 2:
+        slices = image.permute(3, 0, 1, 2).contiguous()  # (D, C, H, W)
+        chunk = int(config["score"]["batch_size"])
+        parts_scores: dict[str, list[torch.Tensor]] = {}
+        parts_maps: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, depth, chunk):
+            x = slices[start : start + chunk].to(device)
+            out = method.score({"image": x, **{k: torch.as_tensor([v] * x.shape[0]) for k, v in extra.items()}})
+            for name, s in out.scores.items():
+                parts_scores.setdefault(name, []).append(s.detach().double().cpu().reshape(-1))
+            if want_maps:
+                for name, m in out.maps.items():
+                    parts_maps.setdefault(name, []).append(m.detach().float().cpu())
+        slice_columns = {name: nonfinite_to_most_anomalous(torch.cat(v)) for name, v in parts_scores.items()}
+        for name, v in parts_maps.items():
+            stacked = torch.cat(v)  # (D, 1, H, W) -> (1, H, W, D)
+            maps[name] = stacked.permute(1, 2, 3, 0).contiguous()
+    else:
+        x = image[None].to(device)
+        out = method.score({"image": x, **{k: torch.as_tensor([v]) for k, v in extra.items()}})
+        volume_scores = {
+            name: float(nonfinite_to_most_anomalous(s.detach().double().cpu().reshape(-1))[0]) for name, s in out.scores.items()
+        }
+        statistic = type(method).slice_statistic
+        for name, m in out.maps.items():
+            volume_map = m.detach().float().cpu()[0]  # (1, H, W, D)
+            profile = slice_brain_statistic(nonfinite_to_most_anomalous(volume_map), image, statistic)
+            slice_columns[f"{name}_slice_{statistic}"] = profile
+            if want_maps:
+                maps[name] = volume_map
+    return RawVolumeScores(volume_scores, slice_columns, maps, fraction, counted, labels)
+
+
+def finish_volume_scores(output: RawVolumeScores, config: Mapping[str, Any], slice_norms: Mapping[str, Any] | None) -> VolumeScores:
+    """Standardise the slice scores per position (when the run has norms), aggregate 2D slice scores to volume
+    scores, and lay out the slice rows."""
+    slice_columns = standardise_slice_scores(output.slice_scores, slice_norms, output.fraction)
+    if config["spatial_dims"] == 2:
+        scores = aggregate_slice_scores(slice_columns, output.counted, int(config["score"]["top_k"]))
+    else:
+        scores = dict(output.volume_scores)
+    rows = []
+    for k in range(output.fraction.numel()):
+        row: dict[str, Any] = {"slice": k, "brain_fraction": round(float(output.fraction[k]), 6),
+                               "counted": int(output.counted[k])}
+        row["slice_label"] = int(output.labels[k]) if output.labels is not None else ""
+        for name, v in slice_columns.items():
+            row[name] = float(nonfinite_to_most_anomalous(v[k : k + 1])[0])
+        rows.append(row)
+    return VolumeScores(scores=scores, slices=rows, maps=output.maps, raw_slice_scores=output.slice_scores)
+
+
+@torch.no_grad()
+def score_volume(method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device | str = "cpu",
+                 want_maps: bool = True, slice_norms: Mapping[str, Any] | None = None) -> VolumeScores:
+    """Score one preprocessed item with a 2D (slice-wise) or 3D (volume-wise) method.
+
+    Args:
+        method: an :class:`~mri_anomaly.training.methods.AnomalyMethod` in eval mode.
+        config: the run's validated config (``spatial_dims``, ``slices``, ``score``).
+        item: ``{"image": (C, H, W, D), "mask"?: (1, H, W, D), ...}`` from the preprocessing chain.
+        device: where the method runs.
+        want_maps: keep the voxel maps (otherwise only scores and slice rows).
+        slice_norms: the run's per-position slice norms (:mod:`mri_anomaly.scoring.slice_norms`); None: raw
+            slice scores.
+
+    Returns:
+        a :class:`VolumeScores`.
+    """
+    return finish_volume_scores(raw_volume_scores(method, config, item, torch.device(device), want_maps), config, slice_norms)

@@ -13,7 +13,7 @@ from mri_anomaly.flows.dequantization import N_BINS, dequantize, discrete_bits_p
 from mri_anomaly.flows.glow import FlowStep, Glow, GlowOutput  # noqa: E402
 from mri_anomaly.flows.invertible_chain import InvertibleChain  # noqa: E402
 from mri_anomaly.flows.prior import LatentPrior  # noqa: E402
-from mri_anomaly.flows.squeeze import Squeeze, squeeze, unsqueeze  # noqa: E402
+from mri_anomaly.flows.squeeze import squeeze, unsqueeze  # noqa: E402
 
 __all__ += [
     "Coupling",
@@ -23,7 +23,6 @@ __all__ += [
     "InvertibleChain",
     "LatentPrior",
     "N_BINS",
-    "Squeeze",
     "dequantize",
     "discrete_bits_per_dim",
     "squeeze",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from mri_anomaly.flows.actnorm_invconv import ActNormInvConv
 from mri_anomaly.flows.coupling import Coupling
 from mri_anomaly.flows.dequantization import N_BINS, dequantize, discrete_bits_per_dim
+from mri_anomaly.flows.diagnostics import saved_activation_bytes
 from mri_anomaly.flows.glow import FlowStep, Glow, GlowOutput
 from mri_anomaly.flows.invertible_chain import InvertibleChain
 from mri_anomaly.flows.prior import LatentPrior
@@ -22,6 +23,7 @@ __all__ = [
     "N_BINS",
     "dequantize",
     "discrete_bits_per_dim",
+    "saved_activation_bytes",
     "squeeze",
     "unsqueeze",
 ]

@@ -13,7 +13,9 @@ installed (non-editable) package finds them by name (``--config glow3d``) outsid
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 import shutil
 
 from setuptools import setup
@@ -21,6 +23,18 @@ from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
+
+
+def _package_version() -> str | None:
+    """``__version__`` of ``python/mri_anomaly/__init__.py`` (the extension's ``build_info()`` reports it)."""
+    with open(os.path.join(HERE, "python", "mri_anomaly", "__init__.py")) as f:
+        match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _string_macro(name: str, value: str) -> tuple[str, str]:
+    """``-D<name>="<value>"``: a C string literal (torch's ninja build shell-quotes each flag)."""
+    return name, json.dumps(value)
 
 
 class BuildPyWithConfigs(build_py):
@@ -61,9 +75,13 @@ def _extensions():
     include_dirs = [os.path.join(here, "csrc")]
     cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
     define_macros = []
+    version = _package_version()
+    if version is not None:
+        define_macros.append(_string_macro("MRI_ANOMALY_VERSION", version))
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         define_macros.append(("WITH_CUDA", None))
+        define_macros.append(_string_macro("MRI_ANOMALY_CUDA_ARCHS", os.environ["TORCH_CUDA_ARCH_LIST"]))
         ext = CUDAExtension(
             "mri_anomaly._C",
             cpp_sources + cuda_sources,

@@ -21,7 +21,7 @@ Measured, for each configuration (cube edge, coupling width, K):
   return freed blocks >= 64 KiB to the OS at once (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``).
   CUDA: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before the step.
 * ``saved_mib``: bytes of distinct tensors autograd saves for backward during one forward (parameters
-  excluded), via ``torch.autograd.graph.saved_tensors_hooks``: the activation memory that grows with depth.
+  excluded), by :func:`mri_anomaly.flows.saved_activation_bytes`: the activation memory that grows with depth.
 * ``state_mib``: gradients + Adam moments (3 x parameter bytes).
 
 Usage::
@@ -101,23 +101,6 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def saved_activation_mib(glow: nn.Module, x: torch.Tensor) -> float:
-    param_ptrs = {p.untyped_storage().data_ptr() for p in glow.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in param_ptrs:
-            storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = -glow(x).log_prob.mean()
-    loss.backward()
-    glow.zero_grad(set_to_none=True)
-    return sum(storages.values()) / 2**20
-
-
 def _training_step(glow: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, device: torch.device,
                    set_to_none: bool = True) -> float:
     _sync(device)
@@ -151,6 +134,8 @@ def run_memory(variant: str, size: int, width: int, depth: int, levels: int, bat
     the baseline holds parameters, gradients and optimiser state; the peak above it during the second step
     is activations plus temporaries (the part memory-efficient backprop is about).
     """
+    from mri_anomaly.flows import saved_activation_bytes
+
     device = torch.device(device_name)
     glow, x = build(variant, size, width, depth, levels, batch, device)
     optimizer = torch.optim.Adam(glow.parameters(), lr=1e-4)
@@ -168,7 +153,7 @@ def run_memory(variant: str, size: int, width: int, depth: int, levels: int, bat
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         peak = _peak_rss_mib() - base
-    saved = saved_activation_mib(glow, x)
+    saved = saved_activation_bytes(glow, x) / 2**20
     # Gradients and Adam's two moment buffers (3 x the parameters): in the baseline, proportional to depth.
     state = 3 * sum(p.numel() * p.element_size() for p in glow.parameters()) / 2**20
     return {"peak_mib": peak, "state_mib": state, "saved_mib": saved, "log_prob_before": log_prob}

@@ -64,6 +64,44 @@ def test_info_prints_versions_backend_and_methods(capsys):
     assert "glow-ratio" in text and "deep-sad" in text and "latent-norm-ae" in text
 
 
+def _info_values(text: str) -> dict[str, str]:
+    return {key.strip(): value for key, _, value in (line.partition(" : ") for line in text.splitlines())}
+
+
+def test_info_prints_how_the_extension_was_built(capsys):
+    from mri_anomaly import ops
+
+    assert main(["info"]) == 0
+    values = _info_values(capsys.readouterr().out)
+    if not ops.extension_available("cpu"):
+        assert values["extension"].startswith("absent ("), values["extension"]
+        return
+    from mri_anomaly import _C
+
+    build = _C.build_info()
+    assert values["extension"] == __version__
+    assert values["ext. torch"].startswith(build["torch_version"])
+    assert values["ext. compiler"] == build["compiler"]
+    assert values["ext. cuda"] == (f"yes, archs {build['cuda_archs']}" if build["with_cuda"] else "no")
+    assert values["ext. openmp"].startswith("yes, max threads " if build["with_openmp"] else "no")
+    tile = f"{build['cpu_tile_min_voxels']}-{build['cpu_tile_max_voxels']} voxels"
+    assert values["ext. cpu tile"] == f"{build['cpu_tile_values']} values ({tile})"
+
+
+def test_info_says_when_the_extension_is_absent():
+    code = ("import sys, warnings\n"
+            "sys.modules['mri_anomaly._C'] = None  # makes `from mri_anomaly import _C` raise ImportError\n"
+            "warnings.simplefilter('ignore')\n"
+            "from mri_anomaly.cli import main\n"
+            "raise SystemExit(main(['info']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    values = _info_values(out.stdout)
+    assert values["ops backend"] == "pure-PyTorch reference"
+    assert values["extension"].startswith("absent ("), values["extension"]
+    assert not [key for key in values if key.startswith("ext. ")]
+
+
 def test_bad_config_is_one_clear_message_without_traceback(tmp_path, demo_cohort, capsys):
     config = yaml.safe_load((CONFIGS / "glow3d.yaml").read_text())
     config["train"]["batch_sise"] = 2

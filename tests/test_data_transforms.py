@@ -1,4 +1,4 @@
-"""Transforms of mri_anomaly.data: loading checks, intensity scaling, quantisation, the preprocessing chain
+"""Transforms of mri_anomaly.data: loading checks, intensity scaling, the preprocessing chain
 and its inversion back to the input grid and affine (on a phantom with known geometry)."""
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from monai.data import MetaTensor
 from mri_anomaly.data import (
     DEMO_PREPROCESSING,
     PREPROCESSING_DEFAULTS,
-    Quantize,
-    Quantized,
     ScaleIntensityInMask,
     ScaleIntensityInMaskd,
     invert_to_input_space,
@@ -51,15 +49,6 @@ def test_scale_intensity_keeps_metatensor_and_dict_twin_uses_mask_key():
     assert 0.0 <= d["image"].min().item() and d["image"].max().item() <= 1.0
     with pytest.raises(KeyError, match="brain"):
         ScaleIntensityInMaskd("image", mask_key="brain")({"image": x})
-
-
-def test_quantize_to_256_levels():
-    x = torch.tensor([[0.0, 0.5 / 256, 1.0 / 256, 0.5, 0.999999, 1.0, 1.5, -0.2]])
-    q = Quantize(256)(x)
-    assert torch.allclose(q * 256, torch.tensor([[0.0, 0.0, 1.0, 128.0, 255.0, 255.0, 255.0, 0.0]]))
-    assert len(torch.unique(Quantize(256)(torch.rand(1, 50, 50)))) <= 256
-    d = Quantized("image", n_bins=4)({"image": torch.tensor([[0.1, 0.3, 0.6, 0.9]])})
-    assert torch.allclose(d["image"], torch.tensor([[0.0, 0.25, 0.5, 0.75]]))
 
 
 def test_validate_preprocessing_config_lists_every_problem():

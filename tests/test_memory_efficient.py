@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from mri_anomaly.flows import Coupling, Glow, InvertibleChain, dequantize
+from mri_anomaly.flows import Coupling, Glow, InvertibleChain, dequantize, saved_activation_bytes
 
 
 def _perturbed_glow(spatial_dims: int, steps: int, coupling: str = "affine", dtype=torch.float64) -> tuple[Glow, torch.Tensor]:
@@ -58,31 +58,13 @@ def test_memory_efficient_gradients_in_float32():
         torch.testing.assert_close(grads_eff[name], grads_std[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
-def _saved_activation_bytes(glow: Glow, x: torch.Tensor) -> int:
-    """Bytes of distinct tensors autograd saves for backward in one forward (parameters excluded)."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in glow.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in param_ptrs:
-            storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = glow(x)
-        loss = -out.log_prob.sum()
-    loss.backward()
-    return sum(storages.values())
-
-
 def test_saved_activations_do_not_grow_with_depth_when_memory_efficient():
     saved = {}
     for memory_efficient in (False, True):
         for steps in (2, 8):
             glow, x = _perturbed_glow(2, steps=steps, dtype=torch.float32)
             glow.memory_efficient = memory_efficient
-            saved[memory_efficient, steps] = _saved_activation_bytes(glow, x)
+            saved[memory_efficient, steps] = saved_activation_bytes(glow, x)
     assert saved[True, 2] == saved[True, 8], saved
     assert saved[False, 8] > 3 * saved[False, 2], saved
     assert saved[False, 8] > 10 * saved[True, 8], saved

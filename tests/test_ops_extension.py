@@ -45,6 +45,37 @@ def test_backend_name():
     assert ops.backend_name() in ("extension (cpu)", "extension (cpu, cuda)")
 
 
+def test_build_info_describes_this_build():
+    """``_C.build_info()``: the build facts that are not ops, with fixed keys and types."""
+    from mri_anomaly import _C, __version__
+
+    info = _C.build_info()
+    types = {"version": str, "torch_version": str, "compiler": str, "with_cuda": bool, "cuda_archs": str,
+             "with_openmp": bool, "omp_max_threads": int, "cpu_tile_values": int, "cpu_tile_min_voxels": int,
+             "cpu_tile_max_voxels": int}
+    assert set(info) == set(types)
+    for key, kind in types.items():
+        if key == "omp_max_threads" and not info["with_openmp"]:
+            kind = type(None)
+        assert isinstance(info[key], kind), (key, info[key])
+    assert info["version"] == __version__  # setup.py passes the package's __version__
+    assert torch.__version__.startswith(info["torch_version"])  # compiled against the torch that loaded it
+    assert info["compiler"]
+    assert info["with_cuda"] == ops.extension_available("cuda")  # the CUDA kernels are registered iff built
+    assert bool(info["cuda_archs"]) == info["with_cuda"]
+    assert not info["with_openmp"] or info["omp_max_threads"] >= 1
+    # The kernel's 2^17 values per voxel tile, as the CPU benchmarks (docs/benchmarks/flow_step-cpu-*.md) and
+    # the C++ tests' shapes state it; and the tiles that the shapes of test_every_op_matches_reference were
+    # picked for: (1, 64, 2100) spans 2 tiles of 2048 voxels, C = 256 gives 512-voxel tiles.
+    assert info["cpu_tile_values"] == 2**17
+
+    def tile(channels: int) -> int:
+        voxels = info["cpu_tile_values"] // channels
+        return max(info["cpu_tile_min_voxels"], min(info["cpu_tile_max_voxels"], voxels))
+
+    assert tile(64) == 2048 < 2100 and tile(256) == 512
+
+
 @pytest.mark.parametrize("case", [0, 2])  # 1D and 3D spatial
 def test_opcheck_every_op(case):
     s = sample_inputs()[case]

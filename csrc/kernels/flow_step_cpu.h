@@ -56,15 +56,20 @@ struct LoopGemm {
   }
 };
 
+// Voxel tiles hold about kTileValues values (C x voxels), within [kMinTileVoxels, kMaxTileVoxels] voxels.
+// 2^17 values per tile (512 KiB in fp32) by measurement: single-thread backward at (2, 16, 32^3) took
+// 2.0-2.2 ms with 2^15, 1.65 ms with 2^17, 2.7+ ms with 2^19 (MKL's per-call cost vs cache size).
+constexpr int64_t kTileValues = int64_t(1) << 17;
+constexpr int64_t kMinTileVoxels = 256;
+constexpr int64_t kMaxTileVoxels = 32768;
+
 // How the (N, C, V) data is cut: tiles of `tile` voxels (the GEMM size), chunks of
 // `tiles_per_chunk` tiles of one sample (the unit of parallel work and of partial sums).
 struct Plan {
   int64_t N, C, V, tile, tiles_per_sample, tiles_per_chunk, chunks_per_sample, chunks;
 
   Plan(int64_t n, int64_t c, int64_t v) : N(n), C(c), V(v) {
-    // 2^17 values per tile (512 KiB in fp32) by measurement: single-thread backward at (2, 16, 32^3) took
-    // 2.0-2.2 ms with 2^15, 1.65 ms with 2^17, 2.7+ ms with 2^19 (MKL's per-call cost vs cache size).
-    tile = std::max<int64_t>(256, std::min<int64_t>(32768, (int64_t(1) << 17) / std::max<int64_t>(c, 1)));
+    tile = std::max(kMinTileVoxels, std::min(kMaxTileVoxels, kTileValues / std::max<int64_t>(c, 1)));
     tile = std::min(tile, std::max<int64_t>(v, 1));
     tiles_per_sample = (v + tile - 1) / tile;
     // Keep the (C*C + 2C) float64 partial of a chunk small next to the chunk's data (>= 8C voxels).

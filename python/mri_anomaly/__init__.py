@@ -24,8 +24,32 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'mri_anomaly' has no attribute {name!r}")
 
 
+def _extension_config() -> dict[str, str]:
+    """How the extension ``mri_anomaly._C`` was built (its ``build_info()``), or that it is absent."""
+    try:
+        from mri_anomaly import _C
+    except ImportError as error:  # not built (MRI_ANOMALY_NO_EXTENSION=1) or built against another torch
+        return {"extension": f"absent ({error})"}
+    if not hasattr(_C, "build_info"):
+        return {"extension": "built by an older version without build_info(): rebuild it"}
+    build = _C.build_info()
+    version = build["version"] or "?"
+    if version != __version__:
+        version += f" (the package is {__version__}: rebuild the extension)"
+    return {
+        "extension": version,
+        "ext. torch": f"{build['torch_version']} (compiled against)",
+        "ext. compiler": build["compiler"],
+        "ext. cuda": f"yes, archs {build['cuda_archs'] or '?'}" if build["with_cuda"] else "no",
+        "ext. openmp": f"yes, max threads {build['omp_max_threads']}" if build["with_openmp"] else "no",
+        "ext. cpu tile": f"{build['cpu_tile_values']} values "
+        f"({build['cpu_tile_min_voxels']}-{build['cpu_tile_max_voxels']} voxels)",
+    }
+
+
 def get_config() -> dict[str, str]:
-    """Versions of the package and its main dependencies, the ops backend and the devices."""
+    """Versions of the package and its main dependencies, the ops backend, how the compiled extension was
+    built (or that it is absent) and the devices."""
     import platform
 
     import torch
@@ -37,6 +61,7 @@ def get_config() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "ops backend": backend_name(),
+        **_extension_config(),
         "cuda available": str(torch.cuda.is_available()),
         "cuda devices": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none",
         "cpu threads": str(torch.get_num_threads()),

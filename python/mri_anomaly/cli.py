@@ -170,7 +170,8 @@ def _add_info(subparsers) -> None:
         "info",
         help="print versions, the ops backend and devices",
         description="Print the package and dependency versions, which flow-step ops backend is in use "
-        "(compiled extension or pure-PyTorch reference), the registered methods and the devices.",
+        "(compiled extension or pure-PyTorch reference), how the extension was built (version, torch and "
+        "compiler, CUDA archs, OpenMP threads, CPU tile size), the registered methods and the devices.",
     )
     p.set_defaults(func=_cmd_info)
 

@@ -5,7 +5,7 @@
   ``validate_preprocessing_config``, ``preprocessing(config, keys) -> Compose``,
   ``invert_to_input_space`` / ``save_map_in_input_space`` (model grid -> the input file's grid and affine).
 * transforms in MONAI style: ``LoadVolume(d)``, ``ScaleIntensityInMask(d)``, ``Binarize(d)``,
-  ``Quantize(d)``, ``RandLesion(d)``.
+  ``RandLesion(d)``.
 * :mod:`~mri_anomaly.data.datalist`: Decathlon JSON / CSV datalists, validated (``load_datalist``,
   ``validate_datalist``, ``write_datalist``, ``build_datalist``).
 * :mod:`~mri_anomaly.data.datasets`: ``VolumeDataset``, ``SliceDataset``, ``collate_with_errors``
@@ -16,10 +16,6 @@
 from mri_anomaly.data.intensity import (
     Binarize,
     Binarized,
-    Quantize,
-    Quantized,
-    QuantizeD,
-    QuantizeDict,
     ScaleIntensityInMask,
     ScaleIntensityInMaskd,
     ScaleIntensityInMaskD,

@@ -1,4 +1,4 @@
-"""Intensity transforms: percentile scaling inside the brain, and quantisation to 256 levels.
+"""Intensity transforms: percentile scaling inside the brain, and binarisation of resampled masks.
 
 * :class:`ScaleIntensityInMask` maps the ``lower``/``upper`` percentiles of the voxels *inside the
   brain* to ``b_min``/``b_max`` (0/1) and clips. The brain is a given mask (``brain_mask_key`` in the
@@ -6,8 +6,7 @@
   :func:`estimate_foreground` (voxels above ``min + 5 % of (p99 - min)``: the zero/constant background
   of skull-stripped scans, BRATS' negative constant, and the air of whole-head scans such as IXI fall
   outside). With a given mask, voxels outside it are set to ``b_min`` (brain extraction).
-* :class:`Quantize` maps [0, 1] to the 256-level grid the flows dequantise: ``k / n_bins`` with
-  ``k = clamp(floor(x * n_bins), 0, n_bins - 1)``.
+* :class:`Binarize` turns a resampled (interpolated) mask back into {0, 1}.
 
 Both keep ``MetaTensor`` metadata; neither is spatial, so neither needs an inverse.
 """
@@ -35,10 +34,6 @@ __all__ = [
     "ScaleIntensityInMaskd",
     "ScaleIntensityInMaskD",
     "ScaleIntensityInMaskDict",
-    "Quantize",
-    "Quantized",
-    "QuantizeD",
-    "QuantizeDict",
 ]
 
 
@@ -149,38 +144,6 @@ class ScaleIntensityInMaskd(MapTransform):
         return d
 
 
-class Quantize(Transform):
-    """Quantise [0, 1] intensities to ``n_bins`` levels ``k / n_bins``, k in {0, ..., n_bins - 1}.
-
-    Args:
-        n_bins: number of levels (256 for 8-bit flows).
-    """
-
-    def __init__(self, n_bins: int = 256) -> None:
-        if n_bins < 2:
-            raise ValueError(f"n_bins must be >= 2, got {n_bins}")
-        self.n_bins = int(n_bins)
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """Args: img (C, *spatial) in [0, 1] (values outside are clamped). Returns float32, same type."""
-        out = torch.floor(img.float() * self.n_bins).clamp(0, self.n_bins - 1) / self.n_bins
-        return out
-
-
-class Quantized(MapTransform):
-    """Dictionary twin of :class:`Quantize`."""
-
-    def __init__(self, keys: KeysCollection, n_bins: int = 256, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.quantizer = Quantize(n_bins)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.quantizer(d[key])
-        return d
-
-
 class Binarize(Transform):
     """``(x > threshold)`` as float32 {0, 1}, same type (masks after bilinear resampling).
 
@@ -211,4 +174,3 @@ class Binarized(MapTransform):
 
 BinarizeD = BinarizeDict = Binarized
 ScaleIntensityInMaskD = ScaleIntensityInMaskDict = ScaleIntensityInMaskd
-QuantizeD = QuantizeDict = Quantized

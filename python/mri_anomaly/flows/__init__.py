@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 from mri_anomaly.flows.actnorm_invconv import ActNormInvConv
+from mri_anomaly.flows.coupling import Coupling
+from mri_anomaly.flows.dequantization import N_BINS, dequantize, discrete_bits_per_dim
+from mri_anomaly.flows.diagnostics import saved_activation_bytes
+from mri_anomaly.flows.glow import FlowStep, Glow, GlowOutput
+from mri_anomaly.flows.invertible_chain import InvertibleChain
+from mri_anomaly.flows.prior import LatentPrior
+from mri_anomaly.flows.squeeze import squeeze, unsqueeze
 
-__all__ = ["ActNormInvConv"]
-
-# --- Glow (issue 3) ---
-from mri_anomaly.flows.coupling import Coupling  # noqa: E402
-from mri_anomaly.flows.dequantization import N_BINS, dequantize, discrete_bits_per_dim  # noqa: E402
-from mri_anomaly.flows.glow import FlowStep, Glow, GlowOutput  # noqa: E402
-from mri_anomaly.flows.invertible_chain import InvertibleChain  # noqa: E402
-from mri_anomaly.flows.prior import LatentPrior  # noqa: E402
-from mri_anomaly.flows.squeeze import Squeeze, squeeze, unsqueeze  # noqa: E402
-
-__all__ += [
+__all__ = [
+    "ActNormInvConv",
     "Coupling",
     "FlowStep",
     "Glow",
@@ -23,9 +21,9 @@ __all__ += [
     "InvertibleChain",
     "LatentPrior",
     "N_BINS",
-    "Squeeze",
     "dequantize",
     "discrete_bits_per_dim",
+    "saved_activation_bytes",
     "squeeze",
     "unsqueeze",
 ]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-__all__ = ["squeeze", "unsqueeze", "Squeeze"]
+__all__ = ["squeeze", "unsqueeze"]
 
 
 def squeeze(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
@@ -56,29 +55,3 @@ def unsqueeze(y: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         perm += [2 + spatial_dims + i, 2 + i]
     return y.permute(perm).reshape(n, c, *(2 * s for s in spatial))
 
-
-class Squeeze(nn.Module):
-    """:func:`squeeze` as an invertible layer (volume preserving: ``logdet`` is 0).
-
-    Args:
-        spatial_dims: 2 or 3.
-    """
-
-    def __init__(self, spatial_dims: int) -> None:
-        super().__init__()
-        self.spatial_dims = spatial_dims
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N, C, *spatial)`` -> ``((N, C * 2**d, *spatial / 2), zeros (N,))``."""
-        return squeeze(x, self.spatial_dims), x.new_zeros(x.shape[0])
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return unsqueeze(y, self.spatial_dims)
-
-    def reverse_and_grad(
-        self, y: torch.Tensor, grad_y: torch.Tensor, grad_logdet: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
-        return self.inverse(y.detach()), self.inverse(grad_y.detach()), ()
-
-    def extra_repr(self) -> str:
-        return f"spatial_dims={self.spatial_dims}"

@@ -264,3 +264,19 @@ def test_deep_sad_centre_is_the_mean_over_the_whole_training_set(demo_cohort, tm
     expected[small] = torch.where(expected[small] < 0, -0.1, 0.1).double()
     torch.testing.assert_close(method.net.center.double(), expected, rtol=1e-4, atol=1e-5)
     assert len(slices) > 8  # more slices than the 8 batches of 1 that the old configs would have used
+
+
+def test_each_section_dataset_is_built_once_per_run_with_its_cache_in_the_run(demo_cohort, tmp_path, monkeypatch):
+    import mri_anomaly.training.loaders as loaders
+
+    built = []
+    real = loaders.build_dataset
+
+    def counting(config, items, train=True, cache_dir=None):
+        built.append(cache_dir)
+        return real(config, items, train=train, cache_dir=cache_dir)
+
+    monkeypatch.setattr(loaders, "build_dataset", counting)
+    # Deep SVDD: two phases (pretrain, train) on the training section
+    Trainer(deep_svdd_config(pretrain=2, train=2), demo_cohort, tmp_path / "run", progress=False).fit()
+    assert built == [tmp_path / "run" / "cache"]

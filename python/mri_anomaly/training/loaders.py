@@ -17,6 +17,7 @@ same set of samples that one process with batch size W·b draws.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -142,28 +143,45 @@ class ResumableBatches:
         sampler.set_epoch(epoch)
         return list(sampler)
 
-    def __iter__(self) -> Iterator[Any]:
+    def _batch_keys(self, start_step: int) -> Iterator[list[tuple[int, int]]]:
+        """The ``(index, sample seed)`` keys of every batch from ``start_step`` on, epoch after epoch."""
+        step = start_step
         while True:
-            epoch, offset = divmod(self.step, self.batches_per_epoch)
+            epoch, offset = divmod(step, self.batches_per_epoch)
             indices = self._epoch_indices(epoch)[offset * self.batch_size : self.batches_per_epoch * self.batch_size]
-            keys = [(i, sample_seed(self.seed, self.phase_index, self.stream, epoch, i)) for i in indices]
-            loader = DataLoader(
-                self.dataset,
-                batch_size=self.batch_size,
-                sampler=keys,  # a list of keys is a valid sampler: iterated in order
-                num_workers=self.num_workers,
-                collate_fn=collate,
-                drop_last=True,
-                persistent_workers=False,
-                # its own generator: creating a loader iterator must not draw from the global RNG (exact resume)
-                generator=torch.Generator().manual_seed(sample_seed(self.seed, self.phase_index, self.stream, epoch, 7)),
-            )
-            for batch in loader:
-                self.step += 1
-                yield batch
+            for b in range(0, len(indices), self.batch_size):
+                yield [(i, sample_seed(self.seed, self.phase_index, self.stream, epoch, i))
+                       for i in indices[b : b + self.batch_size]]
+                step += 1
+
+    def __iter__(self) -> Iterator[Any]:
+        # One loader for the whole stream: its workers live across epochs (the keys, not the workers, carry the
+        # randomness, so batches are the same for any number of workers and on resume).
+        start = self.step
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=_KeyBatches(self, start),
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            # its own generator: creating a loader iterator must not draw from the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(sample_seed(self.seed, self.phase_index, self.stream, start, 7)),
+        )
+        for batch in loader:
+            self.step += 1
+            yield batch
 
 
-def build_dataset(config: dict[str, Any], items: Sequence[dict[str, Any]], train: bool = True) -> Dataset:
+class _KeyBatches:
+    """A batch sampler over :meth:`ResumableBatches._batch_keys` (endless; the DataLoader reads it lazily)."""
+
+    def __init__(self, batches: ResumableBatches, start_step: int) -> None:
+        self.batches, self.start_step = batches, start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return self.batches._batch_keys(self.start_step)
+
+def build_dataset(config: dict[str, Any], items: Sequence[dict[str, Any]], train: bool = True,
+                  cache_dir: str | os.PathLike | None = None) -> Dataset:
     """The training dataset of a config: preprocessed volumes (3D) or their brain slices (2D).
 
     Volumes are preprocessed once and cached (:class:`mri_anomaly.data.VolumeDataset`, ``cache="auto"``);
@@ -172,7 +190,8 @@ def build_dataset(config: dict[str, Any], items: Sequence[dict[str, Any]], train
     data must be readable (scoring, in contrast, records bad files and goes on).
 
     Args:
-        config: a validated config. items: datalist items of one section. train: unused (no augmentation yet).
+        config: a validated config. items: datalist items of one section. train: unused (no augmentation).
+        cache_dir: folder of the disk cache when the volumes do not fit in memory (default: a temporary folder).
 
     Returns:
         a map-style dataset of dict items (``image`` (1, H, W[, D]) float32 in [0, 1], ``label``, ``semi_target``, ``mask``...).
@@ -180,7 +199,7 @@ def build_dataset(config: dict[str, Any], items: Sequence[dict[str, Any]], train
     from mri_anomaly.data import SliceDataset, VolumeDataset
 
     volumes = VolumeDataset(items, preprocessing_config=config.get("preprocessing") or {}, cache="auto",
-                            on_error="raise", seed=int(config.get("seed", 0)))
+                            on_error="raise", seed=int(config.get("seed", 0)), cache_dir=cache_dir)
     if config["spatial_dims"] == 2:
         return SliceDataset(volumes, min_brain_fraction=float(config["slices"]["min_brain_fraction"]))
     return volumes

@@ -49,6 +49,7 @@ from mri_anomaly.training.methods import AnomalyMethod, Batch
 
 __all__ = ["Trainer", "TrainResult", "move_batch"]
 
+CACHE_DIR = "cache"
 LOG_COLUMNS = ("global_step", "phase", "phase_step", "loss", "grad_norm", "lr", "skipped_steps", "seconds")
 
 # Keys that may change between an interrupted run and its resumption without changing the result.
@@ -158,6 +159,7 @@ class Trainer:
         self.datalist_source = datalist
         self.datalist = self._load_datalist(datalist)
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self._datasets: dict[str, Any] = {}
         self.resume_state: dict[str, Any] | None = None
         if self.checkpoint_path.exists():
             if not resume:
@@ -217,9 +219,14 @@ class Trainer:
         return items
 
     def _dataset(self, section: str):
+        """The section's training dataset, built once per run (every phase and stream reuses it); a disk cache,
+        when the volumes do not fit in memory, lives in ``RUN/cache/`` and is reused on resume."""
         from mri_anomaly.training.loaders import build_dataset
 
-        return build_dataset(self.config, self._section_items(section), train=True)
+        if section not in self._datasets:
+            self._datasets[section] = build_dataset(self.config, self._section_items(section), train=True,
+                                                    cache_dir=self.run_dir / CACHE_DIR)
+        return self._datasets[section]
 
     def _init_batches(self, dataset, phase_index: int, name: str) -> _InitBatches:
         """``train.init_batches`` batches for ``begin_phase`` (their own seed stream; identical on resume)."""

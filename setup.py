@@ -26,8 +26,8 @@ CONFIGS = os.path.join(HERE, "configs")
 
 
 def _package_version() -> str | None:
-    """``__version__`` of ``python/mri_anomaly/__init__.py`` (the extension's ``build_info()`` reports it)."""
-    with open(os.path.join(HERE, "python", "mri_anomaly", "__init__.py")) as f:
+    """``__version__`` of ``python/mri_anomaly/_version.py`` (the extension's ``build_info()`` reports it)."""
+    with open(os.path.join(HERE, "python", "mri_anomaly", "_version.py")) as f:
         match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE)
     return match.group(1) if match else None
 

@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.deps: $(VENV)/bin/python constraints.txt
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -c constraints.txt numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML fire jsonschema onnx onnxscript onnxruntime pytest hypothesis ninja setuptools wheel
+	$(PIP) install -q -c constraints.txt numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML fire jsonschema onnx onnxscript onnxruntime pytest hypothesis ruff ninja setuptools wheel
 	touch $@
 
 $(STAMP): $(VENV)/.deps pyproject.toml setup.py $(CSRC)
@@ -37,7 +37,12 @@ ctest: $(VENV)/.deps
 pytest: $(STAMP)
 	$(PY) -m pytest -q
 
-test: $(STAMP) ctest pytest
+# ruff (pinned in constraints.txt): the formatter's check and the lint rules of pyproject.toml
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff format --check python tests benchmarks docs
+	$(VENV)/bin/ruff check python tests benchmarks docs
+
+test: $(STAMP) lint ctest pytest
 
 demo: $(STAMP)
 	$(VENV)/bin/mri-anomaly demo --out $(DEMO_OUT)

@@ -6,15 +6,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mri_anomaly.training import ConfigError, apply_overrides, build_method, load_config, validate_config
 from mri_anomaly.training.config import parse_override
 from mri_anomaly.training.methods import get_method_class
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 REQUIRED = {
-    "glow2d-slices.yaml", "glow3d.yaml", "glow3d-ratio.yaml", "deep-svdd-2d.yaml", "deep-sad-2d.yaml",
-    "deep-sad-3d.yaml", "latent-norm-ae-2d.yaml", "latent-norm-ae-3d.yaml",
+    "glow2d-slices.yaml",
+    "glow3d.yaml",
+    "glow3d-ratio.yaml",
+    "deep-svdd-2d.yaml",
+    "deep-sad-2d.yaml",
+    "deep-sad-3d.yaml",
+    "latent-norm-ae-2d.yaml",
+    "latent-norm-ae-3d.yaml",
 }
 
 
@@ -56,16 +61,16 @@ def test_valid_config_gets_defaults():
 
 def test_every_problem_is_listed_in_one_message():
     cfg = _base()
-    cfg["colour"] = "blue"                                   # unknown top-level key
-    cfg["seed"] = "zero"                                     # wrong type
-    cfg["train"]["batch_size"] = 0                           # impossible value
-    cfg["train"]["phases"]["train"]["lr"] = -1.0             # impossible value
-    cfg["train"]["phases"]["warmup"] = {"steps": 1}          # not a phase of the method
-    cfg["train"]["grad_clipping"] = 1.0                      # typo of grad_clip
-    cfg["model"]["latent_dims"] = 8                          # typo of latent_dim
-    cfg["model"]["beta"] = "large"                           # wrong type for a float argument
-    cfg["score"] = {"specificity": 1.5}                      # impossible value
-    cfg["preprocessing"]["spacing"] = [0, 1, 1]              # the data module's own check
+    cfg["colour"] = "blue"  # unknown top-level key
+    cfg["seed"] = "zero"  # wrong type
+    cfg["train"]["batch_size"] = 0  # impossible value
+    cfg["train"]["phases"]["train"]["lr"] = -1.0  # impossible value
+    cfg["train"]["phases"]["warmup"] = {"steps": 1}  # not a phase of the method
+    cfg["train"]["grad_clipping"] = 1.0  # typo of grad_clip
+    cfg["model"]["latent_dims"] = 8  # typo of latent_dim
+    cfg["model"]["beta"] = "large"  # wrong type for a float argument
+    cfg["score"] = {"specificity": 1.5}  # impossible value
+    cfg["preprocessing"]["spacing"] = [0, 1, 1]  # the data module's own check
     with pytest.raises(ConfigError) as info:
         validate_config(cfg, source="bad.yaml")
     err = info.value
@@ -115,12 +120,15 @@ def test_required_model_argument_missing_is_reported():
 
     import inspect
 
-    from mri_anomaly.training.config import _check_model_kwargs, _Checker
+    from mri_anomaly.config_checks import ConfigChecker as _Checker
+    from mri_anomaly.training.config import _check_model_kwargs
 
     Needy.__init__.__signature__ = inspect.Signature(
-        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-         inspect.Parameter("spatial_dims", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int),
-         inspect.Parameter("width", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int)]
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("spatial_dims", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int),
+            inspect.Parameter("width", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int),
+        ]
     )
     chk = _Checker()
     _check_model_kwargs(chk, Needy, {})
@@ -174,13 +182,19 @@ def test_glow_levels_that_do_not_fit_the_grid_are_reported_on_load_with_the_othe
         "preprocessing.spatial_size: [40, 48, 40] is not divisible by 16, which model.levels=4 (each level halves every "
         "axis) needs; use e.g. [32, 48, 32] or a shallower model",
     ]
-    assert load_config(config, ["model.levels=4", "preprocessing.spatial_size=[32, 48, 32]"])["model"]["levels"] == 4
+    assert (
+        load_config(config, ["model.levels=4", "preprocessing.spatial_size=[32, 48, 32]"])["model"]["levels"]
+        == 4
+    )
 
 
 def test_a_padded_grid_must_be_padded_to_what_the_model_needs():
     config = Path(__file__).resolve().parents[1] / "configs" / "glow3d.yaml"
-    with pytest.raises(ConfigError, match=r"preprocessing.divisible_by: 4 pads the grid to multiples of 4 .* "
-                                          r"model.levels=3 .* needs multiples of 8; use divisible_by: 8"):
+    with pytest.raises(
+        ConfigError,
+        match=r"preprocessing.divisible_by: 4 pads the grid to multiples of 4 .* "
+        r"model.levels=3 .* needs multiples of 8; use divisible_by: 8",
+    ):
         load_config(config, ["preprocessing.spatial_size=null", "preprocessing.divisible_by=4"])
     assert load_config(config, ["preprocessing.spatial_size=null", "preprocessing.divisible_by=8"])
 
@@ -192,7 +206,9 @@ def test_encoder_depth_must_fit_the_axes_the_network_sees(name):
         load_config(config, ["model.channels=[4, 8, 16, 32]"])
     # 2D models see axial slices: only the first two axes count (the axial 40 is not a multiple of 16)
     if name.endswith("2d"):
-        assert load_config(config, ["model.channels=[4, 8, 16, 32]", "preprocessing.spatial_size=[32, 48, 40]"])
+        assert load_config(
+            config, ["model.channels=[4, 8, 16, 32]", "preprocessing.spatial_size=[32, 48, 40]"]
+        )
     else:
         with pytest.raises(ConfigError, match=r"\[32, 48, 40\] is not divisible by 16"):
             load_config(config, ["model.channels=[4, 8, 16, 32]", "preprocessing.spatial_size=[32, 48, 40]"])

@@ -55,8 +55,15 @@ def _lesion_kinds(cohort: Path) -> dict[str, str]:
     return {r["subject_id"]: r["lesion_kind"] for r in _read_csv(path)} if path.is_file() else {}
 
 
-def run_one(config: dict, datalist: Path, work: Path, gamma_l: float, seed: int, kinds: dict[str, str],
-            reuse: bool = False) -> dict:
+def run_one(
+    config: dict,
+    datalist: Path,
+    work: Path,
+    gamma_l: float,
+    seed: int,
+    kinds: dict[str, str],
+    reuse: bool = False,
+) -> dict:
     """Train one model (or, with ``reuse``, re-read a finished run) and return its test AUROCs and timings."""
     from mri_anomaly.scoring.runner import score_datalist
     from mri_anomaly.training import Trainer
@@ -72,8 +79,14 @@ def run_one(config: dict, datalist: Path, work: Path, gamma_l: float, seed: int,
         start = time.time()
         result = Trainer(cfg, datalist, work / name / "run", progress=False).fit()
         train = {"seconds": round(time.time() - start, 1), "last_loss": result.last_loss}
-        score_datalist(work / name / "run", datalist, work / name / "scores", sections=("test",), save_maps=False,
-                       progress=False)
+        score_datalist(
+            work / name / "run",
+            datalist,
+            work / name / "scores",
+            sections=("test",),
+            save_maps=False,
+            progress=False,
+        )
         record.write_text(json.dumps(train))
     volumes = _read_csv(work / name / "scores" / "scores.csv")
     slices = [r for r in _read_csv(work / name / "scores" / "slice_scores.csv") if r["counted"] == "1"]
@@ -84,18 +97,25 @@ def run_one(config: dict, datalist: Path, work: Path, gamma_l: float, seed: int,
         raise RuntimeError("an anomalous test volume has no mask: slice labels unknown")
     per_kind = {}
     for kind in sorted({k for k in kinds.values() if k}):
-        rows = [(l, r) for l, r in zip(slice_labels, slices) if kinds.get(r["subject_id"], "") in ("", kind)]
-        if any(l for l, _ in rows):
-            per_kind[kind] = _auroc([l for l, _ in rows], [float(r["deep_sad_dist"]) for _, r in rows])
+        rows = [(y, r) for y, r in zip(slice_labels, slices) if kinds.get(r["subject_id"], "") in ("", kind)]
+        if any(y for y, _ in rows):
+            per_kind[kind] = _auroc([y for y, _ in rows], [float(r["deep_sad_dist"]) for _, r in rows])
     healthy = [r for r in slices if labels[r["subject_id"]] == 0]
     return {
         "gamma_l": gamma_l,
         # Control for the slice-size shortcut: lesions sit in slices with more brain.
-        "healthy_slices_spearman_score_vs_brain_fraction": float(spearmanr(
-            [float(r["deep_sad_dist"]) for r in healthy], [float(r["brain_fraction"]) for r in healthy])[0]),
-        "slice_auroc_of_brain_fraction_alone": _auroc(slice_labels, [float(r["brain_fraction"]) for r in slices]),
+        "healthy_slices_spearman_score_vs_brain_fraction": float(
+            spearmanr(
+                [float(r["deep_sad_dist"]) for r in healthy], [float(r["brain_fraction"]) for r in healthy]
+            )[0]
+        ),
+        "slice_auroc_of_brain_fraction_alone": _auroc(
+            slice_labels, [float(r["brain_fraction"]) for r in slices]
+        ),
         "seed": seed,
-        "volume_auroc": _auroc([int(r["label"]) for r in volumes], [float(r["deep_sad_dist_mean"]) for r in volumes]),
+        "volume_auroc": _auroc(
+            [int(r["label"]) for r in volumes], [float(r["deep_sad_dist_mean"]) for r in volumes]
+        ),
         "slice_auroc": _auroc(slice_labels, [float(r["deep_sad_dist"]) for r in slices]),
         "slice_auroc_by_kind": per_kind,
         "n_volumes": len(volumes),
@@ -131,13 +151,26 @@ def write_tables(results: list[dict], meta: dict, out_dir: Path) -> None:
         rows = [r for r in results if r["gamma_l"] == g]
         s_mean, s_std = _mean_std([r["slice_auroc"] for r in rows])
         v_mean, v_std = _mean_std([r["volume_auroc"] for r in rows])
-        by_kind = {k: _mean_std([r["slice_auroc_by_kind"][k] for r in rows]) for k in rows[0]["slice_auroc_by_kind"]}
+        by_kind = {
+            k: _mean_std([r["slice_auroc_by_kind"][k] for r in rows]) for k in rows[0]["slice_auroc_by_kind"]
+        }
         rho = _mean_std([r["healthy_slices_spearman_score_vs_brain_fraction"] for r in rows])
-        summary.append({"gamma_l": g, "slice_auroc_by_kind": by_kind, "spearman_score_vs_brain_fraction": rho, "slice_auroc_mean": s_mean, "slice_auroc_std": s_std,
-                        "volume_auroc_mean": v_mean, "volume_auroc_std": v_std, "seeds": [r["seed"] for r in rows]})
+        summary.append(
+            {
+                "gamma_l": g,
+                "slice_auroc_by_kind": by_kind,
+                "spearman_score_vs_brain_fraction": rho,
+                "slice_auroc_mean": s_mean,
+                "slice_auroc_std": s_std,
+                "volume_auroc_mean": v_mean,
+                "volume_auroc_std": v_std,
+                "seeds": [r["seed"] for r in rows],
+            }
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "deep_sad_labels.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": results},
-                                                             indent=2) + "\n")
+    (out_dir / "deep_sad_labels.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=2) + "\n"
+    )
     first = results[0]
     kind_names = sorted(summary[0]["slice_auroc_by_kind"])
     lines = [
@@ -158,27 +191,44 @@ def write_tables(results: list[dict], meta: dict, out_dir: Path) -> None:
         "**Volume score = mean of the volume's brain-slice scores** (`deep_sad_dist_mean`). "
         f"AUROC (`sklearn.metrics.roc_auc_score`), mean ± std over seeds {summary[0]['seeds']}.",
         "",
-        "| method | γ_l | slice AUROC | volume AUROC |" + "".join(f" slice AUROC, {k} only |" for k in kind_names)
+        "| method | γ_l | slice AUROC | volume AUROC |"
+        + "".join(f" slice AUROC, {k} only |" for k in kind_names)
         + " ρ(score, brain fraction), healthy slices |",
         "|---|---|---|---|" + "---|" * len(kind_names) + "---|",
     ]
     for s in summary:
         method = "Deep SVDD" if s["gamma_l"] == 0 else "Deep SAD"
-        lines.append(f"| {method} | {s['gamma_l']:g} | {s['slice_auroc_mean']:.3f} ± {s['slice_auroc_std']:.3f} | "
-                     f"{s['volume_auroc_mean']:.3f} ± {s['volume_auroc_std']:.3f} |"
-                     + "".join(f" {s['slice_auroc_by_kind'][k][0]:.3f} ± {s['slice_auroc_by_kind'][k][1]:.3f} |"
-                               for k in kind_names)
-                     + f" {s['spearman_score_vs_brain_fraction'][0]:+.2f} ± {s['spearman_score_vs_brain_fraction'][1]:.2f} |")
-    lines += ["", "Per-kind columns: slices of healthy test volumes and of the volumes with that lesion kind "
-              "(MS patterns are never among the labelled synthetic lesions).",
-              "", "Control: lesion slices have more brain than the average slice, so the slice's brain fraction "
-              f"*alone* scores slice AUROC {first['slice_auroc_of_brain_fraction_alone']:.3f}; the last column is "
-              "the Spearman correlation between a model's score and the brain fraction on healthy test slices "
-              "(near ±1: the score mostly measures slice size, not lesions)."]
-    lines += ["", "Per run:", "", "| γ_l | seed | slice AUROC | volume AUROC | final loss | train s |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {method} | {s['gamma_l']:g} | {s['slice_auroc_mean']:.3f} ± {s['slice_auroc_std']:.3f} | "
+            f"{s['volume_auroc_mean']:.3f} ± {s['volume_auroc_std']:.3f} |"
+            + "".join(
+                f" {s['slice_auroc_by_kind'][k][0]:.3f} ± {s['slice_auroc_by_kind'][k][1]:.3f} |"
+                for k in kind_names
+            )
+            + f" {s['spearman_score_vs_brain_fraction'][0]:+.2f} ± {s['spearman_score_vs_brain_fraction'][1]:.2f} |"
+        )
+    lines += [
+        "",
+        "Per-kind columns: slices of healthy test volumes and of the volumes with that lesion kind "
+        "(MS patterns are never among the labelled synthetic lesions).",
+        "",
+        "Control: lesion slices have more brain than the average slice, so the slice's brain fraction "
+        f"*alone* scores slice AUROC {first['slice_auroc_of_brain_fraction_alone']:.3f}; the last column is "
+        "the Spearman correlation between a model's score and the brain fraction on healthy test slices "
+        "(near ±1: the score mostly measures slice size, not lesions).",
+    ]
+    lines += [
+        "",
+        "Per run:",
+        "",
+        "| γ_l | seed | slice AUROC | volume AUROC | final loss | train s |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['gamma_l']:g} | {r['seed']} | {r['slice_auroc']:.3f} | {r['volume_auroc']:.3f} | "
-                     f"{r['last_loss']:.4g} | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {r['gamma_l']:g} | {r['seed']} | {r['slice_auroc']:.3f} | {r['volume_auroc']:.3f} | "
+            f"{r['last_loss']:.4g} | {r['train_seconds']:.0f} |"
+        )
     if meta.get("reading"):
         lines += ["", "## Reading", "", meta["reading"]]
     lines.append("")
@@ -187,7 +237,9 @@ def write_tables(results: list[dict], meta: dict, out_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cohort", type=Path, default=None, help="demo cohort folder (made with seed 0 if absent)")
+    parser.add_argument(
+        "--cohort", type=Path, default=None, help="demo cohort folder (made with seed 0 if absent)"
+    )
     parser.add_argument("--cohort-seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "deep-sad-2d.yaml")
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.0, 0.01, 0.05, 0.2])
@@ -195,11 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-steps", type=int, default=100)
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
-    parser.add_argument("--train-lr", type=float, default=1e-3, help="the config's 1e-4 barely moves φ in a few hundred steps")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small nets)")
+    parser.add_argument(
+        "--train-lr", type=float, default=1e-3, help="the config's 1e-4 barely moves φ in a few hundred steps"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest for these small nets)"
+    )
     parser.add_argument("--out-dir", type=Path, default=REPO / "docs" / "benchmarks")
     parser.add_argument("--work", type=Path, default=None, help="where runs go (default: a temporary folder)")
-    parser.add_argument("--reuse", action="store_true", help="re-analyse finished runs in --work instead of retraining")
+    parser.add_argument(
+        "--reuse", action="store_true", help="re-analyse finished runs in --work instead of retraining"
+    )
     parser.add_argument("--reading", default=None, help="a sentence of interpretation for the markdown")
     args = parser.parse_args(argv)
 
@@ -224,12 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for gamma_l in args.gammas:
             r = run_one(config, datalist, work, gamma_l, seed, kinds, reuse=args.reuse)
-            print(f"gamma_l={gamma_l:g} seed={seed}: slice AUROC {r['slice_auroc']:.3f}, volume AUROC "
-                  f"{r['volume_auroc']:.3f} ({r['train_seconds']:.0f} s)", flush=True)
+            print(
+                f"gamma_l={gamma_l:g} seed={seed}: slice AUROC {r['slice_auroc']:.3f}, volume AUROC "
+                f"{r['volume_auroc']:.3f} ({r['train_seconds']:.0f} s)",
+                flush=True,
+            )
             results.append(r)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible)"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible)"
+    )
     meta = {
-        "command": "python benchmarks/deep_sad_labels.py " + " ".join(_without_reading(argv if argv is not None else sys.argv[1:])),
+        "command": "python benchmarks/deep_sad_labels.py "
+        + " ".join(_without_reading(argv if argv is not None else sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": device,
         "threads": args.threads,

@@ -28,19 +28,24 @@ REPO = Path(__file__).resolve().parents[1]
 GOAL_S = 20 * 60
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="/tmp/mri-anomaly-demo-bench", help="fresh demo folder (deleted first)")
-    parser.add_argument("--existing", default=None, help="tabulate a finished demo folder instead of running one")
+    parser.add_argument(
+        "--out", default="/tmp/mri-anomaly-demo-bench", help="fresh demo folder (deleted first)"
+    )
+    parser.add_argument(
+        "--existing", default=None, help="tabulate a finished demo folder instead of running one"
+    )
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks" / "demo_time.md"))
-    parser.add_argument("--note", default="", help="a paragraph added to the table (e.g. load observed by hand)")
+    parser.add_argument(
+        "--note", default="", help="a paragraph added to the table (e.g. load observed by hand)"
+    )
     args = parser.parse_args(argv)
+
+    import threading
 
     import numpy as np
     import torch
-
-    import threading
 
     load_start = os.getloadavg()
     samples: list[float] = []
@@ -67,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         how = f"`{' '.join(cmd[1:])}` from scratch, timed end to end by this script"
     stop.set()
     load_end = os.getloadavg()
-    during = f"; during the run mean {np.mean(samples):.1f}, max {np.max(samples):.1f} ({len(samples)} samples)" if samples else ""
+    during = (
+        f"; during the run mean {np.mean(samples):.1f}, max {np.max(samples):.1f} ({len(samples)} samples)"
+        if samples
+        else ""
+    )
     state = json.loads((folder / "demo_state.json").read_text())
     stages = [(k, v["seconds"]) for k, v in state.items() if isinstance(v, dict) and "seconds" in v]
     cpu = {k: v.get("cpu_seconds") for k, v in state.items() if isinstance(v, dict)}
@@ -78,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Measured: {how}.",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads.",
-        (f"1-minute load average {load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end{during} "
-         "(a load above the CPU count means other processes took part of the cores)." if not args.existing else
-         "Load: not measured by this tabulation (see the note below)."),
+        (
+            f"1-minute load average {load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end{during} "
+            "(a load above the CPU count means other processes took part of the cores)."
+            if not args.existing
+            else "Load: not measured by this tabulation (see the note below)."
+        ),
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "CPU seconds are the demo process's own user + system time (all its threads): unlike the wall clock they do not",
@@ -96,10 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     if wall is not None:
         lines += [f"| **end to end (incl. start-up)** | **{wall:.1f}** |"]
     verdict = "within" if total < GOAL_S else "OVER"
-    lines += ["", f"Total {total / 60:.1f} min wall clock: {verdict} the 20-minute goal on this (shared) 2-CPU machine.",
-              f"The demo's own CPU time was {cpu_total / 60:.1f} min; the process got {cpu_total / max(total_stages, 1e-9):.2f} "
-              "cores on average. On an otherwise idle 2-core machine the wall time lies between CPU time / 2 and CPU time "
-              f"({cpu_total / 120:.1f}-{cpu_total / 60:.1f} min) - an estimate, not a measurement.", ""]
+    lines += [
+        "",
+        f"Total {total / 60:.1f} min wall clock: {verdict} the 20-minute goal on this (shared) 2-CPU machine.",
+        f"The demo's own CPU time was {cpu_total / 60:.1f} min; the process got {cpu_total / max(total_stages, 1e-9):.2f} "
+        "cores on average. On an otherwise idle 2-core machine the wall time lies between CPU time / 2 and CPU time "
+        f"({cpu_total / 120:.1f}-{cpu_total / 60:.1f} min) - an estimate, not a measurement.",
+        "",
+    ]
     if args.note:
         lines += [args.note, ""]
     slowest = sorted(stages, key=lambda x: -x[1])[:3]

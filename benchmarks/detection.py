@@ -90,96 +90,191 @@ def summarise(metrics: dict) -> dict:
         run, column = key.split("/", 1)
         s = _match_slice(run, column, slc)
         v = _match_slice(run, column, vox)
-        columns.append({"run": run, "method": methods.get(run), "column": column,
-                        "volume_auroc": entry.get("auroc"), "volume_auroc_ci": entry.get("auroc_ci"),
-                        "volume_ap": entry.get("ap"), "volume_ap_ci": entry.get("ap_ci"),
-                        "slice_auroc": s.get("auroc"), "slice_auroc_ci": s.get("auroc_ci"),
-                        "voxel_ap": v.get("ap"), "voxel_best_dice": v.get("best_dice"),
-                        "n": entry.get("n"), "n_anomalous": entry.get("n_anomalous")})
+        columns.append(
+            {
+                "run": run,
+                "method": methods.get(run),
+                "column": column,
+                "volume_auroc": entry.get("auroc"),
+                "volume_auroc_ci": entry.get("auroc_ci"),
+                "volume_ap": entry.get("ap"),
+                "volume_ap_ci": entry.get("ap_ci"),
+                "slice_auroc": s.get("auroc"),
+                "slice_auroc_ci": s.get("auroc_ci"),
+                "voxel_ap": v.get("ap"),
+                "voxel_best_dice": v.get("best_dice"),
+                "n": entry.get("n"),
+                "n_anomalous": entry.get("n_anomalous"),
+            }
+        )
     by_key = {(c["run"], c["column"]): c for c in columns}
-    best = {run: by_key[(run, column)] for run, (column, _) in best_volume_columns(volume, several=True).items()}
+    best = {
+        run: by_key[(run, column)] for run, (column, _) in best_volume_columns(volume, several=True).items()
+    }
     rho = []
     for run, entry in metrics.get("brain_fraction", {}).items():
         for column, value in entry.get("rho", {}).items():
-            rho.append({"run": run, "column": column, "rho": value, "rho_ci": entry.get("rho_ci", {}).get(column),
-                        "n_slices": entry.get("n_slices"),
-                        "within_bound": value is not None and np.isfinite(value) and abs(value) <= RHO_BOUND})
+            rho.append(
+                {
+                    "run": run,
+                    "column": column,
+                    "rho": value,
+                    "rho_ci": entry.get("rho_ci", {}).get(column),
+                    "n_slices": entry.get("n_slices"),
+                    "within_bound": value is not None and np.isfinite(value) and abs(value) <= RHO_BOUND,
+                }
+            )
     control = next(({"key": k, **e} for k, e in slc.items() if e.get("control")), None)
     strata = {}
     for run, c in best.items():
         entry = metrics.get("strata", {}).get(f"{run}/{c['column']}", {})
-        strata[run] = {"column": c["column"], **{k: {"auroc": e.get("auroc"), "auroc_ci": e.get("auroc_ci"),
-                                                     "n_anomalous": e.get("n_anomalous")} for k, e in entry.items()}}
-    return {"columns": columns, "best": best, "strata": strata, "baselines": metrics.get("baselines", {}),
-            "brain_fraction_rho": rho, "brain_fraction_control": control}
+        strata[run] = {
+            "column": c["column"],
+            **{
+                k: {
+                    "auroc": e.get("auroc"),
+                    "auroc_ci": e.get("auroc_ci"),
+                    "n_anomalous": e.get("n_anomalous"),
+                }
+                for k, e in entry.items()
+            },
+        }
+    return {
+        "columns": columns,
+        "best": best,
+        "strata": strata,
+        "baselines": metrics.get("baselines", {}),
+        "brain_fraction_rho": rho,
+        "brain_fraction_control": control,
+    }
 
 
 def to_markdown(result: dict) -> str:
     s = result["summary"]
     meta = result["meta"]
-    lines = ["# Detection benchmark: methods beside the baselines", "",
-             f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
-             f"Date: {meta['date']}  ",
-             f"Demo: `{meta['demo']}` ({meta['n_test']} test scans: {meta['n_healthy']} healthy, "
-             f"{meta['n_anomalous']} anomalous; {meta['n_calibration']} healthy validation scans). CIs: 95 % "
-             "bootstrap (volume: stratified by label; slice: resampling scans).", "",
-             "## Every method's best column, against the baselines", "",
-             "Best column = highest volume AUROC of the run. Difference = AUROC(learned) − AUROC(baseline's best "
-             "column) on the same scans, paired bootstrap 95 % CI; a CI containing 0 does not separate them.", "",
-             "| run | best column | volume AUROC | volume AP | slice AUROC | voxel AP | vs intensity | vs normative | beats both |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Detection benchmark: methods beside the baselines",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}  ",
+        f"Load: {meta['load']}  ",
+        f"Date: {meta['date']}  ",
+        f"Demo: `{meta['demo']}` ({meta['n_test']} test scans: {meta['n_healthy']} healthy, "
+        f"{meta['n_anomalous']} anomalous; {meta['n_calibration']} healthy validation scans). CIs: 95 % "
+        "bootstrap (volume: stratified by label; slice: resampling scans).",
+        "",
+        "## Every method's best column, against the baselines",
+        "",
+        "Best column = highest volume AUROC of the run. Difference = AUROC(learned) − AUROC(baseline's best "
+        "column) on the same scans, paired bootstrap 95 % CI; a CI containing 0 does not separate them.",
+        "",
+        "| run | best column | volume AUROC | volume AP | slice AUROC | voxel AP | vs intensity | vs normative | beats both |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for run, c in s["best"].items():
         vs = s["baselines"].get(run, {}).get("vs", {})
         cells = []
         for base in ("intensity", "normative"):
             v = vs.get(base)
-            cells.append("baseline" if run == base else ("–" if v is None else
-                         f"{v['difference']:+.3f} [{_f(v['difference_ci'][0])}, {_f(v['difference_ci'][1])}]"))
-        verdict = "baseline" if c["method"] in ("intensity", "normative") else (
-            "yes" if s["baselines"].get(run, {}).get("beats_all_baselines") else "**no**")
-        lines.append(f"| {run} | `{c['column']}` | {_ci(c, 'volume_auroc')} | {_ci(c, 'volume_ap')} | "
-                     f"{_ci(c, 'slice_auroc')} | {_f(c['voxel_ap'])} | {cells[0]} | {cells[1]} | {verdict} |")
-    strata_names = sorted({k for e in s["strata"].values() for k in e if ":" in k},
-                          key=lambda k: (not k.startswith("kind"), {"size:small": 0, "size:medium": 1}.get(k, 2), k))
+            cells.append(
+                "baseline"
+                if run == base
+                else (
+                    "–"
+                    if v is None
+                    else f"{v['difference']:+.3f} [{_f(v['difference_ci'][0])}, {_f(v['difference_ci'][1])}]"
+                )
+            )
+        verdict = (
+            "baseline"
+            if c["method"] in ("intensity", "normative")
+            else ("yes" if s["baselines"].get(run, {}).get("beats_all_baselines") else "**no**")
+        )
+        lines.append(
+            f"| {run} | `{c['column']}` | {_ci(c, 'volume_auroc')} | {_ci(c, 'volume_ap')} | "
+            f"{_ci(c, 'slice_auroc')} | {_f(c['voxel_ap'])} | {cells[0]} | {cells[1]} | {verdict} |"
+        )
+    strata_names = sorted(
+        {k for e in s["strata"].values() for k in e if ":" in k},
+        key=lambda k: (not k.startswith("kind"), {"size:small": 0, "size:medium": 1}.get(k, 2), k),
+    )
     if strata_names:
-        counts = {k: next((e[k]["n_anomalous"] for e in s["strata"].values() if k in e), 0) for k in strata_names}
-        lines += ["", "## Volume AUROC per lesion kind and per lesion volume (best column of each run)", "",
-                  "Anomalous scans of one stratum against all healthy test scans; anomalous scans per stratum in brackets. "
-                  "Sizes: small < 1 cm³, medium 1–10 cm³, large > 10 cm³.", "",
-                  "| run | column | " + " | ".join(f"{k} ({counts[k]})" for k in strata_names) + " |",
-                  "|---|---|" + "---|" * len(strata_names)]
+        counts = {
+            k: next((e[k]["n_anomalous"] for e in s["strata"].values() if k in e), 0) for k in strata_names
+        }
+        lines += [
+            "",
+            "## Volume AUROC per lesion kind and per lesion volume (best column of each run)",
+            "",
+            "Anomalous scans of one stratum against all healthy test scans; anomalous scans per stratum in brackets. "
+            "Sizes: small < 1 cm³, medium 1–10 cm³, large > 10 cm³.",
+            "",
+            "| run | column | " + " | ".join(f"{k} ({counts[k]})" for k in strata_names) + " |",
+            "|---|---|" + "---|" * len(strata_names),
+        ]
         for run, e in s["strata"].items():
-            lines.append(f"| {run} | `{e['column']}` | " + " | ".join(_ci(e.get(k, {}), "auroc") for k in strata_names) + " |")
-    lines += ["", f"## Brain-fraction control (bound |ρ| ≤ {RHO_BOUND})", "",
-              "Spearman ρ of every `slice_scores.csv` column with the slice's brain fraction, on the counted slices of "
-              "healthy test scans."]
+            lines.append(
+                f"| {run} | `{e['column']}` | "
+                + " | ".join(_ci(e.get(k, {}), "auroc") for k in strata_names)
+                + " |"
+            )
+    lines += [
+        "",
+        f"## Brain-fraction control (bound |ρ| ≤ {RHO_BOUND})",
+        "",
+        "Spearman ρ of every `slice_scores.csv` column with the slice's brain fraction, on the counted slices of "
+        "healthy test scans.",
+    ]
     control = s["brain_fraction_control"]
     if control:
-        lines.append(f"The brain fraction as a slice score of its own reaches slice AUROC {_ci(control, 'auroc')}.")
-    worst = max((abs(r["rho"]) for r in s["brain_fraction_rho"] if r["rho"] is not None and np.isfinite(r["rho"])), default=None)
+        lines.append(
+            f"The brain fraction as a slice score of its own reaches slice AUROC {_ci(control, 'auroc')}."
+        )
+    worst = max(
+        (abs(r["rho"]) for r in s["brain_fraction_rho"] if r["rho"] is not None and np.isfinite(r["rho"])),
+        default=None,
+    )
     n_out = sum(not r["within_bound"] for r in s["brain_fraction_rho"])
-    lines += [f"Largest |ρ|: {_f(worst)}; columns outside the bound: {n_out} of {len(s['brain_fraction_rho'])}.", "",
-              "The CI resamples whole healthy scans (a scan's size shifts all its slices together, so the slices are not "
-              "independent samples).", "",
-              "| run | slice column | ρ [95 % CI] | healthy slices |", "|---|---|---|---|"]
+    lines += [
+        f"Largest |ρ|: {_f(worst)}; columns outside the bound: {n_out} of {len(s['brain_fraction_rho'])}.",
+        "",
+        "The CI resamples whole healthy scans (a scan's size shifts all its slices together, so the slices are not "
+        "independent samples).",
+        "",
+        "| run | slice column | ρ [95 % CI] | healthy slices |",
+        "|---|---|---|---|",
+    ]
     for r in s["brain_fraction_rho"]:
         ci = r.get("rho_ci")
         ci_text = f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
-        lines.append(f"| {r['run']} | `{r['column']}` | {_f(r['rho'])}{ci_text}{'' if r['within_bound'] else ' **(outside)**'} | {r['n_slices']} |")
-    lines += ["", "## Every column", "",
-              "| run | column | volume AUROC | volume AP | slice AUROC | voxel AP | voxel best Dice |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['run']} | `{r['column']}` | {_f(r['rho'])}{ci_text}{'' if r['within_bound'] else ' **(outside)**'} | {r['n_slices']} |"
+        )
+    lines += [
+        "",
+        "## Every column",
+        "",
+        "| run | column | volume AUROC | volume AP | slice AUROC | voxel AP | voxel best Dice |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in s["columns"]:
-        lines.append(f"| {c['run']} | `{c['column']}` | {_ci(c, 'volume_auroc')} | {_ci(c, 'volume_ap')} | "
-                     f"{_ci(c, 'slice_auroc')} | {_f(c['voxel_ap'])} | {_f(c['voxel_best_dice'])} |")
+        lines.append(
+            f"| {c['run']} | `{c['column']}` | {_ci(c, 'volume_auroc')} | {_ci(c, 'volume_ap')} | "
+            f"{_ci(c, 'slice_auroc')} | {_f(c['voxel_ap'])} | {_f(c['voxel_best_dice'])} |"
+        )
     real = result.get("real")
     if real:
-        lines += ["", "## Real cases (`../shared/data`), scored by the demo-trained models", "",
-                  "Slice AUROC inside each scan (lesion vs lesion-free counted slices of the same scan): the best slice "
-                  "column of each run per case, and the raw-intensity voxel AP next to chance (lesion fraction of the brain) "
-                  "and each run's best map. Full tables: `docs/benchmarks/real_data.md` (same numbers, same models).", "",
-                  "| case | " + " | ".join(real["runs"]) + " | chance AP | raw intensity AP | best map AP (run) |",
-                  "|---|" + "---|" * (len(real["runs"]) + 3)]
+        lines += [
+            "",
+            "## Real cases (`../shared/data`), scored by the demo-trained models",
+            "",
+            "Slice AUROC inside each scan (lesion vs lesion-free counted slices of the same scan): the best slice "
+            "column of each run per case, and the raw-intensity voxel AP next to chance (lesion fraction of the brain) "
+            "and each run's best map. Full tables: `docs/benchmarks/real_data.md` (same numbers, same models).",
+            "",
+            "| case | " + " | ".join(real["runs"]) + " | chance AP | raw intensity AP | best map AP (run) |",
+            "|---|" + "---|" * (len(real["runs"]) + 3),
+        ]
         for sid in real["cases"]:
             if sid not in real["baseline_intensity"]:
                 continue
@@ -189,28 +284,49 @@ def to_markdown(result: dict) -> str:
                 vals = [(e["auroc"], col) for col, e in entries.items() if e.get("auroc") is not None]
                 cells.append(f"{_f(max(vals)[0])}" if vals else "–")
             base = real["baseline_intensity"][sid]
-            maps = [(v["ap"], f"{run} {m}") for run in real["runs"] for m, v in real["voxel"].get(run, {}).get(sid, {}).items()]
+            maps = [
+                (v["ap"], f"{run} {m}")
+                for run in real["runs"]
+                for m, v in real["voxel"].get(run, {}).get(sid, {}).items()
+            ]
             best_map = max(maps) if maps else None
-            lines.append(f"| {sid} | " + " | ".join(cells) + f" | {_f(base['prevalence'], 4)} | {_f(base['ap'])} | "
-                         + (f"{_f(best_map[0])} ({best_map[1]})" if best_map else "–") + " |")
+            lines.append(
+                f"| {sid} | "
+                + " | ".join(cells)
+                + f" | {_f(base['prevalence'], 4)} | {_f(base['ap'])} | "
+                + (f"{_f(best_map[0])} ({best_map[1]})" if best_map else "–")
+                + " |"
+            )
     lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo", default=str(REPO / "demo-out"),
-                        help="a `mri-anomaly demo --out` folder (the demo is run there first if it is not finished)")
+    parser.add_argument(
+        "--demo",
+        default=str(REPO / "demo-out"),
+        help="a `mri-anomaly demo --out` folder (the demo is run there first if it is not finished)",
+    )
     default_data = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
-    parser.add_argument("--data", default=str(default_data), help="the real cases (../shared/data); skipped if absent")
-    parser.add_argument("--real-out", default=str(Path(tempfile.gettempdir()) / "mri-anomaly-detection-real"),
-                        help="scores and maps of the real cases go here")
-    parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks"), help="where detection.md/json go")
-    parser.add_argument("--max-voxels", type=int, default=500_000, help="brain voxels per real case for voxel metrics")
+    parser.add_argument(
+        "--data", default=str(default_data), help="the real cases (../shared/data); skipped if absent"
+    )
+    parser.add_argument(
+        "--real-out",
+        default=str(Path(tempfile.gettempdir()) / "mri-anomaly-detection-real"),
+        help="scores and maps of the real cases go here",
+    )
+    parser.add_argument(
+        "--docs", default=str(REPO / "docs" / "benchmarks"), help="where detection.md/json go"
+    )
+    parser.add_argument(
+        "--max-voxels", type=int, default=500_000, help="brain voxels per real case for voxel metrics"
+    )
     args = parser.parse_args(argv)
 
-    from mri_anomaly.pipeline import DEMO_RUNS
     from mri_anomaly.evaluation.evaluate import evaluate
+    from mri_anomaly.pipeline import DEMO_RUNS
 
     demo = Path(args.demo)
     load_start = os.getloadavg()[0]
@@ -219,8 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     metrics_path = demo / "report" / "metrics.json"
     if not metrics_path.is_file():
         names = [r.name for r in DEMO_RUNS]
-        evaluate([demo / "scores" / n for n in names], demo / "data" / "datalist.json", demo / "report",
-                 names=names, report=True)
+        evaluate(
+            [demo / "scores" / n for n in names],
+            demo / "data" / "datalist.json",
+            demo / "report",
+            names=names,
+            report=True,
+        )
     metrics = json.loads(metrics_path.read_text())
     summary = summarise(metrics)
     real = None
@@ -234,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/detection.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
         "meta": {
-            "command": command.strip(), "demo": str(demo), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": command.strip(),
+            "demo": str(demo),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
             "load": f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
-            "seconds": round(time.time() - t0, 1), "demo_seconds": round(demo_seconds, 1),
-            "n_test": any_run.get("n_labelled"), "n_anomalous": any_run.get("n_anomalous"),
+            "seconds": round(time.time() - t0, 1),
+            "demo_seconds": round(demo_seconds, 1),
+            "n_test": any_run.get("n_labelled"),
+            "n_anomalous": any_run.get("n_anomalous"),
             "n_healthy": (any_run.get("n_labelled") or 0) - (any_run.get("n_anomalous") or 0),
             "n_calibration": any_run.get("n_calibration"),
             "cases": [c["subject_id"] for c in real_cases(data)] if data.is_dir() else [],
@@ -253,7 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     if real is not None:  # the per-case tables of the same models, in the real-data benchmark's layout
         real["machine"] = result["meta"]["machine"] + f", load average at end {os.getloadavg()[0]:.1f}"
         (docs / "real_data.json").write_text(json.dumps(real, indent=2))
-        (docs / "real_data.md").write_text(real_data_markdown(real, real_cases(data), argparse.Namespace(demo=str(demo), command=command.strip())))
+        (docs / "real_data.md").write_text(
+            real_data_markdown(
+                real, real_cases(data), argparse.Namespace(demo=str(demo), command=command.strip())
+            )
+        )
     print(to_markdown(result))
     print(f"wrote {docs / 'detection.md'} and {docs / 'detection.json'}", file=sys.stderr)
     return 0

@@ -48,11 +48,16 @@ from _common import (  # noqa: E402
     pin_precision,
     save_results,
 )
-
 from mri_anomaly import ops  # noqa: E402
 from mri_anomaly.flows import ActNormInvConv  # noqa: E402
 
-FULL_SHAPES = [(1, 8, 64, 64, 64), (4, 32, 64, 64, 64), (2, 64, 32, 32, 32), (8, 256, 16, 16, 16), (2, 32, 80, 96, 80)]
+FULL_SHAPES = [
+    (1, 8, 64, 64, 64),
+    (4, 32, 64, 64, 64),
+    (2, 64, 32, 32, 32),
+    (8, 256, 16, 16, 16),
+    (2, 32, 80, 96, 80),
+]
 QUICK_SHAPES = [(1, 8, 32, 32, 32), (2, 16, 32, 32, 32), (2, 32, 16, 32, 32), (4, 64, 16, 16, 16)]
 SWEEP_CHANNELS = [4, 8, 16, 32, 64, 128, 256]
 
@@ -261,11 +266,17 @@ def target_lines(rows: list[dict[str, object]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 repetitions")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per entry (default 5; quick 3)")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed repetitions per entry (default 5; quick 3)"
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)"
+    )
     parser.add_argument("--no-sweep", action="store_true", help="skip the channel sweep")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--note", default="", help="a line added to the report (e.g. machine load)")
@@ -325,7 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     md += ["", "## Targets (C <= 32)", "", *target_lines(rows + sweep_rows), "", "## Shapes", ""]
     md.append(markdown_table(header, summarize(rows)))
     if sweep_rows:
-        md += ["", f"## Channel sweep (N * C * V = {sweep_total})", "", markdown_table(header, summarize(sweep_rows))]
+        md += [
+            "",
+            f"## Channel sweep (N * C * V = {sweep_total})",
+            "",
+            markdown_table(header, summarize(sweep_rows)),
+        ]
     md += [
         "",
         "## Ours against the copy roofline (minimal bytes: fwd 2, fwd+bwd 5 tensor passes)",

@@ -81,7 +81,9 @@ def build(variant: str, size: int, width: int, depth: int, levels: int, batch: i
     from mri_anomaly.flows import Glow, dequantize
 
     torch.manual_seed(0)
-    glow = Glow(3, 1, levels=levels, steps=depth, hidden_channels=width, memory_efficient=(variant == "ours-memeff"))
+    glow = Glow(
+        3, 1, levels=levels, steps=depth, hidden_channels=width, memory_efficient=(variant == "ours-memeff")
+    )
     x = dequantize(torch.rand(batch, 1, size, size, size), training=True)
     glow.initialize(x)
     if variant == "plain-autograd":
@@ -101,8 +103,13 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _training_step(glow: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, device: torch.device,
-                   set_to_none: bool = True) -> float:
+def _training_step(
+    glow: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    device: torch.device,
+    set_to_none: bool = True,
+) -> float:
     _sync(device)
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=set_to_none)
@@ -126,7 +133,9 @@ def _peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def run_memory(variant: str, size: int, width: int, depth: int, levels: int, batch: int, device_name: str) -> dict:
+def run_memory(
+    variant: str, size: int, width: int, depth: int, levels: int, batch: int, device_name: str
+) -> dict:
     """Child process: the extra memory one training step needs on top of the persistent state, and the
     activations autograd saves.
 
@@ -159,8 +168,16 @@ def run_memory(variant: str, size: int, width: int, depth: int, levels: int, bat
     return {"peak_mib": peak, "state_mib": state, "saved_mib": saved, "log_prob_before": log_prob}
 
 
-def run_timing(variants: list[str], size: int, width: int, depth: int, levels: int, batch: int, repeats: int,
-               device_name: str) -> dict:
+def run_timing(
+    variants: list[str],
+    size: int,
+    width: int,
+    depth: int,
+    levels: int,
+    batch: int,
+    repeats: int,
+    device_name: str,
+) -> dict:
     """Child process: step times of all variants, interleaved (A, B, C, A, B, C, ...) so that load from other
     jobs on a shared machine falls on every variant alike. One warm-up step each first."""
     device = torch.device(device_name)
@@ -175,10 +192,29 @@ def run_timing(variants: list[str], size: int, width: int, depth: int, levels: i
     return {v: times[v] for v in variants}
 
 
-def _child(args: argparse.Namespace, mode: str, variants: list[str], size: int, width: int, depth: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, ",".join(variants), str(size), str(width), str(depth),
-           "--levels", str(args.levels), "--batch", str(args.batch), "--repeats", str(args.repeats),
-           "--device", args.device, "--threads", str(args.threads)]
+def _child(
+    args: argparse.Namespace, mode: str, variants: list[str], size: int, width: int, depth: int
+) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        ",".join(variants),
+        str(size),
+        str(width),
+        str(depth),
+        "--levels",
+        str(args.levels),
+        "--batch",
+        str(args.batch),
+        "--repeats",
+        str(args.repeats),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     # CPU: glibc serves blocks >= 64 KiB by mmap and returns them at free (no dynamic threshold, no heap
     # retention), so the RSS follows live tensor memory instead of allocator slack.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
@@ -194,8 +230,14 @@ def measure(args: argparse.Namespace, size: int, width: int, depth: int) -> list
     """Memory of each variant in its own fresh process, then the interleaved timing in one more."""
     results = []
     for variant in args.variants:
-        row = {"variant": variant, "size": size, "width": width, "depth": depth, "levels": args.levels,
-               "batch": args.batch}
+        row = {
+            "variant": variant,
+            "size": size,
+            "width": width,
+            "depth": depth,
+            "levels": args.levels,
+            "batch": args.batch,
+        }
         row.update(_child(args, "memory", [variant], size, width, depth))
         results.append(row)
     ok = [r["variant"] for r in results if "error" not in r]
@@ -265,33 +307,48 @@ def markdown(results: list[dict], meta: dict) -> str:
         p_me, p_ours, p_plain = (get(v, cfg, "peak_mib") for v in VARIANTS)
         s_me, _, s_plain = (get(v, cfg, "saved_mib") for v in VARIANTS)
         state = get("ours-autograd", cfg, "state_mib")
-        errors = [f"{v}: {keyed[(v, *cfg)]['error']}" for v in VARIANTS if "error" in keyed.get((v, *cfg), {})]
+        errors = [
+            f"{v}: {keyed[(v, *cfg)]['error']}" for v in VARIANTS if "error" in keyed.get((v, *cfg), {})
+        ]
         lines.append(
             f"| {cfg[0]}³ | {cfg[1]} | {cfg[2]} | {fmt(t_me, '.3f')} | {fmt(t_ours, '.3f')} | {fmt(t_plain, '.3f')} | "
             f"{_ratio(t_me, t_plain)} | {_ratio(t_plain, t_ours)} | {fmt(p_me, '.1f')} | {fmt(p_ours, '.1f')} | "
             f"{fmt(p_plain, '.1f')} | {_ratio(p_plain, p_me)} | {fmt(s_me, '.2f')} | {fmt(s_plain, '.1f')} | "
-            f"{fmt(None if state is None else state * 4 / 3, '.0f')} |" + (f" {'; '.join(errors)}" if errors else "")
+            f"{fmt(None if state is None else state * 4 / 3, '.0f')} |"
+            + (f" {'; '.join(errors)}" if errors else "")
         )
     lines += ["", "Summary per edge and width (computed from the rows above):", ""]
     for edge, width in sorted({(c[0], c[1]) for c in configs}):
         rows = [c for c in configs if c[:2] == (edge, width)]
         me_peaks = [get("ours-memeff", c, "peak_mib") for c in rows]
-        time_ratios = [get("ours-memeff", c, "step_s") / get("plain-autograd", c, "step_s") for c in rows
-                       if get("ours-memeff", c, "step_s") and get("plain-autograd", c, "step_s")]
-        ours_ratios = [get("plain-autograd", c, "step_s") / get("ours-autograd", c, "step_s") for c in rows
-                       if get("plain-autograd", c, "step_s") and get("ours-autograd", c, "step_s")]
+        time_ratios = [
+            get("ours-memeff", c, "step_s") / get("plain-autograd", c, "step_s")
+            for c in rows
+            if get("ours-memeff", c, "step_s") and get("plain-autograd", c, "step_s")
+        ]
+        ours_ratios = [
+            get("plain-autograd", c, "step_s") / get("ours-autograd", c, "step_s")
+            for c in rows
+            if get("plain-autograd", c, "step_s") and get("ours-autograd", c, "step_s")
+        ]
         k16 = [c for c in rows if c[2] == 16]
         parts = []
         if all(v is not None for v in me_peaks) and me_peaks:
-            parts.append(f"memeff step peak {min(me_peaks):.1f}-{max(me_peaks):.1f} MiB over K = "
-                         f"{', '.join(str(c[2]) for c in rows)}")
+            parts.append(
+                f"memeff step peak {min(me_peaks):.1f}-{max(me_peaks):.1f} MiB over K = "
+                f"{', '.join(str(c[2]) for c in rows)}"
+            )
         if k16 and get("ours-memeff", k16[0], "peak_mib") and get("plain-autograd", k16[0], "peak_mib"):
-            parts.append(f"plain/memeff peak at K = 16: "
-                         f"{get('plain-autograd', k16[0], 'peak_mib') / get('ours-memeff', k16[0], 'peak_mib'):.2f}x")
+            parts.append(
+                f"plain/memeff peak at K = 16: "
+                f"{get('plain-autograd', k16[0], 'peak_mib') / get('ours-memeff', k16[0], 'peak_mib'):.2f}x"
+            )
         if time_ratios:
             parts.append(f"memeff/plain time {min(time_ratios):.2f}-{max(time_ratios):.2f}x")
         if ours_ratios:
-            parts.append(f"plain/ours time (ordinary backprop) {min(ours_ratios):.2f}-{max(ours_ratios):.2f}x")
+            parts.append(
+                f"plain/ours time (ordinary backprop) {min(ours_ratios):.2f}-{max(ours_ratios):.2f}x"
+            )
         lines.append(f"* {edge}³, width {width}: " + "; ".join(parts) + ".")
     if meta.get("max_edge"):
         lines += ["", "Largest trainable edge (cube side, one step completes), width 512, K = 16:", ""]
@@ -316,11 +373,18 @@ def _load_average() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--configs", nargs="+", default=None, metavar="EDGExWIDTH",
-                        help="cube edge and coupling width pairs (default CPU: 16x64 16x512 32x64; "
-                             "CUDA: 64x64 64x512 128x64 128x512); overrides --sizes/--widths")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        metavar="EDGExWIDTH",
+        help="cube edge and coupling width pairs (default CPU: 16x64 16x512 32x64; "
+        "CUDA: 64x64 64x512 128x64 128x512); overrides --sizes/--widths",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="cube edges (with --widths)")
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--depths", type=int, nargs="+", default=[4, 8, 16, 32])
@@ -329,15 +393,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=int, default=900)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads in each run (0: torch's default). On a CPU shared with other "
-                             "jobs use 1: spinning OpenMP workers that lose their core stall every op")
-    parser.add_argument("--find-max-edge", action="store_true",
-                        help="also find the largest cube edge (multiple of 16) one step fits in, at width 512 and K=16")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks")
-    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
-                        help="only rewrite the .md next to a saved .json (no measurement)")
-    parser.add_argument("--child", nargs=5, metavar=("MODE", "VARIANTS", "SIZE", "WIDTH", "DEPTH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads in each run (0: torch's default). On a CPU shared with other "
+        "jobs use 1: spinning OpenMP workers that lose their core stall every op",
+    )
+    parser.add_argument(
+        "--find-max-edge",
+        action="store_true",
+        help="also find the largest cube edge (multiple of 16) one step fits in, at width 512 and K=16",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only rewrite the .md next to a saved .json (no measurement)",
+    )
+    parser.add_argument(
+        "--child", nargs=5, metavar=("MODE", "VARIANTS", "SIZE", "WIDTH", "DEPTH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
 
     if args.threads > 0:
@@ -345,10 +425,20 @@ def main() -> None:
     if args.child:
         mode, variants, size, width, depth = args.child
         if mode == "memory":
-            result = run_memory(variants, int(size), int(width), int(depth), args.levels, args.batch, args.device)
+            result = run_memory(
+                variants, int(size), int(width), int(depth), args.levels, args.batch, args.device
+            )
         else:
-            result = run_timing(variants.split(","), int(size), int(width), int(depth), args.levels, args.batch,
-                                args.repeats, args.device)
+            result = run_timing(
+                variants.split(","),
+                int(size),
+                int(width),
+                int(depth),
+                args.levels,
+                args.batch,
+                args.repeats,
+                args.device,
+            )
         print(json.dumps(result))
         return
 
@@ -362,22 +452,34 @@ def main() -> None:
     if args.sizes:
         configs = [(size, width) for size in args.sizes for width in args.widths]
     else:
-        default = ["16x64", "16x512", "32x64"] if args.device == "cpu" else ["64x64", "64x512", "128x64", "128x512"]
+        default = (
+            ["16x64", "16x512", "32x64"] if args.device == "cpu" else ["64x64", "64x512", "128x64", "128x512"]
+        )
         try:
             configs = [tuple(int(v) for v in c.lower().split("x")) for c in (args.configs or default)]
         except ValueError:
-            raise SystemExit(f"--configs: expected EDGExWIDTH pairs such as 16x64, got {args.configs}") from None
+            raise SystemExit(
+                f"--configs: expected EDGExWIDTH pairs such as 16x64, got {args.configs}"
+            ) from None
     from mri_anomaly.ops import backend_name
 
     meta = {
         "device": args.device if args.device == "cpu" else f"cuda ({torch.cuda.get_device_name(0)})",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "torch": torch.__version__, "backend": backend_name(), "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "levels": args.levels, "batch": args.batch,
-        "repeats": args.repeats, "load_before": _load_average(),
-        "peak_meaning": ("RSS high-water mark (VmHWM, reset before the step) minus the RSS before it"
-                         if args.device == "cpu" else "max_memory_allocated minus memory_allocated before the step"),
+        "torch": torch.__version__,
+        "backend": backend_name(),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "levels": args.levels,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "load_before": _load_average(),
+        "peak_meaning": (
+            "RSS high-water mark (VmHWM, reset before the step) minus the RSS before it"
+            if args.device == "cpu"
+            else "max_memory_allocated minus memory_allocated before the step"
+        ),
     }
     if args.device == "cpu":
         meta["device"] = f"cpu ({os.cpu_count()} cores, {cpu_model()})"
@@ -404,7 +506,6 @@ def main() -> None:
     text = markdown(results, meta)
     (args.out / f"glow_step-{tag}.md").write_text(text)
     print(text)
-
 
 
 if __name__ == "__main__":

@@ -81,10 +81,9 @@ def slice_auroc_within(slices: pd.DataFrame, column: str) -> tuple[float | None,
 
 
 def voxel_scores(case: dict, map_path: str, max_voxels: int) -> dict:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     from mri_anomaly.evaluation.metrics import finite_ranked
     from mri_anomaly.evaluation.voxel import VoxelCase, load_case_voxels
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     s, y = load_case_voxels(VoxelCase(case["subject_id"], case["image"], map_path, case.get("mask"),
                                       case.get("brain_mask"), case["label"]), max_voxels=max_voxels, seed=0)  # fmt: skip
@@ -111,7 +110,9 @@ def score_real_cases(demo: Path, data: Path, out: Path, runs: list[str], max_vox
     for run in runs:
         t = time.time()
         score_dir = out / "scores" / run
-        shutil.rmtree(score_dir, ignore_errors=True)  # score anew: a resumed folder would keep another model's rows
+        shutil.rmtree(
+            score_dir, ignore_errors=True
+        )  # score anew: a resumed folder would keep another model's rows
         score_datalist(demo / "runs" / run, datalist, score_dir, sections=("test",), progress=False)
         meta = json.loads((score_dir / "score_meta.json").read_text())
         vol = pd.read_csv(score_dir / "scores.csv", dtype={"subject_id": str})
@@ -133,11 +134,17 @@ def score_real_cases(demo: Path, data: Path, out: Path, runs: list[str], max_vox
             part = sl[sl["subject_id"] == sid]
             for col in meta["slice_score_columns"]:
                 a, n_pos, n_neg = slice_auroc_within(part, col)
-                result["slice"].setdefault(run, {}).setdefault(sid, {})[col] = {"auroc": a, "lesion_slices": n_pos, "lesion_free_slices": n_neg}
+                result["slice"].setdefault(run, {}).setdefault(sid, {})[col] = {
+                    "auroc": a,
+                    "lesion_slices": n_pos,
+                    "lesion_free_slices": n_neg,
+                }
             for m in meta["map_names"]:
                 rel = row.get(f"map:{m}")
                 if isinstance(rel, str) and rel:
-                    result["voxel"].setdefault(run, {}).setdefault(sid, {})[m] = voxel_scores(case, str(score_dir / rel), max_voxels)
+                    result["voxel"].setdefault(run, {}).setdefault(sid, {})[m] = voxel_scores(
+                        case, str(score_dir / rel), max_voxels
+                    )
         result["seconds"][run] = round(time.time() - t, 1)
         print(f"[real-data] {run}: {result['seconds'][run]} s", file=sys.stderr, flush=True)
     result["total_seconds"] = round(time.time() - t0, 1)
@@ -146,13 +153,22 @@ def score_real_cases(demo: Path, data: Path, out: Path, runs: list[str], max_vox
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo", default=str(REPO / "demo-out"), help="a finished `mri-anomaly demo --out` folder")
+    parser.add_argument(
+        "--demo", default=str(REPO / "demo-out"), help="a finished `mri-anomaly demo --out` folder"
+    )
     default_data = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
     parser.add_argument("--data", default=str(default_data), help="the real cases (../shared/data)")
-    parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "mri-anomaly-real-data"),
-                        help="scores and maps go here (default: a folder in the temp dir, outside the checkout)")
-    parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks"), help="where real_data.md/json go")
-    parser.add_argument("--max-voxels", type=int, default=500_000, help="brain voxels per case for voxel metrics")
+    parser.add_argument(
+        "--out",
+        default=str(Path(tempfile.gettempdir()) / "mri-anomaly-real-data"),
+        help="scores and maps go here (default: a folder in the temp dir, outside the checkout)",
+    )
+    parser.add_argument(
+        "--docs", default=str(REPO / "docs" / "benchmarks"), help="where real_data.md/json go"
+    )
+    parser.add_argument(
+        "--max-voxels", type=int, default=500_000, help="brain voxels per case for voxel metrics"
+    )
     args = parser.parse_args(argv)
 
     from mri_anomaly.pipeline import DEMO_RUNS
@@ -163,15 +179,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = [r.name for r in DEMO_RUNS if (demo / "runs" / r.name / "checkpoint.pt").is_file()]
     if not runs:
-        print(f"no trained demo runs under {demo / 'runs'}; run `mri-anomaly demo --out {demo}` first", file=sys.stderr)
+        print(
+            f"no trained demo runs under {demo / 'runs'}; run `mri-anomaly demo --out {demo}` first",
+            file=sys.stderr,
+        )
         return 2
     result = score_real_cases(demo, data, out, runs, args.max_voxels)
-    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at end {os.getloadavg()[0]:.1f}"
+    result["machine"] = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at end {os.getloadavg()[0]:.1f}"
+    )
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "real_data.json").write_text(json.dumps(result, indent=2))
     (docs / "real_data.md").write_text(to_markdown(result, real_cases(data), args))
-    print(f"wrote {docs / 'real_data.md'} and {docs / 'real_data.json'} in {result['total_seconds']} s", file=sys.stderr)
+    print(
+        f"wrote {docs / 'real_data.md'} and {docs / 'real_data.json'} in {result['total_seconds']} s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -186,19 +210,27 @@ def to_markdown(result: dict, cases: list[dict], args) -> str:
              f"{result['total_seconds']} s). Models: the runs of `mri-anomaly demo` (synthetic FLAIR-like cohort from the "
              "MNI152 template at 4 mm). Narrative and caveats: `docs/real-data.md`.", "",
              "## Slice-level AUROC inside each scan (lesion slices vs lesion-free slices of the same scan)", ""]  # fmt: skip
-    cols = [(run, col) for run in result["runs"] for col in next(iter(result["slice"].get(run, {}).values()), {})]
+    cols = [
+        (run, col) for run in result["runs"] for col in next(iter(result["slice"].get(run, {}).values()), {})
+    ]
     lines.append("| case | lesion / lesion-free slices | " + " | ".join(f"{r} `{c}`" for r, c in cols) + " |")
     lines.append("|---|---|" + "---|" * len(cols))
     for c in lesion_cases:
         sid = c["subject_id"]
-        first = next((result["slice"][r][sid][col] for r, col in cols if sid in result["slice"].get(r, {})), None)
+        first = next(
+            (result["slice"][r][sid][col] for r, col in cols if sid in result["slice"].get(r, {})), None
+        )
         counts = f"{first['lesion_slices']} / {first['lesion_free_slices']}" if first else "–"
         vals = [_f(result["slice"].get(r, {}).get(sid, {}).get(col, {}).get("auroc")) for r, col in cols]
         lines.append(f"| {sid} | {counts} | " + " | ".join(vals) + " |")
     lines += ["", "## Voxel-level AP (AUROC) of the maps inside the brain", "",
               "Chance AP = the lesion fraction of the brain voxels. Baseline: the raw image intensity as the map.", ""]  # fmt: skip
-    mcols = [(run, m) for run in result["runs"] for m in next(iter(result["voxel"].get(run, {}).values()), {})]
-    lines.append("| case | chance AP | intensity baseline | " + " | ".join(f"{r} `{m}`" for r, m in mcols) + " |")
+    mcols = [
+        (run, m) for run in result["runs"] for m in next(iter(result["voxel"].get(run, {}).values()), {})
+    ]
+    lines.append(
+        "| case | chance AP | intensity baseline | " + " | ".join(f"{r} `{m}`" for r, m in mcols) + " |"
+    )
     lines.append("|---|---|---|" + "---|" * len(mcols))
     for c in lesion_cases:
         sid = c["subject_id"]
@@ -207,7 +239,11 @@ def to_markdown(result: dict, cases: list[dict], args) -> str:
         for r, m in mcols:
             v = result["voxel"].get(r, {}).get(sid, {}).get(m)
             vals.append(f"{_f(v['ap'])} ({_f(v['auroc'], 2)})" if v else "–")
-        lines.append(f"| {sid} | {_f(base.get('prevalence'), 4)} | {_f(base.get('ap'))} ({_f(base.get('auroc'), 2)}) | " + " | ".join(vals) + " |")
+        lines.append(
+            f"| {sid} | {_f(base.get('prevalence'), 4)} | {_f(base.get('ap'))} ({_f(base.get('auroc'), 2)}) | "
+            + " | ".join(vals)
+            + " |"
+        )
     lines += ["", "## Volume flags at the demo thresholds (95 % specificity on synthetic healthy validation scans)", "",
               "Flagged score columns out of each run's columns; the IXI scans are healthy (label 0).", ""]  # fmt: skip
     lines.append("| case | label | " + " | ".join(result["runs"]) + " |")

@@ -24,11 +24,17 @@ sys.path.insert(0, str(REPO / "python"))  # this checkout's package
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--demo", default="demo-out", help="demo folder (its report/report.html); default demo-out")
+    where.add_argument(
+        "--demo", default="demo-out", help="demo folder (its report/report.html); default demo-out"
+    )
     where.add_argument("--report", default=None, help="a report.html to open instead")
-    parser.add_argument("--out", default=str(REPO / "docs" / "images" / "report_screenshot.png"), help="PNG to write")
+    parser.add_argument(
+        "--out", default=str(REPO / "docs" / "images" / "report_screenshot.png"), help="PNG to write"
+    )
     parser.add_argument("--width", type=int, default=1280, help="viewport width in CSS pixels (default 1280)")
-    parser.add_argument("--height", type=int, default=2000, help="screenshot height in CSS pixels (default 2000)")
+    parser.add_argument(
+        "--height", type=int, default=2000, help="screenshot height in CSS pixels (default 2000)"
+    )
     args = parser.parse_args(argv)
 
     from mri_anomaly.evaluation.browser import open_in_chromium
@@ -41,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_name(f".{out.name}.tmp.png")
     check = open_in_chromium(report, screenshot=tmp, width=args.width, height=args.height)
     loaded = len(check.images) - len(check.broken_images)
-    print(f"{report}: {check.title!r}, {loaded}/{len(check.images)} figures loaded, "
-          f"{len(check.console_errors)} console error(s)")
+    print(
+        f"{report}: {check.title!r}, {loaded}/{len(check.images)} figures loaded, "
+        f"{len(check.console_errors)} console error(s)"
+    )
     if not check.ok:
         tmp.unlink(missing_ok=True)
         for line in check.console_errors:

@@ -7,7 +7,6 @@ import io
 
 import pytest
 import torch
-
 from mri_anomaly.flows import ActNormInvConv
 
 
@@ -34,19 +33,27 @@ def test_logabsdet_and_inverse_after_training_like_updates():
     w = layer.weight()
     torch.testing.assert_close(layer.weight_logabsdet(), torch.linalg.slogdet(w)[1])
     torch.testing.assert_close(layer.weight_inverse() @ w, torch.eye(5, dtype=torch.float64))
-    assert torch.all(torch.sign(torch.linalg.slogdet(w)[0]) == torch.prod(layer.sign) * torch.det(layer.permutation))
+    assert torch.all(
+        torch.sign(torch.linalg.slogdet(w)[0]) == torch.prod(layer.sign) * torch.det(layer.permutation)
+    )
 
 
 @pytest.mark.parametrize("spatial", [(7,), (5, 6), (3, 4, 5)])
 def test_initialize_gives_zero_mean_unit_std(spatial):
     layer = ActNormInvConv(4)
-    x = 3.0 + 2.5 * torch.randn(3, 4, *spatial) * torch.tensor([1.0, 0.1, 5.0, 1.0]).view(1, 4, *[1] * len(spatial))
+    x = 3.0 + 2.5 * torch.randn(3, 4, *spatial) * torch.tensor([1.0, 0.1, 5.0, 1.0]).view(
+        1, 4, *[1] * len(spatial)
+    )
     assert layer.initialize(x) is True
     assert bool(layer.initialized)
-    h = torch.exp(layer.log_scale).view(1, 4, *[1] * len(spatial)) * (x + layer.bias.view(1, 4, *[1] * len(spatial)))
+    h = torch.exp(layer.log_scale).view(1, 4, *[1] * len(spatial)) * (
+        x + layer.bias.view(1, 4, *[1] * len(spatial))
+    )
     flat = h.transpose(0, 1).reshape(4, -1).double()
     torch.testing.assert_close(flat.mean(1), torch.zeros(4, dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(flat.std(1, unbiased=False), torch.ones(4, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        flat.std(1, unbiased=False), torch.ones(4, dtype=torch.float64), atol=1e-4, rtol=0
+    )
 
 
 def test_constant_channel_gets_floored_scale():

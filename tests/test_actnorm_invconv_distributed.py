@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from mri_anomaly.flows import ActNormInvConv
 
 
@@ -28,8 +27,10 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         layer = ActNormInvConv(3)
         half = _batch().chunk(world)[rank]
         assert layer.initialize(half)
-        torch.save({"log_scale": layer.log_scale.detach(), "bias": layer.bias.detach()},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"log_scale": layer.log_scale.detach(), "bias": layer.bias.detach()},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

@@ -62,7 +62,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)) is not None:
                 return found
         path.pop()
@@ -82,13 +82,18 @@ def test_find_cycle_finds_a_planted_cycle():
 
 def test_the_package_import_graph_has_no_cycle():
     graph = import_graph()
-    assert "mri_anomaly.runs" in graph["mri_anomaly.scoring.runner"]  # the graph sees function-level imports too
+    assert (
+        "mri_anomaly.runs" in graph["mri_anomaly.scoring.runner"]
+    )  # the graph sees function-level imports too
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
 def test_scoring_does_not_depend_on_the_trainer():
     graph = import_graph()
-    reachable, todo = set(), ["mri_anomaly.scoring.runner", "mri_anomaly.runs", "mri_anomaly.export", "mri_anomaly.bundle"]
+    reachable, todo = (
+        set(),
+        ["mri_anomaly.scoring.runner", "mri_anomaly.runs", "mri_anomaly.export", "mri_anomaly.bundle"],
+    )
     while todo:
         node = todo.pop()
         if node not in reachable:

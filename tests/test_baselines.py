@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from mri_anomaly.data import TINY_PREPROCESSING
 from mri_anomaly.training import Trainer, validate_config
 from mri_anomaly.training.methods import available_methods, get_method_class
@@ -35,14 +34,17 @@ def test_intensity_map_and_quantiles_over_brain_by_hand():
     big = np.zeros((12, 12, 12))
     big[1:5, 1:5, 1:5] = x[1:5, 1:5, 1:5]
     assert method.score({"image": _volume(big)}).scores["intensity_q99"].item() == pytest.approx(
-        np.quantile(brain, 0.99), rel=1e-6)
+        np.quantile(brain, 0.99), rel=1e-6
+    )
 
 
 def test_normative_statistics_and_z_map_by_hand():
     method = get_method_class("normative")(spatial_dims=3, min_std=0.05)
     healthy = np.array([[1.0, 2.0], [1.2, 2.0], [0.7, 2.0], [1.1, 2.0]])  # 4 volumes of 2 x 1 x 1 voxels
-    batches = [{"image": torch.as_tensor(healthy[i : i + 2], dtype=torch.float32).reshape(2, 1, 2, 1, 1)}
-               for i in (0, 2)]
+    batches = [
+        {"image": torch.as_tensor(healthy[i : i + 2], dtype=torch.float32).reshape(2, 1, 2, 1, 1)}
+        for i in (0, 2)
+    ]
     method.begin_phase("fit", batches)
     # voxel 0: values 0.7, 1.0, 1.1, 1.2 -> median 1.05; |dev| 0.35, 0.05, 0.05, 0.15 -> MAD 0.1 -> spread 0.14826
     # voxel 1: all 2.0 -> MAD 0 -> spread floored at min_std
@@ -72,17 +74,24 @@ def test_normative_refuses_slices_other_grids_and_being_unfitted():
     with pytest.raises(RuntimeError, match="not fitted"):
         method.score({"image": torch.ones(1, 1, 2, 2, 2)})
     with pytest.raises(ValueError, match="one fixed grid"):
-        method.begin_phase("fit", [{"image": torch.ones(1, 1, 2, 2, 2)}, {"image": torch.ones(1, 1, 3, 2, 2)}])
+        method.begin_phase(
+            "fit", [{"image": torch.ones(1, 1, 2, 2, 2)}, {"image": torch.ones(1, 1, 3, 2, 2)}]
+        )
     method.begin_phase("fit", [{"image": torch.ones(2, 1, 2, 2, 2)}])
     with pytest.raises(ValueError, match="differs from the normative model"):
         method.score({"image": torch.ones(1, 1, 3, 2, 2)})
 
 
 def _baseline_config(method: str, steps: int = 0) -> dict:
-    return validate_config({
-        "method": method, "spatial_dims": 3, "seed": 0, "preprocessing": dict(TINY_PREPROCESSING),
-        "train": {"batch_size": 1, "init_batches": 1000, "phases": {"fit": {"steps": steps}}},
-    })
+    return validate_config(
+        {
+            "method": method,
+            "spatial_dims": 3,
+            "seed": 0,
+            "preprocessing": dict(TINY_PREPROCESSING),
+            "train": {"batch_size": 1, "init_batches": 1000, "phases": {"fit": {"steps": steps}}},
+        }
+    )
 
 
 def test_normative_trains_on_every_training_volume_and_calibrates(demo_cohort, tmp_path):

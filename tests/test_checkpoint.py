@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from mri_anomaly.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,

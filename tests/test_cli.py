@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mri_anomaly import __version__
 from mri_anomaly.cli import build_parser, main
 
@@ -89,11 +88,13 @@ def test_info_prints_how_the_extension_was_built(capsys):
 
 
 def test_info_says_when_the_extension_is_absent():
-    code = ("import sys, warnings\n"
-            "sys.modules['mri_anomaly._C'] = None  # makes `from mri_anomaly import _C` raise ImportError\n"
-            "warnings.simplefilter('ignore')\n"
-            "from mri_anomaly.cli import main\n"
-            "raise SystemExit(main(['info']))\n")
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['mri_anomaly._C'] = None  # makes `from mri_anomaly import _C` raise ImportError\n"
+        "warnings.simplefilter('ignore')\n"
+        "from mri_anomaly.cli import main\n"
+        "raise SystemExit(main(['info']))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     values = _info_values(out.stdout)
@@ -108,8 +109,19 @@ def test_bad_config_is_one_clear_message_without_traceback(tmp_path, demo_cohort
     config["model"]["levels"] = "three"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    status = main(["train", "--config", str(path), "--datalist", str(demo_cohort), "--out", str(tmp_path / "run"),
-                   "--set", "score.specificity=2"])
+    status = main(
+        [
+            "train",
+            "--config",
+            str(path),
+            "--datalist",
+            str(demo_cohort),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "score.specificity=2",
+        ]
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -121,10 +133,32 @@ def test_bad_config_is_one_clear_message_without_traceback(tmp_path, demo_cohort
 
 
 def test_missing_run_and_datalist_are_clear_errors(tmp_path, capsys):
-    assert main(["score", "--run", str(tmp_path / "nothing"), "--datalist", "x.json", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--run",
+                str(tmp_path / "nothing"),
+                "--datalist",
+                "x.json",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "no checkpoint.pt" in capsys.readouterr().err
-    status = main(["train", "--config", str(CONFIGS / "glow3d.yaml"), "--datalist", str(tmp_path / "missing.json"),
-                   "--out", str(tmp_path / "run")])
+    status = main(
+        [
+            "train",
+            "--config",
+            str(CONFIGS / "glow3d.yaml"),
+            "--datalist",
+            str(tmp_path / "missing.json"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert status == 2
     assert "datalist file not found" in capsys.readouterr().err
 
@@ -136,19 +170,68 @@ def test_train_then_score_through_the_command(demo_cohort, tmp_path, capsys):
     from mri_anomaly.data import load_datalist
 
     run, out = tmp_path / "run", tmp_path / "out"
-    tiny = ["--set", "preprocessing.spacing=[8, 8, 8]", "--set", "preprocessing.spatial_size=[24, 24, 24]",
-            "--set", "train.batch_size=2", "--set", "train.init_batches=1", "--set", "model.channels=[4, 8]",
-            "--set", "model.pooled_size=2", "--set", "train.phases.train.steps=5", "--no-progress"]
-    train = subprocess.run([sys.executable, "-m", "mri_anomaly", "train", "--config", str(CONFIGS / "latent-norm-ae-3d.yaml"),
-                            "--datalist", str(demo_cohort), "--out", str(run), "--max-steps", "3", *tiny],
-                           capture_output=True, text=True, timeout=300)
+    tiny = [
+        "--set",
+        "preprocessing.spacing=[8, 8, 8]",
+        "--set",
+        "preprocessing.spatial_size=[24, 24, 24]",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.init_batches=1",
+        "--set",
+        "model.channels=[4, 8]",
+        "--set",
+        "model.pooled_size=2",
+        "--set",
+        "train.phases.train.steps=5",
+        "--no-progress",
+    ]
+    train = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mri_anomaly",
+            "train",
+            "--config",
+            str(CONFIGS / "latent-norm-ae-3d.yaml"),
+            "--datalist",
+            str(demo_cohort),
+            "--out",
+            str(run),
+            "--max-steps",
+            "3",
+            *tiny,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert train.returncode == 0, train.stderr
     assert "stopped at step 3 of 5" in train.stdout
     assert (run / "checkpoint.pt").is_file() and (run / "train_log.csv").is_file()
-    assert main(["score", "--run", str(run), "--datalist", str(demo_cohort), "--section", "validation,test",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--run",
+                str(run),
+                "--datalist",
+                str(demo_cohort),
+                "--section",
+                "validation,test",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     lines = (out / "scores.csv").read_text().splitlines()
-    assert lines[0] == "subject_id,image,section,label,latent_norm,flag:latent_norm,map:residual,cropped_foreground_fraction"
+    assert (
+        lines[0]
+        == "subject_id,image,section,label,latent_norm,flag:latent_norm,map:residual,cropped_foreground_fraction"
+    )
     data = load_datalist(demo_cohort)
     assert len(lines) == 1 + len(data["validation"]) + len(data["test"])
 
@@ -173,8 +256,18 @@ def test_an_internal_value_or_key_error_keeps_its_traceback(bug, demo_cohort, tm
 
     monkeypatch.setattr(Trainer, "fit", fit)
     with pytest.raises(type(bug), match="internal"):
-        main(["train", "--config", str(CONFIGS / "glow3d.yaml"), "--datalist", str(demo_cohort),
-              "--out", str(tmp_path / "run"), "--no-progress"])
+        main(
+            [
+                "train",
+                "--config",
+                str(CONFIGS / "glow3d.yaml"),
+                "--datalist",
+                str(demo_cohort),
+                "--out",
+                str(tmp_path / "run"),
+                "--no-progress",
+            ]
+        )
     assert "error:" not in capsys.readouterr().err  # not disguised as a one-line user error
 
 
@@ -182,12 +275,23 @@ def test_an_existing_run_and_a_missing_labels_csv_are_one_line_user_errors(demo_
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.pt").write_bytes(b"")
-    status = main(["train", "--config", str(CONFIGS / "glow3d.yaml"), "--datalist", str(demo_cohort), "--out", str(run)])
+    status = main(
+        ["train", "--config", str(CONFIGS / "glow3d.yaml"), "--datalist", str(demo_cohort), "--out", str(run)]
+    )
     assert status == 2
     assert "already holds a training run" in capsys.readouterr().err
     folder = Path(demo_cohort).parent
-    status = main(["datalist", "--folder", str(folder), "--labels", str(tmp_path / "none.csv"),
-                   "--out", str(tmp_path / "d.json")])
+    status = main(
+        [
+            "datalist",
+            "--folder",
+            str(folder),
+            "--labels",
+            str(tmp_path / "none.csv"),
+            "--out",
+            str(tmp_path / "d.json"),
+        ]
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'none.csv'}: labels CSV not found" in err and "Traceback" not in err

@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.data import DataLoader
-
 from mri_anomaly.data import (
     InputFileError,
     VolumeDataset,
@@ -105,7 +104,8 @@ def test_safe_load_returns_error_instead_of_raising(bad_files):
 def test_cohort_run_records_failures_and_goes_on(bad_files, tmp_path):
     good = write_phantom(tmp_path / "ph", axcodes="LPS")
     items = [{"image": good["image"], "mask": good["mask"], "label": 1}] + [
-        {"image": bad_files[c], "subject_id": c} for c in ("truncated", "4d", "missing")]
+        {"image": bad_files[c], "subject_id": c} for c in ("truncated", "4d", "missing")
+    ]
     ds = VolumeDataset(items, preprocessing_config=CFG, cache="memory", on_error="return")
     assert ds.cache == "memory"
     errs = [ds[i] for i in range(1, 4)]

@@ -8,7 +8,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-
 from mri_anomaly.data import (
     DatalistError,
     build_datalist,
@@ -44,14 +43,18 @@ def test_validation_lists_every_problem_at_once(folder):
     _img(folder / "masks" / "badaff_mask.nii.gz", affine=aff, value=1)
     _img(folder / "imgs" / "four_d.nii.gz", shape=(8, 8, 8, 2))
     dl = {
-        "training": [{"image": "imgs/s01_T1w.nii.gz", "label": 0},
-                     {"image": "imgs/nope.nii.gz", "colour": "red"}],
-        "test": [{"image": "imgs/s02_T1w.nii.gz", "label": 2, "semi_target": 5},
-                 {"image": "imgs/s03_T1w.nii.gz", "mask": "masks/badshape_mask.nii.gz"},
-                 {"image": "imgs/s04_T1w.nii.gz", "mask": "masks/badaff_mask.nii.gz", "subject_id": "x"},
-                 {"image": "imgs/s05_T1w.nii.gz", "subject_id": "x"},
-                 {"image": "imgs/four_d.nii.gz"},
-                 {"label": 1}],
+        "training": [
+            {"image": "imgs/s01_T1w.nii.gz", "label": 0},
+            {"image": "imgs/nope.nii.gz", "colour": "red"},
+        ],
+        "test": [
+            {"image": "imgs/s02_T1w.nii.gz", "label": 2, "semi_target": 5},
+            {"image": "imgs/s03_T1w.nii.gz", "mask": "masks/badshape_mask.nii.gz"},
+            {"image": "imgs/s04_T1w.nii.gz", "mask": "masks/badaff_mask.nii.gz", "subject_id": "x"},
+            {"image": "imgs/s05_T1w.nii.gz", "subject_id": "x"},
+            {"image": "imgs/four_d.nii.gz"},
+            {"label": 1},
+        ],
         "tset": [],
     }
     p = folder / "dl.json"
@@ -79,15 +82,30 @@ def test_validation_lists_every_problem_at_once(folder):
 
 
 def test_load_resolves_paths_and_fills_subject_ids(folder):
-    dl = {"training": [{"image": "imgs/s01_T1w.nii.gz", "label": 0.0}],
-          "test": ["imgs/s02_T1w.nii.gz", {"image": "imgs/s04_T1w.nii.gz", "mask": "masks/s04_mask.nii.gz",
-                                           "label": 1, "semi_target": -1, "site": "A"}],
-          "name": "example", "numTraining": 1}
+    dl = {
+        "training": [{"image": "imgs/s01_T1w.nii.gz", "label": 0.0}],
+        "test": [
+            "imgs/s02_T1w.nii.gz",
+            {
+                "image": "imgs/s04_T1w.nii.gz",
+                "mask": "masks/s04_mask.nii.gz",
+                "label": 1,
+                "semi_target": -1,
+                "site": "A",
+            },
+        ],
+        "name": "example",
+        "numTraining": 1,
+    }
     p = folder / "dl.json"
     p.write_text(json.dumps(dl))
     out = load_datalist(p)
     assert set(out) == {"training", "test"}
-    assert out["training"][0] == {"image": str(folder / "imgs" / "s01_T1w.nii.gz"), "label": 0, "subject_id": "s01_T1w"}
+    assert out["training"][0] == {
+        "image": str(folder / "imgs" / "s01_T1w.nii.gz"),
+        "label": 0,
+        "subject_id": "s01_T1w",
+    }
     assert isinstance(out["training"][0]["label"], int)
     assert out["test"][0] == {"image": str(folder / "imgs" / "s02_T1w.nii.gz"), "subject_id": "s02_T1w"}
     assert out["test"][1]["mask"] == str(folder / "masks" / "s04_mask.nii.gz")
@@ -95,8 +113,12 @@ def test_load_resolves_paths_and_fills_subject_ids(folder):
 
 
 def test_write_json_relative_and_csv_round_trip(folder):
-    dl = build_datalist(sorted(str(p) for p in (folder / "imgs").glob("*.nii.gz")),
-                        masks=[str(folder / "masks" / "s04_mask.nii.gz")], val_fraction=0.25, seed=1)
+    dl = build_datalist(
+        sorted(str(p) for p in (folder / "imgs").glob("*.nii.gz")),
+        masks=[str(folder / "masks" / "s04_mask.nii.gz")],
+        val_fraction=0.25,
+        seed=1,
+    )
     pj = write_datalist(dl, folder / "out.json", metadata={"name": "t"})
     raw = json.loads(pj.read_text())
     assert raw["name"] == "t"
@@ -108,8 +130,9 @@ def test_write_json_relative_and_csv_round_trip(folder):
 def test_build_datalist_matches_masks_by_subject_and_splits(folder):
     images = sorted(str(p) for p in (folder / "imgs").glob("*.nii.gz"))
     masks = sorted(str(p) for p in (folder / "masks").glob("*.nii.gz"))
-    dl = build_datalist(images, masks, labels={"s05": {"label": 0, "site": "B"}}, val_fraction=0.34, test_fraction=0,
-                        seed=0)
+    dl = build_datalist(
+        images, masks, labels={"s05": {"label": 0, "site": "B"}}, val_fraction=0.34, test_fraction=0, seed=0
+    )
     assert [it["subject_id"] for it in dl["test"]] == ["s04"]
     assert dl["test"][0]["mask"].endswith("s04_mask.nii.gz") and dl["test"][0]["label"] == 1
     healthy = dl["training"] + dl["validation"]
@@ -128,21 +151,46 @@ def test_datalist_cli_from_globs_folder_and_check(folder, capsys):
     parser = argparse.ArgumentParser()
     register_commands(parser.add_subparsers())
     out = folder / "cli.json"
-    args = parser.parse_args(["datalist", "--images", str(folder / "imgs" / "*.nii.gz"), "--masks",
-                              str(folder / "masks" / "*.nii.gz"), "--out", str(out)])
+    args = parser.parse_args(
+        [
+            "datalist",
+            "--images",
+            str(folder / "imgs" / "*.nii.gz"),
+            "--masks",
+            str(folder / "masks" / "*.nii.gz"),
+            "--out",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     dl = load_datalist(out)
     assert sum(len(v) for v in dl.values()) == 5
     # s04, s05 carry masks -> label 1; one of the 3 healthy scans joins them (--test-fraction 0.2, at least one)
-    assert sorted(it["label"] for it in dl["test"]) == [0, 1, 1] and len(dl["training"]) == len(dl["validation"]) == 1
+    assert (
+        sorted(it["label"] for it in dl["test"]) == [0, 1, 1]
+        and len(dl["training"]) == len(dl["validation"]) == 1
+    )
     labels = folder / "labels.csv"
     labels.write_text("subject_id,label\ns05,0\n")
-    args = parser.parse_args(["datalist", "--folder", str(folder), "--labels", str(labels), "--out", str(out)])
+    args = parser.parse_args(
+        ["datalist", "--folder", str(folder), "--labels", str(labels), "--out", str(out)]
+    )
     assert args.func(args) == 0
     assert [it["label"] for it in load_datalist(out)["test"] if it["subject_id"] == "s04"] == [1]
     assert sorted(it["label"] for it in load_datalist(out)["test"]) == [0, 1]
-    args = parser.parse_args(["datalist", "--folder", str(folder), "--labels", str(labels), "--test-fraction", "0",
-                              "--out", str(out)])
+    args = parser.parse_args(
+        [
+            "datalist",
+            "--folder",
+            str(folder),
+            "--labels",
+            str(labels),
+            "--test-fraction",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     assert [it["subject_id"] for it in load_datalist(out)["test"]] == ["s04"]
     args = parser.parse_args(["datalist", "--check", str(out)])

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import DataLoader, MetaTensor, list_data_collate
-
 from mri_anomaly.data import (
+    TINY_PREPROCESSING,
     RandLesiond,
     SliceDataset,
-    TINY_PREPROCESSING,
     VolumeDataset,
     load_datalist,
     slice_brain_fractions,
@@ -45,29 +44,45 @@ def test_volume_items_follow_the_convention_and_collate(items):
 def test_disk_cache_gives_the_same_items(items, tmp_path):
     mem = VolumeDataset(items[:2], preprocessing_config=TINY_PREPROCESSING, cache="memory")
     disk = VolumeDataset(items[:2], preprocessing_config=TINY_PREPROCESSING, cache="disk", cache_dir=tmp_path)
-    auto = VolumeDataset(items[:2], preprocessing_config=TINY_PREPROCESSING, cache="auto", cache_dir=tmp_path,
-                         memory_limit_bytes=1000)
+    auto = VolumeDataset(
+        items[:2],
+        preprocessing_config=TINY_PREPROCESSING,
+        cache="auto",
+        cache_dir=tmp_path,
+        memory_limit_bytes=1000,
+    )
     assert auto.cache == "disk"
     for i in range(2):
-        assert torch.equal(mem[i]["image"], disk[i]["image"]) and torch.equal(mem[i]["image"], auto[i]["image"])
+        assert torch.equal(mem[i]["image"], disk[i]["image"]) and torch.equal(
+            mem[i]["image"], auto[i]["image"]
+        )
     assert any(disk.cache_dir.iterdir())
 
 
 def test_seeded_augmentation_is_reproducible_and_worker_safe(items):
     def make(seed):
-        return VolumeDataset(items[:1], preprocessing_config=TINY_PREPROCESSING, seed=seed,
-                             augment=[RandLesiond("image", kinds=("focal", "tumour"), semi_target_value=-1)])
+        return VolumeDataset(
+            items[:1],
+            preprocessing_config=TINY_PREPROCESSING,
+            seed=seed,
+            augment=[RandLesiond("image", kinds=("focal", "tumour"), semi_target_value=-1)],
+        )
+
     a, b, c = make(0), make(0), make(1)
     da, db, dc = a[0], b[0], c[0]
     assert da["label"] == 1 and da["semi_target"] == -1 and da["mask"].sum() > 0
     assert torch.equal(da["image"], db["image"]) and torch.equal(da["mask"], db["mask"])
     assert not torch.equal(da["mask"], dc["mask"])
-    assert not torch.equal(a[0]["mask"], da["mask"]) or a[0]["lesion_kind"] != da["lesion_kind"]  # new draw per access
+    assert (
+        not torch.equal(a[0]["mask"], da["mask"]) or a[0]["lesion_kind"] != da["lesion_kind"]
+    )  # new draw per access
+
     # with two workers, MONAI's DataLoader seeds each worker: the same torch seed gives the same batches
     def run():
         torch.manual_seed(123)
         loader = DataLoader(make(0), batch_size=1, num_workers=2, shuffle=False)
         return [bt["mask"].sum().item() for _ in range(2) for bt in loader]
+
     assert run() == run()
 
 
@@ -101,5 +116,7 @@ def test_slice_dataset_lists_unreadable_volumes(items, tmp_path):
     bad = {"image": str(tmp_path / "missing.nii.gz"), "subject_id": "gone"}
     vols = VolumeDataset([items[0], bad], preprocessing_config=TINY_PREPROCESSING, on_error="return")
     slices = SliceDataset(vols, min_brain_fraction=0.2)
-    assert [e["subject_id"] for e in slices.errors] == ["gone"] and "file not found" in slices.errors[0]["error"]
+    assert [e["subject_id"] for e in slices.errors] == ["gone"] and "file not found" in slices.errors[0][
+        "error"
+    ]
     assert {v for v, _ in slices.index} == {0}

@@ -12,8 +12,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-from mri_anomaly.data import DEMO_PREPROCESSING, find_ms_lesion_dir, load_datalist, make_demo_cohort, preprocessing
+from mri_anomaly.data import (
+    DEMO_PREPROCESSING,
+    find_ms_lesion_dir,
+    load_datalist,
+    make_demo_cohort,
+    preprocessing,
+)
 from mri_anomaly.data.commands import register_commands
 from mri_anomaly.data.demo import SIZE_STRATA, demo_grid, size_stratum, synthesize_subject
 
@@ -107,7 +112,13 @@ def test_anomaly_kinds_masks_and_intensity(demo_cohort):
 def test_size_strata_by_hand():
     assert list(SIZE_STRATA) == ["small", "medium", "large"]
     assert [size_stratum(v) for v in (0.0, 0.99, 1.0, 9.99, 10.0, 250.0)] == [
-        "small", "small", "medium", "medium", "large", "large"]
+        "small",
+        "small",
+        "medium",
+        "medium",
+        "large",
+        "large",
+    ]
     with pytest.raises(ValueError, match=">= 0"):
         size_stratum(-1.0)
 
@@ -116,7 +127,9 @@ def test_lesion_size_targets_reach_their_strata():
     """At the demo's 4 mm, each kind's size settings put the lesion volume in the requested stratum."""
     for kind in ("tumour", "focal"):
         for i, stratum in enumerate(SIZE_STRATA):
-            s = synthesize_subject(np.random.default_rng([7, i]), 4.0, "flair", lesion=kind, lesion_size=stratum)
+            s = synthesize_subject(
+                np.random.default_rng([7, i]), 4.0, "flair", lesion=kind, lesion_size=stratum
+            )
             assert size_stratum(float(s["mask"].sum()) * 64 / 1000.0) == stratum, (kind, stratum)
     with pytest.raises(ValueError, match="lesion_size"):
         synthesize_subject(np.random.default_rng(0), 4.0, "flair", lesion="focal", lesion_size="huge")
@@ -146,8 +159,9 @@ def test_general_section_mixes_contrasts(demo_cohort):
 
 def test_fallback_without_ms_masks(tmp_path):
     with pytest.warns(UserWarning, match="MS lesion masks not found"):
-        p = make_demo_cohort(tmp_path, seed=0, healthy=1, anomalous=2, general=0, spacing=8.0,
-                             ms_dir=tmp_path / "absent")
+        p = make_demo_cohort(
+            tmp_path, seed=0, healthy=1, anomalous=2, general=0, spacing=8.0, ms_dir=tmp_path / "absent"
+        )
     subj = _subjects(p)
     assert [subj[f"demo-anom-{i:03d}"]["lesion_kind"] for i in range(2)] == ["tumour", "focal"]
     assert set(load_datalist(p)) == {"training", "test"}
@@ -169,9 +183,26 @@ def test_default_spacing_fits_the_model_grid(tmp_path):
 def test_demo_data_command_and_montage(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     register_commands(parser.add_subparsers())
-    args = parser.parse_args(["demo-data", "--out", str(tmp_path / "d"), "--healthy", "3", "--anomalous", "2",
-                              "--general", "0", "--spacing", "8", "--contrast", "t2", "--quiet",
-                              "--montage", str(tmp_path / "m.png")])
+    args = parser.parse_args(
+        [
+            "demo-data",
+            "--out",
+            str(tmp_path / "d"),
+            "--healthy",
+            "3",
+            "--anomalous",
+            "2",
+            "--general",
+            "0",
+            "--spacing",
+            "8",
+            "--contrast",
+            "t2",
+            "--quiet",
+            "--montage",
+            str(tmp_path / "m.png"),
+        ]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert args.func(args) == 0

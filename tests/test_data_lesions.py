@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-
 from mri_anomaly.data import RandLesion, RandLesiond
 from mri_anomaly.data.phantom import phantom_arrays
 
@@ -30,7 +29,9 @@ def _ms_like(shape) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["focal", "tumour", "ms"])
 @pytest.mark.parametrize("contrast", ["flair", "t1"])
 def test_mask_and_change_agree_and_healthy_part_untouched(volume, kind, contrast):
-    lesion = RandLesion(kinds=(kind,), contrast=contrast, mass_effect=(0.0, 0.0), ms_masks=[_ms_like(volume.shape[1:])])
+    lesion = RandLesion(
+        kinds=(kind,), contrast=contrast, mass_effect=(0.0, 0.0), ms_masks=[_ms_like(volume.shape[1:])]
+    )
     lesion.set_random_state(3)
     out, mask = lesion(volume)
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, volume.affine)
@@ -50,8 +51,9 @@ def test_mask_and_change_agree_and_healthy_part_untouched(volume, kind, contrast
     assert lesion.last_kind == kind
 
 
-
-@pytest.mark.parametrize("opposite_sign_prob, variant, sign", [(0.0, "focal", 1), (1.0, "focal_opposite", -1)])
+@pytest.mark.parametrize(
+    "opposite_sign_prob, variant, sign", [(0.0, "focal", 1), (1.0, "focal_opposite", -1)]
+)
 def test_focal_variant_records_the_drawn_sign(volume, opposite_sign_prob, variant, sign):
     lesion = RandLesion(kinds=("focal",), contrast="flair", opposite_sign_prob=opposite_sign_prob)
     lesion.set_random_state(1)
@@ -59,6 +61,7 @@ def test_focal_variant_records_the_drawn_sign(volume, opposite_sign_prob, varian
     diff = (out - volume).as_tensor()[mask > 0.5]
     assert lesion.last_kind == "focal" and lesion.last_variant == variant
     assert sign * diff.mean().item() > 0  # FLAIR: hyperintense, or hypointense when drawn opposite
+
 
 def test_tumour_mass_effect_is_confined_to_its_support(volume):
     lesion = RandLesion(kinds=("tumour",), mass_effect=(0.5, 0.5), tumour_radius_mm=(16.0, 16.0))

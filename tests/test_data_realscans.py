@@ -11,18 +11,25 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-
 from mri_anomaly.data import PREPROCESSING_DEFAULTS, VolumeDataset, preprocessing, save_map_in_input_space
+from scipy import ndimage
 
 pytestmark = pytest.mark.realdata
 
 MS = ("ms-lesjak2017-mni/patient07/FLAIR.nii.gz", "ms-lesjak2017-mni/patient07/lesion_consensus.nii.gz", None)
-BRATS = [(f"brats2015-deepmedic/brats_2013_pat000{i}_1/Flair_subtrMeanDivStd.nii.gz",
-          f"brats2015-deepmedic/brats_2013_pat000{i}_1/OTMultiClass.nii.gz",
-          f"brats2015-deepmedic/brats_2013_pat000{i}_1/brainmask.nii.gz") for i in (1, 2, 3)]
-ISLES = ("isles22-sample/sub-strokecase0009/sub-strokecase0009_ses-0001_dwi.nii.gz",
-         "isles22-sample/sub-strokecase0009/sub-strokecase0009_ses-0001_msk.nii.gz", None)
+BRATS = [
+    (
+        f"brats2015-deepmedic/brats_2013_pat000{i}_1/Flair_subtrMeanDivStd.nii.gz",
+        f"brats2015-deepmedic/brats_2013_pat000{i}_1/OTMultiClass.nii.gz",
+        f"brats2015-deepmedic/brats_2013_pat000{i}_1/brainmask.nii.gz",
+    )
+    for i in (1, 2, 3)
+]
+ISLES = (
+    "isles22-sample/sub-strokecase0009/sub-strokecase0009_ses-0001_dwi.nii.gz",
+    "isles22-sample/sub-strokecase0009/sub-strokecase0009_ses-0001_msk.nii.gz",
+    None,
+)
 CASES = {"ms07": MS, "brats1": BRATS[0], "brats2": BRATS[1], "brats3": BRATS[2], "isles": ISLES}
 
 
@@ -41,8 +48,8 @@ def _centroid_mm(arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def _best_shift(truth: np.ndarray, soft: np.ndarray, r: int = 1) -> tuple[int, int, int]:
     lo = np.maximum(np.argwhere(truth).min(0) - 8, 0)
     hi = np.argwhere(truth).max(0) + 9
-    t = truth[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32)
-    g = soft[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    t = truth[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float32)
+    g = soft[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     shifts = [(a, b, c) for a in range(-r, r + 1) for b in range(-r, r + 1) for c in range(-r, r + 1)]
     return max(shifts, key=lambda sh: (float((np.roll(t, sh, (0, 1, 2)) * g).sum()), sh == (0, 0, 0)))
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-
 from mri_anomaly.data import (
     DEMO_PREPROCESSING,
     PREPROCESSING_DEFAULTS,
@@ -43,7 +42,9 @@ def test_scale_intensity_in_mask_maps_brain_percentiles_to_0_1():
 
 def test_scale_intensity_keeps_metatensor_and_dict_twin_uses_mask_key():
     x = MetaTensor(torch.rand(1, 6, 6, 6) * 100 + 1, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
-    d = ScaleIntensityInMaskd("image", mask_key="brain", lower=1, upper=99)({"image": x, "brain": torch.ones_like(x)})
+    d = ScaleIntensityInMaskd("image", mask_key="brain", lower=1, upper=99)(
+        {"image": x, "brain": torch.ones_like(x)}
+    )
     assert isinstance(d["image"], MetaTensor)
     assert torch.equal(d["image"].affine, x.affine)
     assert 0.0 <= d["image"].min().item() and d["image"].max().item() <= 1.0
@@ -55,12 +56,26 @@ def test_validate_preprocessing_config_lists_every_problem():
     assert validate_preprocessing_config(PREPROCESSING_DEFAULTS) == []
     assert validate_preprocessing_config(DEMO_PREPROCESSING) == []
     assert validate_preprocessing_config(None) == []
-    probs = validate_preprocessing_config({
-        "spacing": [4, -1, 4], "orientation": "RAX", "intensity": {"lower": 99, "upper": 1, "bogus": 1},
-        "spatial_size": [40, 44, 40], "divisible_by": 8, "colour": "red"})
+    probs = validate_preprocessing_config(
+        {
+            "spacing": [4, -1, 4],
+            "orientation": "RAX",
+            "intensity": {"lower": 99, "upper": 1, "bogus": 1},
+            "spatial_size": [40, 44, 40],
+            "divisible_by": 8,
+            "colour": "red",
+        }
+    )
     text = "\n".join(probs)
     assert len(probs) == 6, probs
-    for needle in ("spacing", "orientation", "lower < upper", "bogus", "not divisible by divisible_by=8", "'colour'"):
+    for needle in (
+        "spacing",
+        "orientation",
+        "lower < upper",
+        "bogus",
+        "not divisible by divisible_by=8",
+        "'colour'",
+    ):
         assert needle in text
     assert any("axial axis" in p for p in validate_preprocessing_config({"orientation": "RSA"}))
     with pytest.raises(ValueError, match="spatial_size"):
@@ -141,7 +156,7 @@ def _box_volume(path, size: int, box: int) -> str:
     rng = np.random.default_rng(0)
     arr = np.zeros((size, size, size), np.float32)
     lo = (size - box) // 2
-    arr[lo:lo + box, lo:lo + box, lo:lo + box] = rng.uniform(100, 200, (box, box, box))
+    arr[lo : lo + box, lo : lo + box, lo : lo + box] = rng.uniform(100, 200, (box, box, box))
     nib.save(nib.Nifti1Image(arr, np.diag([4.0, 4.0, 4.0, 1.0])), str(path))
     return str(path)
 
@@ -158,7 +173,6 @@ def test_cropped_foreground_fraction_by_hand():
 
 def test_a_grid_that_crops_the_foreground_warns_with_the_file_and_keeps_the_arrays(tmp_path):
     from monai.transforms import Compose
-
     from mri_anomaly.data.preprocessing import GridCropWarning, WarnGridCropd
 
     path = _box_volume(tmp_path / "big_head.nii.gz", size=40, box=30)
@@ -168,7 +182,9 @@ def test_a_grid_that_crops_the_foreground_warns_with_the_file_and_keeps_the_arra
         out = chain({"image": path})
     message = str(caught[0].message)
     # foreground box 30^3 cropped to 16 x 24 x 30: 1 - (16 * 24 * 30) / 30**3 lost
-    assert message.startswith(f"{path}: the model grid [16, 24, 32] crops {100 * (1 - 16 * 24 / 900):.1f}% of the foreground")
+    assert message.startswith(
+        f"{path}: the model grid [16, 24, 32] crops {100 * (1 - 16 * 24 / 900):.1f}% of the foreground"
+    )
     from mri_anomaly.data.preprocessing import CROP_FRACTION_KEY
 
     assert out[CROP_FRACTION_KEY] == pytest.approx(1 - 16 * 24 / 900, abs=1e-3)  # recorded for scores.csv
@@ -176,7 +192,9 @@ def test_a_grid_that_crops_the_foreground_warns_with_the_file_and_keeps_the_arra
     reference = plain({"image": path})["image"]
     np.testing.assert_array_equal(out["image"].numpy(), reference.numpy())
     np.testing.assert_array_equal(np.asarray(out["image"].affine), np.asarray(reference.affine))
-    assert [op["class"] for op in out["image"].applied_operations] == [op["class"] for op in reference.applied_operations]
+    assert [op["class"] for op in out["image"].applied_operations] == [
+        op["class"] for op in reference.applied_operations
+    ]
     # a grid that holds the whole foreground: silent
     import warnings
 

@@ -6,16 +6,21 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
 from mri_anomaly import Detector
 from mri_anomaly.cli import main
 from mri_anomaly.data import load_datalist
 from mri_anomaly.training import ConfigError
 
 TINY = {
-    "preprocessing.spacing": [8, 8, 8], "preprocessing.spatial_size": [24, 24, 24], "train.batch_size": 4,
-    "train.init_batches": 1, "train.phases.train.steps": 2, "score.top_k": 3,
-    "model.levels": 2, "model.steps": 1, "model.hidden_channels": 8,
+    "preprocessing.spacing": [8, 8, 8],
+    "preprocessing.spatial_size": [24, 24, 24],
+    "train.batch_size": 4,
+    "train.init_batches": 1,
+    "train.phases.train.steps": 2,
+    "score.top_k": 3,
+    "model.levels": 2,
+    "model.steps": 1,
+    "model.hidden_channels": 8,
 }
 
 
@@ -36,18 +41,35 @@ def test_decision_function_and_predict_equal_the_cli(fitted, demo_cohort, tmp_pa
     assert scores.shape == flags.shape == (len(images),) and scores.dtype == np.float64
     assert det.score_name_ == "nll_bpd_mean" and set(np.unique(flags)) <= {0, 1}
 
-    assert main(["score", "--run", str(run), "--datalist", str(demo_cohort), "--section", "test,validation",
-                 "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--run",
+                str(run),
+                "--datalist",
+                str(demo_cohort),
+                "--section",
+                "test,validation",
+                "--out",
+                str(tmp_path / "cli"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cli = pd.read_csv(tmp_path / "cli" / "scores.csv").set_index("image").loc[images]
     np.testing.assert_allclose(scores, cli["nll_bpd_mean"].to_numpy(), rtol=0, atol=1e-6)
     assert flags.tolist() == cli["flag:nll_bpd_mean"].tolist()
     # the flag is the calibrated threshold applied to the score; validation scans are never above it
     assert det.threshold_ is not None and flags.tolist() == (scores > det.threshold_).astype(int).tolist()
-    assert flags[len(data["test"]):].tolist() == [0] * len(data["validation"])
+    assert flags[len(data["test"]) :].tolist() == [0] * len(data["validation"])
 
     # another column, and a run loaded from its folder, give the CLI's numbers too
     loaded = Detector.load(run, device="cpu", score="nll_bpd_max")
-    np.testing.assert_allclose(loaded.decision_function(images), cli["nll_bpd_max"].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.decision_function(images), cli["nll_bpd_max"].to_numpy(), rtol=0, atol=1e-6
+    )
     assert loaded.specificity == det.specificity == 0.95
 
 

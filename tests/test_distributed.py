@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
 from mri_anomaly.scoring.runner import score_datalist
 from mri_anomaly.training import Trainer, load_checkpoint, validate_config
@@ -20,10 +19,17 @@ from mri_anomaly.training import Trainer, load_checkpoint, validate_config
 # Tiny 3D Glow. n_bins = 2**24 makes the dequantisation noise (which each process draws for its own half
 # of the batch, so it cannot match one process's draws) ~6e-8, float32 rounding: Adam would amplify more.
 CONFIG = {
-    "method": "glow", "spatial_dims": 3, "seed": 11,
+    "method": "glow",
+    "spatial_dims": 3,
+    "seed": 11,
     "preprocessing": dict(TINY_PREPROCESSING),
     "model": {"levels": 2, "steps": 1, "hidden_channels": 8, "n_bins": 2**24},
-    "train": {"batch_size": 2, "init_batches": 1, "log_every": 1, "phases": {"train": {"steps": 3, "lr": 1e-4}}},
+    "train": {
+        "batch_size": 2,
+        "init_batches": 1,
+        "log_every": 1,
+        "phases": {"train": {"steps": 3, "lr": 1e-4}},
+    },
 }
 
 
@@ -36,8 +42,21 @@ def torchrun(args: list[str], timeout: float = 240) -> None:
     """``torchrun --standalone --nproc-per-node 2 -m mri_anomaly ARGS`` (gloo on CPU); fails with its output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mri_anomaly", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "mri_anomaly",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         output, _ = proc.communicate(timeout=timeout)
@@ -62,10 +81,32 @@ def test_torchrun_two_gloo_processes_match_one_process(demo_cohort, tmp_path):
     # Two processes, batch 1 each (the same global batch): train; then score the single-process run sharded.
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump({**CONFIG, "train": {**CONFIG["train"], "batch_size": 1}}))
-    torchrun(["train", "--config", str(config_path), "--datalist", str(demo_cohort), "--out", str(tmp_path / "ddp"),
-              "--no-progress"])
-    torchrun(["score", "--run-dir", str(single_run), "--datalist", str(demo_cohort), "--section", "validation,test",
-              "--out", str(tmp_path / "sharded"), "--no-progress"])
+    torchrun(
+        [
+            "train",
+            "--config",
+            str(config_path),
+            "--datalist",
+            str(demo_cohort),
+            "--out",
+            str(tmp_path / "ddp"),
+            "--no-progress",
+        ]
+    )
+    torchrun(
+        [
+            "score",
+            "--run-dir",
+            str(single_run),
+            "--datalist",
+            str(demo_cohort),
+            "--section",
+            "validation,test",
+            "--out",
+            str(tmp_path / "sharded"),
+            "--no-progress",
+        ]
+    )
 
     # Training: rank 0 wrote one checkpoint and one log; same number of steps; same losses and weights as
     # one process with the global batch (the init saw the same batch, gradients are averaged over ranks).
@@ -84,11 +125,26 @@ def test_torchrun_two_gloo_processes_match_one_process(demo_cohort, tmp_path):
     assert any(not torch.equal(ddp["state_dict"][k], single["state_dict"][k]) for k in single["state_dict"])
     # ... and therefore the same scores and thresholds
     assert ddp["thresholds"] == pytest.approx(single["thresholds"], rel=1e-4)
-    score_datalist(tmp_path / "ddp", demo_cohort, tmp_path / "ddp_scores", sections=("test",), save_maps=False,
-                   progress=False)
-    score_datalist(single_run, demo_cohort, tmp_path / "single_scores", sections=("test",), save_maps=False,
-                   progress=False)
-    rows_ddp, rows_single = read_csv(tmp_path / "ddp_scores" / "scores.csv"), read_csv(tmp_path / "single_scores" / "scores.csv")
+    score_datalist(
+        tmp_path / "ddp",
+        demo_cohort,
+        tmp_path / "ddp_scores",
+        sections=("test",),
+        save_maps=False,
+        progress=False,
+    )
+    score_datalist(
+        single_run,
+        demo_cohort,
+        tmp_path / "single_scores",
+        sections=("test",),
+        save_maps=False,
+        progress=False,
+    )
+    rows_ddp, rows_single = (
+        read_csv(tmp_path / "ddp_scores" / "scores.csv"),
+        read_csv(tmp_path / "single_scores" / "scores.csv"),
+    )
     assert [r["subject_id"] for r in rows_ddp] == [r["subject_id"] for r in rows_single]
     for a, b in zip(rows_ddp, rows_single):
         for column in ("nll_bpd", "final_scale"):

@@ -13,7 +13,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-
 from mri_anomaly.cli import main
 from mri_anomaly.data import load_datalist
 from mri_anomaly.training.methods import get_method_class
@@ -42,15 +41,34 @@ def test_train_then_score(config_path, demo_cohort, tmp_path):
     method = get_method_class(raw["method"])
     steps = 0 if raw["method"] in FIT_ONLY else 2
     overrides = [
-        "preprocessing.spacing=[8, 8, 8]", "preprocessing.spatial_size=[24, 24, 24]",
-        "train.batch_size=2", "train.init_batches=1", "train.log_every=1", "train.checkpoint_every=2",
-        "score.top_k=3", *TINY_MODEL[raw["method"]],
+        "preprocessing.spacing=[8, 8, 8]",
+        "preprocessing.spatial_size=[24, 24, 24]",
+        "train.batch_size=2",
+        "train.init_batches=1",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        "score.top_k=3",
+        *TINY_MODEL[raw["method"]],
         *[f"train.phases.{phase}.steps={steps}" for phase in method.phases],
     ]
     set_args = [a for o in overrides for a in ("--set", o)]
     run, out = tmp_path / "run", tmp_path / "scores"
-    assert main(["train", "--config", str(config_path), "--datalist", str(demo_cohort), "--out", str(run),
-                 "--no-progress", *set_args]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config_path),
+                "--datalist",
+                str(demo_cohort),
+                "--out",
+                str(run),
+                "--no-progress",
+                *set_args,
+            ]
+        )
+        == 0
+    )
 
     log = read_csv(run / "train_log.csv") if steps else []
     assert [int(r["global_step"]) for r in log] == list(range(1, steps * len(method.phases) + 1))
@@ -58,21 +76,42 @@ def test_train_then_score(config_path, demo_cohort, tmp_path):
     assert all(np.isfinite(float(r["loss"])) for r in log)
     thresholds = json.loads((run / "thresholds.json").read_text())
 
-    assert main(["score", "--run", str(run), "--datalist", str(demo_cohort), "--section", "validation,test",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--run",
+                str(run),
+                "--datalist",
+                str(demo_cohort),
+                "--section",
+                "validation,test",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     data = load_datalist(demo_cohort)
     rows = read_csv(out / "scores.csv")
     assert len(rows) == len(data["validation"]) + len(data["test"])
     assert not read_csv(out / "errors.csv")
     meta = json.loads((out / "score_meta.json").read_text())
     if raw["spatial_dims"] == 2:  # slice-wise: every slice score aggregated three ways
-        assert meta["score_columns"] == [f"{s}_{a}" for s in method.score_names for a in ("mean", "max", "top3_mean")]
+        assert meta["score_columns"] == [
+            f"{s}_{a}" for s in method.score_names for a in ("mean", "max", "top3_mean")
+        ]
     else:  # volume-wise: the method's own scores, plus the slice profile of each map
         assert meta["score_columns"] == list(method.score_names)
-        assert meta["slice_score_columns"] == [f"{m}_slice_{method.slice_statistic}" for m in method.map_names]
+        assert meta["slice_score_columns"] == [
+            f"{m}_slice_{method.slice_statistic}" for m in method.map_names
+        ]
     assert set(thresholds["thresholds"]) == set(meta["score_columns"])
     for r in rows:
-        assert 0.0 <= float(r["cropped_foreground_fraction"]) <= 1.0  # the grid's crop of each scan is recorded
+        assert (
+            0.0 <= float(r["cropped_foreground_fraction"]) <= 1.0
+        )  # the grid's crop of each scan is recorded
         for c in meta["score_columns"]:
             assert np.isfinite(float(r[c]))
             assert r[f"flag:{c}"] in ("0", "1")

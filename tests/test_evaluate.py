@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from test_evaluate_data import make_score_dir
 from mri_anomaly.evaluation.evaluate import evaluate
 from mri_anomaly.evaluation.metrics import binary_metrics
 from mri_anomaly.evaluation.thresholds import calibrate_threshold, load_thresholds
+from test_evaluate_data import make_score_dir
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,15 @@ def evaluated(tmp_path_factory):
     score_dir, sections = make_score_dir(root)
     run = root / "run"
     run.mkdir()
-    metrics = evaluate(score_dir, root / "datalist.json", root / "out", runs=[run],
-                       n_bootstrap=100, n_bootstrap_voxel=20, report=False)
+    metrics = evaluate(
+        score_dir,
+        root / "datalist.json",
+        root / "out",
+        runs=[run],
+        n_bootstrap=100,
+        n_bootstrap_voxel=20,
+        report=False,
+    )
     return root, score_dir, run, metrics
 
 
@@ -46,7 +52,9 @@ def test_metrics_json_shape_and_values(evaluated):
     assert sl["slice_label"].isna().any()  # healthy scans have no mask: their slices count as healthy
     sl = sl.fillna({"slice_label": 0})
     assert on_disk["slice"]["nll"]["n"] == len(sl)
-    assert on_disk["slice"]["nll"]["auroc"] == pytest.approx(binary_metrics(sl["slice_label"], sl["nll"])["auroc"])
+    assert on_disk["slice"]["nll"]["auroc"] == pytest.approx(
+        binary_metrics(sl["slice_label"], sl["nll"])["auroc"]
+    )
     assert "clustered" in on_disk["slice"]["nll"]["ci_method"]
     # voxel level: the map is lesion*2 + noise(0.5): strongly separating, best Dice well above chance
     vox = on_disk["voxel"]["residual"]
@@ -109,8 +117,23 @@ def test_cli_evaluate(tmp_path, capsys):
     d, _ = make_score_dir(tmp_path, with_maps=False)
     run = tmp_path / "run"
     run.mkdir()
-    rc = main(["evaluate", "--scores", str(d), "--datalist", str(tmp_path / "datalist.json"), "--out", str(tmp_path / "ev"),
-               "--run", str(run), "--bootstrap", "10", "--specificity", "0.9"])
+    rc = main(
+        [
+            "evaluate",
+            "--scores",
+            str(d),
+            "--datalist",
+            str(tmp_path / "datalist.json"),
+            "--out",
+            str(tmp_path / "ev"),
+            "--run",
+            str(run),
+            "--bootstrap",
+            "10",
+            "--specificity",
+            "0.9",
+        ]
+    )
     assert rc == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert (tmp_path / "ev" / "report.html").is_file()
@@ -126,12 +149,17 @@ def test_a_section_with_one_class_is_a_loud_warning(tmp_path, capsys):
     scores = pd.read_csv(score_dir / "scores.csv")
     scores[scores["label"] == 0].to_csv(score_dir / "scores.csv", index=False)  # test: healthy scans only
     metrics = evaluate(score_dir, None, tmp_path / "out", n_bootstrap=10, report=False, log=lambda m: None)
-    expected = (f"scores: section 'test' (2 scans in {score_dir / 'scores.csv'}) has only 2 healthy scans and no "
-                "anomalous (label 1) ones: AUROC, AP and sensitivities need both")
+    expected = (
+        f"scores: section 'test' (2 scans in {score_dir / 'scores.csv'}) has only 2 healthy scans and no "
+        "anomalous (label 1) ones: AUROC, AP and sensitivities need both"
+    )
     assert len(metrics["warnings"]) == 1 and metrics["warnings"][0].startswith(expected)
     assert f"warning: {expected}" in capsys.readouterr().err
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert on_disk["warnings"] == metrics["warnings"] and f"WARNING: {metrics['warnings'][0]}" in on_disk["notes"]
+    assert (
+        on_disk["warnings"] == metrics["warnings"]
+        and f"WARNING: {metrics['warnings'][0]}" in on_disk["notes"]
+    )
     assert "error" in on_disk["volume"]["nll"]
     # both classes: no warning
     both, _ = make_score_dir(tmp_path / "b", n_val=4, n_test=4, with_maps=False)

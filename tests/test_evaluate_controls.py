@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import spearmanr
-
 from mri_anomaly.evaluation.bootstrap import auroc_with_ci
 from mri_anomaly.evaluation.controls import baseline_comparison, brain_fraction_rho
 from mri_anomaly.evaluation.metrics import auroc
 from mri_anomaly.evaluation.strata import stratified_volume_metrics
+from scipy.stats import spearmanr
 
 
 def test_auroc_with_ci_by_hand():
@@ -50,15 +49,21 @@ def test_bootstrap_replicates_match_refitting():
 
 
 def test_strata_rank_each_stratum_against_all_healthy():
-    labelled = pd.DataFrame({
-        "subject_id": ["h1", "h2", "h3", "a1", "a2", "a3"],
-        "label": [0, 0, 0, 1, 1, 1],
-        "score": [0.1, 0.5, 0.3, 0.4, 0.9, 0.2],
-    })
-    subjects = pd.DataFrame({
-        "subject_id": ["h1", "h2", "h3", "a1", "a2", "a3"], "label": [0, 0, 0, 1, 1, 1],
-        "lesion_kind": ["", "", "", "ms", "tumour", "ms"], "size_stratum": ["", "", "", "small", "large", "small"],
-    })
+    labelled = pd.DataFrame(
+        {
+            "subject_id": ["h1", "h2", "h3", "a1", "a2", "a3"],
+            "label": [0, 0, 0, 1, 1, 1],
+            "score": [0.1, 0.5, 0.3, 0.4, 0.9, 0.2],
+        }
+    )
+    subjects = pd.DataFrame(
+        {
+            "subject_id": ["h1", "h2", "h3", "a1", "a2", "a3"],
+            "label": [0, 0, 0, 1, 1, 1],
+            "lesion_kind": ["", "", "", "ms", "tumour", "ms"],
+            "size_stratum": ["", "", "", "small", "large", "small"],
+        }
+    )
     out = stratified_volume_metrics(labelled, ["score"], subjects, n_bootstrap=100)["score"]
     assert set(out) == {"kind:ms", "kind:tumour", "size:small", "size:large"}
     # ms = a1 (0.4), a3 (0.2) vs healthy 0.1, 0.5, 0.3: 0.4 beats 2, 0.2 beats 1 -> 3/6
@@ -74,9 +79,17 @@ def test_brain_fraction_rho_uses_counted_healthy_slices():
     for subject, label in (("h1", 0), ("h2", 0), ("a1", 1)):
         for k in range(10):
             fraction = k / 10
-            rows.append({"subject_id": subject, "slice": k, "brain_fraction": fraction, "counted": int(k >= 2),
-                         "tracks": fraction + 0.01 * rng.normal(), "noise": rng.normal(),
-                         "flat": 1.0})
+            rows.append(
+                {
+                    "subject_id": subject,
+                    "slice": k,
+                    "brain_fraction": fraction,
+                    "counted": int(k >= 2),
+                    "tracks": fraction + 0.01 * rng.normal(),
+                    "noise": rng.normal(),
+                    "flat": 1.0,
+                }
+            )
     slices = pd.DataFrame(rows)
     out = brain_fraction_rho(slices, ["tracks", "noise", "flat"], {"h1", "h2"})
     part = slices[slices["subject_id"].isin(["h1", "h2"]) & (slices["counted"] == 1)]
@@ -87,22 +100,33 @@ def test_brain_fraction_rho_uses_counted_healthy_slices():
     # CIs resample whole scans: they contain the estimate; none for a constant column
     low, high = out["rho_ci"]["noise"]
     assert low <= out["rho"]["noise"] <= high and "flat" not in out["rho_ci"]
-    assert "rho_ci" in out and brain_fraction_rho(slices, ["noise"], {"h1", "h2"}, n_resamples=0)["rho_ci"] == {}
+    assert (
+        "rho_ci" in out and brain_fraction_rho(slices, ["noise"], {"h1", "h2"}, n_resamples=0)["rho_ci"] == {}
+    )
 
 
 def test_baseline_comparison_by_hand():
     ids = ["h1", "h2", "a1", "a2"]
     labels = [0, 0, 1, 1]
-    learned = pd.DataFrame({"subject_id": ids, "label": labels, "good": [0.1, 0.2, 0.8, 0.9], "bad": [0.9, 0.8, 0.1, 0.2]})
+    learned = pd.DataFrame(
+        {"subject_id": ids, "label": labels, "good": [0.1, 0.2, 0.8, 0.9], "bad": [0.9, 0.8, 0.1, 0.2]}
+    )
     base = pd.DataFrame({"subject_id": ids, "label": labels, "abs_z_q99": [0.1, 0.5, 0.4, 0.9]})  # AUROC 0.75
     volume = {"m/good": {"auroc": 1.0}, "m/bad": {"auroc": 0.0}, "normative/abs_z_q99": {"auroc": 0.75}}
-    out = baseline_comparison({"m": "glow", "normative": "normative"}, volume, {"m": learned, "normative": base},
-                              several=True, n_resamples=100)
+    out = baseline_comparison(
+        {"m": "glow", "normative": "normative"},
+        volume,
+        {"m": learned, "normative": base},
+        several=True,
+        n_resamples=100,
+    )
     assert set(out) == {"m"}  # baselines are not compared with themselves
     entry = out["m"]
     assert entry["best_column"] == "good" and entry["beats_all_baselines"]
     vs = entry["vs"]["normative"]
-    assert vs["column"] == "abs_z_q99" and vs["difference"] == pytest.approx(0.25) and vs["n_common_scans"] == 4
+    assert (
+        vs["column"] == "abs_z_q99" and vs["difference"] == pytest.approx(0.25) and vs["n_common_scans"] == 4
+    )
     assert vs["difference_ci"][0] <= 0.25 <= vs["difference_ci"][1]
     # no baseline evaluated: nothing to compare
     assert baseline_comparison({"m": "glow"}, {"m/good": {"auroc": 1.0}}, {"m": learned}, several=True) == {}

@@ -12,8 +12,16 @@ import pandas as pd
 SHAPE = (12, 12, 8)
 
 
-def make_score_dir(root: Path, name: str = "scores", seed: int = 0, n_val: int = 20, n_test: int = 12,
-                   separation: float = 2.0, with_maps: bool = True, sites: bool = True) -> tuple[Path, dict]:
+def make_score_dir(
+    root: Path,
+    name: str = "scores",
+    seed: int = 0,
+    n_val: int = 20,
+    n_test: int = 12,
+    separation: float = 2.0,
+    with_maps: bool = True,
+    sites: bool = True,
+) -> tuple[Path, dict]:
     """Scans (``root/data``), a datalist dict and ``root/name`` with scores.csv, slice_scores.csv, maps/.
 
     Test scans alternate healthy/anomalous; an anomalous scan has a cubic lesion (brighter voxels) and a
@@ -40,13 +48,24 @@ def make_score_dir(root: Path, name: str = "scores", seed: int = 0, n_val: int =
                 image[mask > 0] += 1.0
             img_path, mask_path = data / f"{sid}.nii.gz", data / f"{sid}_mask.nii.gz"
             nib.save(nib.Nifti1Image(image, affine), img_path)
-            item = {"image": str(img_path), "subject_id": sid, "label": label, "site": f"site{(i // 2) % 2 if sites else 0}"}
+            item = {
+                "image": str(img_path),
+                "subject_id": sid,
+                "label": label,
+                "site": f"site{(i // 2) % 2 if sites else 0}",
+            }
             if label:
                 nib.save(nib.Nifti1Image(mask, affine), mask_path)
                 item["mask"] = str(mask_path)
             sections[section].append(item)
-            row = {"subject_id": sid, "image": str(img_path), "section": section, "label": label,
-                   "nll": float(rng.normal() + separation * label), "ratio": float(rng.normal() + 0.5 * separation * label)}
+            row = {
+                "subject_id": sid,
+                "image": str(img_path),
+                "section": section,
+                "label": label,
+                "nll": float(rng.normal() + separation * label),
+                "ratio": float(rng.normal() + 0.5 * separation * label),
+            }
             if with_maps:
                 amap = (mask * separation + rng.normal(size=SHAPE) * 0.5).astype(np.float32)
                 rel = f"maps/{sid}_residual.nii.gz"
@@ -56,11 +75,21 @@ def make_score_dir(root: Path, name: str = "scores", seed: int = 0, n_val: int =
             for k in range(SHAPE[2]):
                 lab = int(mask[..., k].any())
                 # as the scorer writes it: no mask (a healthy scan) -> empty slice_label
-                slice_rows.append({"subject_id": sid, "section": section, "slice": k, "slice_label": lab if label else "",
-                                   "nll": float(rng.normal() + separation * lab), "ratio": float(rng.normal())})
+                slice_rows.append(
+                    {
+                        "subject_id": sid,
+                        "section": section,
+                        "slice": k,
+                        "slice_label": lab if label else "",
+                        "nll": float(rng.normal() + separation * lab),
+                        "ratio": float(rng.normal()),
+                    }
+                )
     pd.DataFrame(rows).to_csv(out / "scores.csv", index=False)
     pd.DataFrame(slice_rows).to_csv(out / "slice_scores.csv", index=False)
-    (out / "score_meta.json").write_text(json.dumps({"method": "synthetic", "score_columns": ["nll", "ratio"]}))
+    (out / "score_meta.json").write_text(
+        json.dumps({"method": "synthetic", "score_columns": ["nll", "ratio"]})
+    )
     (root / "datalist.json").write_text(json.dumps(sections))
     return out, sections
 
@@ -73,6 +102,8 @@ def test_synthetic_score_dir_follows_the_layout(tmp_path):
     assert list(scores.columns) == ["subject_id", "image", "section", "label", "nll", "ratio", "map:residual"]
     assert (out / scores["map:residual"][0]).is_file()
     slices = pd.read_csv(out / "slice_scores.csv")
-    assert len(slices) == 7 * SHAPE[2] and slices["slice_label"].sum() == 2 * 2  # two anomalous scans, 2 lesion slices each
+    assert (
+        len(slices) == 7 * SHAPE[2] and slices["slice_label"].sum() == 2 * 2
+    )  # two anomalous scans, 2 lesion slices each
     sections = load_datalist(tmp_path / "datalist.json")
     assert [it["label"] for it in sections["test"]] == [0, 1, 0, 1]

@@ -6,28 +6,65 @@ import json
 import shutil
 from pathlib import Path
 
+import mri_anomaly
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import mri_anomaly
 from mri_anomaly.cli import main
 from mri_anomaly.export import METADATA_FILE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = ["preprocessing.spacing=[8, 8, 8]", "preprocessing.spatial_size=[24, 24, 24]", "train.batch_size=2",
-        "train.init_batches=1", "train.phases.train.steps=2", "score.top_k=3", "model.levels=2", "model.steps=1",
-        "model.hidden_channels=8"]
+TINY = [
+    "preprocessing.spacing=[8, 8, 8]",
+    "preprocessing.spatial_size=[24, 24, 24]",
+    "train.batch_size=2",
+    "train.init_batches=1",
+    "train.phases.train.steps=2",
+    "score.top_k=3",
+    "model.levels=2",
+    "model.steps=1",
+    "model.hidden_channels=8",
+]
 
 
 @pytest.mark.parametrize("config", ["glow2d-slices", "glow3d"])
 def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--config", str(CONFIGS / f"{config}.yaml"), "--datalist", str(demo_cohort),
-                 "--out", str(run), "--no-progress", *[a for o in TINY for a in ("--set", o)]]) == 0
-    assert main(["score", "--run", str(run), "--datalist", str(demo_cohort), "--section", "validation,test",
-                 "--out", str(tmp_path / "scores"), "--no-maps", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(CONFIGS / f"{config}.yaml"),
+                "--datalist",
+                str(demo_cohort),
+                "--out",
+                str(run),
+                "--no-progress",
+                *[a for o in TINY for a in ("--set", o)],
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "score",
+                "--run",
+                str(run),
+                "--datalist",
+                str(demo_cohort),
+                "--section",
+                "validation,test",
+                "--out",
+                str(tmp_path / "scores"),
+                "--no-maps",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "model.pt2")]) == 0
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "model.onnx")]) == 0
     scored = pd.read_csv(tmp_path / "scores" / "scores.csv")
@@ -51,15 +88,20 @@ def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
             # the same kernels agree to 1e-5; ONNX Runtime / the reference maths to 1e-5 of the column's scale
             # (standardised slice scores near 0 magnify rounding differences of ~1e-7 in the raw ones)
             scale = 1.0 if reference is False else max(1.0, float(np.abs(scored[c]).max()))
-            np.testing.assert_allclose(table[c].to_numpy(), scored[c].to_numpy(), rtol=1e-5, atol=1e-5 * scale,
-                                       err_msg=exported)
+            np.testing.assert_allclose(
+                table[c].to_numpy(), scored[c].to_numpy(), rtol=1e-5, atol=1e-5 * scale, err_msg=exported
+            )
             differ = [i for i, (a, b) in enumerate(zip(table[f"flag:{c}"], scored[f"flag:{c}"])) if a != b]
             if reference is False:  # the same kernels: identical flags
                 assert differ == [], (exported, c)
             else:  # ONNX Runtime / the reference maths round differently (~1e-7): only a scan scored at its
                 # threshold (the calibration scan that set it) may land on the other side of it
-                assert all(abs(scored[c][i] - thresholds[c]) <= 1e-5 * max(1.0, abs(thresholds[c])) for i in differ)
-        np.testing.assert_allclose(scorer.decision_function(images), table[primary].to_numpy(), rtol=0, atol=0)
+                assert all(
+                    abs(scored[c][i] - thresholds[c]) <= 1e-5 * max(1.0, abs(thresholds[c])) for i in differ
+                )
+        np.testing.assert_allclose(
+            scorer.decision_function(images), table[primary].to_numpy(), rtol=0, atol=0
+        )
         if reference is False:
             assert scorer.predict(images).tolist() == scored[f"flag:{primary}"].tolist()
         assert scorer.threshold_ == pytest.approx(thresholds[primary])
@@ -72,10 +114,16 @@ def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
     extra = {METADATA_FILE: ""}
     program = torch.export.load(str(tmp_path / "model.pt2"), extra_files=extra)
     meta = json.loads(extra[METADATA_FILE])
-    assert meta["preprocessing"]["spatial_size"] == [24, 24, 24] and meta["preprocessing"]["spacing"] == [8, 8, 8]
+    assert meta["preprocessing"]["spatial_size"] == [24, 24, 24] and meta["preprocessing"]["spacing"] == [
+        8,
+        8,
+        8,
+    ]
     assert meta["versions"]["torch"] == torch.__version__ and meta["primary_score"] == primary
     # the per-position slice norms score standardises with travel in the file (2D runs have them)
-    assert meta["slice_norms"] == stored.get("slice_norms") and (config != "glow2d-slices" or meta["slice_norms"])
+    assert meta["slice_norms"] == stored.get("slice_norms") and (
+        config != "glow2d-slices" or meta["slice_norms"]
+    )
     assert meta["score_names"] == ["nll_bpd", "final_scale"] and meta["map_names"] == ["nll", "final_scale"]
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any(t.startswith("mri_anomaly.flow_step") for t in targets), sorted(targets)
@@ -84,8 +132,15 @@ def test_exported_scores_and_flags_equal_score(config, demo_cohort, tmp_path):
 
     model = onnx.load(str(tmp_path / "model.onnx"))
     assert json.loads({p.key: p.value for p in model.metadata_props}["mri_anomaly"]) == meta
-    assert [o.name for o in model.graph.output] == ["score:nll_bpd", "score:final_scale", "map:nll", "map:final_scale"]
-    assert all(node.domain in ("", "ai.onnx") for node in model.graph.node), {n.domain for n in model.graph.node}
+    assert [o.name for o in model.graph.output] == [
+        "score:nll_bpd",
+        "score:final_scale",
+        "map:nll",
+        "map:final_scale",
+    ]
+    assert all(node.domain in ("", "ai.onnx") for node in model.graph.node), {
+        n.domain for n in model.graph.node
+    }
 
 
 def test_export_errors(tmp_path):

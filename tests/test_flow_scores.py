@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
-
 from mri_anomaly.scoring import (
     MOST_ANOMALOUS_SCORE,
     bits_per_dim,
@@ -18,6 +16,7 @@ from mri_anomaly.scoring import (
     outlier_loss,
     scale_bits_per_dim,
 )
+from sklearn.metrics import roc_auc_score
 
 
 def test_bits_per_dim_values():
@@ -25,7 +24,9 @@ def test_bits_per_dim_values():
     d = 100
     log_prob = torch.tensor([0.0, d * math.log(2.0)], dtype=torch.float64)
     torch.testing.assert_close(bits_per_dim(log_prob, d), torch.tensor([8.0, 7.0], dtype=torch.float64))
-    torch.testing.assert_close(bits_per_dim(log_prob, d, n_bins=32), torch.tensor([5.0, 4.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        bits_per_dim(log_prob, d, n_bins=32), torch.tensor([5.0, 4.0], dtype=torch.float64)
+    )
 
 
 def test_scale_bits_per_dim_average_to_total_and_final_scale_is_last():
@@ -34,7 +35,9 @@ def test_scale_bits_per_dim_average_to_total_and_final_scale_is_last():
     per_scale = scale_bits_per_dim(contributions, dims)
     weighted = (per_scale * torch.tensor(dims, dtype=torch.float64)).sum(1) / sum(dims)
     torch.testing.assert_close(weighted, bits_per_dim(contributions.sum(1), sum(dims)))
-    torch.testing.assert_close(final_scale_score(contributions, dims), 8.0 - contributions[:, 2] / (16 * math.log(2)))
+    torch.testing.assert_close(
+        final_scale_score(contributions, dims), 8.0 - contributions[:, 2] / (16 * math.log(2))
+    )
     with pytest.raises(ValueError, match="latent_dims"):
         scale_bits_per_dim(contributions, [1, 2])
 
@@ -69,7 +72,9 @@ def test_nonfinite_scores_become_most_anomalous_and_metrics_work():
     scores = torch.tensor([0.1, float("nan"), 0.3, float("inf"), -float("inf")])
     cleaned = nonfinite_to_most_anomalous(scores)
     assert torch.isfinite(cleaned).all()
-    torch.testing.assert_close(cleaned, torch.tensor([0.1, MOST_ANOMALOUS_SCORE, 0.3, MOST_ANOMALOUS_SCORE, MOST_ANOMALOUS_SCORE]))
+    torch.testing.assert_close(
+        cleaned, torch.tensor([0.1, MOST_ANOMALOUS_SCORE, 0.3, MOST_ANOMALOUS_SCORE, MOST_ANOMALOUS_SCORE])
+    )
     assert torch.isnan(scores[1])  # input untouched
     # sklearn accepts it, and the broken samples rank as anomalous.
     labels = np.array([0, 1, 0, 1, 1])

@@ -26,7 +26,6 @@ import yaml
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
 from mri_anomaly.data import TINY_PREPROCESSING, VolumeDataset, load_datalist, load_volume  # noqa: E402
 from mri_anomaly.data.datalist import DatalistError  # noqa: E402
 from mri_anomaly.data.io import InputFileError  # noqa: E402
@@ -34,18 +33,34 @@ from mri_anomaly.errors import UserInputError  # noqa: E402
 from mri_anomaly.training.config import ConfigError, load_config, parse_override  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 SLOW_FUZZ = settings(FUZZ, max_examples=60)
 
 # ------------------------------------------------------------------------------------------ value strategies
-_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
-            | st.text(max_size=12))
-_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                     max_leaves=20)
-_item_key = st.sampled_from(["image", "label", "mask", "brain_mask", "semi_target", "site", "subject_id", "other"])
-_any_item = st.dictionaries(_item_key, _scalars | st.sampled_from(["a.nii.gz", "s01.nii.gz", "", "\x00bad", "../x.nii"]),
-                            max_size=5)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_item_key = st.sampled_from(
+    ["image", "label", "mask", "brain_mask", "semi_target", "site", "subject_id", "other"]
+)
+_any_item = st.dictionaries(
+    _item_key, _scalars | st.sampled_from(["a.nii.gz", "s01.nii.gz", "", "\x00bad", "../x.nii"]), max_size=5
+)
 _plausible_item = st.fixed_dictionaries(
     {"image": st.sampled_from(["a.nii.gz", "sub/b.nii", "/abs/c.nii.gz", "~/d.nii.gz", "", "\x00bad.nii"])},
     optional={
@@ -101,10 +116,14 @@ _csv_cell = st.text(alphabet=string.printable + "é\x00", max_size=10)
 
 
 @FUZZ
-@given(header=st.lists(st.sampled_from(["section", "image", "label", "mask", "semi_target", "site", "subject_id", "x", ""]),
-                       max_size=6),
-       rows=st.lists(st.lists(_csv_cell, max_size=7), max_size=5),
-       encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]))
+@given(
+    header=st.lists(
+        st.sampled_from(["section", "image", "label", "mask", "semi_target", "site", "subject_id", "x", ""]),
+        max_size=6,
+    ),
+    rows=st.lists(st.lists(_csv_cell, max_size=7), max_size=5),
+    encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]),
+)
 def test_any_csv_datalist_loads_or_names_the_file_and_its_problems(header, rows, encoding):
     path = _scratch() / "datalist.csv"
     text = "\n".join(",".join(r) for r in [header, *rows])
@@ -180,8 +199,9 @@ def test_any_yaml_file_as_a_config_names_the_file(content, raw):
 
 
 # ------------------------------------------------------------------------------------------ NIfTI files
-_dtypes = st.sampled_from([np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.float32, np.float64,
-                           np.complex64])
+_dtypes = st.sampled_from(
+    [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.float32, np.float64, np.complex64]
+)
 
 
 @st.composite
@@ -267,7 +287,7 @@ def test_any_nifti_through_the_preprocessing_is_an_item_or_an_error_item_naming_
         item = dataset[0]
     if "error" in item:
         assert item["error"].startswith(f"{path}: ")
-        event(f"refused: {item['error'][len(str(path)) + 2:].split('(')[0][:40]}")
+        event(f"refused: {item['error'][len(str(path)) + 2 :].split('(')[0][:40]}")
         return
     event("preprocessed")
     assert not np.iscomplexobj(spec[0]), "complex voxels must be refused, not silently cast"
@@ -323,8 +343,14 @@ def test_text_that_is_not_utf8_is_a_clear_datalist_or_config_error(tmp_path):
 
 def test_subject_ids_must_be_text_or_integers(tmp_path):
     path = tmp_path / "d.json"
-    path.write_text(json.dumps({"training": [{"image": "a.nii.gz", "subject_id": []}, {"image": "b.nii.gz", "subject_id": 7}]}))
-    with pytest.raises(DatalistError, match=r"training\[0\] \(\[\]\): subject_id \[\] must be text or an integer"):
+    path.write_text(
+        json.dumps(
+            {"training": [{"image": "a.nii.gz", "subject_id": []}, {"image": "b.nii.gz", "subject_id": 7}]}
+        )
+    )
+    with pytest.raises(
+        DatalistError, match=r"training\[0\] \(\[\]\): subject_id \[\] must be text or an integer"
+    ):
         load_datalist(path, check_files=False)
     path.write_text(json.dumps({"training": [{"image": "b.nii.gz", "subject_id": 7}]}))
     assert load_datalist(path, check_files=False)["training"][0]["subject_id"] == "7"
@@ -348,16 +374,25 @@ def test_a_model_value_the_constructor_refuses_is_a_config_error():
     from mri_anomaly.training import build_method
 
     config = load_config(CONFIGS / "glow3d.yaml", ["model.steps=0"])
-    with pytest.raises(ConfigError, match="model: method 'glow' refused its arguments: steps must be a positive"):
+    with pytest.raises(
+        ConfigError, match="model: method 'glow' refused its arguments: steps must be a positive"
+    ):
         build_method(config)
 
 
 @FUZZ
-@given(rows=st.lists(st.tuples(st.sampled_from(["s01", "s02", "", " s03 ", "s01"]),
-                               st.sampled_from(["", "0", "1", "1.0", "0.5", "1.7", "nan", "inf", "-1", "x", "1e400"]),
-                               st.sampled_from(["", "A", "b"])), max_size=5),
-       header=st.sampled_from(["subject_id,label,site", "subject,label,site", "subject_id,semi_target,site"]),
-       encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16"]))
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["s01", "s02", "", " s03 ", "s01"]),
+            st.sampled_from(["", "0", "1", "1.0", "0.5", "1.7", "nan", "inf", "-1", "x", "1e400"]),
+            st.sampled_from(["", "A", "b"]),
+        ),
+        max_size=5,
+    ),
+    header=st.sampled_from(["subject_id,label,site", "subject,label,site", "subject_id,semi_target,site"]),
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16"]),
+)
 def test_any_labels_csv_reads_exactly_or_names_the_file_and_line(rows, header, encoding):
     from mri_anomaly.data.commands import _read_labels
 

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from mri_anomaly.flows import Coupling, Glow, LatentPrior, dequantize, squeeze, unsqueeze
 
 
@@ -19,7 +18,9 @@ def _perturb_couplings(glow: Glow, std: float = 0.05) -> None:
                 module.net[-1].bias.normal_(0.0, std)
 
 
-def _tiny_glow(spatial_dims: int, coupling: str = "affine", size: int = 4, n: int = 6, **kwargs) -> tuple[Glow, torch.Tensor]:
+def _tiny_glow(
+    spatial_dims: int, coupling: str = "affine", size: int = 4, n: int = 6, **kwargs
+) -> tuple[Glow, torch.Tensor]:
     glow = Glow(spatial_dims, 1, levels=2, steps=2, hidden_channels=8, coupling=coupling, **kwargs).double()
     x = dequantize(torch.rand((n, 1) + (size,) * spatial_dims, dtype=torch.float64), training=True)
     glow.initialize(x)
@@ -152,7 +153,9 @@ def test_sample_shapes_finiteness_and_temperature(spatial_dims):
     torch.testing.assert_close(cold[0], cold[2], rtol=0, atol=0)
     # Sampling is the inverse of the density: encoding a sample gives back its latents.
     generator = torch.Generator().manual_seed(0)
-    z = [torch.randn(u.shape[1:], generator=generator, dtype=torch.float64)[None] for u in glow(samples[:1]).z]
+    z = [
+        torch.randn(u.shape[1:], generator=generator, dtype=torch.float64)[None] for u in glow(samples[:1]).z
+    ]
     torch.testing.assert_close(glow(glow.inverse(z)).z[1], z[1], rtol=1e-7, atol=1e-7)
 
 

@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
-
 from mri_anomaly.flows import Coupling, Glow, InvertibleChain, dequantize, saved_activation_bytes
 
 
-def _perturbed_glow(spatial_dims: int, steps: int, coupling: str = "affine", dtype=torch.float64) -> tuple[Glow, torch.Tensor]:
+def _perturbed_glow(
+    spatial_dims: int, steps: int, coupling: str = "affine", dtype=torch.float64
+) -> tuple[Glow, torch.Tensor]:
     glow = Glow(spatial_dims, 1, levels=2, steps=steps, hidden_channels=8, coupling=coupling).to(dtype)
     x = dequantize(torch.rand((3, 1) + (8,) * spatial_dims, dtype=dtype), training=True)
     glow.initialize(x)

@@ -10,10 +10,9 @@ import io
 
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
-
 from mri_anomaly.training.methods import get_method_class
 from mri_anomaly.training.methods.deep_sad import DeepSADMethod
+from sklearn.metrics import roc_auc_score
 
 SIZE = 16
 
@@ -43,7 +42,9 @@ def insert_disc(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return out
 
 
-def _train(method: DeepSADMethod, generator: torch.Generator, pretrain_steps: int = 60, train_steps: int = 120) -> None:
+def _train(
+    method: DeepSADMethod, generator: torch.Generator, pretrain_steps: int = 60, train_steps: int = 120
+) -> None:
     opt = torch.optim.Adam(method.phase_parameters("pretrain"), lr=1e-2)
     for _ in range(pretrain_steps):
         loss = method.training_loss("pretrain", {"image": healthy_slices(32, generator)})
@@ -71,12 +72,16 @@ def _test_scores(method: DeepSADMethod) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1234)
     normal = healthy_slices(64, generator)
     anomalous = torch.stack([insert_disc(x, generator) for x in healthy_slices(64, generator)])
-    return method.score({"image": normal}).scores["deep_sad_dist"], method.score({"image": anomalous}).scores["deep_sad_dist"]
+    return method.score({"image": normal}).scores["deep_sad_dist"], method.score({"image": anomalous}).scores[
+        "deep_sad_dist"
+    ]
 
 
 def test_registered_and_built_from_plain_config() -> None:
     cls = get_method_class("deep-sad")
-    assert cls is DeepSADMethod and cls.phases == ("pretrain", "train") and cls.score_names == ("deep_sad_dist",)
+    assert (
+        cls is DeepSADMethod and cls.phases == ("pretrain", "train") and cls.score_names == ("deep_sad_dist",)
+    )
     method = cls.from_config(3, 1, {"rep_dim": 4, "channels": [2, 4], "pooled_size": [1, 2, 1], "eta": 2.0})
     assert method.net.rep_dim == 4 and method.eta == 2.0
 
@@ -155,7 +160,10 @@ def test_gamma_l_inserts_lesions_into_the_expected_fraction() -> None:
     assert semi_target[0] == -1 and semi_target[1] == 1  # datalist labels kept
     # Fractional expectation: 0.05 · 10 = 0.5 labelled anomalies per batch on average.
     method.gamma_l = 0.05
-    counts = [int((method.labelled_batch({"image": healthy_slices(10, generator)})[1] == -1).sum()) for _ in range(400)]
+    counts = [
+        int((method.labelled_batch({"image": healthy_slices(10, generator)})[1] == -1).sum())
+        for _ in range(400)
+    ]
     assert set(counts) <= {0, 1} and 0.4 < sum(counts) / 400 < 0.6
     method.gamma_l = 0.0
     x, semi_target = method.labelled_batch({"image": images})
@@ -172,7 +180,9 @@ def test_save_and_load_give_identical_scores() -> None:
     loaded = DeepSADMethod(2, **SMALL, gamma_l=0.1)
     loaded.load_state_dict(state)
     batch = {"image": healthy_slices(8, generator)}
-    assert torch.equal(method.score(batch).scores["deep_sad_dist"], loaded.score(batch).scores["deep_sad_dist"])
+    assert torch.equal(
+        method.score(batch).scores["deep_sad_dist"], loaded.score(batch).scores["deep_sad_dist"]
+    )
     assert bool(loaded.net.center_initialized) and torch.equal(loaded.net.center, method.net.center)
 
 
@@ -188,7 +198,9 @@ def test_soft_boundary_radius_after_warmup_and_no_labels() -> None:
         dist = method.net.distance(batch["image"])  # same train-mode batch statistics as the loss
     assert method.net.radius.item() == pytest.approx(torch.quantile(dist.sqrt(), 0.75).item(), rel=1e-5)
     with pytest.raises(ValueError, match="no labels"):
-        method.training_loss("train", {"image": healthy_slices(2, generator), "semi_target": torch.tensor([0, -1])})
+        method.training_loss(
+            "train", {"image": healthy_slices(2, generator), "semi_target": torch.tensor([0, -1])}
+        )
     with pytest.raises(ValueError, match="gamma_l"):
         DeepSADMethod(2, objective="soft-boundary", gamma_l=0.1)
 
@@ -239,7 +251,9 @@ def test_default_lesions_are_rand_lesion_sized_in_mm_and_seeded_by_torch() -> No
     images = _brain_like_slices(8, generator)
     changed_voxels = {}
     for voxel_size_mm in (1.0, 4.0):
-        method = DeepSADMethod(2, **SMALL, gamma_l=0.5, voxel_size_mm=voxel_size_mm, lesion={"kinds": ["focal"]})
+        method = DeepSADMethod(
+            2, **SMALL, gamma_l=0.5, voxel_size_mm=voxel_size_mm, lesion={"kinds": ["focal"]}
+        )
         torch.manual_seed(5)
         x, semi_target = method.labelled_batch({"image": images})
         changed = (x != images).flatten(1)

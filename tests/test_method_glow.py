@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-
 from mri_anomaly.scoring import MOST_ANOMALOUS_SCORE
 from mri_anomaly.training.methods import get_method_class
 
@@ -91,8 +90,12 @@ def test_scores_and_maps_units_and_shapes():
     for value in out.maps.values():
         assert value.shape == (4, 1, SIZE, SIZE)
     # The mean of each map over its voxels is its score.
-    torch.testing.assert_close(out.maps["nll"].flatten(1).mean(1), out.scores["nll_bpd"], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out.maps["final_scale"].flatten(1).mean(1), out.scores["final_scale"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        out.maps["nll"].flatten(1).mean(1), out.scores["nll_bpd"], rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        out.maps["final_scale"].flatten(1).mean(1), out.scores["final_scale"], rtol=1e-4, atol=1e-4
+    )
     # nll_bpd is the Glow's bits/dim of the half-bin dequantised input.
     from mri_anomaly.flows import dequantize
 

@@ -6,11 +6,10 @@ import io
 
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
-
 from mri_anomaly.models import latent_norm_score
 from mri_anomaly.training.methods import get_method_class
 from mri_anomaly.training.methods.latent_norm import LatentNormMethod
+from sklearn.metrics import roc_auc_score
 
 SIZE = 16
 SMALL = dict(latent_dim=8, channels=[4, 8, 8], pooled_size=2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from mri_anomaly.evaluation.bootstrap import bootstrap_ci, metrics_with_ci
 from mri_anomaly.evaluation.metrics import (
     auroc,
@@ -130,9 +129,8 @@ def test_bootstrap_is_deterministic_and_clustered_is_wider():
 def test_one_curve_metrics_equal_sklearn_functions(seed):
     """binary_metrics / voxel_metrics_fn read AUROC, AP and Dice off one ROC curve; they must equal the
     scikit-learn functions exactly, with ties (rounded scores) and non-finite scores."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     from mri_anomaly.evaluation.metrics import voxel_metrics_fn
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, 300)

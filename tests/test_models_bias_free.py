@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mri_anomaly.models import (
+    BiasFreeAutoEncoder,
+    BiasFreeDecoder,
+    BiasFreeEncoder,
+    DeepSAD,
+    LatentNormAutoEncoder,
+)
 from torch import nn
-
-from mri_anomaly.models import BiasFreeAutoEncoder, BiasFreeDecoder, BiasFreeEncoder, DeepSAD, LatentNormAutoEncoder
-
 
 # Tiny convolutions gain nothing from intra-op threads (see the fixture in conftest.py).
 pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 
 def _all_networks() -> list[nn.Module]:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mri_anomaly.models import DeepSAD, deep_sad_loss, soft_boundary_loss, soft_boundary_radius
-
 
 # Tiny convolutions gain nothing from intra-op threads (see the fixture in conftest.py).
 pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 
 def test_deep_sad_loss_hand_computed() -> None:
@@ -90,7 +87,9 @@ def test_pretrained_encoder_really_transferred(spatial_dims: int) -> None:
         assert torch.equal(copied[key], value), key
     assert any(k.endswith("running_mean") for k in copied)  # statistics are part of the copy
     # A copy is a copy, not shared storage.
-    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(net.encoder.parameters(), ae.encoder.parameters()))
+    assert all(
+        p.data_ptr() != q.data_ptr() for p, q in zip(net.encoder.parameters(), ae.encoder.parameters())
+    )
 
 
 def test_encoder_copy_refuses_a_different_architecture() -> None:
@@ -140,7 +139,6 @@ def test_score_is_squared_distance_in_eval_mode() -> None:
         expected = ((net(x) - net.center) ** 2).sum(dim=1)
     torch.testing.assert_close(score, expected)
     assert score.shape == (3,) and bool((score >= 0).all())
-
 
 
 def test_center_is_all_reduced_across_ranks(monkeypatch) -> None:

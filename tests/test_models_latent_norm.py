@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mri_anomaly.models import LatentNormAutoEncoder, latent_norm_score
-
 
 # Tiny convolutions gain nothing from intra-op threads (see the fixture in conftest.py).
 pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 
 def test_latent_norm_score_hand_computed() -> None:
@@ -18,7 +15,9 @@ def test_latent_norm_score_hand_computed() -> None:
     x_hat = torch.tensor([[3.0, 4.0, 0.0, 0.0], [1.0, -1.0, 1.0, -1.0]], dtype=torch.float64).view(2, 1, 2, 2)
     z = torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     # plain norms: ‖(3, 4, 0, 0)‖ = 5, ‖(1, 2, 2)‖ = 3 -> 5 + 0.5·3; ‖(1, −1, 1, −1)‖ = 2, ‖0‖ = 0 -> 2
-    torch.testing.assert_close(latent_norm_score(x, x_hat, z, beta=0.5), torch.tensor([6.5, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        latent_norm_score(x, x_hat, z, beta=0.5), torch.tensor([6.5, 2.0], dtype=torch.float64)
+    )
     # squared norms would give 25 + 0.5·9: make sure they are not used
     assert latent_norm_score(x, x_hat, z, beta=0.5)[0].item() != pytest.approx(29.5)
 
@@ -92,6 +91,7 @@ def test_decoder_output_depends_on_the_scale_of_the_code() -> None:
 
     torch.manual_seed(0)
     z = torch.randn(6, 8)
+
     def change(model: torch.nn.Module) -> float:
         return float((model.decoder(z, (16, 16)) - model.decoder(0.5 * z, (16, 16))).abs().max())
 

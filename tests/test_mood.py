@@ -9,19 +9,39 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
 from mri_anomaly.cli import main
 from mri_anomaly.data import load_datalist, write_datalist
 from mri_anomaly.scoring.mood import from_unit, to_unit
 
-TINY = ["preprocessing.spacing=[8, 8, 8]", "preprocessing.spatial_size=[24, 24, 24]", "train.batch_size=4",
-        "train.init_batches=1", "score.top_k=3"]
+TINY = [
+    "preprocessing.spacing=[8, 8, 8]",
+    "preprocessing.spatial_size=[24, 24, 24]",
+    "train.batch_size=4",
+    "train.init_batches=1",
+    "score.top_k=3",
+]
 MODELS = {
-    "glow2d-slices": ["model.levels=2", "model.steps=1", "model.hidden_channels=8", "train.phases.train.steps=2"],
-    "deep-svdd-2d": ["model.channels=[4, 8]", "model.pooled_size=2", "model.rep_dim=8",
-                     "train.phases.pretrain.steps=2", "train.phases.train.steps=2"],
-    "deep-sad-3d": ["model.channels=[4, 8]", "model.pooled_size=2", "model.rep_dim=8", "train.batch_size=2",
-                    "train.phases.pretrain.steps=2", "train.phases.train.steps=2"],
+    "glow2d-slices": [
+        "model.levels=2",
+        "model.steps=1",
+        "model.hidden_channels=8",
+        "train.phases.train.steps=2",
+    ],
+    "deep-svdd-2d": [
+        "model.channels=[4, 8]",
+        "model.pooled_size=2",
+        "model.rep_dim=8",
+        "train.phases.pretrain.steps=2",
+        "train.phases.train.steps=2",
+    ],
+    "deep-sad-3d": [
+        "model.channels=[4, 8]",
+        "model.pooled_size=2",
+        "model.rep_dim=8",
+        "train.batch_size=2",
+        "train.phases.pretrain.steps=2",
+        "train.phases.train.steps=2",
+    ],
 }
 
 
@@ -44,12 +64,43 @@ def mood_scored(request, demo_cohort, screening_datalist, tmp_path_factory):
     name = request.param
     root = tmp_path_factory.mktemp(f"mood-{name}")
     config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
-    assert main(["train", "--config", str(config), "--datalist", str(demo_cohort), "--out", str(root / "run"),
-                 "--no-progress", *_set(TINY + MODELS[name])]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--datalist",
+                str(demo_cohort),
+                "--out",
+                str(root / "run"),
+                "--no-progress",
+                *_set(TINY + MODELS[name]),
+            ]
+        )
+        == 0
+    )
     raw, unit = root / "raw", root / "unit"
     for out, values in ((raw, "raw"), (unit, "unit")):
-        assert main(["score", "--run", str(root / "run"), "--datalist", str(screening_datalist), "--out", str(out),
-                     "--format", "mood", "--mood-values", values, "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "score",
+                    "--run",
+                    str(root / "run"),
+                    "--datalist",
+                    str(screening_datalist),
+                    "--out",
+                    str(out),
+                    "--format",
+                    "mood",
+                    "--mood-values",
+                    values,
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     return name, root, raw, unit
 
 
@@ -86,13 +137,36 @@ def test_mood_layout_matches_scores_and_inputs(mood_scored):
             slices = pd.read_csv(raw / "slice_scores.csv")
             own = slices[slices["subject_id"] == row["subject_id"]]["deep_sad_dist"]
             assert raw_map.min() >= min(0.0, own.min()) - 1e-5 and raw_map.max() <= own.max() + 1e-5
-            assert raw_map.max() >= own.min() and np.unique(np.round(raw_map[raw_map >= own.min()], 6)).size > 1
-    unit_scores = [float((unit / "mood" / "sample" / f"{Path(p).name}.txt").read_text()) for p in table["image"]]
-    assert np.argsort(unit_scores, kind="stable").tolist() == np.argsort(table[primary].to_numpy(), kind="stable").tolist()
+            assert (
+                raw_map.max() >= own.min() and np.unique(np.round(raw_map[raw_map >= own.min()], 6)).size > 1
+            )
+    unit_scores = [
+        float((unit / "mood" / "sample" / f"{Path(p).name}.txt").read_text()) for p in table["image"]
+    ]
+    assert (
+        np.argsort(unit_scores, kind="stable").tolist()
+        == np.argsort(table[primary].to_numpy(), kind="stable").tolist()
+    )
 
 
 def test_mood_needs_maps(mood_scored, screening_datalist, tmp_path, capsys):
     _, root, _, _ = mood_scored
-    assert main(["score", "--run", str(root / "run"), "--datalist", str(screening_datalist), "--out", str(tmp_path),
-                 "--format", "mood", "--no-maps", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--run",
+                str(root / "run"),
+                "--datalist",
+                str(screening_datalist),
+                "--out",
+                str(tmp_path),
+                "--format",
+                "mood",
+                "--no-maps",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "drop --no-maps" in capsys.readouterr().err

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from mri_anomaly import ops
 from mri_anomaly.ops import reference as ref
 
@@ -50,9 +49,18 @@ def test_build_info_describes_this_build():
     from mri_anomaly import _C, __version__
 
     info = _C.build_info()
-    types = {"version": str, "torch_version": str, "compiler": str, "with_cuda": bool, "cuda_archs": str,
-             "with_openmp": bool, "omp_max_threads": int, "cpu_tile_values": int, "cpu_tile_min_voxels": int,
-             "cpu_tile_max_voxels": int}
+    types = {
+        "version": str,
+        "torch_version": str,
+        "compiler": str,
+        "with_cuda": bool,
+        "cuda_archs": str,
+        "with_openmp": bool,
+        "omp_max_threads": int,
+        "cpu_tile_values": int,
+        "cpu_tile_min_voxels": int,
+        "cpu_tile_max_voxels": int,
+    }
     assert set(info) == set(types)
     for key, kind in types.items():
         if key == "omp_max_threads" and not info["with_openmp"]:
@@ -81,11 +89,14 @@ def test_opcheck_every_op(case):
     s = sample_inputs()[case]
     m = torch.ops.mri_anomaly
     rg = lambda t: t.clone().requires_grad_()  # noqa: E731
-    torch.library.opcheck(m.flow_step.default, (rg(s["x"]), rg(s["ls"]), rg(s["b"]), rg(s["w"]), rg(s["lad"])))
+    torch.library.opcheck(
+        m.flow_step.default, (rg(s["x"]), rg(s["ls"]), rg(s["b"]), rg(s["w"]), rg(s["lad"]))
+    )
     torch.library.opcheck(m.flow_step_inverse.default, (rg(s["y"]), rg(s["ls"]), rg(s["b"]), rg(s["w_inv"])))
     torch.library.opcheck(m.flow_step_backward.default, (s["gy"], s["gl"], s["x"], s["ls"], s["b"], s["w"]))
     torch.library.opcheck(
-        m.flow_step_backward_from_output.default, (s["gy"], s["gl"], s["y"], s["ls"], s["b"], s["w"], s["w_inv"])
+        m.flow_step_backward_from_output.default,
+        (s["gy"], s["gl"], s["y"], s["ls"], s["b"], s["w"], s["w_inv"]),
     )
     torch.library.opcheck(m.channel_moments.default, (s["x"],))
 
@@ -114,10 +125,13 @@ def test_every_op_matches_reference(shape, dtype):
     y_ref, logdet_ref = ref.flow_step(x, ls, b, w, lad)
     torch.testing.assert_close(y, y_ref, **tol)
     torch.testing.assert_close(logdet, logdet_ref, **tol)
-    torch.testing.assert_close(ops.flow_step_inverse(y_ref, ls, b, w_inv), ref.flow_step_inverse(y_ref, ls, b, w_inv),
-                               **tol)
+    torch.testing.assert_close(
+        ops.flow_step_inverse(y_ref, ls, b, w_inv), ref.flow_step_inverse(y_ref, ls, b, w_inv), **tol
+    )
     gy, gl = torch.randn_like(y), torch.randn_like(logdet)
-    for got, want in zip(ops.flow_step_backward(gy, gl, x, ls, b, w), ref.flow_step_backward(gy, gl, x, ls, b, w)):
+    for got, want in zip(
+        ops.flow_step_backward(gy, gl, x, ls, b, w), ref.flow_step_backward(gy, gl, x, ls, b, w)
+    ):
         torch.testing.assert_close(got, want, **tol)
     got = ops.flow_step_backward_from_output(gy, gl, y_ref, ls, b, w, w_inv)
     want = ref.flow_step_backward_from_output(gy, gl, y_ref, ls, b, w, w_inv)
@@ -286,19 +300,28 @@ def test_cuda_matches_cpu(shape, dtype):
     y_gpu, logdet_gpu = ops.flow_step(*cuda)
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, **tol)
     torch.testing.assert_close(logdet_gpu.cpu(), logdet_cpu, **tol)
-    torch.testing.assert_close(ops.flow_step_inverse(y_gpu, cuda[1], cuda[2], w_inv.cuda()).cpu(),
-                               ops.flow_step_inverse(y_cpu, ls, b, w_inv), **tol)
+    torch.testing.assert_close(
+        ops.flow_step_inverse(y_gpu, cuda[1], cuda[2], w_inv.cuda()).cpu(),
+        ops.flow_step_inverse(y_cpu, ls, b, w_inv),
+        **tol,
+    )
     gy, gl = torch.randn_like(y_cpu), torch.randn_like(logdet_cpu)
-    got = ops.flow_step_backward_from_output(gy.cuda(), gl.cuda(), y_gpu, cuda[1], cuda[2], cuda[3], w_inv.cuda())
+    got = ops.flow_step_backward_from_output(
+        gy.cuda(), gl.cuda(), y_gpu, cuda[1], cuda[2], cuda[3], w_inv.cuda()
+    )
     want = ops.flow_step_backward_from_output(gy, gl, y_cpu, ls, b, w, w_inv)
     for a, e in zip(got, want):
         torch.testing.assert_close(a.cpu(), e, **tol)
-    for a, e in zip(ops.flow_step_backward(gy.cuda(), gl.cuda(), *cuda[:4]), ops.flow_step_backward(gy, gl, *cpu_args[:4])):
+    for a, e in zip(
+        ops.flow_step_backward(gy.cuda(), gl.cuda(), *cuda[:4]), ops.flow_step_backward(gy, gl, *cpu_args[:4])
+    ):
         torch.testing.assert_close(a.cpu(), e, **tol)
     for a, e in zip(ops.channel_moments(cuda[0]), ops.channel_moments(x)):
         torch.testing.assert_close(a.cpu(), e, atol=1e-9, rtol=1e-12)
     # Deterministic parameter-gradient reductions on the device too.
-    again = ops.flow_step_backward_from_output(gy.cuda(), gl.cuda(), y_gpu, cuda[1], cuda[2], cuda[3], w_inv.cuda())
+    again = ops.flow_step_backward_from_output(
+        gy.cuda(), gl.cuda(), y_gpu, cuda[1], cuda[2], cuda[3], w_inv.cuda()
+    )
     for a, e in zip(again, got):
         assert torch.equal(a, e)
 
@@ -310,7 +333,9 @@ def test_cuda_gradcheck_and_opcheck():
     ls, b, w, lad = [s[k].clone().requires_grad_() for k in ("ls", "b", "w", "lad")]
     assert torch.autograd.gradcheck(lambda *a: ops.flow_step(*a), (x, ls, b, w, lad))
     m = torch.ops.mri_anomaly
-    torch.library.opcheck(m.flow_step_backward_from_output.default,
-                          (s["gy"], s["gl"], s["y"], s["ls"], s["b"], s["w"], s["w_inv"]))
+    torch.library.opcheck(
+        m.flow_step_backward_from_output.default,
+        (s["gy"], s["gl"], s["y"], s["ls"], s["b"], s["w"], s["w_inv"]),
+    )
     with pytest.raises(ValueError, match="bias is on"):
         m.flow_step.default(s["x"], s["ls"], s["b"].cpu(), s["w"], s["lad"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mri_anomaly.ops import reference as ref
 
 SHAPES = [(2, 3, 5), (2, 4, 3, 5), (1, 5, 3, 2, 3)]  # 1D, 2D, 3D spatial; odd sizes
@@ -29,7 +28,9 @@ def test_forward_matches_einsum(shape):
     expected = torch.einsum("oc,nc...->no...", w, h)
     torch.testing.assert_close(y, expected)
     voxels = x[0, 0].numel()
-    torch.testing.assert_close(logdet, torch.full((shape[0],), voxels * (ls.sum() + lad).item(), dtype=torch.float64))
+    torch.testing.assert_close(
+        logdet, torch.full((shape[0],), voxels * (ls.sum() + lad).item(), dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -52,7 +53,9 @@ def test_backward_from_output_equals_saved_input(shape):
     y, logdet = ref.flow_step(x, ls, b, w, lad)
     grad_y, grad_logdet = torch.randn_like(y), torch.randn_like(logdet)
     saved = ref.flow_step_backward(grad_y, grad_logdet, x, ls, b, w)
-    x_rebuilt, *rebuilt = ref.flow_step_backward_from_output(grad_y, grad_logdet, y, ls, b, w, torch.linalg.inv(w))
+    x_rebuilt, *rebuilt = ref.flow_step_backward_from_output(
+        grad_y, grad_logdet, y, ls, b, w, torch.linalg.inv(w)
+    )
     torch.testing.assert_close(x_rebuilt, x)
     for a, e in zip(rebuilt, saved):
         torch.testing.assert_close(a, e)

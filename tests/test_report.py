@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from test_evaluate_data import make_score_dir
 from mri_anomaly.evaluation.evaluate import evaluate
+from test_evaluate_data import make_score_dir
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 
@@ -52,8 +52,17 @@ def test_single_run_report(tmp_path):
     m = evaluate(d, sections, tmp_path / "out", n_bootstrap=50, n_bootstrap_voxel=10)
     p = _check(tmp_path / "out" / "report.html")
     names = sorted(src.split("/")[-1] for src in p.images)
-    assert names == sorted(["roc_volume.png", "pr_volume.png", "roc_slice.png", "pr_slice.png", "dist_scores.png",
-                            "profiles_scores.png", "overlay_residual.png"])
+    assert names == sorted(
+        [
+            "roc_volume.png",
+            "pr_volume.png",
+            "roc_slice.png",
+            "pr_slice.png",
+            "dist_scores.png",
+            "profiles_scores.png",
+            "overlay_residual.png",
+        ]
+    )
     text = " ".join(p.text)
     assert f"{m['volume']['ratio']['auroc']:.3f}" in text
     assert f"{m['voxel']['residual']['best_dice']:.3f}" in text
@@ -68,4 +77,6 @@ def test_comparison_report(tmp_path):
     p = _check(tmp_path / "cmp" / "report.html")
     text = " ".join(p.text)
     assert "Comparison" in text and "glow2d" in text and "deep-sad" in text
-    assert any("dist_deep-sad.png" in s for s in p.images) and any("overlay_glow2d_residual.png" in s for s in p.images)
+    assert any("dist_deep-sad.png" in s for s in p.images) and any(
+        "overlay_glow2d_residual.png" in s for s in p.images
+    )

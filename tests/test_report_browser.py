@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mri_anomaly.evaluation.browser import find_chromium, open_in_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "docs" / "refresh_report_screenshot.py"
 
-pytestmark = pytest.mark.skipif(find_chromium() is None,
-                                reason="no Chromium binary (Debian: apt-get install chromium); the check needs a browser")
+pytestmark = pytest.mark.skipif(
+    find_chromium() is None,
+    reason="no Chromium binary (Debian: apt-get install chromium); the check needs a browser",
+)
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -61,8 +62,13 @@ def test_report_opens_without_console_errors_and_figures_load(smoke_demo, tmp_pa
 def test_screenshot_script_refreshes_from_a_demo(smoke_demo, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
     out = tmp_path / "report_screenshot.png"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--demo", str(smoke_demo), "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--demo", str(smoke_demo), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "0 console error(s)" in done.stdout and _png_size(out) == (1280, 2000)
 
@@ -71,8 +77,13 @@ def test_screenshot_script_refreshes_from_a_demo(smoke_demo, tmp_path):
     saved = figures[0].read_bytes()
     figures[0].unlink()
     try:
-        failed = subprocess.run([sys.executable, str(SCRIPT), "--demo", str(smoke_demo), "--out", str(tmp_path / "x.png")],
-                                capture_output=True, text=True, env=env, timeout=300)
+        failed = subprocess.run(
+            [sys.executable, str(SCRIPT), "--demo", str(smoke_demo), "--out", str(tmp_path / "x.png")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     finally:
         figures[0].write_bytes(saved)
     assert failed.returncode == 1 and figures[0].name in failed.stderr and not (tmp_path / "x.png").exists()

@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
 from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label
 from mri_anomaly.scoring.brain import slice_brain_statistic
@@ -28,7 +27,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------------ aggregation
 def test_aggregate_slice_scores_by_hand():
     scores = {"s": torch.tensor([9.0, 1.0, 2.0, 3.0, float("nan"), 5.0])}
-    counted = torch.tensor([False, True, True, True, False, True])  # slice 0 (9.0) and the NaN slice are not counted
+    counted = torch.tensor(
+        [False, True, True, True, False, True]
+    )  # slice 0 (9.0) and the NaN slice are not counted
     out = aggregate_slice_scores(scores, counted, top_k=2)
     assert out == pytest.approx({"s_mean": (1 + 2 + 3 + 5) / 4, "s_max": 5.0, "s_top2_mean": 4.0})
     # a counted non-finite slice is the most anomalous, never dropped
@@ -61,13 +62,18 @@ def test_slice_profile_over_brain_and_labels():
 # ------------------------------------------------------------------------------------------ a scored run
 @pytest.fixture(scope="module")
 def trained_2d_run(demo_cohort, tmp_path_factory) -> Path:
-    config = validate_config({
-        "method": "latent-norm-ae", "spatial_dims": 2, "seed": 0,
-        "preprocessing": dict(TINY_PREPROCESSING), "slices": {"min_brain_fraction": 0.1},
-        "model": {"latent_dim": 8, "channels": [4, 8], "pooled_size": 2},
-        "train": {"batch_size": 4, "init_batches": 1, "phases": {"train": {"steps": 2, "lr": 1e-3}}},
-        "score": {"top_k": 3},
-    })
+    config = validate_config(
+        {
+            "method": "latent-norm-ae",
+            "spatial_dims": 2,
+            "seed": 0,
+            "preprocessing": dict(TINY_PREPROCESSING),
+            "slices": {"min_brain_fraction": 0.1},
+            "model": {"latent_dim": 8, "channels": [4, 8], "pooled_size": 2},
+            "train": {"batch_size": 4, "init_batches": 1, "phases": {"train": {"steps": 2, "lr": 1e-3}}},
+            "score": {"top_k": 3},
+        }
+    )
     run = tmp_path_factory.mktemp("score") / "run"
     Trainer(config, demo_cohort, run, progress=False).fit()
     return run
@@ -76,7 +82,9 @@ def trained_2d_run(demo_cohort, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def scored(trained_2d_run, demo_cohort, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("scored") / "out"
-    summary = score_datalist(trained_2d_run, demo_cohort, out, sections=("validation", "test"), progress=False)
+    summary = score_datalist(
+        trained_2d_run, demo_cohort, out, sections=("validation", "test"), progress=False
+    )
     data = load_datalist(demo_cohort)
     assert summary.scored == len(data["validation"]) + len(data["test"]) and summary.errors == 0
     return out
@@ -86,7 +94,9 @@ def test_scores_csv_rows_columns_and_flags(scored, trained_2d_run, demo_cohort):
     data = load_datalist(demo_cohort)
     rows = read_csv(scored / "scores.csv")
     expected = [("validation", it) for it in data["validation"]] + [("test", it) for it in data["test"]]
-    assert [(r["section"], r["image"]) for r in rows] == [(s, it["image"]) for s, it in expected]  # datalist order
+    assert [(r["section"], r["image"]) for r in rows] == [
+        (s, it["image"]) for s, it in expected
+    ]  # datalist order
     assert [r["subject_id"] for r in rows] == [it["subject_id"] for _, it in expected]
     assert [r["label"] for r in rows] == [str(it["label"]) if "label" in it else "" for _, it in expected]
     columns = ["latent_norm_mean", "latent_norm_max", "latent_norm_top3_mean"]
@@ -97,7 +107,9 @@ def test_scores_csv_rows_columns_and_flags(scored, trained_2d_run, demo_cohort):
         for c in columns:
             assert np.isfinite(float(r[c]))
             assert int(r[f"flag:{c}"]) == int(float(r[c]) > thresholds[c])
-        assert float(r["latent_norm_mean"]) <= float(r["latent_norm_top3_mean"]) <= float(r["latent_norm_max"])
+        assert (
+            float(r["latent_norm_mean"]) <= float(r["latent_norm_top3_mean"]) <= float(r["latent_norm_max"])
+        )
     meta = json.loads((scored / "score_meta.json").read_text())
     assert meta["method"] == "latent-norm-ae" and meta["score_columns"] == columns
     assert meta["slice_score_columns"] == ["latent_norm"] and meta["map_names"] == ["residual"]
@@ -107,7 +119,15 @@ def test_scores_csv_rows_columns_and_flags(scored, trained_2d_run, demo_cohort):
 def test_volume_scores_are_the_documented_aggregate_of_slice_scores(scored):
     rows = read_csv(scored / "scores.csv")
     slices = read_csv(scored / "slice_scores.csv")
-    assert list(slices[0]) == ["subject_id", "section", "slice", "brain_fraction", "counted", "slice_label", "latent_norm"]
+    assert list(slices[0]) == [
+        "subject_id",
+        "section",
+        "slice",
+        "brain_fraction",
+        "counted",
+        "slice_label",
+        "latent_norm",
+    ]
     for r in rows:
         mine = [s for s in slices if s["subject_id"] == r["subject_id"] and s["section"] == r["section"]]
         assert [int(s["slice"]) for s in mine] == list(range(24))  # every axial slice of the 24^3 model grid
@@ -157,10 +177,14 @@ def _corrupt_datalist(demo_cohort: Path, folder: Path) -> Path:
     return path
 
 
-def test_corrupt_and_missing_files_go_to_errors_csv_and_the_rest_is_scored(trained_2d_run, demo_cohort, tmp_path):
+def test_corrupt_and_missing_files_go_to_errors_csv_and_the_rest_is_scored(
+    trained_2d_run, demo_cohort, tmp_path
+):
     datalist = _corrupt_datalist(demo_cohort, tmp_path)
     out = tmp_path / "out"
-    summary = score_datalist(trained_2d_run, datalist, out, sections=("test",), save_maps=False, progress=False)
+    summary = score_datalist(
+        trained_2d_run, datalist, out, sections=("test",), save_maps=False, progress=False
+    )
     n_good = len(load_datalist(demo_cohort)["test"])
     assert summary.scored == n_good and summary.errors == 2
     errors = read_csv(out / "errors.csv")
@@ -185,7 +209,9 @@ def test_an_interrupted_score_run_resumes_without_rescoring(trained_2d_run, scor
     # half-written
     lines = (out / "scores.csv").read_text().splitlines(keepends=True)
     (out / "scores.csv").write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-    summary = score_datalist(trained_2d_run, demo_cohort, out, sections=("validation", "test"), progress=False)
+    summary = score_datalist(
+        trained_2d_run, demo_cohort, out, sections=("validation", "test"), progress=False
+    )
     assert summary.scored == 1 and summary.skipped_existing == len(complete_scores) - 1
     rows, slices = read_csv(out / "scores.csv"), read_csv(out / "slice_scores.csv")
     assert [r["subject_id"] for r in rows] == [r["subject_id"] for r in complete_scores]
@@ -203,7 +229,9 @@ def test_unknown_section_and_missing_run_are_clear_errors(trained_2d_run, demo_c
 
 def test_out_of_another_model_is_refused_and_sections_accumulate(trained_2d_run, demo_cohort, tmp_path):
     out = tmp_path / "out"
-    score_datalist(trained_2d_run, demo_cohort, out, sections=("validation",), save_maps=False, progress=False)
+    score_datalist(
+        trained_2d_run, demo_cohort, out, sections=("validation",), save_maps=False, progress=False
+    )
     score_datalist(trained_2d_run, demo_cohort, out, sections=("test",), save_maps=False, progress=False)
     meta = json.loads((out / "score_meta.json").read_text())
     assert meta["sections"] == ["validation", "test"]
@@ -220,26 +248,61 @@ def test_out_of_another_model_is_refused_and_sections_accumulate(trained_2d_run,
 
 
 # ------------------------------------------------------------------------------------------ loud failures (issue 13)
-def test_score_command_exits_3_when_scans_failed_and_still_scores_the_rest(trained_2d_run, demo_cohort, tmp_path, capsys):
+def test_score_command_exits_3_when_scans_failed_and_still_scores_the_rest(
+    trained_2d_run, demo_cohort, tmp_path, capsys
+):
     from mri_anomaly.cli import EXIT_SOME_SCANS_FAILED, main
 
     datalist = _corrupt_datalist(demo_cohort, tmp_path)
     out = tmp_path / "out"
-    status = main(["score", "--run", str(trained_2d_run), "--datalist", str(datalist), "--section", "test",
-                   "--out", str(out), "--no-maps", "--no-progress"])
+    status = main(
+        [
+            "score",
+            "--run",
+            str(trained_2d_run),
+            "--datalist",
+            str(datalist),
+            "--section",
+            "test",
+            "--out",
+            str(out),
+            "--no-maps",
+            "--no-progress",
+        ]
+    )
     assert status == EXIT_SOME_SCANS_FAILED == 3
     n_good = len(load_datalist(demo_cohort)["test"])
     assert len(read_csv(out / "scores.csv")) == n_good
     assert [e["subject_id"] for e in read_csv(out / "errors.csv")] == ["broken", "gone"]
     summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mri-anomaly score:")]
-    assert summary == [f"mri-anomaly score: 2 of {n_good + 2} scan(s) failed, listed in {out / 'errors.csv'} "
-                       f"({n_good} scored now, 0 already done); exit status 3"]
+    assert summary == [
+        f"mri-anomaly score: 2 of {n_good + 2} scan(s) failed, listed in {out / 'errors.csv'} "
+        f"({n_good} scored now, 0 already done); exit status 3"
+    ]
     # every scan readable: exit 0
-    assert main(["score", "--run", str(trained_2d_run), "--datalist", str(demo_cohort), "--section", "test",
-                 "--out", str(tmp_path / "clean"), "--no-maps", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--run",
+                str(trained_2d_run),
+                "--datalist",
+                str(demo_cohort),
+                "--section",
+                "test",
+                "--out",
+                str(tmp_path / "clean"),
+                "--no-maps",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
-def test_a_bug_while_scoring_is_raised_not_recorded_as_a_bad_scan(trained_2d_run, demo_cohort, tmp_path, monkeypatch):
+def test_a_bug_while_scoring_is_raised_not_recorded_as_a_bad_scan(
+    trained_2d_run, demo_cohort, tmp_path, monkeypatch
+):
     import mri_anomaly.scoring.runner as runner
 
     def broken_scorer(*args, **kwargs):
@@ -252,7 +315,9 @@ def test_a_bug_while_scoring_is_raised_not_recorded_as_a_bad_scan(trained_2d_run
     assert not read_csv(out / "errors.csv")
 
 
-def test_a_bug_in_preprocessing_is_raised_not_recorded_as_a_bad_scan(trained_2d_run, demo_cohort, tmp_path, monkeypatch):
+def test_a_bug_in_preprocessing_is_raised_not_recorded_as_a_bad_scan(
+    trained_2d_run, demo_cohort, tmp_path, monkeypatch
+):
     from mri_anomaly.data import VolumeDataset
 
     def broken_getitem(self, index):

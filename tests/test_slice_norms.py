@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
 from mri_anomaly.scoring.brain import brain_mask, brain_mean, brain_quantile
 from mri_anomaly.scoring.slice_norms import fit_slice_norms, standardise_slice_scores
@@ -25,7 +24,9 @@ def test_fit_and_standardise_by_hand():
     assert column["center"] == pytest.approx([2.0, 10.0, 6.0])
     assert column["scale"] == pytest.approx([1.4826, 0.14826, 1.4826])
     assert norms["n_volumes"] == 3 and norms["depth"] == 3
-    z = standardise_slice_scores({"s": torch.tensor([3.4826, 10.14826, 6.0]), "other": torch.tensor([7.0])}, norms)
+    z = standardise_slice_scores(
+        {"s": torch.tensor([3.4826, 10.14826, 6.0]), "other": torch.tensor([7.0])}, norms
+    )
     assert z["s"].tolist() == pytest.approx([1.0, 1.0, 0.0])
     assert z["other"].tolist() == [7.0]  # a column without norms stays raw
     assert standardise_slice_scores({"s": torch.tensor([1.0])}, None)["s"].tolist() == [1.0]
@@ -47,7 +48,9 @@ def test_brain_fraction_covariate_removes_a_size_trend():
     def volumes(n):
         base = np.linspace(0.05, 0.6, 12)  # typical brain fraction per position
         f = np.clip(base + rng.normal(0, 0.05, (n, 12)), 0.01, 1)
-        s = 3.0 * np.arange(12) + 4.0 * f + rng.normal(0, 0.05, (n, 12))  # position effect + size effect + noise
+        s = (
+            3.0 * np.arange(12) + 4.0 * f + rng.normal(0, 0.05, (n, 12))
+        )  # position effect + size effect + noise
         return [{"s": row} for row in s], list(f)
 
     fit_scores, fit_fractions = volumes(40)
@@ -58,8 +61,10 @@ def test_brain_fraction_covariate_removes_a_size_trend():
     assert by_position["columns"]["s"]["slope"] == [0.0] * 12 and by_position["brain_fraction_center"] is None
 
     def rho(norms):
-        z = [standardise_slice_scores({"s": torch.tensor(v["s"])}, norms, torch.tensor(f))["s"].numpy()
-             for v, f in zip(test_scores, test_fractions)]
+        z = [
+            standardise_slice_scores({"s": torch.tensor(v["s"])}, norms, torch.tensor(f))["s"].numpy()
+            for v, f in zip(test_scores, test_fractions)
+        ]
         return spearmanr(np.concatenate(z), np.concatenate(test_fractions)).statistic
 
     assert rho(by_position) > 0.2 and abs(rho(with_covariate)) < 0.1
@@ -79,13 +84,18 @@ def test_brain_statistics_by_hand():
 
 
 def _glow2d_config() -> dict:
-    return validate_config({
-        "method": "glow", "spatial_dims": 2, "seed": 0, "preprocessing": dict(TINY_PREPROCESSING),
-        "slices": {"min_brain_fraction": 0.1},
-        "model": {"levels": 2, "steps": 1, "hidden_channels": 8},
-        "train": {"batch_size": 4, "init_batches": 1, "phases": {"train": {"steps": 2}}},
-        "score": {"top_k": 3},
-    })
+    return validate_config(
+        {
+            "method": "glow",
+            "spatial_dims": 2,
+            "seed": 0,
+            "preprocessing": dict(TINY_PREPROCESSING),
+            "slices": {"min_brain_fraction": 0.1},
+            "model": {"levels": 2, "steps": 1, "hidden_channels": 8},
+            "train": {"batch_size": 4, "init_batches": 1, "phases": {"train": {"steps": 2}}},
+            "score": {"top_k": 3},
+        }
+    )
 
 
 @pytest.mark.slow
@@ -125,13 +135,21 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     from mri_anomaly.data import slice_brain_fractions
 
     fractions = [slice_brain_fractions(torch.as_tensor(volumes[i]["image"])) for i in range(len(volumes))]
-    refit = fit_slice_norms([r.raw_slice_scores for r in raw], fractions, counted=[f >= 0.1 for f in fractions])
+    refit = fit_slice_norms(
+        [r.raw_slice_scores for r in raw], fractions, counted=[f >= 0.1 for f in fractions]
+    )
     for column in ("nll_bpd", "final_scale"):
-        assert norms["columns"][column]["center"] == pytest.approx(refit["columns"][column]["center"], rel=1e-9)
+        assert norms["columns"][column]["center"] == pytest.approx(
+            refit["columns"][column]["center"], rel=1e-9
+        )
         assert norms["columns"][column]["scale"] == pytest.approx(refit["columns"][column]["scale"], rel=1e-9)
-        assert norms["columns"][column]["slope"] == pytest.approx(refit["columns"][column]["slope"], rel=1e-9, abs=1e-12)
+        assert norms["columns"][column]["slope"] == pytest.approx(
+            refit["columns"][column]["slope"], rel=1e-9, abs=1e-12
+        )
     # score writes the standardised slice scores, and the 2D volume scores aggregate them
-    score_datalist(tmp_path / "run", demo_cohort, tmp_path / "scores", sections=("validation", "test"), progress=False)
+    score_datalist(
+        tmp_path / "run", demo_cohort, tmp_path / "scores", sections=("validation", "test"), progress=False
+    )
     import pandas as pd
 
     slices = pd.read_csv(tmp_path / "scores" / "slice_scores.csv")
@@ -140,7 +158,9 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     assert meta["slice_standardisation"]
     first = raw[0]
     expected = standardise_slice_scores(first.raw_slice_scores, norms, fractions[0])
-    rows = slices[(slices["section"] == "validation") & (slices["subject_id"] == items[0]["subject_id"])].sort_values("slice")
+    rows = slices[
+        (slices["section"] == "validation") & (slices["subject_id"] == items[0]["subject_id"])
+    ].sort_values("slice")
     assert rows["nll_bpd"].to_numpy() == pytest.approx(expected["nll_bpd"].numpy(), rel=1e-6, abs=1e-9)
     counted = rows["counted"].to_numpy() == 1
     row = volumes_table[volumes_table["subject_id"] == items[0]["subject_id"]].iloc[0]

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from mri_anomaly.evaluation.thresholds import (
     apply_threshold,
     calibrate_threshold,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
 from mri_anomaly.evaluation.thresholds import calibrate_thresholds
 from mri_anomaly.training import Trainer, load_checkpoint, validate_config
@@ -27,10 +26,14 @@ def tiny(config: dict, **train) -> dict:
 def deep_svdd_config(pretrain: int, train: int, **extra) -> dict:
     return tiny(
         {
-            "method": "deep-sad", "spatial_dims": 2, "seed": 3,
+            "method": "deep-sad",
+            "spatial_dims": 2,
+            "seed": 3,
             "slices": {"min_brain_fraction": 0.1},
             "model": {"rep_dim": 8, "channels": [4, 8], "pooled_size": 2, "gamma_l": 0.0},
-            "train": {"phases": {"pretrain": {"steps": pretrain, "lr": 1e-3}, "train": {"steps": train, "lr": 1e-3}}},
+            "train": {
+                "phases": {"pretrain": {"steps": pretrain, "lr": 1e-3}, "train": {"steps": train, "lr": 1e-3}}
+            },
         },
         **extra,
     )
@@ -39,7 +42,9 @@ def deep_svdd_config(pretrain: int, train: int, **extra) -> dict:
 def glow3d_config(steps: int, **extra) -> dict:
     return tiny(
         {
-            "method": "glow", "spatial_dims": 3, "seed": 5,
+            "method": "glow",
+            "spatial_dims": 3,
+            "seed": 5,
             "model": {"levels": 2, "steps": 1, "hidden_channels": 8},
             "train": {"phases": {"train": {"steps": steps, "lr": 1e-3}}},
         },
@@ -108,7 +113,9 @@ def test_checkpoint_contents_and_thresholds(demo_cohort, tmp_path):
     assert raw["method"] == "glow" and raw["progress"]["completed"] is True
     assert raw["optimizer"] is None or isinstance(raw["optimizer"], dict)
     assert {"mri_anomaly", "torch", "monai"} <= set(raw["versions"])
-    assert "glow.initialized" in raw["state_dict"] and bool(raw["state_dict"]["glow.initialized"])  # data-init state
+    assert "glow.initialized" in raw["state_dict"] and bool(
+        raw["state_dict"]["glow.initialized"]
+    )  # data-init state
     assert validate_config(__import__("yaml").safe_load(raw["config"])) == config
     assert (tmp_path / "run" / "config.yaml").read_text() == raw["config"]
     # thresholds: one per score column, at the configured specificity, calibrated on the validation scans
@@ -118,14 +125,18 @@ def test_checkpoint_contents_and_thresholds(demo_cohort, tmp_path):
     assert stored["thresholds"] == pytest.approx(raw["thresholds"])
     assert result.thresholds == pytest.approx(raw["thresholds"])
     # recompute from the scorer's validation scores: the same numbers
+    from mri_anomaly.data import VolumeDataset
     from mri_anomaly.runs import load_run
     from mri_anomaly.scoring.volume import score_volume
-    from mri_anomaly.data import VolumeDataset
 
     method, cfg, _ = load_run(tmp_path / "run")
-    volumes = VolumeDataset(load_datalist(demo_cohort)["validation"], preprocessing_config=cfg["preprocessing"], cache="none")
+    volumes = VolumeDataset(
+        load_datalist(demo_cohort)["validation"], preprocessing_config=cfg["preprocessing"], cache="none"
+    )
     rows = [score_volume(method, cfg, volumes[i], want_maps=False) for i in range(len(volumes))]
-    expected = calibrate_thresholds({c: [r.scores[c] for r in rows] for c in ("nll_bpd", "final_scale")}, 0.95)
+    expected = calibrate_thresholds(
+        {c: [r.scores[c] for r in rows] for c in ("nll_bpd", "final_scale")}, 0.95
+    )
     assert raw["thresholds"] == pytest.approx(expected["thresholds"], rel=1e-6)
 
 
@@ -140,8 +151,18 @@ def test_existing_run_is_never_overwritten_and_config_changes_are_named(demo_coh
         Trainer(changed, demo_cohort, tmp_path / "run", resume=True, progress=False)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
     # steps of a finished phase cannot change (its end already happened)
-    longer = validate_config({**config, "train": {**config["train"], "phases": {
-        "pretrain": {"steps": 2, "lr": 1e-3, "weight_decay": 0.0}, "train": {"steps": 0, "lr": 1e-3, "weight_decay": 0.0}}}})
+    longer = validate_config(
+        {
+            **config,
+            "train": {
+                **config["train"],
+                "phases": {
+                    "pretrain": {"steps": 2, "lr": 1e-3, "weight_decay": 0.0},
+                    "train": {"steps": 0, "lr": 1e-3, "weight_decay": 0.0},
+                },
+            },
+        }
+    )
     with pytest.raises(ValueError, match="phase 'pretrain' already finished after 1 steps"):
         Trainer(longer, demo_cohort, tmp_path / "run", resume=True, progress=False)
 
@@ -184,8 +205,16 @@ class _FlakyLoss(AnomalyMethod):
 
 
 def flaky_config(steps: int, nan_steps: list[int], **train) -> dict:
-    return tiny({"method": "test-flaky-loss", "spatial_dims": 3, "seed": 0, "model": {"nan_steps": nan_steps},
-                 "train": {"phases": {"train": {"steps": steps, "lr": 0.1}}}}, **train)
+    return tiny(
+        {
+            "method": "test-flaky-loss",
+            "spatial_dims": 3,
+            "seed": 0,
+            "model": {"nan_steps": nan_steps},
+            "train": {"phases": {"train": {"steps": steps, "lr": 0.1}}},
+        },
+        **train,
+    )
 
 
 def test_non_finite_steps_are_skipped_counted_and_logged(demo_cohort, tmp_path):
@@ -240,10 +269,14 @@ def test_a_bad_training_file_stops_before_any_work_and_a_bad_test_file_does_not(
 
     config = flaky_config(1, [])
     with pytest.raises(DatalistError) as info:
-        Trainer(config, _datalist_with(demo_cohort, tmp_path, "training"), tmp_path / "run", progress=False).fit()
+        Trainer(
+            config, _datalist_with(demo_cohort, tmp_path, "training"), tmp_path / "run", progress=False
+        ).fit()
     assert any("broken.nii.gz" in p for p in info.value.problems)
     assert not (tmp_path / "run").exists()
-    result = Trainer(config, _datalist_with(demo_cohort, tmp_path, "test"), tmp_path / "run2", progress=False).fit()
+    result = Trainer(
+        config, _datalist_with(demo_cohort, tmp_path, "test"), tmp_path / "run2", progress=False
+    ).fit()
     assert result.completed
 
 
@@ -266,7 +299,9 @@ def test_deep_sad_centre_is_the_mean_over_the_whole_training_set(demo_cohort, tm
     assert len(slices) > 8  # more slices than the 8 batches of 1 that the old configs would have used
 
 
-def test_each_section_dataset_is_built_once_per_run_with_its_cache_in_the_run(demo_cohort, tmp_path, monkeypatch):
+def test_each_section_dataset_is_built_once_per_run_with_its_cache_in_the_run(
+    demo_cohort, tmp_path, monkeypatch
+):
     import mri_anomaly.training.loaders as loaders
 
     built = []

@@ -6,7 +6,6 @@ import itertools
 import os
 
 import torch
-
 from mri_anomaly.training.loaders import ResumableBatches
 
 
@@ -25,8 +24,16 @@ def _take(stream: ResumableBatches, n: int) -> list[dict]:
 
 
 def _stream(num_workers: int, start_step: int = 0) -> ResumableBatches:
-    return ResumableBatches(_Numbers(), batch_size=3, seed=5, phase_index=0, num_workers=num_workers,
-                            rank=0, world_size=1, start_step=start_step)
+    return ResumableBatches(
+        _Numbers(),
+        batch_size=3,
+        seed=5,
+        phase_index=0,
+        num_workers=num_workers,
+        rank=0,
+        world_size=1,
+        start_step=start_step,
+    )
 
 
 def test_batches_do_not_depend_on_workers_and_resume_exactly_across_epochs():
@@ -39,7 +46,9 @@ def test_batches_do_not_depend_on_workers_and_resume_exactly_across_epochs():
     for a, b in zip(in_process[5:], resumed, strict=True):
         assert torch.equal(a["index"], b["index"]) and torch.equal(a["draw"], b["draw"])
     epochs = [torch.cat([b["index"] for b in in_process[e * 3 : e * 3 + 3]]) for e in range(2)]
-    assert len(set(epochs[0].tolist())) == 9 and not torch.equal(epochs[0], epochs[1])  # reshuffled each epoch
+    assert len(set(epochs[0].tolist())) == 9 and not torch.equal(
+        epochs[0], epochs[1]
+    )  # reshuffled each epoch
 
 
 def test_workers_live_across_epochs():

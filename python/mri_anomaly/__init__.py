@@ -63,7 +63,8 @@ def get_config() -> dict[str, str]:
         "ops backend": backend_name(),
         **_extension_config(),
         "cuda available": str(torch.cuda.is_available()),
-        "cuda devices": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none",
+        "cuda devices": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        or "none",
         "cpu threads": str(torch.get_num_threads()),
     }
     for name in ("monai", "nibabel", "nilearn", "numpy", "sklearn", "matplotlib"):

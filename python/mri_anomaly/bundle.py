@@ -91,8 +91,14 @@ class BundleScorer:
             image = item["image"]
             path = image.meta.get("filename_or_obj", "") if isinstance(image, MetaTensor) else ""
             subject = subject_id_of({"subject_id": item.get("subject_id"), "image": str(path)})
-            result = score_volume(self.network, self.config, item, self.device, want_maps=self.postprocessing is not None,
-                                  slice_norms=self.slice_norms)
+            result = score_volume(
+                self.network,
+                self.config,
+                item,
+                self.device,
+                want_maps=self.postprocessing is not None,
+                slice_norms=self.slice_norms,
+            )
             row: dict[str, Any] = {"subject_id": subject, "image": str(path)}
             if isinstance(item.get("label"), (int, float)):
                 row["label"] = int(item["label"])
@@ -133,10 +139,10 @@ def write_bundle_metadata(
     from mri_anomaly._version import __version__
     from mri_anomaly.data.preprocessing import resolve_preprocessing_config
     from mri_anomaly.evaluation.thresholds import FLAG_RULE, load_thresholds
+    from mri_anomaly.runs import CHECKPOINT_NAME
     from mri_anomaly.training.checkpoint import load_checkpoint
     from mri_anomaly.training.config import config_from_yaml
     from mri_anomaly.training.methods import get_method_class
-    from mri_anomaly.runs import CHECKPOINT_NAME
 
     run = Path(run_dir)
     ckpt_path = run / CHECKPOINT_NAME
@@ -155,7 +161,10 @@ def write_bundle_metadata(
     slice_norms = run_slice_norms(run, checkpoint)
     stored = load_thresholds(run)
     if stored is not None:
-        thresholds, info = stored["thresholds"], {k: stored.get(k) for k in ("specificity", "section", "n_healthy")}
+        thresholds, info = (
+            stored["thresholds"],
+            {k: stored.get(k) for k in ("specificity", "section", "n_healthy")},
+        )
     else:
         thresholds = {k: float(v) for k, v in (checkpoint.get("thresholds") or {}).items()}
         info = dict(checkpoint.get("threshold_info") or {})
@@ -242,15 +251,19 @@ def write_bundle_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     import shutil
 
     from mri_anomaly._version import __version__
+    from mri_anomaly.runs import CHECKPOINT_NAME
     from mri_anomaly.training.checkpoint import load_checkpoint
     from mri_anomaly.training.config import configs_dir
-    from mri_anomaly.runs import CHECKPOINT_NAME
 
     run, out = Path(run_dir), Path(out_dir)
     if not (run / CHECKPOINT_NAME).is_file():
-        raise MissingInputError(f"{run}: no {CHECKPOINT_NAME}; train a run first (mri-anomaly train ... --out {run})")
+        raise MissingInputError(
+            f"{run}: no {CHECKPOINT_NAME}; train a run first (mri-anomaly train ... --out {run})"
+        )
     if (out / "configs" / "metadata.json").exists():
-        raise OutputExistsError(f"{out} already holds a bundle (configs/metadata.json); choose another --out or delete it")
+        raise OutputExistsError(
+            f"{out} already holds a bundle (configs/metadata.json); choose another --out or delete it"
+        )
     meta_path = write_bundle_metadata(run, out / "configs" / "metadata.json")
     shutil.copyfile(configs_dir() / "bundle" / "inference.yaml", out / "configs" / "inference.yaml")
     checkpoint = load_checkpoint(run / CHECKPOINT_NAME, map_location="cpu")
@@ -262,15 +275,27 @@ def write_bundle_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     pre = ours["preprocessing"]
     calibration = ours.get("threshold_calibration") or {}
     readme = _README.format(
-        name=meta.get("name", "mri-anomaly"), version=__version__, run=run.resolve(), method=ours["method"],
-        dims=ours["spatial_dims"], slicewise=", slice-wise, aggregated per volume" if ours["spatial_dims"] == 2 else "",
+        name=meta.get("name", "mri-anomaly"),
+        version=__version__,
+        run=run.resolve(),
+        method=ours["method"],
+        dims=ours["spatial_dims"],
+        slicewise=", slice-wise, aggregated per volume" if ours["spatial_dims"] == 2 else "",
         columns=", ".join(f"`{c}`" for c in ours["score_columns"]),
         maps=", ".join(f"`{m}`" for m in ours["map_names"]) or "none (scores only)",
-        calibration=(f" at specificity {calibration.get('specificity')}, n = {calibration.get('n_healthy')}"
-                     if calibration.get("specificity") is not None else ""),
-        thresholds=", ".join(f"`{k}` = {v:.6g}" for k, v in ours["thresholds"].items()) or "none (no validation scans)",
-        spacing=pre.get("spacing"), orientation=pre.get("orientation"), grid=pre.get("spatial_size"),
-        lower=pre["intensity"]["lower"], upper=pre["intensity"]["upper"], bundle=out,
+        calibration=(
+            f" at specificity {calibration.get('specificity')}, n = {calibration.get('n_healthy')}"
+            if calibration.get("specificity") is not None
+            else ""
+        ),
+        thresholds=", ".join(f"`{k}` = {v:.6g}" for k, v in ours["thresholds"].items())
+        or "none (no validation scans)",
+        spacing=pre.get("spacing"),
+        orientation=pre.get("orientation"),
+        grid=pre.get("spatial_size"),
+        lower=pre["intensity"]["lower"],
+        upper=pre["intensity"]["upper"],
+        bundle=out,
     )
     (out / "docs").mkdir(parents=True, exist_ok=True)
     (out / "docs" / "README.md").write_text(readme)

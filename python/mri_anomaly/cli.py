@@ -85,18 +85,42 @@ def _add_train(subparsers) -> None:
         epilog=_EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True,
-                   help="YAML config file, or the name of a shipped config (glow3d, glow2d-slices, deep-sad-2d, ...; "
-                   "`mri-anomaly info` lists them)")
-    p.add_argument("--datalist", required=True, help="datalist JSON/CSV with 'training' (healthy) and 'validation' sections")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="YAML config file, or the name of a shipped config (glow3d, glow2d-slices, deep-sad-2d, ...; "
+        "`mri-anomaly info` lists them)",
+    )
+    p.add_argument(
+        "--datalist",
+        required=True,
+        help="datalist JSON/CSV with 'training' (healthy) and 'validation' sections",
+    )
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to create (or resume)")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoint (exactly)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun each rank takes cuda:LOCAL_RANK); default cpu")
-    p.add_argument("--max-steps", type=int, default=None, metavar="N",
-                   help="stop after N optimiser steps in total and save (smoke runs; --resume continues)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a config value by its dotted key, parsed as YAML (repeatable), "
-                   "e.g. --set train.phases.train.steps=10 --set model.levels=2")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in RUN from its checkpoint (exactly)"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda (under torchrun each rank takes cuda:LOCAL_RANK); default cpu",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N optimiser steps in total and save (smoke runs; --resume continues)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a config value by its dotted key, parsed as YAML (repeatable), "
+        "e.g. --set train.phases.train.steps=10 --set model.levels=2",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -111,22 +135,40 @@ def _add_score(subparsers) -> None:
         epilog=_EPILOG_SCORE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", "--run-dir", dest="run", required=True,
-                   help="training run directory (holds checkpoint.pt); under torchrun write --run-dir "
-                   "(torchrun itself takes --run as an abbreviation of its --run-path)")
+    p.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        required=True,
+        help="training run directory (holds checkpoint.pt); under torchrun write --run-dir "
+        "(torchrun itself takes --run as an abbreviation of its --run-path)",
+    )
     p.add_argument("--datalist", required=True, help="datalist JSON/CSV")
-    p.add_argument("--section", default="test",
-                   help="section(s) to score, comma separated (default: test), e.g. validation,test")
+    p.add_argument(
+        "--section",
+        default="test",
+        help="section(s) to score, comma separated (default: test), e.g. validation,test",
+    )
     p.add_argument("--out", required=True, metavar="OUT", help="output folder (resumed when it exists)")
     p.add_argument("--device", default="cpu", help="cpu or cuda; default cpu")
     p.add_argument("--no-maps", action="store_true", help="do not write voxel maps")
-    p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers that preprocess volumes ahead")
-    p.add_argument("--format", default="csv", choices=("csv", "mood"),
-                   help="csv: the tables and maps (always written); mood: also the MOOD-challenge layout in OUT/mood "
-                   "(sample/<input>.txt, pixel/<input> with the input's shape and affine)")
-    p.add_argument("--mood-values", default="unit", choices=("unit", "raw"),
-                   help="with --format mood: unit maps scores into (0, 1) keeping their order (MOOD clips to [0, 1]; "
-                   "0.5 = the run's threshold); raw writes them unchanged. Default unit")
+    p.add_argument(
+        "--workers", type=int, default=0, metavar="N", help="DataLoader workers that preprocess volumes ahead"
+    )
+    p.add_argument(
+        "--format",
+        default="csv",
+        choices=("csv", "mood"),
+        help="csv: the tables and maps (always written); mood: also the MOOD-challenge layout in OUT/mood "
+        "(sample/<input>.txt, pixel/<input> with the input's shape and affine)",
+    )
+    p.add_argument(
+        "--mood-values",
+        default="unit",
+        choices=("unit", "raw"),
+        help="with --format mood: unit maps scores into (0, 1) keeping their order (MOOD clips to [0, 1]; "
+        "0.5 = the run's threshold); raw writes them unchanged. Default unit",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
@@ -143,9 +185,13 @@ def _add_export(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", required=True, help="training run directory (holds checkpoint.pt)")
-    p.add_argument("--out", required=True, metavar="PATH",
-                   help="output file: model.pt2 (torch.export), or model.onnx (ONNX: the flow-step ops as their "
-                   "reference maths; needs onnx and onnxscript; runs with onnxruntime)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="output file: model.pt2 (torch.export), or model.onnx (ONNX: the flow-step ops as their "
+        "reference maths; needs onnx and onnxscript; runs with onnxruntime)",
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -211,14 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------ commands
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mri_anomaly.training import Trainer, load_config
-    from mri_anomaly.training import distributed
+    from mri_anomaly.training import Trainer, distributed, load_config
 
     config = load_config(args.config, args.overrides)
     device = distributed.init_distributed(args.device)
     try:
-        result = Trainer(config, args.datalist, args.out, device=device, max_steps=args.max_steps, resume=args.resume,
-                         progress=not args.no_progress).fit()
+        result = Trainer(
+            config,
+            args.datalist,
+            args.out,
+            device=device,
+            max_steps=args.max_steps,
+            resume=args.resume,
+            progress=not args.no_progress,
+        ).fit()
     finally:
         distributed.cleanup_distributed()
     return 0 if result is not None else 1
@@ -237,8 +289,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
     main_process = distributed.is_main_process()
     try:
         save_maps = False if args.no_maps else (True if args.format == "mood" else None)
-        summary = score_datalist(args.run, args.datalist, args.out, sections=sections, device=device,
-                                 save_maps=save_maps, num_workers=args.workers, progress=not args.no_progress)
+        summary = score_datalist(
+            args.run,
+            args.datalist,
+            args.out,
+            sections=sections,
+            device=device,
+            save_maps=save_maps,
+            num_workers=args.workers,
+            progress=not args.no_progress,
+        )
         if args.format == "mood" and main_process:
             from mri_anomaly.scoring.mood import write_mood_outputs
 
@@ -248,9 +308,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if summary.errors:
         if main_process:
             total = summary.scored + summary.skipped_existing + summary.errors
-            print(f"mri-anomaly score: {summary.errors} of {total} scan(s) failed, listed in {summary.out_dir / 'errors.csv'} "
-                  f"({summary.scored} scored now, {summary.skipped_existing} already done); exit status "
-                  f"{EXIT_SOME_SCANS_FAILED}", file=sys.stderr)
+            print(
+                f"mri-anomaly score: {summary.errors} of {total} scan(s) failed, listed in {summary.out_dir / 'errors.csv'} "
+                f"({summary.scored} scored now, {summary.skipped_existing} already done); exit status "
+                f"{EXIT_SOME_SCANS_FAILED}",
+                file=sys.stderr,
+            )
         return EXIT_SOME_SCANS_FAILED
     return EXIT_OK
 
@@ -276,8 +339,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     shipped = shipped_configs()
     where = str(configs_dir()) if shipped else "none found (set MRI_ANOMALY_CONFIGS)"
-    info = {**get_config(), "methods": ", ".join(available_methods()), "configs": where,
-            "shipped configs": ", ".join(shipped) or "none"}
+    info = {
+        **get_config(),
+        "methods": ", ".join(available_methods()),
+        "configs": where,
+        "shipped configs": ", ".join(shipped) or "none",
+    }
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}} : {value}")
@@ -305,7 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mri-anomaly {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"mri-anomaly {args.command}: interrupted; what was written so far is kept (rerun to resume)", file=sys.stderr)
+        print(
+            f"mri-anomaly {args.command}: interrupted; what was written so far is kept (rerun to resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

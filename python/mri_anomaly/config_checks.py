@@ -72,7 +72,9 @@ class ConfigChecker:
         if v is None and nullable:
             return
         if not is_number(v):
-            self.add(f"{where}{key}: expected a number{' or null' if nullable else ''}, got {type_name(v)} {v!r}")
+            self.add(
+                f"{where}{key}: expected a number{' or null' if nullable else ''}, got {type_name(v)} {v!r}"
+            )
         elif check is not None and not check(float(v)):
             self.add(f"{where}{key}: {rule}, got {v}")
 

@@ -32,9 +32,8 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -126,7 +125,9 @@ class Detector:
         columns = self.score_columns_
         if self.score is not None:
             if self.score not in columns:
-                raise UserInputError(f"score {self.score!r} is not a score column of this run (columns: {', '.join(columns)})")
+                raise UserInputError(
+                    f"score {self.score!r} is not a score column of this run (columns: {', '.join(columns)})"
+                )
             return self.score
         return columns[0]
 
@@ -138,7 +139,9 @@ class Detector:
 
         cls = get_method_class(self.config_["method"])
         if self.config_["spatial_dims"] == 2:
-            return [c for s in cls.score_names for c in aggregated_names(s, int(self.config_["score"]["top_k"]))]
+            return [
+                c for s in cls.score_names for c in aggregated_names(s, int(self.config_["score"]["top_k"]))
+            ]
         return list(cls.score_names)
 
     @property
@@ -148,7 +151,9 @@ class Detector:
 
     def _run(self) -> Path:
         if self.run_dir is None or not (self.run_dir / "checkpoint.pt").is_file():
-            raise RuntimeError("this Detector is not fitted: call fit(train, validation) or Detector.load(run_dir)")
+            raise RuntimeError(
+                "this Detector is not fitted: call fit(train, validation) or Detector.load(run_dir)"
+            )
         return self.run_dir
 
     def __repr__(self) -> str:
@@ -156,8 +161,12 @@ class Detector:
         return f"Detector({self.config_['method']!r}, spatial_dims={self.config_['spatial_dims']}, {state})"
 
     # -------------------------------------------------------------------------------------------- fit
-    def fit(self, train_images: ImagesLike, validation_images: ImagesLike | None = None,
-            general_images: ImagesLike | None = None) -> Detector:
+    def fit(
+        self,
+        train_images: ImagesLike,
+        validation_images: ImagesLike | None = None,
+        general_images: ImagesLike | None = None,
+    ) -> Detector:
         """Train on healthy ``train_images`` and calibrate the thresholds on healthy ``validation_images``.
 
         Args:
@@ -181,8 +190,11 @@ class Detector:
         if is_datalist_path(train_images):
             from mri_anomaly.data import load_datalist
 
-            sections = {k: list(v) for k, v in load_datalist(train_images, check_files=False, check_headers=False).items()
-                        if k in ("training", "validation", "general")}
+            sections = {
+                k: list(v)
+                for k, v in load_datalist(train_images, check_files=False, check_headers=False).items()
+                if k in ("training", "validation", "general")
+            }
         else:
             sections["training"] = items_from_images(train_images, "training", "train_images")
         if validation_images is not None:
@@ -194,8 +206,14 @@ class Detector:
         assert self.run_dir is not None
         with tempfile.TemporaryDirectory(prefix="mri-anomaly-fit-") as tmp:
             datalist = write_datalist(sections, Path(tmp) / "datalist.json", relative=False)
-            Trainer(self.config_, datalist, self.run_dir, device=self.device, max_steps=self.max_steps,
-                    progress=self.progress).fit()
+            Trainer(
+                self.config_,
+                datalist,
+                self.run_dir,
+                device=self.device,
+                max_steps=self.max_steps,
+                progress=self.progress,
+            ).fit()
         return self
 
     def _new_temporary_run_dir(self) -> None:
@@ -218,19 +236,34 @@ class Detector:
         items = items_from_images(images, section, "images")
         out_dir.mkdir(parents=True, exist_ok=True)
         datalist = write_datalist({"test": items}, out_dir / "datalist.json", relative=False)
-        score_datalist(run, datalist, out_dir, sections=("test",), device=self.device, save_maps=save_maps,
-                       progress=self.progress)
-        errors = pd.read_csv(out_dir / ERRORS_FILE, dtype=str) if (out_dir / ERRORS_FILE).is_file() else pd.DataFrame()
+        score_datalist(
+            run,
+            datalist,
+            out_dir,
+            sections=("test",),
+            device=self.device,
+            save_maps=save_maps,
+            progress=self.progress,
+        )
+        errors = (
+            pd.read_csv(out_dir / ERRORS_FILE, dtype=str)
+            if (out_dir / ERRORS_FILE).is_file()
+            else pd.DataFrame()
+        )
         if len(errors):
             lines = "\n  ".join(str(e) for e in errors["error"])
             raise UserInputError(f"{len(errors)} of {len(items)} scan(s) could not be scored:\n  {lines}")
         table = pd.read_csv(out_dir / SCORES_FILE, dtype={"subject_id": str, "image": str})
         from mri_anomaly.data import load_datalist
 
-        order = [it["image"] for it in load_datalist(datalist, check_files=False, check_headers=False)["test"]]
+        order = [
+            it["image"] for it in load_datalist(datalist, check_files=False, check_headers=False)["test"]
+        ]
         return table.set_index("image", drop=False).loc[order].reset_index(drop=True)
 
-    def _scored(self, images: ImagesLike, section: str = "test", save_maps: bool = False) -> tuple[pd.DataFrame, Path]:
+    def _scored(
+        self, images: ImagesLike, section: str = "test", save_maps: bool = False
+    ) -> tuple[pd.DataFrame, Path]:
         tmp = Path(tempfile.mkdtemp(prefix="mri-anomaly-score-"))
         try:
             return self._score_into(images, tmp, save_maps, section), tmp
@@ -254,8 +287,10 @@ class Detector:
             ValueError: the run has no threshold for the primary score (fitted without validation scans).
         """
         if self.threshold_ is None:
-            raise UserInputError(f"{self.run_dir}: no threshold for {self.score_name_!r}: fit with validation_images "
-                             "(healthy scans) to calibrate one")
+            raise UserInputError(
+                f"{self.run_dir}: no threshold for {self.score_name_!r}: fit with validation_images "
+                "(healthy scans) to calibrate one"
+            )
         table, tmp = self._scored(images, section)
         shutil.rmtree(tmp, ignore_errors=True)
         return table[f"flag:{self.score_name_}"].to_numpy(dtype=np.int64)
@@ -280,7 +315,9 @@ class Detector:
             table[f"slices:{c}"] = [grouped[sid][c].to_numpy() for sid in table["subject_id"]]
         return table
 
-    def anomaly_maps(self, images: ImagesLike, out_dir: str | os.PathLike, section: str = "test") -> list[dict[str, Path]]:
+    def anomaly_maps(
+        self, images: ImagesLike, out_dir: str | os.PathLike, section: str = "test"
+    ) -> list[dict[str, Path]]:
         """Write the voxel maps of ``images`` into ``out_dir`` (``mri-anomaly score``'s layout: ``maps/test/``).
 
         Returns:
@@ -293,7 +330,9 @@ class Detector:
 
         names = get_method_class(self.config_["method"]).map_names
         if not names:
-            raise UserInputError(f"method {self.config_['method']!r} has no voxel maps (only volume/slice scores)")
+            raise UserInputError(
+                f"method {self.config_['method']!r} has no voxel maps (only volume/slice scores)"
+            )
         out = Path(out_dir)
         table = self._score_into(images, out, True, section)
         return [{m: (out / row[f"map:{m}"]).resolve() for m in names} for _, row in table.iterrows()]
@@ -308,7 +347,9 @@ class Detector:
         source = self._run()
         target = Path(run_dir)
         if (target / "checkpoint.pt").exists():
-            raise OutputExistsError(f"{target} already holds a training run (checkpoint.pt); choose another folder")
+            raise OutputExistsError(
+                f"{target} already holds a training run (checkpoint.pt); choose another folder"
+            )
         if target.resolve() == source.resolve():
             return target
         target.mkdir(parents=True, exist_ok=True)
@@ -319,8 +360,13 @@ class Detector:
         return target
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, device: str = "auto", score: str | None = None,
-             progress: bool = False) -> Detector:
+    def load(
+        cls,
+        run_dir: str | os.PathLike,
+        device: str = "auto",
+        score: str | None = None,
+        progress: bool = False,
+    ) -> Detector:
         """The detector of a run folder written by ``mri-anomaly train`` or :meth:`save`.
 
         Raises:
@@ -331,7 +377,9 @@ class Detector:
 
         run = Path(run_dir)
         if not (run / "checkpoint.pt").is_file():
-            raise MissingInputError(f"{run_dir}: no checkpoint.pt (train a model there first with `mri-anomaly train`)")
+            raise MissingInputError(
+                f"{run_dir}: no checkpoint.pt (train a model there first with `mri-anomaly train`)"
+            )
         det = cls.__new__(cls)
         det.config_path = run / "config.yaml"
         det.overrides = []

@@ -41,7 +41,15 @@ from torch import nn
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.files import atomic_write_with, jsonable
 
-__all__ = ["METADATA_FILE", "FORMAT", "export_run", "load_exported", "with_reference_ops", "ExportedScorer", "OnnxProgram"]
+__all__ = [
+    "METADATA_FILE",
+    "FORMAT",
+    "export_run",
+    "load_exported",
+    "with_reference_ops",
+    "ExportedScorer",
+    "OnnxProgram",
+]
 
 METADATA_FILE = "mri_anomaly.json"
 FORMAT = "mri-anomaly exported scorer v1"
@@ -85,8 +93,10 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     method, config, checkpoint = load_run(run, "cpu")
     pre = resolve_preprocessing_config(config.get("preprocessing"))
     if pre["spatial_size"] is None:
-        raise UserInputError(f"{run}: preprocessing.spatial_size is null (the grid varies per scan); an exported program "
-                         "needs a fixed model grid: train with preprocessing.spatial_size set")
+        raise UserInputError(
+            f"{run}: preprocessing.spatial_size is null (the grid varies per scan); an exported program "
+            "needs a fixed model grid: train with preprocessing.spatial_size set"
+        )
     grid = [int(s) for s in pre["spatial_size"]]
     channels = int(config["in_channels"])
     generator = torch.Generator().manual_seed(0)
@@ -104,14 +114,18 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     for kind, a, b in (("score", eager[0], traced[0]), ("map", eager[1], traced[1])):
         for name in a:
             if not torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-6):
-                raise ValueError(f"{run}: the exported {kind} {name!r} differs from the model's on the example input")
+                raise ValueError(
+                    f"{run}: the exported {kind} {name!r} differs from the model's on the example input"
+                )
     stored = load_thresholds(run)
     if stored is not None:
         thresholds = dict(stored["thresholds"])
         calibration = {k: v for k, v in stored.items() if k not in ("thresholds", "slice_norms")}
     else:
         thresholds = {k: float(v) for k, v in (checkpoint.get("thresholds") or {}).items()}
-        calibration = {k: v for k, v in (checkpoint.get("threshold_info") or {}).items() if k != "slice_norms"}
+        calibration = {
+            k: v for k, v in (checkpoint.get("threshold_info") or {}).items() if k != "slice_norms"
+        }
     # the per-position slice norms fitted on the healthy validation scans (score_volume standardises with them)
     slice_norms = run_slice_norms(run, checkpoint)
     cls = type(method)
@@ -122,8 +136,11 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
         "spatial_dims": config["spatial_dims"],
         "config": config_to_yaml(config),
         "preprocessing": pre,
-        "model_input": {"shape": ["N", channels, *grid[:2]] if config["spatial_dims"] == 2 else [1, channels, *grid],
-                        "range": [0.0, 1.0], "axial_axis": "last spatial axis of the preprocessed volume"},
+        "model_input": {
+            "shape": ["N", channels, *grid[:2]] if config["spatial_dims"] == 2 else [1, channels, *grid],
+            "range": [0.0, 1.0],
+            "axial_axis": "last spatial axis of the preprocessed volume",
+        },
         "score_names": list(cls.score_names),
         "slice_statistic": getattr(cls, "slice_statistic", "mean"),
         "slice_norms": slice_norms,
@@ -142,7 +159,9 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     if out.suffix.lower() == ".onnx":
         names = [f"score:{n}" for n in eager[0]] + [f"map:{n}" for n in eager[1]]
         return atomic_write_with(out, lambda tmp: _save_onnx(exported, example, names, text, tmp))
-    return atomic_write_with(out, lambda tmp: torch.export.save(exported, str(tmp), extra_files={METADATA_FILE: text}))
+    return atomic_write_with(
+        out, lambda tmp: torch.export.save(exported, str(tmp), extra_files={METADATA_FILE: text})
+    )
 
 
 def with_reference_ops(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
@@ -160,20 +179,30 @@ def with_reference_ops(program: torch.export.ExportedProgram) -> torch.export.Ex
     decomposed = program.run_decompositions(table)
     left = sorted({str(n.target) for n in decomposed.graph.nodes if str(n.target).startswith("mri_anomaly.")})
     if left:
-        raise ValueError(f"custom ops without a pure-PyTorch reference remain in the program: {', '.join(left)}")
+        raise ValueError(
+            f"custom ops without a pure-PyTorch reference remain in the program: {', '.join(left)}"
+        )
     return decomposed
 
 
-def _save_onnx(exported: torch.export.ExportedProgram, example: torch.Tensor, output_names: list[str], metadata: str,
-               path: Path) -> None:
+def _save_onnx(
+    exported: torch.export.ExportedProgram,
+    example: torch.Tensor,
+    output_names: list[str],
+    metadata: str,
+    path: Path,
+) -> None:
     """The program as ONNX: custom flow-step ops decomposed into the reference maths, then translated."""
     try:
         import onnx
     except ImportError as err:
-        raise UserInputError("ONNX export needs the onnx and onnxscript packages (pip install onnx onnxscript)") from err
+        raise UserInputError(
+            "ONNX export needs the onnx and onnxscript packages (pip install onnx onnxscript)"
+        ) from err
     decomposed = with_reference_ops(exported)
-    program = torch.onnx.export(decomposed, (example,), input_names=["image"], output_names=output_names,
-                                dynamo=True, verbose=False)
+    program = torch.onnx.export(
+        decomposed, (example,), input_names=["image"], output_names=output_names, dynamo=True, verbose=False
+    )
     model = program.model_proto
     entry = model.metadata_props.add()
     entry.key, entry.value = "mri_anomaly", metadata
@@ -215,8 +244,14 @@ class ExportedScorer:
             compiled ops have no kernel for, e.g. CUDA with a CPU-only build).
     """
 
-    def __init__(self, program: Any, metadata: Mapping[str, Any], device: str = "cpu",
-                 score: str | None = None, reference_ops: bool | None = None) -> None:
+    def __init__(
+        self,
+        program: Any,
+        metadata: Mapping[str, Any],
+        device: str = "cpu",
+        score: str | None = None,
+        reference_ops: bool | None = None,
+    ) -> None:
         from mri_anomaly.ops import extension_available
         from mri_anomaly.training.config import config_from_yaml
 
@@ -224,7 +259,9 @@ class ExportedScorer:
         self.config_ = config_from_yaml(self.metadata["config"])
         self.device = torch.device(device)
         if isinstance(program, torch.export.ExportedProgram):
-            if reference_ops is None:  # the compiled ops have no kernel for this device: their reference maths
+            if (
+                reference_ops is None
+            ):  # the compiled ops have no kernel for this device: their reference maths
                 reference_ops = not extension_available(self.device.type)
             if reference_ops:
                 program = with_reference_ops(program)
@@ -236,16 +273,24 @@ class ExportedScorer:
         else:
             module = program
         self.program = program
-        method_class = type("ExportedMethod", (_ProgramMethod,), {
-            "name": self.metadata["method"], "score_names": tuple(self.metadata["score_names"]),
-            "map_names": tuple(self.metadata["map_names"]),
-            "slice_statistic": self.metadata.get("slice_statistic", "mean")})
+        method_class = type(
+            "ExportedMethod",
+            (_ProgramMethod,),
+            {
+                "name": self.metadata["method"],
+                "score_names": tuple(self.metadata["score_names"]),
+                "map_names": tuple(self.metadata["map_names"]),
+                "slice_statistic": self.metadata.get("slice_statistic", "mean"),
+            },
+        )
         self._method = method_class(module, self.device)
         norms = self.metadata.get("slice_norms")
         self._score_volume_options = {"slice_norms": norms} if norms else {}
         self.score_columns_ = list(self.metadata["score_columns"])
         if score is not None and score not in self.score_columns_:
-            raise UserInputError(f"score {score!r} is not one of the program's columns ({', '.join(self.score_columns_)})")
+            raise UserInputError(
+                f"score {score!r} is not one of the program's columns ({', '.join(self.score_columns_)})"
+            )
         self.score_name_ = score or str(self.metadata["primary_score"])
         self.thresholds_ = {k: float(v) for k, v in self.metadata["thresholds"].items()}
 
@@ -270,27 +315,48 @@ class ExportedScorer:
         from mri_anomaly.scoring.volume import score_volume
 
         items = items_from_images(images, section, "images")
-        dataset = VolumeDataset(items, preprocessing_config=self.config_.get("preprocessing") or {}, cache="none",
-                                on_error="return")
+        dataset = VolumeDataset(
+            items,
+            preprocessing_config=self.config_.get("preprocessing") or {},
+            cache="none",
+            on_error="return",
+        )
         rows, errors = [], []
         for i, item in enumerate(items):
             try:
                 data = dataset[i]
             except Exception as err:  # noqa: BLE001 - reported with the file below
                 found = unwrap_input_error(err)
-                data = {"error": str(found) if found is not None else f"{item.get('image')}: {type(err).__name__}: {err}"}
+                data = {
+                    "error": str(found)
+                    if found is not None
+                    else f"{item.get('image')}: {type(err).__name__}: {err}"
+                }
             if "error" in data:
                 errors.append(str(data["error"]).splitlines()[0])
                 continue
-            result = score_volume(self._method, self.config_, data, device=self.device, want_maps=False,
-                                  **self._score_volume_options)
+            result = score_volume(
+                self._method,
+                self.config_,
+                data,
+                device=self.device,
+                want_maps=False,
+                **self._score_volume_options,
+            )
             row: dict[str, Any] = {"subject_id": data.get("subject_id", ""), "image": item.get("image")}
             row.update({c: result.scores[c] for c in self.score_columns_})
-            row.update({f"flag:{c}": int(result.scores[c] > t) for c, t in self.thresholds_.items()
-                        if c in result.scores})
+            row.update(
+                {
+                    f"flag:{c}": int(result.scores[c] > t)
+                    for c, t in self.thresholds_.items()
+                    if c in result.scores
+                }
+            )
             rows.append(row)
         if errors:
-            raise UserInputError(f"{len(errors)} of {len(items)} scan(s) could not be scored:\n  " + "\n  ".join(errors))
+            raise UserInputError(
+                f"{len(errors)} of {len(items)} scan(s) could not be scored:\n  " + "\n  ".join(errors)
+            )
         return pd.DataFrame(rows)
 
     def decision_function(self, images: Any, section: str = "test") -> np.ndarray:
@@ -304,8 +370,10 @@ class ExportedScorer:
             ValueError: the program carries no threshold for :attr:`score_name_`.
         """
         if self.threshold_ is None:
-            raise UserInputError(f"the exported run has no threshold for {self.score_name_!r} (it was trained without "
-                             "validation scans)")
+            raise UserInputError(
+                f"the exported run has no threshold for {self.score_name_!r} (it was trained without "
+                "validation scans)"
+            )
         return self.score_table(images, section)[f"flag:{self.score_name_}"].to_numpy(dtype=np.int64)
 
 
@@ -333,7 +401,9 @@ def _load_onnx(p: Path) -> tuple[OnnxProgram, dict[str, Any]]:
     try:
         import onnxruntime
     except ImportError as err:
-        raise UserInputError(f"{p}: running an ONNX export needs onnxruntime (pip install onnxruntime)") from err
+        raise UserInputError(
+            f"{p}: running an ONNX export needs onnxruntime (pip install onnxruntime)"
+        ) from err
     try:
         session = onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - any failure to read it is the file's problem
@@ -342,8 +412,9 @@ def _load_onnx(p: Path) -> tuple[OnnxProgram, dict[str, Any]]:
     return OnnxProgram(session), (json.loads(text) if text else {})
 
 
-def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | None = None,
-                  reference_ops: bool | None = None) -> ExportedScorer:
+def load_exported(
+    path: str | os.PathLike, device: str = "cpu", score: str | None = None, reference_ops: bool | None = None
+) -> ExportedScorer:
     """The :class:`ExportedScorer` of a file written by ``mri-anomaly export`` (``.pt2``, or ``.onnx``: CPU).
 
     Raises:
@@ -353,13 +424,19 @@ def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | Non
 
     p = Path(path)
     if not p.is_file():
-        raise MissingInputError(f"{p}: no such exported model (write one with `mri-anomaly export --run RUN --out {p}`)")
+        raise MissingInputError(
+            f"{p}: no such exported model (write one with `mri-anomaly export --run RUN --out {p}`)"
+        )
     if p.suffix.lower() == ".onnx":
         if torch.device(device).type != "cpu":
-            raise UserInputError(f"{p}: ONNX exports run on the CPU here (ONNX Runtime); use the .pt2 export for {device}")
+            raise UserInputError(
+                f"{p}: ONNX exports run on the CPU here (ONNX Runtime); use the .pt2 export for {device}"
+            )
         onnx_program, metadata = _load_onnx(p)
         if metadata.get("format") != FORMAT:
-            raise UserInputError(f"{p}: an ONNX model without mri-anomaly metadata (export it with `mri-anomaly export`)")
+            raise UserInputError(
+                f"{p}: an ONNX model without mri-anomaly metadata (export it with `mri-anomaly export`)"
+            )
         return ExportedScorer(onnx_program, metadata, device="cpu", score=score)
     extra = {METADATA_FILE: ""}
     try:
@@ -367,9 +444,13 @@ def load_exported(path: str | os.PathLike, device: str = "cpu", score: str | Non
     except Exception as err:  # noqa: BLE001 - any failure to read it is the file's problem
         raise UserInputError(f"{p}: not a torch.export program ({type(err).__name__}: {err})") from err
     if not extra[METADATA_FILE]:
-        raise UserInputError(f"{p}: a torch.export program without mri-anomaly metadata ({METADATA_FILE}); export it with "
-                         "`mri-anomaly export`")
+        raise UserInputError(
+            f"{p}: a torch.export program without mri-anomaly metadata ({METADATA_FILE}); export it with "
+            "`mri-anomaly export`"
+        )
     metadata = json.loads(extra[METADATA_FILE])
     if metadata.get("format") != FORMAT:
-        raise UserInputError(f"{p}: unknown export format {metadata.get('format')!r} (this version reads {FORMAT!r})")
+        raise UserInputError(
+            f"{p}: unknown export format {metadata.get('format')!r} (this version reads {FORMAT!r})"
+        )
     return ExportedScorer(program, metadata, device=device, score=score, reference_ops=reference_ops)

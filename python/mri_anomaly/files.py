@@ -50,7 +50,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", newline: str | None =
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # one writer per file (rank 0); a killed write's leftover is overwritten
+    tmp = path.with_name(
+        path.name + ".tmp"
+    )  # one writer per file (rank 0); a killed write's leftover is overwritten
     try:
         with open(tmp, mode, newline=newline) as f:
             yield f
@@ -94,4 +96,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``jsonable(data)`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(jsonable(data), indent=2) + "\n")
-

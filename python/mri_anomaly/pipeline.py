@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,11 @@ def _say(msg: str) -> None:
 
 
 def _smoke_overrides(config: dict[str, Any]) -> list[str]:
-    out = [f"train.phases.{phase}.steps={SMOKE_STEPS}" for phase, p in config["train"]["phases"].items() if p["steps"] > 0]
+    out = [
+        f"train.phases.{phase}.steps={SMOKE_STEPS}"
+        for phase, p in config["train"]["phases"].items()
+        if p["steps"] > 0
+    ]
     out += ["train.init_batches=1", "train.batch_size=2", "train.log_every=1", "train.checkpoint_every=1000"]
     model = config.get("model") or {}
     if "hidden_channels" in model:  # Glow: one narrow step per scale
@@ -182,9 +186,13 @@ def run_demo(
         run_dir = out / "runs" / r.name
         if stage(f"train:{r.name}", f"train {r.name} ({r.description or r.config})"):
             t, c = time.time(), _cpu_time()
-            result = Trainer(configs[r.name], datalist, run_dir, device=device, resume=True, progress=progress).fit()
+            result = Trainer(
+                configs[r.name], datalist, run_dir, device=device, resume=True, progress=progress
+            ).fit()
             if not result.completed:
-                raise RuntimeError(f"training of {r.name} stopped before the end ({run_dir}); rerun the demo to resume")
+                raise RuntimeError(
+                    f"training of {r.name} stopped before the end ({run_dir}); rerun the demo to resume"
+                )
             state.mark(f"train:{r.name}", time.time() - t, c, steps=result.global_step)
     score_dirs = []
     for r in runs:
@@ -192,7 +200,14 @@ def run_demo(
         score_dirs.append(score_dir)
         if stage(f"score:{r.name}", f"score {r.name} (validation and test sections)"):
             t, c = time.time(), _cpu_time()
-            score_datalist(run_dir, datalist, score_dir, sections=("validation", "test"), device=device, progress=progress)
+            score_datalist(
+                run_dir,
+                datalist,
+                score_dir,
+                sections=("validation", "test"),
+                device=device,
+                progress=progress,
+            )
             state.mark(f"score:{r.name}", time.time() - t, c)
     report_dir = out / "report"
     if stage("evaluate", f"evaluate and compare -> {report_dir}"):

@@ -64,7 +64,9 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu"):
     """
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        raise MissingInputError(f"{run_dir}: no {CHECKPOINT_NAME} (train a model there first with `mri-anomaly train`)")
+        raise MissingInputError(
+            f"{run_dir}: no {CHECKPOINT_NAME} (train a model there first with `mri-anomaly train`)"
+        )
     checkpoint = load_checkpoint(path, map_location="cpu")
     config = config_from_yaml(checkpoint["config"])
     progress = checkpoint.get("progress") or {}

@@ -13,27 +13,6 @@
 * :mod:`~mri_anomaly.data.demo`: ``make_demo_cohort`` (``mri-anomaly demo-data``); ``make_montage``.
 """
 
-from mri_anomaly.data.intensity import (
-    Binarize,
-    Binarized,
-    ScaleIntensityInMask,
-    ScaleIntensityInMaskd,
-    ScaleIntensityInMaskD,
-    ScaleIntensityInMaskDict,
-    estimate_foreground,
-)
-from mri_anomaly.data.io import InputFileError, check_array, load_volume, read_header, safe_load
-from mri_anomaly.data.loading import LoadVolume, LoadVolumed, LoadVolumeD, LoadVolumeDict
-from mri_anomaly.data.preprocessing import (
-    DEMO_PREPROCESSING,
-    FULL_RESOLUTION_PREPROCESSING,
-    PREPROCESSING_DEFAULTS,
-    invert_to_input_space,
-    preprocessing,
-    resolve_preprocessing_config,
-    save_map_in_input_space,
-    validate_preprocessing_config,
-)
 from mri_anomaly.data.datalist import (
     ITEM_KEYS,
     PATH_KEYS,
@@ -55,7 +34,6 @@ from mri_anomaly.data.datasets import (
     slice_brain_fractions,
     unwrap_input_error,
 )
-from mri_anomaly.data.lesions import LESION_KINDS, RandLesion, RandLesiond, RandLesionD, RandLesionDict
 from mri_anomaly.data.demo import (
     DEMO_DEFAULTS,
     TINY_PREPROCESSING,
@@ -63,4 +41,81 @@ from mri_anomaly.data.demo import (
     load_ms_lesion_masks,
     make_demo_cohort,
 )
+from mri_anomaly.data.intensity import (
+    Binarize,
+    Binarized,
+    ScaleIntensityInMask,
+    ScaleIntensityInMaskD,
+    ScaleIntensityInMaskd,
+    ScaleIntensityInMaskDict,
+    estimate_foreground,
+)
+from mri_anomaly.data.io import InputFileError, check_array, load_volume, read_header, safe_load
+from mri_anomaly.data.lesions import LESION_KINDS, RandLesion, RandLesionD, RandLesiond, RandLesionDict
+from mri_anomaly.data.loading import LoadVolume, LoadVolumeD, LoadVolumed, LoadVolumeDict
 from mri_anomaly.data.montage import make_montage
+from mri_anomaly.data.preprocessing import (
+    DEMO_PREPROCESSING,
+    FULL_RESOLUTION_PREPROCESSING,
+    PREPROCESSING_DEFAULTS,
+    invert_to_input_space,
+    preprocessing,
+    resolve_preprocessing_config,
+    save_map_in_input_space,
+    validate_preprocessing_config,
+)
+
+__all__ = [
+    "Binarize",
+    "Binarized",
+    "DEMO_DEFAULTS",
+    "DEMO_PREPROCESSING",
+    "DatalistError",
+    "FULL_RESOLUTION_PREPROCESSING",
+    "FillDefaultsd",
+    "ITEM_KEYS",
+    "InputFileError",
+    "LESION_KINDS",
+    "LoadVolume",
+    "LoadVolumeD",
+    "LoadVolumeDict",
+    "LoadVolumed",
+    "PATH_KEYS",
+    "PREPROCESSING_DEFAULTS",
+    "RandLesion",
+    "RandLesionD",
+    "RandLesionDict",
+    "RandLesiond",
+    "SECTIONS",
+    "ScaleIntensityInMask",
+    "ScaleIntensityInMaskD",
+    "ScaleIntensityInMaskDict",
+    "ScaleIntensityInMaskd",
+    "SliceDataset",
+    "TINY_PREPROCESSING",
+    "VolumeDataset",
+    "build_datalist",
+    "check_array",
+    "classify_folder",
+    "collate_with_errors",
+    "estimate_foreground",
+    "find_images",
+    "find_ms_lesion_dir",
+    "invert_to_input_space",
+    "load_datalist",
+    "load_ms_lesion_masks",
+    "load_volume",
+    "make_demo_cohort",
+    "make_montage",
+    "preprocessing",
+    "read_header",
+    "resolve_preprocessing_config",
+    "safe_load",
+    "save_map_in_input_space",
+    "slice_brain_fractions",
+    "subject_id_from_path",
+    "unwrap_input_error",
+    "validate_datalist",
+    "validate_preprocessing_config",
+    "write_datalist",
+]

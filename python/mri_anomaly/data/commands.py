@@ -35,9 +35,16 @@ def demo_data_command(args: argparse.Namespace) -> int:
 
     t = time.time()
     try:
-        path = make_demo_cohort(args.out, seed=args.seed, healthy=args.healthy, anomalous=args.anomalous,
-                                general=args.general, spacing=args.spacing, contrast=args.contrast,
-                                progress=not args.quiet)
+        path = make_demo_cohort(
+            args.out,
+            seed=args.seed,
+            healthy=args.healthy,
+            anomalous=args.anomalous,
+            general=args.general,
+            spacing=args.spacing,
+            contrast=args.contrast,
+            progress=not args.quiet,
+        )
     except UserInputError as e:
         print(f"mri-anomaly demo-data: error: {e}", file=sys.stderr)
         return 2
@@ -83,7 +90,9 @@ def _read_labels(path: str) -> dict[str, dict[str, Any]]:
                     except ValueError:
                         number = math.nan
                     if not number.is_integer():  # "x", "nan", "inf", "0.5": never rounded silently
-                        raise UserInputError(f"{path}: line {line}: {k} {value!r} of {subject} is not an integer")
+                        raise UserInputError(
+                            f"{path}: line {line}: {k} {value!r} of {subject} is not an integer"
+                        )
                     entry[k] = int(number)
             if (row.get("site") or "").strip():
                 entry["site"] = row["site"].strip()
@@ -114,7 +123,10 @@ def datalist_command(args: argparse.Namespace) -> int:
         print(f"{args.check}: valid (" + ", ".join(f"{k}: {len(v)}" for k, v in dl.items()) + ")")
         return 0
     if not args.out or not (args.images or args.folder):
-        print("mri-anomaly datalist: error: give --out and --images or --folder (or --check DATALIST)", file=sys.stderr)
+        print(
+            "mri-anomaly datalist: error: give --out and --images or --folder (or --check DATALIST)",
+            file=sys.stderr,
+        )
         return 2
     try:
         images: list[str] = []
@@ -132,8 +144,17 @@ def datalist_command(args: argparse.Namespace) -> int:
             print("mri-anomaly datalist: error: no NIfTI images matched", file=sys.stderr)
             return 2
         labels = _read_labels(args.labels) if args.labels else None
-        dl = build_datalist(images, masks, brains, labels=labels, section=args.section, val_fraction=args.val_fraction,
-                            test_fraction=args.test_fraction, seed=args.seed, subject_regex=args.subject_regex)
+        dl = build_datalist(
+            images,
+            masks,
+            brains,
+            labels=labels,
+            section=args.section,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            subject_regex=args.subject_regex,
+        )
     except UserInputError as e:
         print(f"mri-anomaly datalist: error: {e}", file=sys.stderr)
         return 2
@@ -141,7 +162,9 @@ def datalist_command(args: argparse.Namespace) -> int:
     path = write_datalist(dl, args.out)
     counts = ", ".join(f"{k}: {len(v)}" for k, v in dl.items())
     if problems:
-        print(f"{path}: written with {len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
+        print(
+            f"{path}: written with {len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr
+        )
         return 1
     print(f"{path}: {counts}")
     return 0
@@ -152,43 +175,77 @@ def register_commands(subparsers: Any) -> None:
     from mri_anomaly.data.demo import CONTRASTS, DEMO_DEFAULTS
 
     p = subparsers.add_parser(
-        "demo-data", help="write the synthetic demo cohort (MNI152 anatomy, lesions) and its datalist.json",
+        "demo-data",
+        help="write the synthetic demo cohort (MNI152 anatomy, lesions) and its datalist.json",
         description="Synthetic cohort from the MNI ICBM152 2009 template shipped with nilearn: healthy subjects, "
-                    "anomalous subjects (MS lesion patterns, tumours, focal lesions) with voxel masks, and a broader "
-                    "'general' set. Same seed, same arrays.")
+        "anomalous subjects (MS lesion patterns, tumours, focal lesions) with voxel masks, and a broader "
+        "'general' set. Same seed, same arrays.",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=DEMO_DEFAULTS["seed"])
-    p.add_argument("--healthy", type=int, default=DEMO_DEFAULTS["healthy"],
-                   help="healthy subjects (20%% validation, 20%% test, rest training; default %(default)s)")
-    p.add_argument("--anomalous", type=int, default=DEMO_DEFAULTS["anomalous"], help="anomalous test subjects")
-    p.add_argument("--general", type=int, default=DEMO_DEFAULTS["general"], help="subjects of the 'general' section")
-    p.add_argument("--spacing", type=float, default=DEMO_DEFAULTS["spacing"],
-                   help="voxel size in mm (4: CPU demo; 1: full resolution)")
+    p.add_argument(
+        "--healthy",
+        type=int,
+        default=DEMO_DEFAULTS["healthy"],
+        help="healthy subjects (20%% validation, 20%% test, rest training; default %(default)s)",
+    )
+    p.add_argument(
+        "--anomalous", type=int, default=DEMO_DEFAULTS["anomalous"], help="anomalous test subjects"
+    )
+    p.add_argument(
+        "--general", type=int, default=DEMO_DEFAULTS["general"], help="subjects of the 'general' section"
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        default=DEMO_DEFAULTS["spacing"],
+        help="voxel size in mm (4: CPU demo; 1: full resolution)",
+    )
     p.add_argument("--contrast", choices=CONTRASTS, default=DEMO_DEFAULTS["contrast"])
     p.add_argument("--montage", default=None, help="also write a PNG montage of examples here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=demo_data_command)
 
     q = subparsers.add_parser(
-        "datalist", help="build (or --check) a MONAI/Decathlon datalist from file globs or a folder",
+        "datalist",
+        help="build (or --check) a MONAI/Decathlon datalist from file globs or a folder",
         description="Build a datalist from images (globs or a folder), masks matched by subject id, and labels; "
-                    "validate it and write JSON (or CSV by extension).")
+        "validate it and write JSON (or CSV by extension).",
+    )
     q.add_argument("--images", nargs="+", default=None, help="glob(s) of images (quote them; ** recurses)")
-    q.add_argument("--folder", default=None, help="folder scanned recursively; masks/brain masks recognised by name")
-    q.add_argument("--image-pattern", default="*", help="with --folder: glob on image file names, e.g. '*flair*'")
+    q.add_argument(
+        "--folder", default=None, help="folder scanned recursively; masks/brain masks recognised by name"
+    )
+    q.add_argument(
+        "--image-pattern", default="*", help="with --folder: glob on image file names, e.g. '*flair*'"
+    )
     q.add_argument("--masks", nargs="+", default=None, help="glob(s) of voxel ground-truth masks")
     q.add_argument("--brain-masks", nargs="+", default=None, help="glob(s) of brain masks")
     q.add_argument("--labels", default=None, help="CSV with subject_id and label/semi_target/site")
-    q.add_argument("--section", default="auto", choices=["auto", "training", "validation", "test", "general"],
-                   help="auto: anomalous (label 1 or a mask) -> test, the others (label 0) split "
-                   "training/validation/test by --val-fraction and --test-fraction")
-    q.add_argument("--val-fraction", type=float, default=0.2,
-                   help="auto: healthy fraction for validation (thresholds; default %(default)s)")
-    q.add_argument("--test-fraction", type=float, default=0.2,
-                   help="auto: healthy fraction put in test beside the anomalous scans, so evaluate has both classes "
-                   "(default %(default)s; 0: test holds only anomalous scans)")
+    q.add_argument(
+        "--section",
+        default="auto",
+        choices=["auto", "training", "validation", "test", "general"],
+        help="auto: anomalous (label 1 or a mask) -> test, the others (label 0) split "
+        "training/validation/test by --val-fraction and --test-fraction",
+    )
+    q.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="auto: healthy fraction for validation (thresholds; default %(default)s)",
+    )
+    q.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="auto: healthy fraction put in test beside the anomalous scans, so evaluate has both classes "
+        "(default %(default)s; 0: test holds only anomalous scans)",
+    )
     q.add_argument("--seed", type=int, default=0, help="seed of the split")
-    q.add_argument("--subject-regex", default=None, help="regex for the subject id (group 'id' or 1) in the path")
+    q.add_argument(
+        "--subject-regex", default=None, help="regex for the subject id (group 'id' or 1) in the path"
+    )
     q.add_argument("--no-header-check", action="store_true", help="do not read NIfTI headers when validating")
     q.add_argument("--out", default=None, help="output datalist (.json or .csv)")
     q.add_argument("--check", default=None, metavar="DATALIST", help="only validate this datalist")

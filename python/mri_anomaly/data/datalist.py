@@ -39,7 +39,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -159,8 +159,9 @@ def validate_datalist(
             where = f"{sec}[{i}]" + (f" ({it['subject_id']})" if "subject_id" in it else "")
             unknown = [k for k in it if k not in ITEM_KEYS]
             if unknown:
-                problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
-                                f"(known: {', '.join(ITEM_KEYS)})")
+                problems.append(
+                    f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(ITEM_KEYS)})"
+                )
             if "image" not in it:
                 problems.append(f"{where}: missing 'image'")
             for k in PATH_KEYS:
@@ -168,7 +169,9 @@ def validate_datalist(
                     problems.append(f"{where}: {k!r} must be a file path, got {it[k]!r}")
             if "label" in it and not (_is_int_like(it["label"]) and int(it["label"]) in (0, 1)):
                 problems.append(f"{where}: label {it['label']!r} is not 0 (healthy) or 1 (anomalous)")
-            if "semi_target" in it and not (_is_int_like(it["semi_target"]) and int(it["semi_target"]) in (-1, 0, 1)):
+            if "semi_target" in it and not (
+                _is_int_like(it["semi_target"]) and int(it["semi_target"]) in (-1, 0, 1)
+            ):
                 problems.append(f"{where}: semi_target {it['semi_target']!r} is not -1, 0 or 1")
             sid = it.get("subject_id")
             if sid is not None and not isinstance(sid, str):
@@ -197,11 +200,15 @@ def validate_datalist(
                 if k in headers and "image" in headers:
                     (ishape, iaff), (mshape, maff) = headers["image"], headers[k]
                     if tuple(mshape) != tuple(ishape):
-                        problems.append(f"{where}: {k} shape {tuple(mshape)} differs from image shape "
-                                        f"{tuple(ishape)} ({it[k]})")
+                        problems.append(
+                            f"{where}: {k} shape {tuple(mshape)} differs from image shape "
+                            f"{tuple(ishape)} ({it[k]})"
+                        )
                     elif not np.allclose(iaff, maff, atol=1e-3):
-                        problems.append(f"{where}: {k} affine differs from the image's (max difference "
-                                        f"{float(np.abs(iaff - maff).max()):.3g}) ({it[k]})")
+                        problems.append(
+                            f"{where}: {k} affine differs from the image's (max difference "
+                            f"{float(np.abs(iaff - maff).max()):.3g}) ({it[k]})"
+                        )
     return problems
 
 
@@ -229,7 +236,9 @@ def _parse_csv(path: Path, text: str) -> dict[str, list[dict]]:
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
-            raise DatalistError(path, [f"CSV datalist needs a header with an 'image' column, got {reader.fieldnames}"])
+            raise DatalistError(
+                path, [f"CSV datalist needs a header with an 'image' column, got {reader.fieldnames}"]
+            )
         for row in reader:
             sec = (row.pop("section", None) or "test").strip()
             item: dict[str, Any] = {}
@@ -343,7 +352,9 @@ _BRAIN_MASK_RE = re.compile(r"brain[_\-]?mask", re.IGNORECASE)
 _STRIP_TOKENS = re.compile(
     r"((^|[_\-.])(brain[_\-]?mask|mask|msk|seg|label|labels|lesion|lesion_consensus|consensus|roi|"
     r"t1w?|t2w?|flair|dwi|adc|"
-    r"pd|t1c|t1post|image|img|subtrmeandivstd|multiclass|ot))+$", re.IGNORECASE)
+    r"pd|t1c|t1post|image|img|subtrmeandivstd|multiclass|ot))+$",
+    re.IGNORECASE,
+)
 
 
 def _key_of(path: str, regex: re.Pattern | None) -> str:
@@ -417,7 +428,9 @@ def build_datalist(
     ids = _subject_keys(images, regex)
     dup = sorted({k for k in ids if ids.count(k) > 1})
     if dup:
-        raise UserInputError(f"several images share a subject id: {dup}; narrow the image pattern or give --subject-regex")
+        raise UserInputError(
+            f"several images share a subject id: {dup}; narrow the image pattern or give --subject-regex"
+        )
     by_id = {k: {"image": p, "subject_id": k} for k, p in zip(ids, images)}
     for key, files in (("mask", masks), ("brain_mask", brain_masks)):
         files = [os.path.abspath(p) for p in files]
@@ -428,7 +441,9 @@ def build_datalist(
             else:
                 unmatched.append(p)
         if unmatched:
-            raise UserInputError(f"{len(unmatched)} {key} file(s) match no image by subject id: {unmatched[:5]}")
+            raise UserInputError(
+                f"{len(unmatched)} {key} file(s) match no image by subject id: {unmatched[:5]}"
+            )
     labels = labels or {}
     for k, it in by_id.items():
         extra = dict(labels.get(k, {}))
@@ -445,8 +460,10 @@ def build_datalist(
     n_val = int(round(val_fraction * len(healthy)))
     n_test = int(round(test_fraction * len(healthy)))
     if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction < 1):
-        raise UserInputError(f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1, got "
-                             f"{val_fraction} and {test_fraction}")
+        raise UserInputError(
+            f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1, got "
+            f"{val_fraction} and {test_fraction}"
+        )
     if len(healthy) >= 2 and val_fraction > 0:
         n_val = max(n_val, 1)
     if len(healthy) >= 3 and test_fraction > 0:
@@ -456,7 +473,7 @@ def build_datalist(
             n_test -= 1
         else:
             n_val -= 1
-    val, test_h, train = healthy[:n_val], healthy[n_val:n_val + n_test], healthy[n_val + n_test:]
+    val, test_h, train = healthy[:n_val], healthy[n_val : n_val + n_test], healthy[n_val + n_test :]
     for it in train + val + test_h:
         it.setdefault("label", 0)
     out: dict[str, list[dict]] = {}
@@ -466,7 +483,9 @@ def build_datalist(
     return out
 
 
-def classify_folder(folder: str | os.PathLike, image_pattern: str = "*") -> tuple[list[str], list[str], list[str]]:
+def classify_folder(
+    folder: str | os.PathLike, image_pattern: str = "*"
+) -> tuple[list[str], list[str], list[str]]:
     """Split the NIfTI files under ``folder`` (recursively) into (images, masks, brain_masks) by name.
 
     Brain masks match ``brain_mask``/``brainmask``; masks match mask/msk/seg/label/lesion/consensus/roi;
@@ -485,7 +504,7 @@ def classify_folder(folder: str | os.PathLike, image_pattern: str = "*") -> tupl
     return images, masks, brains
 
 
-ImagesLike = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, Mapping[str, Any]]]]
+ImagesLike = str | os.PathLike | Sequence[str | os.PathLike | Mapping[str, Any]]
 """NIfTI paths (or datalist items ``{"image": path, ...}``), or the path of a datalist (``.json``/``.csv``)."""
 
 
@@ -499,7 +518,9 @@ def items_from_images(images: ImagesLike, section: str, what: str) -> list[dict[
     if is_datalist_path(images):
         data = load_datalist(images, check_files=False, check_headers=False)
         if section not in data:
-            raise UserInputError(f"{images}: the datalist has no {section!r} section (it has: {', '.join(sorted(data))})")
+            raise UserInputError(
+                f"{images}: the datalist has no {section!r} section (it has: {', '.join(sorted(data))})"
+            )
         return [dict(it) for it in data[section]]
     if isinstance(images, (str, os.PathLike)):
         images = [images]
@@ -510,7 +531,9 @@ def items_from_images(images: ImagesLike, section: str, what: str) -> list[dict[
         elif isinstance(image, (str, os.PathLike)):
             items.append({"image": os.path.abspath(os.fspath(image))})
         else:
-            raise TypeError(f"{what}[{i}]: expected a NIfTI path or a datalist item, got {type(image).__name__}")
+            raise TypeError(
+                f"{what}[{i}]: expected a NIfTI path or a datalist item, got {type(image).__name__}"
+            )
     if not items:
         raise UserInputError(f"{what}: no images given")
     return items

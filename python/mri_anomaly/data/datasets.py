@@ -92,9 +92,15 @@ class FillDefaultsd(MapTransform):
             d["has_mask"] = 1
         else:
             zeros = torch.zeros_like(img.as_tensor() if isinstance(img, MetaTensor) else img)
-            d[self.mask_key] = MetaTensor(zeros, meta=copy.deepcopy(img.meta),
-                                          applied_operations=copy.deepcopy(img.applied_operations)) \
-                if isinstance(img, MetaTensor) else zeros
+            d[self.mask_key] = (
+                MetaTensor(
+                    zeros,
+                    meta=copy.deepcopy(img.meta),
+                    applied_operations=copy.deepcopy(img.applied_operations),
+                )
+                if isinstance(img, MetaTensor)
+                else zeros
+            )
             d["has_mask"] = 0
         return d
 
@@ -102,8 +108,12 @@ class FillDefaultsd(MapTransform):
 def _error_item(item: Mapping[str, Any], err: InputFileError) -> dict[str, Any]:
     image = item.get("image")
     path = image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", ""))
-    return {"error": str(err), "error_path": err.path, "image_path": path,
-            "subject_id": subject_id_of({"subject_id": item.get("subject_id"), "image": path})}
+    return {
+        "error": str(err),
+        "error_path": err.path,
+        "image_path": path,
+        "subject_id": subject_id_of({"subject_id": item.get("subject_id"), "image": path}),
+    }
 
 
 class _Guarded(Transform):
@@ -188,10 +198,15 @@ class VolumeDataset(torch.utils.data.Dataset):
                 it["subject_id"] = subject_id_of(it)
         self.config = resolve_preprocessing_config(preprocessing_config)
         self.on_error = on_error
-        self.transform = transform if transform is not None else preprocessing(self.config, keys=("image", "mask"))
+        self.transform = (
+            transform if transform is not None else preprocessing(self.config, keys=("image", "mask"))
+        )
         det = Compose([self.transform, FillDefaultsd()])
-        aug = augment if augment is None or isinstance(augment, Compose) else Compose(
-            list(augment) if isinstance(augment, Sequence) else [augment])
+        aug = (
+            augment
+            if augment is None or isinstance(augment, Compose)
+            else Compose(list(augment) if isinstance(augment, Sequence) else [augment])
+        )
         chain: list[Any] = [_Guarded(det)]
         if aug is not None:
             chain.append(_GuardedRandom(aug))
@@ -199,13 +214,23 @@ class VolumeDataset(torch.utils.data.Dataset):
         full.set_random_state(seed=seed)
         if cache == "auto":
             n_keys = 2 + int(self.config.get("brain_mask_key") is not None)
-            cache = "memory" if _estimate_bytes(len(self.items), self.config, n_keys) <= memory_limit_bytes else "disk"
+            cache = (
+                "memory"
+                if _estimate_bytes(len(self.items), self.config, n_keys) <= memory_limit_bytes
+                else "disk"
+            )
         self.cache = cache
         if cache == "memory":
-            self._ds: Dataset = CacheDataset(self.items, full, num_workers=cache_num_workers, progress=progress)
+            self._ds: Dataset = CacheDataset(
+                self.items, full, num_workers=cache_num_workers, progress=progress
+            )
         elif cache == "disk":
             key = hashlib.sha1(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:12]
-            root = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="mri_anomaly_cache_"))
+            root = (
+                Path(cache_dir)
+                if cache_dir is not None
+                else Path(tempfile.mkdtemp(prefix="mri_anomaly_cache_"))
+            )
             self.cache_dir = root / f"preproc-{key}"
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self._ds = PersistentDataset(self.items, full, cache_dir=self.cache_dir)
@@ -263,7 +288,9 @@ class SliceDataset(torch.utils.data.Dataset):
     Items: see the module docstring (``image``/``mask`` are plain (1, H, W) tensors).
     """
 
-    def __init__(self, volumes: VolumeDataset, min_brain_fraction: float = 0.1, brain_threshold: float = 0.0) -> None:
+    def __init__(
+        self, volumes: VolumeDataset, min_brain_fraction: float = 0.1, brain_threshold: float = 0.0
+    ) -> None:
         if not 0.0 <= min_brain_fraction <= 1.0:
             raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}")
         self.volumes = volumes

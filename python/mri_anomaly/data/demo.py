@@ -89,9 +89,19 @@ __all__ = [
 ]
 
 CONTRASTS: tuple[str, ...] = ("t1", "t2", "flair")
-DEMO_DEFAULTS: dict[str, Any] = {"seed": 0, "healthy": 200, "anomalous": 48, "general": 48, "spacing": 4.0,
-                                 "contrast": "flair"}
-TINY_PREPROCESSING: dict[str, Any] = {"spacing": [8.0, 8.0, 8.0], "spatial_size": [24, 24, 24], "divisible_by": 8}
+DEMO_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "healthy": 200,
+    "anomalous": 48,
+    "general": 48,
+    "spacing": 4.0,
+    "contrast": "flair",
+}
+TINY_PREPROCESSING: dict[str, Any] = {
+    "spacing": [8.0, 8.0, 8.0],
+    "spatial_size": [24, 24, 24],
+    "divisible_by": 8,
+}
 """For fast tests on a cohort made with ``spacing=8``: 8 mm, 24 x 24 x 24 (merge over PREPROCESSING_DEFAULTS)."""
 FOV_MM = np.array([176.0, 208.0, 184.0])
 FOV_CENTER_MM = np.array([0.0, -17.0, 5.0])  # centre of the MNI brain mask's bounding box
@@ -113,8 +123,17 @@ class _Variation:
 
 
 HEALTHY_VARIATION = _Variation()
-GENERAL_VARIATION = _Variation(rot_deg=12.0, size=(0.82, 1.02), axis_jitter=0.05, shift_mm=8.0, warp_mm=5.0,
-                               bias=0.3, noise=(0.01, 0.06), gamma=(0.7, 1.4), tissue_jitter=0.12)
+GENERAL_VARIATION = _Variation(
+    rot_deg=12.0,
+    size=(0.82, 1.02),
+    axis_jitter=0.05,
+    shift_mm=8.0,
+    warp_mm=5.0,
+    bias=0.3,
+    noise=(0.01, 0.06),
+    gamma=(0.7, 1.4),
+    tissue_jitter=0.12,
+)
 
 
 def demo_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -131,8 +150,12 @@ def _template(spacing: float) -> dict[str, Any]:
     from nilearn import datasets as nds
 
     t1 = nds.load_mni152_template(resolution=1)  # the 1 mm files as shipped (resolution=2 resamples slowly)
-    maps = {"t1": t1, "gm": nds.load_mni152_gm_template(resolution=1), "wm": nds.load_mni152_wm_template(resolution=1),
-            "brain": nds.load_mni152_brain_mask(resolution=1)}
+    maps = {
+        "t1": t1,
+        "gm": nds.load_mni152_gm_template(resolution=1),
+        "wm": nds.load_mni152_wm_template(resolution=1),
+        "brain": nds.load_mni152_brain_mask(resolution=1),
+    }
     aff = np.asarray(t1.affine, np.float64)
     res = 1
     if spacing >= 2.5:  # 2 x 2 x 2 block average to 2 mm, then anti-alias at 2 mm
@@ -189,7 +212,10 @@ def _ms_mask_source(path: str, spacing: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_ms_lesion_masks(
-    affine: np.ndarray, shape: tuple[int, ...], ms_dir: str | os.PathLike | None = None, threshold: float = 0.25
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+    ms_dir: str | os.PathLike | None = None,
+    threshold: float = 0.25,
 ) -> list[np.ndarray]:
     """The MS consensus masks (MNI space) resampled by affine onto a grid ``(shape, affine)`` in MNI space.
 
@@ -217,7 +243,9 @@ def load_ms_lesion_masks(
     return out
 
 
-def _smooth_field(rng: np.random.Generator, coarse: tuple[int, ...], shape: tuple[int, ...], std: float) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, coarse: tuple[int, ...], shape: tuple[int, ...], std: float
+) -> np.ndarray:
     c = rng.standard_normal(coarse) * std
     b = [_upsampler(n, s) for n, s in zip(coarse, shape)]  # separable cubic interpolation
     return np.einsum("ijk,ai,bj,ck->abc", c, *b, optimize=True)
@@ -279,7 +307,11 @@ def synthesize_subject(
         return _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size)
 
 
-SIZE_STRATA: dict[str, tuple[float, float]] = {"small": (0.0, 1.0), "medium": (1.0, 10.0), "large": (10.0, float("inf"))}
+SIZE_STRATA: dict[str, tuple[float, float]] = {
+    "small": (0.0, 1.0),
+    "medium": (1.0, 10.0),
+    "large": (10.0, float("inf")),
+}
 """Lesion-volume strata of the demo's anomalous subjects, in cm^3: < 1, 1-10, > 10 (lower bound included)."""
 
 
@@ -311,7 +343,9 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size
     size = rng.uniform(*v.size) * (1 + rng.uniform(-v.axis_jitter, v.axis_jitter, 3))
     m = _rotation(rng, v.rot_deg) @ np.diag(1.0 / size)
     t = rng.uniform(-v.shift_mm, v.shift_mm, 3)
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1).reshape(
+        -1, 3
+    )
     world = idx @ aff[:3, :3].T + aff[:3, 3]
     src = (world - FOV_CENTER_MM - t) @ m.T + FOV_CENTER_MM
     coarse = (5, 6, 5)
@@ -321,14 +355,22 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size
     svox = ((src - taff[:3, 3]) @ np.linalg.inv(taff[:3, :3]).T).T
 
     def sample(a: np.ndarray) -> np.ndarray:
-        return ndimage.map_coordinates(a, svox, order=1, mode="constant", cval=0.0).reshape(shape).astype(np.float32)
+        return (
+            ndimage.map_coordinates(a, svox, order=1, mode="constant", cval=0.0)
+            .reshape(shape)
+            .astype(np.float32)
+        )
 
     brain = np.clip(sample(tpl["brain"]), 0, 1)
     gm, wm, csf = sample(tpl["gm"]), sample(tpl["wm"]), sample(tpl["csf"])
     jit = 1 + rng.uniform(-v.tissue_jitter, v.tissue_jitter, 3)
     if contrast == "t1":
         t1 = np.clip(sample(tpl["t1"]) / tpl["t1_ref"], 0, None)
-        img = t1 ** rng.uniform(*v.gamma) + 0.03 * rng.standard_normal() * gm + 0.03 * rng.standard_normal() * wm
+        img = (
+            t1 ** rng.uniform(*v.gamma)
+            + 0.03 * rng.standard_normal() * gm
+            + 0.03 * rng.standard_normal() * wm
+        )
         img = img * (csf * jit[0] + gm * jit[1] + wm * jit[2] + 1e-3) / (csf + gm + wm + 1e-3)
     else:
         levels = {"t2": (1.0, 0.62, 0.45), "flair": (0.15, 0.62, 0.48)}[contrast]
@@ -340,8 +382,12 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size
     ms_source = ""
     lesion_variant = ""
     if lesion is not None:
-        inserter_kwargs: dict[str, Any] = {"contrast": contrast, "kinds": (lesion,), "clip": (0.0, None),
-                                           "focal_radius_mm": (max(3.0, 0.9 * spacing), max(8.0, 2.0 * spacing))}
+        inserter_kwargs: dict[str, Any] = {
+            "contrast": contrast,
+            "kinds": (lesion,),
+            "clip": (0.0, None),
+            "focal_radius_mm": (max(3.0, 0.9 * spacing), max(8.0, 2.0 * spacing)),
+        }
         if lesion_size != "any" and lesion_size not in SIZE_STRATA:
             raise ValueError(f"unknown lesion_size {lesion_size!r} (known: any, {', '.join(SIZE_STRATA)})")
         inserter_kwargs.update(_LESION_SIZES.get((lesion, lesion_size), {}))
@@ -389,8 +435,14 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size
     img[brain < 0.05] = 0.0
     if mask is not None:
         mask[brain < 0.05] = 0
-    return {"image": img, "mask": mask, "affine": aff, "lesion_kind": lesion or "", "lesion_variant": lesion_variant,
-            "ms_source": ms_source}
+    return {
+        "image": img,
+        "mask": mask,
+        "affine": aff,
+        "lesion_kind": lesion or "",
+        "lesion_variant": lesion_variant,
+        "ms_source": ms_source,
+    }
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: Any) -> None:
@@ -432,7 +484,9 @@ def make_demo_cohort(
     if contrast not in CONTRASTS:
         raise UserInputError(f"unknown contrast {contrast!r} (known: {', '.join(CONTRASTS)})")
     if healthy < 1 or anomalous < 0 or general < 0:
-        raise UserInputError(f"need healthy >= 1, anomalous >= 0, general >= 0; got {healthy}, {anomalous}, {general}")
+        raise UserInputError(
+            f"need healthy >= 1, anomalous >= 0, general >= 0; got {healthy}, {anomalous}, {general}"
+        )
     if not 0.5 <= spacing <= 8.0:
         raise UserInputError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
     out = Path(out_dir)
@@ -442,9 +496,11 @@ def make_demo_cohort(
     ms_files = _ms_files(d) if d is not None and d.is_dir() else []
     kinds = ["ms", "tumour", "focal"]
     if not ms_files and anomalous > 0:
-        warnings.warn("MS lesion masks not found (../shared/data/ms-lesjak2017-mni/lesion_masks_mni or "
-                      "$MRI_ANOMALY_SHARED_DATA): the demo's anomalies are tumours and focal lesions only",
-                      stacklevel=2)
+        warnings.warn(
+            "MS lesion masks not found (../shared/data/ms-lesjak2017-mni/lesion_masks_mni or "
+            "$MRI_ANOMALY_SHARED_DATA): the demo's anomalies are tumours and focal lesions only",
+            stacklevel=2,
+        )
         kinds = ["tumour", "focal"]
 
     n_val = max(1, round(0.2 * healthy)) if healthy >= 3 else 0
@@ -454,9 +510,21 @@ def make_demo_cohort(
     for sec, n in (("training", n_train), ("validation", n_val), ("test", n_test)):
         plan += [(sec, sec, i, None, contrast, HEALTHY_VARIATION, "any") for i in range(n)]
     strata = list(SIZE_STRATA)
-    plan += [("test", "anomalous", i, kinds[i % len(kinds)], contrast, HEALTHY_VARIATION,
-              strata[(i // len(kinds)) % len(strata)]) for i in range(anomalous)]
-    plan += [("general", "general", i, None, CONTRASTS[i % 3], GENERAL_VARIATION, "any") for i in range(general)]
+    plan += [
+        (
+            "test",
+            "anomalous",
+            i,
+            kinds[i % len(kinds)],
+            contrast,
+            HEALTHY_VARIATION,
+            strata[(i // len(kinds)) % len(strata)],
+        )
+        for i in range(anomalous)
+    ]
+    plan += [
+        ("general", "general", i, None, CONTRASTS[i % 3], GENERAL_VARIATION, "any") for i in range(general)
+    ]
 
     datalist: dict[str, list[dict]] = {}
     rows = []
@@ -477,18 +545,30 @@ def make_demo_cohort(
             item["mask"] = str(mpath)
             nvox = int(s["mask"].sum())
         datalist.setdefault(sec, []).append(item)
-        rows.append({"subject_id": sid, "section": sec, "label": item.get("label", ""), "contrast": con,
-                     "lesion_kind": s["lesion_kind"], "lesion_variant": s["lesion_variant"], "lesion_voxels": nvox,
-                     "lesion_volume_cm3": round(nvox * float(spacing) ** 3 / 1000.0, 4) if lesion else "",
-                     "size_stratum": size_stratum(nvox * float(spacing) ** 3 / 1000.0) if lesion else "",
-                     "ms_source": s["ms_source"]})
+        rows.append(
+            {
+                "subject_id": sid,
+                "section": sec,
+                "label": item.get("label", ""),
+                "contrast": con,
+                "lesion_kind": s["lesion_kind"],
+                "lesion_variant": s["lesion_variant"],
+                "lesion_voxels": nvox,
+                "lesion_volume_cm3": round(nvox * float(spacing) ** 3 / 1000.0, 4) if lesion else "",
+                "size_stratum": size_stratum(nvox * float(spacing) ** 3 / 1000.0) if lesion else "",
+                "ms_source": s["ms_source"],
+            }
+        )
         if progress and i == 0:
             print(f"demo-data: {group} ...", flush=True)
     meta = {
         "name": "mri-anomaly demo cohort",
-        "description": ("Synthetic subjects from the MNI ICBM152 2009 template and tissue maps (nilearn); anomalies: "
-                        + ", ".join(kinds) + "; general = broader distribution for likelihood ratios "
-                        "(all contrasts, stronger deformation/bias/noise)."),
+        "description": (
+            "Synthetic subjects from the MNI ICBM152 2009 template and tissue maps (nilearn); anomalies: "
+            + ", ".join(kinds)
+            + "; general = broader distribution for likelihood ratios "
+            "(all contrasts, stronger deformation/bias/noise)."
+        ),
         "modality": {"0": contrast.upper()},
         "contrast": contrast,
         "spacing_mm": float(spacing),
@@ -500,5 +580,7 @@ def make_demo_cohort(
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "cohort.json").write_text(json.dumps({**meta, "counts": {k: len(v) for k, v in datalist.items()}}, indent=2))
+    (out / "cohort.json").write_text(
+        json.dumps({**meta, "counts": {k: len(v) for k, v in datalist.items()}}, indent=2)
+    )
     return path

@@ -96,7 +96,11 @@ class ScaleIntensityInMask(Transform):
         """Args: img (C, *spatial); mask broadcastable to img, nonzero = brain. Returns img's type, float32."""
         x = img.float()
         if self.inside_mask:
-            region = (mask > 0.5).expand_as(x) if mask is not None else estimate_foreground(x, self.foreground_fraction)
+            region = (
+                (mask > 0.5).expand_as(x)
+                if mask is not None
+                else estimate_foreground(x, self.foreground_fraction)
+            )
         else:
             region = torch.ones_like(x, dtype=torch.bool)
         vals = x.detach()[region].cpu().numpy()
@@ -128,7 +132,11 @@ class ScaleIntensityInMaskd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, mask_key: str | None = None, allow_missing_keys: bool = False, **kwargs: Any
+        self,
+        keys: KeysCollection,
+        mask_key: str | None = None,
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
@@ -138,7 +146,9 @@ class ScaleIntensityInMaskd(MapTransform):
         d = dict(data)
         mask = d.get(self.mask_key) if self.mask_key is not None else None
         if self.mask_key is not None and mask is None:
-            raise KeyError(f"brain mask key {self.mask_key!r} missing from the item (keys: {sorted(map(str, d))})")
+            raise KeyError(
+                f"brain mask key {self.mask_key!r} missing from the item (keys: {sorted(map(str, d))})"
+            )
         for key in self.key_iterator(d):
             d[key] = self.scaler(d[key], mask)
         return d
@@ -161,7 +171,9 @@ class Binarize(Transform):
 class Binarized(MapTransform):
     """Dictionary twin of :class:`Binarize`."""
 
-    def __init__(self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.binarize = Binarize(threshold)
 

@@ -71,8 +71,11 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
         shape = shape[:3]
     dtype = np.dtype(img.get_data_dtype())
     if dtype.kind not in "biuf":  # complex, RGB (structured) ...: no single real intensity per voxel
-        raise InputFileError(path, f"voxel type {dtype} is not a real number per voxel (complex or RGB data); "
-                                   "expected a magnitude image")
+        raise InputFileError(
+            path,
+            f"voxel type {dtype} is not a real number per voxel (complex or RGB data); "
+            "expected a magnitude image",
+        )
     affine = np.asarray(img.affine, dtype=np.float64)
     problem = affine_problem(affine, shape)
     if problem is not None:
@@ -92,12 +95,16 @@ def affine_problem(affine: np.ndarray, shape: tuple[int, ...]) -> str | None:
         return f"the affine (voxel-to-world matrix) is not finite: {affine[:3].tolist()}"
     voxel = np.linalg.norm(affine[:3, :3], axis=0)
     if abs(np.linalg.det(affine[:3, :3])) < MIN_VOXEL_MM**3 or (voxel < MIN_VOXEL_MM).any():
-        return (f"the affine (voxel-to-world matrix) is singular or its voxels are under {MIN_VOXEL_MM} mm "
-                f"(voxel sizes {np.round(voxel, 6).tolist()} mm): {affine[:3].tolist()}")
+        return (
+            f"the affine (voxel-to-world matrix) is singular or its voxels are under {MIN_VOXEL_MM} mm "
+            f"(voxel sizes {np.round(voxel, 6).tolist()} mm): {affine[:3].tolist()}"
+        )
     field = voxel * np.asarray(list(shape[:3]) + [1] * (3 - len(shape[:3])), dtype=np.float64)
     if (field > MAX_FIELD_OF_VIEW_MM).any():
-        return (f"the field of view {np.round(field, 1).tolist()} mm exceeds {MAX_FIELD_OF_VIEW_MM:g} mm "
-                f"(voxel sizes {np.round(voxel, 3).tolist()} mm): a wrongly scaled affine")
+        return (
+            f"the field of view {np.round(field, 1).tolist()} mm exceeds {MAX_FIELD_OF_VIEW_MM:g} mm "
+            f"(voxel sizes {np.round(voxel, 3).tolist()} mm): a wrongly scaled affine"
+        )
     return None
 
 

@@ -45,12 +45,30 @@ LESION_KINDS: tuple[str, ...] = ("focal", "tumour", "ms")
 
 CONTRAST_LEVELS: dict[str, dict[str, tuple[float, float]]] = {
     # target intensity as a multiple of the brain median: (low, high) drawn uniformly
-    "flair": {"ms": (1.45, 1.8), "focal": (1.45, 1.85), "focal_opposite": (0.25, 0.5),
-              "oedema": (1.35, 1.6), "rim": (1.55, 1.9), "core": (0.3, 0.55)},
-    "t2": {"ms": (1.5, 1.9), "focal": (1.5, 1.9), "focal_opposite": (0.3, 0.55),
-           "oedema": (1.45, 1.75), "rim": (1.15, 1.35), "core": (1.9, 2.3)},
-    "t1": {"ms": (0.55, 0.75), "focal": (0.45, 0.7), "focal_opposite": (1.3, 1.5),
-           "oedema": (0.72, 0.85), "rim": (1.25, 1.45), "core": (0.3, 0.45)},
+    "flair": {
+        "ms": (1.45, 1.8),
+        "focal": (1.45, 1.85),
+        "focal_opposite": (0.25, 0.5),
+        "oedema": (1.35, 1.6),
+        "rim": (1.55, 1.9),
+        "core": (0.3, 0.55),
+    },
+    "t2": {
+        "ms": (1.5, 1.9),
+        "focal": (1.5, 1.9),
+        "focal_opposite": (0.3, 0.55),
+        "oedema": (1.45, 1.75),
+        "rim": (1.15, 1.35),
+        "core": (1.9, 2.3),
+    },
+    "t1": {
+        "ms": (0.55, 0.75),
+        "focal": (0.45, 0.7),
+        "focal_opposite": (1.3, 1.5),
+        "oedema": (0.72, 0.85),
+        "rim": (1.25, 1.45),
+        "core": (0.3, 0.45),
+    },
 }
 
 
@@ -107,8 +125,10 @@ class RandLesion(RandomizableTransform):
             raise ValueError(f"unknown lesion kind(s) {bad} (known: {LESION_KINDS})")
         if contrast not in CONTRAST_LEVELS:
             raise ValueError(f"unknown contrast {contrast!r} (known: {sorted(CONTRAST_LEVELS)})")
-        self.ms_masks = [np.asarray(torch.as_tensor(m).detach().cpu().numpy(), dtype=np.float32).squeeze()
-                         for m in (ms_masks or [])]
+        self.ms_masks = [
+            np.asarray(torch.as_tensor(m).detach().cpu().numpy(), dtype=np.float32).squeeze()
+            for m in (ms_masks or [])
+        ]
         kinds = list(kinds)
         if "ms" in kinds and not self.ms_masks:
             if kinds == ["ms"]:
@@ -129,7 +149,9 @@ class RandLesion(RandomizableTransform):
             raise ValueError(f"clip must be 'input', (low, high) or None, got {clip!r}")
         self.clip = clip
         self.last_kind: str | None = None
-        self.last_variant: str | None = None  # the kind, or "focal_opposite" for an opposite-sign focal lesion
+        self.last_variant: str | None = (
+            None  # the kind, or "focal_opposite" for an opposite-sign focal lesion
+        )
         self._kind: str | None = None
 
     def randomize(self, data: Any = None) -> None:
@@ -212,9 +234,11 @@ class RandLesion(RandomizableTransform):
 
     @staticmethod
     def _dist(shape: tuple[int, ...], center: np.ndarray, pixdim: np.ndarray, axes: np.ndarray | None = None):
-        grids = np.meshgrid(*[(np.arange(n) - c) * p for n, c, p in zip(shape, center, pixdim)], indexing="ij")
+        grids = np.meshgrid(
+            *[(np.arange(n) - c) * p for n, c, p in zip(shape, center, pixdim)], indexing="ij"
+        )
         if axes is None:
-            return np.sqrt(sum(g ** 2 for g in grids)), grids
+            return np.sqrt(sum(g**2 for g in grids)), grids
         return np.sqrt(sum((g / a) ** 2 for g, a in zip(grids, axes))), grids
 
     def _blend(self, x: np.ndarray, region: np.ndarray, level: float, ref: float) -> np.ndarray:
@@ -257,8 +281,11 @@ class RandLesion(RandomizableTransform):
             rs = 2.5 * R
             mag = np.where(d < rs, a * R * (1 - d / rs) ** 2, 0.0)
             safe = np.maximum(d, 1e-6)
-            coords = [np.arange(n)[tuple(slice(None) if j == i else None for j in range(len(shape)))]
-                      - mag * g / safe / p for i, (n, g, p) in enumerate(zip(shape, grids, pixdim))]
+            coords = [
+                np.arange(n)[tuple(slice(None) if j == i else None for j in range(len(shape)))]
+                - mag * g / safe / p
+                for i, (n, g, p) in enumerate(zip(shape, grids, pixdim))
+            ]
             coords = [np.broadcast_to(cc, shape) for cc in coords]
             support = d < rs
             warped = ndimage.map_coordinates(x, coords, order=1, mode="nearest")
@@ -319,7 +346,9 @@ class RandLesiond(Randomizable, MapTransform):
         self.label_key, self.semi_target_value, self.kind_key = label_key, semi_target_value, kind_key
         self.lesion = RandLesion(**kwargs)
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandLesiond:
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandLesiond:
         super().set_random_state(seed, state)
         self.lesion.set_random_state(seed, state)
         return self

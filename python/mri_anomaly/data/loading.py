@@ -41,7 +41,9 @@ class LoadVolume(Transform):
     def __call__(self, filename: str | Any) -> MetaTensor:
         if isinstance(filename, torch.Tensor):  # already loaded (in-memory item): check only
             arr = filename
-            path = getattr(arr, "meta", {}).get("filename_or_obj", None) if isinstance(arr, MetaTensor) else None
+            path = (
+                getattr(arr, "meta", {}).get("filename_or_obj", None) if isinstance(arr, MetaTensor) else None
+            )
             check_array(arr.detach().cpu().numpy(), path, is_mask=self.is_mask)
             out = arr if isinstance(arr, MetaTensor) else MetaTensor(arr)
         else:

@@ -68,14 +68,21 @@ def make_montage(
         anom = inter + [it for it in anom if it not in inter]
     anom = anom[:n_anomalous]
     gen = dl.get("general", [])[:n_general]
-    panels = [("healthy", it) for it in healthy] + [("anomalous", it) for it in anom] + [("general", it) for it in gen]
+    panels = (
+        [("healthy", it) for it in healthy]
+        + [("anomalous", it) for it in anom]
+        + [("general", it) for it in gen]
+    )
     ncol = max(len(healthy), 3)
-    rows = [panels[: len(healthy)], panels[len(healthy): len(healthy) + len(anom)],
-            panels[len(healthy) + len(anom):]]
+    rows = [
+        panels[: len(healthy)],
+        panels[len(healthy) : len(healthy) + len(anom)],
+        panels[len(healthy) + len(anom) :],
+    ]
     grid = []
     for r in rows:
         for k in range(0, len(r), ncol):
-            grid.append(r[k: k + ncol])
+            grid.append(r[k : k + ncol])
     grid = [g for g in grid if g]
     fig, axes = plt.subplots(len(grid), ncol, figsize=(2.4 * ncol, 2.7 * len(grid)), squeeze=False)
     for r, row in enumerate(grid):
@@ -95,7 +102,12 @@ def make_montage(
             vmax = np.percentile(img[img > 0], 99.5) if (img > 0).any() else 1.0
             ax.imshow(np.flipud(sl.T)[:, ::-1], cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
             if mask is not None and mask[..., k].any():
-                ax.contour(np.flipud(mask[..., k].T.astype(float))[:, ::-1], levels=[0.5], colors="red", linewidths=0.8)
+                ax.contour(
+                    np.flipud(mask[..., k].T.astype(float))[:, ::-1],
+                    levels=[0.5],
+                    colors="red",
+                    linewidths=0.8,
+                )
             label = group
             if group == "anomalous":
                 label = f"{kinds.get(it['subject_id'], 'anomalous')} ({int(mask.sum())} vox)"

@@ -71,12 +71,17 @@ def write_phantom(
     img, les, brain = phantom_arrays(shape, spacing, (20.0, 10.0, 8.0) if lesion else None, seed=seed)
     aff = np.diag([*spacing, 1.0])
     aff[:3, 3] = -np.array(spacing) * (np.array(shape) - 1) / 2
-    ornt = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(axcodes))
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(axcodes)
+    )
     out = {}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for key, arr, dtype, suffix in (("image", img, np.float32, ""), ("mask", les, np.uint8, "_mask"),
-                                    ("brain_mask", brain, np.uint8, "_brainmask")):
+    for key, arr, dtype, suffix in (
+        ("image", img, np.float32, ""),
+        ("mask", les, np.uint8, "_mask"),
+        ("brain_mask", brain, np.uint8, "_brainmask"),
+    ):
         a = nib.orientations.apply_orientation(arr, ornt)
         new_aff = aff @ nib.orientations.inv_ornt_aff(ornt, arr.shape)
         p = folder / f"{name}{suffix}.nii.gz"

@@ -40,7 +40,6 @@ import copy
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +50,18 @@ from monai.data import MetaTensor
 from monai.transforms import (
     CenterSpatialCrop,
     Compose,
-    MapTransform,
     CropForegroundd,
     DivisiblePadd,
     EnsureChannelFirstd,
     Invertd,
+    MapTransform,
     Orientationd,
     ResizeWithPadOrCropd,
     Spacingd,
 )
 
-from mri_anomaly.data.intensity import Binarized, ScaleIntensityInMaskd
 from mri_anomaly.config_checks import ConfigChecker, is_int, is_number, type_name
+from mri_anomaly.data.intensity import Binarized, ScaleIntensityInMaskd
 from mri_anomaly.data.loading import LoadVolumed
 
 __all__ = [
@@ -143,12 +142,20 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
     if sp is not None:
         if is_number(sp):
             sp = [sp] * 3
-        if not (isinstance(sp, Sequence) and len(sp) == 3 and all(is_number(s) and 0.1 <= s <= 100 for s in sp)):
-            chk.add(f"preprocessing.spacing: expected null or 3 numbers from 0.1 to 100 (mm), got {cfg['spacing']!r}")
+        if not (
+            isinstance(sp, Sequence) and len(sp) == 3 and all(is_number(s) and 0.1 <= s <= 100 for s in sp)
+        ):
+            chk.add(
+                f"preprocessing.spacing: expected null or 3 numbers from 0.1 to 100 (mm), got {cfg['spacing']!r}"
+            )
     ori = cfg["orientation"]
     pair = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
-    if not (isinstance(ori, str) and len(ori) == 3 and all(c in pair for c in ori.upper())
-            and len({pair[c] for c in ori.upper()}) == 3):
+    if not (
+        isinstance(ori, str)
+        and len(ori) == 3
+        and all(c in pair for c in ori.upper())
+        and len({pair[c] for c in ori.upper()}) == 3
+    ):
         chk.add(f"preprocessing.orientation: expected axcodes like 'RAS', got {ori!r}")
     elif ori.upper()[2] not in "SI":
         chk.add(f"preprocessing.orientation: the axial axis (S/I) must be last, got {ori!r}")
@@ -161,7 +168,9 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
                 chk.add(f"preprocessing.intensity: unknown key {k!r} (known: {sorted(_INTENSITY_KEYS)})")
         lo, hi = inten.get("lower"), inten.get("upper")
         if not (is_number(lo) and is_number(hi) and 0 <= lo < hi <= 100):
-            chk.add(f"preprocessing.intensity: need 0 <= lower < upper <= 100, got lower={lo!r}, upper={hi!r}")
+            chk.add(
+                f"preprocessing.intensity: need 0 <= lower < upper <= 100, got lower={lo!r}, upper={hi!r}"
+            )
         for k in ("inside_mask", "clip"):
             chk.bool_(inten, k, "preprocessing.intensity.")
     chk.bool_(cfg, "crop_foreground", "preprocessing.")
@@ -172,8 +181,12 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
         k = None
     ss = cfg["spatial_size"]
     if ss is not None:
-        if not (isinstance(ss, Sequence) and len(ss) == 3 and all(is_int(s) and 0 < s <= MAX_GRID for s in ss)):
-            chk.add(f"preprocessing.spatial_size: expected null or 3 integers from 1 to {MAX_GRID}, got {ss!r}")
+        if not (
+            isinstance(ss, Sequence) and len(ss) == 3 and all(is_int(s) and 0 < s <= MAX_GRID for s in ss)
+        ):
+            chk.add(
+                f"preprocessing.spatial_size: expected null or 3 integers from 1 to {MAX_GRID}, got {ss!r}"
+            )
         elif k is not None and any(s % k for s in ss):
             chk.add(f"preprocessing.spatial_size: {list(ss)} is not divisible by divisible_by={k}")
     bm = cfg["brain_mask_key"]
@@ -187,7 +200,9 @@ def preprocessed_channels(config: Mapping[str, Any] | None = None) -> int:
     return 1
 
 
-def model_grid_problems(config: Mapping[str, Any] | None, spatial_dims: int, divisor: int, reason: str) -> list[str]:
+def model_grid_problems(
+    config: Mapping[str, Any] | None, spatial_dims: int, divisor: int, reason: str
+) -> list[str]:
     """Problems of a (valid) preprocessing config's model grid for a network needing multiples of ``divisor``.
 
     Args:
@@ -204,13 +219,17 @@ def model_grid_problems(config: Mapping[str, Any] | None, spatial_dims: int, div
     if ss is not None:
         seen = list(ss)[:2] if spatial_dims == 2 else list(ss)
         if any(s % divisor for s in seen):
-            fixed = [max(divisor, int(round(s / divisor)) * divisor) for s in seen] + list(ss)[len(seen):]
+            fixed = [max(divisor, int(round(s / divisor)) * divisor) for s in seen] + list(ss)[len(seen) :]
             what = f"has slice axes {seen}" if spatial_dims == 2 else "is"
-            return [f"preprocessing.spatial_size: {list(ss)} {what} not divisible by {divisor}, which {reason} "
-                    f"needs; use e.g. {fixed} or a shallower model"]
+            return [
+                f"preprocessing.spatial_size: {list(ss)} {what} not divisible by {divisor}, which {reason} "
+                f"needs; use e.g. {fixed} or a shallower model"
+            ]
     elif k % divisor:
-        return [f"preprocessing.divisible_by: {k} pads the grid to multiples of {k} (spatial_size is null), but {reason} "
-                f"needs multiples of {divisor}; use divisible_by: {divisor}"]
+        return [
+            f"preprocessing.divisible_by: {k} pads the grid to multiples of {k} (spatial_size is null), but {reason} "
+            f"needs multiples of {divisor}; use divisible_by: {divisor}"
+        ]
     return []
 
 
@@ -251,8 +270,13 @@ class WarnGridCropd(MapTransform):
         image_key: the image whose file the warning names.
     """
 
-    def __init__(self, source_key: str, spatial_size: Sequence[int], threshold: float = CROP_WARNING_FRACTION,
-                 image_key: str = "image") -> None:
+    def __init__(
+        self,
+        source_key: str,
+        spatial_size: Sequence[int],
+        threshold: float = CROP_WARNING_FRACTION,
+        image_key: str = "image",
+    ) -> None:
         super().__init__([source_key])
         self.source_key, self.spatial_size, self.threshold = source_key, list(spatial_size), float(threshold)
         self.image_key = image_key
@@ -268,7 +292,10 @@ class WarnGridCropd(MapTransform):
                 warnings.warn(
                     f"{path}: the model grid {self.spatial_size} crops {100 * lost:.1f}% of the foreground "
                     f"(foreground box {list(source.shape[1:])} voxels); raise preprocessing.spatial_size or the "
-                    "spacing to keep the whole anatomy", GridCropWarning, stacklevel=2)
+                    "spacing to keep the whole anatomy",
+                    GridCropWarning,
+                    stacklevel=2,
+                )
         data = dict(data)
         data[CROP_FRACTION_KEY] = lost
         return data
@@ -317,25 +344,51 @@ def preprocessing(
         t.append(LoadVolumed(masks, mask_keys=masks, allow_missing_keys=True))
     t += [
         EnsureChannelFirstd(all_keys, channel_dim="no_channel", allow_missing_keys=True),
-        Orientationd(all_keys, axcodes=cfg["orientation"].upper(), labels=(("L", "R"), ("P", "A"), ("I", "S")),
-                     allow_missing_keys=True),
+        Orientationd(
+            all_keys,
+            axcodes=cfg["orientation"].upper(),
+            labels=(("L", "R"), ("P", "A"), ("I", "S")),
+            allow_missing_keys=True,
+        ),
     ]
     if cfg["spacing"] is not None:
         sp = cfg["spacing"] if isinstance(cfg["spacing"], Sequence) else [cfg["spacing"]] * 3
-        t.append(Spacingd(all_keys, pixdim=[float(s) for s in sp], mode=modes, dtype=np.float32,
-                          allow_missing_keys=True))
+        t.append(
+            Spacingd(
+                all_keys, pixdim=[float(s) for s in sp], mode=modes, dtype=np.float32, allow_missing_keys=True
+            )
+        )
         if masks:
             t.append(Binarized(masks, threshold=0.5, allow_missing_keys=True))
     it = cfg["intensity"]
-    t.append(ScaleIntensityInMaskd(imgs, mask_key=bm, lower=it["lower"], upper=it["upper"],
-                                   inside_mask=it["inside_mask"], clip=it["clip"]))
+    t.append(
+        ScaleIntensityInMaskd(
+            imgs,
+            mask_key=bm,
+            lower=it["lower"],
+            upper=it["upper"],
+            inside_mask=it["inside_mask"],
+            clip=it["clip"],
+        )
+    )
     if cfg["crop_foreground"]:
-        t.append(CropForegroundd(all_keys, source_key=bm or imgs[0], select_fn=_positive,
-                                 margin=int(cfg["crop_margin"]), allow_smaller=True, start_coord_key=None,
-                                 end_coord_key=None, allow_missing_keys=True))
+        t.append(
+            CropForegroundd(
+                all_keys,
+                source_key=bm or imgs[0],
+                select_fn=_positive,
+                margin=int(cfg["crop_margin"]),
+                allow_smaller=True,
+                start_coord_key=None,
+                end_coord_key=None,
+                allow_missing_keys=True,
+            )
+        )
     if cfg["spatial_size"] is not None:
         t.append(WarnGridCropd(bm or imgs[0], cfg["spatial_size"], image_key=imgs[0]))
-        t.append(ResizeWithPadOrCropd(all_keys, spatial_size=list(cfg["spatial_size"]), allow_missing_keys=True))
+        t.append(
+            ResizeWithPadOrCropd(all_keys, spatial_size=list(cfg["spatial_size"]), allow_missing_keys=True)
+        )
     else:
         t.append(DivisiblePadd(all_keys, k=int(cfg["divisible_by"]), allow_missing_keys=True))
     return Compose(t)

@@ -138,8 +138,12 @@ def _stratified_weights(y: np.ndarray, n_resamples: int, seed: int) -> tuple[np.
     """How often each anomalous / healthy sample is drawn in each stratified replicate: (R, n_pos), (R, n_neg)."""
     rng = np.random.default_rng(seed)
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    w_pos = np.stack([np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos) for _ in range(n_resamples)])
-    w_neg = np.stack([np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg) for _ in range(n_resamples)])
+    w_pos = np.stack(
+        [np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos) for _ in range(n_resamples)]
+    )
+    w_neg = np.stack(
+        [np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg) for _ in range(n_resamples)]
+    )
     return w_pos.astype(np.float64), w_neg.astype(np.float64)
 
 
@@ -170,7 +174,11 @@ def auroc_with_ci(
         _, b = check_binary(y_true, paired_with)
         c = c - _pair_matrix(y, b)
         name = "auroc_difference"
-    out: dict[str, float | list[float] | int] = {name: float(c.mean()), "n": int(y.size), "n_anomalous": n_pos}
+    out: dict[str, float | list[float] | int] = {
+        name: float(c.mean()),
+        "n": int(y.size),
+        "n_anomalous": n_pos,
+    }
     if n_resamples > 0:
         w_pos, w_neg = _stratified_weights(y, n_resamples, seed)
         values = np.einsum("ri,ij,rj->r", w_pos, c, w_neg) / (n_pos * n_neg)

@@ -31,8 +31,16 @@ from typing import Any
 
 __all__ = ["BrowserCheck", "find_chromium", "open_in_chromium", "CHROMIUM_FLAGS"]
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 @dataclass
@@ -78,7 +86,13 @@ class _Pipe:
     def __init__(self, binary: str, profile: str) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-        args = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        args = [
+            binary,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
 
         def bind_fds() -> None:
             # the child's fds 3 and 4 are the pipe ends Chromium expects; dup2 makes them survive exec, and
@@ -88,9 +102,14 @@ class _Pipe:
             os.dup2(read_end, 3)
             os.dup2(write_end, 4)
 
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, close_fds=False,
-                                        preexec_fn=bind_fds)  # noqa: PLW1509 - no threads here
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=False,
+            preexec_fn=bind_fds,
+        )  # noqa: PLW1509 - no threads here
         os.close(to_child_r)
         os.close(from_child_w)
         self._buffer = b""
@@ -111,8 +130,13 @@ class _Pipe:
         raw, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(raw)
 
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
-             timeout: float = 60.0) -> dict[str, Any]:
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
         """Send one command and return its result (events that arrive meanwhile are kept in :attr:`events`)."""
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
@@ -177,8 +201,14 @@ def _describe(event: dict[str, Any]) -> str | None:
     return None
 
 
-def open_in_chromium(page: str | os.PathLike, screenshot: str | os.PathLike | None = None, width: int = 1280,
-                     height: int = 2000, settle_seconds: float = 0.5, timeout: float = 60.0) -> BrowserCheck:
+def open_in_chromium(
+    page: str | os.PathLike,
+    screenshot: str | os.PathLike | None = None,
+    width: int = 1280,
+    height: int = 2000,
+    settle_seconds: float = 0.5,
+    timeout: float = 60.0,
+) -> BrowserCheck:
     """Load ``page`` (an HTML file) in headless Chromium and report console errors and images.
 
     Args:
@@ -208,19 +238,28 @@ def open_in_chromium(page: str | os.PathLike, screenshot: str | os.PathLike | No
             session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Runtime", "Log", "Page"):
                 pipe.send(f"{domain}.enable", session=session)
-            pipe.send("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+            pipe.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
             pipe.events.clear()
             pipe.send("Page.navigate", {"url": path.as_uri()}, session=session, timeout=timeout)
             pipe.wait_for("Page.loadEventFired", timeout=timeout)
             time.sleep(settle_seconds)
-            images = json.loads(pipe.send("Runtime.evaluate", {"expression": _IMAGES_JS, "returnByValue": True},
-                                          session=session)["result"]["value"])
-            title = pipe.send("Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
-                              session=session)["result"].get("value", "")
+            images = json.loads(
+                pipe.send(
+                    "Runtime.evaluate", {"expression": _IMAGES_JS, "returnByValue": True}, session=session
+                )["result"]["value"]
+            )
+            title = pipe.send(
+                "Runtime.evaluate", {"expression": "document.title", "returnByValue": True}, session=session
+            )["result"].get("value", "")
             written = None
             if screenshot is not None:
-                data = pipe.send("Page.captureScreenshot", {"format": "png"}, session=session, timeout=timeout)["data"]
+                data = pipe.send(
+                    "Page.captureScreenshot", {"format": "png"}, session=session, timeout=timeout
+                )["data"]
                 written = Path(screenshot)
                 written.parent.mkdir(parents=True, exist_ok=True)
                 written.write_bytes(base64.b64decode(data))

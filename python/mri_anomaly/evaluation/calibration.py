@@ -16,16 +16,20 @@ import torch
 from mri_anomaly.evaluation.thresholds import calibrate_thresholds
 from mri_anomaly.scoring.items import PreprocessedItems, iterate_preprocessed
 from mri_anomaly.scoring.slice_norms import fit_slice_norms
-from mri_anomaly.scoring.volume import RawVolumeScores, finish_volume_scores, raw_volume_scores
+from mri_anomaly.scoring.volume import finish_volume_scores, raw_volume_scores
 from mri_anomaly.training import distributed
 from mri_anomaly.training.methods import AnomalyMethod
 
 __all__ = ["calibrate_run", "score_items_in_memory"]
 
 
-def score_items_in_memory(method, config: Mapping[str, Any], items: Sequence[Mapping[str, Any]],
-                          device: torch.device | str = "cpu", progress: bool = False
-                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def score_items_in_memory(
+    method,
+    config: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """What the method says about this rank's shard of ``items`` (used for calibration at the end of training):
     raw slice scores and 3D volume scores, before slice standardisation (:func:`~mri_anomaly.scoring.volume.finish_volume_scores`).
 
@@ -45,16 +49,27 @@ def score_items_in_memory(method, config: Mapping[str, Any], items: Sequence[Map
         index, item = shard[j]
         if error is not None:
             print(f"warning: validation scan skipped: {error}")
-            errors.append({"index": index, "subject_id": item.get("subject_id"), "image": str(item.get("image", "")),
-                           "error": error})
+            errors.append(
+                {
+                    "index": index,
+                    "subject_id": item.get("subject_id"),
+                    "image": str(item.get("image", "")),
+                    "error": error,
+                }
+            )
             continue
         output = raw_volume_scores(method, config, data, torch.device(device), want_maps=False)
         out.append({"index": index, "subject_id": item.get("subject_id"), "output": output})
     return out, errors
 
 
-def calibrate_run(method: AnomalyMethod, config: Mapping[str, Any], items: Sequence[Mapping[str, Any]],
-                  device: torch.device | str = "cpu", progress: bool = False) -> dict[str, Any] | None:
+def calibrate_run(
+    method: AnomalyMethod,
+    config: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any] | None:
     """Score the healthy ``validation`` items: fit the per-position slice norms on their raw slice scores,
     then thresholds at ``score.specificity`` on their (standardised) volume scores.
 
@@ -66,21 +81,34 @@ def calibrate_run(method: AnomalyMethod, config: Mapping[str, Any], items: Seque
     """
     if not items:
         if distributed.is_main_process():
-            print("note: the datalist has no 'validation' section: no thresholds stored (score will not flag scans)")
+            print(
+                "note: the datalist has no 'validation' section: no thresholds stored (score will not flag scans)"
+            )
         return None
     was_training = method.training
     method.eval()
     rows, errors = score_items_in_memory(method, config, items, device=device, progress=progress)
     method.train(was_training)
-    rows = sorted((r for shard in distributed.all_gather_objects(rows) for r in shard), key=lambda r: r["index"])
-    errors = sorted((e for shard in distributed.all_gather_objects(errors) for e in shard), key=lambda e: e["index"])
+    rows = sorted(
+        (r for shard in distributed.all_gather_objects(rows) for r in shard), key=lambda r: r["index"]
+    )
+    errors = sorted(
+        (e for shard in distributed.all_gather_objects(errors) for e in shard), key=lambda e: e["index"]
+    )
     if not rows:
         if distributed.is_main_process():
             print("note: no validation scan could be scored: no thresholds stored")
         return None
     outputs = [r["output"] for r in rows]
-    norms = (fit_slice_norms([o.slice_scores for o in outputs], [o.fraction for o in outputs],
-                             counted=[o.counted for o in outputs]) if outputs[0].slice_scores else None)
+    norms = (
+        fit_slice_norms(
+            [o.slice_scores for o in outputs],
+            [o.fraction for o in outputs],
+            counted=[o.counted for o in outputs],
+        )
+        if outputs[0].slice_scores
+        else None
+    )
     scores = [finish_volume_scores(o, config, norms).scores for o in outputs]
     healthy = {c: [s[c] for s in scores] for c in scores[0]}
     calibration = calibrate_thresholds(healthy, config["score"]["specificity"], section="validation")

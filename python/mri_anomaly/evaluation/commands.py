@@ -40,21 +40,49 @@ def _add_evaluate(subparsers) -> None:
         epilog=_EPILOG_EVALUATE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scores", action="append", required=True, metavar="OUT",
-                   help="score directory from `mri-anomaly score` (repeat to compare runs)")
-    p.add_argument("--datalist", default=None, help="the datalist the scores came from (labels, masks, sites)")
+    p.add_argument(
+        "--scores",
+        action="append",
+        required=True,
+        metavar="OUT",
+        help="score directory from `mri-anomaly score` (repeat to compare runs)",
+    )
+    p.add_argument(
+        "--datalist", default=None, help="the datalist the scores came from (labels, masks, sites)"
+    )
     p.add_argument("--out", required=True, help="output folder for metrics.json, report.html, figures/")
-    p.add_argument("--run", action="append", default=[], metavar="RUN",
-                   help="run directory to store the calibrated thresholds in (one per --scores, same order)")
-    p.add_argument("--name", action="append", default=None, metavar="NAME", help="label of each --scores in the report")
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="run directory to store the calibrated thresholds in (one per --scores, same order)",
+    )
+    p.add_argument(
+        "--name", action="append", default=None, metavar="NAME", help="label of each --scores in the report"
+    )
     p.add_argument("--section", default="test", help="section evaluated (default: test)")
-    p.add_argument("--calibration-section", default="validation",
-                   help="healthy section the thresholds are calibrated on (default: validation)")
-    p.add_argument("--specificity", type=float, default=0.95, help="target specificity of the thresholds (default 0.95)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of the CIs (0: none)")
-    p.add_argument("--voxel-bootstrap", type=int, default=100, metavar="N", help="bootstrap resamples of voxel-level CIs")
-    p.add_argument("--max-voxels", type=int, default=100_000, metavar="N",
-                   help="voxels per scan kept for voxel metrics (deterministic subsample; 0: all)")
+    p.add_argument(
+        "--calibration-section",
+        default="validation",
+        help="healthy section the thresholds are calibrated on (default: validation)",
+    )
+    p.add_argument(
+        "--specificity", type=float, default=0.95, help="target specificity of the thresholds (default 0.95)"
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of the CIs (0: none)"
+    )
+    p.add_argument(
+        "--voxel-bootstrap", type=int, default=100, metavar="N", help="bootstrap resamples of voxel-level CIs"
+    )
+    p.add_argument(
+        "--max-voxels",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="voxels per scan kept for voxel metrics (deterministic subsample; 0: all)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the voxel subsample")
     p.add_argument("--no-report", action="store_true", help="write metrics.json only")
     p.set_defaults(func=_cmd_evaluate)
@@ -71,10 +99,15 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--out", required=True, help="demo folder (created; an existing one is resumed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo cohort")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated subset of the demo runs (default: all): "
-                   "glow2d-ratio,glow3d-ratio,deep-svdd-2d,deep-sad-2d,latent-norm-ae-2d")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of the report's CIs")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of the demo runs (default: all): "
+        "glow2d-ratio,glow3d-ratio,deep-svdd-2d,deep-sad-2d,latent-norm-ae-2d",
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of the report's CIs"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check (numbers mean nothing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
@@ -101,7 +134,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         known = {r.name: r for r in DEMO_RUNS}
         unknown = [m for m in wanted if m not in known]
         if unknown:
-            raise UserInputError(f"unknown demo method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+            raise UserInputError(
+                f"unknown demo method(s) {', '.join(unknown)}; choose from {', '.join(known)}"
+            )
         runs = tuple(known[m] for m in wanted)
     report = run_demo(args.out, runs=runs, seed=args.seed, device=args.device, smoke=args.smoke,
                       n_bootstrap=args.bootstrap, progress=not args.no_progress)  # fmt: skip

@@ -27,8 +27,9 @@ __all__ = ["BASELINE_METHODS", "baseline_comparison", "best_volume_columns", "br
 BASELINE_METHODS = ("intensity", "normative")
 
 
-def brain_fraction_rho(slices: pd.DataFrame, columns: Sequence[str], healthy_ids: set[str],
-                       n_resamples: int = 200, seed: int = 0) -> dict[str, Any]:
+def brain_fraction_rho(
+    slices: pd.DataFrame, columns: Sequence[str], healthy_ids: set[str], n_resamples: int = 200, seed: int = 0
+) -> dict[str, Any]:
     """Spearman rho of each column with ``brain_fraction`` over counted slices of healthy scans.
 
     Args:
@@ -44,12 +45,16 @@ def brain_fraction_rho(slices: pd.DataFrame, columns: Sequence[str], healthy_ids
     part = slices[slices["subject_id"].astype(str).isin(healthy_ids)]
     if "counted" in part.columns:
         part = part[part["counted"] == 1]
-    fraction = part["brain_fraction"].to_numpy(dtype=np.float64) if "brain_fraction" in part.columns else np.zeros(0)
+    fraction = (
+        part["brain_fraction"].to_numpy(dtype=np.float64) if "brain_fraction" in part.columns else np.zeros(0)
+    )
     subjects = part["subject_id"].astype(str).to_numpy()
     members = [np.flatnonzero(subjects == u) for u in np.unique(subjects)]
     rng = np.random.default_rng(seed)
-    draws = [np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-             for _ in range(n_resamples if members else 0)]
+    draws = [
+        np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        for _ in range(n_resamples if members else 0)
+    ]
 
     def rho_of(values: np.ndarray, f: np.ndarray) -> float:
         ok = np.isfinite(values) & np.isfinite(f)
@@ -70,14 +75,20 @@ def brain_fraction_rho(slices: pd.DataFrame, columns: Sequence[str], healthy_ids
     return {"n_slices": int(len(part)), "n_scans": int(len(members)), "rho": rho, "rho_ci": rho_ci}
 
 
-def best_volume_columns(volume_metrics: Mapping[str, Mapping[str, Any]], several: bool) -> dict[str, tuple[str, float]]:
+def best_volume_columns(
+    volume_metrics: Mapping[str, Mapping[str, Any]], several: bool
+) -> dict[str, tuple[str, float]]:
     """Each run's volume column with the highest finite AUROC: ``{run: (column, auroc)}`` in the runs' order
     (keys ``run/column`` when ``several``; else the one run is ``""``). Ties keep the first column."""
     best: dict[str, tuple[str, float]] = {}
     for key, entry in volume_metrics.items():
         run, column = key.split("/", 1) if several and "/" in key else ("", key)
         value = entry.get("auroc")
-        if isinstance(value, (int, float)) and np.isfinite(value) and (run not in best or value > best[run][1]):
+        if (
+            isinstance(value, (int, float))
+            and np.isfinite(value)
+            and (run not in best or value > best[run][1])
+        ):
             best[run] = (column, float(value))
     return best
 
@@ -122,16 +133,31 @@ def baseline_comparison(
         for base in baselines:
             base_column, base_value = best(base)  # type: ignore[misc]
             pair = labelled[run][["subject_id", "label", column]].merge(
-                labelled[base][["subject_id", base_column]], on="subject_id", suffixes=("", " (baseline)"))
+                labelled[base][["subject_id", base_column]], on="subject_id", suffixes=("", " (baseline)")
+            )
             y = pair["label"].to_numpy(dtype=int)
             if len(pair) < 2 or y.min() == y.max():
                 continue
             base_key = base_column if base_column != column else f"{base_column} (baseline)"
-            paired = auroc_with_ci(y, pair[column].to_numpy(dtype=np.float64), n_resamples=n_resamples, seed=seed,
-                                   paired_with=pair[base_key].to_numpy(dtype=np.float64))
-            diff, ci = paired["auroc_difference"], paired.get("auroc_difference_ci", [float("nan"), float("nan")])
-            entry["vs"][base] = {"column": base_column, "auroc": base_value, "difference": diff,
-                                 "difference_ci": ci, "beats": bool(diff > 0), "n_common_scans": int(len(pair))}
+            paired = auroc_with_ci(
+                y,
+                pair[column].to_numpy(dtype=np.float64),
+                n_resamples=n_resamples,
+                seed=seed,
+                paired_with=pair[base_key].to_numpy(dtype=np.float64),
+            )
+            diff, ci = (
+                paired["auroc_difference"],
+                paired.get("auroc_difference_ci", [float("nan"), float("nan")]),
+            )
+            entry["vs"][base] = {
+                "column": base_column,
+                "auroc": base_value,
+                "difference": diff,
+                "difference_ci": ci,
+                "beats": bool(diff > 0),
+                "n_common_scans": int(len(pair)),
+            }
         entry["beats_all_baselines"] = bool(entry["vs"]) and all(v["beats"] for v in entry["vs"].values())
         out[run] = entry
     return out

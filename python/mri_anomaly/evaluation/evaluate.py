@@ -40,7 +40,12 @@ from mri_anomaly.evaluation.levels import (
     volume_level,
     voxel_level,
 )
-from mri_anomaly.evaluation.score_tables import ScoreTables, attach_datalist, datalist_lookup, load_score_tables
+from mri_anomaly.evaluation.score_tables import (
+    ScoreTables,
+    attach_datalist,
+    datalist_lookup,
+    load_score_tables,
+)
 from mri_anomaly.evaluation.strata import default_subject_table, load_subject_table
 from mri_anomaly.files import atomic_write_json, jsonable
 
@@ -114,17 +119,24 @@ def evaluate(
         raise UserInputError("no score directory given")
     runs = list(runs)
     if runs and len(runs) != len(dirs):
-        raise UserInputError(f"{len(runs)} --run given for {len(dirs)} --scores; give one run per score directory")
+        raise UserInputError(
+            f"{len(runs)} --run given for {len(dirs)} --scores; give one run per score directory"
+        )
     for run in runs:
         if not Path(run).is_dir():
-            raise MissingInputError(f"{run}: run directory not found (--run must be a folder written by `mri-anomaly train`)")
+            raise MissingInputError(
+                f"{run}: run directory not found (--run must be a folder written by `mri-anomaly train`)"
+            )
     sets = _load_runs(dirs, names)
     lookup = datalist_lookup(datalist)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    subject_path = Path(subjects) if subjects is not None else default_subject_table(
-        None if isinstance(datalist, Mapping) else datalist)
+    subject_path = (
+        Path(subjects)
+        if subjects is not None
+        else default_subject_table(None if isinstance(datalist, Mapping) else datalist)
+    )
     subject_table = load_subject_table(subject_path) if subject_path is not None else None
     metrics: dict[str, Any] = {
         "volume": {},
@@ -151,8 +163,18 @@ def evaluate(
         "notes": [],
         "warnings": [],
     }
-    ev = Evaluation(section, calibration_section, specificity, n_bootstrap, n_bootstrap_voxel, max_voxels, seed,
-                    len(sets) > 1, metrics, log)
+    ev = Evaluation(
+        section,
+        calibration_section,
+        specificity,
+        n_bootstrap,
+        n_bootstrap_voxel,
+        max_voxels,
+        seed,
+        len(sets) > 1,
+        metrics,
+        log,
+    )
     labelled_by_run = {}
     for i, ss in enumerate(sets):
         attach_datalist(ss, lookup)
@@ -177,18 +199,36 @@ def evaluate(
         site_level(ev, ss, labelled)
         slice_level(ev, ss, df)
         voxel_level(ev, ss, scans)
-    metrics["baselines"] = baseline_comparison({ss.name: ss.meta.get("method") for ss in sets}, metrics["volume"],
-                                               labelled_by_run, ev.several, n_bootstrap, seed)
+    metrics["baselines"] = baseline_comparison(
+        {ss.name: ss.meta.get("method") for ss in sets},
+        metrics["volume"],
+        labelled_by_run,
+        ev.several,
+        n_bootstrap,
+        seed,
+    )
     metrics["meta"]["seconds"] = round(time.time() - t0, 2)
     if report:
         from mri_anomaly.evaluation.report import write_report
 
         log("figures and report.html")
-        write_report(metrics, sets, ev.curves, ev.thresholds_by_key, out, title=title, section=section,
-                     several=ev.several)
+        write_report(
+            metrics,
+            sets,
+            ev.curves,
+            ev.thresholds_by_key,
+            out,
+            title=title,
+            section=section,
+            several=ev.several,
+        )
     for v in metrics["voxel"].values():
         v.pop("_cases", None)
     metrics["meta"]["seconds"] = round(time.time() - t0, 2)
     atomic_write_json(out / "metrics.json", metrics)
-    log(f"wrote {out / 'metrics.json'}" + (f" and {out / 'report.html'}" if report else "") + f" in {time.time() - t0:.1f} s")
+    log(
+        f"wrote {out / 'metrics.json'}"
+        + (f" and {out / 'report.html'}" if report else "")
+        + f" in {time.time() - t0:.1f} s"
+    )
     return jsonable(metrics)

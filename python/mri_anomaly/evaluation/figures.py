@@ -55,7 +55,9 @@ def roc_figure(curves: Curves, path: str | os.PathLike, title: str = "ROC") -> P
         fpr, tpr, _ = roc_curve(y, s)
         ax.plot(fpr, tpr, color=color, lw=1.5, label=f"{name} ({roc_auc_score(y, s):.3f})")
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-    ax.set(xlabel="false-positive rate (1 - specificity)", ylabel="true-positive rate (sensitivity)", title=title)
+    ax.set(
+        xlabel="false-positive rate (1 - specificity)", ylabel="true-positive rate (sensitivity)", title=title
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
@@ -71,7 +73,14 @@ def pr_figure(curves: Curves, path: str | os.PathLike, title: str = "Precision-r
     for color, (name, (y, s)) in zip(_cycle(len(curves)), curves.items()):
         y, s = check_binary(y, s, name)
         precision, recall, _ = precision_recall_curve(y, s)
-        ax.step(recall, precision, where="post", color=color, lw=1.5, label=f"{name} ({average_precision_score(y, s):.3f})")
+        ax.step(
+            recall,
+            precision,
+            where="post",
+            color=color,
+            lw=1.5,
+            label=f"{name} ({average_precision_score(y, s):.3f})",
+        )
         prevalence = y.mean()
     if prevalence is not None:
         ax.axhline(prevalence, color="0.6", lw=0.8, ls=":")
@@ -103,7 +112,9 @@ def distribution_figure(
         s = finite_ranked(np.asarray(s, dtype=np.float64))
         bins = np.histogram_bin_edges(s, bins=min(30, max(5, s.size // 3)))
         ax.hist(s[y == 0], bins=bins, alpha=0.6, color="tab:blue", label=f"healthy (n={int((y == 0).sum())})")
-        ax.hist(s[y == 1], bins=bins, alpha=0.6, color="tab:red", label=f"anomalous (n={int((y == 1).sum())})")
+        ax.hist(
+            s[y == 1], bins=bins, alpha=0.6, color="tab:red", label=f"anomalous (n={int((y == 1).sum())})"
+        )
         if thresholds and name in thresholds and np.isfinite(thresholds[name]):
             ax.axvline(thresholds[name], color="k", ls="--", lw=1, label="threshold")
         ax.set_title(name, fontsize=9)
@@ -139,7 +150,10 @@ def slice_profile_figure(
                 ax.axvspan(k - 0.5, k + 0.5, color="tab:red", alpha=0.15, lw=0)
         for color, (name, values) in zip(_cycle(len(cols)), cols.items()):
             ax.plot(idx, finite_ranked(np.asarray(values, dtype=np.float64)), color=color, lw=1.2, label=name)
-        ax.set_title(f"{subject}" + ("  (shaded: slices with ground-truth anomaly)" if labels is not None else ""), fontsize=8)
+        ax.set_title(
+            f"{subject}" + ("  (shaded: slices with ground-truth anomaly)" if labels is not None else ""),
+            fontsize=8,
+        )
         ax.set_xlabel("axial slice", fontsize=8)
         ax.set_ylabel("score (z vs healthy)", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -191,7 +205,7 @@ def overlay_montage(
         inside = image > image.min()
         finite = np.isfinite(amap)
         ref = amap[inside & finite] if (inside & finite).any() else amap[finite]
-        lo, hi = (np.percentile(ref, [95, 99.5]) if ref.size else (0.0, 1.0))
+        lo, hi = np.percentile(ref, [95, 99.5]) if ref.size else (0.0, 1.0)
         if mask is not None and mask.any():
             zs = np.flatnonzero(mask.any(axis=(0, 1)))
             picks = np.linspace(zs.min(), zs.max(), n_slices + 2)[1:-1] if zs.size > n_slices else zs
@@ -211,7 +225,9 @@ def overlay_montage(
             m = np.ma.masked_where(~inside[:, :, z] | (m < lo), m)  # the map inside the scan only
             ax.imshow(m.T, cmap="hot", origin="lower", vmin=lo, vmax=max(hi, lo + 1e-12), alpha=0.6)
             if mask is not None and mask[:, :, z].any():
-                ax.contour(mask[:, :, z].T.astype(float), levels=[0.5], colors="cyan", linewidths=0.8, origin="lower")
+                ax.contour(
+                    mask[:, :, z].T.astype(float), levels=[0.5], colors="cyan", linewidths=0.8, origin="lower"
+                )
             ax.set_title(f"{subject} z={z}" if col == 0 else f"z={z}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)

@@ -54,7 +54,8 @@ class Evaluation:
     metrics: dict[str, Any]
     log: Callable[[str], None]
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(
-        default_factory=lambda: {"volume": {}, "slice": {}})
+        default_factory=lambda: {"volume": {}, "slice": {}}
+    )
     thresholds_by_key: dict[str, float] = field(default_factory=dict)
     control_done: bool = False
 
@@ -72,7 +73,9 @@ def labelled_scans(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["label"].isin([0, 1])]
 
 
-def one_class_problem(ss: ScoreTables, section: str, scans: pd.DataFrame, labelled: pd.DataFrame) -> str | None:
+def one_class_problem(
+    ss: ScoreTables, section: str, scans: pd.DataFrame, labelled: pd.DataFrame
+) -> str | None:
     """Why the section cannot give detection metrics (no labels, or one class only), or None when it can."""
     n_anomalous = int((labelled["label"] == 1).sum()) if len(labelled) else 0
     n_healthy = len(labelled) - n_anomalous
@@ -82,9 +85,11 @@ def one_class_problem(ss: ScoreTables, section: str, scans: pd.DataFrame, labell
     if not len(labelled):
         return f"{where} has no labelled scans (label 0/1): no volume metrics; give labels in the datalist"
     missing = "healthy (label 0)" if not n_healthy else "anomalous (label 1)"
-    return (f"{where} has only {n_healthy or n_anomalous} {'anomalous' if not n_healthy else 'healthy'} scans and no "
-            f"{missing} ones: AUROC, AP and sensitivities need both; add {missing} scans to the section "
-            "(mri-anomaly datalist puts a healthy share in test: --test-fraction)")
+    return (
+        f"{where} has only {n_healthy or n_anomalous} {'anomalous' if not n_healthy else 'healthy'} scans and no "
+        f"{missing} ones: AUROC, AP and sensitivities need both; add {missing} scans to the section "
+        "(mri-anomaly datalist puts a healthy share in test: --test-fraction)"
+    )
 
 
 def _safe_metrics(y, s, **kwargs) -> dict[str, Any]:
@@ -97,13 +102,22 @@ def _safe_metrics(y, s, **kwargs) -> dict[str, Any]:
 def _operating_point_fn(threshold: float) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
     def fn(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
         flagged = apply_threshold(s, threshold)
-        return {"sensitivity": float(flagged[y == 1].mean()), "specificity": float(1.0 - flagged[y == 0].mean())}
+        return {
+            "sensitivity": float(flagged[y == 1].mean()),
+            "specificity": float(1.0 - flagged[y == 0].mean()),
+        }
 
     return fn
 
 
-def volume_level(ev: Evaluation, ss: ScoreTables, scans: pd.DataFrame, labelled: pd.DataFrame,
-                 subject_table: pd.DataFrame | None, n_bootstrap_strata: int | None) -> np.ndarray:
+def volume_level(
+    ev: Evaluation,
+    ss: ScoreTables,
+    scans: pd.DataFrame,
+    labelled: pd.DataFrame,
+    subject_table: pd.DataFrame | None,
+    n_bootstrap_strata: int | None,
+) -> np.ndarray:
     """Volume metrics of every score column (and per lesion kind / size stratum with a subject table).
 
     Returns:
@@ -133,20 +147,33 @@ def volume_level(ev: Evaluation, ss: ScoreTables, scans: pd.DataFrame, labelled:
     return y
 
 
-def threshold_level(ev: Evaluation, ss: ScoreTables, calibration: pd.DataFrame, labelled: pd.DataFrame,
-                    y: np.ndarray, run: str | os.PathLike | None) -> None:
+def threshold_level(
+    ev: Evaluation,
+    ss: ScoreTables,
+    calibration: pd.DataFrame,
+    labelled: pd.DataFrame,
+    y: np.ndarray,
+    run: str | os.PathLike | None,
+) -> None:
     """Thresholds calibrated on the healthy calibration scans (stored in ``run`` when given), and their
     sensitivity and specificity on the evaluated section."""
     healthy = calibration[calibration["label"] != 1] if "label" in calibration.columns else calibration
     if len(calibration) and "label" in calibration.columns and (calibration["label"] == 1).any():
-        ev.note(f"{ss.name}: {int((calibration['label'] == 1).sum())} scans labelled anomalous in "
-                f"{ev.calibration_section!r} were left out of calibration")
+        ev.note(
+            f"{ss.name}: {int((calibration['label'] == 1).sum())} scans labelled anomalous in "
+            f"{ev.calibration_section!r} were left out of calibration"
+        )
     if not len(healthy):
-        ev.note(f"{ss.name}: no healthy scans of section {ev.calibration_section!r} in its scores.csv: no thresholds "
-                f"calibrated (score that section too: mri-anomaly score --section {ev.calibration_section})")
+        ev.note(
+            f"{ss.name}: no healthy scans of section {ev.calibration_section!r} in its scores.csv: no thresholds "
+            f"calibrated (score that section too: mri-anomaly score --section {ev.calibration_section})"
+        )
         return
-    calib = calibrate_thresholds({c: healthy[c].to_numpy(dtype=np.float64) for c in ss.score_columns},
-                                 ev.specificity, ev.calibration_section)
+    calib = calibrate_thresholds(
+        {c: healthy[c].to_numpy(dtype=np.float64) for c in ss.score_columns},
+        ev.specificity,
+        ev.calibration_section,
+    )
     calib["score_dir"] = str(ss.directory)
     if run is not None:
         calib["stored_in"] = str(save_thresholds(run, calib))
@@ -156,14 +183,23 @@ def threshold_level(ev: Evaluation, ss: ScoreTables, calibration: pd.DataFrame, 
     for col, t in calib["thresholds"].items():
         key = ev.key(ss, col)
         ev.thresholds_by_key[key] = t
-        entry: dict[str, Any] = {"threshold": t, "calibration_specificity": calib["calibration_specificity"][col],
-                                 "n_calibration": calib["n_healthy"]}
+        entry: dict[str, Any] = {
+            "threshold": t,
+            "calibration_specificity": calib["calibration_specificity"][col],
+            "n_calibration": calib["n_healthy"],
+        }
         if len(labelled) and key in ev.curves["volume"]:
             s = labelled[col].to_numpy(dtype=np.float64)
-            op = _safe_metrics(y, s, metric_fn=_operating_point_fn(t), n_resamples=ev.n_bootstrap, seed=ev.seed)
-            entry.update({f"test_{k}": v for k, v in op.items() if k.startswith(("sensitivity", "specificity"))})
+            op = _safe_metrics(
+                y, s, metric_fn=_operating_point_fn(t), n_resamples=ev.n_bootstrap, seed=ev.seed
+            )
+            entry.update(
+                {f"test_{k}": v for k, v in op.items() if k.startswith(("sensitivity", "specificity"))}
+            )
         ev.metrics["thresholds"][key] = entry
-    ev.metrics["runs"][ss.name]["thresholds"] = {k: v for k, v in calib.items() if k != "calibration_specificity"}
+    ev.metrics["runs"][ss.name]["thresholds"] = {
+        k: v for k, v in calib.items() if k != "calibration_specificity"
+    }
 
 
 def site_level(ev: Evaluation, ss: ScoreTables, labelled: pd.DataFrame) -> None:
@@ -203,8 +239,9 @@ def slice_level(ev: Evaluation, ss: ScoreTables, volumes: pd.DataFrame) -> None:
         fill = sl["slice_label"].isna() & sl["subject_id"].astype(str).isin(healthy_ids)
         sl.loc[fill, "slice_label"] = 0
         if "brain_fraction" in sl.columns:
-            ev.metrics["brain_fraction"][ss.name] = brain_fraction_rho(sl, ss.slice_columns, healthy_ids,
-                                                                       min(ev.n_bootstrap, 200), ev.seed)
+            ev.metrics["brain_fraction"][ss.name] = brain_fraction_rho(
+                sl, ss.slice_columns, healthy_ids, min(ev.n_bootstrap, 200), ev.seed
+            )
     if "slice_label" not in sl.columns:
         ev.note(f"{ss.name}: slice_scores.csv has no slice_label column: no slice-level metrics")
         return
@@ -215,15 +252,22 @@ def slice_level(ev: Evaluation, ss: ScoreTables, volumes: pd.DataFrame) -> None:
     for col in ss.slice_columns:
         key = ev.key(ss, col)
         s = sl[col].to_numpy(dtype=np.float64)
-        ev.metrics["slice"][key] = _safe_metrics(ys, s, n_resamples=ev.n_bootstrap, seed=ev.seed, groups=groups)
+        ev.metrics["slice"][key] = _safe_metrics(
+            ys, s, n_resamples=ev.n_bootstrap, seed=ev.seed, groups=groups
+        )
         if "error" not in ev.metrics["slice"][key]:
             ev.curves["slice"][key] = (ys, s)
     if not ev.control_done and "brain_fraction" in sl.columns:
         # control: how far the slice's size alone gets (the slices of the first run with slice scores)
         ev.control_done = True
         key = f"{CONTROL_RUN}/brain_fraction" if ev.several else "brain_fraction (control)"
-        ev.metrics["slice"][key] = _safe_metrics(ys, sl["brain_fraction"].to_numpy(dtype=np.float64),
-                                                 n_resamples=ev.n_bootstrap, seed=ev.seed, groups=groups)
+        ev.metrics["slice"][key] = _safe_metrics(
+            ys,
+            sl["brain_fraction"].to_numpy(dtype=np.float64),
+            n_resamples=ev.n_bootstrap,
+            seed=ev.seed,
+            groups=groups,
+        )
         ev.metrics["slice"][key]["control"] = f"the slice's brain fraction as its score (slices of {ss.name})"
 
 

@@ -67,7 +67,9 @@ def finite_ranked(y_score: np.ndarray) -> np.ndarray:
     return s
 
 
-def check_binary(y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarray, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+def check_binary(
+    y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarray, name: str = "scores"
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert: 1-D arrays of equal length, labels in {0, 1}, both classes present.
 
     Returns:
@@ -81,11 +83,15 @@ def check_binary(y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarray, 
     if y.shape != s.shape:
         raise ValueError(f"{name}: {y.size} labels but {s.size} scores")
     if y.size and not np.isin(y, (0, 1)).all():
-        raise ValueError(f"{name}: labels must be 0 (healthy) or 1 (anomalous), got {sorted(set(np.unique(y).tolist()))}")
+        raise ValueError(
+            f"{name}: labels must be 0 (healthy) or 1 (anomalous), got {sorted(set(np.unique(y).tolist()))}"
+        )
     y = y.astype(np.int64)
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
-        raise ValueError(f"{name}: need both healthy (0) and anomalous (1) samples, got {y.size - n_pos} healthy and {n_pos} anomalous")
+        raise ValueError(
+            f"{name}: need both healthy (0) and anomalous (1) samples, got {y.size - n_pos} healthy and {n_pos} anomalous"
+        )
     return y, finite_ranked(s)
 
 
@@ -111,7 +117,9 @@ def _fpr_at_tpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(fpr[ok].min())  # the last ROC point has tpr = 1
 
 
-def sensitivity_at_specificity(y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarray, specificity: float = 0.95) -> float:
+def sensitivity_at_specificity(
+    y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarray, specificity: float = 0.95
+) -> float:
     """The highest sensitivity (TPR) reachable while keeping specificity >= ``specificity``."""
     if not 0.0 < specificity <= 1.0:
         raise ValueError(f"specificity must be in (0, 1], got {specificity}")

@@ -100,9 +100,9 @@ def _base(name: str) -> str:
 
 def _match(key: str, candidates: Sequence[str], prefix: str) -> str | None:
     """The slice column / map that volume column ``key`` is made from (same base name), if any."""
-    want = _base(key[len(prefix):])
+    want = _base(key[len(prefix) :])
     for c in candidates:
-        if _base(re.sub(r"_slice_(mean|q\d+)$", "", c[len(prefix):])) == want:
+        if _base(re.sub(r"_slice_(mean|q\d+)$", "", c[len(prefix) :])) == want:
             return c
     return None
 
@@ -180,25 +180,55 @@ def write_report(
             p = fig.roc_figure(chosen, figdir / f"roc_{level}.png", title=f"ROC, {level} level ({noun})")
             figs["curves"].append(_figure(p, out, f"ROC curves, {level} level; legend: AUROC.{which}"))
             p = fig.pr_figure(chosen, figdir / f"pr_{level}.png", title=f"Precision-recall, {level} level")
-            figs["curves"].append(_figure(p, out, f"Precision-recall curves, {level} level; dotted: prevalence; legend: AP.{which}"))
+            figs["curves"].append(
+                _figure(
+                    p, out, f"Precision-recall curves, {level} level; dotted: prevalence; legend: AP.{which}"
+                )
+            )
     for ss in sets:
         prefix = f"{ss.name}/" if several else ""
-        cols = {c: curves["volume"][prefix + c] for c in ss.score_columns if prefix + c in curves.get("volume", {})}
+        cols = {
+            c: curves["volume"][prefix + c]
+            for c in ss.score_columns
+            if prefix + c in curves.get("volume", {})
+        }
         if cols:
             thr = {c: thresholds[prefix + c] for c in cols if prefix + c in thresholds}
-            p = fig.distribution_figure(cols, figdir / f"dist_{_slug(ss.name)}.png", thr, title=f"{ss.name}: volume scores")
-            figs["dist"].append(_figure(p, out, f"{ss.name}: volume-level score distributions, healthy vs anomalous ({section}); dashed: threshold calibrated on healthy validation scans."))
+            p = fig.distribution_figure(
+                cols, figdir / f"dist_{_slug(ss.name)}.png", thr, title=f"{ss.name}: volume scores"
+            )
+            figs["dist"].append(
+                _figure(
+                    p,
+                    out,
+                    f"{ss.name}: volume-level score distributions, healthy vs anomalous ({section}); dashed: threshold calibrated on healthy validation scans.",
+                )
+            )
         prof = _profiles(ss, section)
         if prof:
-            p = fig.slice_profile_figure(prof, figdir / f"profiles_{_slug(ss.name)}.png", title=f"{ss.name}: slice profiles")
-            figs["profiles"].append(_figure(p, out, f"{ss.name}: per-slice scores of anomalous scans, standardised by the healthy slices' mean and SD; shaded: slices with ground-truth anomaly."))
+            p = fig.slice_profile_figure(
+                prof, figdir / f"profiles_{_slug(ss.name)}.png", title=f"{ss.name}: slice profiles"
+            )
+            figs["profiles"].append(
+                _figure(
+                    p,
+                    out,
+                    f"{ss.name}: per-slice scores of anomalous scans, standardised by the healthy slices' mean and SD; shaded: slices with ground-truth anomaly.",
+                )
+            )
     for key, entry in metrics.get("voxel", {}).items():
         cases = [c for c in entry.get("_cases", []) if c.mask][:3]
         if not cases:
             continue
         p = fig.overlay_montage([(c.subject_id, c.image, c.map, c.mask) for c in cases],
                                 figdir / f"overlay_{_slug(key)}.png", title=f"{key}")  # fmt: skip
-        figs["overlays"].append(_figure(p, out, f"{key}: map (hot, above its 95th percentile in the scan) over the scan; cyan: ground-truth contour."))
+        figs["overlays"].append(
+            _figure(
+                p,
+                out,
+                f"{key}: map (hot, above its 95th percentile in the scan) over the scan; cyan: ground-truth contour.",
+            )
+        )
 
     runs = metrics.get("runs", {})
     meta = metrics.get("meta", {})
@@ -211,7 +241,21 @@ def write_report(
     run_rows = [[html.escape(n), html.escape(str(r.get("method") or "–")), html.escape(", ".join(r.get("score_columns", []))),
                  html.escape(", ".join(r.get("maps", [])) or "–"), str(r.get("n_scans")), str(r.get("n_anomalous")), str(r.get("n_calibration"))]
                 for n, r in runs.items()]  # fmt: skip
-    parts.append("<h2>Runs</h2>" + _table(["run", "method", "score columns", "maps", f"{html.escape(section)} scans", "anomalous", "healthy validation scans"], run_rows))
+    parts.append(
+        "<h2>Runs</h2>"
+        + _table(
+            [
+                "run",
+                "method",
+                "score columns",
+                "maps",
+                f"{html.escape(section)} scans",
+                "anomalous",
+                "healthy validation scans",
+            ],
+            run_rows,
+        )
+    )
 
     vol, slc, vox = metrics.get("volume", {}), metrics.get("slice", {}), metrics.get("voxel", {})
     against = metrics.get("baselines", {})
@@ -252,21 +296,35 @@ def write_report(
                     cells.append("–")
                     continue
                 ci = v["difference_ci"]
-                cells.append(f'{html.escape(v["column"])} {_num(v["auroc"])}: {v["difference"]:+.3f} '
-                             f'<span class="ci">[{_num(ci[0])}, {_num(ci[1])}]</span>')
+                cells.append(
+                    f"{html.escape(v['column'])} {_num(v['auroc'])}: {v['difference']:+.3f} "
+                    f'<span class="ci">[{_num(ci[0])}, {_num(ci[1])}]</span>'
+                )
             cells.append("yes" if entry["beats_all_baselines"] else "<b>no</b>")
             rows.append(cells)
         bases = sorted({b for e in against.values() for b in e["vs"]})
-        parts.append("<h2>Against the baselines</h2><p class=sub>Each learned run's best volume column against each baseline's "
-                     "best column on the same scans: AUROC difference (learned − baseline) with a paired, label-stratified "
-                     "bootstrap 95 % CI. A CI that contains 0 means the data cannot tell them apart.</p>"
-                     + _table(["run", "best column", "volume AUROC"] + [f"vs {html.escape(b)}" for b in bases] + ["beats all"],
-                              rows, left=2))
+        parts.append(
+            "<h2>Against the baselines</h2><p class=sub>Each learned run's best volume column against each baseline's "
+            "best column on the same scans: AUROC difference (learned − baseline) with a paired, label-stratified "
+            "bootstrap 95 % CI. A CI that contains 0 means the data cannot tell them apart.</p>"
+            + _table(
+                ["run", "best column", "volume AUROC"]
+                + [f"vs {html.escape(b)}" for b in bases]
+                + ["beats all"],
+                rows,
+                left=2,
+            )
+        )
     strata = metrics.get("strata", {})
     if strata:
-        names = sorted({k for e in strata.values() for k in e}, key=lambda k: (k.split(":")[0] != "kind", _STRATUM_ORDER.get(k, 9), k))
-        best_keys = [f"{run}/{column}" if several else column
-                     for run, (column, _) in best_volume_columns(vol, several).items()]
+        names = sorted(
+            {k for e in strata.values() for k in e},
+            key=lambda k: (k.split(":")[0] != "kind", _STRATUM_ORDER.get(k, 9), k),
+        )
+        best_keys = [
+            f"{run}/{column}" if several else column
+            for run, (column, _) in best_volume_columns(vol, several).items()
+        ]
         rows = []
         for key in best_keys:
             if key not in strata:
@@ -278,11 +336,16 @@ def write_report(
                 cells.append(_with_ci(e, "auroc") if e and "auroc" in e else "–")
             rows.append(cells)
         counts = {n: next((e[n]["n_anomalous"] for e in strata.values() if n in e), 0) for n in names}
-        headers = (["run"] if several else []) + ["score"] + [f"{html.escape(n)} ({counts[n]})" for n in names]
-        parts.append("<h2>Per lesion kind and size</h2><p class=sub>Volume AUROC of each run's best column when only the "
-                     "anomalous scans of one lesion kind or one lesion-volume stratum (small &lt; 1 cm³, medium 1–10 cm³, large "
-                     "&gt; 10 cm³; anomalous scans in brackets) are ranked against all healthy scans. Every column's numbers are in "
-                     "<code>metrics.json</code> (<code>strata</code>).</p>" + _table(headers, rows, left=2 if several else 1))
+        headers = (
+            (["run"] if several else []) + ["score"] + [f"{html.escape(n)} ({counts[n]})" for n in names]
+        )
+        parts.append(
+            "<h2>Per lesion kind and size</h2><p class=sub>Volume AUROC of each run's best column when only the "
+            "anomalous scans of one lesion kind or one lesion-volume stratum (small &lt; 1 cm³, medium 1–10 cm³, large "
+            "&gt; 10 cm³; anomalous scans in brackets) are ranked against all healthy scans. Every column's numbers are in "
+            "<code>metrics.json</code> (<code>strata</code>).</p>"
+            + _table(headers, rows, left=2 if several else 1)
+        )
     bf = metrics.get("brain_fraction", {})
     if bf:
         rows = []
@@ -291,16 +354,27 @@ def write_report(
                 flag = "" if rho is None or not np.isfinite(rho) or abs(rho) <= 0.2 else " <b>(&gt; 0.2)</b>"
                 ci = entry.get("rho_ci", {}).get(col)
                 ci_text = f' <span class="ci">[{_num(ci[0])}, {_num(ci[1])}]</span>' if ci else ""
-                rows.append([html.escape(run), html.escape(col), _num(rho) + ci_text + flag, str(entry.get("n_slices"))])
+                rows.append(
+                    [
+                        html.escape(run),
+                        html.escape(col),
+                        _num(rho) + ci_text + flag,
+                        str(entry.get("n_slices")),
+                    ]
+                )
         control = next((e for k, e in slc.items() if e.get("control")), None)
         extra = ""
         if control is not None and "auroc" in control:
-            extra = (f" As a slice score of its own, the brain fraction reaches slice AUROC {_with_ci(control, 'auroc')} "
-                     "(the control row of the slice table).")
-        parts.append("<h2>Brain-fraction control</h2><p class=sub>Spearman ρ between each slice score column and the slice's "
-                     "brain fraction, on the counted slices of healthy scans: a score of anatomy should not track slice size "
-                     f"(|ρ| ≤ 0.2 is the project's bound; the CI resamples whole healthy scans).{extra}</p>"
-                     + _table(["run", "slice score", "ρ with brain fraction", "healthy slices"], rows, left=2))
+            extra = (
+                f" As a slice score of its own, the brain fraction reaches slice AUROC {_with_ci(control, 'auroc')} "
+                "(the control row of the slice table)."
+            )
+        parts.append(
+            "<h2>Brain-fraction control</h2><p class=sub>Spearman ρ between each slice score column and the slice's "
+            "brain fraction, on the counted slices of healthy scans: a score of anatomy should not track slice size "
+            f"(|ρ| ≤ 0.2 is the project's bound; the CI resamples whole healthy scans).{extra}</p>"
+            + _table(["run", "slice score", "ρ with brain fraction", "healthy slices"], rows, left=2)
+        )
     if figs["curves"]:
         parts.append("<h2>ROC and precision-recall curves</h2>" + "".join(figs["curves"]))
     keys = ["auroc", "ap", "fpr_at_95tpr", "sens_at_90spec", "sens_at_95spec", "sens_at_99spec"]
@@ -324,7 +398,14 @@ def write_report(
     if metrics.get("per_site"):
         parts.append("<h2>Per site</h2>")
         for site, entries in metrics["per_site"].items():
-            parts.append(f"<h3>site {html.escape(site)}</h3>" + _level_table(entries, ["auroc", "ap", "sens_at_95spec", "specificity_at_threshold", "sensitivity_at_threshold"], several))
+            parts.append(
+                f"<h3>site {html.escape(site)}</h3>"
+                + _level_table(
+                    entries,
+                    ["auroc", "ap", "sens_at_95spec", "specificity_at_threshold", "sensitivity_at_threshold"],
+                    several,
+                )
+            )
     if slc:
         parts.append("<h2>Slice level</h2><p class=sub>One score per axial slice (the slices with enough brain that the scorer counts); a slice is anomalous when the ground-truth mask has voxels in it. "
                      "CIs resample whole scans (slices of one scan are not independent).</p>" + _level_table(slc, keys, several))  # fmt: skip
@@ -343,7 +424,9 @@ def write_report(
         "Intervals are percentile bootstrap intervals; with few anomalous scans they are wide, read them before the point estimates.",
         "Volume-level AUROC can be inflated when healthy and anomalous scans come from different sites or scanners; see the per-site table where sites are given.",
     ]
-    parts.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    parts.append(
+        '<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
+    )
     doc = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n'
     doc += "\n".join(parts) + "\n</body></html>\n"
     path = out / "report.html"
@@ -359,4 +442,6 @@ def _ci_text(metrics: Mapping[str, Any]) -> str:
     n = meta.get("n_bootstrap", 0)
     if not n:
         return "none (n_bootstrap = 0)"
-    return f"95 % percentile bootstrap, {n} resamples (scans: stratified; slices and voxels: resampling scans)"
+    return (
+        f"95 % percentile bootstrap, {n} resamples (scans: stratified; slices and voxels: resampling scans)"
+    )

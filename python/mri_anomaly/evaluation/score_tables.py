@@ -70,7 +70,9 @@ def load_score_tables(directory: str | os.PathLike, name: str | None = None) -> 
     d = Path(directory)
     path = d / "scores.csv"
     if not path.is_file():
-        raise MissingInputError(f"{path}: not found; --scores must be a directory written by `mri-anomaly score`")
+        raise MissingInputError(
+            f"{path}: not found; --scores must be a directory written by `mri-anomaly score`"
+        )
     volumes = pd.read_csv(path, dtype={"subject_id": str})
     if "subject_id" not in volumes.columns:
         raise UserInputError(f"{path}: no subject_id column (columns: {list(volumes.columns)})")

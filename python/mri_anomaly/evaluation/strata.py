@@ -36,7 +36,9 @@ def load_subject_table(path: str | os.PathLike) -> pd.DataFrame:
     """
     table = pd.read_csv(path, dtype={"subject_id": str})
     if "subject_id" not in table.columns:
-        raise ValueError(f"{path}: a subject table needs a subject_id column (columns: {list(table.columns)})")
+        raise ValueError(
+            f"{path}: a subject table needs a subject_id column (columns: {list(table.columns)})"
+        )
     return table
 
 
@@ -65,8 +67,11 @@ def stratified_volume_metrics(
         ``{column: {"kind:<k>" | "size:<s>": {"auroc", "auroc_ci", "ap", "n", "n_anomalous"}}}``; strata
         without anomalous scans are left out.
     """
-    merged = labelled.merge(subjects.drop(columns=[c for c in ("label", "section") if c in subjects.columns]),
-                            on="subject_id", how="left")
+    merged = labelled.merge(
+        subjects.drop(columns=[c for c in ("label", "section") if c in subjects.columns]),
+        on="subject_id",
+        how="left",
+    )
     healthy = merged[merged["label"] == 0]
     anomalous = merged[merged["label"] == 1]
     out: dict[str, dict[str, dict[str, Any]]] = {}

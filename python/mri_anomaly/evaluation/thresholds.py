@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from mri_anomaly.files import atomic_write_json
-
 
 __all__ = [
     "FLAG_RULE",
@@ -74,7 +72,9 @@ def apply_threshold(scores: Sequence[float] | np.ndarray, threshold: float) -> n
 
 
 def calibrate_thresholds(
-    healthy: Mapping[str, Sequence[float] | np.ndarray], specificity: float = 0.95, section: str = "validation"
+    healthy: Mapping[str, Sequence[float] | np.ndarray],
+    specificity: float = 0.95,
+    section: str = "validation",
 ) -> dict[str, Any]:
     """Thresholds for several score columns, in the layout of ``thresholds.json``.
 

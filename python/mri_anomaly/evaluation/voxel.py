@@ -28,7 +28,14 @@ import torch
 from mri_anomaly.evaluation.bootstrap import metrics_with_ci
 from mri_anomaly.evaluation.metrics import voxel_metrics_fn
 
-__all__ = ["N_BINS", "VoxelCase", "binned_bootstrap_ci", "binned_curve_metrics", "load_case_voxels", "voxel_metrics"]
+__all__ = [
+    "N_BINS",
+    "VoxelCase",
+    "binned_bootstrap_ci",
+    "binned_curve_metrics",
+    "load_case_voxels",
+    "voxel_metrics",
+]
 
 N_BINS = 4096
 
@@ -62,7 +69,9 @@ def _load(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, img.affine
 
 
-def load_case_voxels(case: VoxelCase, max_voxels: int | None = 100_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def load_case_voxels(
+    case: VoxelCase, max_voxels: int | None = 100_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The (score, truth) voxel pairs of one scan inside its brain region, subsampled deterministically.
 
     Raises:
@@ -75,12 +84,15 @@ def load_case_voxels(case: VoxelCase, max_voxels: int | None = 100_000, seed: in
     image, image_affine = _load(case.image, "image")
     if amap.shape != image.shape or not np.allclose(map_affine, image_affine, atol=1e-3):
         raise InputFileError(
-            case.map, f"anomaly map grid {amap.shape} does not match the scan {case.image} {image.shape} (maps must be in input space)"
+            case.map,
+            f"anomaly map grid {amap.shape} does not match the scan {case.image} {image.shape} (maps must be in input space)",
         )
     if case.mask:
         mask, _ = _load(case.mask, "mask")
         if mask.shape != image.shape:
-            raise InputFileError(case.mask, f"mask shape {mask.shape} differs from the scan {case.image} {image.shape}")
+            raise InputFileError(
+                case.mask, f"mask shape {mask.shape} differs from the scan {case.image} {image.shape}"
+            )
         truth = mask > 0.5
     elif case.label == 0:
         truth = np.zeros(image.shape, dtype=bool)
@@ -89,7 +101,9 @@ def load_case_voxels(case: VoxelCase, max_voxels: int | None = 100_000, seed: in
     if case.brain_mask:
         brain, _ = _load(case.brain_mask, "brain mask")
         if brain.shape != image.shape:
-            raise InputFileError(case.brain_mask, f"brain mask shape {brain.shape} differs from the scan {image.shape}")
+            raise InputFileError(
+                case.brain_mask, f"brain mask shape {brain.shape} differs from the scan {image.shape}"
+            )
         region = brain > 0.5
     else:
         region = estimate_foreground(torch.from_numpy(image)).numpy()
@@ -128,8 +142,10 @@ def voxel_metrics(
     out: dict = dict(metrics_with_ci(y, s, voxel_metrics_fn, n_resamples=0))
     if n_resamples > 0:
         out.update(binned_bootstrap_ci(scores, truths, n_resamples, seed))
-        out["ci_method"] = (f"percentile bootstrap, {n_resamples} resamples (clustered by scan), 95%, "
-                            f"from per-scan score histograms ({N_BINS} quantile bins)")
+        out["ci_method"] = (
+            f"percentile bootstrap, {n_resamples} resamples (clustered by scan), 95%, "
+            f"from per-scan score histograms ({N_BINS} quantile bins)"
+        )
     out["n_scans"] = len(cases)
     out["n_scans_with_anomaly"] = int(sum(t.any() for t in truths))
     out["max_voxels_per_scan"] = max_voxels
@@ -160,7 +176,11 @@ def binned_curve_metrics(positives: np.ndarray, negatives: np.ndarray) -> dict[s
 
 
 def binned_bootstrap_ci(
-    scores: Sequence[np.ndarray], truths: Sequence[np.ndarray], n_resamples: int, seed: int = 0, n_bins: int = N_BINS
+    scores: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    n_resamples: int,
+    seed: int = 0,
+    n_bins: int = N_BINS,
 ) -> dict[str, list[float] | int]:
     """95 % percentile CIs of AUROC, AP and best Dice over replicates that draw whole scans with replacement.
 
@@ -181,12 +201,18 @@ def binned_bootstrap_ci(
         pos[i] = np.bincount(bins[t == 1], minlength=edges.size + 1)
         neg[i] = np.bincount(bins[t == 0], minlength=edges.size + 1)
     rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, len(scores), len(scores)), minlength=len(scores))
-                        for _ in range(n_resamples)]).astype(np.float64)
+    weights = np.stack(
+        [
+            np.bincount(rng.integers(0, len(scores), len(scores)), minlength=len(scores))
+            for _ in range(n_resamples)
+        ]
+    ).astype(np.float64)
     p, n = weights @ pos, weights @ neg
     valid = (p.sum(axis=1) > 0) & (n.sum(axis=1) > 0)
     out: dict[str, list[float] | int] = {"n_bootstrap_valid": int(valid.sum())}
     values = binned_curve_metrics(p[valid], n[valid])
     for key, v in values.items():
-        out[f"{key}_ci"] = [float(x) for x in np.quantile(v, [0.025, 0.975])] if v.size >= 2 else [float("nan")] * 2
+        out[f"{key}_ci"] = (
+            [float(x) for x in np.quantile(v, [0.025, 0.975])] if v.size >= 2 else [float("nan")] * 2
+        )
     return out

@@ -62,7 +62,9 @@ class ActNormInvConv(nn.Module):
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         eye = torch.eye(self.num_channels, dtype=torch.float64, device=self.lower.device)
         lower = torch.tril(self.lower.double(), -1) + eye
-        upper = torch.triu(self.upper.double(), 1) + torch.diag(self.sign.double() * torch.exp(self.log_diag.double()))
+        upper = torch.triu(self.upper.double(), 1) + torch.diag(
+            self.sign.double() * torch.exp(self.log_diag.double())
+        )
         return self.permutation.double(), lower, upper
 
     def weight(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -134,7 +136,9 @@ class ActNormInvConv(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` ``(N, C, *spatial)`` -> ``x``, using W^-1 assembled in float64."""
         dtype = y.dtype
-        return ops.flow_step_inverse(y, self.log_scale.to(dtype), self.bias.to(dtype), self.weight_inverse(dtype))
+        return ops.flow_step_inverse(
+            y, self.log_scale.to(dtype), self.bias.to(dtype), self.weight_inverse(dtype)
+        )
 
     def reverse_and_grad(
         self, y: torch.Tensor, grad_y: torch.Tensor, grad_logdet: torch.Tensor | None = None
@@ -179,8 +183,11 @@ class ActNormInvConv(nn.Module):
                 )
                 voxels = y[0, 0].numel()
                 grad_logabsdet = (voxels * grad_logdet.detach().to(torch.float64).sum()).reshape(())
-            lu_params = {n: p for n, p in (("lower", self.lower), ("upper", self.upper), ("log_diag", self.log_diag))
-                         if p.requires_grad}
+            lu_params = {
+                n: p
+                for n, p in (("lower", self.lower), ("upper", self.upper), ("log_diag", self.log_diag))
+                if p.requires_grad
+            }
             lu_grads = (
                 torch.autograd.grad(
                     (weight64, logabsdet64),

@@ -39,7 +39,9 @@ class Coupling(nn.Module):
         ValueError: unknown ``coupling``, ``num_channels < 2`` or ``hidden_channels < 1``.
     """
 
-    def __init__(self, spatial_dims: int, num_channels: int, hidden_channels: int, coupling: str = "affine") -> None:
+    def __init__(
+        self, spatial_dims: int, num_channels: int, hidden_channels: int, coupling: str = "affine"
+    ) -> None:
         super().__init__()
         if coupling not in COUPLING_TYPES:
             raise ValueError(f"coupling must be one of {COUPLING_TYPES}, got {coupling!r}")
@@ -145,4 +147,6 @@ class Coupling(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return f"spatial_dims={self.spatial_dims}, num_channels={self.num_channels}, coupling={self.coupling!r}"
+        return (
+            f"spatial_dims={self.spatial_dims}, num_channels={self.num_channels}, coupling={self.coupling!r}"
+        )

@@ -30,8 +30,12 @@ class FlowStep(InvertibleChain):
         coupling: ``"affine"`` or ``"additive"``.
     """
 
-    def __init__(self, spatial_dims: int, num_channels: int, hidden_channels: int, coupling: str = "affine") -> None:
-        super().__init__([ActNormInvConv(num_channels), Coupling(spatial_dims, num_channels, hidden_channels, coupling)])
+    def __init__(
+        self, spatial_dims: int, num_channels: int, hidden_channels: int, coupling: str = "affine"
+    ) -> None:
+        super().__init__(
+            [ActNormInvConv(num_channels), Coupling(spatial_dims, num_channels, hidden_channels, coupling)]
+        )
 
     @property
     def actnorm_invconv(self) -> ActNormInvConv:
@@ -144,7 +148,10 @@ class Glow(nn.Module):
             channels *= 2**spatial_dims
             self.chains.append(
                 InvertibleChain(
-                    [FlowStep(spatial_dims, channels, self.hidden_channels, coupling) for _ in range(steps_per_level[level])],
+                    [
+                        FlowStep(spatial_dims, channels, self.hidden_channels, coupling)
+                        for _ in range(steps_per_level[level])
+                    ],
                     memory_efficient,
                 )
             )
@@ -183,7 +190,9 @@ class Glow(nn.Module):
                 f"x must have shape (N, C, *spatial) with {self.spatial_dims} spatial dims, got {tuple(x.shape)}"
             )
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"x has {x.shape[1]} channels but the Glow was built with in_channels={self.in_channels}")
+            raise ValueError(
+                f"x has {x.shape[1]} channels but the Glow was built with in_channels={self.in_channels}"
+            )
         factor = 2**self.levels
         if any(s % factor for s in x.shape[2:]):
             raise ValueError(
@@ -362,7 +371,9 @@ class Glow(nn.Module):
         z = []
         for level, channels in enumerate(self.latent_channels):
             shape = (n, channels, *(s // 2 ** (level + 1) for s in size))
-            z.append(torch.randn(shape, generator=generator, dtype=param.dtype, device=param.device) * temperature)
+            z.append(
+                torch.randn(shape, generator=generator, dtype=param.dtype, device=param.device) * temperature
+            )
         return self.inverse(z)
 
     def extra_repr(self) -> str:

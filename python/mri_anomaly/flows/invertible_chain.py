@@ -21,8 +21,9 @@ class _LayerFromOutput(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: nn.Module, slots: dict, index: int, is_last: bool,
-                *params: torch.Tensor):  # type: ignore[override]
+    def forward(
+        ctx, x: torch.Tensor, layer: nn.Module, slots: dict, index: int, is_last: bool, *params: torch.Tensor
+    ):  # type: ignore[override]
         with torch.no_grad():
             y, logdet = layer(x)
         ctx.layer, ctx.slots, ctx.index, ctx.is_last = layer, slots, index, is_last
@@ -86,7 +87,9 @@ class InvertibleChain(nn.Module):
             logdet = x.new_zeros(x.shape[0])
             last = len(self.layers) - 1
             for index, layer in enumerate(self.layers):
-                x, layer_logdet = _LayerFromOutput.apply(x, layer, slots, index, index == last, *layer.parameters())
+                x, layer_logdet = _LayerFromOutput.apply(
+                    x, layer, slots, index, index == last, *layer.parameters()
+                )
                 logdet = logdet + layer_logdet
             return x, logdet
         return self._forward_layers(x)

@@ -42,7 +42,9 @@ class LatentPrior(nn.Module):
         ValueError: unknown ``prior`` or ``min_std <= 0``.
     """
 
-    def __init__(self, num_channels: int, spatial_dims: int, prior: str = "per_dimension", min_std: float = 0.05) -> None:
+    def __init__(
+        self, num_channels: int, spatial_dims: int, prior: str = "per_dimension", min_std: float = 0.05
+    ) -> None:
         super().__init__()
         if prior not in PRIOR_TYPES:
             raise ValueError(f"prior must be one of {PRIOR_TYPES}, got {prior!r}")
@@ -73,7 +75,9 @@ class LatentPrior(nn.Module):
                 f"got {tuple(z.shape)}"
             )
         if not torch.compiler.is_exporting() and not bool(self.initialized):  # checked before export
-            raise RuntimeError("LatentPrior is not initialised: call Glow.initialize(batch) before using the model")
+            raise RuntimeError(
+                "LatentPrior is not initialised: call Glow.initialize(batch) before using the model"
+            )
         if self.prior == "per_dimension" and tuple(z.shape[1:]) != tuple(self.log_scale.shape):
             raise ValueError(
                 f"{name} has latent shape {tuple(z.shape[1:])} but this per-dimension prior was initialised for "
@@ -100,7 +104,9 @@ class LatentPrior(nn.Module):
             raise ValueError(f"z must have shape (N, {self.num_channels}, *spatial), got {tuple(z.shape)}")
         z64 = z.detach().to(torch.float64)
         reduce_dims = (0,) if self.prior == "per_dimension" else (0, *range(2, z.dim()))
-        count = torch.tensor(float(math.prod(z.shape[d] for d in reduce_dims)), dtype=torch.float64, device=z.device)
+        count = torch.tensor(
+            float(math.prod(z.shape[d] for d in reduce_dims)), dtype=torch.float64, device=z.device
+        )
         moments = torch.stack([z64.sum(reduce_dims), (z64 * z64).sum(reduce_dims)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(moments)
@@ -142,12 +148,20 @@ class LatentPrior(nn.Module):
         """``(C, *spatial)`` for a sized per-dimension prior, else None."""
         return tuple(self.log_scale.shape) if self.prior == "per_dimension" and self.is_sized else None
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # A per-dimension prior is sized by its data; size it from the checkpoint before loading.
         key = prefix + "log_scale"
-        if self.prior == "per_dimension" and key in state_dict and tuple(state_dict[key].shape) != tuple(self.log_scale.shape):
+        if (
+            self.prior == "per_dimension"
+            and key in state_dict
+            and tuple(state_dict[key].shape) != tuple(self.log_scale.shape)
+        ):
             self._resize(tuple(state_dict[key].shape))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return f"num_channels={self.num_channels}, prior={self.prior!r}, shape={tuple(self.log_scale.shape)}"

@@ -22,7 +22,9 @@ def squeeze(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         ValueError: wrong rank or an odd spatial size.
     """
     if x.dim() != spatial_dims + 2:
-        raise ValueError(f"x must have shape (N, C, *spatial) with {spatial_dims} spatial dims, got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape (N, C, *spatial) with {spatial_dims} spatial dims, got {tuple(x.shape)}"
+        )
     n, c, *spatial = x.shape
     if any(s % 2 for s in spatial):
         raise ValueError(f"every spatial size of x must be even to squeeze, got {tuple(spatial)}")
@@ -42,7 +44,9 @@ def unsqueeze(y: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         ValueError: wrong rank or channels not divisible by ``2**spatial_dims``.
     """
     if y.dim() != spatial_dims + 2:
-        raise ValueError(f"y must have shape (N, C, *spatial) with {spatial_dims} spatial dims, got {tuple(y.shape)}")
+        raise ValueError(
+            f"y must have shape (N, C, *spatial) with {spatial_dims} spatial dims, got {tuple(y.shape)}"
+        )
     n, cb, *spatial = y.shape
     block = 2**spatial_dims
     if cb % block:
@@ -54,4 +58,3 @@ def unsqueeze(y: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     for i in range(spatial_dims):
         perm += [2 + spatial_dims + i, 2 + i]
     return y.permute(perm).reshape(n, c, *(2 * s for s in spatial))
-

@@ -40,11 +40,15 @@ def _check_common(spatial_dims: int, channels: Sequence[int], kernel_size: int) 
     if not channels or any(c < 1 for c in channels):
         raise ValueError(f"channels must be a non-empty list of positive ints, got {channels}")
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int (so padding keeps the size), got {kernel_size}")
+        raise ValueError(
+            f"kernel_size must be a positive odd int (so padding keeps the size), got {kernel_size}"
+        )
     return channels
 
 
-def check_image_batch(x: torch.Tensor, spatial_dims: int, in_channels: int, divisor: int, name: str = "x") -> None:
+def check_image_batch(
+    x: torch.Tensor, spatial_dims: int, in_channels: int, divisor: int, name: str = "x"
+) -> None:
     """Raise ``ValueError`` unless ``x`` is ``(N, in_channels, *spatial)`` with ``spatial_dims`` sizes divisible by ``divisor``.
 
     Raises:
@@ -96,7 +100,9 @@ class BiasFreeEncoder(nn.Module):
         super().__init__()
         channels = _check_common(spatial_dims, channels, kernel_size)
         if in_channels < 1 or out_features < 1:
-            raise ValueError(f"in_channels and out_features must be positive, got {in_channels}, {out_features}")
+            raise ValueError(
+                f"in_channels and out_features must be positive, got {in_channels}, {out_features}"
+            )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_features = out_features
@@ -180,19 +186,25 @@ class BiasFreeDecoder(nn.Module):
             self.levels.append(
                 nn.Sequential(
                     nn.Upsample(scale_factor=2, mode="nearest"),
-                    conv_type(channels[level], width_out, kernel_size, padding=kernel_size // 2, bias=with_bias),
+                    conv_type(
+                        channels[level], width_out, kernel_size, padding=kernel_size // 2, bias=with_bias
+                    ),
                     norm_type(width_out, eps=norm_eps, affine=with_bias),
                     nn.LeakyReLU(negative_slope),
                 )
             )
-        self.head = conv_type(channels[0], out_channels, kernel_size, padding=kernel_size // 2, bias=with_bias)
+        self.head = conv_type(
+            channels[0], out_channels, kernel_size, padding=kernel_size // 2, bias=with_bias
+        )
         self._resize_mode = "bilinear" if spatial_dims == 2 else "trilinear"
 
     def forward(self, z: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         """``z`` (N, in_features) -> image (N, out_channels, *spatial_size) with values in (0, 1)."""
         divisor = 2 ** len(self.channels)
         if len(spatial_size) != self.spatial_dims or any(int(s) % divisor for s in spatial_size):
-            raise ValueError(f"spatial_size must be {self.spatial_dims} sizes divisible by {divisor}, got {spatial_size}")
+            raise ValueError(
+                f"spatial_size must be {self.spatial_dims} sizes divisible by {divisor}, got {spatial_size}"
+            )
         h = self.fc(z).view(z.shape[0], self.channels[-1], *self.pooled_size)
         h = self.act(self.fc_norm(h))
         coarse = tuple(int(s) // divisor for s in spatial_size)
@@ -241,7 +253,9 @@ class BiasFreeAutoEncoder(nn.Module):
         self.in_channels = in_channels
         self.latent_dim = latent_dim
         self.encoder = BiasFreeEncoder(spatial_dims, in_channels, latent_dim, **options)
-        self.decoder = BiasFreeDecoder(spatial_dims, in_channels, latent_dim, with_bias=decoder_bias, **options)
+        self.decoder = BiasFreeDecoder(
+            spatial_dims, in_channels, latent_dim, with_bias=decoder_bias, **options
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (N, C, H, W[, D]) -> ``(x_hat, z)`` with ``x_hat`` like ``x`` and ``z`` (N, latent_dim)."""

@@ -23,10 +23,14 @@ __all__ = ["DeepSAD", "deep_sad_loss", "soft_boundary_loss", "soft_boundary_radi
 
 def _check_dist(dist: torch.Tensor) -> None:
     if not isinstance(dist, torch.Tensor) or dist.ndim != 1:
-        raise ValueError(f"dist must be a 1-D tensor of squared distances (N,), got {getattr(dist, 'shape', dist)}")
+        raise ValueError(
+            f"dist must be a 1-D tensor of squared distances (N,), got {getattr(dist, 'shape', dist)}"
+        )
 
 
-def deep_sad_loss(dist: torch.Tensor, semi_target: torch.Tensor, eta: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+def deep_sad_loss(
+    dist: torch.Tensor, semi_target: torch.Tensor, eta: float = 1.0, eps: float = 1e-6
+) -> torch.Tensor:
     """Deep SAD loss, the mean over the batch of per-sample terms.
 
     Per sample: ``dist`` if ``semi_target == 0`` (unlabelled), ``eta * (dist + eps) ** semi_target`` if
@@ -52,7 +56,9 @@ def deep_sad_loss(dist: torch.Tensor, semi_target: torch.Tensor, eta: float = 1.
         raise ValueError(f"eps must be > 0, got {eps}")
     semi_target = torch.as_tensor(semi_target, device=dist.device)
     if semi_target.shape != dist.shape:
-        raise ValueError(f"semi_target must have shape {tuple(dist.shape)} like dist, got {tuple(semi_target.shape)}")
+        raise ValueError(
+            f"semi_target must have shape {tuple(dist.shape)} like dist, got {tuple(semi_target.shape)}"
+        )
     if not bool(((semi_target == -1) | (semi_target == 0) | (semi_target == 1)).all()):
         raise ValueError(f"semi_target values must be -1, 0 or 1, got {semi_target.unique().tolist()}")
     semi_target = semi_target.to(dist.dtype)
@@ -178,7 +184,9 @@ class DeepSAD(nn.Module):
         self.train(was_training)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Under torchrun every rank sees its own batches: the centre is the mean over all of them.
-            totals = torch.cat([total, torch.tensor([float(count)], dtype=torch.float64, device=total.device)])
+            totals = torch.cat(
+                [total, torch.tensor([float(count)], dtype=torch.float64, device=total.device)]
+            )
             torch.distributed.all_reduce(totals)
             total, count = totals[:-1], int(totals[-1].item())
         if count == 0:

@@ -78,8 +78,17 @@ class LatentNormAutoEncoder(BiasFreeAutoEncoder):
             raise ValueError(f"beta must be >= 0, got {beta}")
         # The decoder has biases and no BatchNorm on the code's linear map: with the bias-free decoder x_hat did not
         # depend on the scale of z, so beta * ||z|| was minimised for free by shrinking one weight matrix.
-        super().__init__(spatial_dims, in_channels, latent_dim, channels, kernel_size, pooled_size, negative_slope,
-                         norm_eps, decoder_bias=True)
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            latent_dim,
+            channels,
+            kernel_size,
+            pooled_size,
+            negative_slope,
+            norm_eps,
+            decoder_bias=True,
+        )
         self.beta = float(beta)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:

@@ -159,7 +159,9 @@ def flow_step_backward(
         is ``V * grad_logdet.sum()``.
     """
     if _use_extension(x):
-        return torch.ops.mri_anomaly.flow_step_backward.default(grad_y, grad_logdet, x, log_scale, bias, weight)
+        return torch.ops.mri_anomaly.flow_step_backward.default(
+            grad_y, grad_logdet, x, log_scale, bias, weight
+        )
     return reference.flow_step_backward(grad_y, grad_logdet, x, log_scale, bias, weight)
 
 
@@ -185,7 +187,9 @@ def flow_step_backward_from_output(
         return torch.ops.mri_anomaly.flow_step_backward_from_output.default(
             grad_y, grad_logdet, y, log_scale, bias, weight, weight_inverse
         )
-    return reference.flow_step_backward_from_output(grad_y, grad_logdet, y, log_scale, bias, weight, weight_inverse)
+    return reference.flow_step_backward_from_output(
+        grad_y, grad_logdet, y, log_scale, bias, weight, weight_inverse
+    )
 
 
 def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,15 +16,21 @@ def _check_like(name: str, t: torch.Tensor, ref: torch.Tensor, shape: tuple) -> 
     torch._check_value(
         tuple(t.shape) == tuple(shape), lambda: f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}"
     )
-    torch._check_type(t.dtype == ref.dtype, lambda: f"{name} has dtype {t.dtype} but the activations have {ref.dtype}")
+    torch._check_type(
+        t.dtype == ref.dtype, lambda: f"{name} has dtype {t.dtype} but the activations have {ref.dtype}"
+    )
     torch._check_value(
         t.device == ref.device,
-        lambda: f"{name} is on {t.device} but the activations are on {ref.device}; they must be on one device",
+        lambda: (
+            f"{name} is on {t.device} but the activations are on {ref.device}; they must be on one device"
+        ),
     )
 
 
 def _check_activation(name: str, t: torch.Tensor) -> None:
-    torch._check_value(3 <= t.dim() <= 5, lambda: f"{name} must have shape (N, C, *spatial) with 1-3 spatial dims")
+    torch._check_value(
+        3 <= t.dim() <= 5, lambda: f"{name} must have shape (N, C, *spatial) with 1-3 spatial dims"
+    )
     torch._check_type(t.dtype in (torch.float32, torch.float64), lambda: f"{name} must be float32 or float64")
 
 

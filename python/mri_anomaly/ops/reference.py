@@ -38,7 +38,9 @@ def _check_activation(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() < 3 or t.dim() > 5:
-        raise ValueError(f"{name} must have shape (N, C, *spatial) with 1-3 spatial dims, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape (N, C, *spatial) with 1-3 spatial dims, got shape {tuple(t.shape)}"
+        )
     if t.dtype not in _FLOAT_TYPES:
         raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
 
@@ -69,7 +71,9 @@ def check_flow_step_args(
         t = activations[name]
         _check_activation(name, t)
         if t.shape != first.shape:
-            raise ValueError(f"{name} must have the shape of {names[0]} {tuple(first.shape)}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have the shape of {names[0]} {tuple(first.shape)}, got {tuple(t.shape)}"
+            )
     others = dict(params)
     others.update(scalars or {})
     if grad_logdet is not None:
@@ -90,9 +94,13 @@ def check_flow_step_args(
                 f"{name} must have shape {expected} for {names[0]} with {c} channels, got {tuple(t.shape)}"
             )
         if t.dtype != first.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but {names[0]} has dtype {first.dtype}; they must match")
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but {names[0]} has dtype {first.dtype}; they must match"
+            )
         if t.device != first.device:
-            raise ValueError(f"{name} is on {t.device} but {names[0]} is on {first.device}; they must be on one device")
+            raise ValueError(
+                f"{name} is on {t.device} but {names[0]} is on {first.device}; they must be on one device"
+            )
     # Finiteness is a value check: free on the CPU, a host sync on accelerators, impossible while tracing.
     if not _is_tracing():
         for name, t in list(params.items()) + list((scalars or {}).items()):
@@ -119,8 +127,11 @@ def flow_step(
         weight: ``(C, C)`` invertible channel-mixing matrix W.
         weight_logabsdet: 0-dim, ``log|det W|``.
     """
-    check_flow_step_args({"x": x}, {"log_scale": log_scale, "bias": bias, "weight": weight},
-                         {"weight_logabsdet": weight_logabsdet})
+    check_flow_step_args(
+        {"x": x},
+        {"log_scale": log_scale, "bias": bias, "weight": weight},
+        {"weight_logabsdet": weight_logabsdet},
+    )
     h = torch.exp(log_scale)[:, None] * (_flat(x) + bias[:, None])
     y = torch.matmul(weight, h).reshape(x.shape)
     voxels = h.shape[-1]
@@ -138,7 +149,11 @@ def flow_step_inverse(
 
 
 def _backward_from_h(
-    grad_y: torch.Tensor, grad_logdet: torch.Tensor, h: torch.Tensor, log_scale: torch.Tensor, weight: torch.Tensor
+    grad_y: torch.Tensor,
+    grad_logdet: torch.Tensor,
+    h: torch.Tensor,
+    log_scale: torch.Tensor,
+    weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g_y = _flat(grad_y)
     g_h = torch.matmul(weight.t(), g_y)
@@ -167,8 +182,11 @@ def flow_step_backward(
         ``(grad_x, grad_log_scale, grad_bias, grad_weight)``. The gradient w.r.t. ``weight_logabsdet``
         is ``V * grad_logdet.sum()`` and is left to the caller.
     """
-    check_flow_step_args({"grad_y": grad_y, "x": x}, {"log_scale": log_scale, "bias": bias, "weight": weight},
-                         grad_logdet=grad_logdet)
+    check_flow_step_args(
+        {"grad_y": grad_y, "x": x},
+        {"log_scale": log_scale, "bias": bias, "weight": weight},
+        grad_logdet=grad_logdet,
+    )
     h = torch.exp(log_scale)[:, None] * (_flat(x) + bias[:, None])
     return _backward_from_h(grad_y, grad_logdet, h, log_scale, weight)
 

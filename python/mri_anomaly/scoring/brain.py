@@ -47,7 +47,9 @@ def brain_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.
     return torch.stack([torch.quantile(v[i][m[i]].double(), q).to(values.dtype) for i in range(n)])
 
 
-def slice_brain_statistic(volume_map: torch.Tensor, image: torch.Tensor, statistic: str = "mean") -> torch.Tensor:
+def slice_brain_statistic(
+    volume_map: torch.Tensor, image: torch.Tensor, statistic: str = "mean"
+) -> torch.Tensor:
     """One value per axial slice of a voxel map over that slice's brain voxels.
 
     Args:

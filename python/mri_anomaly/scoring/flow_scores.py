@@ -30,7 +30,9 @@ def bits_per_dim(log_prob: torch.Tensor, num_dims: int, n_bins: int = N_BINS) ->
     return discrete_bits_per_dim(log_prob, num_dims, n_bins)
 
 
-def scale_bits_per_dim(contributions: torch.Tensor, latent_dims: list[int], n_bins: int = N_BINS) -> torch.Tensor:
+def scale_bits_per_dim(
+    contributions: torch.Tensor, latent_dims: list[int], n_bins: int = N_BINS
+) -> torch.Tensor:
     """Per-scale NLL in bits per dimension of that scale's latent: ``(-c_i + D_i ln n_bins) / (D_i ln 2)``.
 
     Each scale takes its share ``D_i ln n_bins`` of the dequantisation constant, so the ``D_i / D``-weighted
@@ -51,7 +53,9 @@ def scale_bits_per_dim(contributions: torch.Tensor, latent_dims: list[int], n_bi
     return (-contributions + dims * math.log(n_bins)) / (dims * math.log(2.0))
 
 
-def final_scale_score(contributions: torch.Tensor, latent_dims: list[int], n_bins: int = N_BINS) -> torch.Tensor:
+def final_scale_score(
+    contributions: torch.Tensor, latent_dims: list[int], n_bins: int = N_BINS
+) -> torch.Tensor:
     """The final (coarsest) scale's NLL in bits per dimension of its latent: :func:`scale_bits_per_dim` ``[:, -1]``.
 
     Schirrmeister et al. show that the coarse scale's contribution ignores the local pixel statistics that

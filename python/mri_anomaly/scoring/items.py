@@ -22,8 +22,12 @@ class PreprocessedItems(torch.utils.data.Dataset):
 
     def __init__(self, items: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> None:
         self.items = [dict(it) for it in items]
-        self.volumes = VolumeDataset(self.items, preprocessing_config=config.get("preprocessing") or {}, cache="none",
-                                     on_error="return")
+        self.volumes = VolumeDataset(
+            self.items,
+            preprocessing_config=config.get("preprocessing") or {},
+            cache="none",
+            on_error="return",
+        )
         self.transform = self.volumes.transform
 
     def __len__(self) -> int:
@@ -55,8 +59,11 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def iterate_preprocessed(dataset: PreprocessedItems, num_workers: int) -> Iterator[tuple[int, Any, str | None]]:
+def iterate_preprocessed(
+    dataset: PreprocessedItems, num_workers: int
+) -> Iterator[tuple[int, Any, str | None]]:
     """``dataset``'s items in order, loaded and preprocessed by ``num_workers`` DataLoader workers."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_identity)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity
+    )
     yield from loader

@@ -65,22 +65,35 @@ def _read_meta(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _painted_slices(slice_scores: np.ndarray, item: Mapping[str, Any], config: Mapping[str, Any]) -> np.ndarray:
+def _painted_slices(
+    slice_scores: np.ndarray, item: Mapping[str, Any], config: Mapping[str, Any]
+) -> np.ndarray:
     """(X, Y, Z) on the input grid: each axial slice of the model grid filled with its score, taken back."""
     import torch
 
     from mri_anomaly.data import VolumeDataset, invert_to_input_space
 
-    dataset = VolumeDataset([dict(item)], preprocessing_config=config.get("preprocessing") or {}, cache="none")
+    dataset = VolumeDataset(
+        [dict(item)], preprocessing_config=config.get("preprocessing") or {}, cache="none"
+    )
     data = dataset[0]
     grid = data["image"].shape[1:]
     if len(slice_scores) != grid[-1]:
-        raise ValueError(f"{item['image']}: {len(slice_scores)} slice scores for a model grid of {grid[-1]} slices")
-    painted = torch.tensor(np.asarray(slice_scores, dtype=np.float32)).reshape(1, 1, 1, -1).expand(1, *grid).contiguous()
+        raise ValueError(
+            f"{item['image']}: {len(slice_scores)} slice scores for a model grid of {grid[-1]} slices"
+        )
+    painted = (
+        torch.tensor(np.asarray(slice_scores, dtype=np.float32))
+        .reshape(1, 1, 1, -1)
+        .expand(1, *grid)
+        .contiguous()
+    )
     return invert_to_input_space(painted, data, dataset.transform).detach().cpu().numpy()[0]
 
 
-def write_mood_outputs(out_dir: str | os.PathLike, values: str = "unit", score_column: str | None = None) -> Path:
+def write_mood_outputs(
+    out_dir: str | os.PathLike, values: str = "unit", score_column: str | None = None
+) -> Path:
     """Write ``OUT/mood/{sample,pixel}/`` from the tables and maps ``mri-anomaly score`` wrote in ``out_dir``.
 
     Args:
@@ -110,8 +123,10 @@ def write_mood_outputs(out_dir: str | os.PathLike, values: str = "unit", score_c
     seen: dict[str, str] = {}
     for name, image in zip(names, table["image"]):
         if name in seen and seen[name] != image:
-            raise UserInputError(f"the MOOD layout names outputs by input file name, and {seen[name]} and {image} share "
-                             f"the name {name!r}: score them into separate folders")
+            raise UserInputError(
+                f"the MOOD layout names outputs by input file name, and {seen[name]} and {image} share "
+                f"the name {name!r}: score them into separate folders"
+            )
         seen[name] = image
     threshold = float(meta.get("thresholds", {}).get(column, 0.0)) if values == "unit" else 0.0
     map_names = list(meta.get("map_names") or [])
@@ -121,7 +136,9 @@ def write_mood_outputs(out_dir: str | os.PathLike, values: str = "unit", score_c
         from mri_anomaly.training.checkpoint import load_checkpoint
         from mri_anomaly.training.config import config_from_yaml
 
-        run_config = config_from_yaml(load_checkpoint(Path(meta["run"]) / "checkpoint.pt", map_location="cpu")["config"])
+        run_config = config_from_yaml(
+            load_checkpoint(Path(meta["run"]) / "checkpoint.pt", map_location="cpu")["config"]
+        )
         slices = pd.read_csv(out / "slice_scores.csv", dtype={"subject_id": str})
         slice_column = next(s for s in meta["slice_score_columns"] if column.startswith(f"{s}_"))
 
@@ -137,15 +154,21 @@ def write_mood_outputs(out_dir: str | os.PathLike, values: str = "unit", score_c
         if map_name is not None:
             rel = row.get(f"map:{map_name}")
             if not isinstance(rel, str) or not (out / rel).is_file():
-                raise UserInputError(f"{row['image']}: no {map_name!r} map in {out / 'maps'} (score without --no-maps)")
+                raise UserInputError(
+                    f"{row['image']}: no {map_name!r} map in {out / 'maps'} (score without --no-maps)"
+                )
             voxels = np.asarray(nib.load(out / rel).dataobj, dtype=np.float64)
         elif run_config is not None:
             own = slices[(slices["subject_id"] == row["subject_id"]) & (slices["section"] == row["section"])]
-            voxels = _painted_slices(own.sort_values("slice")[slice_column].to_numpy(), {"image": row["image"]}, run_config)
+            voxels = _painted_slices(
+                own.sort_values("slice")[slice_column].to_numpy(), {"image": row["image"]}, run_config
+            )
         else:  # a 3D method without maps: its volume score everywhere
             voxels = np.full(source.shape, score, dtype=np.float64)
         if tuple(voxels.shape) != tuple(source.shape):
-            raise ValueError(f"{row['image']}: map shape {voxels.shape} differs from the input's {source.shape}")
+            raise ValueError(
+                f"{row['image']}: map shape {voxels.shape} differs from the input's {source.shape}"
+            )
         pixel = to_unit(voxels) if values == "unit" else voxels
         image = nib.Nifti1Image(pixel.astype(np.float32), source.affine)
         image.set_qform(source.affine, code=1)

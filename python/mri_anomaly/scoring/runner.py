@@ -104,8 +104,14 @@ class _Layout:
     slice_header: list[str]
 
     @classmethod
-    def of(cls, method, config: Mapping[str, Any], thresholds: Mapping[str, float], save_maps: bool,
-           has_label: bool) -> _Layout:
+    def of(
+        cls,
+        method,
+        config: Mapping[str, Any],
+        thresholds: Mapping[str, float],
+        save_maps: bool,
+        has_label: bool,
+    ) -> _Layout:
         kind = type(method)
         top_k = int(config["score"]["top_k"])
         if config["spatial_dims"] == 2:
@@ -114,17 +120,37 @@ class _Layout:
             score_columns = list(kind.score_names)
         map_names = list(kind.map_names) if save_maps else []
         flags = [f"flag:{c}" for c in score_columns if c in thresholds]
-        score_header = ["subject_id", "image", "section", *(["label"] if has_label else []), *score_columns, *flags,
-                        *[f"map:{m}" for m in map_names], CROP_FRACTION_KEY]
+        score_header = [
+            "subject_id",
+            "image",
+            "section",
+            *(["label"] if has_label else []),
+            *score_columns,
+            *flags,
+            *[f"map:{m}" for m in map_names],
+            CROP_FRACTION_KEY,
+        ]
         slice_columns = slice_score_columns_of(kind, config)
-        slice_header = ["subject_id", "section", "slice", "brain_fraction", "counted", "slice_label", *slice_columns]
+        slice_header = [
+            "subject_id",
+            "section",
+            "slice",
+            "brain_fraction",
+            "counted",
+            "slice_label",
+            *slice_columns,
+        ]
         return cls(score_columns, slice_columns, map_names, dict(thresholds), score_header, slice_header)
 
-    def score_row(self, base: Mapping[str, Any], item: Mapping[str, Any], data: Mapping[str, Any],
-                  result: VolumeScores) -> dict[str, Any]:
-        row = {**base, "label": item.get("label", ""),
-               **{c: csv_value(result.scores.get(c)) for c in self.score_columns},
-               CROP_FRACTION_KEY: csv_value(float(data.get(CROP_FRACTION_KEY, 0.0)))}
+    def score_row(
+        self, base: Mapping[str, Any], item: Mapping[str, Any], data: Mapping[str, Any], result: VolumeScores
+    ) -> dict[str, Any]:
+        row = {
+            **base,
+            "label": item.get("label", ""),
+            **{c: csv_value(result.scores.get(c)) for c in self.score_columns},
+            CROP_FRACTION_KEY: csv_value(float(data.get(CROP_FRACTION_KEY, 0.0))),
+        }
         for c in self.score_columns:
             if c in self.thresholds:
                 row[f"flag:{c}"] = int(result.scores[c] > self.thresholds[c])
@@ -135,16 +161,28 @@ def _shard_dirs(out: Path) -> list[Path]:
     return sorted((out / SHARDS_DIR).glob("rank*")) if (out / SHARDS_DIR).is_dir() else []
 
 
-def _volumes_to_score(out: Path, sections: Sequence[str], data: Mapping[str, list]) -> list[tuple[str, int, dict]]:
+def _volumes_to_score(
+    out: Path, sections: Sequence[str], data: Mapping[str, list]
+) -> list[tuple[str, int, dict]]:
     """``(section, index, item)`` of the volumes without a row in ``scores.csv`` (merged or in a leftover shard)."""
     done: set[tuple[str, str]] = set()
     for folder in [out, *_shard_dirs(out)]:
         done |= {row_key(r) for r in read_rows(folder / SCORES_FILE)[1]}
-    return [(s, i, it) for s in sections for i, it in enumerate(data[s]) if (s, str(it.get("image", ""))) not in done]
+    return [
+        (s, i, it)
+        for s in sections
+        for i, it in enumerate(data[s])
+        if (s, str(it.get("image", ""))) not in done
+    ]
 
 
-def _prepare_tables(out: Path, sections: Sequence[str], data: Mapping[str, list], layout: _Layout,
-                    todo: Sequence[tuple[str, int, dict]]) -> Path:
+def _prepare_tables(
+    out: Path,
+    sections: Sequence[str],
+    data: Mapping[str, list],
+    layout: _Layout,
+    todo: Sequence[tuple[str, int, dict]],
+) -> Path:
     """Merge what earlier runs left, drop the error rows of volumes about to be retried, and return the folder
     this process appends to (``out`` itself in one process, its shard under ``torchrun``)."""
     world, rank = distributed.world_size(), distributed.rank()
@@ -152,7 +190,9 @@ def _prepare_tables(out: Path, sections: Sequence[str], data: Mapping[str, list]
     target = out if world == 1 else out / SHARDS_DIR / f"rank{rank}"
     target.mkdir(parents=True, exist_ok=True)
     if world == 1:
-        merge_tables(out, _shard_dirs(out), sections, data, layout.score_header, layout.slice_header, retry=retry)
+        merge_tables(
+            out, _shard_dirs(out), sections, data, layout.score_header, layout.slice_header, retry=retry
+        )
     distributed.barrier()
     if world > 1 and distributed.is_main_process():
         header, rows = read_rows(out / ERRORS_FILE)
@@ -201,7 +241,9 @@ def score_datalist(
         data = load_datalist(datalist, check_files=False, check_headers=False)
     missing = [s for s in sections if s not in data]
     if missing:
-        raise UserInputError(f"section(s) {', '.join(missing)} not in the datalist (it has: {', '.join(sorted(data))})")
+        raise UserInputError(
+            f"section(s) {', '.join(missing)} not in the datalist (it has: {', '.join(sorted(data))})"
+        )
     save_maps = bool(config["score"]["save_maps"]) if save_maps is None else save_maps
     slice_norms = run_slice_norms(run_dir, checkpoint)
     has_label = any("label" in it for s in sections for it in data[s])
@@ -235,17 +277,29 @@ def score_datalist(
         base = {"subject_id": subject, "image": item.get("image", ""), "section": section}
         if error is None:
             try:
-                result = score_volume(method, config, item_data, device=device, want_maps=bool(layout.map_names),
-                                      slice_norms=slice_norms)
+                result = score_volume(
+                    method,
+                    config,
+                    item_data,
+                    device=device,
+                    want_maps=bool(layout.map_names),
+                    slice_norms=slice_norms,
+                )
                 row = layout.score_row(base, item, item_data, result)
                 for name in layout.map_names:
                     if name in result.maps:
                         rel = Path("maps") / section / f"{_safe_name(subject)}_{name}.nii.gz"
                         _save_map(result.maps[name], item_data, out / rel, dataset.transform)
                         row[f"map:{name}"] = str(rel)
-                slices_table.write([{"subject_id": subject, "section": section,
-                                     **{k: csv_value(v) for k, v in r.items()}} for r in result.slices])
-                scores_table.write([row])  # last: a volume counts as done only once everything else is on disk
+                slices_table.write(
+                    [
+                        {"subject_id": subject, "section": section, **{k: csv_value(v) for k, v in r.items()}}
+                        for r in result.slices
+                    ]
+                )
+                scores_table.write(
+                    [row]
+                )  # last: a volume counts as done only once everything else is on disk
                 scored += 1
             except Exception as err:  # a bad input file is recorded and the run goes on; a bug is raised
                 if unwrap_input_error(err) is None:
@@ -267,16 +321,24 @@ def score_datalist(
     counts = distributed.all_gather_objects((scored, errors))
     distributed.barrier()
     if main:
-        merge_tables(out, _shard_dirs(out), sections, data, layout.score_header, layout.slice_header, retry=set())
+        merge_tables(
+            out, _shard_dirs(out), sections, data, layout.score_header, layout.slice_header, retry=set()
+        )
         present = list(dict.fromkeys(r.get("section", "") for r in read_rows(out / SCORES_FILE)[1]))
         all_sections = list(dict.fromkeys([*present, *sections]))  # earlier calls' sections too
-        atomic_write_json(out / META_FILE, _meta(run_dir, checkpoint, config, all_sections, layout, slice_norms))
+        atomic_write_json(
+            out / META_FILE, _meta(run_dir, checkpoint, config, all_sections, layout, slice_norms)
+        )
     distributed.barrier()
     total_scored = sum(c[0] for c in counts)
     total_errors = sum(c[1] for c in counts)
     if main:
-        print(f"scored {total_scored} volume(s), {skipped_existing} already done, {total_errors} error(s) -> {out}")
-    return ScoringSummary(out, total_scored, skipped_existing, total_errors, layout.score_columns, time.time() - start)
+        print(
+            f"scored {total_scored} volume(s), {skipped_existing} already done, {total_errors} error(s) -> {out}"
+        )
+    return ScoringSummary(
+        out, total_scored, skipped_existing, total_errors, layout.score_columns, time.time() - start
+    )
 
 
 def _safe_name(text: str) -> str:
@@ -284,8 +346,12 @@ def _safe_name(text: str) -> str:
 
 
 def _save_map(volume_map: torch.Tensor, item: Mapping[str, Any], path: Path, transform) -> None:
-    atomic_write_with(path, lambda tmp: save_map_in_input_space(nonfinite_to_most_anomalous(volume_map.float()), item,
-                                                                tmp, transform))
+    atomic_write_with(
+        path,
+        lambda tmp: save_map_in_input_space(
+            nonfinite_to_most_anomalous(volume_map.float()), item, tmp, transform
+        ),
+    )
 
 
 def _check_same_model(out: Path, checkpoint: Mapping[str, Any], run_dir: Path) -> None:
@@ -305,17 +371,27 @@ def _check_same_model(out: Path, checkpoint: Mapping[str, Any], run_dir: Path) -
         )
 
 
-def _meta(run_dir: Path, checkpoint: Mapping[str, Any], config: Mapping[str, Any], sections: Sequence[str],
-          layout: _Layout, slice_norms: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _meta(
+    run_dir: Path,
+    checkpoint: Mapping[str, Any],
+    config: Mapping[str, Any],
+    sections: Sequence[str],
+    layout: _Layout,
+    slice_norms: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """``score_meta.json``: the method, the run, the columns, the rules and the versions."""
     top_k = int(config["score"]["top_k"])
     if config["spatial_dims"] == 2:
-        rule = (f"2D: slice scores (standardised per slice position when the run has slice norms) aggregated over "
-                f"slices with brain fraction >= {config['slices']['min_brain_fraction']} (all slices when none "
-                f"qualifies): mean, max, top-{top_k} mean")
+        rule = (
+            f"2D: slice scores (standardised per slice position when the run has slice norms) aggregated over "
+            f"slices with brain fraction >= {config['slices']['min_brain_fraction']} (all slices when none "
+            f"qualifies): mean, max, top-{top_k} mean"
+        )
     else:
-        rule = ("3D: one score per volume from the method; slice profile = a statistic of each voxel map over the "
-                "axial slice's brain voxels, standardised per slice position when the run has slice norms")
+        rule = (
+            "3D: one score per volume from the method; slice profile = a statistic of each voxel map over the "
+            "axial slice's brain voxels, standardised per slice position when the run has slice norms"
+        )
     return {
         "method": config["method"],
         "spatial_dims": config["spatial_dims"],

@@ -34,8 +34,10 @@ import torch
 __all__ = ["MAD_TO_SD", "fit_slice_norms", "standardise_slice_scores"]
 
 MAD_TO_SD = 1.4826
-RULE = ("robust z per axial slice position, conditional on the slice's brain fraction: "
-        "(s - median_k - slope (f - fmedian_k)) / max(1.4826 MAD_k, floor) over healthy validation scans")
+RULE = (
+    "robust z per axial slice position, conditional on the slice's brain fraction: "
+    "(s - median_k - slope (f - fmedian_k)) / max(1.4826 MAD_k, floor) over healthy validation scans"
+)
 
 
 def _floored(scale: np.ndarray, floor_fraction: float) -> np.ndarray:
@@ -72,7 +74,9 @@ def fit_slice_norms(
 
     def table_of(rows: list[np.ndarray], what: str) -> np.ndarray:
         if len({r.size for r in rows}) != 1:
-            raise ValueError(f"slice norms need one fixed grid: {what} have {sorted({r.size for r in rows})} slices")
+            raise ValueError(
+                f"slice norms need one fixed grid: {what} have {sorted({r.size for r in rows})} slices"
+            )
         return np.stack(rows)
 
     def as_row(v: Any) -> np.ndarray:
@@ -81,15 +85,23 @@ def fit_slice_norms(
     fraction = None
     if brain_fractions is not None:
         if len(brain_fractions) != len(slice_scores):
-            raise ValueError(f"{len(brain_fractions)} brain-fraction profiles for {len(slice_scores)} volumes")
+            raise ValueError(
+                f"{len(brain_fractions)} brain-fraction profiles for {len(slice_scores)} volumes"
+            )
         fraction = table_of([as_row(f) for f in brain_fractions], "brain fractions")
     fits_slope = None
     if fraction is not None:
         fits_slope = fraction > 0
         if counted is not None:
             fits_slope &= table_of([as_row(c) for c in counted], "counted masks").astype(bool)
-    out: dict[str, Any] = {"rule": RULE, "n_volumes": len(slice_scores), "depth": 0,
-                           "floor_fraction": float(floor_fraction), "brain_fraction_center": None, "columns": {}}
+    out: dict[str, Any] = {
+        "rule": RULE,
+        "n_volumes": len(slice_scores),
+        "depth": 0,
+        "floor_fraction": float(floor_fraction),
+        "brain_fraction_center": None,
+        "columns": {},
+    }
     f_dev = None
     if fraction is not None:
         f_center = np.median(fraction, axis=0)
@@ -99,7 +111,9 @@ def fit_slice_norms(
         rows = []
         for volume in slice_scores:
             if column not in volume:
-                raise ValueError(f"slice score column {column!r} is missing from a volume (columns: {sorted(volume)})")
+                raise ValueError(
+                    f"slice score column {column!r} is missing from a volume (columns: {sorted(volume)})"
+                )
             rows.append(as_row(volume[column]))
         table = table_of(rows, "volumes")  # (n, D)
         if fraction is not None and fraction.shape != table.shape:
@@ -118,7 +132,9 @@ def fit_slice_norms(
             denominator = float(np.sum(g[used] ** 2))
             if denominator > 0:
                 beta = float(np.sum(z[used] * g[used]) / denominator)
-                slope = np.divide(beta * score_sd, fraction_sd, out=np.zeros_like(score_sd), where=fraction_sd > 1e-6)
+                slope = np.divide(
+                    beta * score_sd, fraction_sd, out=np.zeros_like(score_sd), where=fraction_sd > 1e-6
+                )
             dev = dev - slope * f_dev
         residual_center = np.median(dev, axis=0)
         center = center + residual_center
@@ -129,7 +145,8 @@ def fit_slice_norms(
 
 
 def standardise_slice_scores(
-    slice_scores: Mapping[str, torch.Tensor], norms: Mapping[str, Any] | None,
+    slice_scores: Mapping[str, torch.Tensor],
+    norms: Mapping[str, Any] | None,
     brain_fraction: torch.Tensor | np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{column: (D,)}`` robust z-scores at each position (columns without norms are returned unchanged).
@@ -163,7 +180,9 @@ def standardise_slice_scores(
         slope = torch.as_tensor(fitted[name].get("slope", 0.0), dtype=torch.float64)
         if f_center is not None and bool((slope != 0).any()):
             if brain_fraction is None:
-                raise ValueError("these slice norms depend on the brain fraction: pass each slice's brain fraction")
+                raise ValueError(
+                    "these slice norms depend on the brain fraction: pass each slice's brain fraction"
+                )
             f = torch.as_tensor(brain_fraction, dtype=torch.float64).reshape(-1)
             center = center + slope * (f - torch.as_tensor(f_center, dtype=torch.float64))
         out[name] = (v - center) / scale

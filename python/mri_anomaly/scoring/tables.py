@@ -104,8 +104,15 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, str]:
     return str(row.get("section", "")), str(row.get("image", ""))
 
 
-def merge_tables(out: Path, shard_dirs: Sequence[Path], sections: Sequence[str], data: Mapping[str, list],
-                  score_header: Sequence[str], slice_header: Sequence[str], retry: set[tuple[str, str]]) -> None:
+def merge_tables(
+    out: Path,
+    shard_dirs: Sequence[Path],
+    sections: Sequence[str],
+    data: Mapping[str, list],
+    score_header: Sequence[str],
+    slice_header: Sequence[str],
+    retry: set[tuple[str, str]],
+) -> None:
     """Merge shard tables into ``out``'s, in datalist order (sections as in the datalist, then items);
     drop half-finished volumes; remove the shards.
 
@@ -142,11 +149,15 @@ def merge_tables(out: Path, shard_dirs: Sequence[Path], sections: Sequence[str],
             kept_slices[k].append(r)
     ordered_slices = []
     for k in sorted(kept_slices, key=lambda k: order.get(k, far)):
-        by_slice = {int(r.get("slice") or 0): r for r in kept_slices[k]}  # a retried volume's rows: the last set wins
+        by_slice = {
+            int(r.get("slice") or 0): r for r in kept_slices[k]
+        }  # a retried volume's rows: the last set wins
         ordered_slices += [by_slice[i] for i in sorted(by_slice)]
     _, error_rows = gather(ERRORS_FILE)
     error_rows = [r for r in error_rows if row_key(r) not in finished and row_key(r) not in retry]
-    error_rows = sorted({row_key(r): r for r in error_rows}.values(), key=lambda r: order.get(row_key(r), far))
+    error_rows = sorted(
+        {row_key(r): r for r in error_rows}.values(), key=lambda r: order.get(row_key(r), far)
+    )
 
     write_rows_atomic(out / SCORES_FILE, score_header, score_rows)
     write_rows_atomic(out / SLICE_SCORES_FILE, slice_header, ordered_slices)

@@ -76,8 +76,9 @@ def slice_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
 
 
 @torch.no_grad()
-def raw_volume_scores(method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device,
-                   want_maps: bool) -> RawVolumeScores:
+def raw_volume_scores(
+    method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device, want_maps: bool
+) -> RawVolumeScores:
     image = _as_plain(item["image"]).float()
     depth = image.shape[-1]
     fraction = slice_brain_fractions(image)
@@ -96,7 +97,9 @@ def raw_volume_scores(method, config: Mapping[str, Any], item: Mapping[str, Any]
         parts_maps: dict[str, list[torch.Tensor]] = {}
         for start in range(0, depth, chunk):
             x = slices[start : start + chunk].to(device)
-            out = method.score({"image": x, **{k: torch.as_tensor([v] * x.shape[0]) for k, v in extra.items()}})
+            out = method.score(
+                {"image": x, **{k: torch.as_tensor([v] * x.shape[0]) for k, v in extra.items()}}
+            )
             for name, s in out.scores.items():
                 parts_scores.setdefault(name, []).append(s.detach().double().cpu().reshape(-1))
             if want_maps:
@@ -110,7 +113,8 @@ def raw_volume_scores(method, config: Mapping[str, Any], item: Mapping[str, Any]
         x = image[None].to(device)
         out = method.score({"image": x, **{k: torch.as_tensor([v]) for k, v in extra.items()}})
         volume_scores = {
-            name: float(nonfinite_to_most_anomalous(s.detach().double().cpu().reshape(-1))[0]) for name, s in out.scores.items()
+            name: float(nonfinite_to_most_anomalous(s.detach().double().cpu().reshape(-1))[0])
+            for name, s in out.scores.items()
         }
         statistic = type(method).slice_statistic
         for name, m in out.maps.items():
@@ -122,7 +126,9 @@ def raw_volume_scores(method, config: Mapping[str, Any], item: Mapping[str, Any]
     return RawVolumeScores(volume_scores, slice_columns, maps, fraction, counted, labels)
 
 
-def finish_volume_scores(output: RawVolumeScores, config: Mapping[str, Any], slice_norms: Mapping[str, Any] | None) -> VolumeScores:
+def finish_volume_scores(
+    output: RawVolumeScores, config: Mapping[str, Any], slice_norms: Mapping[str, Any] | None
+) -> VolumeScores:
     """Standardise the slice scores per position (when the run has norms), aggregate 2D slice scores to volume
     scores, and lay out the slice rows."""
     slice_columns = standardise_slice_scores(output.slice_scores, slice_norms, output.fraction)
@@ -132,8 +138,11 @@ def finish_volume_scores(output: RawVolumeScores, config: Mapping[str, Any], sli
         scores = dict(output.volume_scores)
     rows = []
     for k in range(output.fraction.numel()):
-        row: dict[str, Any] = {"slice": k, "brain_fraction": round(float(output.fraction[k]), 6),
-                               "counted": int(output.counted[k])}
+        row: dict[str, Any] = {
+            "slice": k,
+            "brain_fraction": round(float(output.fraction[k]), 6),
+            "counted": int(output.counted[k]),
+        }
         row["slice_label"] = int(output.labels[k]) if output.labels is not None else ""
         for name, v in slice_columns.items():
             row[name] = float(nonfinite_to_most_anomalous(v[k : k + 1])[0])
@@ -142,8 +151,14 @@ def finish_volume_scores(output: RawVolumeScores, config: Mapping[str, Any], sli
 
 
 @torch.no_grad()
-def score_volume(method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device | str = "cpu",
-                 want_maps: bool = True, slice_norms: Mapping[str, Any] | None = None) -> VolumeScores:
+def score_volume(
+    method,
+    config: Mapping[str, Any],
+    item: Mapping[str, Any],
+    device: torch.device | str = "cpu",
+    want_maps: bool = True,
+    slice_norms: Mapping[str, Any] | None = None,
+) -> VolumeScores:
     """Score one preprocessed item with a 2D (slice-wise) or 3D (volume-wise) method.
 
     Args:
@@ -158,4 +173,6 @@ def score_volume(method, config: Mapping[str, Any], item: Mapping[str, Any], dev
     Returns:
         a :class:`VolumeScores`.
     """
-    return finish_volume_scores(raw_volume_scores(method, config, item, torch.device(device), want_maps), config, slice_norms)
+    return finish_volume_scores(
+        raw_volume_scores(method, config, item, torch.device(device), want_maps), config, slice_norms
+    )

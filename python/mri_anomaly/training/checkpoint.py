@@ -19,7 +19,6 @@ process killed mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,14 @@ import torch
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.files import atomic_write
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "versions"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "versions",
+]
 
 CHECKPOINT_FORMAT = 1
 
@@ -55,8 +61,13 @@ def capture_rng_state() -> dict[str, Any]:
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": int(py_version), "internal": list(py_internal), "gauss": py_gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -68,7 +79,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -101,7 +114,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, not a torch file, or unsafe content
-        raise UserInputError(f"{path}: not a readable mri-anomaly checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "state_dict" not in checkpoint:
-        raise UserInputError(f"{path}: not an mri-anomaly checkpoint (format {CHECKPOINT_FORMAT} with a state_dict expected)")
+        raise UserInputError(
+            f"{path}: not a readable mri-anomaly checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if (
+        not isinstance(checkpoint, dict)
+        or checkpoint.get("format") != CHECKPOINT_FORMAT
+        or "state_dict" not in checkpoint
+    ):
+        raise UserInputError(
+            f"{path}: not an mri-anomaly checkpoint (format {CHECKPOINT_FORMAT} with a state_dict expected)"
+        )
     return checkpoint

@@ -40,7 +40,7 @@ import copy
 import inspect
 import os
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,9 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError([f"--set {text!r}: {'.'.join(parts[: i + 1])} is a {type(child).__name__}, not a section"])
+                raise ConfigError(
+                    [f"--set {text!r}: {'.'.join(parts[: i + 1])} is a {type(child).__name__}, not a section"]
+                )
             node = child
         node[parts[-1]] = value
     return result
@@ -160,7 +162,11 @@ def _check_model_kwargs(chk: ConfigChecker, method_cls: type, model: dict[str, A
     sig = inspect.signature(method_cls.__init__)
     params = {n: p for n, p in sig.parameters.items() if n not in ("self", "spatial_dims", "in_channels")}
     accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    named = {n: p for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+    named = {
+        n: p
+        for n, p in params.items()
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
     try:
         hints = typing.get_type_hints(method_cls.__init__)
     except Exception:  # unresolvable forward references: skip type checks, names are still checked
@@ -168,7 +174,9 @@ def _check_model_kwargs(chk: ConfigChecker, method_cls: type, model: dict[str, A
     for key, value in model.items():
         if key not in named:
             if not accepts_kwargs:
-                chk.add(f"model.{key}: unknown argument of method {method_cls.name!r} (allowed: {', '.join(sorted(named)) or 'none'})")
+                chk.add(
+                    f"model.{key}: unknown argument of method {method_cls.name!r} (allowed: {', '.join(sorted(named)) or 'none'})"
+                )
             continue
         hint = hints.get(key)
         if hint is not None and not _matches_hint(value, hint):
@@ -205,7 +213,12 @@ def _matches_hint(value: Any, hint: Any) -> bool:
         return is_number(value)
     if hint is str:
         return isinstance(value, str)
-    if origin in (tuple, list) or hint in (tuple, list) or origin is typing.Sequence or str(origin) == "<class 'collections.abc.Sequence'>":
+    if (
+        origin in (tuple, list)
+        or hint in (tuple, list)
+        or origin is typing.Sequence
+        or str(origin) == "<class 'collections.abc.Sequence'>"
+    ):
         if not isinstance(value, (list, tuple)):
             return False
         if args and not (len(args) == 2 and args[1] is Ellipsis) and origin is tuple:
@@ -229,7 +242,11 @@ def _preprocessing_problems(preprocessing: dict[str, Any]) -> list[str]:
         result = validate_preprocessing_config(preprocessing)
     except ValueError as err:  # a validator that raises: one message, possibly listing several problems
         problems = getattr(err, "problems", None)
-        lines = list(problems) if problems else [line.strip(" -") for line in str(err).splitlines() if line.strip()]
+        lines = (
+            list(problems)
+            if problems
+            else [line.strip(" -") for line in str(err).splitlines() if line.strip()]
+        )
         return [p if p.startswith("preprocessing") else f"preprocessing: {p}" for p in lines]
     if isinstance(result, (list, tuple)):  # a validator that returns its problems
         return [p if str(p).startswith("preprocessing") else f"preprocessing: {p}" for p in result]
@@ -254,7 +271,21 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
     if not isinstance(config, Mapping):
         raise ConfigError([f"the config must be a mapping, got {type_name(config)}"], source)
     cfg: dict[str, Any] = {**TOP_LEVEL_DEFAULTS, **copy.deepcopy(dict(config))}
-    chk.unknown(cfg, ("method", "spatial_dims", "in_channels", "seed", "preprocessing", "slices", "model", "train", "score"), "")
+    chk.unknown(
+        cfg,
+        (
+            "method",
+            "spatial_dims",
+            "in_channels",
+            "seed",
+            "preprocessing",
+            "slices",
+            "model",
+            "train",
+            "score",
+        ),
+        "",
+    )
 
     method_cls = None
     if "method" not in cfg:
@@ -308,16 +339,27 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.int_(train, "checkpoint_every", "train.", minimum=1)
         chk.int_(train, "max_consecutive_skips", "train.", minimum=1)
         chk.int_(train, "init_batches", "train.", minimum=1)
-        chk.number(train, "grad_clip", "train.", lambda v: v > 0, "must be > 0 (or null for no clipping)", nullable=True)
+        chk.number(
+            train,
+            "grad_clip",
+            "train.",
+            lambda v: v > 0,
+            "must be > 0 (or null for no clipping)",
+            nullable=True,
+        )
         phases = train.get("phases", {})
         filled_phases: dict[str, Any] = {}
         if not isinstance(phases, dict):
-            chk.add(f"train.phases: expected a mapping phase -> {{steps, lr, weight_decay}}, got {type_name(phases)}")
+            chk.add(
+                f"train.phases: expected a mapping phase -> {{steps, lr, weight_decay}}, got {type_name(phases)}"
+            )
         else:
             expected = tuple(method_cls.phases) if method_cls is not None else tuple(phases)
             for name in phases:
                 if name not in expected:
-                    chk.add(f"train.phases.{name}: method {cfg.get('method')!r} has no phase {name!r} (its phases: {', '.join(expected)})")
+                    chk.add(
+                        f"train.phases.{name}: method {cfg.get('method')!r} has no phase {name!r} (its phases: {', '.join(expected)})"
+                    )
             for name in expected:
                 phase = phases.get(name) or {}
                 where = f"train.phases.{name}."
@@ -361,8 +403,10 @@ def _model_fit_problems(method_cls: type | None, cfg: Mapping[str, Any], found: 
         return problems
     channels = preprocessed_channels(cfg.get("preprocessing"))
     if valid("in_channels") and cfg["in_channels"] != channels:
-        problems.append(f"in_channels: {cfg['in_channels']}, but the preprocessing gives {channels}-channel images "
-                        f"(one image file per datalist item); set in_channels: {channels}")
+        problems.append(
+            f"in_channels: {cfg['in_channels']}, but the preprocessing gives {channels}-channel images "
+            f"(one image file per datalist item); set in_channels: {channels}"
+        )
     if method_cls is not None and valid("spatial_dims", "model", "method"):
         try:
             divisor, reason = method_cls.grid_divisor(cfg.get("model") or {})
@@ -423,7 +467,9 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
         if stem in shipped:
             return shipped[stem]
         names = ", ".join(shipped) or "none found"
-        raise ConfigError([f"config file not found: {path}, and no shipped config of that name (shipped: {names})"])
+        raise ConfigError(
+            [f"config file not found: {path}, and no shipped config of that name (shipped: {names})"]
+        )
     raise ConfigError([f"config file not found: {path}"])
 
 

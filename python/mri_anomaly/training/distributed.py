@@ -117,12 +117,18 @@ def check_replicas_identical(module: torch.nn.Module, what: str, device: torch.d
     if not is_distributed():
         return
     local = torch.stack(
-        [t.detach().double().sum().to(device) for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()]
+        [
+            t.detach().double().sum().to(device)
+            for t in list(module.parameters()) + list(module.buffers())
+            if t.is_floating_point()
+        ]
         or [torch.zeros((), dtype=torch.float64, device=device)]
     )
     reference = local.clone()
     dist.broadcast(reference, src=0)
-    differs = torch.tensor([0.0 if torch.allclose(local, reference, rtol=1e-6, atol=1e-8) else 1.0], device=device)
+    differs = torch.tensor(
+        [0.0 if torch.allclose(local, reference, rtol=1e-6, atol=1e-8) else 1.0], device=device
+    )
     dist.all_reduce(differs, op=dist.ReduceOp.MAX)
     if differs.item() > 0:
         raise RuntimeError(

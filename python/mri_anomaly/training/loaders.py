@@ -148,10 +148,14 @@ class ResumableBatches:
         step = start_step
         while True:
             epoch, offset = divmod(step, self.batches_per_epoch)
-            indices = self._epoch_indices(epoch)[offset * self.batch_size : self.batches_per_epoch * self.batch_size]
+            indices = self._epoch_indices(epoch)[
+                offset * self.batch_size : self.batches_per_epoch * self.batch_size
+            ]
             for b in range(0, len(indices), self.batch_size):
-                yield [(i, sample_seed(self.seed, self.phase_index, self.stream, epoch, i))
-                       for i in indices[b : b + self.batch_size]]
+                yield [
+                    (i, sample_seed(self.seed, self.phase_index, self.stream, epoch, i))
+                    for i in indices[b : b + self.batch_size]
+                ]
                 step += 1
 
     def __iter__(self) -> Iterator[Any]:
@@ -164,7 +168,9 @@ class ResumableBatches:
             num_workers=self.num_workers,
             collate_fn=collate,
             # its own generator: creating a loader iterator must not draw from the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(sample_seed(self.seed, self.phase_index, self.stream, start, 7)),
+            generator=torch.Generator().manual_seed(
+                sample_seed(self.seed, self.phase_index, self.stream, start, 7)
+            ),
         )
         for batch in loader:
             self.step += 1
@@ -180,8 +186,13 @@ class _KeyBatches:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         return self.batches._batch_keys(self.start_step)
 
-def build_dataset(config: dict[str, Any], items: Sequence[dict[str, Any]], train: bool = True,
-                  cache_dir: str | os.PathLike | None = None) -> Dataset:
+
+def build_dataset(
+    config: dict[str, Any],
+    items: Sequence[dict[str, Any]],
+    train: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
     """The training dataset of a config: preprocessed volumes (3D) or their brain slices (2D).
 
     Volumes are preprocessed once and cached (:class:`mri_anomaly.data.VolumeDataset`, ``cache="auto"``);
@@ -198,8 +209,14 @@ def build_dataset(config: dict[str, Any], items: Sequence[dict[str, Any]], train
     """
     from mri_anomaly.data import SliceDataset, VolumeDataset
 
-    volumes = VolumeDataset(items, preprocessing_config=config.get("preprocessing") or {}, cache="auto",
-                            on_error="raise", seed=int(config.get("seed", 0)), cache_dir=cache_dir)
+    volumes = VolumeDataset(
+        items,
+        preprocessing_config=config.get("preprocessing") or {},
+        cache="auto",
+        on_error="raise",
+        seed=int(config.get("seed", 0)),
+        cache_dir=cache_dir,
+    )
     if config["spatial_dims"] == 2:
         return SliceDataset(volumes, min_brain_fraction=float(config["slices"]["min_brain_fraction"]))
     return volumes

@@ -42,7 +42,12 @@ from mri_anomaly.evaluation.calibration import calibrate_run
 from mri_anomaly.files import atomic_write
 from mri_anomaly.runs import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, build_method
 from mri_anomaly.training import distributed
-from mri_anomaly.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from mri_anomaly.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from mri_anomaly.training.config import config_from_yaml, config_to_yaml
 from mri_anomaly.training.loaders import ResumableBatches
 from mri_anomaly.training.methods import AnomalyMethod, Batch
@@ -71,7 +76,9 @@ class TrainResult:
 
 def move_batch(batch: Batch, device: torch.device) -> Batch:
     """Tensors of a collated batch to ``device`` (other entries untouched)."""
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
 
 
 class _LossModule(nn.Module):
@@ -94,11 +101,28 @@ class _InitBatches:
     that all-reduces its statistics, as ``ActNormInvConv`` does, sums identical moments: same result.)
     """
 
-    def __init__(self, dataset, batch_size: int, seed: int, phase_index: int, num_workers: int, count: int,
-                 device: torch.device, name: str) -> None:
-        self.stream_args = dict(dataset=dataset, batch_size=batch_size * distributed.world_size(), seed=seed,
-                                phase_index=phase_index, stream=2, num_workers=num_workers, rank=0, world_size=1,
-                                name=name)
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        seed: int,
+        phase_index: int,
+        num_workers: int,
+        count: int,
+        device: torch.device,
+        name: str,
+    ) -> None:
+        self.stream_args = dict(
+            dataset=dataset,
+            batch_size=batch_size * distributed.world_size(),
+            seed=seed,
+            phase_index=phase_index,
+            stream=2,
+            num_workers=num_workers,
+            rank=0,
+            world_size=1,
+            name=name,
+        )
         self.count = min(count, ResumableBatches(**self.stream_args).batches_per_epoch)
         self.device = device
 
@@ -118,7 +142,11 @@ def _config_differences(a: Any, b: Any, prefix: tuple[str, ...] = ()) -> list[st
         for key in sorted(set(a) | set(b), key=str):
             out += _config_differences(a.get(key), b.get(key), prefix + (str(key),))
         return out
-    if a != b and prefix[:2] not in _RESUME_MUTABLE and not (len(prefix) == 4 and prefix[:2] == ("train", "phases") and prefix[3] == "steps"):
+    if (
+        a != b
+        and prefix[:2] not in _RESUME_MUTABLE
+        and not (len(prefix) == 4 and prefix[:2] == ("train", "phases") and prefix[3] == "steps")
+    ):
         return [f"{'.'.join(prefix)}: {b!r} in the checkpoint, {a!r} now"]
     return []
 
@@ -173,11 +201,18 @@ class Trainer:
             # steps may grow for the phase in progress and later ones, never change for a finished phase
             done = self.resume_state["progress"]
             for index, phase in enumerate(stored["train"]["phases"]):
-                was, now = stored["train"]["phases"][phase]["steps"], self.config["train"]["phases"][phase]["steps"]
+                was, now = (
+                    stored["train"]["phases"][phase]["steps"],
+                    self.config["train"]["phases"][phase]["steps"],
+                )
                 if index < done["phase_index"] and now != was:
-                    problems.append(f"train.phases.{phase}.steps: phase {phase!r} already finished after {was} steps ({now} now)")
+                    problems.append(
+                        f"train.phases.{phase}.steps: phase {phase!r} already finished after {was} steps ({now} now)"
+                    )
                 elif index == done["phase_index"] and now < done["phase_step"]:
-                    problems.append(f"train.phases.{phase}.steps: {now} is fewer than the {done['phase_step']} steps already done")
+                    problems.append(
+                        f"train.phases.{phase}.steps: {now} is fewer than the {done['phase_step']} steps already done"
+                    )
             if problems:
                 raise UserInputError(
                     f"cannot resume {self.checkpoint_path}: the config differs from the checkpoint's:\n  - "
@@ -206,7 +241,10 @@ class Trainer:
             if method.uses_general_data(phase):
                 sections.add("general")
         missing = [s for s in sorted(sections) if not self.datalist.get(s)]
-        problems = [f"section {s!r} is missing or empty, but method {self.config['method']!r} trains on it" for s in missing]
+        problems = [
+            f"section {s!r} is missing or empty, but method {self.config['method']!r} trains on it"
+            for s in missing
+        ]
         problems += validate_datalist({s: self.datalist[s] for s in sorted(sections) if self.datalist.get(s)})
         if problems:
             source = None if isinstance(self.datalist_source, Mapping) else self.datalist_source
@@ -215,7 +253,9 @@ class Trainer:
     def _section_items(self, section: str) -> list[dict[str, Any]]:
         items = self.datalist.get(section) or []
         if not items:
-            raise UserInputError(f"the datalist has no items in section {section!r}, which this method trains on")
+            raise UserInputError(
+                f"the datalist has no items in section {section!r}, which this method trains on"
+            )
         return items
 
     def _dataset(self, section: str):
@@ -224,15 +264,22 @@ class Trainer:
         from mri_anomaly.training.loaders import build_dataset
 
         if section not in self._datasets:
-            self._datasets[section] = build_dataset(self.config, self._section_items(section), train=True,
-                                                    cache_dir=self.run_dir / CACHE_DIR)
+            self._datasets[section] = build_dataset(
+                self.config, self._section_items(section), train=True, cache_dir=self.run_dir / CACHE_DIR
+            )
         return self._datasets[section]
 
     def _init_batches(self, dataset, phase_index: int, name: str) -> _InitBatches:
         """``train.init_batches`` batches for ``begin_phase`` (their own seed stream; identical on resume)."""
         return _InitBatches(
-            dataset, self.config["train"]["batch_size"], self.config["seed"], phase_index,
-            self.config["train"]["num_workers"], self.config["train"]["init_batches"], self.device, name,
+            dataset,
+            self.config["train"]["batch_size"],
+            self.config["seed"],
+            phase_index,
+            self.config["train"]["num_workers"],
+            self.config["train"]["init_batches"],
+            self.device,
+            name,
         )
 
     def _write_log_rows(self, rows: list[dict[str, Any]]) -> None:
@@ -254,14 +301,24 @@ class Trainer:
         if not distributed.is_main_process() or not path.exists():
             return
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("global_step", "").isdigit() and int(r["global_step"]) <= global_step]
+            rows = [
+                r
+                for r in csv.DictReader(f)
+                if r.get("global_step", "").isdigit() and int(r["global_step"]) <= global_step
+            ]
         with atomic_write(path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
-    def _save(self, method: AnomalyMethod, optimizer: torch.optim.Optimizer | None, progress: dict[str, Any],
-              rng: list[dict[str, Any]], thresholds: dict[str, Any] | None = None) -> None:
+    def _save(
+        self,
+        method: AnomalyMethod,
+        optimizer: torch.optim.Optimizer | None,
+        progress: dict[str, Any],
+        rng: list[dict[str, Any]],
+        thresholds: dict[str, Any] | None = None,
+    ) -> None:
         if distributed.is_main_process():
             save_checkpoint(
                 {
@@ -305,8 +362,14 @@ class Trainer:
 
         phases = list(type(method).phases)
         # begun_phase_index: the last phase whose begin_phase ran (scoring needs the last phase begun)
-        progress = {"phase_index": 0, "phase_step": 0, "global_step": 0, "completed": False, "skipped_steps": 0,
-                    "begun_phase_index": -1}
+        progress = {
+            "phase_index": 0,
+            "phase_step": 0,
+            "global_step": 0,
+            "completed": False,
+            "skipped_steps": 0,
+            "begun_phase_index": -1,
+        }
         resume = self.resume_state
         if resume is not None:
             progress.update(resume["progress"])
@@ -314,8 +377,10 @@ class Trainer:
             method.load_state_dict(resume["state_dict"])
             self._truncate_log(progress["global_step"])
             if main:
-                print(f"resuming {self.checkpoint_path} at step {progress['global_step']} "
-                      f"(phase {phases[min(progress['phase_index'], len(phases) - 1)]!r}, step {progress['phase_step']})")
+                print(
+                    f"resuming {self.checkpoint_path} at step {progress['global_step']} "
+                    f"(phase {phases[min(progress['phase_index'], len(phases) - 1)]!r}, step {progress['phase_step']})"
+                )
 
         total_steps = sum(train_cfg["phases"][p]["steps"] for p in phases)
         budget = total_steps if self.max_steps is None else min(total_steps, self.max_steps)
@@ -323,8 +388,13 @@ class Trainer:
         if main and self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=budget, initial=min(progress["global_step"], budget), desc=f"train {cfg['method']}",
-                       unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=budget,
+                initial=min(progress["global_step"], budget),
+                desc=f"train {cfg['method']}",
+                unit="step",
+                dynamic_ncols=True,
+            )
         last_loss: float | None = None
         optimizer: torch.optim.Optimizer | None = None
         stopped_early = False
@@ -349,11 +419,16 @@ class Trainer:
             progress["begun_phase_index"] = phase_index
             phase_params = list(method.phase_parameters(phase))
             if not phase_params and phase_cfg["steps"] > 0:
-                raise ValueError(f"method {cfg['method']!r} has nothing to train in phase {phase!r} (its statistics come "
-                                 f"from begin_phase): set train.phases.{phase}.steps to 0")
+                raise ValueError(
+                    f"method {cfg['method']!r} has nothing to train in phase {phase!r} (its statistics come "
+                    f"from begin_phase): set train.phases.{phase}.steps to 0"
+                )
             # A fit-only phase (the baselines) has no parameters and no optimiser.
-            optimizer = (torch.optim.Adam(phase_params, lr=phase_cfg["lr"], weight_decay=phase_cfg["weight_decay"])
-                         if phase_params else None)
+            optimizer = (
+                torch.optim.Adam(phase_params, lr=phase_cfg["lr"], weight_decay=phase_cfg["weight_decay"])
+                if phase_params
+                else None
+            )
             if mid_phase:
                 # begin_phase re-ran for its non-persistent set-up; the checkpoint overrides everything it computed.
                 method.load_state_dict(resume["state_dict"])
@@ -373,18 +448,35 @@ class Trainer:
                 from torch.nn.parallel import DistributedDataParallel
 
                 model = DistributedDataParallel(
-                    model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    model,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 )
-            batches = iter(ResumableBatches(
-                dataset, train_cfg["batch_size"], seed, phase_index, stream=0,
-                num_workers=train_cfg["num_workers"], start_step=start_step, name=section,
-            ))
+            batches = iter(
+                ResumableBatches(
+                    dataset,
+                    train_cfg["batch_size"],
+                    seed,
+                    phase_index,
+                    stream=0,
+                    num_workers=train_cfg["num_workers"],
+                    start_step=start_step,
+                    name=section,
+                )
+            )
             general = None
             if method.uses_general_data(phase):
-                general = iter(ResumableBatches(
-                    self._dataset("general"), train_cfg["batch_size"], seed, phase_index, stream=1,
-                    num_workers=train_cfg["num_workers"], start_step=start_step, name="general",
-                ))
+                general = iter(
+                    ResumableBatches(
+                        self._dataset("general"),
+                        train_cfg["batch_size"],
+                        seed,
+                        phase_index,
+                        stream=1,
+                        num_workers=train_cfg["num_workers"],
+                        start_step=start_step,
+                        name="general",
+                    )
+                )
             params = phase_params
             consecutive_skips = 0
             loss_sum, loss_count, grad_norm_last = 0.0, 0, float("nan")
@@ -407,7 +499,9 @@ class Trainer:
                         grads = [p.grad.detach().norm() for p in params if p.grad is not None]
                         grad_norm = torch.stack(grads).norm() if grads else torch.zeros(())
                     grad_norm_last = float(grad_norm)
-                    skip = not math.isfinite(grad_norm_last)  # identical on all ranks: gradients are all-reduced
+                    skip = not math.isfinite(
+                        grad_norm_last
+                    )  # identical on all ranks: gradients are all-reduced
                 if skip:
                     optimizer.zero_grad(set_to_none=True)
                     progress["skipped_steps"] += 1
@@ -432,13 +526,22 @@ class Trainer:
                 if progress["global_step"] % train_cfg["log_every"] == 0 or is_last:
                     mean_loss = self._mean_across_ranks(loss_sum, loss_count)
                     last_loss = mean_loss if math.isfinite(mean_loss) else last_loss
-                    log_rows.append({
-                        "global_step": progress["global_step"], "phase": phase, "phase_step": progress["phase_step"],
-                        "loss": f"{mean_loss:.6g}", "grad_norm": f"{grad_norm_last:.6g}", "lr": phase_cfg["lr"],
-                        "skipped_steps": progress["skipped_steps"], "seconds": f"{time.time() - start_time:.2f}",
-                    })
+                    log_rows.append(
+                        {
+                            "global_step": progress["global_step"],
+                            "phase": phase,
+                            "phase_step": progress["phase_step"],
+                            "loss": f"{mean_loss:.6g}",
+                            "grad_norm": f"{grad_norm_last:.6g}",
+                            "lr": phase_cfg["lr"],
+                            "skipped_steps": progress["skipped_steps"],
+                            "seconds": f"{time.time() - start_time:.2f}",
+                        }
+                    )
                     if bar is not None:
-                        bar.set_postfix(phase=phase, loss=f"{mean_loss:.4g}", skipped=progress["skipped_steps"])
+                        bar.set_postfix(
+                            phase=phase, loss=f"{mean_loss:.4g}", skipped=progress["skipped_steps"]
+                        )
                     self._write_log_rows(log_rows)
                     log_rows = []
                     loss_sum, loss_count = 0.0, 0
@@ -463,18 +566,31 @@ class Trainer:
         self._save(method, optimizer, progress, rng)
         thresholds = None
         if progress["begun_phase_index"] == len(phases) - 1:
-            thresholds = calibrate_run(method, self.config, self.datalist.get("validation") or [], device=self.device,
-                                       progress=self.progress)
+            thresholds = calibrate_run(
+                method,
+                self.config,
+                self.datalist.get("validation") or [],
+                device=self.device,
+                progress=self.progress,
+            )
         elif main:
-            print(f"note: stopped before phase {phases[-1]!r} began: the model cannot score yet, no thresholds stored")
+            print(
+                f"note: stopped before phase {phases[-1]!r} began: the model cannot score yet, no thresholds stored"
+            )
         self._save(method, optimizer, progress, rng, thresholds)
         if main and thresholds is not None:
             from mri_anomaly.evaluation.thresholds import save_thresholds
 
             save_thresholds(self.run_dir, thresholds)
         if main:
-            state = "finished" if progress["completed"] else f"stopped at step {progress['global_step']} of {total_steps} (resume with --resume)"
-            print(f"training {state}; {progress['skipped_steps']} non-finite step(s) skipped; checkpoint: {self.checkpoint_path}")
+            state = (
+                "finished"
+                if progress["completed"]
+                else f"stopped at step {progress['global_step']} of {total_steps} (resume with --resume)"
+            )
+            print(
+                f"training {state}; {progress['skipped_steps']} non-finite step(s) skipped; checkpoint: {self.checkpoint_path}"
+            )
         return TrainResult(
             run_dir=self.run_dir,
             checkpoint=self.checkpoint_path,
@@ -499,7 +615,8 @@ class Trainer:
     def _restore_rng(self, states: list[dict[str, Any]]) -> None:
         r = distributed.rank()
         if len(states) != distributed.world_size() and distributed.is_main_process():
-            print(f"note: the checkpoint was written by {len(states)} process(es), this run has {distributed.world_size()}: "
-                  "random streams continue from rank 0's (the result is not bit-identical to an uninterrupted run)")
+            print(
+                f"note: the checkpoint was written by {len(states)} process(es), this run has {distributed.world_size()}: "
+                "random streams continue from rank 0's (the result is not bit-identical to an uninterrupted run)"
+            )
         restore_rng_state(states[r] if r < len(states) else states[0])
-

@@ -5,7 +5,14 @@ from __future__ import annotations
 from mri_anomaly.training.methods import baselines, deep_sad, glow, latent_norm  # noqa: F401  (they register)
 from mri_anomaly.training.methods.base import _REGISTRY, AnomalyMethod, Batch, BatchScores, register_method
 
-__all__ = ["AnomalyMethod", "Batch", "BatchScores", "available_methods", "get_method_class", "register_method"]
+__all__ = [
+    "AnomalyMethod",
+    "Batch",
+    "BatchScores",
+    "available_methods",
+    "get_method_class",
+    "register_method",
+]
 
 
 def get_method_class(name: str) -> type[AnomalyMethod]:

@@ -45,7 +45,9 @@ class _FitOnly(AnomalyMethod):
     slice_statistic = "q99"
 
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
-        raise RuntimeError(f"method {self.name!r} has no trainable parameters: set train.phases.fit.steps to 0")
+        raise RuntimeError(
+            f"method {self.name!r} has no trainable parameters: set train.phases.fit.steps to 0"
+        )
 
     def _images(self, batch: Batch) -> torch.Tensor:
         device = next(iter(self.buffers()), torch.zeros(())).device
@@ -75,7 +77,9 @@ class IntensityMethod(_FitOnly):
     def score(self, batch: Batch) -> BatchScores:
         x = self._images(batch)
         intensity = x.mean(dim=1, keepdim=True)
-        return BatchScores(scores=_quantile_scores("intensity", intensity, brain_mask(x)), maps={"intensity": intensity})
+        return BatchScores(
+            scores=_quantile_scores("intensity", intensity, brain_mask(x)), maps={"intensity": intensity}
+        )
 
 
 @register_method
@@ -102,7 +106,9 @@ class NormativeMethod(_FitOnly):
     def __init__(self, spatial_dims: int, in_channels: int = 1, min_std: float = 0.05) -> None:
         super().__init__(spatial_dims, in_channels)
         if spatial_dims != 3:
-            raise ValueError(f"the normative model is voxel-wise on whole volumes: spatial_dims must be 3, got {spatial_dims}")
+            raise ValueError(
+                f"the normative model is voxel-wise on whole volumes: spatial_dims must be 3, got {spatial_dims}"
+            )
         if not min_std > 0:
             raise ValueError(f"min_std must be > 0, got {min_std!r}")
         self.min_std = float(min_std)
@@ -110,11 +116,15 @@ class NormativeMethod(_FitOnly):
         self.register_buffer("spread", torch.zeros(0))
         self.register_buffer("n_fitted", torch.tensor(0, dtype=torch.long))
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         # The statistics' shape is the model grid, known only once fitted: take the saved shape.
         for name in ("center", "spread"):
             if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+                setattr(
+                    self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device)
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
@@ -131,7 +141,9 @@ class NormativeMethod(_FitOnly):
             raise ValueError("the normative model needs training images: begin_phase received no batches")
         shapes = {tuple(x.shape[1:]) for x in images}
         if len(shapes) != 1:
-            raise ValueError(f"the normative model needs one fixed grid (preprocessing.spatial_size); got {sorted(shapes)}")
+            raise ValueError(
+                f"the normative model needs one fixed grid (preprocessing.spatial_size); got {sorted(shapes)}"
+            )
         stack = torch.cat(images).double().numpy()  # (n, C, *spatial)
         center = np.median(stack, axis=0)  # the midpoint for an even n (torch.median takes the lower value)
         spread = 1.4826 * np.median(np.abs(stack - center), axis=0)

@@ -36,10 +36,10 @@ from torch.nn import functional as F
 
 from mri_anomaly.models import DeepSAD, deep_sad_loss, soft_boundary_loss, soft_boundary_radius
 from mri_anomaly.training.methods.base import (
-    batch_images,
     AnomalyMethod,
     Batch,
     BatchScores,
+    batch_images,
     encoder_grid_divisor,
     register_method,
 )
@@ -59,9 +59,13 @@ def batch_semi_targets(batch: Batch, n: int, device: torch.device) -> torch.Tens
         return torch.zeros(n, dtype=torch.long, device=device)
     semi_target = torch.as_tensor(batch["semi_target"]).reshape(-1).to(device=device, dtype=torch.long)
     if semi_target.numel() != n:
-        raise ValueError(f"batch['semi_target'] must have {n} values (one per image), got {semi_target.numel()}")
+        raise ValueError(
+            f"batch['semi_target'] must have {n} values (one per image), got {semi_target.numel()}"
+        )
     if not bool(((semi_target >= -1) & (semi_target <= 1)).all()):
-        raise ValueError(f"batch['semi_target'] values must be -1, 0 or 1, got {semi_target.unique().tolist()}")
+        raise ValueError(
+            f"batch['semi_target'] values must be -1, 0 or 1, got {semi_target.unique().tolist()}"
+        )
     return semi_target
 
 
@@ -159,9 +163,13 @@ class DeepSADMethod(AnomalyMethod):
         if not 0 <= gamma_l < 1:
             raise ValueError(f"gamma_l must be in [0, 1), got {gamma_l}")
         if gamma_l > 0 and in_channels != 1:
-            raise ValueError(f"gamma_l > 0 inserts synthetic lesions into single-channel images; in_channels is {in_channels}")
+            raise ValueError(
+                f"gamma_l > 0 inserts synthetic lesions into single-channel images; in_channels is {in_channels}"
+            )
         if objective == "soft-boundary" and gamma_l > 0:
-            raise ValueError("objective 'soft-boundary' is one-class Deep SVDD and takes no labels: set gamma_l = 0")
+            raise ValueError(
+                "objective 'soft-boundary' is one-class Deep SVDD and takes no labels: set gamma_l = 0"
+            )
         self.eta = float(eta)
         self.eps = float(eps)
         self.center_eps = float(center_eps)
@@ -170,9 +178,15 @@ class DeepSADMethod(AnomalyMethod):
         self.radius_warmup_steps = int(radius_warmup_steps)
         self.gamma_l = float(gamma_l)
         self.lesion_options = dict(lesion or {})
-        sizes = [float(voxel_size_mm)] * spatial_dims if isinstance(voxel_size_mm, (int, float)) else voxel_size_mm
+        sizes = (
+            [float(voxel_size_mm)] * spatial_dims
+            if isinstance(voxel_size_mm, (int, float))
+            else voxel_size_mm
+        )
         if len(sizes) != spatial_dims or any(float(v) <= 0 for v in sizes):
-            raise ValueError(f"voxel_size_mm must be a positive number or {spatial_dims} of them, got {voxel_size_mm}")
+            raise ValueError(
+                f"voxel_size_mm must be a positive number or {spatial_dims} of them, got {voxel_size_mm}"
+            )
         self.voxel_size_mm = tuple(float(v) for v in sizes)
         self.net = DeepSAD(
             spatial_dims,
@@ -249,7 +263,9 @@ class DeepSADMethod(AnomalyMethod):
                 try:
                     x[i] = self.lesion_transform(x[i]).to(x)
                 except ValueError as err:
-                    if "empty" not in str(err):  # RandLesion: "the brain region is empty, cannot place a lesion"
+                    if "empty" not in str(
+                        err
+                    ):  # RandLesion: "the brain region is empty, cannot place a lesion"
                         raise
                     continue  # no brain to put a lesion in (an edge slice): the sample stays unlabelled
                 semi_target[i] = -1
@@ -270,7 +286,9 @@ class DeepSADMethod(AnomalyMethod):
         if self.objective == "one-class":
             return deep_sad_loss(dist, semi_target, eta=self.eta, eps=self.eps)
         if bool((semi_target != 0).any()):
-            raise ValueError("objective 'soft-boundary' takes no labels, but the batch has non-zero semi_target")
+            raise ValueError(
+                "objective 'soft-boundary' takes no labels, but the batch has non-zero semi_target"
+            )
         loss = soft_boundary_loss(dist, self.net.radius, self.nu)
         if int(self.train_steps) > self.radius_warmup_steps:
             self.net.radius.copy_(soft_boundary_radius(dist, self.nu))

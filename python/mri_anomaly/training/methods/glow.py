@@ -74,7 +74,9 @@ class _GlowScoring:
     n_bins: int
 
     def _dequantized(self, model: Glow, batch: Batch, training: bool) -> torch.Tensor:
-        return dequantize(batch_images(batch, self.spatial_dims, self.in_channels, _device(model)), training, self.n_bins)
+        return dequantize(
+            batch_images(batch, self.spatial_dims, self.in_channels, _device(model)), training, self.n_bins
+        )
 
     def _initialize(self, model: Glow, batches: Iterable[Batch]) -> bool:
         if bool(model.initialized):  # e.g. loaded from a checkpoint: never re-initialise
@@ -89,8 +91,9 @@ class _GlowScoring:
         x = self._dequantized(model, batch, training=True)
         return bits_per_dim(model(x).log_prob, model.num_dims(x.shape[2:]), self.n_bins).mean()
 
-    def _scores_and_maps(self, model: Glow, x: torch.Tensor, brain: torch.Tensor
-                         ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    def _scores_and_maps(
+        self, model: Glow, x: torch.Tensor, brain: torch.Tensor
+    ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
         """Scores (means of the maps over ``brain`` (N, 1, *spatial)), maps, log p and per-scale density maps."""
         out = model(x, return_maps=True)
         spatial = x.shape[2:]
@@ -105,7 +108,10 @@ class _GlowScoring:
             "nll": (-maps.sum(1, keepdim=True) + channels * ln_bins) / (channels * ln2),
             "final_scale": (-maps[:, -1:] * voxels + last * ln_bins) / (last * ln2),
         }
-        scores = {name: brain_mean(score_maps[m], brain) for name, m in (("nll_bpd", "nll"), ("final_scale", "final_scale"))}
+        scores = {
+            name: brain_mean(score_maps[m], brain)
+            for name, m in (("nll_bpd", "nll"), ("final_scale", "final_scale"))
+        }
         return scores, score_maps, out.log_prob, maps
 
 
@@ -158,8 +164,15 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
             raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
         self.n_bins = int(n_bins)
         self.glow = Glow(
-            spatial_dims, in_channels, levels=levels, steps=steps, hidden_channels=hidden_channels,
-            coupling=coupling, memory_efficient=memory_efficient, prior=prior, prior_min_std=prior_min_std,
+            spatial_dims,
+            in_channels,
+            levels=levels,
+            steps=steps,
+            hidden_channels=hidden_channels,
+            coupling=coupling,
+            memory_efficient=memory_efficient,
+            prior=prior,
+            prior_min_std=prior_min_std,
         )
 
     def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
@@ -237,8 +250,13 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         self.outlier_weight = float(outlier_weight)
         self.outlier_temperature = float(outlier_temperature)
         glow_args = dict(
-            levels=levels, steps=steps, hidden_channels=hidden_channels, coupling=coupling,
-            memory_efficient=memory_efficient, prior=prior, prior_min_std=prior_min_std,
+            levels=levels,
+            steps=steps,
+            hidden_channels=hidden_channels,
+            coupling=coupling,
+            memory_efficient=memory_efficient,
+            prior=prior,
+            prior_min_std=prior_min_std,
         )
         self.general = Glow(spatial_dims, in_channels, **glow_args)
         self.in_distribution = Glow(spatial_dims, in_channels, **glow_args)
@@ -267,7 +285,9 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
             self._initialize(self.general, batches)
             return
         if not bool(self.general.initialized):
-            raise RuntimeError("phase 'in' needs the general Glow: run phase 'general' first (or load its checkpoint)")
+            raise RuntimeError(
+                "phase 'in' needs the general Glow: run phase 'general' first (or load its checkpoint)"
+            )
         if not bool(self.in_initialized_from_general):
             self.in_distribution.load_state_dict(self.general.state_dict())
             self.in_initialized_from_general.fill_(True)
@@ -299,14 +319,19 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         loss = self._nll_bpd_loss(self.in_distribution, batch)
         if self.outlier_weight > 0:
             if general_batch is None:
-                raise ValueError("phase 'in' with outlier_weight > 0 needs general_batch (the datalist's 'general' section)")
+                raise ValueError(
+                    "phase 'in' with outlier_weight > 0 needs general_batch (the datalist's 'general' section)"
+                )
             x = self._dequantized(self.in_distribution, general_batch, training=True)
             num_dims = self.in_distribution.num_dims(x.shape[2:])
             with torch.no_grad():
                 log_prob_general = self.general(x).log_prob
             log_prob_in = self.in_distribution(x).log_prob
             loss = loss + outlier_loss(
-                log_prob_in / num_dims, log_prob_general / num_dims, self.outlier_weight, self.outlier_temperature
+                log_prob_in / num_dims,
+                log_prob_general / num_dims,
+                self.outlier_weight,
+                self.outlier_temperature,
             )
         return loss
 

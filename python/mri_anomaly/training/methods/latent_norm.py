@@ -14,17 +14,16 @@ slices) times larger (≈ 6× for 40 slices), so β must grow by that factor for
 
 from __future__ import annotations
 
-
 import torch
 
 from mri_anomaly.models import LatentNormAutoEncoder
 from mri_anomaly.models.latent_norm import latent_norm_score
 from mri_anomaly.scoring.brain import brain_mask
 from mri_anomaly.training.methods.base import (
-    batch_images,
     AnomalyMethod,
     Batch,
     BatchScores,
+    batch_images,
     encoder_grid_divisor,
     register_method,
 )
@@ -98,7 +97,9 @@ class LatentNormMethod(AnomalyMethod):
             self.net.train(was_training)
         brain = brain_mask(x).to(x.dtype)
         score = latent_norm_score(x * brain, x_hat * brain, z, self.net.beta)
-        return BatchScores(scores={"latent_norm": score}, maps={"residual": (x - x_hat).abs().mean(dim=1, keepdim=True)})
+        return BatchScores(
+            scores={"latent_norm": score}, maps={"residual": (x - x_hat).abs().mean(dim=1, keepdim=True)}
+        )
 
     def extra_repr(self) -> str:
         return f"beta={self.net.beta}"

@@ -90,6 +90,7 @@ def _baseline_config(method: str, steps: int = 0) -> dict:
             "seed": 0,
             "preprocessing": dict(TINY_PREPROCESSING),
             "train": {"batch_size": 1, "init_batches": 1000, "phases": {"fit": {"steps": steps}}},
+            "score": {"allow_few_calibration_scans": True},  # the tiny cohort has one validation scan
         }
     )
 

@@ -25,7 +25,8 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     datalist = make_demo_cohort(root / "data", seed=3, healthy=5, anomalous=2, general=0)
     config = load_config(
-        REPO / "configs" / "latent-norm-ae-2d.yaml", ["train.phases.train.steps=2", "train.init_batches=1"]
+        REPO / "configs" / "latent-norm-ae-2d.yaml",
+        ["train.phases.train.steps=2", "train.init_batches=1", "score.allow_few_calibration_scans=true"],
     )
     Trainer(config, datalist, root / "run", progress=False).fit()
     return root, datalist

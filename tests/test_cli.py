@@ -185,6 +185,8 @@ def test_train_then_score_through_the_command(demo_cohort, tmp_path, capsys):
         "model.pooled_size=2",
         "--set",
         "train.phases.train.steps=5",
+        "--set",
+        "score.allow_few_calibration_scans=true",  # the tiny cohort has one validation scan
         "--no-progress",
     ]
     train = subprocess.run(

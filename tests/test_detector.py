@@ -18,6 +18,7 @@ TINY = {
     "train.init_batches": 1,
     "train.phases.train.steps": 2,
     "score.top_k": 3,
+    "score.allow_few_calibration_scans": True,  # the tiny cohort has one validation scan
     "model.levels": 2,
     "model.steps": 1,
     "model.hidden_channels": 8,

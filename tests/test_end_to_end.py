@@ -48,6 +48,7 @@ def test_train_then_score(config_path, demo_cohort, tmp_path):
         "train.log_every=1",
         "train.checkpoint_every=2",
         "score.top_k=3",
+        "score.allow_few_calibration_scans=true",  # the tiny cohort has one validation scan
         *TINY_MODEL[raw["method"]],
         *[f"train.phases.{phase}.steps={steps}" for phase in method.phases],
     ]

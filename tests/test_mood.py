@@ -19,6 +19,7 @@ TINY = [
     "train.batch_size=4",
     "train.init_batches=1",
     "score.top_k=3",
+    "score.allow_few_calibration_scans=true",  # the tiny cohort has one validation scan
 ]
 MODELS = {
     "glow2d-slices": [

@@ -71,7 +71,7 @@ def trained_2d_run(demo_cohort, tmp_path_factory) -> Path:
             "slices": {"min_brain_fraction": 0.1},
             "model": {"latent_dim": 8, "channels": [4, 8], "pooled_size": 2},
             "train": {"batch_size": 4, "init_batches": 1, "phases": {"train": {"steps": 2, "lr": 1e-3}}},
-            "score": {"top_k": 3},
+            "score": {"top_k": 3, "allow_few_calibration_scans": True},  # one validation scan
         }
     )
     run = tmp_path_factory.mktemp("score") / "run"
@@ -308,7 +308,7 @@ def test_a_bug_while_scoring_is_raised_not_recorded_as_a_bad_scan(
     def broken_scorer(*args, **kwargs):
         raise RuntimeError("a bug in the scorer")
 
-    monkeypatch.setattr(runner, "score_volume", broken_scorer)
+    monkeypatch.setattr(runner, "raw_volume_scores_batch", broken_scorer)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="a bug in the scorer"):
         score_datalist(trained_2d_run, demo_cohort, out, sections=("test",), save_maps=False, progress=False)
@@ -328,3 +328,60 @@ def test_a_bug_in_preprocessing_is_raised_not_recorded_as_a_bad_scan(
     with pytest.raises(KeyError, match="image_meta_dict"):
         score_datalist(trained_2d_run, demo_cohort, out, sections=("test",), save_maps=False, progress=False)
     assert not read_csv(out / "errors.csv")
+
+
+def test_3d_volumes_scored_in_batches_match_one_at_a_time(demo_cohort, tmp_path):
+    """score.batch_size volumes per forward pass (3D) give the scores and slice profiles of one at a time."""
+    config = validate_config(
+        {
+            "method": "glow",
+            "spatial_dims": 3,
+            "seed": 0,
+            "preprocessing": dict(TINY_PREPROCESSING),
+            "model": {"levels": 2, "steps": 1, "hidden_channels": 8},
+            "train": {"batch_size": 2, "init_batches": 1, "phases": {"train": {"steps": 1, "lr": 1e-3}}},
+            "score": {"batch_size": 1},
+        }
+    )
+    run = tmp_path / "run"
+    Trainer(config, demo_cohort, run, progress=False).fit()
+    one = score_datalist(
+        run, demo_cohort, tmp_path / "one", sections=("test",), save_maps=False, progress=False
+    )
+    import mri_anomaly.scoring.runner as runner
+
+    batched_config = {**config, "score": {**config["score"], "batch_size": 3}}
+    real_load_run = runner.load_run
+
+    def load_with_batches(run_dir, device="cpu"):
+        method, _, checkpoint = real_load_run(run_dir, device)
+        return method, batched_config, checkpoint
+
+    forward_sizes = []
+    real_batch = runner.raw_volume_scores_batch
+
+    def counting(method, cfg, items, device, want_maps):
+        forward_sizes.append(len(items))
+        return real_batch(method, cfg, items, device, want_maps)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "load_run", load_with_batches)
+        mp.setattr(runner, "raw_volume_scores_batch", counting)
+        three = score_datalist(
+            run, demo_cohort, tmp_path / "three", sections=("test",), save_maps=False, progress=False
+        )
+    n = one.scored
+    assert three.scored == n and forward_sizes == [3] * (n // 3) + ([n % 3] if n % 3 else [])
+    a, b = read_csv(tmp_path / "one" / "scores.csv"), read_csv(tmp_path / "three" / "scores.csv")
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["subject_id"] == rb["subject_id"]
+        for column in one.score_columns:
+            assert float(ra[column]) == pytest.approx(float(rb[column]), rel=1e-5, abs=1e-6)
+    sa, sb = (
+        read_csv(tmp_path / "one" / "slice_scores.csv"),
+        read_csv(tmp_path / "three" / "slice_scores.csv"),
+    )
+    assert len(sa) == len(sb)
+    for ra, rb in zip(sa, sb, strict=True):
+        for column in ("nll_slice_mean", "final_scale_slice_mean"):
+            assert float(ra[column]) == pytest.approx(float(rb[column]), rel=1e-5, abs=1e-5)

@@ -20,6 +20,7 @@ def tiny(config: dict, **train) -> dict:
     """A config shrunk to the tiny demo cohort (8 mm, 24^3)."""
     cfg = {**config, "preprocessing": dict(TINY_PREPROCESSING)}
     cfg["train"] = {**config.get("train", {}), "batch_size": 2, "init_batches": 1, "log_every": 1, **train}
+    cfg["score"] = {**config.get("score", {}), "allow_few_calibration_scans": True}  # one validation scan
     return validate_config(cfg)
 
 
@@ -315,3 +316,15 @@ def test_each_section_dataset_is_built_once_per_run_with_its_cache_in_the_run(
     # Deep SVDD: two phases (pretrain, train) on the training section
     Trainer(deep_svdd_config(pretrain=2, train=2), demo_cohort, tmp_path / "run", progress=False).fit()
     assert built == [tmp_path / "run" / "cache"]
+
+
+def test_thresholds_from_too_few_validation_scans_are_refused_unless_allowed(demo_cohort, tmp_path):
+    from mri_anomaly.evaluation.thresholds import load_thresholds
+
+    config = glow3d_config(steps=1)
+    config["score"]["allow_few_calibration_scans"] = False  # the default; the tiny cohort has one validation scan
+    result = Trainer(config, demo_cohort, tmp_path / "run", progress=False).fit()
+    stored = load_thresholds(tmp_path / "run")
+    assert result.thresholds == {} and stored["thresholds"] == {}
+    assert "needs at least 20" in stored["refused"] and stored["slice_norms"]  # the norms are still fitted
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["thresholds"] == {}

@@ -47,7 +47,7 @@ Output layout::
                                      (lesion_variant: focal_opposite = opposite sign; size_stratum: < 1,
                                      1-10, > 10 cm^3 from the measured volume, see SIZE_STRATA)
 
-Defaults (4 mm, 44 x 52 x 46 voxels; 200 healthy: 120 training, 40 validation, 40 test; 48 anomalous test
+Defaults (4 mm, 44 x 52 x 46 voxels; 400 healthy: 240 training, 80 validation, 80 test; 48 anomalous test
 subjects, 16 per kind, their sizes cycling through the three volume strata; 48 general) take under a minute and
 preprocess (``DEMO_PREPROCESSING``) to the 40 x 48 x 40 model grid; ``spacing=1`` makes a
 full-resolution cohort (176 x 208 x 184) for GPU runs.
@@ -91,7 +91,7 @@ __all__ = [
 CONTRASTS: tuple[str, ...] = ("t1", "t2", "flair")
 DEMO_DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "healthy": 200,
+    "healthy": 400,
     "anomalous": 48,
     "general": 48,
     "spacing": 4.0,

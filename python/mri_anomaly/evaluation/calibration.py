@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from mri_anomaly.evaluation.thresholds import calibrate_thresholds
+from mri_anomaly.evaluation.thresholds import calibrate_thresholds, refuse_few_scans
 from mri_anomaly.scoring.items import PreprocessedItems, iterate_preprocessed
 from mri_anomaly.scoring.slice_norms import fit_slice_norms
-from mri_anomaly.scoring.volume import finish_volume_scores, raw_volume_scores
+from mri_anomaly.scoring.volume import finish_volume_scores, raw_volume_scores_batch
 from mri_anomaly.training import distributed
 from mri_anomaly.training.methods import AnomalyMethod
 
@@ -45,6 +45,16 @@ def score_items_in_memory(
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, total=len(shard), desc="score validation", unit="vol", dynamic_ncols=True)
+    per_pass = int(config["score"]["batch_size"]) if config["spatial_dims"] == 3 else 1
+    pending: list[tuple[int, Any]] = []
+
+    def score_pending() -> None:
+        raws = raw_volume_scores_batch(method, config, [d for _, d in pending], device, want_maps=False)
+        for (j, _), output in zip(pending, raws, strict=True):
+            index, item = shard[j]
+            out.append({"index": index, "subject_id": item.get("subject_id"), "output": output})
+        pending.clear()
+
     for j, data, error in iterator:
         index, item = shard[j]
         if error is not None:
@@ -58,8 +68,11 @@ def score_items_in_memory(
                 }
             )
             continue
-        output = raw_volume_scores(method, config, data, torch.device(device), want_maps=False)
-        out.append({"index": index, "subject_id": item.get("subject_id"), "output": output})
+        pending.append((j, data))
+        if len(pending) >= per_pass:
+            score_pending()
+    if pending:
+        score_pending()
     return out, errors
 
 
@@ -112,6 +125,13 @@ def calibrate_run(
     scores = [finish_volume_scores(o, config, norms).scores for o in outputs]
     healthy = {c: [s[c] for s in scores] for c in scores[0]}
     calibration = calibrate_thresholds(healthy, config["score"]["specificity"], section="validation")
+    calibration = refuse_few_scans(
+        calibration,
+        bool(config["score"]["allow_few_calibration_scans"]),
+        "score.allow_few_calibration_scans=true",
+    )
+    if "refused" in calibration and distributed.is_main_process():
+        print(f"warning: {calibration['refused']}")
     calibration["skipped"] = [{k: e[k] for k in ("subject_id", "image", "error")} for e in errors]
     if norms is not None:
         calibration["slice_norms"] = norms

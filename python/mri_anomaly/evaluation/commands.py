@@ -84,6 +84,11 @@ def _add_evaluate(subparsers) -> None:
         help="voxels per scan kept for voxel metrics (deterministic subsample; 0: all)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the voxel subsample")
+    p.add_argument(
+        "--allow-few-calibration-scans",
+        action="store_true",
+        help="store thresholds even from fewer healthy scans than the specificity needs (20 for 0.95)",
+    )
     p.add_argument("--no-report", action="store_true", help="write metrics.json only")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -120,7 +125,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.scores, args.datalist, args.out, runs=args.run, names=args.name, section=args.section,
         calibration_section=args.calibration_section, specificity=args.specificity, n_bootstrap=args.bootstrap,
         n_bootstrap_voxel=args.voxel_bootstrap, max_voxels=args.max_voxels or None, seed=args.seed,
-        report=not args.no_report,
+        report=not args.no_report, allow_few_calibration_scans=args.allow_few_calibration_scans,
     )  # fmt: skip
     return 0
 

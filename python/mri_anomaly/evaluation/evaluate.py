@@ -84,6 +84,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     subjects: str | os.PathLike | None = None,
     n_bootstrap_strata: int | None = None,
+    allow_few_calibration_scans: bool = False,
 ) -> dict[str, Any]:
     """Evaluate score directories; write ``metrics.json``, ``report.html`` and ``figures/`` under ``out``.
 
@@ -105,6 +106,8 @@ def evaluate(
             per-size volume metrics (:mod:`mri_anomaly.evaluation.strata`); default: ``subjects.csv`` beside
             the datalist file when there is one. n_bootstrap_strata: resamples of the per-stratum CIs (default
             ``n_bootstrap``).
+        allow_few_calibration_scans: store thresholds even from fewer healthy calibration scans than the
+            specificity needs (otherwise none are stored and the report says why).
 
     Returns:
         the ``metrics.json`` content.
@@ -159,6 +162,7 @@ def evaluate(
             "datalist": None if datalist is None or isinstance(datalist, Mapping) else str(datalist),
             "subjects": None if subject_path is None else str(subject_path),
             "n_bootstrap_strata": n_bootstrap_strata,
+            "allow_few_calibration_scans": allow_few_calibration_scans,
         },
         "notes": [],
         "warnings": [],
@@ -174,6 +178,7 @@ def evaluate(
         len(sets) > 1,
         metrics,
         log,
+        allow_few_calibration_scans=allow_few_calibration_scans,
     )
     labelled_by_run = {}
     for i, ss in enumerate(sets):

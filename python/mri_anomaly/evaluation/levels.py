@@ -21,7 +21,12 @@ from mri_anomaly.evaluation.bootstrap import metrics_with_ci
 from mri_anomaly.evaluation.controls import brain_fraction_rho
 from mri_anomaly.evaluation.score_tables import ScoreTables
 from mri_anomaly.evaluation.strata import stratified_volume_metrics
-from mri_anomaly.evaluation.thresholds import apply_threshold, calibrate_thresholds, save_thresholds
+from mri_anomaly.evaluation.thresholds import (
+    apply_threshold,
+    calibrate_thresholds,
+    refuse_few_scans,
+    save_thresholds,
+)
 from mri_anomaly.evaluation.voxel import VoxelCase, voxel_metrics
 
 __all__ = [
@@ -58,6 +63,7 @@ class Evaluation:
     )
     thresholds_by_key: dict[str, float] = field(default_factory=dict)
     control_done: bool = False
+    allow_few_calibration_scans: bool = False
 
     def key(self, ss: ScoreTables, column: str) -> str:
         return f"{ss.name}/{column}" if self.several else column
@@ -175,11 +181,16 @@ def threshold_level(
         ev.calibration_section,
     )
     calib["score_dir"] = str(ss.directory)
+    if calib["note"]:
+        ev.note(f"{ss.name}: {calib['note']}")
+    calib = refuse_few_scans(calib, ev.allow_few_calibration_scans, "--allow-few-calibration-scans")
+    if "refused" in calib:
+        ev.note(f"{ss.name}: {calib['refused']}")
+        ev.metrics["runs"][ss.name]["thresholds"] = calib
+        return
     if run is not None:
         calib["stored_in"] = str(save_thresholds(run, calib))
         ev.log(f"{ss.name}: thresholds stored in {calib['stored_in']}")
-    if calib["note"]:
-        ev.note(f"{ss.name}: {calib['note']}")
     for col, t in calib["thresholds"].items():
         key = ev.key(ss, col)
         ev.thresholds_by_key[key] = t

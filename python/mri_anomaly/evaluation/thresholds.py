@@ -65,6 +65,26 @@ def calibrate_threshold(healthy_scores: Sequence[float] | np.ndarray, specificit
     return float(ordered[k - 1])
 
 
+def min_calibration_scans(specificity: float) -> int:
+    """Healthy scans a threshold at ``specificity`` needs: fewer, and it is the largest healthy score, so the
+    calibration scans cannot show the specificity (``ceil(1 / (1 - specificity))``: 20 for 0.95)."""
+    return math.ceil(1.0 / (1.0 - specificity) - 1e-9)
+
+
+def refuse_few_scans(calibration: dict[str, Any], allowed: bool, how_to_allow: str) -> dict[str, Any]:
+    """``calibration`` without thresholds when it came from fewer healthy scans than its specificity needs and
+    the user did not allow that; ``refused`` says why and how to allow it. Otherwise unchanged."""
+    needed = min_calibration_scans(calibration["specificity"])
+    if allowed or calibration["n_healthy"] >= needed:
+        return calibration
+    refused = (
+        f"only {calibration['n_healthy']} healthy {calibration['section']!r} scans: a "
+        f"{calibration['specificity']:.0%} specificity needs at least {needed}, so no thresholds were stored "
+        f"(scans will not be flagged); add healthy scans, or allow it with {how_to_allow}"
+    )
+    return {**calibration, "thresholds": {}, "calibration_specificity": {}, "refused": refused}
+
+
 def apply_threshold(scores: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:
     """Boolean flags ``score > threshold``; NaN scores are flagged (non-finite = most anomalous)."""
     s = np.asarray(scores, dtype=np.float64)
@@ -96,7 +116,7 @@ def calibrate_thresholds(
         achieved[column] = float(1.0 - apply_threshold(arr, t).mean())
         n = max(n, arr.size)
     note = ""
-    if n and n < 1.0 / (1.0 - specificity):
+    if n and n < min_calibration_scans(specificity):
         note = (
             f"only {n} healthy scans: a {specificity:.0%} specificity needs at least {math.ceil(1 / (1 - specificity))}; "
             "the threshold is the largest healthy score"

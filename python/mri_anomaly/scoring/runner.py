@@ -72,7 +72,13 @@ from mri_anomaly.scoring.tables import (
     row_key,
     write_rows_atomic,
 )
-from mri_anomaly.scoring.volume import VolumeScores, score_volume, slice_score_columns_of
+from mri_anomaly.scoring.volume import (
+    RawVolumeScores,
+    VolumeScores,
+    finish_volume_scores,
+    raw_volume_scores_batch,
+    slice_score_columns_of,
+)
 from mri_anomaly.training import distributed
 from mri_anomaly.training.checkpoint import versions
 
@@ -270,53 +276,73 @@ def score_datalist(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=f"score {','.join(sections)}", unit="vol", dynamic_ncols=True)
-    scored = errors = 0
-    for j, item_data, error in iterate_preprocessed(dataset, num_workers):
+    counts = {"scored": 0, "errors": 0}
+
+    def record_error(base: Mapping[str, Any], error: str) -> None:
+        errors_table.write([{**base, "error": error}])
+        counts["errors"] += 1
+        message = f"error: {error} (recorded in {out / ERRORS_FILE}; continuing)"
+        if bar is not None:
+            bar.write(message)
+        else:
+            print(message)
+
+    def write_volume(j: int, data: Mapping[str, Any], raw: RawVolumeScores) -> None:
         section, _, item = mine[j]
         subject = subject_id_of(item)
         base = {"subject_id": subject, "image": item.get("image", ""), "section": section}
-        if error is None:
-            try:
-                result = score_volume(
-                    method,
-                    config,
-                    item_data,
-                    device=device,
-                    want_maps=bool(layout.map_names),
-                    slice_norms=slice_norms,
-                )
-                row = layout.score_row(base, item, item_data, result)
-                for name in layout.map_names:
-                    if name in result.maps:
-                        rel = Path("maps") / section / f"{_safe_name(subject)}_{name}.nii.gz"
-                        _save_map(result.maps[name], item_data, out / rel, dataset.transform)
-                        row[f"map:{name}"] = str(rel)
-                slices_table.write(
-                    [
-                        {"subject_id": subject, "section": section, **{k: csv_value(v) for k, v in r.items()}}
-                        for r in result.slices
-                    ]
-                )
-                scores_table.write(
-                    [row]
-                )  # last: a volume counts as done only once everything else is on disk
-                scored += 1
-            except Exception as err:  # a bad input file is recorded and the run goes on; a bug is raised
-                if unwrap_input_error(err) is None:
-                    raise
-                error = error_text(err, item)
-        if error is not None:
-            errors_table.write([{**base, "error": error}])
-            errors += 1
-            message = f"error: {error} (recorded in {out / ERRORS_FILE}; continuing)"
+        try:
+            result = finish_volume_scores(raw, config, slice_norms)
+            row = layout.score_row(base, item, data, result)
+            for name in layout.map_names:
+                if name in result.maps:
+                    rel = Path("maps") / section / f"{_safe_name(subject)}_{name}.nii.gz"
+                    _save_map(result.maps[name], data, out / rel, dataset.transform)
+                    row[f"map:{name}"] = str(rel)
+            slices_table.write(
+                [
+                    {"subject_id": subject, "section": section, **{k: csv_value(v) for k, v in r.items()}}
+                    for r in result.slices
+                ]
+            )
+            scores_table.write([row])  # last: a volume counts as done only once everything else is on disk
+            counts["scored"] += 1
+        except Exception as err:  # a bad input file is recorded and the run goes on; a bug is raised
+            if unwrap_input_error(err) is None:
+                raise
+            record_error(base, error_text(err, item))
+
+    # 3D methods score score.batch_size volumes per forward pass; 2D methods batch the slices of one volume
+    per_pass = int(config["score"]["batch_size"]) if config["spatial_dims"] == 3 else 1
+    pending: list[tuple[int, Mapping[str, Any]]] = []
+
+    def score_pending() -> None:
+        raws = raw_volume_scores_batch(
+            method, config, [d for _, d in pending], device, bool(layout.map_names)
+        )
+        for (j, data), raw in zip(pending, raws, strict=True):
+            write_volume(j, data, raw)
             if bar is not None:
-                bar.write(message)
-            else:
-                print(message)
-        if bar is not None:
-            bar.update(world if world > 1 else 1)
+                bar.update(world if world > 1 else 1)
+        pending.clear()
+
+    for j, item_data, error in iterate_preprocessed(dataset, num_workers):
+        if error is not None:
+            section, _, item = mine[j]
+            record_error(
+                {"subject_id": subject_id_of(item), "image": item.get("image", ""), "section": section}, error
+            )
+            if bar is not None:
+                bar.update(world if world > 1 else 1)
+            continue
+        pending.append((j, item_data))
+        if len(pending) >= per_pass:
+            score_pending()
+    if pending:
+        score_pending()
     if bar is not None:
         bar.close()
+    scored, errors = counts["scored"], counts["errors"]
 
     counts = distributed.all_gather_objects((scored, errors))
     distributed.barrier()

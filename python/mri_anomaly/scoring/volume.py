@@ -10,7 +10,7 @@ method on the whole volume) and keeps what it says before any calibration (:clas
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "VolumeScores",
     "finish_volume_scores",
     "raw_volume_scores",
+    "raw_volume_scores_batch",
     "score_volume",
     "slice_score_columns_of",
 ]
@@ -75,55 +76,105 @@ def slice_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
     return [f"{m}_slice_{method_cls.slice_statistic}" for m in method_cls.map_names]
 
 
+def _volume_context(
+    item: Mapping[str, Any], config: Mapping[str, Any]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The item's image (C, H, W, D) and what every method output of it carries: brain fraction, counted
+    slices, slice labels and the ``label``/``semi_target`` the method may read."""
+    image = _as_plain(item["image"]).float()
+    fraction = slice_brain_fractions(image)
+    min_fraction = float((config.get("slices") or {}).get("min_brain_fraction", 0.0))
+    has_mask = item.get("mask") is not None and bool(item.get("has_mask", 1))
+    context = {
+        "fraction": fraction,
+        "counted": fraction >= min_fraction,
+        "labels": slice_has_label(_as_plain(item["mask"])) if has_mask else None,
+        "extra": {k: int(item[k]) for k in ("label", "semi_target") if isinstance(item.get(k), (int, float))},
+    }
+    return image, context
+
+
+def _slice_wise(
+    method,
+    config: Mapping[str, Any],
+    image: torch.Tensor,
+    context: Mapping[str, Any],
+    device: torch.device,
+    want_maps: bool,
+) -> RawVolumeScores:
+    """A 2D method on the volume's axial slices, ``score.batch_size`` slices per forward pass."""
+    slices = image.permute(3, 0, 1, 2).contiguous()  # (D, C, H, W)
+    chunk = int(config["score"]["batch_size"])
+    parts_scores: dict[str, list[torch.Tensor]] = {}
+    parts_maps: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, slices.shape[0], chunk):
+        x = slices[start : start + chunk].to(device)
+        out = method.score(
+            {"image": x, **{k: torch.as_tensor([v] * x.shape[0]) for k, v in context["extra"].items()}}
+        )
+        for name, s in out.scores.items():
+            parts_scores.setdefault(name, []).append(s.detach().double().cpu().reshape(-1))
+        if want_maps:
+            for name, m in out.maps.items():
+                parts_maps.setdefault(name, []).append(m.detach().float().cpu())
+    slice_columns = {name: nonfinite_to_most_anomalous(torch.cat(v)) for name, v in parts_scores.items()}
+    maps = {
+        name: torch.cat(v).permute(1, 2, 3, 0).contiguous() for name, v in parts_maps.items()
+    }  # (1, H, W, D)
+    return RawVolumeScores(
+        {}, slice_columns, maps, context["fraction"], context["counted"], context["labels"]
+    )
+
+
 @torch.no_grad()
+def raw_volume_scores_batch(
+    method,
+    config: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
+    device: torch.device,
+    want_maps: bool,
+) -> list[RawVolumeScores]:
+    """:func:`raw_volume_scores` of several items: a 3D method scores them in one forward pass (they share the
+    model grid); a 2D method scores each volume's slices in chunks of ``score.batch_size``."""
+    device = torch.device(device)
+    prepared = [_volume_context(item, config) for item in items]
+    if config["spatial_dims"] == 2:
+        return [_slice_wise(method, config, image, context, device, want_maps) for image, context in prepared]
+    if not prepared:
+        return []
+    x = torch.stack([image for image, _ in prepared]).to(device)
+    shared = set.intersection(*(set(context["extra"]) for _, context in prepared))
+    extra = {k: torch.as_tensor([context["extra"][k] for _, context in prepared]) for k in sorted(shared)}
+    out = method.score({"image": x, **extra})
+    statistic = type(method).slice_statistic
+    results = []
+    for n, (image, context) in enumerate(prepared):
+        volume_scores = {
+            name: float(nonfinite_to_most_anomalous(s.detach().double().cpu().reshape(-1)[n : n + 1])[0])
+            for name, s in out.scores.items()
+        }
+        slice_columns: dict[str, torch.Tensor] = {}
+        maps: dict[str, torch.Tensor] = {}
+        for name, m in out.maps.items():
+            volume_map = m[n].detach().float().cpu()  # (1, H, W, D)
+            slice_columns[f"{name}_slice_{statistic}"] = slice_brain_statistic(
+                nonfinite_to_most_anomalous(volume_map), image, statistic
+            )
+            if want_maps:
+                maps[name] = volume_map
+        results.append(
+            RawVolumeScores(
+                volume_scores, slice_columns, maps, context["fraction"], context["counted"], context["labels"]
+            )
+        )
+    return results
+
+
 def raw_volume_scores(
     method, config: Mapping[str, Any], item: Mapping[str, Any], device: torch.device, want_maps: bool
 ) -> RawVolumeScores:
-    image = _as_plain(item["image"]).float()
-    depth = image.shape[-1]
-    fraction = slice_brain_fractions(image)
-    min_fraction = float((config.get("slices") or {}).get("min_brain_fraction", 0.0))
-    counted = fraction >= min_fraction
-    has_mask = item.get("mask") is not None and bool(item.get("has_mask", 1))
-    labels = slice_has_label(_as_plain(item["mask"])) if has_mask else None
-    extra = {k: int(item[k]) for k in ("label", "semi_target") if isinstance(item.get(k), (int, float))}
-    slice_columns: dict[str, torch.Tensor] = {}
-    maps: dict[str, torch.Tensor] = {}
-    volume_scores: dict[str, float] = {}
-    if config["spatial_dims"] == 2:
-        slices = image.permute(3, 0, 1, 2).contiguous()  # (D, C, H, W)
-        chunk = int(config["score"]["batch_size"])
-        parts_scores: dict[str, list[torch.Tensor]] = {}
-        parts_maps: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, depth, chunk):
-            x = slices[start : start + chunk].to(device)
-            out = method.score(
-                {"image": x, **{k: torch.as_tensor([v] * x.shape[0]) for k, v in extra.items()}}
-            )
-            for name, s in out.scores.items():
-                parts_scores.setdefault(name, []).append(s.detach().double().cpu().reshape(-1))
-            if want_maps:
-                for name, m in out.maps.items():
-                    parts_maps.setdefault(name, []).append(m.detach().float().cpu())
-        slice_columns = {name: nonfinite_to_most_anomalous(torch.cat(v)) for name, v in parts_scores.items()}
-        for name, v in parts_maps.items():
-            stacked = torch.cat(v)  # (D, 1, H, W) -> (1, H, W, D)
-            maps[name] = stacked.permute(1, 2, 3, 0).contiguous()
-    else:
-        x = image[None].to(device)
-        out = method.score({"image": x, **{k: torch.as_tensor([v]) for k, v in extra.items()}})
-        volume_scores = {
-            name: float(nonfinite_to_most_anomalous(s.detach().double().cpu().reshape(-1))[0])
-            for name, s in out.scores.items()
-        }
-        statistic = type(method).slice_statistic
-        for name, m in out.maps.items():
-            volume_map = m.detach().float().cpu()[0]  # (1, H, W, D)
-            profile = slice_brain_statistic(nonfinite_to_most_anomalous(volume_map), image, statistic)
-            slice_columns[f"{name}_slice_{statistic}"] = profile
-            if want_maps:
-                maps[name] = volume_map
-    return RawVolumeScores(volume_scores, slice_columns, maps, fraction, counted, labels)
+    """What the method says about one preprocessed item (``image`` (C, H, W, D)), before calibration."""
+    return raw_volume_scores_batch(method, config, [item], device, want_maps)[0]
 
 
 def finish_volume_scores(

@@ -25,6 +25,8 @@ and seed::
       batch_size: 32              # slices (2D) or volumes (3D) per forward pass when scoring
       top_k: 5                    # 2D: volume score = also the mean of the k highest slice scores
       save_maps: true
+      allow_few_calibration_scans: false   # store thresholds from fewer healthy validation scans than the
+                                           # specificity needs (20 for 0.95); otherwise none are stored
 
 Every problem (unknown key, wrong type, impossible value) is collected and reported in one
 :class:`ConfigError`. When every part is valid on its own, the parts are checked against each other: the
@@ -76,7 +78,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "init_batches": 4,
 }
 PHASE_DEFAULTS: dict[str, Any] = {"steps": 100, "lr": 1.0e-3, "weight_decay": 0.0}
-SCORE_DEFAULTS: dict[str, Any] = {"specificity": 0.95, "batch_size": 32, "top_k": 5, "save_maps": True}
+SCORE_DEFAULTS: dict[str, Any] = {
+    "specificity": 0.95,
+    "batch_size": 32,
+    "top_k": 5,
+    "save_maps": True,
+    "allow_few_calibration_scans": False,
+}
 SLICES_DEFAULTS: dict[str, Any] = {"min_brain_fraction": 0.05}
 TOP_LEVEL_DEFAULTS: dict[str, Any] = {"in_channels": 1, "seed": 0}
 
@@ -380,6 +388,7 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.int_(score, "batch_size", "score.", minimum=1)
         chk.int_(score, "top_k", "score.", minimum=1)
         chk.bool_(score, "save_maps", "score.")
+        chk.bool_(score, "allow_few_calibration_scans", "score.")
         cfg["score"] = {**SCORE_DEFAULTS, **score}
 
     chk.problems.extend(_model_fit_problems(method_cls, cfg, chk.problems))

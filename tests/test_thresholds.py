@@ -69,7 +69,11 @@ def test_min_calibration_scans_and_refusing_too_few():
     assert [min_calibration_scans(s) for s in (0.5, 0.9, 0.95, 0.99)] == [2, 10, 20, 100]
     few = calibrate_thresholds({"a": np.arange(19.0)}, 0.95)
     refused = refuse_few_scans(few, allowed=False, how_to_allow="--allow-it")
-    assert refused["thresholds"] == {} and "needs at least 20" in refused["refused"] and "--allow-it" in refused["refused"]
+    assert (
+        refused["thresholds"] == {}
+        and "needs at least 20" in refused["refused"]
+        and "--allow-it" in refused["refused"]
+    )
     assert refuse_few_scans(few, allowed=True, how_to_allow="x") is few
     enough = calibrate_thresholds({"a": np.arange(20.0)}, 0.95)
     assert refuse_few_scans(enough, allowed=False, how_to_allow="x") is enough

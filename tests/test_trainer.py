@@ -322,7 +322,9 @@ def test_thresholds_from_too_few_validation_scans_are_refused_unless_allowed(dem
     from mri_anomaly.evaluation.thresholds import load_thresholds
 
     config = glow3d_config(steps=1)
-    config["score"]["allow_few_calibration_scans"] = False  # the default; the tiny cohort has one validation scan
+    config["score"]["allow_few_calibration_scans"] = (
+        False  # the default; the tiny cohort has one validation scan
+    )
     result = Trainer(config, demo_cohort, tmp_path / "run", progress=False).fit()
     stored = load_thresholds(tmp_path / "run")
     assert result.thresholds == {} and stored["thresholds"] == {}

@@ -5,7 +5,7 @@ The file (``model.pt2``, :func:`torch.export.save`) holds
 * the **program**: the method's scoring on the model grid, ``image (N, C, *grid) in [0, 1] -> (scores {name: (N,)},
   maps {name: (N, 1, *grid)})`` — the on-grid part of the preprocessing (quantisation to 256 levels and
   dequantisation for flows), the network and the method's score arithmetic, with the fused flow-step ops as
-  ``torch.ops.mri_anomaly.*`` nodes. 2D runs take a dynamic number of slices N; 3D runs one volume;
+  ``torch.ops.mri_anomaly.*`` nodes. 2D runs take a dynamic number of slices N; 3D runs a batch of N >= 2 volumes;
 * **metadata** (``extra_files["mri_anomaly.json"]``): the run's resolved config (preprocessing parameters,
   slice rule, top-k), the score columns and the primary one, the map names, the calibrated **thresholds** and
   how they were calibrated, the run fingerprint and the versions that exported it.
@@ -104,8 +104,9 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
         example = torch.rand(3, channels, *grid[:2], generator=generator)
         dynamic: Any = ({0: torch.export.Dim("slices", min=1, max=65536)},)
     else:
-        example = torch.rand(1, channels, *grid, generator=generator)
-        dynamic = None
+        # a batch of volumes: the scorer never runs a 3D batch of one (see scoring.volume.raw_volume_scores_batch)
+        example = torch.rand(2, channels, *grid, generator=generator)
+        dynamic = ({0: torch.export.Dim("volumes", min=2, max=1024)},)
     program = _ScoreProgram(method).eval()
     with torch.no_grad():
         eager = program(example)  # runs the eager checks (initialised, finite) the traced program skips

@@ -145,6 +145,13 @@ def raw_volume_scores_batch(
     x = torch.stack([image for image, _ in prepared]).to(device)
     shared = set.intersection(*(set(context["extra"]) for _, context in prepared))
     extra = {k: torch.as_tensor([context["extra"][k] for _, context in prepared]) for k in sorted(shared)}
+    if x.shape[0] == 1:
+        # A lone volume goes through as a pair (a copy): PyTorch's CPU conv3d takes a slower path with other
+        # rounding for a batch of one, so a volume's score would depend on the volumes scored with it (and
+        # calibration and scoring could disagree at the threshold). From two volumes on, scores are the same
+        # for any batch composition (tested), and the pair is still faster than the single volume.
+        x = torch.cat([x, x])
+        extra = {k: torch.cat([v, v]) for k, v in extra.items()}
     out = method.score({"image": x, **extra})
     statistic = type(method).slice_statistic
     results = []

@@ -455,12 +455,12 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: Any) -> None:
 
 def make_demo_cohort(
     out_dir: str | os.PathLike,
-    seed: int = 0,
-    healthy: int = 200,
-    anomalous: int = 48,
-    general: int = 48,
-    spacing: float = 4.0,
-    contrast: str = "flair",
+    seed: int = DEMO_DEFAULTS["seed"],
+    healthy: int = DEMO_DEFAULTS["healthy"],
+    anomalous: int = DEMO_DEFAULTS["anomalous"],
+    general: int = DEMO_DEFAULTS["general"],
+    spacing: float = DEMO_DEFAULTS["spacing"],
+    contrast: str = DEMO_DEFAULTS["contrast"],
     ms_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> Path:

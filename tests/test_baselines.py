@@ -112,3 +112,20 @@ def test_normative_trains_on_every_training_volume_and_calibrates(demo_cohort, t
 def test_fit_only_method_with_steps_is_a_clear_error(demo_cohort, tmp_path):
     with pytest.raises(ValueError, match=r"nothing to train in phase 'fit'.*steps to 0"):
         Trainer(_baseline_config("intensity", steps=2), demo_cohort, tmp_path / "run", progress=False).fit()
+
+
+def test_normative_has_no_norm_outside_the_median_brain():
+    """A voxel that is background in most training volumes (median 0) gets map 0 and is left out of the scores."""
+    method = get_method_class("normative")(spatial_dims=3, min_std=0.05)
+    healthy = np.array([[1.0, 0.0], [1.2, 0.0], [0.7, 0.6], [1.1, 0.0]])  # voxel 1: brain in 1 of 4 volumes
+    method.begin_phase(
+        "fit", [{"image": torch.as_tensor(healthy, dtype=torch.float32).reshape(4, 1, 2, 1, 1)}]
+    )
+    assert method.center.flatten().tolist() == pytest.approx([1.05, 0.0])
+    test = torch.tensor([1.35, 0.9]).reshape(1, 1, 2, 1, 1)  # a bigger brain reaches voxel 1
+    out = method.score({"image": test})
+    inside = abs(1.35 - 1.05) / (1.4826 * 0.1)
+    assert out.maps["abs_z"].flatten().tolist() == pytest.approx(
+        [inside, 0.0], rel=1e-5
+    )  # not 0.9 / 0.05 = 18
+    assert out.scores["abs_z_q99"].item() == pytest.approx(inside, rel=1e-5)  # voxel 1 is not scored

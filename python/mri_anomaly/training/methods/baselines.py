@@ -95,6 +95,13 @@ class NormativeMethod(_FitOnly):
     Map ``abs_z`` (N, 1, *spatial) = ``|x − median| / spread`` averaged over channels; scores ``abs_z_q99``,
     ``abs_z_q999`` over brain voxels. Buffers ``center`` and ``spread`` (C, *spatial) are saved with the run.
 
+    The model has a norm for brain tissue only where the median healthy volume is brain (``center > 0``: brain
+    in at least half of the training volumes). Outside that support the map is 0 and the voxels are left out
+    of the scores: without registration, a larger or shifted brain would otherwise light up wherever it
+    extends past the median brain (the spread there is the ``min_std`` floor), so the scores would measure
+    brain size (slice scores tracked the slice's brain fraction, ρ ≈ 0.21 over random calibration splits,
+    ``docs/benchmarks/detection.md``).
+
     Raises:
         ValueError: ``min_std`` <= 0.
     """
@@ -162,5 +169,8 @@ class NormativeMethod(_FitOnly):
                 f"image grid {tuple(x.shape[1:])} differs from the normative model's {tuple(self.center.shape)}: "
                 "score with the run's preprocessing (fixed spatial_size)"
             )
-        abs_z = ((x - self.center) / self.spread).abs().mean(dim=1, keepdim=True)
-        return BatchScores(scores=_quantile_scores("abs_z", abs_z, brain_mask(x)), maps={"abs_z": abs_z})
+        support = (self.center > 0).any(dim=0, keepdim=True)  # (1, *spatial): the median volume's brain
+        abs_z = ((x - self.center) / self.spread).abs().mean(dim=1, keepdim=True) * support
+        return BatchScores(
+            scores=_quantile_scores("abs_z", abs_z, brain_mask(x) & support), maps={"abs_z": abs_z}
+        )

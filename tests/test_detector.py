@@ -9,6 +9,7 @@ import pytest
 from mri_anomaly import Detector
 from mri_anomaly.cli import main
 from mri_anomaly.data import load_datalist
+from mri_anomaly.errors import UserInputError
 from mri_anomaly.training import ConfigError
 
 TINY = {
@@ -111,3 +112,15 @@ def test_errors_name_the_file(fitted, tmp_path):
     unfitted.fit([it["image"] for it in data["training"]])  # no validation scans: no thresholds
     with pytest.raises(ValueError, match="no threshold"):
         unfitted.predict([data["test"][0]["image"]])
+
+
+def test_predict_says_why_thresholds_were_refused(demo_cohort):
+    """One healthy validation scan cannot calibrate a 95 % threshold: fit stores none, predict says why."""
+    data = load_datalist(demo_cohort)
+    tiny = {**TINY, "score.allow_few_calibration_scans": False}
+    det = Detector("glow2d-slices", device="cpu", **tiny)
+    det.fit([it["image"] for it in data["training"]], [it["image"] for it in data["validation"]])
+    assert det.threshold_ is None and det.thresholds_ == {}
+    with pytest.raises(UserInputError, match="needs at least 20"):
+        det.predict([it["image"] for it in data["test"]])
+    assert np.isfinite(det.decision_function([it["image"] for it in data["test"]])).all()  # scores still work

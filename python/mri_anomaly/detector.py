@@ -287,9 +287,12 @@ class Detector:
             ValueError: the run has no threshold for the primary score (fitted without validation scans).
         """
         if self.threshold_ is None:
+            from mri_anomaly.evaluation.thresholds import load_thresholds
+
+            refused = (load_thresholds(self._run()) or {}).get("refused")
             raise UserInputError(
-                f"{self.run_dir}: no threshold for {self.score_name_!r}: fit with validation_images "
-                "(healthy scans) to calibrate one"
+                f"{self.run_dir}: no threshold for {self.score_name_!r}: "
+                + (refused if refused else "fit with validation_images (healthy scans) to calibrate one")
             )
         table, tmp = self._scored(images, section)
         shutil.rmtree(tmp, ignore_errors=True)

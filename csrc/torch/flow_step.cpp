@@ -60,6 +60,44 @@ bool use_blas(int64_t voxels) {
   return blas_wanted && sgemm_ != nullptr && dgemm_ != nullptr && voxels < std::numeric_limits<int>::max();
 }
 
+// --- forward and inverse of mid-sized inputs: the folded formulation through ATen's batched GEMM ---
+//
+// y = W' x + b' with W' = W diag(exp(log_scale)), b' = W (exp(log_scale) * bias): one at::baddbmm over the
+// whole batch; the inverse likewise with diag(exp(-log_scale)) W^-1 and -bias. Used for inputs of at most
+// cpu::kFoldedMaxValues values with at least cpu::kFoldedMinVoxels voxels per sample, where it beat the
+// tiled forward (csrc/kernels/flow_step_cpu.h; docs/benchmarks/flow_step-cpu-configs.md).
+// MRI_ANOMALY_CPU_PATH=tiled|folded overrides the choice by size, for benchmarks and tests (read at each
+// call, so that a test can switch it; a getenv is negligible next to the op).
+bool use_folded(int64_t N, int64_t C, int64_t V) {
+  const int64_t numel = N * C * V;
+  if (numel == 0) return false;  // the tiled kernel handles empty inputs
+  if (const char* env = std::getenv("MRI_ANOMALY_CPU_PATH")) {
+    if (std::strcmp(env, "tiled") == 0) return false;
+    if (std::strcmp(env, "folded") == 0) return true;
+  }
+  return numel <= cpu::kFoldedMaxValues && V >= cpu::kFoldedMinVoxels;
+}
+
+// x (N, C, *spatial) contiguous -> (N, C, V) view.
+at::Tensor flat3(const at::Tensor& t) { return t.view({t.size(0), t.size(1), checks::voxels(t)}); }
+
+at::Tensor forward_folded(const at::Tensor& x, const at::Tensor& log_scale, const at::Tensor& bias,
+                          const at::Tensor& weight) {
+  const at::Tensor x3 = flat3(x);
+  const int64_t N = x3.size(0), C = x3.size(1), V = x3.size(2);
+  const at::Tensor w = weight * log_scale.exp().unsqueeze(0);  // W diag(exp(s))
+  const at::Tensor b = at::mv(w, bias);                         // W (exp(s) * bias)
+  return at::baddbmm(b.view({1, C, 1}).expand({N, C, V}), w.expand({N, C, C}), x3).view(x.sizes());
+}
+
+at::Tensor inverse_folded(const at::Tensor& y, const at::Tensor& log_scale, const at::Tensor& bias,
+                          const at::Tensor& weight_inverse) {
+  const at::Tensor y3 = flat3(y);
+  const int64_t N = y3.size(0), C = y3.size(1), V = y3.size(2);
+  const at::Tensor w = weight_inverse * (-log_scale).exp().unsqueeze(1);  // diag(exp(-s)) W^-1
+  return at::baddbmm((-bias).view({1, C, 1}).expand({N, C, V}), w.expand({N, C, C}), y3).view(y.sizes());
+}
+
 template <typename T, typename Fn>
 void with_gemm(int64_t voxels, const Fn& fn) {
   if (use_blas(voxels)) {
@@ -76,6 +114,9 @@ std::tuple<at::Tensor, at::Tensor> flow_step_cpu(const at::Tensor& x_, const at:
   const at::Tensor x = x_.contiguous(), log_scale = log_scale_.contiguous(), bias = bias_.contiguous(),
                    weight = weight_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), V = checks::voxels(x);
+  if (use_folded(N, C, V)) {
+    return {forward_folded(x, log_scale, bias, weight), checks::logdet_of(log_scale, weight_logabsdet_, N, V)};
+  }
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "flow_step_cpu", [&] {
     with_gemm<scalar_t>(V, [&](const auto& gemm) {
@@ -94,6 +135,7 @@ at::Tensor flow_step_inverse_cpu(const at::Tensor& y_, const at::Tensor& log_sca
   const at::Tensor y = y_.contiguous(), log_scale = log_scale_.contiguous(), bias = bias_.contiguous(),
                    weight_inverse = weight_inverse_.contiguous();
   const int64_t N = y.size(0), C = y.size(1), V = checks::voxels(y);
+  if (use_folded(N, C, V)) return inverse_folded(y, log_scale, bias, weight_inverse);
   at::Tensor x = at::empty_like(y, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "flow_step_inverse_cpu", [&] {
     with_gemm<scalar_t>(V, [&](const auto& gemm) {

@@ -71,7 +71,7 @@ def test_build_info_describes_this_build():
         "cpu_tile_values": int,
         "cpu_tile_min_voxels": int,
         "cpu_tile_max_voxels": int,
-        "cpu_folded_max_values": int,
+        "cpu_folded_max_sample_values": int,
         "cpu_folded_min_voxels": int,
     }
     assert set(info) == set(types)
@@ -218,22 +218,22 @@ def _all_outputs(x, ls, b, w, lad, w_inv, gy, gl):
 
 @pytest.mark.parametrize("side", ["at max values", "above max values", "at min voxels", "below min voxels"])
 def test_size_dispatch_picks_the_path_and_both_match_reference(side, monkeypatch):
-    """The forward and inverse of inputs of at most ``cpu_folded_max_values`` values with at least
+    """The forward and inverse of inputs of at most ``cpu_folded_max_sample_values`` values per sample with at least
     ``cpu_folded_min_voxels`` voxels per sample run the folded GEMM, others the tiled kernel (the backward
     always the tiled kernel): without MRI_ANOMALY_CPU_PATH the results equal (bitwise) those of the forced
     path, and both paths agree with the reference on either side of each threshold."""
     from mri_anomaly import _C
 
     info = _C.build_info()
-    limit, min_voxels = info["cpu_folded_max_values"], info["cpu_folded_min_voxels"]
+    limit, min_voxels = info["cpu_folded_max_sample_values"], info["cpu_folded_min_voxels"]
     c, n = 8, 2
     voxels = {
-        "at max values": limit // (n * c),
-        "above max values": limit // (n * c) + 1,
+        "at max values": limit // c,
+        "above max values": limit // c + 1,
         "at min voxels": min_voxels,
         "below min voxels": min_voxels - 1,
     }[side]
-    folded = n * c * voxels <= limit and voxels >= min_voxels
+    folded = c * voxels <= limit and voxels >= min_voxels
     assert folded == side.startswith("at")
     x = torch.randn(n, c, voxels)
     ls, b, w, lad, w_inv = params(c, torch.float32)

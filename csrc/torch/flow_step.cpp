@@ -64,7 +64,7 @@ bool use_blas(int64_t voxels) {
 //
 // y = W' x + b' with W' = W diag(exp(log_scale)), b' = W (exp(log_scale) * bias): one at::baddbmm over the
 // whole batch; the inverse likewise with diag(exp(-log_scale)) W^-1 and -bias. Used for inputs of at most
-// cpu::kFoldedMaxValues values with at least cpu::kFoldedMinVoxels voxels per sample, where it beat the
+// cpu::kFoldedMaxSampleValues values and at least cpu::kFoldedMinVoxels voxels per sample, where it beat the
 // tiled forward (csrc/kernels/flow_step_cpu.h; docs/benchmarks/flow_step-cpu-configs.md).
 // MRI_ANOMALY_CPU_PATH=tiled|folded overrides the choice by size, for benchmarks and tests (read at each
 // call, so that a test can switch it; a getenv is negligible next to the op).
@@ -75,7 +75,7 @@ bool use_folded(int64_t N, int64_t C, int64_t V) {
     if (std::strcmp(env, "tiled") == 0) return false;
     if (std::strcmp(env, "folded") == 0) return true;
   }
-  return numel <= cpu::kFoldedMaxValues && V >= cpu::kFoldedMinVoxels;
+  return C * V <= cpu::kFoldedMaxSampleValues && V >= cpu::kFoldedMinVoxels;  // per sample: batch-invariant
 }
 
 // x (N, C, *spatial) contiguous -> (N, C, V) view.

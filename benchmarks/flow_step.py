@@ -22,14 +22,25 @@ Usage::
     python benchmarks/flow_step.py            # full shapes + channel sweep
     python benchmarks/flow_step.py --quick    # small shapes, fewer repetitions
     python benchmarks/flow_step.py --device cuda
+    python benchmarks/flow_step.py --config-shapes   # the layer shapes the shipped Glow configs run
 
 Results go to ``docs/benchmarks/flow_step-<device>.md`` and ``.json``.
+
+``--config-shapes`` builds the method of every shipped Glow config (``configs/*.yaml`` with ``method: glow``
+or ``glow-ratio``), records the input shape of each :class:`~mri_anomaly.flows.ActNormInvConv` by forward
+hooks at the training batch (timed forward + backward) and at the scoring batch (timed forward only; 3D:
+``max(2, score.batch_size)`` volumes, since a lone volume is scored as a pair; 2D: ``score.batch_size``
+slices), and times naive eager, folded matmul and ours at each distinct shape, interleaved (one call of
+each method per round, ``--reps`` rounds, minimum reported: the fair statistic on a shared machine).
+Targets: ours <= folded matmul and ours <= naive eager / 2. Results go to
+``docs/benchmarks/flow_step-<device>-configs.md`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import sys
 import time
@@ -60,6 +71,8 @@ FULL_SHAPES = [
 ]
 QUICK_SHAPES = [(1, 8, 32, 32, 32), (2, 16, 32, 32, 32), (2, 32, 16, 32, 32), (4, 64, 16, 16, 16)]
 SWEEP_CHANNELS = [4, 8, 16, 32, 64, 128, 256]
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+GLOW_METHODS = ("glow", "glow-ratio")
 
 Step = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -265,6 +278,215 @@ def target_lines(rows: list[dict[str, object]]) -> list[str]:
     return lines
 
 
+# --- the layer shapes of the shipped Glow configs ---
+
+
+def glow_config_paths(config_dir: Path = CONFIG_DIR) -> list[Path]:
+    """The shipped configs (``configs/*.yaml``) whose method is a Glow."""
+    from mri_anomaly.training import load_config
+
+    return [p for p in sorted(config_dir.glob("*.yaml")) if load_config(p)["method"] in GLOW_METHODS]
+
+
+def actnorm_invconv_shapes(config: dict, batch: int) -> list[tuple[int, ...]]:
+    """Input shapes, in call order, of every ActNormInvConv of the config's method on a batch of ``batch``.
+
+    Builds the method, hooks its ActNormInvConv modules and runs each of its Glows (data-dependent init,
+    then a forward) on zeros of ``(batch, in_channels, *grid)``; 2D: grid = ``spatial_size[:2]``.
+    """
+    from mri_anomaly.flows import Glow
+    from mri_anomaly.runs import build_method
+
+    method = build_method(config)
+    grid = tuple(config["preprocessing"]["spatial_size"][: config["spatial_dims"]])
+    x = torch.zeros((batch, config["in_channels"], *grid))
+    seen: list[tuple[int, ...]] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+        for m in method.modules()
+        if isinstance(m, ActNormInvConv)
+    ]
+    try:
+        with torch.no_grad():
+            for glow in (m for m in method.modules() if isinstance(m, Glow)):
+                glow.initialize(x)  # zeros: actnorm's std floor keeps the init finite
+                seen.clear()  # keep the shapes of the forward (the same, counted once)
+                glow(x)
+                break  # the Glows of one method share their architecture
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def config_shape_entries(paths: list[Path]) -> list[dict[str, object]]:
+    """Distinct (shape, role) entries over ``paths``: role "train" (fwd+bwd) or "score" (fwd)."""
+    from mri_anomaly.training import load_config
+
+    entries: dict[tuple[tuple[int, ...], str], dict[str, object]] = {}
+    for path in paths:
+        config = load_config(path)
+        score_batch = int(config["score"]["batch_size"])
+        if config["spatial_dims"] == 3:
+            score_batch = max(2, score_batch)  # a lone volume is scored as a pair
+        for role, batch in (("train", int(config["train"]["batch_size"])), ("score", score_batch)):
+            shapes = actnorm_invconv_shapes(config, batch)
+            for shape in dict.fromkeys(shapes):
+                entry = entries.setdefault(
+                    (shape, role), {"shape": list(shape), "role": role, "configs": [], "layers": 0}
+                )
+                if path.stem not in entry["configs"]:
+                    entry["configs"].append(path.stem)
+                entry["layers"] = max(entry["layers"], shapes.count(shape))
+    return list(entries.values())
+
+
+CONFIG_METHODS: dict[str, Step] = {"naive eager": naive_eager, "folded matmul": folded_matmul, "ours": ours}
+
+
+def interleaved_times(
+    shape: tuple[int, ...], device: torch.device, rounds: int, backward: bool
+) -> dict[str, list[float]]:
+    """Seconds of each of CONFIG_METHODS per round: one call of each per round (``time_method`` with one
+    repetition after its warm-up call), the order rotating from round to round."""
+    inputs = make_inputs(shape, device, copies=1)
+    names = list(CONFIG_METHODS)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            _, seconds = time_method(CONFIG_METHODS[name], inputs, device, reps=1, backward=backward)
+            times[name].append(seconds)
+    return times
+
+
+def bench_config_shapes(
+    entries: list[dict[str, object]], device: torch.device, rounds: int
+) -> list[dict[str, object]]:
+    rows = []
+    for entry in entries:
+        shape = tuple(entry["shape"])
+        modes = [("fwd", False)] + ([("fwd+bwd", True)] if entry["role"] == "train" else [])
+        for mode, backward in modes:
+            times = interleaved_times(shape, device, rounds, backward)
+            # the target applies to fwd+bwd at training shapes and to fwd at scoring shapes
+            row = dict(entry, mode=mode, target_mode=(entry["role"] == "train") == backward)
+            for name, ts in times.items():
+                ts = sorted(ts)
+                row[f"{name} min_ms"] = ts[0] * 1e3
+                row[f"{name} median_ms"] = ts[len(ts) // 2] * 1e3
+            o = row["ours min_ms"]
+            row["ours/folded"] = o / row["folded matmul min_ms"]
+            row["ours/eager"] = o / row["naive eager min_ms"]
+            row["meets_folded"] = row["ours/folded"] <= 1.0
+            row["meets_eager"] = row["ours/eager"] <= 0.5
+            rows.append(row)
+            print(
+                f"  {str(shape):>26} {entry['role']:>5} {mode:>7}: "
+                + "  ".join(f"{n} {row[f'{n} min_ms']:.3f}" for n in CONFIG_METHODS)
+                + f" ms (min)  ours/folded {row['ours/folded']:.2f}  ours/eager {row['ours/eager']:.2f}",
+                flush=True,
+            )
+    return rows
+
+
+def config_shapes_report(args: argparse.Namespace, argv: list[str] | None, device: torch.device) -> None:
+    rounds = args.reps or 30
+    load_before = os.getloadavg()
+    print(f"device: {device_description(device)}; ops backend: {ops.backend_name()}; load {load_before}")
+    paths = glow_config_paths()
+    entries = config_shape_entries(paths)
+    started = time.time()
+    rows = bench_config_shapes(entries, device, rounds)
+    elapsed = time.time() - started
+    load_after = os.getloadavg()
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    table = []
+    for r in rows:
+        table.append(
+            [
+                ", ".join(r["configs"]),
+                r["role"],
+                "x".join(map(str, r["shape"])),
+                r["layers"],
+                r["mode"] + ("" if r["target_mode"] else " (info)"),
+                f"{r['naive eager min_ms']:.3f}",
+                f"{r['folded matmul min_ms']:.3f}",
+                f"{r['ours min_ms']:.3f}",
+                f"{r['ours/folded']:.2f}",
+                f"{r['ours/eager']:.2f}",
+                f"{yes(r['meets_folded'])} / {yes(r['meets_eager'])}" if r["target_mode"] else "",
+            ]
+        )
+    targeted = [r for r in rows if r["target_mode"]]
+    met = [r for r in targeted if r["meets_folded"] and r["meets_eager"]]
+    command = (
+        f"python benchmarks/{Path(__file__).name} {shlex.join(argv if argv is not None else sys.argv[1:])}"
+    )
+    md = [
+        f"# flow_step at the layer shapes of the shipped Glow configs ({device_tag(device)})",
+        "",
+        f"- device: {device_description(device)}",
+        f"- ops backend: {ops.backend_name()}; fp32; TF32 off",
+        f"- configs: {', '.join(p.name for p in paths)}",
+        "- shapes: the input of every ActNormInvConv (forward hooks) at train.batch_size (role train, timed "
+        "fwd+bwd) and at the scoring batch (role score, timed fwd; 3D max(2, score.batch_size), 2D "
+        "score.batch_size slices); `layers` counts the ActNormInvConv calls of that shape per forward of one Glow",
+        f"- statistic: minimum over {rounds} interleaved rounds (one call of each method per round, "
+        "rotating order, each after a warm-up call)",
+        "- target (on the role's mode): ours <= folded matmul, and ours <= naive eager / 2",
+        f"- command: `{command}`",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; wall time {elapsed:.0f} s",
+        f"- load average (1, 5, 15 min): before {', '.join(f'{v:.2f}' for v in load_before)}; "
+        f"after {', '.join(f'{v:.2f}' for v in load_after)}",
+    ]
+    if args.note:
+        md.append(f"- note: {args.note}")
+    md += [
+        f"- targets met at {len(met)} of {len(targeted)} shapes",
+        "",
+        markdown_table(
+            [
+                "configs",
+                "role",
+                "shape",
+                "layers",
+                "mode",
+                "naive eager ms",
+                "folded matmul ms",
+                "ours ms",
+                "ours/folded",
+                "ours/eager",
+                "meets <= folded / <= eager/2",
+            ],
+            table,
+        ),
+        "",
+    ]
+    data = {
+        "device": device_description(device),
+        "tag": device_tag(device),
+        "backend": ops.backend_name(),
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(load_after),
+        "rounds": rounds,
+        "configs": [p.name for p in paths],
+        "note": args.note,
+        "rows": rows,
+    }
+    tag = f"{device.type}-configs"
+    path = save_results(
+        "flow_step", tag, "\n".join(md), data, **({"out_dir": args.out_dir} if args.out_dir else {})
+    )
+    print("\n".join(md))
+    print(f"saved {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -281,12 +503,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--note", default="", help="a line added to the report (e.g. machine load)")
     parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument(
+        "--config-shapes",
+        action="store_true",
+        help="time the ActNormInvConv shapes of the shipped Glow configs (interleaved; --reps rounds, default 30)",
+    )
     args = parser.parse_args(argv)
 
     pin_precision()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.config_shapes:
+        config_shapes_report(args, argv, device)
+        return
     reps = args.reps or (3 if args.quick else 5)
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     sweep_total = 1 << (19 if args.quick else (25 if device.type == "cuda" else 23))

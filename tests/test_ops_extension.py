@@ -29,6 +29,17 @@ def params(c: int, dtype=torch.float64, device="cpu", seed: int = 0):
     return [t.to(device) for t in (ls, b, w, lad, w_inv)]
 
 
+CPU_PATHS = ["tiled", "folded"]
+
+
+@pytest.fixture(params=CPU_PATHS)
+def cpu_path(request, monkeypatch):
+    """Forces one CPU implementation (MRI_ANOMALY_CPU_PATH, read at each call): the tiled kernel, or the
+    folded batched GEMM that small inputs run."""
+    monkeypatch.setenv("MRI_ANOMALY_CPU_PATH", request.param)
+    return request.param
+
+
 def sample_inputs(dtype=torch.float64, device="cpu"):
     out = []
     for shape in SHAPES[:3]:
@@ -60,6 +71,8 @@ def test_build_info_describes_this_build():
         "cpu_tile_values": int,
         "cpu_tile_min_voxels": int,
         "cpu_tile_max_voxels": int,
+        "cpu_folded_max_sample_values": int,
+        "cpu_folded_min_voxels": int,
     }
     assert set(info) == set(types)
     for key, kind in types.items():
@@ -102,7 +115,7 @@ def test_opcheck_every_op(case):
 
 
 @pytest.mark.parametrize("shape", SHAPES[:3])
-def test_gradcheck_flow_step_all_inputs(shape):
+def test_gradcheck_flow_step_all_inputs(shape, cpu_path):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     ls, b, w, lad, _ = [t.requires_grad_() for t in params(shape[1])]
     assert torch.autograd.gradcheck(lambda *a: ops.flow_step(*a), (x, ls, b, w, lad))
@@ -117,7 +130,7 @@ def test_gradcheck_inverse_all_inputs():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # (1, 64, 2100): 2 voxel tiles of 2048; (2, 256, 5, 11, 11): 512-voxel tiles, 4 tiles per chunk.
 @pytest.mark.parametrize("shape", SHAPES + [(2, 40, 300), (1, 64, 2100), (2, 256, 5, 11, 11)])
-def test_every_op_matches_reference(shape, dtype):
+def test_every_op_matches_reference(shape, dtype, cpu_path):
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)
     x = torch.randn(shape, dtype=dtype)
     ls, b, w, lad, w_inv = params(shape[1], dtype)
@@ -125,8 +138,11 @@ def test_every_op_matches_reference(shape, dtype):
     y_ref, logdet_ref = ref.flow_step(x, ls, b, w, lad)
     torch.testing.assert_close(y, y_ref, **tol)
     torch.testing.assert_close(logdet, logdet_ref, **tol)
+    # A product with W^-1 carries rounding errors in proportion to its entries (up to ~8 at C = 256 here); the
+    # folded GEMM sums in another order than the reference, the tiled kernel in the same (hence equal errors).
+    inv_tol = dict(tol, atol=tol["atol"] * max(1.0, float(w_inv.abs().max())))
     torch.testing.assert_close(
-        ops.flow_step_inverse(y_ref, ls, b, w_inv), ref.flow_step_inverse(y_ref, ls, b, w_inv), **tol
+        ops.flow_step_inverse(y_ref, ls, b, w_inv), ref.flow_step_inverse(y_ref, ls, b, w_inv), **inv_tol
     )
     gy, gl = torch.randn_like(y), torch.randn_like(logdet)
     for got, want in zip(
@@ -142,7 +158,7 @@ def test_every_op_matches_reference(shape, dtype):
         torch.testing.assert_close(a, e, atol=1e-9, rtol=1e-12)
 
 
-def test_backward_from_output_equals_saved_input_and_round_trip():
+def test_backward_from_output_equals_saved_input_and_round_trip(cpu_path):
     x = torch.randn(2, 6, 5, 7, 3, dtype=torch.float64)
     ls, b, w, lad, w_inv = params(6)
     y, logdet = ops.flow_step(x, ls, b, w, lad)
@@ -172,7 +188,7 @@ def test_non_contiguous_inputs():
     assert y.is_contiguous()
 
 
-def test_deterministic_run_to_run_and_across_thread_counts():
+def test_deterministic_run_to_run_and_across_thread_counts(cpu_path):
     x = torch.randn(2, 16, 20, 20, 20)
     ls, b, w, lad, w_inv = params(16, torch.float32)
     y, logdet = ops.flow_step(x, ls, b, w, lad)
@@ -187,6 +203,66 @@ def test_deterministic_run_to_run_and_across_thread_counts():
                 assert torch.equal(a, e)
     finally:
         torch.set_num_threads(threads)
+
+
+def _all_outputs(x, ls, b, w, lad, w_inv, gy, gl):
+    y, logdet = ops.flow_step(x, ls, b, w, lad)
+    return (
+        y,
+        logdet,
+        ops.flow_step_inverse(y, ls, b, w_inv),
+        *ops.flow_step_backward(gy, gl, x, ls, b, w),
+        *ops.flow_step_backward_from_output(gy, gl, y, ls, b, w, w_inv),
+    )
+
+
+@pytest.mark.parametrize("side", ["at max values", "above max values", "at min voxels", "below min voxels"])
+def test_size_dispatch_picks_the_path_and_both_match_reference(side, monkeypatch):
+    """The forward and inverse of inputs of at most ``cpu_folded_max_sample_values`` values per sample with at least
+    ``cpu_folded_min_voxels`` voxels per sample run the folded GEMM, others the tiled kernel (the backward
+    always the tiled kernel): without MRI_ANOMALY_CPU_PATH the results equal (bitwise) those of the forced
+    path, and both paths agree with the reference on either side of each threshold."""
+    from mri_anomaly import _C
+
+    info = _C.build_info()
+    limit, min_voxels = info["cpu_folded_max_sample_values"], info["cpu_folded_min_voxels"]
+    c, n = 8, 2
+    voxels = {
+        "at max values": limit // c,
+        "above max values": limit // c + 1,
+        "at min voxels": min_voxels,
+        "below min voxels": min_voxels - 1,
+    }[side]
+    folded = c * voxels <= limit and voxels >= min_voxels
+    assert folded == side.startswith("at")
+    x = torch.randn(n, c, voxels)
+    ls, b, w, lad, w_inv = params(c, torch.float32)
+    gy, gl = torch.randn_like(x), torch.randn(n)
+    monkeypatch.delenv("MRI_ANOMALY_CPU_PATH", raising=False)
+    auto = _all_outputs(x, ls, b, w, lad, w_inv, gy, gl)
+    forced = {}
+    for path in CPU_PATHS:
+        monkeypatch.setenv("MRI_ANOMALY_CPU_PATH", path)
+        forced[path] = _all_outputs(x, ls, b, w, lad, w_inv, gy, gl)
+    for i, (a, e) in enumerate(zip(auto, forced["folded" if folded else "tiled"])):
+        assert torch.equal(a, e), i
+    for a, e in zip(auto[3:7], forced["tiled"][3:7]):  # flow_step_backward: always the tiled kernel
+        assert torch.equal(a, e)
+    # the reference in float64 (its float32 sums over 2^20 values are the less accurate side)
+    x64, ls64, b64, w64, lad64, w_inv64, gy64, gl64 = (t.double() for t in (x, ls, b, w, lad, w_inv, gy, gl))
+    y_ref, logdet_ref = ref.flow_step(x64, ls64, b64, w64, lad64)
+    want = (
+        y_ref,
+        logdet_ref,
+        x64,
+        *ref.flow_step_backward(gy64, gl64, x64, ls64, b64, w64),
+        *ref.flow_step_backward_from_output(gy64, gl64, y_ref, ls64, b64, w64, w_inv64),
+    )
+    for path in CPU_PATHS:
+        for i, (a, e) in enumerate(zip(forced[path], want)):
+            # parameter gradients are sums over 2^20 values of size ~sqrt(2^20): float32 inputs bound them to ~1e-6
+            atol = 1e-2 if i in (4, 5, 6, 9, 10, 11) else 1e-4
+            torch.testing.assert_close(a, e.float(), atol=atol, rtol=1e-4)
 
 
 def test_loop_gemm_path_matches_reference():
@@ -205,7 +281,8 @@ def test_loop_gemm_path_matches_reference():
         "    torch.testing.assert_close(a, e)\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, MRI_ANOMALY_CPU_GEMM="loops")
+    # (tiled: this small input would otherwise run the folded GEMM, which does not use the kernels' GEMM)
+    env = dict(os.environ, MRI_ANOMALY_CPU_GEMM="loops", MRI_ANOMALY_CPU_PATH="tiled")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

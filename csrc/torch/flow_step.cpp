@@ -4,6 +4,8 @@
 #include "torch/flow_step_checks.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -58,6 +60,44 @@ bool use_blas(int64_t voxels) {
   return blas_wanted && sgemm_ != nullptr && dgemm_ != nullptr && voxels < std::numeric_limits<int>::max();
 }
 
+// --- forward and inverse of mid-sized inputs: the folded formulation through ATen's batched GEMM ---
+//
+// y = W' x + b' with W' = W diag(exp(log_scale)), b' = W (exp(log_scale) * bias): one at::baddbmm over the
+// whole batch; the inverse likewise with diag(exp(-log_scale)) W^-1 and -bias. Used for inputs of at most
+// cpu::kFoldedMaxSampleValues values and at least cpu::kFoldedMinVoxels voxels per sample, where it beat the
+// tiled forward (csrc/kernels/flow_step_cpu.h; docs/benchmarks/flow_step-cpu-configs.md).
+// MRI_ANOMALY_CPU_PATH=tiled|folded overrides the choice by size, for benchmarks and tests (read at each
+// call, so that a test can switch it; a getenv is negligible next to the op).
+bool use_folded(int64_t N, int64_t C, int64_t V) {
+  const int64_t numel = N * C * V;
+  if (numel == 0) return false;  // the tiled kernel handles empty inputs
+  if (const char* env = std::getenv("MRI_ANOMALY_CPU_PATH")) {
+    if (std::strcmp(env, "tiled") == 0) return false;
+    if (std::strcmp(env, "folded") == 0) return true;
+  }
+  return C * V <= cpu::kFoldedMaxSampleValues && V >= cpu::kFoldedMinVoxels;  // per sample: batch-invariant
+}
+
+// x (N, C, *spatial) contiguous -> (N, C, V) view.
+at::Tensor flat3(const at::Tensor& t) { return t.view({t.size(0), t.size(1), checks::voxels(t)}); }
+
+at::Tensor forward_folded(const at::Tensor& x, const at::Tensor& log_scale, const at::Tensor& bias,
+                          const at::Tensor& weight) {
+  const at::Tensor x3 = flat3(x);
+  const int64_t N = x3.size(0), C = x3.size(1), V = x3.size(2);
+  const at::Tensor w = weight * log_scale.exp().unsqueeze(0);  // W diag(exp(s))
+  const at::Tensor b = at::mv(w, bias);                         // W (exp(s) * bias)
+  return at::baddbmm(b.view({1, C, 1}).expand({N, C, V}), w.expand({N, C, C}), x3).view(x.sizes());
+}
+
+at::Tensor inverse_folded(const at::Tensor& y, const at::Tensor& log_scale, const at::Tensor& bias,
+                          const at::Tensor& weight_inverse) {
+  const at::Tensor y3 = flat3(y);
+  const int64_t N = y3.size(0), C = y3.size(1), V = y3.size(2);
+  const at::Tensor w = weight_inverse * (-log_scale).exp().unsqueeze(1);  // diag(exp(-s)) W^-1
+  return at::baddbmm((-bias).view({1, C, 1}).expand({N, C, V}), w.expand({N, C, C}), y3).view(y.sizes());
+}
+
 template <typename T, typename Fn>
 void with_gemm(int64_t voxels, const Fn& fn) {
   if (use_blas(voxels)) {
@@ -74,6 +114,9 @@ std::tuple<at::Tensor, at::Tensor> flow_step_cpu(const at::Tensor& x_, const at:
   const at::Tensor x = x_.contiguous(), log_scale = log_scale_.contiguous(), bias = bias_.contiguous(),
                    weight = weight_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), V = checks::voxels(x);
+  if (use_folded(N, C, V)) {
+    return {forward_folded(x, log_scale, bias, weight), checks::logdet_of(log_scale, weight_logabsdet_, N, V)};
+  }
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "flow_step_cpu", [&] {
     with_gemm<scalar_t>(V, [&](const auto& gemm) {
@@ -92,6 +135,7 @@ at::Tensor flow_step_inverse_cpu(const at::Tensor& y_, const at::Tensor& log_sca
   const at::Tensor y = y_.contiguous(), log_scale = log_scale_.contiguous(), bias = bias_.contiguous(),
                    weight_inverse = weight_inverse_.contiguous();
   const int64_t N = y.size(0), C = y.size(1), V = checks::voxels(y);
+  if (use_folded(N, C, V)) return inverse_folded(y, log_scale, bias, weight_inverse);
   at::Tensor x = at::empty_like(y, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "flow_step_inverse_cpu", [&] {
     with_gemm<scalar_t>(V, [&](const auto& gemm) {
@@ -171,6 +215,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_moments_cpu(const at::Ten
   return {count, sums.slice(0, 0, C).clone(), sums.slice(0, C, 2 * C).clone()};
 }
 
+// --- autograd of flow_step, in C++ for every device ---
+//
+// The backward is the fused flow_step_backward op from the saved input. A C++ autograd kernel costs a few
+// microseconds per call where a Python one (torch.library.register_autograd) costs about a hundred, which
+// dominated the small layers of the shipped configs (docs/benchmarks/flow_step-cpu-configs.md).
+class FlowStepFunction : public torch::autograd::Function<FlowStepFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& log_scale, const at::Tensor& bias,
+                                                const at::Tensor& weight, const at::Tensor& weight_logabsdet) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("mri_anomaly::flow_step", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                         const at::Tensor&, const at::Tensor&,
+                                                                         const at::Tensor&)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, logdet] = op.call(x, log_scale, bias, weight, weight_logabsdet);
+    ctx->save_for_backward({x, log_scale, bias, weight});
+    return {y, logdet};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("mri_anomaly::flow_step_backward", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                const at::Tensor&)>();
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &log_scale = saved[1], &bias = saved[2], &weight = saved[3];
+    const at::Tensor grad_y = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(x);
+    const at::Tensor grad_logdet = grads[1].defined() ? grads[1].contiguous() : x.new_zeros({x.size(0)});
+    auto [grad_x, grad_log_scale, grad_bias, grad_weight] = op.call(grad_y, grad_logdet, x, log_scale, bias, weight);
+    const at::Tensor grad_logabsdet = (grad_logdet.sum() * double(checks::voxels(x))).reshape({});
+    return {grad_x, grad_log_scale, grad_bias, grad_weight, grad_logabsdet};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> flow_step_autograd(const at::Tensor& x, const at::Tensor& log_scale,
+                                                      const at::Tensor& bias, const at::Tensor& weight,
+                                                      const at::Tensor& weight_logabsdet) {
+  auto out = FlowStepFunction::apply(x, log_scale, bias, weight, weight_logabsdet);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(mri_anomaly, m) {
@@ -192,5 +282,7 @@ TORCH_LIBRARY_IMPL(mri_anomaly, CPU, m) {
   m.impl("flow_step_backward_from_output", &flow_step_backward_from_output_cpu);
   m.impl("channel_moments", &channel_moments_cpu);
 }
+
+TORCH_LIBRARY_IMPL(mri_anomaly, Autograd, m) { m.impl("flow_step", &flow_step_autograd); }
 
 }  // namespace mri_anomaly

@@ -52,6 +52,8 @@ pybind11::dict build_info() {
   info["cpu_tile_values"] = mri_anomaly::cpu::kTileValues;
   info["cpu_tile_min_voxels"] = mri_anomaly::cpu::kMinTileVoxels;
   info["cpu_tile_max_voxels"] = mri_anomaly::cpu::kMaxTileVoxels;
+  info["cpu_folded_max_sample_values"] = mri_anomaly::cpu::kFoldedMaxSampleValues;
+  info["cpu_folded_min_voxels"] = mri_anomaly::cpu::kFoldedMinVoxels;
   return info;
 }
 
@@ -62,5 +64,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info,
         "Build facts of this extension: version, torch_version (compiled against), compiler, with_cuda, "
         "cuda_archs, with_openmp, omp_max_threads (now), cpu_tile_values and cpu_tile_min/max_voxels "
-        "(the CPU kernel's voxel tiles).");
+        "(the CPU kernel's voxel tiles), cpu_folded_max_sample_values and cpu_folded_min_voxels (the "
+        "forward and inverse of samples of at most that many values and at least that many voxels "
+        "run the folded batched GEMM instead).");
 }

@@ -1,8 +1,9 @@
 """Fake (meta) kernels and autograd formulas of the compiled ``torch.ops.mri_anomaly`` ops.
 
 Imported by :mod:`mri_anomaly.ops` once ``mri_anomaly._C`` has loaded. The fake kernels give
-torch.compile / torch.export the output shapes (always contiguous, like the real kernels); the
-autograd formulas call the backward ops, so the backward stays one opaque fused op.
+torch.compile / torch.export the output shapes (always contiguous, like the real kernels). The autograd
+of ``flow_step`` is registered in C++ (``csrc/torch/flow_step.cpp``) and that of ``flow_step_inverse``
+here; both call backward ops or plain torch ops, so the backward of ``flow_step`` stays one opaque fused op.
 """
 
 from __future__ import annotations
@@ -93,35 +94,8 @@ def _channel_moments_fake(x):
 # --- autograd ---
 
 
-def _flow_step_setup_context(ctx, inputs, output):
-    x, log_scale, bias, weight, _ = inputs
-    ctx.save_for_backward(x, log_scale, bias, weight)
-
-
-def _flow_step_backward(ctx, grad_y, grad_logdet):
-    x, log_scale, bias, weight = ctx.saved_tensors
-    if grad_y is None:
-        grad_y = torch.zeros_like(x)
-    if grad_logdet is None:
-        grad_logdet = x.new_zeros((x.shape[0],))
-    grad_x, grad_log_scale, grad_bias, grad_weight = torch.ops.mri_anomaly.flow_step_backward.default(
-        grad_y.contiguous(), grad_logdet.contiguous(), x, log_scale, bias, weight
-    )
-    voxels = _spatial_numel(x)
-    grad_logabsdet = (grad_logdet.sum() * voxels).reshape(())
-    return grad_x, grad_log_scale, grad_bias, grad_weight, grad_logabsdet
-
-
-def _spatial_numel(t: torch.Tensor) -> int:
-    v = 1
-    for s in t.shape[2:]:
-        v *= s
-    return v
-
-
-torch.library.register_autograd(
-    f"{_LIB}::flow_step", _flow_step_backward, setup_context=_flow_step_setup_context
-)
+# flow_step's autograd is registered in C++ (csrc/torch/flow_step.cpp: a Python autograd kernel cost about
+# 100 us per call, which dominated small layers); its backward is the fused flow_step_backward op.
 
 
 def _inverse_setup_context(ctx, inputs, output):

@@ -7,8 +7,9 @@ float32 or float64; CPU, and CUDA where the extension was built with it. Per vox
     logdet[n] = V * (sum(log_scale) + weight_logabsdet)      # V = voxels per sample
 
 The ops live in ``torch.ops.mri_anomaly`` (compiled extension ``mri_anomaly._C``) with fake kernels
-and autograd formulas registered here, so they work under autograd, ``torch.compile`` and
-``torch.export``. Without the extension every function runs :mod:`mri_anomaly.ops.reference`
+registered here and autograd in C++ (``flow_step``) or here (``flow_step_inverse``), so they work under
+autograd, ``torch.compile`` and ``torch.export``. On CPU the forward and inverse of mid-sized samples run one
+folded batched GEMM and the rest the tiled kernel (``csrc/kernels/flow_step_cpu.h``; ``MRI_ANOMALY_CPU_PATH``). Without the extension every function runs :mod:`mri_anomaly.ops.reference`
 (the same maths in plain PyTorch) and a warning says so once.
 """
 

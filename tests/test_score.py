@@ -303,12 +303,12 @@ def test_score_command_exits_3_when_scans_failed_and_still_scores_the_rest(
 def test_a_bug_while_scoring_is_raised_not_recorded_as_a_bad_scan(
     trained_2d_run, demo_cohort, tmp_path, monkeypatch
 ):
-    import mri_anomaly.scoring.runner as runner
+    import mri_anomaly.scoring.volume as volume
 
     def broken_scorer(*args, **kwargs):
         raise RuntimeError("a bug in the scorer")
 
-    monkeypatch.setattr(runner, "raw_volume_scores_batch", broken_scorer)
+    monkeypatch.setattr(volume, "raw_volume_scores_batch", broken_scorer)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="a bug in the scorer"):
         score_datalist(trained_2d_run, demo_cohort, out, sections=("test",), save_maps=False, progress=False)
@@ -349,6 +349,7 @@ def test_3d_volumes_scored_in_batches_match_one_at_a_time(demo_cohort, tmp_path)
         run, demo_cohort, tmp_path / "one", sections=("test",), save_maps=False, progress=False
     )
     import mri_anomaly.scoring.runner as runner
+    import mri_anomaly.scoring.volume as volume
 
     batched_config = {**config, "score": {**config["score"], "batch_size": 3}}
     real_load_run = runner.load_run
@@ -358,7 +359,7 @@ def test_3d_volumes_scored_in_batches_match_one_at_a_time(demo_cohort, tmp_path)
         return method, batched_config, checkpoint
 
     forward_sizes = []
-    real_batch = runner.raw_volume_scores_batch
+    real_batch = volume.raw_volume_scores_batch
 
     def counting(method, cfg, items, device, want_maps):
         forward_sizes.append(len(items))
@@ -366,7 +367,7 @@ def test_3d_volumes_scored_in_batches_match_one_at_a_time(demo_cohort, tmp_path)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner, "load_run", load_with_batches)
-        mp.setattr(runner, "raw_volume_scores_batch", counting)
+        mp.setattr(volume, "raw_volume_scores_batch", counting)
         three = score_datalist(
             run, demo_cohort, tmp_path / "three", sections=("test",), save_maps=False, progress=False
         )

@@ -16,7 +16,7 @@ import torch
 from mri_anomaly.evaluation.thresholds import calibrate_thresholds, refuse_few_scans
 from mri_anomaly.scoring.items import PreprocessedItems, iterate_preprocessed
 from mri_anomaly.scoring.slice_norms import fit_slice_norms
-from mri_anomaly.scoring.volume import finish_volume_scores, raw_volume_scores_batch
+from mri_anomaly.scoring.volume import finish_volume_scores, raw_volume_scores_of
 from mri_anomaly.training import distributed
 from mri_anomaly.training.methods import AnomalyMethod
 
@@ -45,17 +45,7 @@ def score_items_in_memory(
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, total=len(shard), desc="score validation", unit="vol", dynamic_ncols=True)
-    per_pass = int(config["score"]["batch_size"]) if config["spatial_dims"] == 3 else 1
-    pending: list[tuple[int, Any]] = []
-
-    def score_pending() -> None:
-        raws = raw_volume_scores_batch(method, config, [d for _, d in pending], device, want_maps=False)
-        for (j, _), output in zip(pending, raws, strict=True):
-            index, item = shard[j]
-            out.append({"index": index, "subject_id": item.get("subject_id"), "output": output})
-        pending.clear()
-
-    for j, data, error in iterator:
+    for j, _, output, error in raw_volume_scores_of(method, config, iterator, device, want_maps=False):
         index, item = shard[j]
         if error is not None:
             print(f"warning: validation scan skipped: {error}")
@@ -68,11 +58,7 @@ def score_items_in_memory(
                 }
             )
             continue
-        pending.append((j, data))
-        if len(pending) >= per_pass:
-            score_pending()
-    if pending:
-        score_pending()
+        out.append({"index": index, "subject_id": item.get("subject_id"), "output": output})
     return out, errors
 
 

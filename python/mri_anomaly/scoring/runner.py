@@ -76,7 +76,7 @@ from mri_anomaly.scoring.volume import (
     RawVolumeScores,
     VolumeScores,
     finish_volume_scores,
-    raw_volume_scores_batch,
+    raw_volume_scores_of,
     slice_score_columns_of,
 )
 from mri_anomaly.training import distributed
@@ -312,34 +312,18 @@ def score_datalist(
                 raise
             record_error(base, error_text(err, item))
 
-    # 3D methods score score.batch_size volumes per forward pass; 2D methods batch the slices of one volume
-    per_pass = int(config["score"]["batch_size"]) if config["spatial_dims"] == 3 else 1
-    pending: list[tuple[int, Mapping[str, Any]]] = []
-
-    def score_pending() -> None:
-        raws = raw_volume_scores_batch(
-            method, config, [d for _, d in pending], device, bool(layout.map_names)
-        )
-        for (j, data), raw in zip(pending, raws, strict=True):
-            write_volume(j, data, raw)
-            if bar is not None:
-                bar.update(world if world > 1 else 1)
-        pending.clear()
-
-    for j, item_data, error in iterate_preprocessed(dataset, num_workers):
-        if error is not None:
+    for j, item_data, raw, error in raw_volume_scores_of(
+        method, config, iterate_preprocessed(dataset, num_workers), device, bool(layout.map_names)
+    ):
+        if error is None:
+            write_volume(j, item_data, raw)
+        else:
             section, _, item = mine[j]
             record_error(
                 {"subject_id": subject_id_of(item), "image": item.get("image", ""), "section": section}, error
             )
-            if bar is not None:
-                bar.update(world if world > 1 else 1)
-            continue
-        pending.append((j, item_data))
-        if len(pending) >= per_pass:
-            score_pending()
-    if pending:
-        score_pending()
+        if bar is not None:
+            bar.update(world if world > 1 else 1)
     if bar is not None:
         bar.close()
     scored, errors = counts["scored"], counts["errors"]

@@ -10,7 +10,7 @@ method on the whole volume) and keeps what it says before any calibration (:clas
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "finish_volume_scores",
     "raw_volume_scores",
     "raw_volume_scores_batch",
+    "raw_volume_scores_of",
     "score_volume",
     "slice_score_columns_of",
 ]
@@ -175,6 +176,40 @@ def raw_volume_scores_batch(
             )
         )
     return results
+
+
+def raw_volume_scores_of(
+    method,
+    config: Mapping[str, Any],
+    preprocessed: Iterable[tuple[int, Mapping[str, Any] | None, str | None]],
+    device: torch.device | str,
+    want_maps: bool,
+) -> Iterator[tuple[int, Mapping[str, Any] | None, RawVolumeScores | None, str | None]]:
+    """Score ``(index, item or None, error or None)`` triples as they come, a forward pass per
+    ``score.batch_size`` volumes (3D; 2D methods batch the slices of one volume).
+
+    Yields:
+        ``(index, item, raw scores, None)`` per scored item and ``(index, None, None, error)`` per unreadable
+        one; errors come at once, scored items when their batch is full (or at the end).
+    """
+    per_pass = int(config["score"]["batch_size"]) if config["spatial_dims"] == 3 else 1
+    pending: list[tuple[int, Mapping[str, Any]]] = []
+    for index, item, error in preprocessed:
+        if error is not None:
+            yield index, None, None, error
+            continue
+        pending.append((index, item))
+        if len(pending) >= per_pass:
+            yield from _score_pending(method, config, pending, device, want_maps)
+    if pending:
+        yield from _score_pending(method, config, pending, device, want_maps)
+
+
+def _score_pending(method, config, pending: list, device, want_maps: bool):
+    raws = raw_volume_scores_batch(method, config, [item for _, item in pending], device, want_maps)
+    done = [(index, item, raw, None) for (index, item), raw in zip(pending, raws, strict=True)]
+    pending.clear()
+    return done
 
 
 def raw_volume_scores(

@@ -54,7 +54,8 @@ def _base() -> dict:
 def test_valid_config_gets_defaults():
     cfg = validate_config(_base())
     assert cfg["in_channels"] == 1
-    assert cfg["train"]["phases"]["train"] == {"steps": 3, "lr": 1e-3, "weight_decay": 0.0}
+    assert cfg["train"]["phases"]["train"] == {"steps": 3, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0}
+    assert cfg["train"]["augment"] is None
     assert cfg["score"]["specificity"] == 0.95 and cfg["score"]["top_k"] == 5
     assert cfg["slices"]["min_brain_fraction"] == 0.05
 
@@ -176,7 +177,7 @@ def test_glow_levels_that_do_not_fit_the_grid_are_reported_on_load_with_the_othe
     with pytest.raises(ConfigError) as info:  # 40 x 48 x 40 is not a multiple of 2**4
         load_config(config, ["model.levels=4", "in_channels=2", "train.batch_sise=2"])
     assert info.value.problems == [
-        "train.batch_sise: unknown key (allowed: batch_size, checkpoint_every, grad_clip, init_batches, log_every, "
+        "train.batch_sise: unknown key (allowed: augment, batch_size, checkpoint_every, grad_clip, init_batches, log_every, "
         "max_consecutive_skips, num_workers, phases)",
         "in_channels: 2, but the preprocessing gives 1-channel images (one image file per datalist item); set in_channels: 1",
         "preprocessing.spatial_size: [40, 48, 40] is not divisible by 16, which model.levels=4 (each level halves every "

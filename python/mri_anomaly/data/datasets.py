@@ -207,11 +207,14 @@ class VolumeDataset(torch.utils.data.Dataset):
             if augment is None or isinstance(augment, Compose)
             else Compose(list(augment) if isinstance(augment, Sequence) else [augment])
         )
+        self.augment = aug
         chain: list[Any] = [_Guarded(det)]
         if aug is not None:
             chain.append(_GuardedRandom(aug))
         full = Compose(chain)
         full.set_random_state(seed=seed)
+        if aug is not None:
+            aug.set_random_state(seed=seed)
         if cache == "auto":
             n_keys = 2 + int(self.config.get("brain_mask_key") is not None)
             cache = (
@@ -239,6 +242,11 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self._ds)
+
+    def set_random_state(self, seed: int) -> None:
+        """Seed ``augment`` (the cached preprocessing is deterministic and needs no seed)."""
+        if self.augment is not None:
+            self.augment.set_random_state(seed=seed % (2**32))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
@@ -284,16 +292,23 @@ class SliceDataset(torch.utils.data.Dataset):
         volumes: the volume dataset (its augmentation, if any, runs on each access).
         min_brain_fraction: minimum fraction of brain voxels in a kept slice (0 keeps all).
         brain_threshold: intensity above which a voxel counts as brain.
+        augment: random 2D transforms of each slice item (``image``/``mask`` (1, H, W)) on every access, e.g.
+            :func:`~mri_anomaly.data.augmentation.mri_augmentation`; seeded by :meth:`set_random_state`.
 
     Items: see the module docstring (``image``/``mask`` are plain (1, H, W) tensors).
     """
 
     def __init__(
-        self, volumes: VolumeDataset, min_brain_fraction: float = 0.1, brain_threshold: float = 0.0
+        self,
+        volumes: VolumeDataset,
+        min_brain_fraction: float = 0.1,
+        brain_threshold: float = 0.0,
+        augment: Callable | None = None,
     ) -> None:
         if not 0.0 <= min_brain_fraction <= 1.0:
             raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}")
         self.volumes = volumes
+        self.augment = augment
         self.min_brain_fraction = min_brain_fraction
         self.brain_threshold = brain_threshold
         self.index: list[tuple[int, int]] = []
@@ -328,7 +343,15 @@ class SliceDataset(torch.utils.data.Dataset):
             out["slice_label"] = int(bool((m > 0.5).any()))
         else:
             out["slice_label"] = 0 if d["label"] == 0 else -1
+        if self.augment is not None:
+            out = dict(self.augment(out))
         return out
+
+    def set_random_state(self, seed: int) -> None:
+        """Seed the slice ``augment`` and the volumes' own (each sample's draws then depend on ``seed`` only)."""
+        if self.augment is not None and hasattr(self.augment, "set_random_state"):
+            self.augment.set_random_state(seed=seed % (2**32))
+        self.volumes.set_random_state(seed)
 
     def volume_slices(self, v: int) -> list[int]:
         """The kept slice indices of volume ``v``."""

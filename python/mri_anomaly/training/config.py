@@ -13,13 +13,16 @@ and seed::
     model: {...}                  # keyword arguments of the method class's __init__
     train:
       batch_size: 4
-      phases: {<phase>: {steps: 100, lr: 1.0e-3, weight_decay: 0.0}}   # exactly the method's phases
+      phases: {<phase>: {steps: 100, lr: 1.0e-3, weight_decay: 0.0, warmup_steps: 0}}   # exactly the method's
+                                  # phases; the lr rises linearly over the first warmup_steps steps
       grad_clip: 50.0             # max global gradient norm (null: no clipping)
       num_workers: 0
       log_every: 10
       checkpoint_every: 50
       max_consecutive_skips: 20   # abort when this many steps in a row have a non-finite loss/gradient
       init_batches: 4             # batches begin_phase sees for data-dependent init
+      augment: null               # true, or {prob, rotate_deg, scale, translate_voxels, bias_field, gamma,
+                                  # intensity_scale}: mri_anomaly.data.augmentation (null/false: none)
     score:
       specificity: 0.95           # thresholds flag at most 5 % of healthy validation scans
       batch_size: 32              # slices (2D) or volumes (3D) per forward pass when scoring
@@ -49,6 +52,7 @@ from typing import Any
 import yaml
 
 from mri_anomaly.config_checks import ConfigChecker, is_int, is_number, type_name
+from mri_anomaly.data.augmentation import augment_config_problems
 from mri_anomaly.errors import UserInputError
 
 __all__ = [
@@ -76,8 +80,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 50,
     "max_consecutive_skips": 20,
     "init_batches": 4,
+    "augment": None,
 }
-PHASE_DEFAULTS: dict[str, Any] = {"steps": 100, "lr": 1.0e-3, "weight_decay": 0.0}
+PHASE_DEFAULTS: dict[str, Any] = {"steps": 100, "lr": 1.0e-3, "weight_decay": 0.0, "warmup_steps": 0}
 SCORE_DEFAULTS: dict[str, Any] = {
     "specificity": 0.95,
     "batch_size": 32,
@@ -347,6 +352,7 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.int_(train, "checkpoint_every", "train.", minimum=1)
         chk.int_(train, "max_consecutive_skips", "train.", minimum=1)
         chk.int_(train, "init_batches", "train.", minimum=1)
+        chk.problems.extend(augment_config_problems(train.get("augment")))
         chk.number(
             train,
             "grad_clip",
@@ -378,6 +384,7 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
                 chk.int_(phase, "steps", where, minimum=0)
                 chk.number(phase, "lr", where, lambda v: v > 0, "must be > 0")
                 chk.number(phase, "weight_decay", where, lambda v: v >= 0, "must be >= 0")
+                chk.int_(phase, "warmup_steps", where, minimum=0)
                 filled_phases[name] = {**PHASE_DEFAULTS, **phase}
         cfg["train"] = {**TRAIN_DEFAULTS, **train, "phases": filled_phases}
 

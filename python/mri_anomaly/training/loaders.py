@@ -200,23 +200,43 @@ def build_dataset(
     (:class:`mri_anomaly.data.SliceDataset`). A bad file raises an ``InputFileError`` naming it: training
     data must be readable (scoring, in contrast, records bad files and goes on).
 
+    With ``train`` and ``train.augment`` set, :func:`~mri_anomaly.data.augmentation.mri_augmentation` runs on every
+    access after the cache (on slices for 2D configs, on volumes for 3D), seeded per sample by
+    :class:`SeededSampleDataset`.
+
     Args:
-        config: a validated config. items: datalist items of one section. train: unused (no augmentation).
+        config: a validated config. items: datalist items of one section.
+        train: a training dataset (augmented when the config asks for it).
         cache_dir: folder of the disk cache when the volumes do not fit in memory (default: a temporary folder).
 
     Returns:
         a map-style dataset of dict items (``image`` (1, H, W[, D]) float32 in [0, 1], ``label``, ``semi_target``, ``mask``...).
     """
     from mri_anomaly.data import SliceDataset, VolumeDataset
+    from mri_anomaly.data.augmentation import mri_augmentation, resolve_augment_config
+    from mri_anomaly.data.preprocessing import resolve_preprocessing_config
 
+    preprocessing_config = config.get("preprocessing") or {}
+    options = resolve_augment_config((config.get("train") or {}).get("augment")) if train else None
+    augment = None
+    if options is not None:
+        clip = bool(resolve_preprocessing_config(preprocessing_config)["intensity"].get("clip", True))
+        augment = mri_augmentation(
+            options, config["spatial_dims"], clip=clip, plain_tensors=config["spatial_dims"] == 2
+        )
     volumes = VolumeDataset(
         items,
-        preprocessing_config=config.get("preprocessing") or {},
+        preprocessing_config=preprocessing_config,
+        augment=augment if config["spatial_dims"] == 3 else None,
         cache="auto",
         on_error="raise",
         seed=int(config.get("seed", 0)),
         cache_dir=cache_dir,
     )
     if config["spatial_dims"] == 2:
-        return SliceDataset(volumes, min_brain_fraction=float(config["slices"]["min_brain_fraction"]))
+        return SliceDataset(
+            volumes,
+            min_brain_fraction=float(config["slices"]["min_brain_fraction"]),
+            augment=augment,
+        )
     return volumes

@@ -74,6 +74,17 @@ class TrainResult:
     thresholds: dict[str, float] = field(default_factory=dict)
 
 
+def _phase_lr(phase_cfg: dict[str, Any], phase_step: int) -> float:
+    """The learning rate of step ``phase_step`` (0-based): linear warm-up over ``warmup_steps``, then ``lr``.
+
+    A function of the step only, so a resumed run follows the same schedule (the optimiser's saved ``lr`` is
+    overwritten before every step)."""
+    warmup = int(phase_cfg.get("warmup_steps", 0))
+    if warmup <= 0 or phase_step >= warmup:
+        return float(phase_cfg["lr"])
+    return float(phase_cfg["lr"]) * (phase_step + 1) / warmup
+
+
 def move_batch(batch: Batch, device: torch.device) -> Batch:
     """Tensors of a collated batch to ``device`` (other entries untouched)."""
     return {
@@ -489,6 +500,9 @@ class Trainer:
                 batch = move_batch(next(batches), self.device)
                 general_batch = move_batch(next(general), self.device) if general is not None else None
                 optimizer.zero_grad(set_to_none=True)
+                lr = _phase_lr(phase_cfg, phase_step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 loss = model(phase, batch, general_batch)
                 skip = distributed.all_reduce_any(not bool(torch.isfinite(loss.detach()).all()), self.device)
                 if not skip:
@@ -533,7 +547,7 @@ class Trainer:
                             "phase_step": progress["phase_step"],
                             "loss": f"{mean_loss:.6g}",
                             "grad_norm": f"{grad_norm_last:.6g}",
-                            "lr": phase_cfg["lr"],
+                            "lr": f"{_phase_lr(phase_cfg, phase_step):.6g}",
                             "skipped_steps": progress["skipped_steps"],
                             "seconds": f"{time.time() - start_time:.2f}",
                         }

@@ -98,6 +98,8 @@ class Glow(nn.Module):
         prior: ``"per_dimension"`` (paper; fixes the input size at :meth:`initialize`) or ``"per_channel"``.
         prior_min_std: floor on the latent std at the priors' data-dependent init (see
             :class:`~mri_anomaly.flows.LatentPrior`).
+        prior_shrinkage: pseudo-count pulling a per-dimension prior's init towards per-channel moments (see
+            :class:`~mri_anomaly.flows.LatentPrior`; 0: none).
 
     Raises:
         ValueError: invalid arguments (named in the message).
@@ -114,6 +116,7 @@ class Glow(nn.Module):
         memory_efficient: bool = False,
         prior: str = "per_dimension",
         prior_min_std: float = 0.05,
+        prior_shrinkage: float = 0.0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -157,7 +160,9 @@ class Glow(nn.Module):
             )
             latent = channels // 2 if level < self.levels - 1 else channels
             self.latent_channels.append(latent)
-            self.priors.append(LatentPrior(latent, spatial_dims, prior, min_std=prior_min_std))
+            self.priors.append(
+                LatentPrior(latent, spatial_dims, prior, min_std=prior_min_std, shrinkage=prior_shrinkage)
+            )
             channels -= latent
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("input_size", torch.zeros(spatial_dims, dtype=torch.long))

@@ -135,6 +135,8 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
         memory_efficient: invertible backprop (activation memory flat in ``steps``).
         prior: ``"per_dimension"`` (paper) or ``"per_channel"`` (any input size).
         prior_min_std: floor on the latent std at the priors' init (see :class:`~mri_anomaly.flows.LatentPrior`).
+        prior_shrinkage: pseudo-count pulling a per-dimension prior's init towards per-channel moments (see
+            :class:`~mri_anomaly.flows.LatentPrior`; 0: none).
         n_bins: quantisation levels of the [0, 1] images.
 
     Raises:
@@ -157,6 +159,7 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
         memory_efficient: bool = False,
         prior: str = "per_dimension",
         prior_min_std: float = 0.05,
+        prior_shrinkage: float = 0.0,
         n_bins: int = N_BINS,
     ) -> None:
         super().__init__(spatial_dims, in_channels)
@@ -173,6 +176,7 @@ class GlowMethod(_GlowScoring, AnomalyMethod):
             memory_efficient=memory_efficient,
             prior=prior,
             prior_min_std=prior_min_std,
+            prior_shrinkage=prior_shrinkage,
         )
 
     def begin_phase(self, phase: str, batches: Iterable[Batch]) -> None:
@@ -210,6 +214,8 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         memory_efficient: invertible backprop (activation memory flat in ``steps``).
         prior: ``"per_dimension"`` (paper) or ``"per_channel"`` (any input size).
         prior_min_std: floor on the latent std at the priors' init (see :class:`~mri_anomaly.flows.LatentPrior`).
+        prior_shrinkage: pseudo-count pulling a per-dimension prior's init towards per-channel moments (see
+            :class:`~mri_anomaly.flows.LatentPrior`; 0: none).
         n_bins: quantisation levels of the [0, 1] images.
         outlier_weight: w of the outlier loss on general batches in phase ``"in"`` (0 disables it and the
             general batches).
@@ -235,6 +241,7 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
         memory_efficient: bool = False,
         prior: str = "per_dimension",
         prior_min_std: float = 0.05,
+        prior_shrinkage: float = 0.0,
         n_bins: int = N_BINS,
         outlier_weight: float = 2.8,
         outlier_temperature: float = 0.33,
@@ -257,6 +264,7 @@ class GlowRatioMethod(_GlowScoring, AnomalyMethod):
             memory_efficient=memory_efficient,
             prior=prior,
             prior_min_std=prior_min_std,
+            prior_shrinkage=prior_shrinkage,
         )
         self.general = Glow(spatial_dims, in_channels, **glow_args)
         self.in_distribution = Glow(spatial_dims, in_channels, **glow_args)

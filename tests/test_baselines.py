@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from mri_anomaly.data import TINY_PREPROCESSING
+from mri_anomaly.scoring.maps import map_region, map_volume_scores
 from mri_anomaly.training import Trainer, validate_config
 from mri_anomaly.training.methods import available_methods, get_method_class
 
@@ -20,6 +21,11 @@ def test_baselines_are_registered():
     assert {"intensity", "normative"} <= set(available_methods())
 
 
+def _q999(out, name: str, image: torch.Tensor) -> float:
+    """The volume score the scoring layer makes from a baseline's map (no erosion)."""
+    return map_volume_scores({name: out.maps[name][0]}, map_region(image[0], (0, 0, 0)))[f"{name}_q999"]
+
+
 def test_intensity_map_and_quantiles_over_brain_by_hand():
     method = get_method_class("intensity")(spatial_dims=3)
     rng = np.random.default_rng(0)
@@ -27,15 +33,14 @@ def test_intensity_map_and_quantiles_over_brain_by_hand():
     x[1:5, 1:5, 1:5] = rng.uniform(0.1, 1.0, (4, 4, 4))  # brain: 64 voxels > 0; the background is 0
     out = method.score({"image": _volume(x)})
     assert torch.equal(out.maps["intensity"], _volume(x))
+    assert out.scores == {}  # its volume score is made from the map, as for every method
     brain = x[x > 0]
-    assert out.scores["intensity_q99"].item() == pytest.approx(np.quantile(brain, 0.99), rel=1e-6)
-    assert out.scores["intensity_q999"].item() == pytest.approx(np.quantile(brain, 0.999), rel=1e-6)
-    # the background does not count: a huge box around the same brain gives the same scores
+    assert _q999(out, "intensity", _volume(x)) == pytest.approx(np.quantile(brain, 0.999), rel=1e-6)
+    # the background does not count: a huge box around the same brain gives the same score
     big = np.zeros((12, 12, 12))
     big[1:5, 1:5, 1:5] = x[1:5, 1:5, 1:5]
-    assert method.score({"image": _volume(big)}).scores["intensity_q99"].item() == pytest.approx(
-        np.quantile(brain, 0.99), rel=1e-6
-    )
+    out_big = method.score({"image": _volume(big)})
+    assert _q999(out_big, "intensity", _volume(big)) == pytest.approx(np.quantile(brain, 0.999), rel=1e-6)
 
 
 def test_normative_statistics_and_z_map_by_hand():
@@ -55,7 +60,7 @@ def test_normative_statistics_and_z_map_by_hand():
     out = method.score({"image": test})
     expected = [abs(1.35 - 1.05) / (1.4826 * 0.1), abs(1.9 - 2.0) / 0.05]
     assert out.maps["abs_z"].flatten().tolist() == pytest.approx(expected, rel=1e-5)
-    assert out.scores["abs_z_q99"].item() == pytest.approx(np.quantile(expected, 0.99), rel=1e-5)
+    assert _q999(out, "abs_z", test) == pytest.approx(np.quantile(expected, 0.999), rel=1e-5)
     # fitted once: a second begin_phase (a resumed run) keeps the statistics
     method.begin_phase("fit", [{"image": torch.zeros(1, 1, 2, 1, 1)}])
     assert method.center.flatten().tolist() == pytest.approx([1.05, 2.0])
@@ -100,7 +105,7 @@ def test_normative_trains_on_every_training_volume_and_calibrates(demo_cohort, t
     from mri_anomaly.runs import load_run
 
     result = Trainer(_baseline_config("normative"), demo_cohort, tmp_path / "run", progress=False).fit()
-    assert result.completed and set(result.thresholds) == {"abs_z_q99", "abs_z_q999"}
+    assert result.completed and set(result.thresholds) == {"abs_z_q999"}
     method, config, _ = load_run(tmp_path / "run")
     items = load_datalist(demo_cohort)["training"]
     volumes = VolumeDataset(items, preprocessing_config=config["preprocessing"], cache="none")
@@ -115,7 +120,7 @@ def test_fit_only_method_with_steps_is_a_clear_error(demo_cohort, tmp_path):
 
 
 def test_normative_has_no_norm_outside_the_median_brain():
-    """A voxel that is background in most training volumes (median 0) gets map 0 and is left out of the scores."""
+    """A voxel that is background in most training volumes (median 0) gets map 0, the least anomalous value."""
     method = get_method_class("normative")(spatial_dims=3, min_std=0.05)
     healthy = np.array([[1.0, 0.0], [1.2, 0.0], [0.7, 0.6], [1.1, 0.0]])  # voxel 1: brain in 1 of 4 volumes
     method.begin_phase(
@@ -128,4 +133,4 @@ def test_normative_has_no_norm_outside_the_median_brain():
     assert out.maps["abs_z"].flatten().tolist() == pytest.approx(
         [inside, 0.0], rel=1e-5
     )  # not 0.9 / 0.05 = 18
-    assert out.scores["abs_z_q99"].item() == pytest.approx(inside, rel=1e-5)  # voxel 1 is not scored
+    assert _q999(out, "abs_z", test) == pytest.approx(0.999 * inside, rel=1e-5)  # quantile of [0, inside]

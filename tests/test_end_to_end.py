@@ -99,12 +99,14 @@ def test_train_then_score(config_path, demo_cohort, tmp_path):
     assert len(rows) == len(data["validation"]) + len(data["test"])
     assert not read_csv(out / "errors.csv")
     meta = json.loads((out / "score_meta.json").read_text())
+    map_columns = [f"{m}_q999" for m in method.map_names]  # every map's high quantile (scoring.maps)
     if raw["spatial_dims"] == 2:  # slice-wise: every slice score aggregated three ways
-        assert meta["score_columns"] == [
-            f"{s}_{a}" for s in method.score_names for a in ("mean", "max", "top3_mean")
-        ]
+        assert (
+            meta["score_columns"]
+            == [f"{s}_{a}" for s in method.score_names for a in ("mean", "max", "top3_mean")] + map_columns
+        )
     else:  # volume-wise: the method's own scores, plus the slice profile of each map
-        assert meta["score_columns"] == list(method.score_names)
+        assert meta["score_columns"] == list(method.score_names) + map_columns
         assert meta["slice_score_columns"] == [
             f"{m}_slice_{method.slice_statistic}" for m in method.map_names
         ]

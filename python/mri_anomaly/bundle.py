@@ -169,12 +169,9 @@ def write_bundle_metadata(
         thresholds = {k: float(v) for k, v in (checkpoint.get("thresholds") or {}).items()}
         info = dict(checkpoint.get("threshold_info") or {})
     pre = resolve_preprocessing_config(config.get("preprocessing"))
-    if config["spatial_dims"] == 2:
-        from mri_anomaly.scoring.aggregate import aggregated_names
+    from mri_anomaly.scoring.volume import volume_score_columns_of
 
-        columns = [c for s in cls.score_names for c in aggregated_names(s, int(config["score"]["top_k"]))]
-    else:
-        columns = list(cls.score_names)
+    columns = volume_score_columns_of(cls, config)
     meta.update(
         {
             "monai_version": monai.__version__,

@@ -134,15 +134,10 @@ class Detector:
     @property
     def score_columns_(self) -> list[str]:
         """Every volume score column of the run, in ``scores.csv`` order."""
-        from mri_anomaly.scoring.aggregate import aggregated_names
+        from mri_anomaly.scoring.volume import volume_score_columns_of
         from mri_anomaly.training.methods import get_method_class
 
-        cls = get_method_class(self.config_["method"])
-        if self.config_["spatial_dims"] == 2:
-            return [
-                c for s in cls.score_names for c in aggregated_names(s, int(self.config_["score"]["top_k"]))
-            ]
-        return list(cls.score_names)
+        return volume_score_columns_of(get_method_class(self.config_["method"]), self.config_)
 
     @property
     def threshold_(self) -> float | None:

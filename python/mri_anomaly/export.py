@@ -67,14 +67,6 @@ class _ScoreProgram(nn.Module):
         return dict(out.scores), dict(out.maps)
 
 
-def _score_columns(config: Mapping[str, Any], score_names: list[str]) -> list[str]:
-    from mri_anomaly.scoring.aggregate import aggregated_names
-
-    if config["spatial_dims"] == 2:
-        return [c for s in score_names for c in aggregated_names(s, int(config["score"]["top_k"]))]
-    return list(score_names)
-
-
 def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Export the run in ``run_dir`` to ``out_path`` (``.pt2``) with its thresholds and preprocessing.
 
@@ -130,7 +122,9 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     # the per-position slice norms fitted on the healthy validation scans (score_volume standardises with them)
     slice_norms = run_slice_norms(run, checkpoint)
     cls = type(method)
-    columns = _score_columns(config, list(cls.score_names))
+    from mri_anomaly.scoring.volume import volume_score_columns_of
+
+    columns = volume_score_columns_of(cls, config)
     metadata = {
         "format": FORMAT,
         "method": config["method"],

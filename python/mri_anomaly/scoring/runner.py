@@ -54,7 +54,6 @@ from mri_anomaly.data.preprocessing import CROP_FRACTION_KEY
 from mri_anomaly.errors import UserInputError
 from mri_anomaly.files import atomic_write_json, atomic_write_with
 from mri_anomaly.runs import load_run, run_fingerprint, run_slice_norms, run_thresholds
-from mri_anomaly.scoring.aggregate import aggregated_names
 from mri_anomaly.scoring.items import PreprocessedItems, error_text, iterate_preprocessed
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 from mri_anomaly.scoring.slice_norms import RULE as SLICE_NORMS_RULE
@@ -78,6 +77,7 @@ from mri_anomaly.scoring.volume import (
     finish_volume_scores,
     raw_volume_scores_of,
     slice_score_columns_of,
+    volume_score_columns_of,
 )
 from mri_anomaly.training import distributed
 from mri_anomaly.training.checkpoint import versions
@@ -119,11 +119,7 @@ class _Layout:
         has_label: bool,
     ) -> _Layout:
         kind = type(method)
-        top_k = int(config["score"]["top_k"])
-        if config["spatial_dims"] == 2:
-            score_columns = [c for s in kind.score_names for c in aggregated_names(s, top_k)]
-        else:
-            score_columns = list(kind.score_names)
+        score_columns = volume_score_columns_of(kind, config)
         map_names = list(kind.map_names) if save_maps else []
         flags = [f"flag:{c}" for c in score_columns if c in thresholds]
         score_header = [

@@ -19,6 +19,13 @@ import torch
 from mri_anomaly.data import slice_brain_fractions
 from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label
 from mri_anomaly.scoring.brain import slice_brain_statistic
+from mri_anomaly.scoring.maps import (
+    erosion_voxels,
+    map_region,
+    map_score_columns,
+    map_volume_scores,
+    restrict_map,
+)
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 from mri_anomaly.scoring.slice_norms import standardise_slice_scores
 
@@ -31,6 +38,7 @@ __all__ = [
     "raw_volume_scores_of",
     "score_volume",
     "slice_score_columns_of",
+    "volume_score_columns_of",
 ]
 
 
@@ -57,7 +65,7 @@ class RawVolumeScores:
     """What the model says about one volume, before slice standardisation and aggregation (what calibration
     fits slice norms and thresholds on)."""
 
-    volume_scores: dict[str, float]  # 3D methods; empty for 2D (aggregated from slices)
+    volume_scores: dict[str, float]  # 3D methods' scores, and every method's map scores (<map>_q999)
     slice_scores: dict[str, torch.Tensor]  # {column: (D,)} raw
     maps: dict[str, torch.Tensor]
     fraction: torch.Tensor  # (D,) brain fraction
@@ -75,6 +83,30 @@ def slice_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
     if config["spatial_dims"] == 2:
         return list(method_cls.score_names)
     return [f"{m}_slice_{method_cls.slice_statistic}" for m in method_cls.map_names]
+
+
+def volume_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
+    """Columns of ``scores.csv`` (volume scores), in order: 2D — each slice score's aggregates
+    (:func:`~mri_anomaly.scoring.aggregate.aggregated_names`); 3D — the method's scores; then ``<map>_q999`` for
+    each voxel map (:mod:`mri_anomaly.scoring.maps`)."""
+    from mri_anomaly.scoring.aggregate import aggregated_names
+
+    if config["spatial_dims"] == 2:
+        top_k = int(config["score"]["top_k"])
+        columns = [c for s in method_cls.score_names for c in aggregated_names(s, top_k)]
+    else:
+        columns = list(method_cls.score_names)
+    return columns + map_score_columns(method_cls.map_names)
+
+
+def _from_maps(
+    maps: Mapping[str, torch.Tensor], image: torch.Tensor, config: Mapping[str, Any]
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The map volume scores and the maps restricted to the scored region (:mod:`mri_anomaly.scoring.maps`)."""
+    if not maps:
+        return {}, {}
+    region = map_region(image, erosion_voxels(config))
+    return map_volume_scores(maps, region), {name: restrict_map(m, region) for name, m in maps.items()}
 
 
 def _volume_context(
@@ -103,7 +135,8 @@ def _slice_wise(
     device: torch.device,
     want_maps: bool,
 ) -> RawVolumeScores:
-    """A 2D method on the volume's axial slices, ``score.batch_size`` slices per forward pass."""
+    """A 2D method on the volume's axial slices, ``score.batch_size`` slices per forward pass; the maps are
+    assembled into volumes (their volume scores need them even when they are not kept)."""
     slices = image.permute(3, 0, 1, 2).contiguous()  # (D, C, H, W)
     chunk = int(config["score"]["batch_size"])
     parts_scores: dict[str, list[torch.Tensor]] = {}
@@ -115,15 +148,20 @@ def _slice_wise(
         )
         for name, s in out.scores.items():
             parts_scores.setdefault(name, []).append(s.detach().double().cpu().reshape(-1))
-        if want_maps:
-            for name, m in out.maps.items():
-                parts_maps.setdefault(name, []).append(m.detach().float().cpu())
+        for name, m in out.maps.items():
+            parts_maps.setdefault(name, []).append(m.detach().float().cpu())
     slice_columns = {name: nonfinite_to_most_anomalous(torch.cat(v)) for name, v in parts_scores.items()}
     maps = {
         name: torch.cat(v).permute(1, 2, 3, 0).contiguous() for name, v in parts_maps.items()
     }  # (1, H, W, D)
+    map_scores, maps = _from_maps(maps, image, config)
     return RawVolumeScores(
-        {}, slice_columns, maps, context["fraction"], context["counted"], context["labels"]
+        map_scores,
+        slice_columns,
+        maps if want_maps else {},
+        context["fraction"],
+        context["counted"],
+        context["labels"],
     )
 
 
@@ -168,8 +206,11 @@ def raw_volume_scores_batch(
             slice_columns[f"{name}_slice_{statistic}"] = slice_brain_statistic(
                 nonfinite_to_most_anomalous(volume_map), image, statistic
             )
-            if want_maps:
-                maps[name] = volume_map
+            maps[name] = volume_map
+        map_scores, maps = _from_maps(maps, image, config)
+        volume_scores.update(map_scores)
+        if not want_maps:
+            maps = {}
         results.append(
             RawVolumeScores(
                 volume_scores, slice_columns, maps, context["fraction"], context["counted"], context["labels"]
@@ -227,6 +268,7 @@ def finish_volume_scores(
     slice_columns = standardise_slice_scores(output.slice_scores, slice_norms, output.fraction)
     if config["spatial_dims"] == 2:
         scores = aggregate_slice_scores(slice_columns, output.counted, int(config["score"]["top_k"]))
+        scores.update(output.volume_scores)
     else:
         scores = dict(output.volume_scores)
     rows = []

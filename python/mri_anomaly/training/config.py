@@ -30,6 +30,8 @@ and seed::
       save_maps: true
       allow_few_calibration_scans: false   # store thresholds from fewer healthy validation scans than the
                                            # specificity needs (20 for 0.95); otherwise none are stored
+      map_erosion_mm: 0.0         # voxel maps count inside the brain minus a rim this thick: the maps written
+                                  # and their volume scores <map>_q999 (mri_anomaly.scoring.maps)
 
 Every problem (unknown key, wrong type, impossible value) is collected and reported in one
 :class:`ConfigError`. When every part is valid on its own, the parts are checked against each other: the
@@ -89,6 +91,7 @@ SCORE_DEFAULTS: dict[str, Any] = {
     "top_k": 5,
     "save_maps": True,
     "allow_few_calibration_scans": False,
+    "map_erosion_mm": 0.0,
 }
 SLICES_DEFAULTS: dict[str, Any] = {"min_brain_fraction": 0.05}
 TOP_LEVEL_DEFAULTS: dict[str, Any] = {"in_channels": 1, "seed": 0}
@@ -396,6 +399,7 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
         chk.int_(score, "top_k", "score.", minimum=1)
         chk.bool_(score, "save_maps", "score.")
         chk.bool_(score, "allow_few_calibration_scans", "score.")
+        chk.number(score, "map_erosion_mm", "score.", lambda v: 0.0 <= v <= 50.0, "must be in [0, 50]")
         cfg["score"] = {**SCORE_DEFAULTS, **score}
 
     chk.problems.extend(_model_fit_problems(method_cls, cfg, chk.problems))

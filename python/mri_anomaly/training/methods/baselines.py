@@ -13,9 +13,10 @@ nothing; ``normative`` computes its statistics in :meth:`NormativeMethod.begin_p
 trainer hands it (``train.init_batches`` batches; the shipped config asks for a whole epoch of the training
 section). Calibration (thresholds, slice norms) runs as for every method.
 
-Scores (volume or slice, higher = more anomalous), over brain voxels only (:mod:`mri_anomaly.scoring.brain`):
-the 99th and 99.9th percentiles of the map (``<map>_q99``, ``<map>_q999``). Slice profiles of 3D runs use the
-99th percentile of the map over each slice's brain voxels (``slice_statistic = "q99"``).
+Each returns only its map; the volume score is the map's 99.9th percentile over the brain minus
+``score.map_erosion_mm`` (``<map>_q999``), made by the scoring layer for every method's maps alike
+(:mod:`mri_anomaly.scoring.maps`). Slice profiles of 3D runs use the 99th percentile of the map over each
+slice's brain voxels (``slice_statistic = "q99"``).
 """
 
 from __future__ import annotations
@@ -26,16 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mri_anomaly.scoring.brain import brain_mask, brain_quantile
 from mri_anomaly.training.methods.base import AnomalyMethod, Batch, BatchScores, batch_images, register_method
 
 __all__ = ["IntensityMethod", "NormativeMethod"]
-
-_QUANTILES = (("q99", 0.99), ("q999", 0.999))
-
-
-def _quantile_scores(name: str, score_map: torch.Tensor, brain: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {f"{name}_{suffix}": brain_quantile(score_map, brain, q) for suffix, q in _QUANTILES}
 
 
 class _FitOnly(AnomalyMethod):
@@ -58,12 +52,11 @@ class _FitOnly(AnomalyMethod):
 class IntensityMethod(_FitOnly):
     """The image as its own anomaly map (see the module docstring).
 
-    Map ``intensity`` (N, 1, *spatial): the image, channels averaged. Scores ``intensity_q99``,
-    ``intensity_q999``: its 99th / 99.9th percentile over brain voxels.
+    Map ``intensity`` (N, 1, *spatial): the image, channels averaged (volume score ``intensity_q999``).
     """
 
     name = "intensity"
-    score_names = ("intensity_q99", "intensity_q999")
+    score_names = ()
     map_names = ("intensity",)
 
     def __init__(self, spatial_dims: int, in_channels: int = 1) -> None:
@@ -77,9 +70,7 @@ class IntensityMethod(_FitOnly):
     def score(self, batch: Batch) -> BatchScores:
         x = self._images(batch)
         intensity = x.mean(dim=1, keepdim=True)
-        return BatchScores(
-            scores=_quantile_scores("intensity", intensity, brain_mask(x)), maps={"intensity": intensity}
-        )
+        return BatchScores(scores={}, maps={"intensity": intensity})
 
 
 @register_method
@@ -92,12 +83,12 @@ class NormativeMethod(_FitOnly):
         min_std: floor of the per-voxel spread (images are in [0, 1]), so voxels that are background in almost
             every training volume do not divide by ~0.
 
-    Map ``abs_z`` (N, 1, *spatial) = ``|x − median| / spread`` averaged over channels; scores ``abs_z_q99``,
-    ``abs_z_q999`` over brain voxels. Buffers ``center`` and ``spread`` (C, *spatial) are saved with the run.
+    Map ``abs_z`` (N, 1, *spatial) = ``|x − median| / spread`` averaged over channels (volume score
+    ``abs_z_q999``). Buffers ``center`` and ``spread`` (C, *spatial) are saved with the run.
 
     The model has a norm for brain tissue only where the median healthy volume is brain (``center > 0``: brain
-    in at least half of the training volumes). Outside that support the map is 0 and the voxels are left out
-    of the scores: without registration, a larger or shifted brain would otherwise light up wherever it
+    in at least half of the training volumes). Outside that support the map is 0 (the least anomalous value):
+    without registration, a larger or shifted brain would otherwise light up wherever it
     extends past the median brain (the spread there is the ``min_std`` floor), so the scores would measure
     brain size (slice scores tracked the slice's brain fraction, ρ ≈ 0.21 over random calibration splits,
     ``docs/benchmarks/detection.md``).
@@ -107,7 +98,7 @@ class NormativeMethod(_FitOnly):
     """
 
     name = "normative"
-    score_names = ("abs_z_q99", "abs_z_q999")
+    score_names = ()
     map_names = ("abs_z",)
 
     def __init__(self, spatial_dims: int, in_channels: int = 1, min_std: float = 0.05) -> None:
@@ -171,6 +162,4 @@ class NormativeMethod(_FitOnly):
             )
         support = (self.center > 0).any(dim=0, keepdim=True)  # (1, *spatial): the median volume's brain
         abs_z = ((x - self.center) / self.spread).abs().mean(dim=1, keepdim=True) * support
-        return BatchScores(
-            scores=_quantile_scores("abs_z", abs_z, brain_mask(x) & support), maps={"abs_z": abs_z}
-        )
+        return BatchScores(scores={}, maps={"abs_z": abs_z})

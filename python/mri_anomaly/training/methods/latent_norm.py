@@ -2,7 +2,12 @@
 
 One phase, ``"train"``, minimising the batch mean of ``‖x − x̂‖₂ + β‖z‖₂``. Scores ``latent_norm`` (the
 same expression per sample, with the residual taken over brain voxels only, :mod:`mri_anomaly.scoring.brain`)
-and the voxel map ``residual`` = ``|x − x̂|`` (averaged over channels).
+and the voxel map ``residual`` (averaged over channels): ``|x − x̂|`` by default; ``residual: positive`` keeps
+``max(x − x̂, 0)``, voxels brighter than the reconstruction, for contrasts whose lesions are hyperintense
+(FLAIR: MS plaques, tumour oedema; DWI: acute stroke), as in Baur et al.'s comparison (MedIA 2021).
+Measured on the demo's test scans (FLAIR, trained model of the first detection benchmark, maps restricted
+to the brain minus 8 mm): volume AUROC of ``residual_q999`` 0.512 with ``|x − x̂|`` and 0.727 with the positive
+part, voxel AP 0.109 and 0.568. ``negative`` is for hypointense lesions (T1).
 
 β: for our [0, 1] inputs the default ``beta = 1.0`` is meant for 40×48 slices. Measured on the demo
 cohort's slices (``latent_dim`` 32, channels 16/32/64, 150 Adam steps at 1e-3, batch 32): ‖x − x̂‖₂ ≈ 6,
@@ -28,7 +33,9 @@ from mri_anomaly.training.methods.base import (
     register_method,
 )
 
-__all__ = ["LatentNormMethod"]
+__all__ = ["LatentNormMethod", "RESIDUAL_SIGNS"]
+
+RESIDUAL_SIGNS = ("absolute", "positive", "negative")
 
 
 @register_method
@@ -42,6 +49,8 @@ class LatentNormMethod(AnomalyMethod):
         latent_dim: size of the code z.
         beta: weight of ``‖z‖₂`` (>= 0).
         channels, kernel_size, pooled_size, negative_slope: of the bias-free encoder/decoder.
+        residual: the voxel map: ``"absolute"`` ``|x − x̂|``, ``"positive"`` ``max(x − x̂, 0)`` (hyperintense
+            lesions) or ``"negative"`` ``max(x̂ − x, 0)`` (hypointense lesions). The score is unchanged.
 
     Raises:
         ValueError: for an argument out of range, naming it.
@@ -64,8 +73,12 @@ class LatentNormMethod(AnomalyMethod):
         kernel_size: int = 3,
         pooled_size: int | list[int] = 4,
         negative_slope: float = 0.01,
+        residual: str = "absolute",
     ) -> None:
         super().__init__(spatial_dims, in_channels)
+        if residual not in RESIDUAL_SIGNS:
+            raise ValueError(f"residual must be one of {RESIDUAL_SIGNS}, got {residual!r}")
+        self.residual = residual
         self.net = LatentNormAutoEncoder(
             spatial_dims,
             in_channels,
@@ -97,9 +110,16 @@ class LatentNormMethod(AnomalyMethod):
             self.net.train(was_training)
         brain = brain_mask(x).to(x.dtype)
         score = latent_norm_score(x * brain, x_hat * brain, z, self.net.beta)
+        difference = x - x_hat
+        if self.residual == "absolute":
+            difference = difference.abs()
+        elif self.residual == "positive":
+            difference = difference.clamp_min(0.0)
+        else:
+            difference = (-difference).clamp_min(0.0)
         return BatchScores(
-            scores={"latent_norm": score}, maps={"residual": (x - x_hat).abs().mean(dim=1, keepdim=True)}
+            scores={"latent_norm": score}, maps={"residual": difference.mean(dim=1, keepdim=True)}
         )
 
     def extra_repr(self) -> str:
-        return f"beta={self.net.beta}"
+        return f"beta={self.net.beta}, residual={self.residual!r}"

@@ -323,6 +323,13 @@ def test_two_channel_config_trains_and_scores_maps_in_the_flair_space(
         saved, flair = nib.load(out / r["map:residual"]), nib.load(r["image"])
         assert saved.shape == flair.shape
         np.testing.assert_allclose(saved.affine, flair.affine)
+    # evaluation finds the items (and their masks) by the first contrast, as for single-contrast scores
+    ev = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--scores", str(out), "--datalist", dl, "--out", str(ev), "--bootstrap", "5"]) == 0
+    )
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert "latent_norm_mean" in json.dumps(metrics)
     # a single-contrast datalist is refused before any scan is scored, naming the datalist
     capsys.readouterr()
     other = tmp_path / "other"

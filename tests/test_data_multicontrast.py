@@ -163,6 +163,16 @@ def test_train_and_score_refuse_a_datalist_with_other_contrasts(demo_cohort, tmp
     assert "training[0] (demo-train-000): 1 image file(s)" in err
 
 
+def test_python_api_takes_a_list_of_paths_as_one_subjects_contrasts(two_contrasts):
+    from mri_anomaly.data.datalist import items_from_images
+
+    pair = [two_contrasts["flair"], str(two_contrasts["t1"])]
+    items = items_from_images([pair, pair], "test", "images")
+    assert [it["image"] for it in items] == [[str(two_contrasts["flair"]), str(two_contrasts["t1"])]] * 2
+    with pytest.raises(TypeError, match=r"images\[0\]: expected a NIfTI path, a list of paths"):
+        items_from_images([[1, 2]], "test", "images")
+
+
 # ------------------------------------------------------------------------------------------ loading
 def test_contrasts_are_resampled_onto_the_first_grid_and_stacked(two_contrasts):
     x = LoadVolume()([str(two_contrasts["flair"]), str(two_contrasts["t1"])])

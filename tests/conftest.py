@@ -63,3 +63,19 @@ def demo_cohort(tmp_path_factory) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return make_demo_cohort(out, seed=0, healthy=4, anomalous=3, general=3, spacing=8.0)
+
+
+@pytest.fixture(scope="session")
+def demo_cohort_two_contrasts(tmp_path_factory) -> Path:
+    """The tiny demo cohort of :func:`demo_cohort` in two contrasts, FLAIR and T1 (``"image": [flair, t1]`` per
+    item; the FLAIR images are those of :func:`demo_cohort`); returns its ``datalist.json``."""
+    import warnings
+
+    from mri_anomaly.data import make_demo_cohort
+
+    out = tmp_path_factory.mktemp("demo_cohort_two_contrasts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_demo_cohort(
+            out, seed=0, healthy=4, anomalous=3, general=3, spacing=8.0, contrast=("flair", "t1")
+        )

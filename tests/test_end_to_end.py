@@ -1,4 +1,5 @@
-"""End to end, for every shipped config: mri-anomaly train -> mri-anomaly score on the tiny demo cohort.
+"""End to end, for every shipped config: mri-anomaly train -> mri-anomaly score on the tiny demo cohort (in the
+config's contrasts: the two-contrast cohort for a config with ``preprocessing.contrasts``).
 
 Tiny sizes come from the command line (--set), exactly as a user would make a smoke run.
 """
@@ -36,8 +37,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config_path", CONFIGS, ids=lambda p: p.stem)
-def test_train_then_score(config_path, demo_cohort, tmp_path):
+def test_train_then_score(config_path, request, tmp_path):
     raw = yaml.safe_load(config_path.read_text())
+    # a multi-contrast config trains on the two-contrast cohort (maps in the first contrast's space)
+    contrasts = (raw.get("preprocessing") or {}).get("contrasts")
+    demo_cohort = request.getfixturevalue("demo_cohort_two_contrasts" if contrasts else "demo_cohort")
     method = get_method_class(raw["method"])
     steps = 0 if raw["method"] in FIT_ONLY else 2
     overrides = [

@@ -182,6 +182,14 @@ def write_bundle_metadata(
     meta.setdefault("required_packages_version", {})["mri-anomaly"] = __version__
     shape = pre.get("spatial_size") or ["2**p*n", "2**p*n", "2**p*n"]
     meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = list(shape)
+    if pre.get("contrasts"):  # one channel per contrast, the first the reference grid
+        meta["network_data_format"]["inputs"]["image"]["num_channels"] = len(pre["contrasts"])
+        meta["network_data_format"]["inputs"]["image"]["channel_def"] = {
+            str(
+                k
+            ): f"MRI {c}, resampled onto the first contrast's grid, RAS, percentile-scaled inside the brain"
+            for k, c in enumerate(pre["contrasts"])
+        }
     outputs = {c: {"type": "score", "format": "anomaly score (higher = more anomalous)", "num_channels": 1,
                    "spatial_shape": [1], "dtype": "float32", "value_range": ["-inf", "inf"], "is_patch_data": False,
                    "channel_def": {"0": c}} for c in columns}  # fmt: skip

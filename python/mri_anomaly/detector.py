@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mri_anomaly.data.datalist import ImagesLike, is_datalist_path, items_from_images
+from mri_anomaly.data.datalist import ImagesLike, first_image, is_datalist_path, items_from_images
 from mri_anomaly.errors import MissingInputError, OutputExistsError, UserInputError
 
 __all__ = ["Detector", "ImagesLike", "resolve_device"]
@@ -252,7 +252,7 @@ class Detector:
         from mri_anomaly.data import load_datalist
 
         order = [
-            it["image"] for it in load_datalist(datalist, check_files=False, check_headers=False)["test"]
+            first_image(it) for it in load_datalist(datalist, check_files=False, check_headers=False)["test"]
         ]
         return table.set_index("image", drop=False).loc[order].reset_index(drop=True)
 

@@ -306,7 +306,7 @@ class ExportedScorer:
         import pandas as pd
 
         from mri_anomaly.data import VolumeDataset, unwrap_input_error
-        from mri_anomaly.data.datalist import items_from_images
+        from mri_anomaly.data.datalist import first_image, items_from_images
         from mri_anomaly.scoring.volume import score_volume
 
         items = items_from_images(images, section, "images")
@@ -338,7 +338,7 @@ class ExportedScorer:
                 want_maps=False,
                 **self._score_volume_options,
             )
-            row: dict[str, Any] = {"subject_id": data.get("subject_id", ""), "image": item.get("image")}
+            row: dict[str, Any] = {"subject_id": data.get("subject_id", ""), "image": first_image(item)}
             row.update({c: result.scores[c] for c in self.score_columns_})
             row.update(
                 {

@@ -1,7 +1,7 @@
 """The ``demo-data`` and ``datalist`` subcommands; :func:`register_commands` adds them to ``mri-anomaly``.
 
 ``mri-anomaly demo-data --out DIR [--seed S] [--healthy N] [--anomalous N] [--general N] [--spacing MM]
-[--contrast t1|t2|flair] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
+[--contrast t1|t2|flair[,...]] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
 
 ``mri-anomaly datalist (--images GLOB [GLOB ...] | --folder DIR) [--masks GLOB ...] [--brain-masks GLOB ...]
 [--labels CSV] [--section auto|training|validation|test|general] [--val-fraction F] [--test-fraction F]
@@ -52,9 +52,23 @@ def demo_data_command(args: argparse.Namespace) -> int:
     if args.montage:
         from mri_anomaly.data.montage import make_montage
 
-        title = f"demo cohort ({args.contrast}, {args.spacing:g} mm)"
+        shown = args.contrast if isinstance(args.contrast, str) else "+".join(args.contrast)
+        title = f"demo cohort ({shown}, {args.spacing:g} mm)"
         print(f"montage: {make_montage(path, args.montage, title=title)}")
     return 0
+
+
+def _contrast_list(text: str) -> str | tuple[str, ...]:
+    """``flair`` -> ``"flair"``; ``flair,t1`` -> ``("flair", "t1")`` (argparse type of ``--contrast``)."""
+    from mri_anomaly.data.demo import CONTRASTS
+
+    names = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    bad = [c for c in names if c not in CONTRASTS]
+    if bad or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(CONTRASTS)} or several distinct ones separated by commas, got {text!r}"
+        )
+    return names[0] if len(names) == 1 else names
 
 
 def _read_labels(path: str) -> dict[str, dict[str, Any]]:
@@ -201,7 +215,13 @@ def register_commands(subparsers: Any) -> None:
         default=DEMO_DEFAULTS["spacing"],
         help="voxel size in mm (4: CPU demo; 1: full resolution)",
     )
-    p.add_argument("--contrast", choices=CONTRASTS, default=DEMO_DEFAULTS["contrast"])
+    p.add_argument(
+        "--contrast",
+        type=_contrast_list,
+        default=DEMO_DEFAULTS["contrast"],
+        help=f"in-distribution contrast ({'|'.join(CONTRASTS)}), or several separated by commas (flair,t1): "
+        "a multi-contrast cohort, each datalist item listing one image per contrast",
+    )
     p.add_argument("--montage", default=None, help="also write a PNG montage of examples here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=demo_data_command)

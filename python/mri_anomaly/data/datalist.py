@@ -10,7 +10,7 @@ Layout (the Decathlon ``dataset.json`` shape that ``monai.data.load_decathlon_da
       "general":    [...]                               # optional: broader distribution (likelihood ratios)
     }
 
-Item keys (:data:`ITEM_KEYS`): ``image`` (required, path), ``label`` (0 healthy / 1 anomalous, for
+Item keys (:data:`ITEM_KEYS`): ``image`` (required: a path, or a list of paths, one per contrast), ``label`` (0 healthy / 1 anomalous, for
 evaluation; absent = unknown), ``mask`` (voxel ground truth, path, same grid as the image),
 ``brain_mask`` (path, same grid; used when the preprocessing config names it), ``semi_target``
 (+1 known normal / -1 known anomaly / 0 unlabelled, for Deep SAD), ``site``, ``subject_id``.
@@ -20,6 +20,13 @@ string (Decathlon style) becomes ``{"image": path}``.
 
 CSV datalists have one row per item with columns ``section`` (empty: ``test``) plus the item keys;
 empty cells are absent.
+
+Multi-contrast items (several sequences of one subject, e.g. FLAIR + T1): ``image`` is a list of paths,
+``"image": ["flair/s01.nii.gz", "t1/s01.nii.gz"]``; in CSV, further image columns named ``image_<anything>``
+(``image``, ``image_t1``, ``image_t2``...) give the further contrasts, in column order. The first contrast is
+the reference: the others are resampled onto its grid and stacked as channels, masks must match its grid, and
+maps come back in its space (:func:`image_paths`, :func:`first_image`). Every item of a datalist must name
+the same number of contrasts.
 
 :func:`validate_datalist` returns every problem (missing files, unknown keys or sections, a mask
 whose shape or affine differs from its image, labels outside {0, 1}, semi_target outside
@@ -56,6 +63,10 @@ __all__ = [
     "write_datalist",
     "subject_id_from_path",
     "subject_id_of",
+    "image_paths",
+    "first_image",
+    "contrast_count",
+    "check_contrast_counts",
     "ImagesLike",
     "is_datalist_path",
     "items_from_images",
@@ -67,6 +78,8 @@ __all__ = [
 SECTIONS: tuple[str, ...] = ("training", "validation", "test", "general")
 ITEM_KEYS: tuple[str, ...] = ("image", "label", "mask", "brain_mask", "semi_target", "site", "subject_id")
 PATH_KEYS: tuple[str, ...] = ("image", "mask", "brain_mask")
+CSV_IMAGE_PREFIX = "image_"
+"""CSV columns ``image_<anything>`` (``image_t1``, ``image_2``...) hold an item's further contrasts, in column order."""
 _NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 
@@ -85,12 +98,75 @@ def subject_id_from_path(path: str | os.PathLike) -> str:
 
 
 def subject_id_of(item: Mapping[str, Any]) -> str:
-    """A datalist item's subject: its ``subject_id``, else its image file name without ``.nii``/``.nii.gz``."""
+    """A datalist item's subject: its ``subject_id``, else its (first) image file name without ``.nii``/``.nii.gz``."""
     subject = item.get("subject_id")
     if subject not in (None, ""):
         return str(subject)
-    image = item.get("image")
+    image = first_image(item)
     return subject_id_from_path(image) if isinstance(image, (str, os.PathLike)) and str(image) else ""
+
+
+def _is_path_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in v)
+
+
+def image_paths(item: Mapping[str, Any]) -> list[str]:
+    """The image file(s) of an item, one per contrast in order (empty for an in-memory tensor)."""
+    image = item.get("image")
+    if isinstance(image, (str, os.PathLike)):
+        return [os.fspath(image)]
+    if _is_path_list(image):
+        return [os.fspath(p) for p in image]
+    return []
+
+
+def first_image(item: Mapping[str, Any]) -> Any:
+    """The item's reference image: ``image``, or its first contrast when it lists several.
+
+    Maps, masks and score tables refer to it: its grid and affine are those of the preprocessed input.
+    """
+    image = item.get("image")
+    if isinstance(image, (list, tuple)) and image:
+        return os.fspath(image[0]) if isinstance(image[0], os.PathLike) else image[0]
+    return image
+
+
+def contrast_count(item: Mapping[str, Any]) -> int:
+    """Contrasts (image files) of an item: the length of a list ``image``, else 1."""
+    image = item.get("image")
+    return len(image) if isinstance(image, (list, tuple)) else 1
+
+
+def check_contrast_counts(
+    datalist: Mapping[str, Sequence[Mapping[str, Any]]],
+    expected: int,
+    source: str | os.PathLike | None = None,
+) -> None:
+    """Raise a :class:`DatalistError` naming the items whose number of contrasts is not ``expected``.
+
+    Args:
+        datalist: ``{section: [item, ...]}``.
+        expected: contrasts per item the config asks for (``len(preprocessing.contrasts)``; 1 without it).
+        source: the datalist file, for the message (None: ``<datalist>``).
+    """
+    bad = [
+        f"{sec}[{i}] ({subject_id_of(it) or '?'}): {contrast_count(it)} image file(s)"
+        for sec, items in datalist.items()
+        if isinstance(items, Sequence) and not isinstance(items, str)
+        for i, it in enumerate(items)
+        if isinstance(it, Mapping) and contrast_count(it) != expected
+    ]
+    if bad:
+        what = "one image file" if expected == 1 else f"{expected} image files (preprocessing.contrasts)"
+        shown = bad[:5] + ([f"... and {len(bad) - 5} more"] if len(bad) > 5 else [])
+        hint = (
+            "set preprocessing.contrasts (and in_channels) to the contrasts the datalist lists"
+            if expected == 1
+            else "list that many contrasts in every item's image, or change preprocessing.contrasts and in_channels"
+        )
+        raise DatalistError(
+            source, [f"the config expects {what} per item, but {len(bad)} item(s) differ ({hint}):", *shown]
+        )
 
 
 def _resolve(p: Any, base: Path | None) -> str:
@@ -122,10 +198,14 @@ def _normalise(datalist: Mapping[str, Any], base_dir: Path | None) -> tuple[dict
             for k in PATH_KEYS:
                 if k in it and isinstance(it[k], (str, os.PathLike)):
                     it[k] = _resolve(it[k], base_dir)
+            if _is_path_list(it.get("image")):
+                it["image"] = [_resolve(p, base_dir) for p in it["image"]]
+                if len(it["image"]) == 1:
+                    it["image"] = it["image"][0]  # a list of one is a plain single-contrast item
             if isinstance(it.get("subject_id"), (int, np.integer)) and not isinstance(it["subject_id"], bool):
                 it["subject_id"] = str(it["subject_id"])  # 101 and "101" are the same subject
-            if "subject_id" not in it and isinstance(it.get("image"), str):
-                it["subject_id"] = subject_id_from_path(it["image"])
+            if "subject_id" not in it and isinstance(first_image(it), str):
+                it["subject_id"] = subject_id_from_path(first_image(it))
             items.append(it)
         out[sec] = items
     return out, problems
@@ -153,10 +233,20 @@ def validate_datalist(
     norm, problems = _normalise(datalist, Path(base_dir) if base_dir is not None else None)
     if not any(norm.get(s) for s in SECTIONS):
         problems.append(f"no items: none of the sections {', '.join(SECTIONS)} has any")
+    first_count: tuple[str, int] | None = None  # (where, contrasts) of the first item: every item must agree
     for sec, items in norm.items():
         seen: dict[str, int] = {}
         for i, it in enumerate(items):
             where = f"{sec}[{i}]" + (f" ({it['subject_id']})" if "subject_id" in it else "")
+            if "image" in it and (isinstance(it["image"], str) or _is_path_list(it["image"])):
+                n = contrast_count(it)
+                if first_count is None:
+                    first_count = (where, n)
+                elif n != first_count[1]:
+                    problems.append(
+                        f"{where}: {n} image(s) (contrasts), but {first_count[0]} has {first_count[1]}; every "
+                        "item must list the same contrasts in the same order"
+                    )
             unknown = [k for k in it if k not in ITEM_KEYS]
             if unknown:
                 problems.append(
@@ -165,8 +255,15 @@ def validate_datalist(
             if "image" not in it:
                 problems.append(f"{where}: missing 'image'")
             for k in PATH_KEYS:
+                if k == "image" and _is_path_list(it.get(k)) and it[k]:
+                    continue  # several contrasts
                 if k in it and not isinstance(it[k], str):
-                    problems.append(f"{where}: {k!r} must be a file path, got {it[k]!r}")
+                    what = (
+                        "a file path or a list of file paths (one per contrast)"
+                        if k == "image"
+                        else "a file path"
+                    )
+                    problems.append(f"{where}: {k!r} must be {what}, got {it[k]!r}")
             if "label" in it and not (_is_int_like(it["label"]) and int(it["label"]) in (0, 1)):
                 problems.append(f"{where}: label {it['label']!r} is not 0 (healthy) or 1 (anomalous)")
             if "semi_target" in it and not (
@@ -183,30 +280,34 @@ def validate_datalist(
             if not check_files:
                 continue
             headers: dict[str, tuple] = {}
-            for k in PATH_KEYS:
-                if not isinstance(it.get(k), str):
-                    continue
-                if not os.path.isfile(it[k]):
-                    problems.append(f"{where}: {k} file not found: {it[k]}")
+            files = [("image", p) for p in image_paths(it)]
+            files += [(k, it[k]) for k in PATH_KEYS if k != "image" and isinstance(it.get(k), str)]
+            for j, (k, path) in enumerate(files):
+                name = f"image[{j}]" if k == "image" and contrast_count(it) > 1 else k
+                if not os.path.isfile(path):
+                    problems.append(f"{where}: {name} file not found: {path}")
                     continue
                 if check_headers:
                     try:
-                        headers[k] = read_header(it[k])
+                        header = read_header(path)
                     except InputFileError as e:
-                        problems.append(f"{where}: {k}: {e}")
-            if "image" in headers and len(headers["image"][0]) != 3:
-                problems.append(f"{where}: image is not 3D (shape {headers['image'][0]}): {it['image']}")
+                        problems.append(f"{where}: {name}: {e}")
+                        continue
+                    if k == "image" and len(header[0]) != 3:
+                        problems.append(f"{where}: {name} is not 3D (shape {header[0]}): {path}")
+                    headers.setdefault(k, header)  # the first contrast is the reference grid
             for k in ("mask", "brain_mask"):
                 if k in headers and "image" in headers:
                     (ishape, iaff), (mshape, maff) = headers["image"], headers[k]
+                    whose = "image" if contrast_count(it) == 1 else "first image (contrast)"
                     if tuple(mshape) != tuple(ishape):
                         problems.append(
-                            f"{where}: {k} shape {tuple(mshape)} differs from image shape "
+                            f"{where}: {k} shape {tuple(mshape)} differs from {whose} shape "
                             f"{tuple(ishape)} ({it[k]})"
                         )
                     elif not np.allclose(iaff, maff, atol=1e-3):
                         problems.append(
-                            f"{where}: {k} affine differs from the image's (max difference "
+                            f"{where}: {k} affine differs from the {whose}'s (max difference "
                             f"{float(np.abs(iaff - maff).max()):.3g}) ({it[k]})"
                         )
     return problems
@@ -239,9 +340,11 @@ def _parse_csv(path: Path, text: str) -> dict[str, list[dict]]:
             raise DatalistError(
                 path, [f"CSV datalist needs a header with an 'image' column, got {reader.fieldnames}"]
             )
+        extra_images = [c for c in reader.fieldnames if c.startswith(CSV_IMAGE_PREFIX)]
         for row in reader:
             sec = (row.pop("section", None) or "test").strip()
             item: dict[str, Any] = {}
+            contrasts = [row.pop(c, None) for c in extra_images]
             for k, v in row.items():
                 if k is None or v is None or str(v).strip() == "":
                     continue
@@ -254,6 +357,9 @@ def _parse_csv(path: Path, text: str) -> dict[str, list[dict]]:
                         item[k] = v
                 else:
                     item[k] = v
+            contrasts = [str(v).strip() for v in contrasts if v is not None and str(v).strip()]
+            if contrasts:  # image_<x> columns: further contrasts of the item, in column order
+                item["image"] = [item["image"], *contrasts] if "image" in item else contrasts
             out.setdefault(sec, []).append(item)
     return out
 
@@ -264,16 +370,19 @@ def load_datalist(
     """Load and validate a JSON or CSV datalist.
 
     Args:
-        path: ``.json`` (Decathlon layout) or ``.csv`` (``section`` column plus item keys).
+        path: ``.json`` (Decathlon layout) or ``.csv`` (``section`` column plus item keys; ``image_<x>`` columns
+            for further contrasts).
         check_files: check that the files exist.
         check_headers: read NIfTI headers (3D image; mask shape and affine equal to the image's).
 
     Returns:
         ``{section: [item, ...]}`` for the sections present (among :data:`SECTIONS`), paths absolute,
-        ``subject_id`` filled in from the file name where absent, ``label``/``semi_target`` as int.
+        ``subject_id`` filled in from the (first) image's file name where absent, ``label``/``semi_target`` as
+        int; a multi-contrast item's ``image`` is a list of paths.
 
     Raises:
-        DatalistError: unreadable file or any problem (all listed in ``.problems``).
+        DatalistError: unreadable file or any problem (all listed in ``.problems``), including items with
+            different numbers of contrasts.
     """
     p = Path(path)
     if not p.is_file():
@@ -327,24 +436,38 @@ def write_datalist(
             it = dict(it)
             for k in PATH_KEYS:
                 if k in it and relative:
-                    ap = Path(os.path.abspath(str(it[k])))
-                    try:
-                        it[k] = ap.relative_to(base).as_posix()
-                    except ValueError:
-                        it[k] = str(ap)
+                    if k == "image" and _is_path_list(it[k]):
+                        it[k] = [_relative(q, base) for q in it[k]]
+                    else:
+                        it[k] = _relative(it[k], base)
             items.append(it)
         out[sec] = items
     if p.suffix.lower() == ".csv":
-        cols = ["section", *ITEM_KEYS]
+        n = max(
+            (contrast_count(it) for its in out.values() if isinstance(its, list) for it in its), default=1
+        )
+        extra = [f"{CSV_IMAGE_PREFIX}{j + 1}" for j in range(1, n)]
+        cols = ["section", "image", *extra, *ITEM_KEYS[1:]]
         with open(p, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
             for sec in SECTIONS:
                 for it in out.get(sec, []):
-                    w.writerow({"section": sec, **{k: it.get(k, "") for k in ITEM_KEYS}})
+                    row = {"section": sec, **{k: it.get(k, "") for k in ITEM_KEYS}}
+                    paths = it["image"] if isinstance(it.get("image"), list) else [it.get("image", "")]
+                    row.update({"image": paths[0], **dict(zip(extra, paths[1:]))})
+                    w.writerow(row)
     else:
         p.write_text(json.dumps(out, indent=2) + "\n")
     return p
+
+
+def _relative(path: Any, base: Path) -> str:
+    ap = Path(os.path.abspath(str(path)))
+    try:
+        return ap.relative_to(base).as_posix()
+    except ValueError:
+        return str(ap)
 
 
 _MASK_RE = re.compile(r"(mask|msk|seg|label|lesion|consensus|otmulticlass|roi)", re.IGNORECASE)
@@ -504,8 +627,9 @@ def classify_folder(
     return images, masks, brains
 
 
-ImagesLike = str | os.PathLike | Sequence[str | os.PathLike | Mapping[str, Any]]
-"""NIfTI paths (or datalist items ``{"image": path, ...}``), or the path of a datalist (``.json``/``.csv``)."""
+ImagesLike = str | os.PathLike | Sequence[str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str, Any]]
+"""NIfTI paths (a list of paths: one subject's contrasts; or datalist items ``{"image": path, ...}``), or the
+path of a datalist (``.json``/``.csv``)."""
 
 
 def is_datalist_path(images: Any) -> bool:
@@ -530,9 +654,12 @@ def items_from_images(images: ImagesLike, section: str, what: str) -> list[dict[
             items.append(dict(image))
         elif isinstance(image, (str, os.PathLike)):
             items.append({"image": os.path.abspath(os.fspath(image))})
+        elif _is_path_list(image) and len(image) > 0:  # one subject's contrasts
+            items.append({"image": [os.path.abspath(os.fspath(p)) for p in image]})
         else:
             raise TypeError(
-                f"{what}[{i}]: expected a NIfTI path or a datalist item, got {type(image).__name__}"
+                f"{what}[{i}]: expected a NIfTI path, a list of paths (one per contrast) or a datalist item, "
+                f"got {type(image).__name__}"
             )
     if not items:
         raise UserInputError(f"{what}: no images given")

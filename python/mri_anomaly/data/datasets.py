@@ -42,9 +42,9 @@ import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, list_data_collate
 from monai.transforms import Compose, MapTransform, Randomizable, Transform
 
-from mri_anomaly.data.datalist import subject_id_of
+from mri_anomaly.data.datalist import check_contrast_counts, first_image, subject_id_of
 from mri_anomaly.data.io import InputFileError
-from mri_anomaly.data.preprocessing import preprocessing, resolve_preprocessing_config
+from mri_anomaly.data.preprocessing import preprocessed_channels, preprocessing, resolve_preprocessing_config
 
 __all__ = [
     "FillDefaultsd",
@@ -106,7 +106,7 @@ class FillDefaultsd(MapTransform):
 
 
 def _error_item(item: Mapping[str, Any], err: InputFileError) -> dict[str, Any]:
-    image = item.get("image")
+    image = first_image(item)
     path = image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", ""))
     return {
         "error": str(err),
@@ -156,7 +156,9 @@ class VolumeDataset(torch.utils.data.Dataset):
     """Preprocessed volumes of datalist items, cached.
 
     Args:
-        items: datalist items (``{"image": path, "label"?, "mask"?, ...}``), e.g. ``load_datalist(p)["training"]``.
+        items: datalist items (``{"image": path or [path, ...], "label"?, "mask"?, ...}``), e.g.
+            ``load_datalist(p)["training"]``; with ``preprocessing_config["contrasts"]`` every item lists that many
+            image files.
         preprocessing_config: the ``preprocessing:`` config (None: defaults). Ignored if ``transform`` is given.
         transform: a deterministic preprocessing ``Compose`` (default: :func:`preprocessing` of the config
             for ``image``, ``mask`` and the config's brain mask). Keep it: :func:`save_map_in_input_space`
@@ -172,6 +174,7 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     Raises:
         InputFileError: (``on_error="raise"``) a bad file, when its item is cached or accessed.
+        DatalistError: an item whose number of image files differs from the config's contrasts.
     """
 
     def __init__(
@@ -194,9 +197,11 @@ class VolumeDataset(torch.utils.data.Dataset):
             raise ValueError(f"cache must be auto|memory|disk|none, got {cache!r}")
         self.items = [dict(it) for it in items]
         for it in self.items:
-            if isinstance(it.get("image"), str) and not it.get("subject_id"):
+            if isinstance(first_image(it), str) and not it.get("subject_id"):
                 it["subject_id"] = subject_id_of(it)
         self.config = resolve_preprocessing_config(preprocessing_config)
+        if transform is None:
+            check_contrast_counts({"items": self.items}, preprocessed_channels(self.config))
         self.on_error = on_error
         self.transform = (
             transform if transform is not None else preprocessing(self.config, keys=("image", "mask"))
@@ -266,17 +271,17 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 
 
 def slice_brain_fractions(image: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-    """Fraction of each axial slice's voxels above ``threshold``.
+    """Fraction of each axial slice's voxels above ``threshold`` (in any channel).
 
     Args:
-        image: (1, H, W, D).
+        image: (C, H, W, D); a voxel is brain when any channel (contrast) is above ``threshold``.
         threshold: brain voxels are ``> threshold`` (preprocessed background is 0).
 
     Returns:
         (D,) float tensor.
     """
     x = _plain(image)
-    return (x[0] > threshold).float().mean(dim=(0, 1))
+    return (x > threshold).any(0).float().mean(dim=(0, 1))
 
 
 class SliceDataset(torch.utils.data.Dataset):

@@ -47,6 +47,12 @@ Output layout::
                                      (lesion_variant: focal_opposite = opposite sign; size_stratum: < 1,
                                      1-10, > 10 cm^3 from the measured volume, see SIZE_STRATA)
 
+A multi-contrast cohort (``contrast=("flair", "t1")``, CLI ``--contrast flair,t1``) writes every subject in each
+contrast, ``DIR/images/<subject>_<contrast>.nii.gz``, with the same anatomy and the same lesion mask (the lesion's
+intensity follows each contrast), and lists them per item, ``"image": [flair, t1]``; its first contrast's images
+are exactly those of the single-contrast cohort (the other contrasts draw from their own generator). General
+subjects mix contrasts there too (channel k of general subject i is ``CONTRASTS[(i + k) % 3]``).
+
 Defaults (4 mm, 44 x 52 x 46 voxels; 400 healthy: 240 training, 80 validation, 80 test; 48 anomalous test
 subjects, 16 per kind, their sizes cycling through the three volume strata; 48 general) take under a minute and
 preprocess (``DEMO_PREPROCESSING``) to the 40 x 48 x 40 model grid; ``spacing=1`` makes a
@@ -61,6 +67,7 @@ import functools
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,8 +289,10 @@ def synthesize_subject(
     lesion: str | None = None,
     ms_files: list[Path] | None = None,
     lesion_size: str = "any",
+    extra_contrasts: Sequence[str] = (),
+    extra_rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
-    """One synthetic subject on the demo grid.
+    """One synthetic subject on the demo grid, in one contrast or several.
 
     Args:
         rng: the subject's generator (all its randomness comes from it).
@@ -295,16 +304,29 @@ def synthesize_subject(
         lesion_size: ``"any"`` or a stratum of :data:`SIZE_STRATA` the lesion is drawn for (its sizes are
             chosen so that the lesion volume usually falls in that stratum; the actual volume is measured
             and recorded, not assumed).
+        extra_contrasts: further contrasts of the same subject: the same anatomy (transform, tissue maps) and
+            the same lesion (mask and mass effect; intensities per contrast), their own tissue contrast, bias
+            field, gain and noise, drawn from ``extra_rng``; ``rng``'s draws are those of the single-contrast
+            subject, so its first image does not depend on them.
+        extra_rng: the generator of the extra contrasts (default: one spawned from ``rng``'s seed sequence,
+            which draws nothing from ``rng``).
 
     Returns:
-        ``{"image": (X, Y, Z) float32, "mask": (X, Y, Z) uint8 or None, "affine": (4, 4),
-        "lesion_kind": str, "lesion_variant": str, "ms_source": str}``; ``lesion_variant`` is what was
-        inserted (e.g. ``focal_opposite`` for a focal lesion of the opposite intensity sign).
+        ``{"image": (X, Y, Z) float32, "images": [image, *extra images], "contrasts": [contrast, *extra],
+        "mask": (X, Y, Z) uint8 or None, "affine": (4, 4), "lesion_kind": str, "lesion_variant": str,
+        "ms_source": str}``; ``lesion_variant`` is what was inserted (e.g. ``focal_opposite`` for a focal
+        lesion of the opposite intensity sign).
     """
-    if contrast not in CONTRASTS:
-        raise ValueError(f"unknown contrast {contrast!r} (known: {CONTRASTS})")
+    extra_contrasts = tuple(extra_contrasts)
+    for c in (contrast, *extra_contrasts):
+        if c not in CONTRASTS:
+            raise ValueError(f"unknown contrast {c!r} (known: {CONTRASTS})")
+    if extra_contrasts and extra_rng is None:
+        extra_rng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
     with _single_threaded_blas():
-        return _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size)
+        return _synthesize(
+            rng, spacing, contrast, variation, lesion, ms_files, lesion_size, extra_contrasts, extra_rng
+        )
 
 
 SIZE_STRATA: dict[str, tuple[float, float]] = {
@@ -335,7 +357,9 @@ _LESION_SIZES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size="any") -> dict[str, Any]:
+def _synthesize(
+    rng, spacing, contrast, variation, lesion, ms_files, lesion_size="any", extra_contrasts=(), extra_rng=None
+) -> dict[str, Any]:
     tpl = _template(float(spacing))
     shape, aff = demo_grid(spacing)
     v = variation
@@ -362,21 +386,12 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size
         )
 
     brain = np.clip(sample(tpl["brain"]), 0, 1)
-    gm, wm, csf = sample(tpl["gm"]), sample(tpl["wm"]), sample(tpl["csf"])
-    jit = 1 + rng.uniform(-v.tissue_jitter, v.tissue_jitter, 3)
-    if contrast == "t1":
-        t1 = np.clip(sample(tpl["t1"]) / tpl["t1_ref"], 0, None)
-        img = (
-            t1 ** rng.uniform(*v.gamma)
-            + 0.03 * rng.standard_normal() * gm
-            + 0.03 * rng.standard_normal() * wm
-        )
-        img = img * (csf * jit[0] + gm * jit[1] + wm * jit[2] + 1e-3) / (csf + gm + wm + 1e-3)
-    else:
-        levels = {"t2": (1.0, 0.62, 0.45), "flair": (0.15, 0.62, 0.48)}[contrast]
-        img = csf * levels[0] * jit[0] + gm * levels[1] * jit[1] + wm * levels[2] * jit[2]
-        img = (img / max(float(np.median(img[brain > 0.5])), 1e-6)) ** rng.uniform(*v.gamma)
-    img = np.clip(img, 0, None).astype(np.float32)
+    tissues = {"gm": sample(tpl["gm"]), "wm": sample(tpl["wm"]), "csf": sample(tpl["csf"]), "brain": brain}
+    img = _contrast_image(rng, contrast, v, tissues, lambda: sample(tpl["t1"]) / tpl["t1_ref"])
+    extra_imgs = [
+        _contrast_image(extra_rng, c, v, tissues, lambda: sample(tpl["t1"]) / tpl["t1_ref"])
+        for c in extra_contrasts
+    ]
 
     mask = None
     ms_source = ""
@@ -414,17 +429,68 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size
                 raise ValueError("no MS lesion mask has 3 voxels on this grid")
             _, ms, ms_source = min(candidates, key=lambda c: c[0])
             inserter_kwargs["ms_masks"] = [ms]
-        inserter = RandLesion(**inserter_kwargs)
-        inserter.set_random_state(seed=int(rng.integers(2**31)))
-        x = MetaTensor(torch.from_numpy(img)[None], affine=torch.as_tensor(aff))
+        lesion_seed = int(rng.integers(2**31))
         region = brain > 0.5
         if lesion != "ms":  # tumours and focal lesions go in the cerebrum (template z > -30 mm)
             region &= (src[:, 2] > -30.0).reshape(shape)
-        y, mk = inserter(x, brain_mask=torch.from_numpy(region)[None], kind=lesion)
-        img = y.numpy()[0]
-        mask = (mk.numpy()[0] > 0.5).astype(np.uint8)
-        lesion_variant = inserter.last_variant or ""
 
+        def insert(image: np.ndarray, con: str) -> tuple[np.ndarray, np.ndarray, str]:
+            # the same seed and region draw the same lesion (mask, mass effect) in every contrast; only the
+            # intensities follow the contrast (hyperintense in FLAIR/T2, hypointense in T1)
+            inserter = RandLesion(**{**inserter_kwargs, "contrast": con})
+            inserter.set_random_state(seed=lesion_seed)
+            x = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(aff))
+            y, mk = inserter(x, brain_mask=torch.from_numpy(region)[None], kind=lesion)
+            return y.numpy()[0], (mk.numpy()[0] > 0.5).astype(np.uint8), inserter.last_variant or ""
+
+        img, mask, lesion_variant = insert(img, contrast)
+        for j, c in enumerate(extra_contrasts):
+            extra_imgs[j], extra_mask, _ = insert(extra_imgs[j], c)
+            if not np.array_equal(
+                extra_mask, mask
+            ):  # pragma: no cover - RandLesion draws do not depend on contrast
+                raise RuntimeError(f"the lesion drawn in {c} differs from the one in {contrast}")
+
+    img = _imaging(rng, img, brain, v)
+    extra_imgs = [_imaging(extra_rng, x, brain, v) for x in extra_imgs]
+    if mask is not None:
+        mask[brain < 0.05] = 0
+    return {
+        "image": img,
+        "images": [img, *extra_imgs],
+        "contrasts": [contrast, *extra_contrasts],
+        "mask": mask,
+        "affine": aff,
+        "lesion_kind": lesion or "",
+        "lesion_variant": lesion_variant,
+        "ms_source": ms_source,
+    }
+
+
+def _contrast_image(
+    rng: np.random.Generator, contrast: str, v: _Variation, tissues: dict[str, np.ndarray], t1_of: Any
+) -> np.ndarray:
+    """A healthy image of ``contrast`` from the subject's tissue maps (``t1_of()``: the warped T1 template)."""
+    gm, wm, csf, brain = tissues["gm"], tissues["wm"], tissues["csf"], tissues["brain"]
+    jit = 1 + rng.uniform(-v.tissue_jitter, v.tissue_jitter, 3)
+    if contrast == "t1":
+        t1 = np.clip(t1_of(), 0, None)
+        img = (
+            t1 ** rng.uniform(*v.gamma)
+            + 0.03 * rng.standard_normal() * gm
+            + 0.03 * rng.standard_normal() * wm
+        )
+        img = img * (csf * jit[0] + gm * jit[1] + wm * jit[2] + 1e-3) / (csf + gm + wm + 1e-3)
+    else:
+        levels = {"t2": (1.0, 0.62, 0.45), "flair": (0.15, 0.62, 0.48)}[contrast]
+        img = csf * levels[0] * jit[0] + gm * levels[1] * jit[1] + wm * levels[2] * jit[2]
+        img = (img / max(float(np.median(img[brain > 0.5])), 1e-6)) ** rng.uniform(*v.gamma)
+    return np.clip(img, 0, None).astype(np.float32)
+
+
+def _imaging(rng: np.random.Generator, img: np.ndarray, brain: np.ndarray, v: _Variation) -> np.ndarray:
+    """Bias field, scanner gain, Rician noise and skull stripping of one acquisition."""
+    shape = img.shape
     bias = np.exp(_smooth_field(rng, (3, 3, 3), shape, v.bias))
     gain = rng.uniform(600, 1400)
     img = img * bias * gain
@@ -433,16 +499,7 @@ def _synthesize(rng, spacing, contrast, variation, lesion, ms_files, lesion_size
     img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)
     img = (img * brain).astype(np.float32)
     img[brain < 0.05] = 0.0
-    if mask is not None:
-        mask[brain < 0.05] = 0
-    return {
-        "image": img,
-        "mask": mask,
-        "affine": aff,
-        "lesion_kind": lesion or "",
-        "lesion_variant": lesion_variant,
-        "ms_source": ms_source,
-    }
+    return img
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: Any) -> None:
@@ -460,7 +517,7 @@ def make_demo_cohort(
     anomalous: int = DEMO_DEFAULTS["anomalous"],
     general: int = DEMO_DEFAULTS["general"],
     spacing: float = DEMO_DEFAULTS["spacing"],
-    contrast: str = DEMO_DEFAULTS["contrast"],
+    contrast: str | Sequence[str] = DEMO_DEFAULTS["contrast"],
     ms_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> Path:
@@ -474,15 +531,24 @@ def make_demo_cohort(
             cycles through the strata of :data:`SIZE_STRATA` (< 1, 1-10, > 10 cm^3).
         general: subjects of the broader ``general`` section (0: no section).
         spacing: isotropic voxel size in mm (4: the CPU demo; 1: full resolution).
-        contrast: in-distribution contrast ``t1``, ``t2`` or ``flair``.
+        contrast: in-distribution contrast ``t1``, ``t2`` or ``flair``; or several distinct ones, e.g.
+            ``("flair", "t1")``: a multi-contrast cohort (every subject in each contrast, same anatomy and
+            lesion mask; files ``images/<subject>_<contrast>.nii.gz``; each datalist item's ``image`` lists
+            them in this order). The first contrast's images are those of the single-contrast cohort.
         ms_dir: folder of the MS lesion masks (default :func:`find_ms_lesion_dir`).
         progress: print one line per section.
 
     Raises:
         ValueError: bad counts, spacing or contrast.
     """
-    if contrast not in CONTRASTS:
-        raise UserInputError(f"unknown contrast {contrast!r} (known: {', '.join(CONTRASTS)})")
+    contrasts = (contrast,) if isinstance(contrast, str) else tuple(contrast)
+    bad = [c for c in contrasts if c not in CONTRASTS]
+    if bad or not contrasts or len(set(contrasts)) != len(contrasts):
+        raise UserInputError(
+            f"unknown or repeated contrast(s) {list(contrasts) if not bad else bad} "
+            f"(known: {', '.join(CONTRASTS)}; each at most once)"
+        )
+    contrast, extra = contrasts[0], contrasts[1:]
     if healthy < 1 or anomalous < 0 or general < 0:
         raise UserInputError(
             f"need healthy >= 1, anomalous >= 0, general >= 0; got {healthy}, {anomalous}, {general}"
@@ -531,11 +597,31 @@ def make_demo_cohort(
     names = {"training": "train", "validation": "val", "test": "test", "anomalous": "anom", "general": "gen"}
     for sec, group, i, lesion, con, var, size in plan:
         rng = np.random.default_rng([int(seed), _SECTION_CODE[group], i])
-        s = synthesize_subject(rng, spacing, con, var, lesion=lesion, ms_files=ms_files, lesion_size=size)
+        # general subjects mix contrasts: channel k of subject i is CONTRASTS[(i + k) % 3]
+        cons = [con] + [
+            CONTRASTS[(CONTRASTS.index(con) + k) % 3] if group == "general" else c
+            for k, c in enumerate(extra, 1)
+        ]
+        s = synthesize_subject(
+            rng,
+            spacing,
+            con,
+            var,
+            lesion=lesion,
+            ms_files=ms_files,
+            lesion_size=size,
+            extra_contrasts=cons[1:],
+            extra_rng=np.random.default_rng([int(seed), _SECTION_CODE[group], i, 1]) if extra else None,
+        )
         sid = f"demo-{names[group]}-{i:03d}"
-        img_path = out / "images" / f"{sid}.nii.gz"
-        _save(s["image"], s["affine"], img_path, np.float32)
-        item: dict[str, Any] = {"image": str(img_path), "subject_id": sid, "site": "demo"}
+        if extra:
+            paths = [out / "images" / f"{sid}_{c}.nii.gz" for c in cons]
+        else:
+            paths = [out / "images" / f"{sid}.nii.gz"]
+        for arr, img_path in zip(s["images"], paths):
+            _save(arr, s["affine"], img_path, np.float32)
+        image: Any = [str(p_) for p_ in paths] if extra else str(paths[0])
+        item: dict[str, Any] = {"image": image, "subject_id": sid, "site": "demo"}
         if group != "general":
             item["label"] = 1 if lesion else 0
         nvox = 0
@@ -550,7 +636,7 @@ def make_demo_cohort(
                 "subject_id": sid,
                 "section": sec,
                 "label": item.get("label", ""),
-                "contrast": con,
+                "contrast": "+".join(cons),
                 "lesion_kind": s["lesion_kind"],
                 "lesion_variant": s["lesion_variant"],
                 "lesion_voxels": nvox,
@@ -569,8 +655,8 @@ def make_demo_cohort(
             + "; general = broader distribution for likelihood ratios "
             "(all contrasts, stronger deformation/bias/noise)."
         ),
-        "modality": {"0": contrast.upper()},
-        "contrast": contrast,
+        "modality": {str(k): c.upper() for k, c in enumerate(contrasts)},
+        "contrast": "+".join(contrasts),
         "spacing_mm": float(spacing),
         "seed": int(seed),
         "lesion_kinds": ",".join(kinds),

@@ -5,7 +5,10 @@
   preprocessing config, e.g. BRATS' ``brainmask.nii.gz``) or, without one, the foreground estimated by
   :func:`estimate_foreground` (voxels above ``min + 5 % of (p99 - min)``: the zero/constant background
   of skull-stripped scans, BRATS' negative constant, and the air of whole-head scans such as IXI fall
-  outside). With a given mask, voxels outside it are set to ``b_min`` (brain extraction).
+  outside). With a given mask, voxels outside it are set to ``b_min`` (brain extraction). A multi-channel
+  image (one subject's contrasts stacked) is scaled **per channel**, each exactly as that contrast alone
+  would be: its own percentiles inside the given brain mask (shared by all channels) or inside its own
+  estimated foreground.
 * :class:`Binarize` turns a resampled (interpolated) mask back into {0, 1}.
 
 Both keep ``MetaTensor`` metadata; neither is spatial, so neither needs an inverse.
@@ -93,8 +96,27 @@ class ScaleIntensityInMask(Transform):
         self.foreground_fraction = foreground_fraction
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Args: img (C, *spatial); mask broadcastable to img, nonzero = brain. Returns img's type, float32."""
+        """Args: img (C, *spatial), each channel scaled on its own; mask (1 or C, *spatial) broadcastable to
+        img, nonzero = brain. Returns img's type, float32."""
         x = img.float()
+        if x.ndim >= 2 and x.shape[0] > 1:
+            out = torch.cat(
+                [self._scale(x[c : c + 1], img, mask, f" (contrast {c + 1})") for c in range(x.shape[0])]
+            )
+        else:
+            out = self._scale(x, img, mask, "")
+        if self.clip:
+            out = out.clamp(self.b_min, self.b_max)
+        if mask is not None and self.zero_outside:
+            out = torch.where(mask.expand_as(out) > 0.5, out, torch.full_like(out, self.b_min))
+        if isinstance(img, MetaTensor) and not isinstance(out, MetaTensor):
+            out = MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
+        return out
+
+    def _scale(
+        self, x: torch.Tensor, img: torch.Tensor, mask: torch.Tensor | None, which: str
+    ) -> torch.Tensor:
+        """One channel ``x`` (1, *spatial) mapped so that its percentiles inside the brain go to b_min/b_max."""
         if self.inside_mask:
             region = (
                 (mask > 0.5).expand_as(x)
@@ -105,20 +127,15 @@ class ScaleIntensityInMask(Transform):
             region = torch.ones_like(x, dtype=torch.bool)
         vals = x.detach()[region].cpu().numpy()
         if vals.size == 0:
-            raise InputFileError(_filename(img), "brain mask is empty: no voxels to compute percentiles from")
+            raise InputFileError(
+                _filename(img), f"brain mask is empty{which}: no voxels to compute percentiles from"
+            )
         if vals.size > 2_000_000:
             vals = vals[:: vals.size // 2_000_000 + 1]
         lo, hi = (float(v) for v in np.percentile(vals, [self.lower, self.upper]))
         if hi <= lo:
-            raise InputFileError(_filename(img), f"intensities inside the brain are constant ({lo:g})")
-        out = (x - lo) / (hi - lo) * (self.b_max - self.b_min) + self.b_min
-        if self.clip:
-            out = out.clamp(self.b_min, self.b_max)
-        if mask is not None and self.zero_outside:
-            out = torch.where(mask.expand_as(out) > 0.5, out, torch.full_like(out, self.b_min))
-        if isinstance(img, MetaTensor) and not isinstance(out, MetaTensor):
-            out = MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
-        return out
+            raise InputFileError(_filename(img), f"intensities inside the brain are constant{which} ({lo:g})")
+        return (x - lo) / (hi - lo) * (self.b_max - self.b_min) + self.b_min
 
 
 class ScaleIntensityInMaskd(MapTransform):

@@ -9,7 +9,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from mri_anomaly.data.datalist import load_datalist
+from mri_anomaly.data.datalist import first_image, load_datalist
 
 __all__ = ["make_montage"]
 
@@ -92,7 +92,7 @@ def make_montage(
             if c >= len(row):
                 continue
             group, it = row[c]
-            img = _ras(it["image"])
+            img = _ras(first_image(it))
             mask = _ras(it["mask"]) > 0.5 if "mask" in it else None
             if mask is not None and mask.any():
                 k = int(np.argmax(mask.sum(axis=(0, 1))))

@@ -15,6 +15,7 @@ The config is the ``preprocessing:`` section of a YAML config. Keys (defaults in
     spatial_size: [40, 48, 40]  # fixed model grid (pad/crop, centred) so batches stack; null: pad only
     divisible_by: 8             # 2**levels of the deepest model; spatial_size must be a multiple
     brain_mask_key: null        # item key of a brain mask (e.g. "brain_mask" for BRATS); null: estimate
+    contrasts: null             # names of the contrasts each item's ``image`` lists, e.g. [flair, t1]; null: one
 
 The chain, for image keys and mask keys (masks are binarised to {0, 1} on load, resampled
 bilinearly and thresholded at 0.5, which keeps partial-volume majority and avoids the up-to-half-voxel
@@ -27,8 +28,15 @@ bias of nearest-neighbour downsampling):
 cuts off more than :data:`CROP_WARNING_FRACTION` of the foreground; arrays untouched) ->
 ``ResizeWithPadOrCropd(spatial_size)`` (or ``DivisiblePadd(divisible_by)``).
 
-Outputs: ``image`` float32 ``MetaTensor`` (1, H, W, D) in [0, 1], RAS, axial axis last; masks the same
-shape with values {0, 1}. Every spatial step is a MONAI invertible transform, so a map on the model grid
+Multi-contrast (``contrasts: [flair, t1]``): every datalist item's ``image`` lists one file per contrast, in
+that order; ``LoadVolumed`` resamples contrasts 2.. onto the first contrast's grid and stacks them as channels
+(C = ``len(contrasts)``, :func:`preprocessed_channels`; the config's ``in_channels`` must equal it). Intensity
+scaling is per channel (each channel's own percentiles inside the brain mask, or inside its own estimated
+foreground); the foreground crop and the grid-crop warning use the voxels > 0 in *any* channel; every spatial
+step then applies to all channels alike, so maps come back in the first contrast's input space.
+
+Outputs: ``image`` float32 ``MetaTensor`` (C, H, W, D) in [0, 1] (C = 1 unless ``contrasts``), RAS, axial
+axis last; masks (1, H, W, D) with values {0, 1}. Every spatial step is a MONAI invertible transform, so a map on the model grid
 goes back to the input's grid and affine with :func:`invert_to_input_space` /
 :func:`save_map_in_input_space` (MONAI ``Invertd`` replays ``applied_operations`` backwards:
 pad/crop -> un-crop -> resample to the input spacing -> reorient).
@@ -100,8 +108,9 @@ PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "spatial_size": [40, 48, 40],
     "divisible_by": 8,
     "brain_mask_key": None,
+    "contrasts": None,
 }
-"""Defaults: 4 mm isotropic RAS on a 40 x 48 x 40 grid (a whole adult brain fits; divisible by 8)."""
+"""Defaults: 4 mm isotropic RAS on a 40 x 48 x 40 grid (a whole adult brain fits; divisible by 8); one contrast."""
 
 DEMO_PREPROCESSING: dict[str, Any] = copy.deepcopy(PREPROCESSING_DEFAULTS)
 """Recommended for the demo cohort (``mri-anomaly demo-data`` at its default 4 mm spacing)."""
@@ -192,12 +201,25 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
     bm = cfg["brain_mask_key"]
     if bm is not None and not (isinstance(bm, str) and bm):
         chk.add(f"preprocessing.brain_mask_key: expected null or an item key, got {bm!r}")
+    con = cfg["contrasts"]
+    if con is not None and not (
+        isinstance(con, Sequence)
+        and not isinstance(con, str)
+        and len(con) >= 1
+        and all(isinstance(c, str) and c for c in con)
+        and len(set(con)) == len(con)
+    ):
+        chk.add(
+            "preprocessing.contrasts: expected null (one image per item) or a list of distinct contrast names, "
+            f"one per image file of each item (e.g. [flair, t1]), got {con!r}"
+        )
     return chk.problems
 
 
 def preprocessed_channels(config: Mapping[str, Any] | None = None) -> int:
-    """Channels of the preprocessed ``image``: one (each datalist item holds one image file)."""
-    return 1
+    """Channels of the preprocessed ``image``: the number of ``contrasts`` (image files per datalist item), else 1."""
+    contrasts = resolve_preprocessing_config(config)["contrasts"]
+    return len(contrasts) if contrasts else 1
 
 
 def model_grid_problems(
@@ -318,10 +340,11 @@ def preprocessing(
             present); the others are masks (nearest, binarised, may be absent from an item). The
             config's ``brain_mask_key`` is added as a mask key.
         image_keys: which of ``keys`` are images; the first drives the foreground crop when there is
-            no brain mask.
+            no brain mask (voxels > 0 in any of its channels).
 
     Returns:
-        ``Compose``: ``{"image": path, ...}`` -> ``{"image": MetaTensor (1, H, W, D) float32 in [0, 1], ...}``.
+        ``Compose``: ``{"image": path or [path, ...], ...}`` -> ``{"image": MetaTensor (C, H, W, D) float32 in
+        [0, 1], ...}`` (C: the item's number of image files; :func:`preprocessed_channels` of the config).
 
     Raises:
         ValueError: the config is invalid (all problems listed).
@@ -343,7 +366,10 @@ def preprocessing(
     if masks:
         t.append(LoadVolumed(masks, mask_keys=masks, allow_missing_keys=True))
     t += [
-        EnsureChannelFirstd(all_keys, channel_dim="no_channel", allow_missing_keys=True),
+        EnsureChannelFirstd(
+            imgs, channel_dim=None
+        ),  # LoadVolume marks "no channel", or 0 for stacked contrasts
+        *([EnsureChannelFirstd(masks, channel_dim="no_channel", allow_missing_keys=True)] if masks else []),
         Orientationd(
             all_keys,
             axcodes=cfg["orientation"].upper(),

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mri_anomaly.data.datalist import first_image
 from mri_anomaly.evaluation.thresholds import calibrate_thresholds, refuse_few_scans
 from mri_anomaly.scoring.items import PreprocessedItems, iterate_preprocessed
 from mri_anomaly.scoring.slice_norms import fit_slice_norms
@@ -53,7 +54,7 @@ def score_items_in_memory(
                 {
                     "index": index,
                     "subject_id": item.get("subject_id"),
-                    "image": str(item.get("image", "")),
+                    "image": str(first_image(item) or ""),
                     "error": error,
                 }
             )

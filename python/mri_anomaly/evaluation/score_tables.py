@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from mri_anomaly.data import load_datalist
+from mri_anomaly.data.datalist import first_image
 from mri_anomaly.errors import MissingInputError, UserInputError
 
 __all__ = ["RESERVED_COLUMNS", "ScoreTables", "attach_datalist", "datalist_lookup", "load_score_tables"]
@@ -116,8 +117,9 @@ def datalist_lookup(datalist: str | os.PathLike | Mapping | None) -> dict[str, d
             entry = {**item, "section": item.get("section", section)}
             if item.get("subject_id") is not None:
                 lookup.setdefault(f"id:{item['subject_id']}", entry)
-            if item.get("image"):
-                lookup.setdefault(f"img:{os.path.abspath(str(item['image']))}", entry)
+            if first_image(item):  # a multi-contrast item: its first contrast, as in scores.csv
+                entry["image"] = first_image(item)
+                lookup.setdefault(f"img:{os.path.abspath(str(entry['image']))}", entry)
     return lookup
 
 

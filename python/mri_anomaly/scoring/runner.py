@@ -13,7 +13,8 @@ datalist's order, items in their order).
 **Layout of OUT/**
 
 ``scores.csv``
-    one row per volume: ``subject_id, image, section, label`` (empty where unknown), the score columns,
+    one row per volume: ``subject_id, image, section, label`` (empty where unknown; ``image`` is the first
+    contrast of a multi-contrast item, the space of its maps), the score columns,
     ``flag:<column>`` (1 when the score is above the run's threshold for that column, 0 otherwise; only
     for columns with a threshold), ``map:<name>`` (path of the voxel map relative to OUT),
     ``cropped_foreground_fraction`` (share of the scan's foreground the fixed model grid cut off; above 1 %
@@ -49,8 +50,8 @@ from typing import Any
 import torch
 
 from mri_anomaly.data import load_datalist, save_map_in_input_space, unwrap_input_error
-from mri_anomaly.data.datalist import subject_id_of
-from mri_anomaly.data.preprocessing import CROP_FRACTION_KEY
+from mri_anomaly.data.datalist import check_contrast_counts, first_image, subject_id_of
+from mri_anomaly.data.preprocessing import CROP_FRACTION_KEY, preprocessed_channels
 from mri_anomaly.errors import UserInputError
 from mri_anomaly.files import atomic_write_json, atomic_write_with
 from mri_anomaly.runs import load_run, run_fingerprint, run_slice_norms, run_thresholds
@@ -174,7 +175,7 @@ def _volumes_to_score(
         (s, i, it)
         for s in sections
         for i, it in enumerate(data[s])
-        if (s, str(it.get("image", ""))) not in done
+        if (s, str(first_image(it) or "")) not in done
     ]
 
 
@@ -188,7 +189,7 @@ def _prepare_tables(
     """Merge what earlier runs left, drop the error rows of volumes about to be retried, and return the folder
     this process appends to (``out`` itself in one process, its shard under ``torchrun``)."""
     world, rank = distributed.world_size(), distributed.rank()
-    retry = {(s, str(it.get("image", ""))) for s, _, it in todo}
+    retry = {(s, str(first_image(it) or "")) for s, _, it in todo}
     target = out if world == 1 else out / SHARDS_DIR / f"rank{rank}"
     target.mkdir(parents=True, exist_ok=True)
     if world == 1:
@@ -246,6 +247,11 @@ def score_datalist(
         raise UserInputError(
             f"section(s) {', '.join(missing)} not in the datalist (it has: {', '.join(sorted(data))})"
         )
+    check_contrast_counts(
+        {s: data[s] for s in sections},
+        preprocessed_channels(config.get("preprocessing")),
+        None if isinstance(datalist, Mapping) else datalist,
+    )
     save_maps = bool(config["score"]["save_maps"]) if save_maps is None else save_maps
     slice_norms = run_slice_norms(run_dir, checkpoint)
     has_label = any("label" in it for s in sections for it in data[s])
@@ -286,7 +292,7 @@ def score_datalist(
     def write_volume(j: int, data: Mapping[str, Any], raw: RawVolumeScores) -> None:
         section, _, item = mine[j]
         subject = subject_id_of(item)
-        base = {"subject_id": subject, "image": item.get("image", ""), "section": section}
+        base = {"subject_id": subject, "image": first_image(item) or "", "section": section}
         try:
             result = finish_volume_scores(raw, config, slice_norms)
             row = layout.score_row(base, item, data, result)
@@ -316,7 +322,8 @@ def score_datalist(
         else:
             section, _, item = mine[j]
             record_error(
-                {"subject_id": subject_id_of(item), "image": item.get("image", ""), "section": section}, error
+                {"subject_id": subject_id_of(item), "image": first_image(item) or "", "section": section},
+                error,
             )
         if bar is not None:
             bar.update(world if world > 1 else 1)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mri_anomaly.data.datalist import first_image
 from mri_anomaly.files import atomic_write
 
 __all__ = [
@@ -122,7 +123,7 @@ def merge_tables(
     order: dict[tuple[str, str], tuple[int, int]] = {}
     for si, s in enumerate(list(data) + [k for k in sections if k not in data]):  # datalist section order
         for i, it in enumerate(data.get(s, [])):
-            order.setdefault((s, str(it.get("image", ""))), (si, i))
+            order.setdefault((s, str(first_image(it) or "")), (si, i))
     far = (10**9, 10**9)
 
     def gather(name: str) -> tuple[list[str], list[dict[str, str]]]:

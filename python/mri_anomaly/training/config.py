@@ -37,7 +37,7 @@ Every problem (unknown key, wrong type, impossible value) is collected and repor
 :class:`ConfigError`. When every part is valid on its own, the parts are checked against each other: the
 model grid (``preprocessing.spatial_size``, or ``divisible_by`` when it is null) must be a multiple of what
 the network needs (``2**levels`` for Glow, ``2**len(channels)`` for the encoders), and ``in_channels`` must
-be the channels the preprocessing gives. ``--set a.b.c=value`` overrides any key by its dotted path; values are parsed
+be the channels the preprocessing gives (one, or one per contrast of ``preprocessing.contrasts``). ``--set a.b.c=value`` overrides any key by its dotted path; values are parsed
 as YAML scalars (``5``, ``1e-3``, ``true``, ``null``, ``[1, 2]``).
 """
 
@@ -423,9 +423,15 @@ def _model_fit_problems(method_cls: type | None, cfg: Mapping[str, Any], found: 
         return problems
     channels = preprocessed_channels(cfg.get("preprocessing"))
     if valid("in_channels") and cfg["in_channels"] != channels:
+        contrasts = (cfg.get("preprocessing") or {}).get("contrasts")
+        source = (
+            f"preprocessing.contrasts {list(contrasts)}: one channel per contrast"
+            if contrasts
+            else "one image file per datalist item"
+        )
         problems.append(
             f"in_channels: {cfg['in_channels']}, but the preprocessing gives {channels}-channel images "
-            f"(one image file per datalist item); set in_channels: {channels}"
+            f"({source}); set in_channels: {channels}"
         )
     if method_cls is not None and valid("spatial_dims", "model", "method"):
         try:

@@ -197,6 +197,7 @@ class Trainer:
         self.progress = progress
         self.datalist_source = datalist
         self.datalist = self._load_datalist(datalist)
+        self._check_contrasts()
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
         self._datasets: dict[str, Any] = {}
         self.resume_state: dict[str, Any] | None = None
@@ -240,6 +241,14 @@ class Trainer:
         from mri_anomaly.data import load_datalist
 
         return load_datalist(datalist, check_files=False, check_headers=False)
+
+    def _check_contrasts(self) -> None:
+        """Every item lists as many image files (contrasts) as the config's ``preprocessing.contrasts``."""
+        from mri_anomaly.data.datalist import check_contrast_counts
+        from mri_anomaly.data.preprocessing import preprocessed_channels
+
+        source = None if isinstance(self.datalist_source, Mapping) else self.datalist_source
+        check_contrast_counts(self.datalist, preprocessed_channels(self.config.get("preprocessing")), source)
 
     def _check_training_files(self, method: AnomalyMethod) -> None:
         """Every file of the sections the method trains on exists and is a readable 3D NIfTI (all problems

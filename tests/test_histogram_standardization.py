@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -274,6 +275,12 @@ def test_train_stores_the_landmarks_and_scoring_uses_them(demo_cohort, tmp_path,
     assert summary is not None and len(used) == n_test
     assert all(u == pytest.approx(expected, abs=1e-12) for u in used)
 
+    # the bundle carries the same mapping
+    from mri_anomaly.bundle import write_bundle_metadata
+
+    meta = json.loads(write_bundle_metadata(run, tmp_path / "metadata.json").read_text())
+    assert meta["mri_anomaly"]["preprocessing"]["intensity"]["histogram_landmarks"] == pytest.approx(expected)
+
 
 def test_resume_reuses_the_stored_landmarks_and_given_landmarks_are_used_as_given(
     demo_cohort, tmp_path, monkeypatch
@@ -309,6 +316,22 @@ def test_resume_reuses_the_stored_landmarks_and_given_landmarks_are_used_as_give
             "histogram_landmarks"
         ]
         assert again == first
+        # the exported program preprocesses with the stored landmarks: the numbers of `score`
+        import mri_anomaly
+        import pandas as pd
+        from mri_anomaly.export import export_run
+        from mri_anomaly.scoring.runner import score_datalist
+
+        score_datalist(
+            run, demo_cohort, tmp_path / "scores", sections=("test",), progress=False, save_maps=False
+        )
+        export_run(run, tmp_path / "model.pt2")
+        scored = pd.read_csv(tmp_path / "scores" / "scores.csv")
+        scorer = mri_anomaly.load_exported(tmp_path / "model.pt2")
+        assert scorer.config_["preprocessing"]["intensity"]["histogram_landmarks"] == first
+        table = scorer.score_table(list(scored["image"]))
+        column = scorer.score_columns_[0]
+        np.testing.assert_allclose(table[column].to_numpy(), scored[column].to_numpy(), rtol=1e-5)
         # a config that carries landmarks uses them as given (no fit either)
         given = [0.02 + 0.098 * k for k in range(11)]
         pre = {

@@ -68,7 +68,8 @@ def flair_cases(data: Path) -> list[dict]:
 
 def measure(demo_datalist: Path, data: Path) -> dict:
     from mri_anomaly.data import load_datalist, preprocessing
-    from mri_anomaly.data.histogram import DEFAULT_PERCENTILES, fit_standard_landmarks, healthy_items
+    from mri_anomaly.data.histogram import DEFAULT_PERCENTILES, healthy_items
+    from mri_anomaly.data.histogram_fit import fit_standard_landmarks
 
     pre = yaml.safe_load((REPO / "configs" / "glow3d.yaml").read_text())["preprocessing"]
     pre["intensity"] = {k: v for k, v in pre["intensity"].items() if k not in ("standardize",)}

@@ -15,13 +15,12 @@ from mri_anomaly.data import TINY_PREPROCESSING, VolumeDataset, load_datalist, p
 from mri_anomaly.data.histogram import (
     DEFAULT_PERCENTILES,
     HistogramStandardize,
-    fit_standard_landmarks,
     healthy_items,
     mapping_knots,
-    scaled_volumes,
     scan_landmarks,
     standardize,
 )
+from mri_anomaly.data.histogram_fit import fit_standard_landmarks, scaled_volumes
 from mri_anomaly.data.preprocessing import validate_preprocessing_config
 from mri_anomaly.training import Trainer, load_checkpoint, validate_config
 

@@ -41,7 +41,8 @@ from mri_anomaly.data.demo import (
     load_ms_lesion_masks,
     make_demo_cohort,
 )
-from mri_anomaly.data.histogram import HistogramStandardize, HistogramStandardized, fit_standard_landmarks
+from mri_anomaly.data.histogram import HistogramStandardize, HistogramStandardized
+from mri_anomaly.data.histogram_fit import fit_standard_landmarks
 from mri_anomaly.data.intensity import (
     Binarize,
     Binarized,

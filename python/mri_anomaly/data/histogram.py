@@ -11,8 +11,8 @@ histogram learned on the training cohort:
   percentile: the background and the lowest brain voxels are 0 after the scaling, or below 0 without
   clipping), inside the brain mask when the config names one (``brain_mask_key``);
 * **standard landmarks**: the mean of the landmarks of the healthy training scans (as torchio averages
-  over scans), fitted by ``mri-anomaly train`` (:func:`fit_standard_landmarks`) and stored in the run's
-  config (``preprocessing.intensity.histogram_landmarks``), so scoring, evaluation, the bundle and the
+  over scans), fitted by ``mri-anomaly train`` (:mod:`~mri_anomaly.data.histogram_fit`) and stored in the
+  run's config (``preprocessing.intensity.histogram_landmarks``), so scoring, evaluation, the bundle and the
   export apply exactly the same mapping;
 * **the mapping** (:func:`standardize`): piecewise linear through the knots ``(0, 0)``, ``(l_i, s_i)``
   and ``(1, 1)`` (``l`` the scan's landmarks, ``s`` the standard ones). 0 and 1 are the percentile
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, Transform
+from monai.transforms import MapTransform, Transform
 
 from mri_anomaly.config_checks import is_number, type_name
 from mri_anomaly.data.io import InputFileError
@@ -60,8 +60,6 @@ __all__ = [
     "with_landmarks",
     "reuse_landmarks",
     "healthy_items",
-    "scaled_volumes",
-    "fit_standard_landmarks",
 ]
 
 DEFAULT_PERCENTILES: list[float] = [1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0]
@@ -125,13 +123,9 @@ def mapping_knots(
     pts += [(a, b) for a, b in zip(lm, st) if abs(a) >= min_gap and abs(a - 1.0) >= min_gap]
     pts.sort(key=lambda p: p[0])
     kept: list[tuple[float, float]] = []
-    anchors = {0.0, 1.0}
-    for x, y in pts:
-        if kept and x - kept[-1][0] < min_gap:
-            if x in anchors:  # cannot happen (landmarks near an anchor are gone); keep the anchor regardless
-                kept[-1] = (x, y)
-            continue
-        kept.append((float(x), float(y)))
+    for x, y in pts:  # landmarks near an anchor are gone, so only landmarks are dropped here
+        if not kept or x - kept[-1][0] >= min_gap:
+            kept.append((float(x), float(y)))
     xs, ys = (np.array(v, dtype=np.float64) for v in zip(*kept))
     return xs, ys
 
@@ -306,46 +300,3 @@ def healthy_items(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             continue
         out.append(dict(it))
     return out
-
-
-def scaled_volumes(preprocessing_config: Mapping[str, Any] | None) -> tuple[Compose, str | None]:
-    """The preprocessing chain up to (and including) the percentile scaling, for ``image`` (and the brain mask),
-    and the brain-mask key. What the landmarks are measured on."""
-    from mri_anomaly.data.intensity import ScaleIntensityInMaskd
-    from mri_anomaly.data.preprocessing import preprocessing, resolve_preprocessing_config
-
-    cfg = resolve_preprocessing_config(preprocessing_config)
-    cfg["intensity"] = {**cfg["intensity"], "standardize": None}
-    full = preprocessing(cfg, keys=("image",))
-    cut = next(i for i, t in enumerate(full.transforms) if isinstance(t, ScaleIntensityInMaskd))
-    return Compose(full.transforms[: cut + 1]), cfg["brain_mask_key"]
-
-
-def fit_standard_landmarks(
-    items: Sequence[Mapping[str, Any]],
-    preprocessing_config: Mapping[str, Any] | None,
-    progress: bool = False,
-) -> list[float]:
-    """The standard landmarks: the mean over ``items`` (healthy scans) of their landmarks.
-
-    One pass over the scans, each loaded with the preprocessing up to the percentile scaling.
-
-    Raises:
-        ValueError: no items. InputFileError: a scan cannot be read or has no brain voxels.
-    """
-    if not items:
-        raise ValueError("no scans to fit the histogram landmarks on")
-    chain, bm = scaled_volumes(preprocessing_config)
-    cfg = dict(preprocessing_config or {})
-    _, pct, _ = histogram_settings(cfg.get("intensity"))
-    iterator: Iterable[Mapping[str, Any]] = items
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(items, desc="fit intensity landmarks", unit="vol", dynamic_ncols=True)
-    per_scan = []
-    for it in iterator:
-        keys = ["image"] + ([bm] if bm else [])
-        d = chain({k: it[k] for k in keys if k in it})
-        per_scan.append(scan_landmarks(d["image"], pct, d.get(bm) if bm else None))
-    return [float(v) for v in np.mean(np.stack(per_scan), axis=0)]

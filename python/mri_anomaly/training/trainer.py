@@ -40,13 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mri_anomaly.data.histogram import (
-    fit_standard_landmarks,
-    healthy_items,
-    needs_landmarks,
-    reuse_landmarks,
-    with_landmarks,
-)
+from mri_anomaly.data.histogram import healthy_items, needs_landmarks, reuse_landmarks, with_landmarks
+from mri_anomaly.data.histogram_fit import fit_standard_landmarks
 from mri_anomaly.errors import OutputExistsError, UserInputError
 from mri_anomaly.evaluation.calibration import calibrate_run
 from mri_anomaly.files import atomic_write

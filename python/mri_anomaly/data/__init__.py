@@ -5,7 +5,7 @@
   ``validate_preprocessing_config``, ``preprocessing(config, keys) -> Compose``,
   ``invert_to_input_space`` / ``save_map_in_input_space`` (model grid -> the input file's grid and affine).
 * transforms in MONAI style: ``LoadVolume(d)``, ``ScaleIntensityInMask(d)``, ``Binarize(d)``,
-  ``RandLesion(d)``.
+  ``RandLesion(d)``, ``HistogramStandardize(d)`` (Nyul-Udupa landmarks, :mod:`~mri_anomaly.data.histogram`).
 * :mod:`~mri_anomaly.data.datalist`: Decathlon JSON / CSV datalists, validated (``load_datalist``,
   ``validate_datalist``, ``write_datalist``, ``build_datalist``).
 * :mod:`~mri_anomaly.data.datasets`: ``VolumeDataset``, ``SliceDataset``, ``collate_with_errors``
@@ -41,6 +41,8 @@ from mri_anomaly.data.demo import (
     load_ms_lesion_masks,
     make_demo_cohort,
 )
+from mri_anomaly.data.histogram import HistogramStandardize, HistogramStandardized
+from mri_anomaly.data.histogram_fit import fit_standard_landmarks
 from mri_anomaly.data.intensity import (
     Binarize,
     Binarized,
@@ -66,6 +68,9 @@ from mri_anomaly.data.preprocessing import (
 )
 
 __all__ = [
+    "HistogramStandardize",
+    "HistogramStandardized",
+    "fit_standard_landmarks",
     "Binarize",
     "Binarized",
     "DEMO_DEFAULTS",

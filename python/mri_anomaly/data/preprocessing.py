@@ -10,6 +10,9 @@ The config is the ``preprocessing:`` section of a YAML config. Keys (defaults in
       upper: 99.0               # percentile mapped to 1
       inside_mask: true         # percentiles of brain voxels only (given mask or estimated foreground)
       clip: true                # clip to [0, 1]
+      standardize: null         # "histogram": Nyul-Udupa landmarks of the healthy training scans (data.histogram)
+      histogram_percentiles: [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99]
+      histogram_landmarks: null # the standard landmarks; `train` fits them and stores them in the run
     crop_foreground: true       # crop to the brain's bounding box (CropForegroundd)
     crop_margin: 1              # voxels kept around the foreground
     spatial_size: [40, 48, 40]  # fixed model grid (pad/crop, centred) so batches stack; null: pad only
@@ -23,7 +26,7 @@ bias of nearest-neighbour downsampling):
 
 ``LoadVolumed`` (checked, :class:`~mri_anomaly.data.io.InputFileError` on bad files) ->
 ``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``Spacingd`` (+ ``Binarized`` on masks) ->
-``ScaleIntensityInMaskd`` ->
+``ScaleIntensityInMaskd`` -> (``HistogramStandardized`` when ``intensity.standardize: histogram``) ->
 ``CropForegroundd`` -> ``WarnGridCropd`` (a :class:`GridCropWarning` naming the file when the fixed grid
 cuts off more than :data:`CROP_WARNING_FRACTION` of the foreground; arrays untouched) ->
 ``ResizeWithPadOrCropd(spatial_size)`` (or ``DivisiblePadd(divisible_by)``).
@@ -69,6 +72,12 @@ from monai.transforms import (
 )
 
 from mri_anomaly.config_checks import ConfigChecker, is_int, is_number, type_name
+from mri_anomaly.data.histogram import (
+    DEFAULT_PERCENTILES,
+    HistogramStandardized,
+    histogram_config_problems,
+    histogram_settings,
+)
 from mri_anomaly.data.intensity import Binarized, ScaleIntensityInMaskd
 from mri_anomaly.data.loading import LoadVolumed
 
@@ -102,7 +111,15 @@ CROP_FRACTION_KEY = "cropped_foreground_fraction"
 PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "spacing": [4.0, 4.0, 4.0],
     "orientation": "RAS",
-    "intensity": {"lower": 1.0, "upper": 99.0, "inside_mask": True, "clip": True},
+    "intensity": {
+        "lower": 1.0,
+        "upper": 99.0,
+        "inside_mask": True,
+        "clip": True,
+        "standardize": None,
+        "histogram_percentiles": list(DEFAULT_PERCENTILES),
+        "histogram_landmarks": None,
+    },
     "crop_foreground": True,
     "crop_margin": 1,
     "spatial_size": [40, 48, 40],
@@ -123,7 +140,15 @@ FULL_RESOLUTION_PREPROCESSING: dict[str, Any] = {
 }
 """1 mm, 160 x 192 x 160 (GPU runs; ``demo-data --spacing 1``)."""
 
-_INTENSITY_KEYS = {"lower", "upper", "inside_mask", "clip"}
+_INTENSITY_KEYS = {
+    "lower",
+    "upper",
+    "inside_mask",
+    "clip",
+    "standardize",
+    "histogram_percentiles",
+    "histogram_landmarks",
+}
 
 
 def resolve_preprocessing_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -182,6 +207,7 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
             )
         for k in ("inside_mask", "clip"):
             chk.bool_(inten, k, "preprocessing.intensity.")
+        chk.problems.extend(histogram_config_problems(inten))
     chk.bool_(cfg, "crop_foreground", "preprocessing.")
     chk.int_(cfg, "crop_margin", "preprocessing.", minimum=0)
     k = cfg["divisible_by"]
@@ -397,6 +423,18 @@ def preprocessing(
             clip=it["clip"],
         )
     )
+    standardize, percentiles, landmarks = histogram_settings(it)
+    if standardize == "histogram":
+        if landmarks is None:
+            raise ValueError(
+                "preprocessing.intensity.standardize is 'histogram' but histogram_landmarks is null: "
+                "`mri-anomaly train` fits them on the healthy training scans (or give them in the config)"
+            )
+        t.append(
+            HistogramStandardized(
+                imgs, mask_key=bm, landmarks=landmarks, percentiles=percentiles, clip=bool(it["clip"])
+            )
+        )
     if cfg["crop_foreground"]:
         t.append(
             CropForegroundd(

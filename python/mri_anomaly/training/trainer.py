@@ -2,6 +2,9 @@
 
 The :class:`Trainer` runs the method's phases in order (``AnomalyMethod.phases``). Per phase it
 
+0. with ``preprocessing.intensity.standardize: histogram`` and no landmarks in the config, fits the standard
+   intensity landmarks on the healthy ``training`` scans (:mod:`mri_anomaly.data.histogram`) and keeps them in
+   the run's config (a resumed run reuses the stored ones);
 1. builds the phase's training data (``method.phase_data_section(phase)``, plus the ``general`` section
    when ``method.uses_general_data(phase)``) with the config's preprocessing;
 2. calls ``method.begin_phase(phase, batches)`` once with ``train.init_batches`` batches — *before* any
@@ -37,6 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mri_anomaly.data.histogram import healthy_items, needs_landmarks, reuse_landmarks, with_landmarks
+from mri_anomaly.data.histogram_fit import fit_standard_landmarks
 from mri_anomaly.errors import OutputExistsError, UserInputError
 from mri_anomaly.evaluation.calibration import calibrate_run
 from mri_anomaly.files import atomic_write
@@ -209,6 +214,8 @@ class Trainer:
                 )
             self.resume_state = load_checkpoint(self.checkpoint_path, map_location="cpu")
             stored = config_from_yaml(self.resume_state["config"])
+            # histogram landmarks were fitted when the run began: reuse them, never refit
+            self.config = reuse_landmarks(self.config, stored)
             problems = _config_differences(self.config, stored)
             # steps may grow for the phase in progress and later ones, never change for a finished phase
             done = self.resume_state["progress"]
@@ -355,6 +362,25 @@ class Trainer:
             )
         distributed.barrier()
 
+    def _fit_intensity_landmarks(self) -> dict[str, Any]:
+        """With ``preprocessing.intensity.standardize: histogram`` and no landmarks yet: fit the standard
+        landmarks on the healthy scans of the ``training`` section (one pass, before any dataset is built) and
+        keep them in ``self.config``, which the run's ``config.yaml`` and checkpoint store. Returns the config."""
+        if needs_landmarks(self.config):
+            items = healthy_items(self.datalist.get("training") or [])
+            if not items:
+                raise UserInputError(
+                    "preprocessing.intensity.standardize: histogram needs healthy scans (label 0 or no label) in "
+                    "the datalist's 'training' section to fit the intensity landmarks on"
+                )
+            landmarks = fit_standard_landmarks(
+                items,
+                self.config.get("preprocessing"),
+                progress=self.progress and distributed.is_main_process(),
+            )
+            self.config = with_landmarks(self.config, landmarks)
+        return self.config
+
     # ---------------------------------------------------------------------------------------------- fit
     def fit(self) -> TrainResult:
         """Train every phase (or up to ``max_steps``), score ``validation`` for thresholds, save.
@@ -375,6 +401,8 @@ class Trainer:
         random.seed(seed)
         method = build_method(cfg).to(self.device)
         self._check_training_files(method)  # before anything is written
+        cfg = self._fit_intensity_landmarks()
+        train_cfg = cfg["train"]
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_NAME).write_text(config_to_yaml(cfg))

@@ -11,11 +11,17 @@ runs it there, which takes the demo's time) and writes one table set:
   fraction on counted slices of healthy test scans (bound: |rho| <= 0.2), and the brain fraction's own
   slice AUROC;
 * the real cases of ``../shared/data`` scored by the demo models (``benchmarks/real_data.py``): slice AUROC
-  inside each scan, voxel AP next to chance and the raw-intensity map.
+  inside each scan, voxel AP next to chance and the raw-intensity map;
+* with ``--seeds 1 2``: the findings over training seeds (section "Seeds"). ``--seed-runs`` (default
+  glow2d-ratio, glow3d-ratio, deep-svdd-2d, deep-sad-2d) are retrained and scored with config ``seed=<s>`` on the
+  demo's cohort in ``DEMO/seeds/<s>/runs|scores/<run>`` (resumable; seed 0 is the demo itself): Schirrmeister et
+  al. (``llr`` and ``final_scale`` against ``nll_bpd``, volume and slice AUROC of both Glow runs) and Ruff et al.
+  (Deep SAD against Deep SVDD on the lesion kinds never labelled), per seed with paired bootstrap CIs, mean ± SD
+  over seeds and a pooled seed-averaged difference.
 
 Usage::
 
-    python benchmarks/detection.py --demo demo-out [--data ../shared/data] [--docs docs/benchmarks]
+    python benchmarks/detection.py --demo demo-out [--data ../shared/data] [--docs docs/benchmarks] [--seeds 1 2]
 
 Writes ``docs/benchmarks/detection.md`` and ``detection.json`` with the command, machine, load and date, and the
 per-case tables of the real cases as ``real_data.md``/``.json`` (the layout of ``benchmarks/real_data.py``).
@@ -232,6 +238,446 @@ def summarise(metrics: dict) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------------- seeds
+FLOW_SCORES = ("llr", "final_scale", "nll_bpd")
+"""Schirrmeister et al.: the likelihood ratio and the final-scale score against the raw NLL (bits per dim)."""
+SCHIRRMEISTER_RUNS = ("glow2d-ratio", "glow3d-ratio")
+RUFF_RUNS = ("deep-sad-2d", "deep-svdd-2d")
+RUFF_COLUMN = "deep_sad_dist_mean"
+RUFF_MARGIN = 0.05
+"""Ruff et al.: Deep SAD beats Deep SVDD by at least this volume AUROC on the lesion kinds never labelled."""
+
+
+def seed_folder(demo: Path, seed: int) -> Path:
+    """The folder holding ``runs/`` and ``scores/`` of a seed: the demo itself for seed 0."""
+    return demo if seed == 0 else demo / "seeds" / str(seed)
+
+
+def flow_columns(columns) -> dict[str, str]:
+    """``{score: volume column}`` of a Glow run: the ``_top5_mean`` aggregate of a 2D run (mean of the 5 most
+    anomalous slices), the column itself for a 3D run."""
+    columns = set(columns)
+    return {s: f"{s}_top5_mean" if f"{s}_top5_mean" in columns else s for s in FLOW_SCORES}
+
+
+def load_seed_tables(demo: Path, seeds, runs, section: str = "test") -> dict[int, dict[str, dict]]:
+    """``{seed: {run: {"volume", "slice", "slice_columns", "config"}}}`` of the runs whose scores exist.
+
+    ``volume``: the labelled scans of ``section`` (label from the datalist, ``lesion_kind`` from ``subjects.csv``);
+    ``slice``: their counted slices with a 0/1 ``slice_label`` (as ``evaluate`` counts them), or None;
+    ``config``: the run's resolved ``config.yaml``.
+    """
+    import pandas as pd
+    from mri_anomaly.evaluation.levels import labelled_scans, section_slices
+    from mri_anomaly.evaluation.score_tables import attach_datalist, datalist_lookup, load_score_tables
+    from mri_anomaly.training.config import config_from_yaml
+
+    lookup = datalist_lookup(demo / "data" / "datalist.json")
+    subjects = pd.read_csv(demo / "data" / "subjects.csv", dtype={"subject_id": str})
+    kinds = subjects[["subject_id", "lesion_kind"]]
+    out: dict[int, dict[str, dict]] = {}
+    for seed in seeds:
+        folder = seed_folder(demo, seed)
+        for run in runs:
+            if not (folder / "scores" / run / "scores.csv").is_file():
+                continue
+            ss = load_score_tables(folder / "scores" / run, run)
+            attach_datalist(ss, lookup)
+            df = ss.volumes
+            volume = labelled_scans(df[df["section"] == section]).merge(kinds, on="subject_id", how="left")
+            slices = None
+            if ss.slices is not None:
+                slices = section_slices(ss.slices, df, section)
+                slices = slices[slices["slice_label"].isin([0, 1])] if "slice_label" in slices else None
+            config_path = folder / "runs" / run / "config.yaml"
+            config = config_from_yaml(config_path.read_text()) if config_path.is_file() else {}
+            out.setdefault(seed, {})[run] = {
+                "volume": volume,
+                "slice": slices,
+                "slice_columns": ss.slice_columns,
+                "config": config,
+            }
+    return out
+
+
+def _mean_sd(values) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if not v.size:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")
+
+
+def compare_over_seeds(
+    tables: dict,
+    a: str,
+    b: str,
+    key=("subject_id",),
+    label: str = "label",
+    groups: str | None = None,
+    margin: float = 0.0,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """AUROC(a) − AUROC(b) on the same samples, per seed and pooled over seeds.
+
+    Args:
+        tables: ``{seed: DataFrame}`` with the ``key`` columns, ``label`` (0/1) and the score columns ``a`` and
+            ``b`` (higher = more anomalous).
+        groups: cluster column, one of ``key`` (``subject_id`` for slices): the bootstrap resamples whole scans;
+            None: stratified by label (one row per scan).
+        margin: the difference a claim needs (0: just > 0).
+
+    Returns:
+        ``per_seed``: per seed the two AUROCs, the difference and its paired bootstrap 95 % CI; ``mean``/``sd``
+        over seeds of the AUROCs and the difference; ``pooled``: the seed-averaged difference on the samples
+        every seed has, with a bootstrap CI resampling those samples (the same resample for every seed);
+        ``verdict``: "holds" when every seed's difference is > 0, the pooled CI lies above 0 and the mean
+        difference is >= ``margin``, else "does not hold"; ``reasons``: what failed.
+    """
+    from mri_anomaly.evaluation.bootstrap import auroc_difference_with_ci
+    from mri_anomaly.evaluation.metrics import auroc
+
+    key = list(key)
+    per_seed = []
+    for s, df in tables.items():
+        y = df[label].to_numpy(dtype=int)
+        d = auroc_difference_with_ci(
+            y,
+            [(df[a].to_numpy(np.float64), df[b].to_numpy(np.float64))],
+            n_resamples=n_resamples,
+            seed=seed,
+            groups=None if groups is None else df[groups].astype(str).to_numpy(),
+        )
+        per_seed.append(
+            {
+                "seed": s,
+                "auroc_a": auroc(y, df[a].to_numpy(np.float64)),
+                "auroc_b": auroc(y, df[b].to_numpy(np.float64)),
+                "difference": d["auroc_difference"],
+                "difference_ci": d.get("auroc_difference_ci"),
+                "n": d["n"],
+                "n_anomalous": d["n_anomalous"],
+            }
+        )
+    common = None  # the samples every seed has
+    for s, df in tables.items():
+        part = df[key + [label, a, b]].rename(columns={a: f"a{s}", b: f"b{s}", label: f"label{s}"})
+        common = part if common is None else common.merge(part, on=key)
+    seeds = list(tables)
+    pooled = auroc_difference_with_ci(
+        common[f"label{seeds[0]}"].to_numpy(dtype=int),
+        [(common[f"a{s}"].to_numpy(np.float64), common[f"b{s}"].to_numpy(np.float64)) for s in seeds],
+        n_resamples=n_resamples,
+        seed=seed,
+        groups=None if groups is None else common[groups].astype(str).to_numpy(),
+    )
+    mean, sd = {}, {}
+    for name in ("auroc_a", "auroc_b", "difference"):
+        mean[name], sd[name] = _mean_sd([p[name] for p in per_seed])
+    reasons = [
+        f"seed {p['seed']}: difference {p['difference']:+.3f} <= 0"
+        for p in per_seed
+        if not p["difference"] > 0
+    ]
+    ci = pooled.get("auroc_difference_ci")
+    if ci is not None and not (ci[0] > 0):
+        reasons.append(f"pooled 95 % CI [{ci[0]:+.3f}, {ci[1]:+.3f}] is not above 0")
+    if margin > 0 and not mean["difference"] >= margin:
+        reasons.append(f"mean difference {mean['difference']:+.3f} < {margin}")
+    return {
+        "a": a,
+        "b": b,
+        "margin": margin,
+        "per_seed": per_seed,
+        "mean": mean,
+        "sd": sd,
+        "pooled": {
+            "difference": pooled["auroc_difference"],
+            "difference_ci": ci,
+            "n": pooled["n"],
+            "n_anomalous": pooled["n_anomalous"],
+            "n_seeds": pooled["n_pairs"],
+        },
+        "verdict": "does not hold" if reasons else "holds",
+        "reasons": reasons,
+    }
+
+
+def _slice_column(column: str, slice_columns) -> str | None:
+    from mri_anomaly.evaluation.report import _match
+
+    return _match(column, list(slice_columns), "")
+
+
+def schirrmeister_findings(seed_tables: dict, runs=SCHIRRMEISTER_RUNS, n_resamples: int = 1000) -> dict:
+    """Per Glow run and level (volume, slice): ``llr`` and ``final_scale`` against ``nll_bpd``
+    (:func:`compare_over_seeds`), with the volume/slice column each score is read from."""
+    out = {}
+    for run in runs:
+        seeds = [s for s in seed_tables if run in seed_tables[s]]
+        if not seeds:
+            continue
+        first = seed_tables[seeds[0]][run]
+        vol_cols = flow_columns(first["volume"].columns)
+        levels = {
+            "volume": (
+                {s: seed_tables[s][run]["volume"] for s in seeds},
+                vol_cols,
+                ["subject_id"],
+                "label",
+                None,
+            )
+        }
+        slice_cols = {k: _slice_column(c, first["slice_columns"]) for k, c in vol_cols.items()}
+        if first["slice"] is not None and all(slice_cols.values()):
+            levels["slice"] = (
+                {s: seed_tables[s][run]["slice"] for s in seeds},
+                slice_cols,
+                ["subject_id", "slice"],
+                "slice_label",
+                "subject_id",
+            )
+        entry = {"seeds": seeds, "config_seeds": [seed_tables[s][run]["config"].get("seed") for s in seeds]}
+        for level, (tables, cols, key, label, groups) in levels.items():
+            entry[level] = {
+                "columns": cols,
+                "auroc": {
+                    score: {s: float(c) for s, c in _aurocs(tables, col, label).items()}
+                    for score, col in cols.items()
+                },
+                **{
+                    f"{score}-nll_bpd": compare_over_seeds(
+                        tables, cols[score], cols["nll_bpd"], key, label, groups, 0.0, n_resamples
+                    )
+                    for score in ("llr", "final_scale")
+                },
+            }
+        out[run] = entry
+    return out
+
+
+def _aurocs(tables: dict, column: str, label: str) -> dict:
+    from mri_anomaly.evaluation.metrics import auroc
+
+    return {
+        s: auroc(df[label].to_numpy(dtype=int), df[column].to_numpy(np.float64)) for s, df in tables.items()
+    }
+
+
+def ruff_finding(
+    seed_tables: dict,
+    sad: str = RUFF_RUNS[0],
+    svdd: str = RUFF_RUNS[1],
+    column: str = RUFF_COLUMN,
+    margin: float = RUFF_MARGIN,
+    n_resamples: int = 1000,
+) -> dict | None:
+    """Deep SAD against Deep SVDD (volume AUROC of ``column``) on the lesion kinds Deep SAD never saw as labels
+    (the test anomalies of every other kind than the config's ``model.lesion.kinds``, against all healthy test
+    scans), and on the labelled kinds for contrast; ``gamma_l`` of each seed's Deep SAD config."""
+    seeds = [s for s in seed_tables if sad in seed_tables[s] and svdd in seed_tables[s]]
+    if not seeds:
+        return None
+    merged, gamma, labelled_kinds = {}, {}, set()
+    for s in seeds:
+        model = seed_tables[s][sad]["config"].get("model") or {}
+        gamma[s] = model.get("gamma_l")
+        labelled_kinds |= set((model.get("lesion") or {}).get("kinds") or [])
+        a = seed_tables[s][sad]["volume"][["subject_id", "label", "lesion_kind", column]]
+        b = seed_tables[s][svdd]["volume"][["subject_id", column]]
+        merged[s] = a.merge(b, on="subject_id", suffixes=("", " (svdd)")).rename(
+            columns={column: sad, f"{column} (svdd)": svdd}
+        )
+    kinds = sorted(
+        {k for df in merged.values() for k in df.loc[df["label"] == 1, "lesion_kind"].dropna().astype(str)}
+    )
+    held_out = [k for k in kinds if k not in labelled_kinds]
+    seen = [k for k in kinds if k in labelled_kinds]
+    out = {
+        "column": column,
+        "seeds": seeds,
+        "gamma_l": gamma,
+        "labelled_kinds": sorted(labelled_kinds),
+        "held_out_kinds": held_out,
+    }
+    for name, group, m in (("held_out", held_out, margin), ("labelled", seen, 0.0)):
+        if not group:
+            continue
+        subset = {s: df[(df["label"] == 0) | df["lesion_kind"].isin(group)] for s, df in merged.items()}
+        out[name] = compare_over_seeds(subset, sad, svdd, ("subject_id",), "label", None, m, n_resamples)
+    return out
+
+
+def run_seeds(demo: Path, seeds, runs, device: str = "cpu") -> float:
+    """Train and score ``runs`` for every seed other than 0 (resumable); returns the seconds it took."""
+    from mri_anomaly.pipeline import run_seed
+
+    t = time.time()
+    for seed in seeds:
+        if seed != 0:
+            run_seed(demo, seed, runs, device=device, progress=False)
+    return time.time() - t
+
+
+def seeds_summary(demo: Path, seeds, runs, n_resamples: int = 1000) -> dict:
+    """The ``seeds`` entry of detection.json: both findings over seed 0 (the demo) and ``seeds``."""
+    all_seeds = [0] + [s for s in seeds if s != 0]
+    tables = load_seed_tables(demo, all_seeds, runs)
+    return {
+        "seeds": all_seeds,
+        "runs": list(runs),
+        "schirrmeister": schirrmeister_findings(
+            tables, [r for r in SCHIRRMEISTER_RUNS if r in runs], n_resamples
+        ),
+        "ruff": ruff_finding(tables, n_resamples=n_resamples) if all(r in runs for r in RUFF_RUNS) else None,
+        "n_bootstrap": n_resamples,
+    }
+
+
+def _diff(entry: dict | None) -> str:
+    if not entry or entry.get("difference") is None:
+        return "–"
+    ci = entry.get("difference_ci")
+    text = f"{entry['difference']:+.3f}"
+    if ci and ci[0] is not None and np.isfinite(ci[0]):
+        text += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return text
+
+
+def _pm(mean: float, sd: float, signed: bool = False) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "–"
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text + (f" ± {sd:.3f}" if sd is not None and np.isfinite(sd) else "")
+
+
+def _verdict(c: dict) -> str:
+    return "**holds**" if c["verdict"] == "holds" else "does not hold (" + "; ".join(c["reasons"]) + ")"
+
+
+def seeds_markdown(seeds: dict) -> list[str]:
+    """The "Seeds" section of detection.md."""
+    others = [s for s in seeds["seeds"] if s != 0]
+    lines = [
+        "",
+        "## Seeds: the findings over training seeds",
+        "",
+        f"Seed 0 is the demo itself; {'seed' if len(others) == 1 else 'seeds'} {', '.join(map(str, others)) or '–'} "
+        f"{'retrains' if len(others) == 1 else 'retrain'} "
+        f"{', '.join(seeds['runs'])} on the same cohort and test scans with the config's `seed` set to that value "
+        "(model init, data order, augmentation, synthetic lesions; `<demo>/seeds/<seed>/runs|scores`). Per seed: "
+        "the AUROCs and the paired AUROC difference on the same test scans with its 95 % bootstrap CI "
+        f"({seeds['n_bootstrap']} resamples; volume: stratified by label; slice: whole scans resampled). Mean ± SD "
+        "over the seeds. **Pooled**: the seed-averaged difference, its CI from one bootstrap over test scans applied "
+        "to every seed's scores at once (it resamples scans, not seeds: the SD over seeds is the seed spread). "
+        "Verdict: **holds** when the difference is > 0 for every seed and the pooled CI lies above 0 (Ruff et al.: "
+        f"and the mean difference over seeds is ≥ {RUFF_MARGIN}).",
+    ]
+    sch = seeds.get("schirrmeister") or {}
+    if sch:
+        lines += [
+            "",
+            "### Schirrmeister et al.: `llr` and `final_scale` beat `nll_bpd`",
+            "",
+            "Volume columns: for the 2D run the `_top5_mean` aggregate of each score (mean of the scan's 5 most "
+            "anomalous slices), for the 3D run the volume score itself; slice level: the per-slice score of the same "
+            "family on the counted slices (lesion slices against all slices of healthy scans and the lesion-free "
+            "slices of anomalous scans, as in the tables above).",
+            "",
+            "| run | level | claim | mean ± SD over seeds | pooled [95 % CI] | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run, entry in sch.items():
+            for level in ("volume", "slice"):
+                if level not in entry:
+                    continue
+                for score in ("llr", "final_scale"):
+                    c = entry[level][f"{score}-nll_bpd"]
+                    lines.append(
+                        f"| {run} | {level} | `{score}` − `nll_bpd` | {_pm(c['mean']['difference'], c['sd']['difference'], True)} "
+                        f"| {_diff(c['pooled'])} | {_verdict(c)} |"
+                    )
+        for run, entry in sch.items():
+            for level in ("volume", "slice"):
+                if level not in entry:
+                    continue
+                e = entry[level]
+                cols = ", ".join(f"`{c}`" for c in e["columns"].values())
+                lines += [
+                    "",
+                    f"#### {run}, {level} AUROC ({cols})",
+                    "",
+                    "| seed | llr | final_scale | nll_bpd | llr − nll_bpd [95 % CI] | final_scale − nll_bpd [95 % CI] |",
+                    "|---|---|---|---|---|---|",
+                ]
+                llr, fs = e["llr-nll_bpd"], e["final_scale-nll_bpd"]
+                for i, seed in enumerate(entry["seeds"]):
+                    lines.append(
+                        f"| {seed} | "
+                        + " | ".join(_f(e["auroc"][score].get(seed)) for score in FLOW_SCORES)
+                        + f" | {_diff(llr['per_seed'][i])} | {_diff(fs['per_seed'][i])} |"
+                    )
+                means = [_mean_sd(list(e["auroc"][score].values())) for score in FLOW_SCORES]
+                lines.append(
+                    "| mean ± SD | "
+                    + " | ".join(_pm(*m) for m in means)
+                    + f" | {_pm(llr['mean']['difference'], llr['sd']['difference'], True)}"
+                    f" | {_pm(fs['mean']['difference'], fs['sd']['difference'], True)} |"
+                )
+                lines.append(f"| pooled | | | | {_diff(llr['pooled'])} | {_diff(fs['pooled'])} |")
+    ruff = seeds.get("ruff")
+    if ruff:
+        gammas = sorted({g for g in ruff["gamma_l"].values() if g is not None})
+        gamma_text = ", ".join(f"{g:g}" for g in gammas) or "not set"
+        lines += [
+            "",
+            f"### Ruff et al.: Deep SAD (γ_l = {gamma_text}) beats Deep SVDD by ≥ {RUFF_MARGIN} on the kinds never labelled",
+            "",
+            f"Volume AUROC of `{ruff['column']}` for both runs. γ_l (the expected share of labelled synthetic "
+            f"anomalies per batch) read from each seed's `deep-sad-2d/config.yaml`: {gamma_text}"
+            + (
+                f" (the issue states its target at γ_l = 0.05; this measurement used {gamma_text})"
+                if gammas != [0.05]
+                else ""
+            )
+            + f". Labelled kinds: {', '.join(ruff['labelled_kinds']) or '–'}; held out: "
+            f"{', '.join(ruff['held_out_kinds']) or '–'} (their anomalous test scans against all healthy test scans).",
+            "",
+        ]
+        blocks = [(name, ruff[name]) for name in ("held_out", "labelled") if name in ruff]
+        for name, c in blocks:
+            label = "held-out kinds" if name == "held_out" else "labelled kinds"
+            p = c["per_seed"][0]
+            lines.append(
+                f"- {label} ({p['n_anomalous']} anomalous, {p['n'] - p['n_anomalous']} healthy scans): "
+                f"SAD − SVDD {_pm(c['mean']['difference'], c['sd']['difference'], True)} over seeds, pooled "
+                f"{_diff(c['pooled'])}"
+                + (f": {_verdict(c)}" if name == "held_out" else " (contrast, no target)")
+            )
+        header = "| seed | γ_l |"
+        rule = "|---|---|"
+        for name, _ in blocks:
+            tag = "held out" if name == "held_out" else "labelled"
+            header += f" SVDD ({tag}) | SAD ({tag}) | SAD − SVDD ({tag}) [95 % CI] |"
+            rule += "---|---|---|"
+        lines += ["", header, rule]
+        for i, seed in enumerate(ruff["seeds"]):
+            row = f"| {seed} | {_f(ruff['gamma_l'].get(seed), 2)} |"
+            for _, c in blocks:
+                p = c["per_seed"][i]
+                row += f" {_f(p['auroc_b'])} | {_f(p['auroc_a'])} | {_diff(p)} |"
+            lines.append(row)
+        row = "| mean ± SD | |"
+        for _, c in blocks:
+            row += (
+                f" {_pm(c['mean']['auroc_b'], c['sd']['auroc_b'])} | {_pm(c['mean']['auroc_a'], c['sd']['auroc_a'])} | "
+                f"{_pm(c['mean']['difference'], c['sd']['difference'], True)} |"
+            )
+        lines.append(row)
+        lines.append("| pooled | |" + "".join(f" | | {_diff(c['pooled'])} |" for _, c in blocks))
+    return lines
+
+
 def to_markdown(result: dict) -> str:
     s = result["summary"]
     meta = result["meta"]
@@ -352,6 +798,8 @@ def to_markdown(result: dict) -> str:
                 f"| {r['run']} | `{r['column']}` | {_f(r['rho_this_split'])} | {_f(r['mean'])} | {_f(r['sd'])} | "
                 f"{r['within_bound']:.0%} |"
             )
+    if result.get("seeds"):
+        lines += seeds_markdown(result["seeds"])
     lines += [
         "",
         "## Every column",
@@ -404,6 +852,8 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mri_anomaly.pipeline import SEED_RUNS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--demo",
@@ -425,6 +875,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-voxels", type=int, default=500_000, help="brain voxels per real case for voxel metrics"
     )
+    parser.add_argument(
+        "--no-real", action="store_true", help="leave the real cases out (even when --data exists)"
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="*",
+        type=int,
+        default=[],
+        help="extra training seeds (e.g. 1 2): retrain and score --seed-runs with config seed=<s> on the demo's "
+        "cohort in DEMO/seeds/<s>/ (resumable) and add the Seeds section; seed 0 is the demo itself",
+    )
+    parser.add_argument(
+        "--seed-runs",
+        nargs="+",
+        default=list(SEED_RUNS),
+        help=f"the demo runs retrained for --seeds (default: {' '.join(SEED_RUNS)})",
+    )
+    parser.add_argument("--device", default="cpu", help="device of the --seeds training and scoring")
     args = parser.parse_args(argv)
 
     from mri_anomaly.evaluation.evaluate import evaluate
@@ -447,9 +915,15 @@ def main(argv: list[str] | None = None) -> int:
     metrics = json.loads(metrics_path.read_text())
     summary = summarise(metrics)
     split = split_sensitivity(demo)
+    seeds_seconds, seeds = 0.0, None
+    if args.seeds:
+        seeds_seconds = run_seeds(demo, args.seeds, args.seed_runs, args.device)
+        seeds = seeds_summary(demo, args.seeds, args.seed_runs)
     real = None
     data = Path(args.data)
-    if data.is_dir():
+    if args.no_real:
+        print("note: --no-real: the real cases are left out", file=sys.stderr)
+    elif data.is_dir():
         runs = [r.name for r in DEMO_RUNS if (demo / "runs" / r.name / "checkpoint.pt").is_file()]
         real = score_real_cases(demo, data, Path(args.real_out), runs, args.max_voxels)
     else:
@@ -465,15 +939,19 @@ def main(argv: list[str] | None = None) -> int:
             "load": f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
             "seconds": round(time.time() - t0, 1),
             "demo_seconds": round(demo_seconds, 1),
+            "seeds_seconds": round(seeds_seconds, 1),
             "n_test": any_run.get("n_labelled"),
             "n_anomalous": any_run.get("n_anomalous"),
             "n_healthy": (any_run.get("n_labelled") or 0) - (any_run.get("n_anomalous") or 0),
             "n_calibration": any_run.get("n_calibration"),
-            "cases": [c["subject_id"] for c in real_cases(data)] if data.is_dir() else [],
+            "cases": [c["subject_id"] for c in real_cases(data)]
+            if data.is_dir() and not args.no_real
+            else [],
         },
         "summary": summary,
         "split_sensitivity": split,
         "real": real,
+        "seeds": seeds,
     }
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)

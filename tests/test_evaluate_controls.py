@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from mri_anomaly.evaluation.bootstrap import auroc_with_ci
+from mri_anomaly.evaluation.bootstrap import auroc_difference_with_ci, auroc_with_ci, bootstrap_ci
 from mri_anomaly.evaluation.controls import baseline_comparison, brain_fraction_rho
 from mri_anomaly.evaluation.metrics import auroc
 from mri_anomaly.evaluation.strata import stratified_volume_metrics
@@ -46,6 +46,36 @@ def test_bootstrap_replicates_match_refitting():
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     idx = np.concatenate([np.repeat(neg, w_neg[0].astype(int)), np.repeat(pos, w_pos[0].astype(int))])
     assert value == pytest.approx(auroc(y[idx], s[idx]))
+
+
+def test_auroc_difference_with_ci_pairs_and_clusters():
+    rng = np.random.default_rng(5)
+    y = np.array([0] * 30 + [1] * 12)
+    a, b, c = rng.normal(size=42) + y, rng.normal(size=42) + 0.5 * y, rng.normal(size=42)
+    # one pair, stratified: the paired difference of auroc_with_ci, CI included
+    one = auroc_difference_with_ci(y, [(a, b)], n_resamples=200, seed=3)
+    ref = auroc_with_ci(y, a, n_resamples=200, seed=3, paired_with=b)
+    assert one["auroc_difference"] == pytest.approx(ref["auroc_difference"])
+    assert one["auroc_difference_ci"] == pytest.approx(ref["auroc_difference_ci"])
+    assert one["n_pairs"] == 1 and one["n_bootstrap_valid"] == 200
+    # several pairs: the mean of the differences; the same pair twice changes nothing
+    two = auroc_difference_with_ci(y, [(a, b), (a, c)], n_resamples=0)
+    assert two["auroc_difference"] == pytest.approx(
+        (auroc(y, a) - auroc(y, b) + auroc(y, a) - auroc(y, c)) / 2
+    )
+    same = auroc_difference_with_ci(y, [(a, b), (a, b)], n_resamples=200, seed=3)
+    assert same["auroc_difference_ci"] == pytest.approx(one["auroc_difference_ci"])
+    # clustered: the replicates of bootstrap_ci over whole groups (single-class replicates skipped)
+    groups = np.repeat(np.arange(14), 3)
+    clustered = auroc_difference_with_ci(y, [(a, b)], n_resamples=200, seed=3, groups=groups)
+
+    def diff(yy, idx):
+        i = idx.astype(int)
+        return {"d": auroc(yy, a[i]) - auroc(yy, b[i])}
+
+    cis, n_valid = bootstrap_ci(y, np.arange(42.0), diff, n_resamples=200, seed=3, groups=groups)
+    assert clustered["auroc_difference_ci"] == pytest.approx(list(cis["d"]))
+    assert clustered["n_bootstrap_valid"] == n_valid
 
 
 def test_strata_rank_each_stratum_against_all_healthy():

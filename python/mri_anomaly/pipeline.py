@@ -16,6 +16,10 @@ tables. The runs (:data:`DEMO_RUNS`): 2D and 3D Glow likelihood ratio (which als
 final-scale score), Deep SVDD (no labels), Deep SAD (a few labelled anomalies) and the latent-norm
 autoencoder, at demo size, beside the two baselines every learned method must beat (``intensity``: the
 image itself; ``normative``: a voxel-wise z-score against the healthy training volumes). ``smoke=True`` shrinks everything (cohort, steps, bootstrap) for the test suite.
+
+:func:`run_seed` trains and scores some runs again with another config ``seed`` on the same cohort
+(``DIR/seeds/<seed>/runs/<r>``, ``DIR/seeds/<seed>/scores/<r>``; state in ``DIR/seeds/<seed>/seed_state.json``),
+for the seed spread of ``benchmarks/detection.py --seeds``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.files import atomic_write_json
 from mri_anomaly.training.config import configs_dir
 
-__all__ = ["DEMO_RUNS", "DemoRun", "configs_dir", "run_demo"]
+__all__ = ["DEMO_RUNS", "SEED_RUNS", "DemoRun", "configs_dir", "run_demo", "run_seed"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ DEMO_RUNS: tuple[DemoRun, ...] = (
     DemoRun("intensity", "intensity.yaml", (), "baseline: the image itself as the anomaly map"),
     DemoRun("normative", "normative.yaml", (), "baseline: voxel-wise normative model (robust z-score)"),
 )  # fmt: skip
+
+SEED_RUNS: tuple[str, ...] = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d")
+"""The runs :func:`run_seed` retrains by default: the ones the detection findings compare."""
 
 # Smoke sizes: a cohort of a few scans and a couple of optimiser steps per phase.
 SMOKE_COHORT: dict[str, Any] = {"healthy": 5, "anomalous": 2, "general": 3}
@@ -115,57 +122,28 @@ def _smoke_overrides(config: dict[str, Any]) -> list[str]:
     return out
 
 
-def run_demo(
-    out: str | os.PathLike,
-    runs: Sequence[DemoRun] = DEMO_RUNS,
-    seed: int = 0,
-    device: str = "cpu",
-    smoke: bool = False,
-    n_bootstrap: int = 1000,
-    progress: bool = True,
-    log: Callable[[str], None] = _say,
-) -> Path:
-    """Run (or resume) the demo into ``out``; returns the path of ``report.html``.
+def _demo_configs(
+    runs: Sequence[DemoRun], smoke: bool, extra: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """The resolved config of each run: its file in ``configs/``, its overrides, ``extra``, the smoke sizes."""
+    from mri_anomaly.training import load_config
 
-    Args:
-        out: the demo folder (created): ``data/``, ``runs/<name>/``, ``scores/<name>/``, ``report/``.
-        runs: which methods (default: all of :data:`DEMO_RUNS`).
-        seed: seed of the demo cohort. device: ``cpu`` or ``cuda``.
-        smoke: tiny sizes (a few scans, 2 steps per phase, 20 bootstrap resamples): for tests only, the
-            numbers mean nothing.
-        n_bootstrap: bootstrap resamples of the report's CIs.
-        progress: progress bars of training and scoring.
-
-    Raises:
-        FileNotFoundError: a config is missing. ValueError: ``out`` holds a demo made with other settings.
-    """
-    from mri_anomaly.data import make_demo_cohort
-    from mri_anomaly.evaluation.evaluate import evaluate
-    from mri_anomaly.scoring.runner import score_datalist
-    from mri_anomaly.training import Trainer, load_config
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = _State(out / STATE_FILE)
-    settings = {"seed": seed, "smoke": smoke, "runs": [r.name for r in runs]}
-    if state.data.get("settings") not in (None, settings):
-        raise UserInputError(
-            f"{out} holds a demo made with other settings ({state.data['settings']}); use another --out or delete {out / STATE_FILE}"
-        )
-    state.data["settings"] = settings
-    cfg_dir = configs_dir()
     configs = {}
     for r in runs:
-        path = cfg_dir / r.config
+        path = configs_dir() / r.config
         if not path.is_file():
             raise MissingInputError(f"{path}: demo config of {r.name!r} not found")
-        config = load_config(path, r.overrides)
+        overrides = list(r.overrides) + list(extra)
+        config = load_config(path, overrides)
         if smoke:
-            config = load_config(path, list(r.overrides) + _smoke_overrides(config))
+            config = load_config(path, overrides + _smoke_overrides(config))
         configs[r.name] = config
-    n_stages = 2 + 2 * len(runs)
+    return configs
+
+
+def _stager(state: _State, n_stages: int, log: Callable[[str], None]) -> Callable[[str, str], bool]:
+    """``stage(name, what)``: logs ``[i/n] what`` and says whether the stage still has to run."""
     stage_no = 0
-    t_all = time.time()
 
     def stage(name: str, what: str) -> bool:
         nonlocal stage_no
@@ -176,13 +154,24 @@ def run_demo(
         log(f"[{stage_no}/{n_stages}] {what} ...")
         return True
 
-    data_dir = out / "data"
-    datalist = data_dir / "datalist.json"
-    if stage("data", f"demo cohort -> {data_dir}"):
-        t, c = time.time(), _cpu_time()
-        kwargs = dict(SMOKE_COHORT) if smoke else {}
-        make_demo_cohort(data_dir, seed=seed, **kwargs)
-        state.mark("data", time.time() - t, c)
+    return stage
+
+
+def _train_and_score(
+    out: Path,
+    runs: Sequence[DemoRun],
+    configs: dict[str, dict[str, Any]],
+    datalist: Path,
+    state: _State,
+    stage: Callable[[str, str], bool],
+    device: str,
+    progress: bool,
+) -> list[Path]:
+    """The train and score stages of ``runs`` into ``out/runs/<name>`` and ``out/scores/<name>``; returns the
+    score folders."""
+    from mri_anomaly.scoring.runner import score_datalist
+    from mri_anomaly.training import Trainer
+
     for r in runs:
         run_dir = out / "runs" / r.name
         if stage(f"train:{r.name}", f"train {r.name} ({r.description or r.config})"):
@@ -210,6 +199,56 @@ def run_demo(
                 progress=progress,
             )
             state.mark(f"score:{r.name}", time.time() - t, c)
+    return score_dirs
+
+
+def run_demo(
+    out: str | os.PathLike,
+    runs: Sequence[DemoRun] = DEMO_RUNS,
+    seed: int = 0,
+    device: str = "cpu",
+    smoke: bool = False,
+    n_bootstrap: int = 1000,
+    progress: bool = True,
+    log: Callable[[str], None] = _say,
+) -> Path:
+    """Run (or resume) the demo into ``out``; returns the path of ``report.html``.
+
+    Args:
+        out: the demo folder (created): ``data/``, ``runs/<name>/``, ``scores/<name>/``, ``report/``.
+        runs: which methods (default: all of :data:`DEMO_RUNS`).
+        seed: seed of the demo cohort. device: ``cpu`` or ``cuda``.
+        smoke: tiny sizes (a few scans, 2 steps per phase, 20 bootstrap resamples): for tests only, the
+            numbers mean nothing.
+        n_bootstrap: bootstrap resamples of the report's CIs.
+        progress: progress bars of training and scoring.
+
+    Raises:
+        FileNotFoundError: a config is missing. ValueError: ``out`` holds a demo made with other settings.
+    """
+    from mri_anomaly.data import make_demo_cohort
+    from mri_anomaly.evaluation.evaluate import evaluate
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _State(out / STATE_FILE)
+    settings = {"seed": seed, "smoke": smoke, "runs": [r.name for r in runs]}
+    if state.data.get("settings") not in (None, settings):
+        raise UserInputError(
+            f"{out} holds a demo made with other settings ({state.data['settings']}); use another --out or delete {out / STATE_FILE}"
+        )
+    state.data["settings"] = settings
+    configs = _demo_configs(runs, smoke)
+    stage = _stager(state, 2 + 2 * len(runs), log)
+    t_all = time.time()
+    data_dir = out / "data"
+    datalist = data_dir / "datalist.json"
+    if stage("data", f"demo cohort -> {data_dir}"):
+        t, c = time.time(), _cpu_time()
+        kwargs = dict(SMOKE_COHORT) if smoke else {}
+        make_demo_cohort(data_dir, seed=seed, **kwargs)
+        state.mark("data", time.time() - t, c)
+    score_dirs = _train_and_score(out, runs, configs, datalist, state, stage, device, progress)
     report_dir = out / "report"
     if stage("evaluate", f"evaluate and compare -> {report_dir}"):
         t, c = time.time(), _cpu_time()
@@ -223,3 +262,51 @@ def run_demo(
     report = report_dir / "report.html"
     log(f"done in {time.time() - t_all:.0f} s. Report: {report.resolve()}")
     return report
+
+
+def run_seed(
+    demo: str | os.PathLike,
+    seed: int,
+    runs: Sequence[str] = SEED_RUNS,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = _say,
+) -> Path:
+    """Train and score ``runs`` of a finished demo again with the config's ``seed=<seed>`` on the same cohort.
+
+    Each run keeps its :data:`DEMO_RUNS` config and overrides (and the demo's smoke sizes when the demo is a
+    smoke demo); ``seed`` sets model init, data order, augmentation and synthetic lesions. Writes
+    ``DEMO/seeds/<seed>/runs/<name>`` and ``DEMO/seeds/<seed>/scores/<name>`` (validation and test sections),
+    resumable like the demo (``DEMO/seeds/<seed>/seed_state.json``); no evaluation. Returns
+    ``DEMO/seeds/<seed>``.
+
+    Raises:
+        MissingInputError: ``demo`` has no finished cohort. UserInputError: an unknown run name.
+    """
+    demo = Path(demo)
+    demo_state = _State(demo / STATE_FILE)
+    datalist = demo / "data" / "datalist.json"
+    if not demo_state.done("data") or not datalist.is_file():
+        raise MissingInputError(
+            f"{demo}: no finished demo cohort (data/datalist.json); run the demo there first"
+        )
+    by_name = {r.name: r for r in DEMO_RUNS}
+    unknown = [n for n in runs if n not in by_name]
+    if unknown:
+        raise UserInputError(f"unknown demo runs {unknown}; known: {sorted(by_name)}")
+    chosen = [by_name[n] for n in runs]
+    smoke = bool((demo_state.data.get("settings") or {}).get("smoke"))
+    out = demo / "seeds" / str(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _State(out / "seed_state.json")
+    settings = {"seed": seed, "smoke": smoke}
+    if state.data.get("settings") not in (None, settings):
+        raise UserInputError(
+            f"{out} was made with other settings ({state.data['settings']}); delete it to redo it"
+        )
+    state.data["settings"] = settings
+    configs = _demo_configs(chosen, smoke, extra=(f"seed={seed}",))
+    stage = _stager(state, 2 * len(chosen), lambda msg: log(f"seed {seed}: {msg}"))
+    _train_and_score(out, chosen, configs, datalist, state, stage, device, progress)
+    atomic_write_json(out / "seed_state.json", state.data)
+    return out

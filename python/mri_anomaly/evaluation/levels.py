@@ -33,6 +33,7 @@ __all__ = [
     "CONTROL_RUN",
     "Evaluation",
     "labelled_scans",
+    "section_slices",
     "slice_level",
     "site_level",
     "threshold_level",
@@ -231,17 +232,16 @@ def site_level(ev: Evaluation, ss: ScoreTables, labelled: pd.DataFrame) -> None:
             ev.metrics["per_site"].setdefault(str(site), {})[key] = entry
 
 
-def slice_level(ev: Evaluation, ss: ScoreTables, volumes: pd.DataFrame) -> None:
-    """Slice metrics (a bootstrap over whole scans), the brain-fraction correlation on healthy scans, and once
-    per evaluation the brain fraction itself as a control score."""
-    if ss.slices is None:
-        return
-    sl = ss.slices
+def section_slices(slices: pd.DataFrame, volumes: pd.DataFrame, section: str) -> pd.DataFrame:
+    """The counted slices of ``section`` (the slices with enough brain that the method's volume scores use),
+    ``slice_label`` made numeric and 0 on every slice of a healthy scan of ``volumes`` (a healthy scan has no
+    mask); slices of unlabelled scans keep a missing ``slice_label``."""
+    sl = slices
     if "section" in sl.columns:
-        sl = sl[sl["section"] == ev.section]
-    if "counted" in sl.columns:  # the slices with enough brain that the method's volume scores use
+        sl = sl[sl["section"] == section]
+    if "counted" in sl.columns:
         sl = sl[sl["counted"] == 1]
-    if "label" in volumes.columns:  # a healthy scan has no mask: all its slices are healthy
+    if "label" in volumes.columns:
         healthy_ids = set(volumes.loc[volumes["label"] == 0, "subject_id"].astype(str))
         sl = sl.copy()
         if "slice_label" not in sl.columns:
@@ -249,10 +249,20 @@ def slice_level(ev: Evaluation, ss: ScoreTables, volumes: pd.DataFrame) -> None:
         sl["slice_label"] = pd.to_numeric(sl["slice_label"], errors="coerce")
         fill = sl["slice_label"].isna() & sl["subject_id"].astype(str).isin(healthy_ids)
         sl.loc[fill, "slice_label"] = 0
-        if "brain_fraction" in sl.columns:
-            ev.metrics["brain_fraction"][ss.name] = brain_fraction_rho(
-                sl, ss.slice_columns, healthy_ids, min(ev.n_bootstrap, 200), ev.seed
-            )
+    return sl
+
+
+def slice_level(ev: Evaluation, ss: ScoreTables, volumes: pd.DataFrame) -> None:
+    """Slice metrics (a bootstrap over whole scans), the brain-fraction correlation on healthy scans, and once
+    per evaluation the brain fraction itself as a control score."""
+    if ss.slices is None:
+        return
+    sl = section_slices(ss.slices, volumes, ev.section)
+    if "label" in volumes.columns and "brain_fraction" in sl.columns:
+        healthy_ids = set(volumes.loc[volumes["label"] == 0, "subject_id"].astype(str))
+        ev.metrics["brain_fraction"][ss.name] = brain_fraction_rho(
+            sl, ss.slice_columns, healthy_ids, min(ev.n_bootstrap, 200), ev.seed
+        )
     if "slice_label" not in sl.columns:
         ev.note(f"{ss.name}: slice_scores.csv has no slice_label column: no slice-level metrics")
         return

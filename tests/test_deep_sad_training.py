@@ -123,3 +123,24 @@ def test_resume_with_synthetic_labels_matches_uninterrupted(demo_cohort: Path, t
     c = load_checkpoint(tmp_path / "svdd" / "checkpoint.pt")["state_dict"]
     assert torch.equal(a["net.center"], c["net.center"])  # same pretraining and centre
     assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("net.encoder"))
+
+
+def test_volumes_get_lesions_and_keep_their_metadata(demo_cohort: Path, tmp_path: Path) -> None:
+    from monai.data import MetaTensor
+    from mri_anomaly.training.loaders import collate
+
+    config = validate_config({**deep_sad_config(1, 1, gamma_l=0.99), "spatial_dims": 3})
+    dataset = build_dataset(config, load_datalist(demo_cohort)["training"], cache_dir=tmp_path / "cache")
+    transform = build_method(config).phase_sample_transform("train")
+    torch.manual_seed(0)
+    items = [transform(dataset[i]) for i in range(2)]
+    for i, item in enumerate(items):
+        assert isinstance(item["image"], MetaTensor) and torch.equal(
+            item["image"].affine, dataset[i]["image"].affine
+        )
+        assert item["semi_target"] == -1 and item["label"] == 1 and item["has_mask"] == 1
+        changed = (item["image"] != dataset[i]["image"]).any(0)
+        assert bool(changed.any()) and not bool(
+            (changed & (item["mask"][0] == 0)).any()
+        )  # focal: inside the mask
+    assert collate(items)["image"].shape == (2, 1, 24, 24, 24)

@@ -8,7 +8,8 @@ seeds, slice-wise and volume-wise.
   healthy + 12 anomalous volumes with MS, tumour and focal lesions), preprocessed as in
   ``configs/deep-sad-2d.yaml`` (4 mm, 40 × 48 × 40); models are 2D (axial slices).
 * Labelled anomalies: γ_l = the expected fraction of each training batch replaced by a healthy slice with a
-  synthetic lesion (``RandLesion``, focal or tumour, new at every step) marked ``semi_target = −1``
+  synthetic lesion (``RandLesion``, focal or tumour, new at every step; each slice with probability γ_l, in
+  the DataLoader workers) marked ``semi_target = −1``
   (see :mod:`mri_anomaly.training.methods.deep_sad`). The test set's MS lesions are a kind never labelled.
 * Training: the project's ``Trainer`` on the config above (``pretrain`` then ``train`` phases), with the
   steps given on the command line; seed s sets the model initialisation, data order and lesions.

@@ -10,8 +10,10 @@ import io
 
 import pytest
 import torch
+from mri_anomaly.models import deep_sad_loss
+from mri_anomaly.training.loaders import collate
 from mri_anomaly.training.methods import get_method_class
-from mri_anomaly.training.methods.deep_sad import DeepSADMethod
+from mri_anomaly.training.methods.deep_sad import DeepSADMethod, batch_semi_targets
 from sklearn.metrics import roc_auc_score
 
 SIZE = 16
@@ -42,6 +44,26 @@ def insert_disc(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return out
 
 
+def disc_lesions(generator: torch.Generator):
+    """A ``lesion_transform`` (image -> (image, mask)) inserting :func:`insert_disc`."""
+
+    def insert(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = insert_disc(image, generator)
+        return out, (out != image).any(0, keepdim=True).float()
+
+    return insert
+
+
+def train_batch(method: DeepSADMethod, images: torch.Tensor, semi_target: torch.Tensor | None = None) -> dict:
+    """A ``"train"`` batch as the loader makes it: each item through ``method.phase_sample_transform("train")``."""
+    items = [
+        {"image": x} if semi_target is None else {"image": x, "semi_target": int(s)}
+        for x, s in zip(images, semi_target if semi_target is not None else [0] * len(images), strict=True)
+    ]
+    transform = method.phase_sample_transform("train")
+    return collate([transform(item) if transform is not None else item for item in items])
+
+
 def _train(
     method: DeepSADMethod, generator: torch.Generator, pretrain_steps: int = 60, train_steps: int = 120
 ) -> None:
@@ -54,7 +76,7 @@ def _train(
     method.begin_phase("train", [{"image": healthy_slices(64, generator)}])
     opt = torch.optim.Adam(method.phase_parameters("train"), lr=1e-3, weight_decay=1e-6)
     for _ in range(train_steps):
-        loss = method.training_loss("train", {"image": healthy_slices(32, generator)})
+        loss = method.training_loss("train", train_batch(method, healthy_slices(32, generator)))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -64,7 +86,7 @@ def _toy_method(gamma_l: float, seed: int) -> tuple[DeepSADMethod, torch.Generat
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     method = get_method_class("deep-sad").from_config(2, 1, dict(SMALL, gamma_l=gamma_l))
-    method.lesion_transform = lambda image: insert_disc(image, generator)
+    method.lesion_transform = disc_lesions(generator)
     return method, generator
 
 
@@ -123,7 +145,7 @@ def test_toy_problem_separates_and_centre_stays_fixed() -> None:
     assert bool((center.abs() >= 0.1).all())
     opt = torch.optim.Adam(method.phase_parameters("train"), lr=1e-3)
     for _ in range(120):
-        loss = method.training_loss("train", {"image": healthy_slices(32, generator)})
+        loss = method.training_loss("train", train_batch(method, healthy_slices(32, generator)))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -136,8 +158,9 @@ def test_toy_problem_separates_and_centre_stays_fixed() -> None:
 
 
 def test_labelled_anomalies_move_known_anomalies_away_from_centre() -> None:
-    # Same seed, same pretraining; only the labelled anomalies (γ_l) differ. Measured: mean anomaly
-    # distance 2.6 (γ_l = 0) -> 18 (γ_l = 0.25) at seed 0, and ≥ 2.4× at seeds 1 and 2.
+    # Same seed, same pretraining; only the labelled anomalies (γ_l) differ. Measured (labels drawn per sample
+    # by phase_sample_transform): mean anomaly distance 2.6 (γ_l = 0) -> 10.5 (γ_l = 0.25) at seed 0; 3.5× at
+    # seed 2, but only 1.2× at seed 1 (6.8 -> 8.1: its one-class model already puts the discs far out).
     anomaly_distance = {}
     for gamma_l in (0.0, 0.25):
         method, generator = _toy_method(gamma_l, seed=0)
@@ -152,22 +175,40 @@ def test_gamma_l_inserts_lesions_into_the_expected_fraction() -> None:
     method, generator = _toy_method(0.25, seed=0)
     images = healthy_slices(8, generator)
     semi = torch.tensor([-1, 1, 0, 0, 0, 0, 0, 0])
-    x, semi_target = method.labelled_batch({"image": images, "semi_target": semi})
-    changed = (x != images).flatten(1).any(dim=1)
-    new_labels = (semi_target == -1) & (semi == 0)
-    assert int(new_labels.sum()) == 2  # 0.25 · 8, no fractional part
-    assert torch.equal(changed, new_labels)  # exactly the newly labelled samples got a lesion
-    assert semi_target[0] == -1 and semi_target[1] == 1  # datalist labels kept
-    # Fractional expectation: 0.05 · 10 = 0.5 labelled anomalies per batch on average.
-    method.gamma_l = 0.05
-    counts = [
-        int((method.labelled_batch({"image": healthy_slices(10, generator)})[1] == -1).sum())
-        for _ in range(400)
-    ]
-    assert set(counts) <= {0, 1} and 0.4 < sum(counts) / 400 < 0.6
+    counts = torch.zeros(8)
+    for _ in range(400):
+        batch = train_batch(method, images, semi)
+        changed = (batch["image"] != images).flatten(1).any(dim=1)
+        new_labels = (batch["semi_target"] == -1) & (semi == 0)
+        assert torch.equal(changed, new_labels)  # exactly the newly labelled samples got a lesion
+        assert batch["semi_target"][0] == -1 and batch["semi_target"][1] == 1  # datalist labels kept
+        counts += new_labels.float()
+    # Each unlabelled sample is labelled with probability γ_l: 400 Bernoulli(0.25) draws each (sd ≈ 8.7).
+    assert bool(((counts[2:] - 100).abs() < 45).all()) and counts[:2].sum() == 0, counts
     method.gamma_l = 0.0
-    x, semi_target = method.labelled_batch({"image": images})
-    assert torch.equal(x, images) and not bool(semi_target.any())
+    assert (
+        method.phase_sample_transform("train") is None and method.phase_sample_transform("pretrain") is None
+    )
+    batch = train_batch(method, images)
+    assert torch.equal(batch["image"], images) and not bool(batch_semi_targets(batch, 8, images.device).any())
+
+
+def test_training_loss_inserts_nothing_in_the_main_process() -> None:
+    """The lesions come from the loader (phase_sample_transform); training_loss only reads semi_target."""
+    method, generator = _toy_method(0.5, seed=0)
+
+    def refuse(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise AssertionError("lesion inserted in the main process")
+
+    method.lesion_transform = refuse
+    images = healthy_slices(8, generator)
+    method.begin_phase("train", [{"image": images}])
+    batch = {"image": images.clone(), "semi_target": torch.zeros(8, dtype=torch.long)}
+    loss = method.training_loss("train", batch)
+    assert torch.equal(batch["image"], images)
+    with torch.no_grad():
+        expected = deep_sad_loss(method.net.distance(images), torch.zeros(8, dtype=torch.long))
+    torch.testing.assert_close(loss.detach(), expected)
 
 
 def test_save_and_load_give_identical_scores() -> None:
@@ -233,7 +274,7 @@ def test_bad_arguments_and_batches() -> None:
     with pytest.raises(KeyError, match="image"):
         method.training_loss("pretrain", {"img": torch.rand(2, 1, 16, 16)})
     with pytest.raises(ValueError, match="semi_target"):
-        method.labelled_batch({"image": torch.rand(2, 1, 16, 16), "semi_target": torch.tensor([0, 3])})
+        batch_semi_targets({"semi_target": torch.tensor([0, 3])}, 2, torch.device("cpu"))
     with pytest.raises(ValueError, match=r"batch\['image'\]"):
         method.training_loss("pretrain", {"image": torch.rand(2, 1, 16, 16, 16)})
 
@@ -255,23 +296,27 @@ def test_default_lesions_are_rand_lesion_sized_in_mm_and_seeded_by_torch() -> No
             2, **SMALL, gamma_l=0.5, voxel_size_mm=voxel_size_mm, lesion={"kinds": ["focal"]}
         )
         torch.manual_seed(5)
-        x, semi_target = method.labelled_batch({"image": images})
-        changed = (x != images).flatten(1)
-        assert int((semi_target == -1).sum()) == 4
+        batch = train_batch(method, images)
+        semi_target = batch["semi_target"]
+        changed = (batch["image"] != images).flatten(1)
+        assert 0 < int((semi_target == -1).sum()) < 8
         assert torch.equal(changed.any(dim=1), semi_target == -1)
-        changed_voxels[voxel_size_mm] = changed.sum().item() / 4
+        changed_voxels[voxel_size_mm] = changed.sum().item() / int((semi_target == -1).sum())
         torch.manual_seed(5)  # same torch seed -> the same lesions
-        again, _ = method.labelled_batch({"image": images})
-        assert torch.equal(again, x)
+        again = train_batch(method, images)
+        assert torch.equal(again["image"], batch["image"])
+        # the lesion mask of an item covers the voxels it changed
+        lesioned, mask = method.lesion_transform(images[0])
+        assert torch.equal((lesioned != images[0]).any(0), (lesioned != images[0]).any(0) & (mask[0] > 0))
     # Focal lesions of 3-7 mm radius cover ~16× fewer voxels at 4 mm than at 1 mm.
     assert changed_voxels[1.0] > 4 * changed_voxels[4.0] > 0, changed_voxels
     with pytest.raises(ValueError, match="voxel_size_mm"):
         DeepSADMethod(2, voxel_size_mm=[1.0, 2.0, 3.0])
     # An empty (background-only) slice has no room for a lesion: it stays unlabelled and unchanged.
-    method = DeepSADMethod(2, **SMALL, gamma_l=0.5)
-    empty = torch.zeros(2, 1, 40, 48)
-    x, semi_target = method.labelled_batch({"image": empty})
-    assert torch.equal(x, empty) and not bool(semi_target.any())
+    method = DeepSADMethod(2, **SMALL, gamma_l=0.99)
+    empty = torch.zeros(4, 1, 40, 48)
+    batch = train_batch(method, empty)
+    assert torch.equal(batch["image"], empty) and not bool(batch["semi_target"].any())
 
 
 def test_shipped_deep_sad_configs_hold_out_the_test_lesion_kinds():

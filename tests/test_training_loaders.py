@@ -55,3 +55,36 @@ def test_workers_live_across_epochs():
     batches = _take(_stream(1), 9)  # three epochs
     pids = {int(p) for b in batches for p in b["pid"]}
     assert len(pids) == 1 and os.getpid() not in pids  # one worker process served every epoch
+
+
+class _AddDraw:
+    """A sample transform: one more draw from the (per-sample seeded) torch RNG."""
+
+    def __call__(self, item: dict) -> dict:
+        return {**item, "extra": torch.rand(()), "transform_pid": torch.tensor(os.getpid())}
+
+
+def test_sample_transform_runs_in_the_workers_under_the_sample_seed():
+    def stream(num_workers: int, start_step: int = 0) -> ResumableBatches:
+        return ResumableBatches(
+            _Numbers(),
+            3,
+            seed=5,
+            phase_index=0,
+            num_workers=num_workers,
+            start_step=start_step,
+            sample_transform=_AddDraw(),
+        )
+
+    state = torch.get_rng_state()
+    in_process = _take(stream(0), 5)
+    assert torch.equal(torch.get_rng_state(), state)  # the training loop's RNG is untouched
+    with_workers = _take(stream(2), 5)
+    resumed = _take(stream(0, start_step=2), 3)
+    plain = _take(_stream(0), 5)
+    for a, b, c in zip(in_process, with_workers, plain, strict=True):
+        assert torch.equal(a["extra"], b["extra"]) and torch.equal(a["draw"], c["draw"])
+        assert not torch.equal(a["extra"], a["draw"])  # the transform's draw follows the item's own
+        assert bool((b["transform_pid"] != os.getpid()).all())  # applied in the worker processes
+    for a, b in zip(in_process[2:], resumed, strict=True):
+        assert torch.equal(a["extra"], b["extra"])

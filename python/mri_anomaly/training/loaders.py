@@ -9,7 +9,9 @@ Two things make a resumed run continue *exactly* where an uninterrupted one woul
 * **Augmentation.** Every sample is drawn with its own seed, a function of (run seed, phase, stream,
   epoch, index) only: the torch/NumPy/Python RNGs and the MONAI transform chain's random state are set
   from it before the sample is loaded. Random transforms therefore give the same result whichever worker
-  process, rank or resumed run loads the sample.
+  process, rank or resumed run loads the sample. A phase's ``sample_transform`` (e.g. Deep SAD's synthetic
+  labelled anomalies, :meth:`~mri_anomaly.training.methods.AnomalyMethod.phase_sample_transform`) runs on
+  each item right after it is loaded, in the worker, under the same seeding.
 
 With W processes and batch size b per process, the union of one step's batches over the ranks is the
 same set of samples that one process with batch size W·b draws.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,10 +53,14 @@ class SeededSampleDataset(Dataset):
 
     Args:
         dataset: the dataset to wrap (items are dicts; random transforms are MONAI ``Randomizable``).
+        transform: optional ``item -> item`` applied after loading, under the same seeding (its draws from the
+            torch/NumPy/Python global RNGs are then a function of the sample seed only). Not part of ``dataset``,
+            so one cached dataset serves every phase.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, transform: Callable[[Any], Any] | None = None) -> None:
         self.dataset = dataset
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -69,7 +75,8 @@ class SeededSampleDataset(Dataset):
             random.seed(seed)
             _set_random_state(self.dataset, seed)
             try:
-                return self.dataset[index]
+                item = self.dataset[index]
+                return item if self.transform is None else self.transform(item)
             finally:
                 np.random.set_state(np_state)
                 random.setstate(py_state)
@@ -93,6 +100,7 @@ class ResumableBatches:
         num_workers: DataLoader workers.
         rank / world_size: this process's shard (defaults: the running process group, or 0 / 1).
         start_step: the first step to produce (``phase_step`` of a resumed run).
+        sample_transform: optional ``item -> item`` run on every item in the loader (see :class:`SeededSampleDataset`).
 
     Raises:
         ValueError: when the dataset is too small for one batch on every process.
@@ -110,10 +118,11 @@ class ResumableBatches:
         world_size: int | None = None,
         start_step: int = 0,
         name: str = "training",
+        sample_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         from mri_anomaly.training import distributed
 
-        self.dataset = SeededSampleDataset(dataset)
+        self.dataset = SeededSampleDataset(dataset, sample_transform)
         self.batch_size = batch_size
         self.seed = seed
         self.phase_index = phase_index

@@ -6,7 +6,8 @@ The :class:`Trainer` runs the method's phases in order (``AnomalyMethod.phases``
    intensity landmarks on the healthy ``training`` scans (:mod:`mri_anomaly.data.histogram`) and keeps them in
    the run's config (a resumed run reuses the stored ones);
 1. builds the phase's training data (``method.phase_data_section(phase)``, plus the ``general`` section
-   when ``method.uses_general_data(phase)``) with the config's preprocessing;
+   when ``method.uses_general_data(phase)``) with the config's preprocessing; the DataLoader workers apply
+   ``method.phase_sample_transform(phase)`` (if any) to each item of the phase's own section, seeded per sample;
 2. calls ``method.begin_phase(phase, batches)`` once with ``train.init_batches`` batches — *before* any
    DistributedDataParallel wrapping. Under ``torchrun`` every rank receives the same init batches of the
    global batch size, so data-dependent initialisation (actnorm statistics, the Deep SAD centre) is
@@ -509,6 +510,7 @@ class Trainer:
                     num_workers=train_cfg["num_workers"],
                     start_step=start_step,
                     name=section,
+                    sample_transform=method.phase_sample_transform(phase),
                 )
             )
             general = None

@@ -11,7 +11,7 @@ Scoring calls :meth:`score`; every score is oriented higher = more anomalous.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -103,6 +103,17 @@ class AnomalyMethod(nn.Module):
     def phase_data_section(self, phase: str) -> str:
         """The datalist section whose batches ``training_loss`` receives as ``batch`` in ``phase``."""
         return "training"
+
+    def phase_sample_transform(self, phase: str) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """An ``item -> item`` transform of every training item of ``phase`` (its own section's stream; not the
+        ``begin_phase`` batches, not the ``general`` stream), or None (default).
+
+        It runs in the DataLoader workers right after the item is loaded, with the torch/NumPy/Python RNGs seeded
+        per sample (:class:`~mri_anomaly.training.loaders.SeededSampleDataset`): draw all its randomness from
+        them, so batches are the same for any ``num_workers`` and on resume. It must keep the items' keys the
+        same for every item (they are collated together), and be picklable for spawned workers.
+        """
+        return None
 
     @torch.no_grad()
     def score(self, batch: Batch) -> BatchScores:

@@ -14,19 +14,21 @@ Labelled samples come from two places:
 
 * the batch's ``semi_target`` (the datalist's ``semi_target``: +1 known normal, −1 known anomaly, 0 or
   absent = unlabelled);
-* synthetic anomalies, when ``gamma_l > 0``: in each ``"train"`` batch, ``k`` unlabelled samples chosen at
-  random get a synthetic lesion (``mri_anomaly.data.lesions.RandLesion``) and ``semi_target = −1``, where ``k`` is
-  ``gamma_l · N`` rounded stochastically (``floor`` plus one with probability equal to the fractional
-  part), so **γ_l is the expected fraction of every training batch that is a labelled (synthetic)
-  anomaly** — the paper's ``γ_l = m / (n + m)``. Unlike the paper, whose m labelled anomalies are a fixed
-  set, the lesions are new at every step (random place, size, kind).
+* synthetic anomalies, when ``gamma_l > 0``: every unlabelled training item of the ``"train"`` phase, with
+  probability ``gamma_l`` (independently), gets a synthetic lesion (``mri_anomaly.data.lesions.RandLesion``)
+  and ``semi_target = −1`` (and ``label = 1``, its mask united with the lesion's). So, on unlabelled
+  training data, **γ_l is the expected fraction of every training batch that is a labelled (synthetic)
+  anomaly** — the paper's ``γ_l = m / (n + m)`` (the count per batch is binomial). Unlike the paper, whose m
+  labelled anomalies are a fixed set, the lesions are new at every step (random place, size, kind). The
+  insertion is :meth:`DeepSADMethod.phase_sample_transform`: it runs in the DataLoader workers on each item,
+  seeded per sample (:mod:`mri_anomaly.training.loaders`), so the batches are the same for any
+  ``num_workers`` and on resume; ``training_loss`` only reads the batch's ``semi_target``.
 
 The score is ``deep_sad_dist``, the squared distance ``‖φ(x) − c‖²`` (higher = more anomalous).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -44,9 +46,12 @@ from mri_anomaly.training.methods.base import (
     register_method,
 )
 
-__all__ = ["DeepSADMethod", "batch_semi_targets"]
+__all__ = ["DeepSADMethod", "SyntheticAnomalies", "batch_semi_targets"]
 
 _OBJECTIVES = ("one-class", "soft-boundary")
+
+LesionTransform = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``image (1, *spatial) -> (lesioned image, lesion mask (1, *spatial))``."""
 
 
 def batch_semi_targets(batch: Batch, n: int, device: torch.device) -> torch.Tensor:
@@ -69,27 +74,78 @@ def batch_semi_targets(batch: Batch, n: int, device: torch.device) -> torch.Tens
     return semi_target
 
 
-def _default_lesion_transform(
-    options: dict[str, Any], voxel_size_mm: tuple[float, ...]
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One ``RandLesion`` insertion per call on an image (C=1, *spatial) of the given voxel size."""
-    from monai.data import MetaTensor
+def _plain(x: Any) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
-    from mri_anomaly.data.lesions import RandLesion
 
-    # Real MS lesion patterns need masks on the image grid, which a training batch does not have.
-    lesion = RandLesion(prob=1.0, **{"kinds": ("focal", "tumour"), **options})
-    # RandLesion sizes lesions in mm from the image's affine; batches carry plain tensors.
-    affine = torch.diag(torch.tensor([*voxel_size_mm, 1.0], dtype=torch.float64))
+class _RandLesionInsert:
+    """One ``RandLesion`` insertion into an image (C=1, *spatial) of the given voxel size: ``image -> (image, mask)``.
 
-    def insert(image: torch.Tensor) -> torch.Tensor:
-        # Seeded from torch's generator, which the trainer seeds and checkpoints: runs and resumptions
-        # draw the same lesions (MONAI's own RandomState would not be seeded by anyone).
-        lesion.set_random_state(int(torch.randint(0, 2**31 - 1, ()).item()))
-        lesioned, _ = lesion(MetaTensor(image.detach().cpu(), affine=affine))
-        return torch.as_tensor(lesioned).to(image)
+    A class rather than a closure, so that spawned DataLoader workers can unpickle it.
+    """
 
-    return insert
+    def __init__(self, options: dict[str, Any], voxel_size_mm: tuple[float, ...]) -> None:
+        from mri_anomaly.data.lesions import RandLesion
+
+        # Real MS lesion patterns need masks on the image grid, which a training item does not have.
+        self.lesion = RandLesion(prob=1.0, **{"kinds": ("focal", "tumour"), **options})
+        # RandLesion sizes lesions in mm from the image's affine; slices carry plain tensors.
+        self.affine = torch.diag(torch.tensor([*voxel_size_mm, 1.0], dtype=torch.float64))
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from monai.data import MetaTensor
+
+        # Seeded from torch's generator, which the loader seeds per sample: any worker, and a resumed run, draws
+        # the same lesion for the same sample (MONAI's own RandomState would not be seeded by anyone).
+        self.lesion.set_random_state(int(torch.randint(0, 2**31 - 1, ()).item()))
+        plain = _plain(image)
+        lesioned, mask = self.lesion(MetaTensor(plain.detach().cpu(), affine=self.affine))
+        return _plain(lesioned).to(plain), _plain(mask)
+
+
+class SyntheticAnomalies:
+    """Deep SAD's labelled synthetic anomalies, an ``item -> item`` transform of the ``"train"`` items.
+
+    An unlabelled item (``semi_target`` 0 or absent) becomes, with probability ``gamma_l``, a labelled anomaly:
+    ``image`` gets a lesion from ``lesion_transform``, ``semi_target = -1``, and where the item has them
+    ``label = 1``, ``mask`` united with the lesion's mask, ``has_mask = 1``, ``slice_label = 1``. An item with
+    no room for a lesion (``ValueError`` "... empty ...", e.g. an empty slice) stays unlabelled. Every item
+    leaves with a ``semi_target`` (items of a batch must have the same keys). Randomness: torch's global RNG
+    only (seeded per sample by the loader).
+
+    Args:
+        gamma_l: probability, in (0, 1).
+        lesion_transform: ``image (1, *spatial) -> (image, mask (1, *spatial))``.
+    """
+
+    def __init__(self, gamma_l: float, lesion_transform: LesionTransform) -> None:
+        self.gamma_l = float(gamma_l)
+        self.lesion_transform = lesion_transform
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        d = dict(item)
+        semi_target = int(d.get("semi_target") or 0)
+        d["semi_target"] = semi_target
+        if semi_target != 0 or float(torch.rand(())) >= self.gamma_l:
+            return d
+        image = d["image"]
+        try:
+            lesioned, lesion_mask = self.lesion_transform(image)
+        except ValueError as err:
+            if "empty" not in str(err):  # RandLesion: "the brain region is empty, cannot place a lesion"
+                raise
+            return d  # no brain to put a lesion in (an edge slice): the item stays unlabelled
+        # keep the item's tensor types (a volume's MetaTensor keeps its metadata)
+        d["image"] = image.clone().copy_(_plain(lesioned).reshape(image.shape))
+        d["semi_target"] = -1
+        if isinstance(d.get("mask"), torch.Tensor):
+            mask = d["mask"]
+            union = torch.maximum(_plain(mask).float(), _plain(lesion_mask).reshape(mask.shape).float())
+            d["mask"] = mask.clone().copy_(union)
+        for key in ("label", "has_mask", "slice_label"):
+            if key in d:
+                d[key] = 1
+        return d
 
 
 @register_method
@@ -113,7 +169,8 @@ class DeepSADMethod(AnomalyMethod):
         nu: ν of the soft-boundary objective, in (0, 1].
         radius_warmup_steps: soft-boundary: R stays 0 for this many ``"train"`` steps, then is set on every
             batch to the (1 − ν)-quantile of the batch's distances (as in Deep SVDD's warm-up epochs).
-        gamma_l: expected fraction of each ``"train"`` batch replaced by synthetic labelled anomalies, in [0, 1).
+        gamma_l: probability that an unlabelled ``"train"`` item becomes a synthetic labelled anomaly, in [0, 1)
+            (on unlabelled data: the expected fraction of each ``"train"`` batch that is one).
         lesion: keyword arguments of ``mri_anomaly.data.lesions.RandLesion`` for the synthetic anomalies
             (default kinds ``["focal", "tumour"]``; e.g. ``{"contrast": "t1"}`` for hypointense lesions).
         voxel_size_mm: voxel size of the model grid (one value or one per spatial dim), so that synthetic
@@ -199,26 +256,36 @@ class DeepSADMethod(AnomalyMethod):
         )
         self.autoencoder: nn.Module = self.net.autoencoder()
         self.register_buffer("train_steps", torch.tensor(0, dtype=torch.long))
-        self._lesion_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._lesion_transform: LesionTransform | None = None
 
     @property
     def device(self) -> torch.device:
         return self.net.center.device
 
     @property
-    def lesion_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Inserts one synthetic lesion into one image (C, *spatial); ``RandLesion(**lesion)`` unless set.
+    def lesion_transform(self) -> LesionTransform:
+        """Inserts one synthetic lesion into one image (1, *spatial) and returns ``(image, mask (1, *spatial))``;
+        ``RandLesion(**lesion)`` (sized with ``voxel_size_mm``, seeded from torch's RNG) unless set.
 
-        It may raise ``ValueError`` for an image with no room for a lesion (e.g. an empty slice): that
-        sample then stays unlabelled.
+        It may raise ``ValueError`` (with "empty" in the message) for an image with no room for a lesion (e.g.
+        an empty slice): that sample then stays unlabelled. It runs in the DataLoader workers: draw randomness
+        from the global torch/NumPy RNGs only (seeded per sample), and make it picklable for spawned workers.
         """
         if self._lesion_transform is None:
-            self._lesion_transform = _default_lesion_transform(self.lesion_options, self.voxel_size_mm)
+            self._lesion_transform = _RandLesionInsert(self.lesion_options, self.voxel_size_mm)
         return self._lesion_transform
 
     @lesion_transform.setter
-    def lesion_transform(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def lesion_transform(self, transform: LesionTransform) -> None:
         self._lesion_transform = transform
+
+    def phase_sample_transform(self, phase: str) -> SyntheticAnomalies | None:
+        """``"train"`` with ``gamma_l > 0``: :class:`SyntheticAnomalies` (each unlabelled item becomes a labelled
+        synthetic anomaly with probability γ_l, in the DataLoader workers); otherwise None."""
+        self.check_phase(phase)
+        if phase != "train" or self.gamma_l == 0:
+            return None
+        return SyntheticAnomalies(self.gamma_l, self.lesion_transform)
 
     def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
         """``"pretrain"``: the autoencoder's parameters; ``"train"``: those of φ."""
@@ -242,35 +309,6 @@ class DeepSADMethod(AnomalyMethod):
 
         self.net.init_center(normal_images(), eps=self.center_eps)
 
-    def labelled_batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images and semi-targets of a ``"train"`` batch, after inserting synthetic anomalies (γ_l).
-
-        Returns:
-            ``(x (N, C, *spatial), semi_target (N,) int64)``; the batch itself is not modified.
-        """
-        x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
-        semi_target = batch_semi_targets(batch, x.shape[0], self.device)
-        if self.gamma_l == 0:
-            return x, semi_target
-        expected = self.gamma_l * x.shape[0]
-        count = math.floor(expected) + int(torch.rand(()).item() < expected - math.floor(expected))
-        candidates = torch.nonzero(semi_target == 0).flatten()
-        chosen = candidates[torch.randperm(candidates.numel(), device=candidates.device)[:count]]
-        if chosen.numel():
-            x = x.clone()
-            semi_target = semi_target.clone()
-            for i in chosen.tolist():
-                try:
-                    x[i] = self.lesion_transform(x[i]).to(x)
-                except ValueError as err:
-                    if "empty" not in str(
-                        err
-                    ):  # RandLesion: "the brain region is empty, cannot place a lesion"
-                        raise
-                    continue  # no brain to put a lesion in (an edge slice): the sample stays unlabelled
-                semi_target[i] = -1
-        return x, semi_target
-
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
         """``"pretrain"``: autoencoder MSE; ``"train"``: Deep SAD (or soft-boundary Deep SVDD) loss."""
         self.check_phase(phase)
@@ -280,7 +318,9 @@ class DeepSADMethod(AnomalyMethod):
             return F.mse_loss(x_hat, x)
         if not bool(self.net.center_initialized):
             raise RuntimeError("the centre is not initialised: begin_phase('train', batches) must run first")
-        x, semi_target = self.labelled_batch(batch)
+        # Synthetic labelled anomalies (γ_l) were inserted in the loader (phase_sample_transform).
+        x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
+        semi_target = batch_semi_targets(batch, x.shape[0], self.device)
         dist = self.net.distance(x)
         self.train_steps += 1
         if self.objective == "one-class":

@@ -28,6 +28,11 @@ TINY_MODEL = {
     "normative": [],
 }
 FIT_ONLY = {"intensity", "normative"}  # baselines: statistics, no optimiser steps
+# the baselines also run on two contrasts (their maps average the channels)
+TWO_CONTRASTS = ("preprocessing.contrasts=[flair, t1]", "in_channels=2")
+CASES = [(p, ()) for p in CONFIGS] + [
+    (p, TWO_CONTRASTS) for p in CONFIGS if p.stem in ("intensity", "normative")
+]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -36,11 +41,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config_path", CONFIGS, ids=lambda p: p.stem)
-def test_train_then_score(config_path, request, tmp_path):
+@pytest.mark.parametrize(
+    "config_path, extra",
+    CASES,
+    ids=[p.stem + ("-two-contrasts" if extra else "") for p, extra in CASES],
+)
+def test_train_then_score(config_path, extra, request, tmp_path):
     raw = yaml.safe_load(config_path.read_text())
     # a multi-contrast config trains on the two-contrast cohort (maps in the first contrast's space)
-    contrasts = (raw.get("preprocessing") or {}).get("contrasts")
+    contrasts = (raw.get("preprocessing") or {}).get("contrasts") or bool(extra)
     demo_cohort = request.getfixturevalue("demo_cohort_two_contrasts" if contrasts else "demo_cohort")
     method = get_method_class(raw["method"])
     steps = 0 if raw["method"] in FIT_ONLY else 2
@@ -55,6 +64,7 @@ def test_train_then_score(config_path, request, tmp_path):
         "score.allow_few_calibration_scans=true",  # the tiny cohort has one validation scan
         *TINY_MODEL[raw["method"]],
         *[f"train.phases.{phase}.steps={steps}" for phase in method.phases],
+        *extra,
     ]
     set_args = [a for o in overrides for a in ("--set", o)]
     run, out = tmp_path / "run", tmp_path / "scores"

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_model  # noqa: E402
-from real_data import score_real_cases  # noqa: E402
+from real_data import default_data_dir, score_real_cases  # noqa: E402
 
 HIST = ("preprocessing.intensity.standardize=histogram",)
 AUG = ("train.augment=true",)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the ablation's demo folder (runs resume)")
     parser.add_argument("--cohort", type=Path, help="a finished demo's data/ folder to reuse")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=default_data_dir())
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks")
     args = parser.parse_args(argv)
 

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_model  # noqa: E402
-from real_data import real_cases, score_real_cases  # noqa: E402
+from real_data import default_data_dir, real_cases, score_real_cases  # noqa: E402
 from real_data import to_markdown as real_data_markdown  # noqa: E402
 
 RHO_BOUND = 0.2
@@ -860,9 +860,8 @@ def main(argv: list[str] | None = None) -> int:
         default=str(REPO / "demo-out"),
         help="a `mri-anomaly demo --out` folder (the demo is run there first if it is not finished)",
     )
-    default_data = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
     parser.add_argument(
-        "--data", default=str(default_data), help="the real cases (../shared/data); skipped if absent"
+        "--data", default=str(default_data_dir()), help="the real cases (../shared/data); skipped if absent"
     )
     parser.add_argument(
         "--real-out",

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_model, markdown_table  # noqa: E402
-from real_data import real_cases  # noqa: E402
+from real_data import default_data_dir, real_cases  # noqa: E402
 
 QUANTILES = np.linspace(0.0005, 0.9995, 1000)
 
@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--demo", default=None, help="a demo cohort folder (datalist.json); default: make one"
     )
-    default_data = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
-    parser.add_argument("--data", default=str(default_data), help="the real cases (../shared/data)")
+    parser.add_argument("--data", default=str(default_data_dir()), help="the real cases (../shared/data)")
     parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks"), help="where the .md/.json go")
     args = parser.parse_args(argv)
     data = Path(args.data)

@@ -37,6 +37,11 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 
 
+def default_data_dir() -> Path:
+    """The real cases' folder: ``$MRI_ANOMALY_SHARED_DATA`` or ``../shared/data`` beside the checkout."""
+    return Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
 def real_cases(data: Path) -> list[dict]:
     """The datalist items of the real cases (absolute paths), with their contrast and source."""
     ms = data / "ms-lesjak2017-mni" / "patient07"
@@ -156,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--demo", default=str(REPO / "demo-out"), help="a finished `mri-anomaly demo --out` folder"
     )
-    default_data = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
-    parser.add_argument("--data", default=str(default_data), help="the real cases (../shared/data)")
+    parser.add_argument("--data", default=str(default_data_dir()), help="the real cases (../shared/data)")
     parser.add_argument(
         "--out",
         default=str(Path(tempfile.gettempdir()) / "mri-anomaly-real-data"),

@@ -218,8 +218,6 @@ class VolumeDataset(torch.utils.data.Dataset):
             chain.append(_GuardedRandom(aug))
         full = Compose(chain)
         full.set_random_state(seed=seed)
-        if aug is not None:
-            aug.set_random_state(seed=seed)
         if cache == "auto":
             n_keys = 2 + int(self.config.get("brain_mask_key") is not None)
             cache = (

@@ -66,10 +66,12 @@ class ScaleIntensityInMask(Transform):
         upper: upper percentile (0-100) mapped to ``b_max``.
         b_min: output value of the lower percentile.
         b_max: output value of the upper percentile.
-        clip: clip the output to [b_min, b_max].
+        clip: clip the output to [b_min, ``clip_max``].
         inside_mask: compute percentiles inside the brain (given or estimated); False: over all voxels.
         zero_outside: with a given mask, set voxels outside it to ``b_min``.
         foreground_fraction: threshold of :func:`estimate_foreground` when no mask is given.
+        clip_max: upper clip value (None: ``b_max``); above ``b_max`` when ``upper`` is a tissue landmark such as
+            the median, so brighter voxels keep their contrast up to ``clip_max``.
 
     Raises:
         InputFileError: the brain (mask) is empty or the intensities inside it are constant.
@@ -85,9 +87,13 @@ class ScaleIntensityInMask(Transform):
         inside_mask: bool = True,
         zero_outside: bool = True,
         foreground_fraction: float = 0.05,
+        clip_max: float | None = None,
     ) -> None:
         if not 0 <= lower < upper <= 100:
             raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
+        if clip_max is not None and clip_max < b_max:
+            raise ValueError(f"clip_max ({clip_max}) must be >= b_max ({b_max})")
+        self.clip_max = float(b_max if clip_max is None else clip_max)
         self.lower, self.upper = float(lower), float(upper)
         self.b_min, self.b_max = float(b_min), float(b_max)
         self.clip = clip
@@ -106,7 +112,7 @@ class ScaleIntensityInMask(Transform):
         else:
             out = self._scale(x, img, mask, "")
         if self.clip:
-            out = out.clamp(self.b_min, self.b_max)
+            out = out.clamp(self.b_min, self.clip_max)
         if mask is not None and self.zero_outside:
             out = torch.where(mask.expand_as(out) > 0.5, out, torch.full_like(out, self.b_min))
         if isinstance(img, MetaTensor) and not isinstance(out, MetaTensor):

@@ -4,10 +4,12 @@ The config is the ``preprocessing:`` section of a YAML config. Keys (defaults in
 :data:`PREPROCESSING_DEFAULTS`, which are also the demo cohort's, :data:`DEMO_PREPROCESSING`)::
 
     spacing: [4.0, 4.0, 4.0]    # mm, target voxel size (null: keep the input's)
+    anti_alias: true            # Gaussian low-pass of images before downsampling to spacing (data.antialias)
     orientation: RAS            # axcodes; RAS puts the axial (S) axis LAST
     intensity:
       lower: 1.0                # percentile mapped to 0
-      upper: 99.0               # percentile mapped to 1
+      upper: 99.0               # percentile mapped to upper_value
+      upper_value: 1.0          # e.g. upper: 50, upper_value: 0.5: the brain's median at 0.5 whatever the lesion load
       inside_mask: true         # percentiles of brain voxels only (given mask or estimated foreground)
       clip: true                # clip to [0, 1]
       standardize: null         # "histogram": Nyul-Udupa landmarks of the healthy training scans (data.histogram)
@@ -25,7 +27,8 @@ bilinearly and thresholded at 0.5, which keeps partial-volume majority and avoid
 bias of nearest-neighbour downsampling):
 
 ``LoadVolumed`` (checked, :class:`~mri_anomaly.data.io.InputFileError` on bad files) ->
-``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``Spacingd`` (+ ``Binarized`` on masks) ->
+``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``AntiAliasd`` (images, when ``anti_alias`` and the input
+is finer than ``spacing``) -> ``Spacingd`` (+ ``Binarized`` on masks) ->
 ``ScaleIntensityInMaskd`` -> (``HistogramStandardized`` when ``intensity.standardize: histogram``) ->
 ``CropForegroundd`` -> ``WarnGridCropd`` (a :class:`GridCropWarning` naming the file when the fixed grid
 cuts off more than :data:`CROP_WARNING_FRACTION` of the foreground; arrays untouched) ->
@@ -72,6 +75,7 @@ from monai.transforms import (
 )
 
 from mri_anomaly.config_checks import ConfigChecker, is_int, is_number, type_name
+from mri_anomaly.data.antialias import AntiAliasd
 from mri_anomaly.data.histogram import (
     DEFAULT_PERCENTILES,
     HistogramStandardized,
@@ -110,10 +114,12 @@ CROP_FRACTION_KEY = "cropped_foreground_fraction"
 
 PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "spacing": [4.0, 4.0, 4.0],
+    "anti_alias": True,
     "orientation": "RAS",
     "intensity": {
         "lower": 1.0,
         "upper": 99.0,
+        "upper_value": 1.0,
         "inside_mask": True,
         "clip": True,
         "standardize": None,
@@ -143,6 +149,7 @@ FULL_RESOLUTION_PREPROCESSING: dict[str, Any] = {
 _INTENSITY_KEYS = {
     "lower",
     "upper",
+    "upper_value",
     "inside_mask",
     "clip",
     "standardize",
@@ -205,9 +212,13 @@ def validate_preprocessing_config(config: Mapping[str, Any] | None) -> list[str]
             chk.add(
                 f"preprocessing.intensity: need 0 <= lower < upper <= 100, got lower={lo!r}, upper={hi!r}"
             )
+        uv = inten.get("upper_value")
+        if not (is_number(uv) and 0 < uv <= 1):
+            chk.add(f"preprocessing.intensity.upper_value: expected a number in (0, 1], got {uv!r}")
         for k in ("inside_mask", "clip"):
             chk.bool_(inten, k, "preprocessing.intensity.")
         chk.problems.extend(histogram_config_problems(inten))
+    chk.bool_(cfg, "anti_alias", "preprocessing.")
     chk.bool_(cfg, "crop_foreground", "preprocessing.")
     chk.int_(cfg, "crop_margin", "preprocessing.", minimum=0)
     k = cfg["divisible_by"]
@@ -405,6 +416,8 @@ def preprocessing(
     ]
     if cfg["spacing"] is not None:
         sp = cfg["spacing"] if isinstance(cfg["spacing"], Sequence) else [cfg["spacing"]] * 3
+        if cfg["anti_alias"]:
+            t.append(AntiAliasd(imgs, pixdim=[float(s) for s in sp]))
         t.append(
             Spacingd(
                 all_keys, pixdim=[float(s) for s in sp], mode=modes, dtype=np.float32, allow_missing_keys=True
@@ -419,6 +432,8 @@ def preprocessing(
             mask_key=bm,
             lower=it["lower"],
             upper=it["upper"],
+            b_max=float(it["upper_value"]),
+            clip_max=1.0,
             inside_mask=it["inside_mask"],
             clip=it["clip"],
         )

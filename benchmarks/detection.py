@@ -924,7 +924,9 @@ def main(argv: list[str] | None = None) -> int:
         print("note: --no-real: the real cases are left out", file=sys.stderr)
     elif data.is_dir():
         runs = [r.name for r in DEMO_RUNS if (demo / "runs" / r.name / "checkpoint.pt").is_file()]
-        real = score_real_cases(demo, data, Path(args.real_out), runs, args.max_voxels)
+        real = score_real_cases(
+            demo, data, Path(args.real_out), runs, args.max_voxels, seeds=args.seeds or ()
+        )
     else:
         print(f"note: {data} not found: the real cases are left out", file=sys.stderr)
     any_run = next(iter(metrics["runs"].values()))

@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +98,58 @@ def voxel_scores(case: dict, map_path: str, max_voxels: int) -> dict:
             "prevalence": float(y.mean()), "n_voxels": int(y.size)}  # fmt: skip
 
 
-def score_real_cases(demo: Path, data: Path, out: Path, runs: list[str], max_voxels: int) -> dict:
-    """Score the real cases with each demo run; slice AUROC inside each scan, voxel AP/AUROC, volume flags."""
+def score_run(run_dir: Path, cases: list[dict], datalist: Path, score_dir: Path, max_voxels: int) -> dict:
+    """Score the real cases with one trained run: ``{"volume", "slice", "voxel"}`` keyed by case (and column)."""
     from mri_anomaly.evaluation.thresholds import load_thresholds
     from mri_anomaly.scoring.runner import score_datalist
 
+    shutil.rmtree(
+        score_dir, ignore_errors=True
+    )  # score anew: a resumed folder would keep another model's rows
+    score_datalist(run_dir, datalist, score_dir, sections=("test",), progress=False)
+    meta = json.loads((score_dir / "score_meta.json").read_text())
+    vol = pd.read_csv(score_dir / "scores.csv", dtype={"subject_id": str})
+    sl = pd.read_csv(score_dir / "slice_scores.csv", dtype={"subject_id": str})
+    thresholds = (load_thresholds(run_dir) or {}).get("thresholds", {})
+    out: dict = {"volume": {}, "slice": {}, "voxel": {}}
+    for case in cases:
+        sid = case["subject_id"]
+        row = vol[vol["subject_id"] == sid]
+        if row.empty:
+            out["volume"][sid] = {"error": "not scored (see errors.csv)"}
+            continue
+        row = row.iloc[0]
+        out["volume"][sid] = {
+            c: {"score": float(row[c]), "threshold": thresholds.get(c), "flagged": bool(thresholds.get(c) is not None and row[c] > thresholds[c])}
+            for c in meta["score_columns"]
+        }  # fmt: skip
+        if not case.get("mask"):
+            continue
+        part = sl[sl["subject_id"] == sid]
+        for col in meta["slice_score_columns"]:
+            a, n_pos, n_neg = slice_auroc_within(part, col)
+            out["slice"].setdefault(sid, {})[col] = {
+                "auroc": a,
+                "lesion_slices": n_pos,
+                "lesion_free_slices": n_neg,
+            }
+        for m in meta["map_names"]:
+            rel = row.get(f"map:{m}")
+            if isinstance(rel, str) and rel:
+                out["voxel"].setdefault(sid, {})[m] = voxel_scores(case, str(score_dir / rel), max_voxels)
+    return out
+
+
+def score_real_cases(
+    demo: Path, data: Path, out: Path, runs: list[str], max_voxels: int, seeds: Sequence[int] = ()
+) -> dict:
+    """Score the real cases with each demo run; slice AUROC inside each scan, voxel AP/AUROC, volume flags.
+
+    With ``seeds``, also each run retrained with those seeds (``DEMO/seeds/<s>/runs/<run>``, made by
+    ``benchmarks/detection.py --seeds``): ``result["over_seeds"][run]`` holds, per case and column, the slice AUROC
+    and voxel AP of seed 0 (the demo) and of each seed found, because one training run's per-case numbers move
+    by up to 0.3 with nothing but float rounding.
+    """
     out.mkdir(parents=True, exist_ok=True)
     cases = real_cases(data)
     datalist = out / "datalist.json"
@@ -112,46 +160,36 @@ def score_real_cases(demo: Path, data: Path, out: Path, runs: list[str], max_vox
     for case in cases:
         if case.get("mask"):
             result["baseline_intensity"][case["subject_id"]] = voxel_scores(case, case["image"], max_voxels)
+    per_seed: dict[str, dict[int, dict]] = {}
     for run in runs:
         t = time.time()
-        score_dir = out / "scores" / run
-        shutil.rmtree(
-            score_dir, ignore_errors=True
-        )  # score anew: a resumed folder would keep another model's rows
-        score_datalist(demo / "runs" / run, datalist, score_dir, sections=("test",), progress=False)
-        meta = json.loads((score_dir / "score_meta.json").read_text())
-        vol = pd.read_csv(score_dir / "scores.csv", dtype={"subject_id": str})
-        sl = pd.read_csv(score_dir / "slice_scores.csv", dtype={"subject_id": str})
-        thresholds = (load_thresholds(demo / "runs" / run) or {}).get("thresholds", {})
-        for case in cases:
-            sid = case["subject_id"]
-            row = vol[vol["subject_id"] == sid]
-            if row.empty:
-                result["volume"].setdefault(run, {})[sid] = {"error": "not scored (see errors.csv)"}
-                continue
-            row = row.iloc[0]
-            result["volume"].setdefault(run, {})[sid] = {
-                c: {"score": float(row[c]), "threshold": thresholds.get(c), "flagged": bool(thresholds.get(c) is not None and row[c] > thresholds[c])}
-                for c in meta["score_columns"]
-            }  # fmt: skip
-            if not case.get("mask"):
-                continue
-            part = sl[sl["subject_id"] == sid]
-            for col in meta["slice_score_columns"]:
-                a, n_pos, n_neg = slice_auroc_within(part, col)
-                result["slice"].setdefault(run, {}).setdefault(sid, {})[col] = {
-                    "auroc": a,
-                    "lesion_slices": n_pos,
-                    "lesion_free_slices": n_neg,
-                }
-            for m in meta["map_names"]:
-                rel = row.get(f"map:{m}")
-                if isinstance(rel, str) and rel:
-                    result["voxel"].setdefault(run, {}).setdefault(sid, {})[m] = voxel_scores(
-                        case, str(score_dir / rel), max_voxels
-                    )
+        scored = score_run(demo / "runs" / run, cases, datalist, out / "scores" / run, max_voxels)
+        for key in ("volume", "slice", "voxel"):
+            if scored[key]:
+                result[key][run] = scored[key]
+        per_seed.setdefault(run, {})[0] = scored
+        for seed in seeds:
+            run_dir = demo / "seeds" / str(seed) / "runs" / run
+            if seed != 0 and (run_dir / "checkpoint.pt").is_file():
+                per_seed[run][seed] = score_run(
+                    run_dir, cases, datalist, out / "seeds" / str(seed) / run, max_voxels
+                )
         result["seconds"][run] = round(time.time() - t, 1)
         print(f"[real-data] {run}: {result['seconds'][run]} s", file=sys.stderr, flush=True)
+    if seeds:
+        result["over_seeds"] = {}
+        for run, by_seed in per_seed.items():
+            if len(by_seed) < 2:
+                continue
+            entry: dict = {"seeds": sorted(by_seed), "slice": {}, "voxel": {}}
+            for s in sorted(by_seed):
+                for sid, cols in by_seed[s]["slice"].items():
+                    for col, v in cols.items():
+                        entry["slice"].setdefault(sid, {}).setdefault(col, []).append(v["auroc"])
+                for sid, maps in by_seed[s]["voxel"].items():
+                    for m, v in maps.items():
+                        entry["voxel"].setdefault(sid, {}).setdefault(m, []).append(v["ap"])
+            result["over_seeds"][run] = entry
     result["total_seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -173,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-voxels", type=int, default=500_000, help="brain voxels per case for voxel metrics"
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also score the seed retrainings DEMO/seeds/<s> (detection.py --seeds)",
+    )
     args = parser.parse_args(argv)
 
     from mri_anomaly.pipeline import DEMO_RUNS
@@ -188,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    result = score_real_cases(demo, data, out, runs, args.max_voxels)
+    result = score_real_cases(demo, data, out, runs, args.max_voxels, seeds=args.seeds)
     result["machine"] = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at end {os.getloadavg()[0]:.1f}"
     )
@@ -263,8 +308,51 @@ def to_markdown(result: dict, cases: list[dict], args) -> str:
             flagged = sum(e["flagged"] for e in v.values())
             vals.append(f"{flagged}/{len(v)}")
         lines.append(f"| {sid} | {c['label']} | " + " | ".join(vals) + " |")
+    lines += over_seeds_markdown(result, lesion_cases)
     lines += ["", "Cases: " + "; ".join(f"{c['subject_id']}: {c['site']}" for c in cases) + ".", ""]
     return "\n".join(lines)
+
+
+def _spread(values: list) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "–"
+    return f"{np.mean(v):.2f} ({min(v):.2f}–{max(v):.2f})"
+
+
+def over_seeds_markdown(result: dict, lesion_cases: list[dict]) -> list[str]:
+    """The "over training seeds" tables: mean (min–max) of each seeded run's slice AUROC and voxel AP per case."""
+    over = result.get("over_seeds") or {}
+    if not over:
+        return []
+    seeds = sorted({s for e in over.values() for s in e["seeds"]})
+    lines = ["", f"## Over training seeds ({', '.join(map(str, seeds))}; seed 0 is the demo's run)", "",
+             "The same run retrained with other seeds on the same cohort (`detection.py --seeds`): mean (min–max) "
+             "over the seeds. One run's per-case value is one draw of these.", "",
+             "Slice-level AUROC inside each scan:", ""]  # fmt: skip
+    cols = [(r, c) for r, e in over.items() for c in next(iter(e["slice"].values()), {})]
+    lines.append("| case | " + " | ".join(f"{r} `{c}`" for r, c in cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+    for case in lesion_cases:
+        sid = case["subject_id"]
+        lines.append(
+            f"| {sid} | "
+            + " | ".join(_spread(over[r]["slice"].get(sid, {}).get(c, [])) for r, c in cols)
+            + " |"
+        )
+    mcols = [(r, m) for r, e in over.items() for m in next(iter(e["voxel"].values()), {})]
+    if mcols:
+        lines += ["", "Voxel-level AP inside the brain:", ""]
+        lines.append("| case | " + " | ".join(f"{r} `{m}`" for r, m in mcols) + " |")
+        lines.append("|---|" + "---|" * len(mcols))
+        for case in lesion_cases:
+            sid = case["subject_id"]
+            lines.append(
+                f"| {sid} | "
+                + " | ".join(_spread(over[r]["voxel"].get(sid, {}).get(m, [])) for r, m in mcols)
+                + " |"
+            )
+    return lines
 
 
 if __name__ == "__main__":

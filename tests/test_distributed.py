@@ -150,7 +150,8 @@ def test_torchrun_two_gloo_processes_match_one_process(demo_cohort, tmp_path):
         for column in ("nll_bpd", "final_scale"):
             assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4)
 
-    # Scoring: the shards merged into exactly the tables one process writes (rows in datalist order).
+    # Scoring: the shards merged into the tables one process writes (rows in datalist order; values to float
+    # rounding: a slice statistic near 0 came out -1e-6 in one and 0.0 in the other).
     score_datalist(single_run, demo_cohort, tmp_path / "one", sections=("validation", "test"), progress=False)
     sharded, one = tmp_path / "sharded", tmp_path / "one"
     assert not (sharded / "shards").exists()
@@ -160,7 +161,7 @@ def test_torchrun_two_gloo_processes_match_one_process(demo_cohort, tmp_path):
         for ra, rb in zip(a, b):
             for key in ra:
                 try:
-                    assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-6, abs=1e-9), (name, key)
+                    assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-6, abs=1e-5), (name, key)
                 except ValueError:
                     assert ra[key] == rb[key], (name, key)
     for row in read_csv(one / "scores.csv"):

@@ -8,8 +8,8 @@ The config is the ``preprocessing:`` section of a YAML config. Keys (defaults in
     orientation: RAS            # axcodes; RAS puts the axial (S) axis LAST
     intensity:
       lower: 1.0                # percentile mapped to 0
-      upper: 99.0               # percentile mapped to upper_value
-      upper_value: 1.0          # e.g. upper: 50, upper_value: 0.5: the brain's median at 0.5 whatever the lesion load
+      upper: 50.0               # percentile mapped to upper_value: the brain's median ...
+      upper_value: 0.5          # ... at 0.5, whatever the lesion load; brighter voxels keep contrast up to 1
       inside_mask: true         # percentiles of brain voxels only (given mask or estimated foreground)
       clip: true                # clip to [0, 1]
       standardize: null         # "histogram": Nyul-Udupa landmarks of the healthy training scans (data.histogram)
@@ -118,8 +118,8 @@ PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "orientation": "RAS",
     "intensity": {
         "lower": 1.0,
-        "upper": 99.0,
-        "upper_value": 1.0,
+        "upper": 50.0,
+        "upper_value": 0.5,
         "inside_mask": True,
         "clip": True,
         "standardize": None,

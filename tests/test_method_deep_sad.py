@@ -330,3 +330,25 @@ def test_shipped_deep_sad_configs_hold_out_the_test_lesion_kinds():
         kinds = config["model"]["lesion"]["kinds"]
         assert kinds == ["focal"] and config["model"]["gamma_l"] > 0
         assert RandLesion(kinds=kinds).kinds == ("focal",)
+
+
+def test_labelled_lesions_reach_their_level_above_the_slice_maximum() -> None:
+    """On the median-anchored scale (brain median 0.5, clipped at 1) a FLAIR focal lesion is 1.45-1.85x the median:
+    0.72-0.93, above the slice's brightest healthy voxel. Clipping to the slice's own maximum (RandLesion's default)
+    made the labelled lesions fainter than the test lesions; the default clip is the preprocessed range [0, 1]."""
+    generator = torch.Generator().manual_seed(0)
+    image = _brain_like_slices(1, generator)[0].clamp(max=0.6)  # brightest healthy voxel 0.6, median ~0.5
+    method = DeepSADMethod(2, **SMALL, gamma_l=0.5, voxel_size_mm=4.0, lesion={"kinds": ["focal"]})
+    torch.manual_seed(0)
+    lesioned, mask = method.lesion_transform(image)
+    inside = lesioned[mask > 0]
+    assert inside.numel() > 0
+    assert float(inside.max()) > 0.7 and float(lesioned.max()) <= 1.0
+    assert 1.3 < float(inside.median()) / float(image[image > 0].median()) < 2.0
+    # an explicit clip in the options still wins
+    clipped = DeepSADMethod(
+        2, **SMALL, gamma_l=0.5, voxel_size_mm=4.0, lesion={"kinds": ["focal"], "clip": "input"}
+    )
+    torch.manual_seed(0)
+    lesioned, mask = clipped.lesion_transform(image)
+    assert float(lesioned.max()) <= 0.6 + 1e-6

@@ -87,8 +87,11 @@ class _RandLesionInsert:
     def __init__(self, options: dict[str, Any], voxel_size_mm: tuple[float, ...]) -> None:
         from mri_anomaly.data.lesions import RandLesion
 
-        # Real MS lesion patterns need masks on the image grid, which a training item does not have.
-        self.lesion = RandLesion(prob=1.0, **{"kinds": ("focal", "tumour"), **options})
+        # Real MS lesion patterns need masks on the image grid, which a training item does not have. Clipped to
+        # the preprocessed range [0, 1], not to the slice's own maximum: with the median at 0.5 a slice's brightest
+        # healthy voxel is ~0.63, and a lesion at 1.45-1.85x the median clipped there would be fainter than the
+        # test lesions (inserted before preprocessing) by a third.
+        self.lesion = RandLesion(prob=1.0, **{"kinds": ("focal", "tumour"), "clip": (0.0, 1.0), **options})
         # RandLesion sizes lesions in mm from the image's affine; slices carry plain tensors.
         self.affine = torch.diag(torch.tensor([*voxel_size_mm, 1.0], dtype=torch.float64))
 

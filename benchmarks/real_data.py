@@ -329,30 +329,29 @@ def over_seeds_markdown(result: dict, lesion_cases: list[dict]) -> list[str]:
     lines = ["", f"## Over training seeds ({', '.join(map(str, seeds))}; seed 0 is the demo's run)", "",
              "The same run retrained with other seeds on the same cohort (`detection.py --seeds`): mean (min–max) "
              "over the seeds. One run's per-case value is one draw of these.", "",
-             "Slice-level AUROC inside each scan:", ""]  # fmt: skip
-    cols = [(r, c) for r, e in over.items() for c in next(iter(e["slice"].values()), {})]
-    lines.append("| case | " + " | ".join(f"{r} `{c}`" for r, c in cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
-    for case in lesion_cases:
-        sid = case["subject_id"]
-        lines.append(
-            f"| {sid} | "
-            + " | ".join(_spread(over[r]["slice"].get(sid, {}).get(c, [])) for r, c in cols)
-            + " |"
-        )
-    mcols = [(r, m) for r, e in over.items() for m in next(iter(e["voxel"].values()), {})]
-    if mcols:
-        lines += ["", "Voxel-level AP inside the brain:", ""]
-        lines.append("| case | " + " | ".join(f"{r} `{m}`" for r, m in mcols) + " |")
-        lines.append("|---|" + "---|" * len(mcols))
+             ]  # fmt: skip
+    for level, title in (
+        ("slice", "Slice-level AUROC inside each scan:"),
+        ("voxel", "Voxel-level AP inside the brain:"),
+    ):
+        cols = [(r, c) for r, e in over.items() for c in next(iter(e[level].values()), {})]
+        if not cols:
+            continue
+        lines += [
+            title,
+            "",
+            "| case | " + " | ".join(f"{r} `{c}`" for r, c in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
         for case in lesion_cases:
             sid = case["subject_id"]
             lines.append(
                 f"| {sid} | "
-                + " | ".join(_spread(over[r]["voxel"].get(sid, {}).get(m, [])) for r, m in mcols)
+                + " | ".join(_spread(over[r][level].get(sid, {}).get(c, [])) for r, c in cols)
                 + " |"
             )
-    return lines
+        lines.append("")
+    return lines[:-1]  # the caller adds the blank line before what follows
 
 
 if __name__ == "__main__":

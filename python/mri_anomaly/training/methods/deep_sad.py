@@ -90,7 +90,7 @@ class _RandLesionInsert:
         # Real MS lesion patterns need masks on the image grid, which a training item does not have. Clipped to
         # the preprocessed range [0, 1], not to the slice's own maximum: with the median at 0.5 a slice's brightest
         # healthy voxel is ~0.63, and a lesion at 1.45-1.85x the median clipped there would be fainter than the
-        # test lesions (inserted before preprocessing) by a third.
+        # test lesions (inserted before preprocessing) by about a quarter (~1.26x against 1.45-1.85x the median).
         self.lesion = RandLesion(prob=1.0, **{"kinds": ("focal", "tumour"), "clip": (0.0, 1.0), **options})
         # RandLesion sizes lesions in mm from the image's affine; slices carry plain tensors.
         self.affine = torch.diag(torch.tensor([*voxel_size_mm, 1.0], dtype=torch.float64))

@@ -78,6 +78,7 @@ import torch
 from monai.data import MetaTensor
 from scipy import ndimage
 
+from mri_anomaly.data.antialias import antialias_sigma
 from mri_anomaly.data.datalist import write_datalist
 from mri_anomaly.data.lesions import RandLesion
 from mri_anomaly.errors import UserInputError
@@ -168,7 +169,7 @@ def _template(spacing: float) -> dict[str, Any]:
     if spacing >= 2.5:  # 2 x 2 x 2 block average to 2 mm, then anti-alias at 2 mm
         res = 2
         aff = aff @ np.array([[2, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 2, 0.5], [0, 0, 0, 1.0]])
-    sigma = 0.42 * np.sqrt(max((spacing / res) ** 2 - 1.0, 0.0))
+    sigma = antialias_sigma([res], [spacing])[0]
     out: dict[str, Any] = {"affine": aff, "res": res}
     for name, img in maps.items():
         a = np.asarray(img.get_fdata(dtype=np.float32))
@@ -214,7 +215,7 @@ def _ms_mask_source(path: str, spacing: float) -> tuple[np.ndarray, np.ndarray]:
         a = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, a.shape[2] // 2, 2).mean(axis=(1, 3, 5))
         aff = aff @ np.array([[2, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 2, 0.5], [0, 0, 0, 1.0]])
     res = float(np.abs(np.linalg.det(aff[:3, :3]))) ** (1 / 3)
-    sigma = 0.42 * np.sqrt(max((spacing / res) ** 2 - 1.0, 0.0))
+    sigma = antialias_sigma([res], [spacing])[0]
     return (ndimage.gaussian_filter(a, sigma) if sigma > 0 else a), aff
 
 

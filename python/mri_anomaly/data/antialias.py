@@ -62,9 +62,7 @@ class AntiAlias(Transform):
         smoothed = GaussianFilter(spatial_dims=3, sigma=[max(s, 1e-6) for s in sigma], truncated=4.0)(
             x[None]
         )[0]
-        out = img.clone()
-        out.array = smoothed.to(img.dtype)
-        return out
+        return MetaTensor(smoothed.to(img.dtype), meta=img.meta, applied_operations=img.applied_operations)
 
 
 class AntiAliasd(MapTransform):

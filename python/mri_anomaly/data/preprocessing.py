@@ -416,13 +416,10 @@ def preprocessing(
     ]
     if cfg["spacing"] is not None:
         sp = cfg["spacing"] if isinstance(cfg["spacing"], Sequence) else [cfg["spacing"]] * 3
+        pixdim = [float(s) for s in sp]
         if cfg["anti_alias"]:
-            t.append(AntiAliasd(imgs, pixdim=[float(s) for s in sp]))
-        t.append(
-            Spacingd(
-                all_keys, pixdim=[float(s) for s in sp], mode=modes, dtype=np.float32, allow_missing_keys=True
-            )
-        )
+            t.append(AntiAliasd(imgs, pixdim=pixdim))
+        t.append(Spacingd(all_keys, pixdim=pixdim, mode=modes, dtype=np.float32, allow_missing_keys=True))
         if masks:
             t.append(Binarized(masks, threshold=0.5, allow_missing_keys=True))
     it = cfg["intensity"]

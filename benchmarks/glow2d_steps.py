@@ -37,14 +37,12 @@ from _common import DOCS_DIR, cpu_model, markdown_table  # noqa: E402
 COLUMNS = ("llr_q999", "nll_q999", "llr_top5_mean", "nll_bpd_top5_mean")
 
 
-def slices_of(items: list[dict], preprocessing: dict, min_brain_fraction: float = 0.1) -> torch.Tensor:
-    """(S, 1, H, W) axial slices with at least ``min_brain_fraction`` brain of the preprocessed ``items``."""
-    from mri_anomaly.data import VolumeDataset
+def slices_of(items: list[dict], config: dict) -> torch.Tensor:
+    """(S, 1, H, W): the axial slices of the preprocessed ``items`` that the 2D run trains and scores on."""
+    from mri_anomaly.data import SliceDataset, VolumeDataset
 
-    ds = VolumeDataset(items, preprocessing)
-    vols = torch.stack([torch.as_tensor(ds[i]["image"]) for i in range(len(ds))])  # (N, 1, H, W, D)
-    sl = vols.permute(0, 4, 1, 2, 3).reshape(-1, 1, vols.shape[2], vols.shape[3])
-    return sl[(sl > 0).float().mean(dim=(1, 2, 3)) >= min_brain_fraction]
+    ds = SliceDataset(VolumeDataset(items, config["preprocessing"]), config["slices"]["min_brain_fraction"])
+    return torch.stack([torch.as_tensor(ds[i]["image"]) for i in range(len(ds))])
 
 
 def bits_per_dim_of(method, slices: torch.Tensor, batch: int = 256) -> float:
@@ -104,27 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         overrides = [o for o in run.overrides if not o.startswith("train.phases=")] + [phases]
         config = load_config(configs_dir() / run.config, overrides)
-        train_seconds = None
-        if (
-            not (run_dir / "checkpoint.pt").is_file()
-            or json.loads(
-                (run_dir / "train_time.json").read_text() if (run_dir / "train_time.json").is_file() else "{}"
-            ).get("steps")
-            != n
-        ):
+        timing_path = run_dir / "train_time.json"
+        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+        if not (run_dir / "checkpoint.pt").is_file() or timing.get("steps") != n:
             t = time.time()
             Trainer(config, str(datalist_path), run_dir, resume=True, progress=False).fit()
-            train_seconds = round(time.time() - t, 1)
-            (run_dir / "train_time.json").write_text(json.dumps({"steps": n, "seconds": train_seconds}))
-        else:
-            train_seconds = json.loads((run_dir / "train_time.json").read_text())["seconds"]
+            timing = {"steps": n, "seconds": round(time.time() - t, 1)}
+            timing_path.write_text(json.dumps(timing))
+        train_seconds = timing["seconds"]
         method, config, _ = load_run(run_dir)
         for section, items in (
             ("training", datalist["training"][:80]),
             ("validation", datalist["validation"]),
         ):
             if section not in cache:
-                cache[section] = slices_of(items, config["preprocessing"])
+                cache[section] = slices_of(items, config)
         bpd = {s: bits_per_dim_of(method, cache[s]) for s in ("training", "validation")}
         score_dir = out / "scores" / f"steps{n}"
         score_datalist(run_dir, datalist_path, score_dir, sections=("test",), progress=False, save_maps=False)

@@ -50,6 +50,16 @@ from real_data import to_markdown as real_data_markdown  # noqa: E402
 RHO_BOUND = 0.2
 
 
+def _verdict(entry: dict) -> str:
+    """A learned run against both baselines: "yes" when every paired CI lies above 0 (``controls.baseline_comparison``)."""
+    vs = entry.get("vs") or {}
+    if vs and all(v["difference_ci"][0] > 0 for v in vs.values()):
+        return "yes"
+    if vs and all(v["difference"] > 0 for v in vs.values()):
+        return "ahead, CI includes 0"
+    return "**no**"
+
+
 def _f(v, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
@@ -715,9 +725,7 @@ def to_markdown(result: dict) -> str:
                 )
             )
         verdict = (
-            "baseline"
-            if c["method"] in ("intensity", "normative")
-            else ("yes" if s["baselines"].get(run, {}).get("beats_all_baselines") else "**no**")
+            "baseline" if c["method"] in ("intensity", "normative") else _verdict(s["baselines"].get(run, {}))
         )
         lines.append(
             f"| {run} | `{c['column']}` | {_ci(c, 'volume_auroc')} | {_ci(c, 'volume_ap')} | "

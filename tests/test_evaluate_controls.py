@@ -158,6 +158,20 @@ def test_baseline_comparison_by_hand():
         vs["column"] == "abs_z_q99" and vs["difference"] == pytest.approx(0.25) and vs["n_common_scans"] == 4
     )
     assert vs["difference_ci"][0] <= 0.25 <= vs["difference_ci"][1]
+    # four scans: the paired CI cannot exclude 0, so the verdict says the lead is not significant
+    assert vs["difference_ci"][0] <= 0 and not vs["significant"]
+    assert entry["verdict"] == "ahead, CI includes 0"
+    # the reversed column loses on the point estimate: "no"
+    assert (
+        baseline_comparison(
+            {"m": "glow", "normative": "normative"},
+            {"m/bad": {"auroc": 0.0}, "normative/abs_z_q99": {"auroc": 0.75}},
+            {"m": learned, "normative": base},
+            several=True,
+            n_resamples=100,
+        )["m"]["verdict"]
+        == "no"
+    )
     # no baseline evaluated: nothing to compare
     assert baseline_comparison({"m": "glow"}, {"m/good": {"auroc": 1.0}}, {"m": learned}, several=True) == {}
 
@@ -183,3 +197,25 @@ def test_binned_voxel_curves_equal_the_exact_curve_when_bins_resolve_every_score
     ci = binned_bootstrap_ci(scores, truths, n_resamples=50, seed=0)
     assert ci["n_bootstrap_valid"] == 50
     assert all(0.0 <= ci[f"{k}_ci"][0] <= ci[f"{k}_ci"][1] <= 1.0 for k in ("auroc", "ap", "best_dice"))
+
+
+def test_baseline_verdict_is_yes_only_when_every_paired_ci_excludes_zero():
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = np.r_[np.zeros(n), np.ones(n)].astype(int)
+    ids = [f"s{i}" for i in range(2 * n)]
+    learned = pd.DataFrame(
+        {"subject_id": ids, "label": labels, "good": labels * 3.0 + rng.normal(size=2 * n)}
+    )
+    base = pd.DataFrame(
+        {"subject_id": ids, "label": labels, "abs_z_q99": labels * 0.3 + rng.normal(size=2 * n)}
+    )
+    out = baseline_comparison(
+        {"m": "glow", "normative": "normative"},
+        {"m/good": {"auroc": 0.98}, "normative/abs_z_q99": {"auroc": 0.6}},
+        {"m": learned, "normative": base},
+        several=True,
+        n_resamples=200,
+    )["m"]
+    assert out["vs"]["normative"]["difference_ci"][0] > 0 and out["vs"]["normative"]["significant"]
+    assert out["verdict"] == "yes"

@@ -111,9 +111,11 @@ def baseline_comparison(
 
     Returns:
         ``{run: {"best_column", "auroc", "vs": {baseline run: {"column", "auroc", "difference",
-        "difference_ci", "beats", "n_common_scans"}}, "beats_all_baselines"}}`` for every learned run; empty
-        when no baseline was evaluated. ``beats`` is the point estimate (AUROC higher); the CI of the paired
-        difference says whether it is significant (it excludes 0).
+        "difference_ci", "beats", "significant", "n_common_scans"}}, "beats_all_baselines", "verdict"}}`` for every
+        learned run; empty when no baseline was evaluated. ``beats`` is the point estimate (AUROC higher);
+        ``significant``: the paired difference's 95 % CI lies above 0. ``verdict``: ``"yes"`` when it is
+        significant against every baseline, ``"ahead, CI includes 0"`` when only the point estimates are higher,
+        ``"no"`` otherwise.
     """
     best_of = best_volume_columns(volume_metrics, several)
 
@@ -156,8 +158,13 @@ def baseline_comparison(
                 "difference": diff,
                 "difference_ci": ci,
                 "beats": bool(diff > 0),
+                "significant": bool(np.isfinite(ci[0]) and ci[0] > 0),
                 "n_common_scans": int(len(pair)),
             }
         entry["beats_all_baselines"] = bool(entry["vs"]) and all(v["beats"] for v in entry["vs"].values())
+        significant = bool(entry["vs"]) and all(v["significant"] for v in entry["vs"].values())
+        entry["verdict"] = (
+            "yes" if significant else "ahead, CI includes 0" if entry["beats_all_baselines"] else "no"
+        )
         out[run] = entry
     return out

@@ -44,6 +44,12 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{float(v):.{digits}f}"
 
 
+def _verdict(entry: Mapping[str, Any]) -> str:
+    """A learned run's verdict against the baselines (``controls.baseline_comparison``), "no" in bold."""
+    verdict = entry.get("verdict") or ("yes" if entry.get("beats_all_baselines") else "no")
+    return "<b>no</b>" if verdict == "no" else html.escape(verdict)
+
+
 def _with_ci(entry: Mapping[str, Any], key: str, digits: int = 3) -> str:
     value = _num(entry.get(key), digits)
     ci = entry.get(f"{key}_ci")
@@ -267,7 +273,7 @@ def write_report(
             if runs.get(run, {}).get("method") in BASELINE_METHODS:
                 verdict = "baseline"
             elif run in against and against[run]["best_column"] == col:
-                verdict = "yes" if against[run]["beats_all_baselines"] else "<b>no</b>"
+                verdict = _verdict(against[run])
             prefix = f"{run}/" if several else ""
             s = slc.get(_match(key, [k for k in slc if k.startswith(prefix)], prefix) or "", {})
             v = vox.get(_match(key, [k for k in vox if k.startswith(prefix)], prefix) or "", {})
@@ -279,9 +285,9 @@ def write_report(
         parts.append("<h2>Comparison</h2><p class=sub>Every volume score column; slice AUROC and voxel AP of the slice score and map "
                      "the column is made from. Sensitivity and specificity at the threshold calibrated on healthy validation scans "
                      "are the honest operating point; sensitivity at 95 % specificity is read off this section's ROC curve. "
-                     "<i>Beats both baselines</i>: on each learned run's best column (highest volume AUROC), whether its AUROC is "
-                     "above the best column of both the <code>intensity</code> and the <code>normative</code> baseline (details and "
-                     "paired CIs below).</p>"
+                     "<i>Beats both baselines</i>: on each learned run's best column (highest volume AUROC), <i>yes</i> when the paired "
+                     "95 % CI of its AUROC difference to the best column of both the <code>intensity</code> and the <code>normative</code> "
+                     "baseline lies above 0, <i>ahead, CI includes 0</i> when only the point estimates are higher (details below).</p>"
                      + _table((["run"] if several else []) + ["score", "volume AUROC", "volume AP", "sens @ 95% spec", "slice AUROC",
                                                              "voxel AP", "sens @ threshold", "spec @ threshold",
                                                              "beats both baselines"],
@@ -300,7 +306,7 @@ def write_report(
                     f"{html.escape(v['column'])} {_num(v['auroc'])}: {v['difference']:+.3f} "
                     f'<span class="ci">[{_num(ci[0])}, {_num(ci[1])}]</span>'
                 )
-            cells.append("yes" if entry["beats_all_baselines"] else "<b>no</b>")
+            cells.append(_verdict(entry))
             rows.append(cells)
         bases = sorted({b for e in against.values() for b in e["vs"]})
         parts.append(

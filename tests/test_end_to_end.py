@@ -114,16 +114,16 @@ def test_train_then_score(config_path, extra, request, tmp_path):
     assert not read_csv(out / "errors.csv")
     meta = json.loads((out / "score_meta.json").read_text())
     map_columns = [f"{m}_q999" for m in method.map_names]  # every map's high quantile (scoring.maps)
-    if raw["spatial_dims"] == 2:  # slice-wise: every slice score aggregated three ways
+    profiles = [f"{m}_slice_{method.slice_statistic}" for m in method.map_names]  # each map's slice profile
+    if raw["spatial_dims"] == 2:  # slice-wise: every slice score aggregated three ways (not the map profiles)
         assert (
             meta["score_columns"]
             == [f"{s}_{a}" for s in method.score_names for a in ("mean", "max", "top3_mean")] + map_columns
         )
-    else:  # volume-wise: the method's own scores, plus the slice profile of each map
+        assert meta["slice_score_columns"] == list(method.score_names) + profiles
+    else:  # volume-wise: the method's own scores
         assert meta["score_columns"] == list(method.score_names) + map_columns
-        assert meta["slice_score_columns"] == [
-            f"{m}_slice_{method.slice_statistic}" for m in method.map_names
-        ]
+        assert meta["slice_score_columns"] == profiles
     assert set(thresholds["thresholds"]) == set(meta["score_columns"])
     for r in rows:
         assert (

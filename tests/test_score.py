@@ -57,6 +57,13 @@ def test_slice_profile_over_brain_and_labels():
     assert slice_brain_statistic(volume, image, "q100").tolist() == [0.0, 4.0, 8.0]
     with pytest.raises(ValueError, match="statistic"):
         slice_brain_statistic(volume, image, "median")
+    # a region (the brain minus its rim): slices with region voxels use only those, a slice without its brain
+    region = torch.zeros(1, 2, 2, 3, dtype=torch.bool)
+    region[0, 1, 1, 1] = True  # slice 1: one voxel (value 4); slice 2: none -> its brain {8, 0}
+    assert slice_brain_statistic(volume, image, "q100", region=region).tolist() == [0.0, 4.0, 8.0]
+    volume[0, 0, 0, 1] = 100.0  # in slice 1's brain but outside the region: not seen
+    assert slice_brain_statistic(volume, image, "q100", region=region).tolist() == [0.0, 4.0, 8.0]
+    assert slice_brain_statistic(volume, image, "q100").tolist() == [0.0, 100.0, 8.0]
 
 
 # ------------------------------------------------------------------------------------------ a scored run
@@ -112,7 +119,8 @@ def test_scores_csv_rows_columns_and_flags(scored, trained_2d_run, demo_cohort):
         )
     meta = json.loads((scored / "score_meta.json").read_text())
     assert meta["method"] == "latent-norm-ae" and meta["score_columns"] == columns
-    assert meta["slice_score_columns"] == ["latent_norm"] and meta["map_names"] == ["residual"]
+    assert meta["slice_score_columns"] == ["latent_norm", "residual_slice_q99"]
+    assert meta["map_names"] == ["residual"]
     assert meta["sections"] == ["validation", "test"] and "top-3 mean" in meta["aggregation"]
 
 
@@ -127,6 +135,7 @@ def test_volume_scores_are_the_documented_aggregate_of_slice_scores(scored):
         "counted",
         "slice_label",
         "latent_norm",
+        "residual_slice_q99",  # the map's slice profile: a slice column, not aggregated to volume columns
     ]
     for r in rows:
         mine = [s for s in slices if s["subject_id"] == r["subject_id"] and s["section"] == r["section"]]
@@ -384,5 +393,5 @@ def test_3d_volumes_scored_in_batches_match_one_at_a_time(demo_cohort, tmp_path)
     )
     assert len(sa) == len(sb)
     for ra, rb in zip(sa, sb, strict=True):
-        for column in ("nll_slice_mean", "final_scale_slice_mean"):
+        for column in ("nll_slice_q99", "final_scale_slice_q99"):
             assert ra[column] == rb[column]

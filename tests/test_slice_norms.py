@@ -125,7 +125,8 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     Trainer(_glow2d_config(), demo_cohort, tmp_path / "run", progress=False).fit()
     stored = json.loads((tmp_path / "run" / "thresholds.json").read_text())
     norms = stored["slice_norms"]
-    assert set(norms["columns"]) == {"nll_bpd", "final_scale"} and norms["depth"] == 24
+    assert set(norms["columns"]) == {"nll_bpd", "final_scale", "nll_slice_q99", "final_scale_slice_q99"}
+    assert norms["depth"] == 24
     # the norms are the robust statistics of the raw validation slice scores
     method, config, _ = load_run(tmp_path / "run")
     items = load_datalist(demo_cohort)["validation"]
@@ -138,7 +139,7 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     refit = fit_slice_norms(
         [r.raw_slice_scores for r in raw], fractions, counted=[f >= 0.1 for f in fractions]
     )
-    for column in ("nll_bpd", "final_scale"):
+    for column in ("nll_bpd", "final_scale", "nll_slice_q99"):
         assert norms["columns"][column]["center"] == pytest.approx(
             refit["columns"][column]["center"], rel=1e-9
         )
@@ -170,3 +171,23 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
 
     save_thresholds(tmp_path / "run", calibrate_thresholds({"nll_bpd_max": [1.0, 2.0]}, 0.95))
     assert json.loads((tmp_path / "run" / "thresholds.json").read_text())["slice_norms"] == norms
+
+
+def test_norms_of_map_profiles_made_another_way_are_refused(tmp_path):
+    from mri_anomaly.errors import UserInputError
+    from mri_anomaly.scoring.slice_norms import check_map_profile
+
+    scores = [{"llr": torch.arange(4.0) + i, "llr_slice_q99": torch.arange(4.0) * i} for i in range(3)]
+    norms = fit_slice_norms(scores)
+    check_map_profile(norms, "run")  # fitted now: accepted
+    old = {k: v for k, v in norms.items() if k != "map_profile"}  # fitted before map profiles used the region
+    with pytest.raises(UserInputError, match=r"run: .*predate.*llr_slice_q99.*recalibrate"):
+        check_map_profile(old, "run")
+    # norms without any map profile column are not affected
+    check_map_profile({**old, "columns": {"llr": old["columns"]["llr"]}}, "run")
+    # a run directory whose stored norms are old: refused when scoring loads them
+    from mri_anomaly.runs import run_slice_norms
+
+    (tmp_path / "thresholds.json").write_text(json.dumps({"thresholds": {}, "slice_norms": old}))
+    with pytest.raises(UserInputError, match=str(tmp_path)):
+        run_slice_norms(tmp_path, {})

@@ -40,6 +40,7 @@ from torch import nn
 
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.files import atomic_write_with, jsonable
+from mri_anomaly.scoring.slice_norms import check_map_profile
 
 __all__ = [
     "METADATA_FILE",
@@ -280,6 +281,9 @@ class ExportedScorer:
         )
         self._method = method_class(module, self.device)
         norms = self.metadata.get("slice_norms")
+        from mri_anomaly.scoring.volume import slice_score_columns_of
+
+        check_map_profile(norms, "the exported program", slice_score_columns_of(method_class, self.metadata))
         self._score_volume_options = {"slice_norms": norms} if norms else {}
         self.score_columns_ = list(self.metadata["score_columns"])
         if score is not None and score not in self.score_columns_:

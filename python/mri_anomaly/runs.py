@@ -18,6 +18,7 @@ import torch
 
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.evaluation.thresholds import load_thresholds
+from mri_anomaly.scoring.slice_norms import check_map_profile
 from mri_anomaly.training.checkpoint import load_checkpoint
 from mri_anomaly.training.config import ConfigError, config_from_yaml
 from mri_anomaly.training.methods import AnomalyMethod, get_method_class
@@ -101,5 +102,13 @@ def run_slice_norms(run_dir: Path, checkpoint: Mapping[str, Any]) -> dict[str, A
     """The run's per-position slice norms: ``RUN/thresholds.json``'s ``slice_norms``, else the checkpoint's."""
     stored = load_thresholds(run_dir)
     if stored is not None and stored.get("slice_norms"):
-        return dict(stored["slice_norms"])
-    return (checkpoint.get("threshold_info") or {}).get("slice_norms") or None
+        norms = dict(stored["slice_norms"])
+    else:
+        norms = (checkpoint.get("threshold_info") or {}).get("slice_norms") or None
+    if norms:
+        from mri_anomaly.scoring.volume import slice_score_columns_of
+
+        config = config_from_yaml(checkpoint["config"]) if checkpoint.get("config") else None
+        columns = slice_score_columns_of(get_method_class(config["method"]), config) if config else []
+        check_map_profile(norms, str(run_dir), columns)
+    return norms

@@ -105,12 +105,14 @@ def _base(name: str) -> str:
 
 
 def _match(key: str, candidates: Sequence[str], prefix: str) -> str | None:
-    """The slice column / map that volume column ``key`` is made from (same base name), if any."""
+    """The slice column / map that volume column ``key`` is made from (same base name), if any: for a map's
+    volume score (``<map>_q999``) the map's slice profile (``<map>_slice_q99``) first, for an aggregate of slice
+    scores (``llr_top5_mean``) the slice score itself first."""
     want = _base(key[len(prefix) :])
-    for c in candidates:
-        if _base(re.sub(r"_slice_(mean|q\d+)$", "", c[len(prefix) :])) == want:
-            return c
-    return None
+    found = [c for c in candidates if _base(re.sub(r"_slice_(mean|q\d+)$", "", c[len(prefix) :])) == want]
+    from_map = re.search(r"_q\d+$", key) is not None
+    found.sort(key=lambda c: (re.search(r"_slice_(mean|q\d+)$", c) is not None) != from_map)
+    return found[0] if found else None
 
 
 def _figure(path: Path, out: Path, caption: str) -> str:

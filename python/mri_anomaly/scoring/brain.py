@@ -48,14 +48,20 @@ def brain_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.
 
 
 def slice_brain_statistic(
-    volume_map: torch.Tensor, image: torch.Tensor, statistic: str = "mean"
+    volume_map: torch.Tensor,
+    image: torch.Tensor,
+    statistic: str = "mean",
+    region: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One value per axial slice of a voxel map over that slice's brain voxels.
+    """One value per axial slice of a voxel map over that slice's brain voxels (or its ``region`` voxels).
 
     Args:
         volume_map: (C, H, W, D) map on the model grid.
         image: (C', H, W, D) the preprocessed image (brain = voxels > 0 in any channel).
         statistic: ``"mean"`` or ``"q<percent>"`` (e.g. ``"q99"``: the 99th percentile).
+        region: optional (1, H, W, D) bool, e.g. the eroded brain the map scores use
+            (:func:`mri_anomaly.scoring.maps.map_region`): a slice with region voxels uses them, a slice without
+            (a cap of the head, all rim) its brain voxels.
 
     Returns:
         (D,) float64; a slice without brain voxels uses all its voxels.
@@ -64,6 +70,10 @@ def slice_brain_statistic(
     x = torch.as_tensor(image).detach().cpu()
     per_slice = m.permute(3, 0, 1, 2)  # (D, C, H, W)
     mask = brain_mask(x.permute(3, 0, 1, 2))  # (D, 1, H, W)
+    if region is not None:
+        inner = torch.as_tensor(region).detach().cpu().bool().permute(3, 0, 1, 2)  # (D, 1, H, W)
+        has_inner = inner.flatten(1).any(dim=1)[:, None, None, None]
+        mask = torch.where(has_inner, inner, mask)
     if statistic == "mean":
         return brain_mean(per_slice, mask)
     if statistic.startswith("q"):

@@ -20,6 +20,7 @@ gets the same post-processing, so methods and baselines are compared on equal te
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,8 @@ from mri_anomaly.scoring.brain import brain_mask
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 
 __all__ = [
+    "MAP_SLICE_PROFILE",
+    "is_map_slice_column",
     "MAP_QUANTILE",
     "erosion_voxels",
     "map_region",
@@ -39,6 +42,16 @@ __all__ = [
 ]
 
 MAP_QUANTILE = ("q999", 0.999)
+
+
+MAP_SLICE_PROFILE = "statistic of the map over the slice's part of the brain minus score.map_erosion_mm"
+"""How a map's slice profile ``<map>_slice_<statistic>`` is made; stored with the slice norms fitted on it
+(:func:`mri_anomaly.scoring.slice_norms.fit_slice_norms`), so norms fitted on another profile are refused."""
+
+
+def is_map_slice_column(column: str) -> bool:
+    """Whether a slice score column is a map's slice profile (``<map>_slice_mean`` / ``<map>_slice_q<p>``)."""
+    return re.search(r"_slice_(mean|q\d+)$", column) is not None
 
 
 def map_score_columns(map_names: Sequence[str]) -> list[str]:

@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["MAD_TO_SD", "fit_slice_norms", "standardise_slice_scores"]
+from mri_anomaly.errors import UserInputError
+from mri_anomaly.scoring.maps import MAP_SLICE_PROFILE, is_map_slice_column
+
+__all__ = ["MAD_TO_SD", "check_map_profile", "fit_slice_norms", "standardise_slice_scores"]
 
 MAD_TO_SD = 1.4826
 RULE = (
@@ -96,6 +99,7 @@ def fit_slice_norms(
             fits_slope &= table_of([as_row(c) for c in counted], "counted masks").astype(bool)
     out: dict[str, Any] = {
         "rule": RULE,
+        "map_profile": MAP_SLICE_PROFILE,
         "n_volumes": len(slice_scores),
         "depth": 0,
         "floor_fraction": float(floor_fraction),
@@ -142,6 +146,27 @@ def fit_slice_norms(
         out["columns"][column] = {"center": center.tolist(), "scale": scale.tolist(), "slope": slope.tolist()}
         out["depth"] = int(table.shape[1])
     return out
+
+
+def check_map_profile(norms: Mapping[str, Any] | None, where: str, columns: Sequence[str] = ()) -> None:
+    """Refuse slice norms whose map slice profiles were made another way, or that have none for the map profiles
+    among ``columns`` (the run's slice columns): norms fitted by an older version, which would leave those
+    columns raw or standardise them wrongly.
+
+    Raises:
+        UserInputError: naming ``where`` (the run or program) and how to refit them.
+    """
+    if not norms:
+        return
+    fitted = norms.get("columns") or {}
+    stale = [c for c in fitted if is_map_slice_column(c)]
+    stale += [c for c in columns if is_map_slice_column(c) and c not in fitted]
+    if stale and norms.get("map_profile") != MAP_SLICE_PROFILE:
+        raise UserInputError(
+            f"{where}: its slice norms predate the maps' slice profiles as they are made now ({MAP_SLICE_PROFILE}): "
+            f"{', '.join(stale)}; recalibrate the run: `mri-anomaly train --config RUN/config.yaml --datalist "
+            "DATALIST --out RUN --resume` scores a finished run's validation scans again"
+        )
 
 
 def standardise_slice_scores(

@@ -21,6 +21,7 @@ from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_labe
 from mri_anomaly.scoring.brain import slice_brain_statistic
 from mri_anomaly.scoring.maps import (
     erosion_voxels,
+    is_map_slice_column,
     map_region,
     map_score_columns,
     map_volume_scores,
@@ -33,6 +34,7 @@ __all__ = [
     "RawVolumeScores",
     "VolumeScores",
     "finish_volume_scores",
+    "map_slice_columns_of",
     "raw_volume_scores",
     "raw_volume_scores_batch",
     "raw_volume_scores_of",
@@ -77,12 +79,19 @@ def _as_plain(t: Any) -> torch.Tensor:
     return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
 
 
-def slice_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
-    """Columns of ``slice_scores.csv``: 2D — the method's slice scores; 3D — ``<map>_slice_<statistic>``,
-    the statistic (mean, or a high quantile for the baselines) of each voxel map over the slice's brain voxels."""
-    if config["spatial_dims"] == 2:
-        return list(method_cls.score_names)
+def map_slice_columns_of(method_cls) -> list[str]:
+    """``<map>_slice_<statistic>`` for each voxel map: the slice profile of the map, its statistic
+    (``AnomalyMethod.slice_statistic``) over the slice's part of the region the map scores use (the brain minus
+    its rim, :func:`~mri_anomaly.scoring.maps.map_region`; a slice that is all rim uses its brain)."""
     return [f"{m}_slice_{method_cls.slice_statistic}" for m in method_cls.map_names]
+
+
+def slice_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
+    """Columns of ``slice_scores.csv``: 2D — the method's slice scores, then the maps' slice profiles; 3D — the
+    maps' slice profiles (:func:`map_slice_columns_of`)."""
+    if config["spatial_dims"] == 2:
+        return list(method_cls.score_names) + map_slice_columns_of(method_cls)
+    return map_slice_columns_of(method_cls)
 
 
 def volume_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
@@ -100,13 +109,24 @@ def volume_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
 
 
 def _from_maps(
-    maps: Mapping[str, torch.Tensor], image: torch.Tensor, config: Mapping[str, Any]
-) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """The map volume scores and the maps restricted to the scored region (:mod:`mri_anomaly.scoring.maps`)."""
+    maps: Mapping[str, torch.Tensor], image: torch.Tensor, config: Mapping[str, Any], statistic: str
+) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The map volume scores, the maps' slice profiles (``<map>_slice_<statistic>``, (D,)) and the maps restricted
+    to the scored region (:mod:`mri_anomaly.scoring.maps`)."""
     if not maps:
-        return {}, {}
+        return {}, {}, {}
     region = map_region(image, erosion_voxels(config))
-    return map_volume_scores(maps, region), {name: restrict_map(m, region) for name, m in maps.items()}
+    profiles = {
+        f"{name}_slice_{statistic}": slice_brain_statistic(
+            nonfinite_to_most_anomalous(m), image, statistic, region=region
+        )
+        for name, m in maps.items()
+    }
+    return (
+        map_volume_scores(maps, region),
+        profiles,
+        {name: restrict_map(m, region) for name, m in maps.items()},
+    )
 
 
 def _volume_context(
@@ -154,7 +174,8 @@ def _slice_wise(
     maps = {
         name: torch.cat(v).permute(1, 2, 3, 0).contiguous() for name, v in parts_maps.items()
     }  # (1, H, W, D)
-    map_scores, maps = _from_maps(maps, image, config)
+    map_scores, profiles, maps = _from_maps(maps, image, config, type(method).slice_statistic)
+    slice_columns.update(profiles)
     return RawVolumeScores(
         map_scores,
         slice_columns,
@@ -199,15 +220,8 @@ def raw_volume_scores_batch(
             name: float(nonfinite_to_most_anomalous(s.detach().double().cpu().reshape(-1)[n : n + 1])[0])
             for name, s in out.scores.items()
         }
-        slice_columns: dict[str, torch.Tensor] = {}
-        maps: dict[str, torch.Tensor] = {}
-        for name, m in out.maps.items():
-            volume_map = m[n].detach().float().cpu()  # (1, H, W, D)
-            slice_columns[f"{name}_slice_{statistic}"] = slice_brain_statistic(
-                nonfinite_to_most_anomalous(volume_map), image, statistic
-            )
-            maps[name] = volume_map
-        map_scores, maps = _from_maps(maps, image, config)
+        maps = {name: m[n].detach().float().cpu() for name, m in out.maps.items()}  # (1, H, W, D) each
+        map_scores, slice_columns, maps = _from_maps(maps, image, config, statistic)
         volume_scores.update(map_scores)
         if not want_maps:
             maps = {}
@@ -267,7 +281,10 @@ def finish_volume_scores(
     scores, and lay out the slice rows."""
     slice_columns = standardise_slice_scores(output.slice_scores, slice_norms, output.fraction)
     if config["spatial_dims"] == 2:
-        scores = aggregate_slice_scores(slice_columns, output.counted, int(config["score"]["top_k"]))
+        # the method's own slice scores; a map's volume score is its own quantile (<map>_q999), not an aggregate
+        # of its slice profile
+        own = {k: v for k, v in slice_columns.items() if not is_map_slice_column(k)}
+        scores = aggregate_slice_scores(own, output.counted, int(config["score"]["top_k"]))
         scores.update(output.volume_scores)
     else:
         scores = dict(output.volume_scores)

@@ -15,8 +15,8 @@ section). Calibration (thresholds, slice norms) runs as for every method.
 
 Each returns only its map; the volume score is the map's 99.9th percentile over the brain minus
 ``score.map_erosion_mm`` (``<map>_q999``), made by the scoring layer for every method's maps alike
-(:mod:`mri_anomaly.scoring.maps`). Slice profiles of 3D runs use the 99th percentile of the map over each
-slice's brain voxels (``slice_statistic = "q99"``).
+(:mod:`mri_anomaly.scoring.maps`), and so is the slice profile ``<map>_slice_q99`` (the map's 99th percentile over
+each slice's part of that region, as for the learned methods' maps).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class _FitOnly(AnomalyMethod):
     """A method without trainable parameters: its one phase, ``"fit"``, takes no optimiser steps."""
 
     phases = ("fit",)
-    slice_statistic = "q99"
 
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
         raise RuntimeError(

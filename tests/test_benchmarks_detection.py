@@ -179,3 +179,15 @@ def test_run_seed_needs_a_finished_demo_cohort(tmp_path):
 
     with pytest.raises(MissingInputError, match="no finished demo cohort"):
         run_seed(tmp_path, 1)
+
+
+def test_best_column_over_seeds_is_chosen_on_seed_0_and_read_on_every_seed(detection):
+    tables = {
+        seed: {"run": {"volume": _table(scores), "score_columns": ["a", "b"]}}
+        for seed, scores in ((0, SEED0), (1, SEED1))
+    }
+    out = detection.best_column_over_seeds(tables)["run"]
+    # seed 0 picks a (AUROC 1 against 5/6); on seed 1, a is read even though it is 5/6 there
+    assert out["column"] == "a" and out["seeds"] == [0, 1]
+    assert out["auroc"] == pytest.approx([1.0, 5 / 6])
+    assert out["mean"] == pytest.approx(11 / 12) and out["sd"] == pytest.approx((1 / 6) / np.sqrt(2))

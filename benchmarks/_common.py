@@ -114,3 +114,52 @@ def save_results(name: str, tag: str, markdown: str, data: dict[str, Any], out_d
     md_path.write_text(markdown)
     (out_dir / f"{name}-{tag}.json").write_text(json.dumps(data, indent=2) + "\n")
     return md_path
+
+
+def train_steps_run(config: dict[str, Any], datalist: Path, run_dir: Path, steps: int) -> float:
+    """Train ``config`` into ``run_dir`` (resumable) unless a run of ``steps`` steps per phase is there; returns
+    its training wall seconds (kept in ``run_dir/train_time.json``)."""
+    from mri_anomaly.training import Trainer
+
+    timing_path = run_dir / "train_time.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    if not (run_dir / "checkpoint.pt").is_file() or timing.get("steps") != steps:
+        t = time.time()
+        Trainer(config, str(datalist), run_dir, resume=True, progress=False).fit()
+        timing = {"steps": steps, "seconds": round(time.time() - t, 1)}
+        timing_path.write_text(json.dumps(timing))
+    return float(timing["seconds"])
+
+
+def volume_aurocs_on_test(
+    run_dir: Path, datalist: Path, score_dir: Path, columns: Sequence[str]
+) -> dict[str, float]:
+    """Volume AUROC of ``columns`` on the datalist's ``test`` scans, scored by ``run_dir`` into ``score_dir``."""
+    import pandas as pd
+    from mri_anomaly.data import load_datalist
+    from mri_anomaly.evaluation.metrics import auroc
+    from mri_anomaly.scoring.runner import score_datalist
+
+    score_datalist(run_dir, datalist, score_dir, sections=("test",), progress=False, save_maps=False)
+    scores = pd.read_csv(score_dir / "scores.csv", dtype={"subject_id": str})
+    labels = {it["subject_id"]: int(it["label"]) for it in load_datalist(datalist)["test"]}
+    y = scores["subject_id"].map(labels).to_numpy()
+    return {c: float(auroc(y, scores[c].to_numpy(dtype=float))) for c in columns}
+
+
+def run_meta(
+    script: str, argv: Sequence[str] | None, load_start: float, t0: float, **extra: Any
+) -> dict[str, Any]:
+    """The command, machine, load, date and duration lines every benchmark document starts with."""
+    import datetime as dt
+    import sys
+
+    command = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    return {
+        "command": command.strip(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
+        "load": f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": round(time.time() - t0, 1),
+        **extra,
+    }

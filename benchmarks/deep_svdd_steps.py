@@ -22,7 +22,6 @@ Writes ``docs/benchmarks/deep_svdd_steps.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, cpu_model, markdown_table  # noqa: E402
+from _common import DOCS_DIR, markdown_table, run_meta, train_steps_run, volume_aurocs_on_test  # noqa: E402
 from glow2d_steps import slices_of  # noqa: E402
 
 COLUMNS = ("deep_sad_dist_mean", "deep_sad_dist_max", "deep_sad_dist_top5_mean")
@@ -76,33 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", default=str(DOCS_DIR))
     args = parser.parse_args(argv)
 
-    import pandas as pd
     from mri_anomaly.data import load_datalist
-    from mri_anomaly.evaluation.metrics import auroc
     from mri_anomaly.pipeline import configs_dir
     from mri_anomaly.runs import load_run
-    from mri_anomaly.scoring.runner import score_datalist
-    from mri_anomaly.training import Trainer, load_config
+    from mri_anomaly.training import load_config
 
     demo, out = Path(args.demo), Path(args.out)
     datalist_path = demo / "data" / "datalist.json"
     datalist = load_datalist(datalist_path)
     load_start, t0 = os.getloadavg()[0], time.time()
     rows, data, cache = [], [], {}
+    base = load_config(configs_dir() / "deep-svdd-2d.yaml")["train"]["phases"]
     for n in args.steps:
         run_dir = out / "runs" / f"steps{n}"
-        base = load_config(configs_dir() / "deep-svdd-2d.yaml")["train"]["phases"]
         phases = "train.phases={" + ", ".join(
             f"{name}: {{steps: {n}, lr: {p['lr']}, weight_decay: {p['weight_decay']}}}" for name, p in base.items()
         ) + "}"  # fmt: skip
         config = load_config(configs_dir() / "deep-svdd-2d.yaml", [phases])
-        timing_path = run_dir / "train_time.json"
-        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-        if not (run_dir / "checkpoint.pt").is_file() or timing.get("steps") != n:
-            t = time.time()
-            Trainer(config, str(datalist_path), run_dir, resume=True, progress=False).fit()
-            timing = {"steps": n, "seconds": round(time.time() - t, 1)}
-            timing_path.write_text(json.dumps(timing))
+        train_seconds = train_steps_run(config, datalist_path, run_dir, n)
         method, config, _ = load_run(run_dir)
         for section, items in (
             ("training", datalist["training"][:80]),
@@ -112,28 +102,16 @@ def main(argv: list[str] | None = None) -> int:
                 cache[section] = slices_of(items, config)
         fit = {s: held_out(method, cache[s]) for s in ("training", "validation")}
         score_dir = out / "scores" / f"steps{n}"
-        score_datalist(run_dir, datalist_path, score_dir, sections=("test",), progress=False, save_maps=False)
-        scores = pd.read_csv(score_dir / "scores.csv", dtype={"subject_id": str})
-        labels = {it["subject_id"]: int(it["label"]) for it in datalist["test"]}
-        y = scores["subject_id"].map(labels).to_numpy()
-        aurocs = {c: float(auroc(y, scores[c].to_numpy(dtype=float))) for c in COLUMNS}
+        aurocs = volume_aurocs_on_test(run_dir, datalist_path, score_dir, COLUMNS)
         rows.append([n, f"{fit['training']['distance']:.4f}", f"{fit['validation']['distance']:.4f}",
                      f"{fit['validation']['ae_mse']:.5f}", *(f"{aurocs[c]:.3f}" for c in COLUMNS),
-                     f"{timing['seconds']:.0f}"])  # fmt: skip
-        data.append({"steps_per_phase": n, "fit": fit, "auroc": aurocs, "train_seconds": timing["seconds"],
+                     f"{train_seconds:.0f}"])  # fmt: skip
+        data.append({"steps_per_phase": n, "fit": fit, "auroc": aurocs, "train_seconds": train_seconds,
                      "slices": {s: len(cache[s]) for s in cache}})  # fmt: skip
         print(f"[svdd-steps] {n}: {rows[-1]}", file=sys.stderr, flush=True)
     header = ["steps per phase", "‖φ(x) − c‖², 80 training scans", "‖φ(x) − c‖², 80 held-out healthy",
               "AE MSE, held-out", *(f"AUROC `{c}`" for c in COLUMNS), "training s"]  # fmt: skip
-    command = "python benchmarks/deep_svdd_steps.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {
-        "command": command.strip(),
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
-        "load": f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "seconds": round(time.time() - t0, 1),
-        "demo": str(demo),
-    }
+    meta = run_meta("deep_svdd_steps.py", argv, load_start, t0, demo=str(demo))
     md = "\n".join([
         "# Deep SVDD: training length",
         "",

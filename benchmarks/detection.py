@@ -51,13 +51,9 @@ RHO_BOUND = 0.2
 
 
 def _baseline_verdict(entry: dict) -> str:
-    """A learned run against both baselines: "yes" when every paired CI lies above 0 (``controls.baseline_comparison``)."""
-    vs = entry.get("vs") or {}
-    if vs and all(v["difference_ci"][0] > 0 for v in vs.values()):
-        return "yes"
-    if vs and all(v["difference"] > 0 for v in vs.values()):
-        return "ahead, CI includes 0"
-    return "**no**"
+    """A learned run against both baselines, as ``controls.baseline_comparison`` judged it (paired CIs)."""
+    verdict = entry.get("verdict") or ("yes" if entry.get("beats_all_baselines") else "no")
+    return "**no**" if verdict == "no" else verdict
 
 
 def _f(v, digits: int = 3) -> str:

@@ -31,10 +31,10 @@ from mri_anomaly.scoring.brain import brain_mask
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 
 __all__ = [
-    "MAP_SLICE_PROFILE",
-    "is_map_slice_column",
     "MAP_QUANTILE",
+    "MAP_SLICE_PROFILE",
     "erosion_voxels",
+    "is_map_slice_column",
     "map_region",
     "map_score_columns",
     "map_volume_scores",

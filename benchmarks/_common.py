@@ -163,3 +163,35 @@ def run_meta(
         "seconds": round(time.time() - t0, 1),
         **extra,
     }
+
+
+def write_steps_doc(
+    docs: Path,
+    name: str,
+    title: str,
+    meta: dict[str, Any],
+    intro: str,
+    table: str,
+    reading: str,
+    results: list,
+) -> str:
+    """Write a training-length benchmark's ``<docs>/<name>.md`` (header, intro, table, reading) and ``.json``;
+    returns the markdown."""
+    md = "\n".join([
+        f"# {title}",
+        "",
+        f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
+        f"Date: {meta['date']}  ",
+        f"Cohort: `{meta['demo']}` (the demo's; test: its 128 test scans; runs reused from `--out` when present)",
+        "",
+        intro,
+        "",
+        table,
+        "",
+        reading,
+        "",
+    ])  # fmt: skip
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    (docs / f"{name}.md").write_text(md)
+    return md

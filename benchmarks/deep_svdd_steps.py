@@ -22,7 +22,6 @@ Writes ``docs/benchmarks/deep_svdd_steps.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,7 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta, train_steps_run, volume_aurocs_on_test  # noqa: E402
+from _common import (  # noqa: E402
+    DOCS_DIR,
+    markdown_table,
+    run_meta,
+    train_steps_run,
+    volume_aurocs_on_test,
+    write_steps_doc,
+)
 from glow2d_steps import slices_of  # noqa: E402
 
 COLUMNS = ("deep_sad_dist_mean", "deep_sad_dist_max", "deep_sad_dist_top5_mean")
@@ -112,25 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     header = ["steps per phase", "‖φ(x) − c‖², 80 training scans", "‖φ(x) − c‖², 80 held-out healthy",
               "AE MSE, held-out", *(f"AUROC `{c}`" for c in COLUMNS), "training s"]  # fmt: skip
     meta = run_meta("deep_svdd_steps.py", argv, load_start, t0, demo=str(demo))
-    md = "\n".join([
-        "# Deep SVDD: training length",
-        "",
-        f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
-        f"Date: {meta['date']}  ", f"Cohort: `{demo}` (the demo's; test: its 128 test scans; runs reused from `--out` when present)",
-        "",
+    md = write_steps_doc(
+        Path(args.docs),
+        "deep_svdd_steps",
+        "Deep SVDD: training length",
+        meta,
         "The demo trains 500 steps per phase (batch 32: about two epochs of the training slices; Ruff et al. train 150 "
         "epochs after 250 of pretraining). Distances of axial slices with ≥ 10 % brain to the fixed centre c; AUROC of "
         "volume columns on the test scans (no CIs: see `detection.md` for the shipped setting's).",
-        "",
         markdown_table(header, rows),
-        "",
         reading(data),
-        "",
-    ])  # fmt: skip
-    docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
-    (docs / "deep_svdd_steps.json").write_text(json.dumps({"meta": meta, "results": data}, indent=2))
-    (docs / "deep_svdd_steps.md").write_text(md)
+        data,
+    )
     print(md)
     return 0
 

@@ -20,7 +20,6 @@ Writes ``docs/benchmarks/glow2d_steps.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta, train_steps_run, volume_aurocs_on_test  # noqa: E402
+from _common import (  # noqa: E402
+    DOCS_DIR,
+    markdown_table,
+    run_meta,
+    train_steps_run,
+    volume_aurocs_on_test,
+    write_steps_doc,
+)
 
 COLUMNS = ("llr_q999", "nll_q999", "llr_top5_mean", "nll_bpd_top5_mean")
 
@@ -117,24 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     header = ["steps per phase", "bits/dim, 80 training scans", "bits/dim, 80 held-out healthy", *(f"AUROC `{c}`" for c in COLUMNS),
               "training s"]  # fmt: skip
     meta = run_meta("glow2d_steps.py", argv, load_start, t0, demo=str(demo))
-    md = "\n".join([
-        "# 2D Glow likelihood ratio: training length",
-        "",
-        f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
-        f"Date: {meta['date']}  ", f"Cohort: `{demo}` (the demo's; test: its 128 test scans; runs reused from `--out` when present)",
-        "",
+    md = write_steps_doc(
+        Path(args.docs),
+        "glow2d_steps",
+        "2D Glow likelihood ratio: training length",
+        meta,
         "The demo trains 100 steps per phase. Bits/dim of the in-distribution model on axial slices with ≥ 10 % brain; "
         "AUROC of volume columns on the test scans (no CIs: see `detection.md` for the shipped setting's).",
-        "",
         markdown_table(header, rows),
-        "",
         reading(data),
-        "",
-    ])  # fmt: skip
-    docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
-    (docs / "glow2d_steps.json").write_text(json.dumps({"meta": meta, "results": data}, indent=2))
-    (docs / "glow2d_steps.md").write_text(md)
+        data,
+    )
     print(md)
     return 0
 

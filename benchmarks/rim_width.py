@@ -19,7 +19,6 @@ Writes ``docs/benchmarks/rim_width.md`` and ``.json`` (``--docs`` to change).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model  # noqa: E402
+from _common import run_meta  # noqa: E402
 from real_data import default_data_dir, real_cases, score_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,19 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load_start, t0 = os.getloadavg()[0], time.time()
     result = measure(demo, data if data.is_dir() else None, Path(args.out), list(args.mm), runs)
-    result["meta"] = {
-        "demo": str(demo),
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
-        "load": f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "seconds": round(time.time() - t0, 1),
-    }
-    command = "python benchmarks/rim_width.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["meta"] = run_meta("rim_width.py", argv, load_start, t0, demo=str(demo))
+    md = to_markdown(result, result["meta"]["command"])
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "rim_width.json").write_text(json.dumps(result, indent=2))
-    (docs / "rim_width.md").write_text(to_markdown(result, command.strip()))
-    print(to_markdown(result, command.strip()))
+    (docs / "rim_width.md").write_text(md)
+    print(md)
     return 0
 
 

@@ -211,3 +211,81 @@ def test_demo_data_command_and_montage(tmp_path, capsys):
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     args = parser.parse_args(["demo-data", "--out", str(tmp_path / "e"), "--healthy", "0"])
     assert args.func(args) == 2 and "healthy >= 1" in capsys.readouterr().err
+
+
+def test_periventricular_weight_caps_the_lateral_ventricles():
+    from mri_anomaly.data.demo import _template
+    from scipy import ndimage
+
+    tpl = _template(4.0)  # 2 mm template arrays
+    pv, brain, csf = tpl["pv"], tpl["brain"] > 0.5, tpl["csf"]
+    assert pv.min() >= 0 and 0.2 < pv.max() <= 1
+    # the signal hugs the deep CSF: the heaviest voxels lie within 8 mm of CSF that is > 7 mm inside the brain
+    depth = ndimage.distance_transform_edt(brain) * 2.0
+    near = ndimage.distance_transform_edt(~((csf > 0.4) & (depth > 7))) * 2.0 <= 8
+    heavy = pv > 0.5 * pv.max()
+    assert heavy.sum() > 20 and near[heavy].all()
+    assert pv[brain & (depth <= 6)].max() < 0.05 * pv.max()  # nothing at the cortex
+    # caps: at the frontal and occipital ends of the band (along y) the weight is larger than at its middle
+    ys = np.nonzero(pv > 0.05)[1]
+    quarter, mid = (ys.max() - ys.min()) // 4, (ys.min() + ys.max()) // 2
+    middle = pv[:, mid - 2 : mid + 3].max()
+    assert pv[:, ys.min() : ys.min() + quarter].max() > 1.5 * middle
+    assert pv[:, ys.max() - quarter : ys.max() + 1].max() > 1.5 * middle
+
+
+def test_texture_keeps_brain_fraction_and_pure_tissue_and_varies_the_mixtures():
+    from mri_anomaly.data.demo import _texture
+
+    rng = np.random.default_rng(0)
+    shape = (20, 22, 24)
+    gm = np.zeros(shape, np.float32)
+    wm = np.zeros(shape, np.float32)
+    csf = np.zeros(shape, np.float32)
+    wm[:10] = 1.0  # pure white matter
+    gm[10:], csf[10:] = 0.6, 0.3  # a mixture (cortex), brain fraction 0.9
+    tissues = {"gm": gm.copy(), "wm": wm.copy(), "csf": csf.copy()}
+    _texture(rng, tissues, 0.4, 1.0)
+    total = tissues["gm"] + tissues["wm"] + tissues["csf"]
+    np.testing.assert_allclose(total, gm + wm + csf, atol=1e-5)
+    np.testing.assert_allclose(tissues["wm"][:10], 1.0, atol=1e-6)
+    assert tissues["gm"][:10].max() == 0 and tissues["csf"][:10].max() == 0
+    mixed = tissues["gm"][10:]
+    assert (
+        0.03 < mixed.std() < 0.2 and abs(mixed.mean() - 0.6) < 0.05
+    )  # varies around the template's fraction
+
+
+def test_periventricular_signal_and_smooth_anatomy(tmp_path):
+    import dataclasses
+
+    from mri_anomaly.data.demo import HEALTHY_VARIATION, SMOOTH_ANATOMY, _template, _Variation
+
+    # with and without periventricular signal, all else equal (no texture, so the draws match)
+    base = dataclasses.replace(HEALTHY_VARIATION, texture=0.0, noise=(1e-6, 1e-6), bias=0.0)
+    with_pv = dataclasses.replace(base, periventricular=(0.3, 0.3))
+    without = dataclasses.replace(base, periventricular=(0.0, 1e-9))  # draws its amplitude too
+    a = synthesize_subject(np.random.default_rng(3), 4.0, "flair", with_pv)["image"]
+    b = synthesize_subject(np.random.default_rng(3), 4.0, "flair", without)["image"]
+    assert isinstance(with_pv, _Variation) and _template(4.0)["pv"].max() > 0
+    brain = (a > 0) & (b > 0)
+    ratio = a[brain] / b[brain]
+    assert ratio.max() > 1.1  # brighter caps
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.02)  # and nothing else changes much
+    # smooth_anatomy writes the cohort of the SMOOTH_ANATOMY variation (no texture, no caps)
+    make_demo_cohort(tmp_path / "smooth", seed=1, smooth_anatomy=True, **SMOOTH_ANATOMY_SMALL)
+    make_demo_cohort(tmp_path / "detail", seed=1, **SMOOTH_ANATOMY_SMALL)
+    img = lambda d: np.asarray(nib.load(d / "images" / "demo-train-000.nii.gz").dataobj)  # noqa: E731
+    expected = synthesize_subject(
+        np.random.default_rng([1, 1, 0]),
+        8.0,
+        "flair",
+        dataclasses.replace(HEALTHY_VARIATION, **SMOOTH_ANATOMY),
+    )["image"]
+    np.testing.assert_array_equal(img(tmp_path / "smooth"), expected)
+    assert not np.array_equal(img(tmp_path / "smooth"), img(tmp_path / "detail"))
+    meta = json.loads((tmp_path / "smooth" / "cohort.json").read_text())
+    assert meta["anatomy"] == "smooth template"
+
+
+SMOOTH_ANATOMY_SMALL = dict(healthy=3, anomalous=0, general=0, spacing=8.0)

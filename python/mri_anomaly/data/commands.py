@@ -1,7 +1,7 @@
 """The ``demo-data`` and ``datalist`` subcommands; :func:`register_commands` adds them to ``mri-anomaly``.
 
 ``mri-anomaly demo-data --out DIR [--seed S] [--healthy N] [--anomalous N] [--general N] [--spacing MM]
-[--contrast t1|t2|flair[,...]] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
+[--contrast t1|t2|flair[,...]] [--smooth-anatomy] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
 
 ``mri-anomaly datalist (--images GLOB [GLOB ...] | --folder DIR) [--masks GLOB ...] [--brain-masks GLOB ...]
 [--labels CSV] [--section auto|training|validation|test|general] [--val-fraction F] [--test-fraction F]
@@ -44,6 +44,7 @@ def demo_data_command(args: argparse.Namespace) -> int:
             spacing=args.spacing,
             contrast=args.contrast,
             progress=not args.quiet,
+            smooth_anatomy=args.smooth_anatomy,
         )
     except UserInputError as e:
         print(f"mri-anomaly demo-data: error: {e}", file=sys.stderr)
@@ -208,6 +209,11 @@ def register_commands(subparsers: Any) -> None:
     )
     p.add_argument(
         "--general", type=int, default=DEMO_DEFAULTS["general"], help="subjects of the 'general' section"
+    )
+    p.add_argument(
+        "--smooth-anatomy",
+        action="store_true",
+        help="no individual tissue texture or periventricular FLAIR/T2 signal (the template's smooth anatomy)",
     )
     p.add_argument(
         "--spacing",

@@ -14,8 +14,19 @@ Healthy subjects vary as a real cohort does:
 * contrast: ``t1`` uses the template's own T1 intensities (with a random gamma and small GM/WM
   offsets); ``t2`` (bright CSF, GM > WM) and ``flair`` (dark CSF, GM > WM) are synthesised from the
   tissue maps with +-5 % jitter of each tissue's level;
+* individual tissue texture: the template's GM/WM/CSF fractions are a 152-subject average, smooth where one
+  brain has sulci; each subject's fractions are multiplied by exp(0.4 x a unit random field correlated over
+  ~4 mm) and renormalised, which varies the partial-volume mixtures (cortex, deep grey matter, ventricle edges)
+  and leaves pure tissue alone (``_texture``);
+* periventricular signal (FLAIR and T2): the white matter next to the lateral ventricles is brighter, most at
+  the frontal and occipital horns ("caps") and thinly along the bodies ("bands"), the normal finding (Fazekas
+  0-1) that lesion detectors otherwise take for lesions; the amplitude is uniform in 0-0.3 of the tissue scale
+  (WM 0.48, GM 0.62), so some subjects have none (``_periventricular_weight``);
 * a smooth multiplicative bias field (log-amplitude ~0.12), a scanner gain (600-1400 arbitrary units)
   and Rician noise (1-3 % of the brain median); the volume is skull-stripped (zero outside the brain).
+
+``smooth_anatomy=True`` (CLI ``--smooth-anatomy``) leaves out the texture and periventricular signal and writes,
+for the same seed, exactly the arrays of the cohort before they were added.
 
 Anomalous subjects (``test`` section, ``label`` 1, voxel ``mask``) cycle through three kinds
 (:class:`~mri_anomaly.data.lesions.RandLesion`), inserted before bias and noise so they are imaged
@@ -32,7 +43,8 @@ like tissue:
 The ``general`` section (no labels) is a **broader** healthy distribution for likelihood ratios
 (Schirrmeister et al. 2020 train a second model on a general distribution and score
 ``log p_general - log p_in``): all three contrasts mixed, twice the deformation, rotations up to
-12 deg, size 0.82-1.02, bias log-amplitude ~0.3, noise up to 6 %, gamma 0.7-1.4. It shares
+12 deg, size 0.82-1.02, bias log-amplitude ~0.3, noise up to 6 %, gamma 0.7-1.4, texture 0.6,
+periventricular signal up to 0.4. It shares
 low-level MRI statistics with the in-distribution data but not the contrast or tight anatomy, so
 the ratio cancels what is generic about MRI and keeps what is specific to healthy in-distribution
 anatomy.
@@ -63,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -128,6 +141,8 @@ class _Variation:
     noise: tuple[float, float] = (0.01, 0.03)
     gamma: tuple[float, float] = (0.87, 1.15)
     tissue_jitter: float = 0.05
+    texture: float = 0.4
+    periventricular: tuple[float, float] = (0.0, 0.3)
 
 
 HEALTHY_VARIATION = _Variation()
@@ -141,7 +156,11 @@ GENERAL_VARIATION = _Variation(
     noise=(0.01, 0.06),
     gamma=(0.7, 1.4),
     tissue_jitter=0.12,
+    texture=0.6,
+    periventricular=(0.0, 0.4),
 )
+SMOOTH_ANATOMY = {"texture": 0.0, "periventricular": (0.0, 0.0)}
+"""Variation fields that turn off the individual tissue texture and periventricular signal (the cohort before them)."""
 
 
 def demo_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -154,7 +173,7 @@ def demo_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def _template(spacing: float) -> dict[str, Any]:
-    """The nilearn MNI152 2009 maps (T1, GM, WM, brain, CSF), pre-smoothed against aliasing at ``spacing``."""
+    """The nilearn MNI152 2009 maps (T1, GM, WM, brain, CSF, periventricular weight), pre-smoothed against aliasing."""
     from nilearn import datasets as nds
 
     t1 = nds.load_mni152_template(resolution=1)  # the 1 mm files as shipped (resolution=2 resamples slowly)
@@ -165,14 +184,15 @@ def _template(spacing: float) -> dict[str, Any]:
         "brain": nds.load_mni152_brain_mask(resolution=1),
     }
     aff = np.asarray(t1.affine, np.float64)
+    arrays = {name: np.asarray(img.get_fdata(dtype=np.float32)) for name, img in maps.items()}
+    arrays["pv"] = _periventricular_weight(arrays["brain"], arrays["gm"], arrays["wm"], aff)
     res = 1
     if spacing >= 2.5:  # 2 x 2 x 2 block average to 2 mm, then anti-alias at 2 mm
         res = 2
         aff = aff @ np.array([[2, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 2, 0.5], [0, 0, 0, 1.0]])
     sigma = antialias_sigma([res], [spacing])[0]
     out: dict[str, Any] = {"affine": aff, "res": res}
-    for name, img in maps.items():
-        a = np.asarray(img.get_fdata(dtype=np.float32))
+    for name, a in arrays.items():
         if res == 2:
             a = a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2, : a.shape[2] // 2 * 2]
             a = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, a.shape[2] // 2, 2).mean(axis=(1, 3, 5))
@@ -182,6 +202,30 @@ def _template(spacing: float) -> dict[str, Any]:
     b = out["brain"] > 0.5
     out["t1_ref"] = float(np.median(out["t1"][b]))
     return out
+
+
+def _periventricular_weight(
+    brain: np.ndarray, gm: np.ndarray, wm: np.ndarray, affine: np.ndarray
+) -> np.ndarray:
+    """Where healthy FLAIR shows periventricular signal, 0-1, on the 1 mm template grid.
+
+    The lateral ventricles are the two largest bodies of CSF (fraction > 0.5) deeper than 15 mm in the brain and
+    more than 4 mm off the midline (which leaves out the interhemispheric fissure and the cisterns); the weight is
+    the white matter fraction times exp(-d / 3 mm) at distance d from them, strongest at the frontal and occipital
+    horns (the "caps" of a normal FLAIR, Fazekas grade 0-1), 40 % of that along the bodies (the thin "bands").
+    """
+    csf = np.clip(brain - gm - wm, 0, 1)
+    depth = ndimage.distance_transform_edt(brain > 0.5)
+    x_mm = np.arange(brain.shape[0]) * affine[0, 0] + affine[0, 3]
+    vent = (csf > 0.5) & (depth > 15) & (np.abs(x_mm) > 4)[:, None, None]
+    labels, n = ndimage.label(vent)
+    sizes = ndimage.sum(vent, labels, range(1, n + 1))
+    vent = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.5 * sizes.max()))
+    distance = ndimage.distance_transform_edt(~vent)
+    ys = np.nonzero(vent)[1]
+    centre, half = (ys.min() + ys.max()) / 2, (ys.max() - ys.min()) / 2
+    horn = np.clip(np.abs(np.arange(brain.shape[1]) - centre) / half, 0, 1) ** 2
+    return (np.exp(-distance / 3.0) * ~vent * wm * (0.4 + 0.6 * horn[None, :, None])).astype(np.float32)
 
 
 def find_ms_lesion_dir() -> Path | None:
@@ -388,6 +432,9 @@ def _synthesize(
 
     brain = np.clip(sample(tpl["brain"]), 0, 1)
     tissues = {"gm": sample(tpl["gm"]), "wm": sample(tpl["wm"]), "csf": sample(tpl["csf"]), "brain": brain}
+    if v.texture > 0:
+        _texture(rng, tissues, v.texture, 4.0 / float(spacing))
+    tissues["pv"] = sample(tpl["pv"]) * rng.uniform(*v.periventricular) if v.periventricular[1] > 0 else None
     img = _contrast_image(rng, contrast, v, tissues, lambda: sample(tpl["t1"]) / tpl["t1_ref"])
     extra_imgs = [
         _contrast_image(extra_rng, c, v, tissues, lambda: sample(tpl["t1"]) / tpl["t1_ref"])
@@ -468,6 +515,28 @@ def _synthesize(
     }
 
 
+def _texture(
+    rng: np.random.Generator, tissues: dict[str, np.ndarray], amount: float, sigma_vox: float
+) -> None:
+    """Individual tissue texture: each tissue fraction times exp(amount * a smooth unit field), renormalised.
+
+    The template's tissue maps are a 152-subject average, smoother than any one brain: its cortex is a uniform
+    GM/CSF mixture where a subject has sulci. Perturbing the fractions with fields correlated over ~4 mm (``sigma_vox``
+    voxels) gives each subject its own partial-volume pattern where tissues mix (cortex, deep grey matter,
+    ventricle edges), and leaves pure tissue (one fraction near 1) unchanged. Modifies ``tissues`` in place.
+    """
+    before = tissues["gm"] + tissues["wm"] + tissues["csf"]
+    for name in ("gm", "wm", "csf"):
+        field = ndimage.gaussian_filter(rng.standard_normal(before.shape), sigma_vox)
+        tissues[name] = tissues[name] * np.exp(amount * field / max(float(field.std()), 1e-12)).astype(
+            np.float32
+        )
+    after = tissues["gm"] + tissues["wm"] + tissues["csf"]
+    scale = before / np.maximum(after, 1e-6)
+    for name in ("gm", "wm", "csf"):
+        tissues[name] = (tissues[name] * scale).astype(np.float32)
+
+
 def _contrast_image(
     rng: np.random.Generator, contrast: str, v: _Variation, tissues: dict[str, np.ndarray], t1_of: Any
 ) -> np.ndarray:
@@ -485,6 +554,8 @@ def _contrast_image(
     else:
         levels = {"t2": (1.0, 0.62, 0.45), "flair": (0.15, 0.62, 0.48)}[contrast]
         img = csf * levels[0] * jit[0] + gm * levels[1] * jit[1] + wm * levels[2] * jit[2]
+        if tissues.get("pv") is not None:  # periventricular caps and bands: hyperintense in FLAIR and T2
+            img = img + tissues["pv"]
         img = (img / max(float(np.median(img[brain > 0.5])), 1e-6)) ** rng.uniform(*v.gamma)
     return np.clip(img, 0, None).astype(np.float32)
 
@@ -521,6 +592,7 @@ def make_demo_cohort(
     contrast: str | Sequence[str] = DEMO_DEFAULTS["contrast"],
     ms_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    smooth_anatomy: bool = False,
 ) -> Path:
     """Write the demo cohort (see the module docstring) and return the path of ``datalist.json``.
 
@@ -538,6 +610,8 @@ def make_demo_cohort(
             them in this order). The first contrast's images are those of the single-contrast cohort.
         ms_dir: folder of the MS lesion masks (default :func:`find_ms_lesion_dir`).
         progress: print one line per section.
+        smooth_anatomy: leave out the individual tissue texture and the periventricular signal
+            (:data:`SMOOTH_ANATOMY`): every subject is the smooth template anatomy, as before 2026-12.
 
     Raises:
         ValueError: bad counts, spacing or contrast.
@@ -570,12 +644,16 @@ def make_demo_cohort(
         )
         kinds = ["tumour", "focal"]
 
+    healthy_var, general_var = HEALTHY_VARIATION, GENERAL_VARIATION
+    if smooth_anatomy:
+        healthy_var = dataclasses.replace(healthy_var, **SMOOTH_ANATOMY)
+        general_var = dataclasses.replace(general_var, **SMOOTH_ANATOMY)
     n_val = max(1, round(0.2 * healthy)) if healthy >= 3 else 0
     n_test = max(1, round(0.2 * healthy)) if healthy >= 3 else 0
     n_train = healthy - n_val - n_test
     plan: list[tuple[str, str, int, str | None, str, _Variation, str]] = []
     for sec, n in (("training", n_train), ("validation", n_val), ("test", n_test)):
-        plan += [(sec, sec, i, None, contrast, HEALTHY_VARIATION, "any") for i in range(n)]
+        plan += [(sec, sec, i, None, contrast, healthy_var, "any") for i in range(n)]
     strata = list(SIZE_STRATA)
     plan += [
         (
@@ -584,14 +662,12 @@ def make_demo_cohort(
             i,
             kinds[i % len(kinds)],
             contrast,
-            HEALTHY_VARIATION,
+            healthy_var,
             strata[(i // len(kinds)) % len(strata)],
         )
         for i in range(anomalous)
     ]
-    plan += [
-        ("general", "general", i, None, CONTRASTS[i % 3], GENERAL_VARIATION, "any") for i in range(general)
-    ]
+    plan += [("general", "general", i, None, CONTRASTS[i % 3], general_var, "any") for i in range(general)]
 
     datalist: dict[str, list[dict]] = {}
     rows = []
@@ -661,6 +737,7 @@ def make_demo_cohort(
         "spacing_mm": float(spacing),
         "seed": int(seed),
         "lesion_kinds": ",".join(kinds),
+        "anatomy": "smooth template" if smooth_anatomy else "individual texture, periventricular signal",
     }
     path = write_datalist(datalist, out / "datalist.json", relative=True, metadata=meta)
     with open(out / "subjects.csv", "w", newline="") as f:

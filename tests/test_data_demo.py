@@ -289,3 +289,24 @@ def test_periventricular_signal_and_smooth_anatomy(tmp_path):
 
 
 SMOOTH_ANATOMY_SMALL = dict(healthy=3, anomalous=0, general=0, spacing=8.0)
+
+
+def test_t1_carries_the_texture_and_is_unchanged_without_it():
+    from mri_anomaly.data.demo import HEALTHY_VARIATION, _contrast_image
+
+    shape = (6, 7, 8)
+    ones = np.ones(shape, np.float32)
+    gm, wm, csf = 0.5 * ones, 0.3 * ones, 0.2 * ones
+    t1 = np.full(shape, 0.8, np.float32)
+
+    def image(tissues):
+        return _contrast_image(np.random.default_rng(0), "t1", HEALTHY_VARIATION, tissues, lambda: t1)
+
+    plain = image({"gm": gm, "wm": wm, "csf": csf, "brain": ones})
+    same = image({"gm": gm, "wm": wm, "csf": csf, "brain": ones, "smooth": (gm, wm, csf)})
+    np.testing.assert_allclose(same, plain, rtol=1e-6)  # no texture, no change
+    more_wm = image({"gm": 0.3 * ones, "wm": 0.5 * ones, "csf": csf, "brain": ones, "smooth": (gm, wm, csf)})
+    # the WM-richer voxel is brighter in T1 by the ratio of the T1 mixtures (jitter aside, which is +-5 %)
+    expected = (0.06 + 0.195 + 0.5 + 1e-3) / (0.06 + 0.325 + 0.3 + 1e-3)
+    assert float((more_wm / plain).mean()) == pytest.approx(expected, rel=0.06)
+    assert float((more_wm / plain).mean()) > 1.05

@@ -17,7 +17,8 @@ Healthy subjects vary as a real cohort does:
 * individual tissue texture: the template's GM/WM/CSF fractions are a 152-subject average, smooth where one
   brain has sulci; each subject's fractions are multiplied by exp(0.4 x a unit random field correlated over
   ~4 mm) and renormalised, which varies the partial-volume mixtures (cortex, deep grey matter, ventricle edges)
-  and leaves pure tissue alone (``_texture``);
+  and leaves pure tissue alone (``_texture``; ``t1`` images, which keep the template's T1, are rescaled by the
+  ratio of T1-weighted mixtures of the textured and the template's fractions);
 * periventricular signal (FLAIR and T2): the white matter next to the lateral ventricles is brighter, most at
   the frontal and occipital horns ("caps") and thinly along the bodies ("bands"), the normal finding (Fazekas
   0-1) that lesion detectors otherwise take for lesions; the amplitude is uniform in 0-0.3 of the tissue scale
@@ -433,6 +434,11 @@ def _synthesize(
     brain = np.clip(sample(tpl["brain"]), 0, 1)
     tissues = {"gm": sample(tpl["gm"]), "wm": sample(tpl["wm"]), "csf": sample(tpl["csf"]), "brain": brain}
     if v.texture > 0:
+        tissues["smooth"] = (
+            tissues["gm"],
+            tissues["wm"],
+            tissues["csf"],
+        )  # the template's: T1 rescales from them
         _texture(rng, tissues, v.texture, 4.0 / float(spacing))
     tissues["pv"] = sample(tpl["pv"]) * rng.uniform(*v.periventricular) if v.periventricular[1] > 0 else None
     img = _contrast_image(rng, contrast, v, tissues, lambda: sample(tpl["t1"]) / tpl["t1_ref"])
@@ -537,6 +543,11 @@ def _texture(
         tissues[name] = (tissues[name] * scale).astype(np.float32)
 
 
+def _t1_mixture(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray) -> np.ndarray:
+    """A T1-weighted mixture of tissue fractions (CSF 0.3, GM 0.65, WM 1 of WM), to rescale the template's T1."""
+    return 0.3 * csf + 0.65 * gm + wm + 1e-3
+
+
 def _contrast_image(
     rng: np.random.Generator, contrast: str, v: _Variation, tissues: dict[str, np.ndarray], t1_of: Any
 ) -> np.ndarray:
@@ -551,6 +562,9 @@ def _contrast_image(
             + 0.03 * rng.standard_normal() * wm
         )
         img = img * (csf * jit[0] + gm * jit[1] + wm * jit[2] + 1e-3) / (csf + gm + wm + 1e-3)
+        if "smooth" in tissues:  # the template's T1 is of the smooth fractions: carry the texture over
+            s_gm, s_wm, s_csf = tissues["smooth"]
+            img = img * _t1_mixture(gm, wm, csf) / np.maximum(_t1_mixture(s_gm, s_wm, s_csf), 1e-3)
     else:
         levels = {"t2": (1.0, 0.62, 0.45), "flair": (0.15, 0.62, 0.48)}[contrast]
         img = csf * levels[0] * jit[0] + gm * levels[1] * jit[1] + wm * levels[2] * jit[2]

@@ -209,6 +209,21 @@ def test_demo_data_command_and_montage(tmp_path, capsys):
     dl = load_datalist(tmp_path / "d" / "datalist.json")
     assert {k: len(v) for k, v in dl.items()} == {"training": 1, "validation": 1, "test": 3}
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "d" / "cohort.json").read_text())["anatomy"].startswith("individual")
+    smooth = [
+        "demo-data",
+        "--out",
+        str(tmp_path / "s"),
+        "--healthy",
+        "3",
+        "--anomalous",
+        "0",
+        "--general",
+        "0",
+    ]
+    args = parser.parse_args([*smooth, "--spacing", "8", "--quiet", "--smooth-anatomy"])
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "s" / "cohort.json").read_text())["anatomy"] == "smooth template"
     args = parser.parse_args(["demo-data", "--out", str(tmp_path / "e"), "--healthy", "0"])
     assert args.func(args) == 2 and "healthy >= 1" in capsys.readouterr().err
 

@@ -434,11 +434,8 @@ def _synthesize(
     brain = np.clip(sample(tpl["brain"]), 0, 1)
     tissues = {"gm": sample(tpl["gm"]), "wm": sample(tpl["wm"]), "csf": sample(tpl["csf"]), "brain": brain}
     if v.texture > 0:
-        tissues["smooth"] = (
-            tissues["gm"],
-            tissues["wm"],
-            tissues["csf"],
-        )  # the template's: T1 rescales from them
+        # the template's own fractions: a T1 image, which keeps the template's T1, is rescaled from them
+        tissues["smooth"] = (tissues["gm"], tissues["wm"], tissues["csf"])
         _texture(rng, tissues, v.texture, 4.0 / float(spacing))
     tissues["pv"] = sample(tpl["pv"]) * rng.uniform(*v.periventricular) if v.periventricular[1] > 0 else None
     img = _contrast_image(rng, contrast, v, tissues, lambda: sample(tpl["t1"]) / tpl["t1_ref"])
@@ -544,7 +541,7 @@ def _texture(
 
 
 def _t1_mixture(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray) -> np.ndarray:
-    """A T1-weighted mixture of tissue fractions (CSF 0.3, GM 0.65, WM 1 of WM), to rescale the template's T1."""
+    """A T1-weighted mixture of tissue fractions (CSF 0.3, GM 0.65, WM 1 of WM; >= 1e-3), to rescale the template's T1."""
     return 0.3 * csf + 0.65 * gm + wm + 1e-3
 
 
@@ -564,7 +561,7 @@ def _contrast_image(
         img = img * (csf * jit[0] + gm * jit[1] + wm * jit[2] + 1e-3) / (csf + gm + wm + 1e-3)
         if "smooth" in tissues:  # the template's T1 is of the smooth fractions: carry the texture over
             s_gm, s_wm, s_csf = tissues["smooth"]
-            img = img * _t1_mixture(gm, wm, csf) / np.maximum(_t1_mixture(s_gm, s_wm, s_csf), 1e-3)
+            img = img * _t1_mixture(gm, wm, csf) / _t1_mixture(s_gm, s_wm, s_csf)
     else:
         levels = {"t2": (1.0, 0.62, 0.45), "flair": (0.15, 0.62, 0.48)}[contrast]
         img = csf * levels[0] * jit[0] + gm * levels[1] * jit[1] + wm * levels[2] * jit[2]

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
+from detection import _f, _slice_column  # noqa: E402
 
 FLAIR_CASES = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
 LEARNED = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d", "latent-norm-ae-2d")
@@ -54,8 +55,6 @@ def _load(source: str, from_git: bool) -> tuple[dict, dict]:
 
 def summarise(detection: dict, real: dict) -> dict:
     """Per run: the demo's best column and its numbers, and the real FLAIR cases at the slice column chosen from it."""
-    from mri_anomaly.evaluation.report import _match
-
     seeds = detection.get("seeds", {}).get("best_column", {})
     out = {}
     for run in LEARNED + BASELINES:
@@ -73,24 +72,21 @@ def summarise(detection: dict, real: dict) -> dict:
             "real_voxel_ap": {},
             "real_voxel_ap_seed_mean": {},
         }
+        over_seeds = real.get("over_seeds", {}).get(run, {})
         for case in FLAIR_CASES:
             entries = real["slice"].get(run, {}).get(case, {})
-            chosen = _match(column, list(entries), "") if column else None
+            chosen = _slice_column(column, entries) if column else None
             row["real_slice"][case] = entries.get(chosen, {}).get("auroc") if chosen else None
-            over = real.get("over_seeds", {}).get(run, {}).get("slice", {}).get(case, {})
+            over = over_seeds.get("slice", {}).get(case, {})
             if chosen in over:
                 row["real_slice_seed_mean"][case] = float(np.mean(over[chosen]))
             aps = [v["ap"] for v in real["voxel"].get(run, {}).get(case, {}).values()]
             row["real_voxel_ap"][case] = max(aps) if aps else None
-            over_maps = real.get("over_seeds", {}).get(run, {}).get("voxel", {}).get(case, {})
+            over_maps = over_seeds.get("voxel", {}).get(case, {})
             if over_maps:  # the map with the highest mean AP over the seeds
                 row["real_voxel_ap_seed_mean"][case] = max(float(np.mean(v)) for v in over_maps.values())
         out[run] = row
     return out
-
-
-def _f(v, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
 
 
 def _mean(values) -> float | None:

@@ -288,8 +288,9 @@ def test_periventricular_signal_and_smooth_anatomy(tmp_path):
     assert ratio.max() > 1.1  # brighter caps
     assert np.median(ratio) == pytest.approx(1.0, abs=0.02)  # and nothing else changes much
     # smooth_anatomy writes the cohort of the SMOOTH_ANATOMY variation (no texture, no caps)
-    make_demo_cohort(tmp_path / "smooth", seed=1, smooth_anatomy=True, **SMOOTH_ANATOMY_SMALL)
-    make_demo_cohort(tmp_path / "detail", seed=1, **SMOOTH_ANATOMY_SMALL)
+    small = dict(healthy=3, anomalous=0, general=0, spacing=8.0)
+    make_demo_cohort(tmp_path / "smooth", seed=1, smooth_anatomy=True, **small)
+    make_demo_cohort(tmp_path / "detail", seed=1, **small)
     img = lambda d: np.asarray(nib.load(d / "images" / "demo-train-000.nii.gz").dataobj)  # noqa: E731
     expected = synthesize_subject(
         np.random.default_rng([1, 1, 0]),
@@ -301,9 +302,6 @@ def test_periventricular_signal_and_smooth_anatomy(tmp_path):
     assert not np.array_equal(img(tmp_path / "smooth"), img(tmp_path / "detail"))
     meta = json.loads((tmp_path / "smooth" / "cohort.json").read_text())
     assert meta["anatomy"] == "smooth template"
-
-
-SMOOTH_ANATOMY_SMALL = dict(healthy=3, anomalous=0, general=0, spacing=8.0)
 
 
 def test_t1_carries_the_texture_and_is_unchanged_without_it():

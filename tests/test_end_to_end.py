@@ -23,6 +23,7 @@ TINY_MODEL = {
     "glow": ["model.levels=2", "model.steps=1", "model.hidden_channels=8"],
     "glow-ratio": ["model.levels=2", "model.steps=1", "model.hidden_channels=8"],
     "deep-sad": ["model.channels=[4, 8]", "model.pooled_size=2", "model.rep_dim=8"],
+    "deep-sad-patch": ["model.channels=[4, 8]", "model.rep_dim=8"],
     "latent-norm-ae": ["model.channels=[4, 8]", "model.pooled_size=2", "model.latent_dim=8"],
     "intensity": [],
     "normative": [],

@@ -29,6 +29,7 @@ MODELS = {
         "train.phases.train.steps=2",
     ],
     "deep-svdd-2d": [
+        "method=deep-sad",  # the image-level method on slices: no voxel maps, so MOOD paints the slice scores
         "model.channels=[4, 8]",
         "model.pooled_size=2",
         "model.rep_dim=8",

@@ -8,7 +8,10 @@ so that the same encoder class serves Deep SAD pretraining and the latent-norm a
 
 The encoder has ``len(channels)`` levels of ``conv - BatchNorm - LeakyReLU - max-pool 2``, then an adaptive
 average pool to a fixed ``pooled_size`` grid and a linear map to the embedding; the adaptive pool makes
-the network independent of the input size (any size divisible by ``2 ** len(channels)``).
+the network independent of the input size (any size divisible by ``2 ** len(channels)``). With
+``patch=True`` the pool and linear map are replaced by a bias-free 1×1 convolution: one embedding per cell of
+the last level's grid (a patch of ``2 ** len(channels)`` voxels per axis with a wider receptive field), and
+the decoder starts from that map of codes (patch-wise Deep SVDD/SAD).
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class BiasFreeEncoder(nn.Module):
         pooled_size: grid (int or one per spatial dim) of the adaptive average pool before the linear map.
         negative_slope: LeakyReLU slope.
         norm_eps: BatchNorm epsilon (1e-4 as in the Deep SAD reference).
+        patch: no pool and linear map but a 1×1 convolution: ``(N, C, *spatial) -> (N, out_features, *grid)``
+            with ``grid = spatial / 2 ** len(channels)`` (``pooled_size`` is then unused).
 
     Raises:
         ValueError: for an invalid argument, naming it.
@@ -96,6 +101,7 @@ class BiasFreeEncoder(nn.Module):
         pooled_size: int | Sequence[int] = 4,
         negative_slope: float = 0.01,
         norm_eps: float = 1e-4,
+        patch: bool = False,
     ) -> None:
         super().__init__()
         channels = _check_common(spatial_dims, channels, kernel_size)
@@ -122,8 +128,12 @@ class BiasFreeEncoder(nn.Module):
             ]
             previous = width
         self.features = nn.Sequential(*layers)
-        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](self.pooled_size)
-        self.fc = nn.Linear(channels[-1] * math.prod(self.pooled_size), out_features, bias=False)
+        self.patch = bool(patch)
+        if self.patch:
+            self.fc = conv_type(channels[-1], out_features, 1, bias=False)
+        else:
+            self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](self.pooled_size)
+            self.fc = nn.Linear(channels[-1] * math.prod(self.pooled_size), out_features, bias=False)
 
     @property
     def size_divisor(self) -> int:
@@ -131,8 +141,10 @@ class BiasFreeEncoder(nn.Module):
         return 2 ** len(self.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (N, C, H, W[, D]) -> embedding (N, out_features)."""
+        """``x`` (N, C, H, W[, D]) -> embedding (N, out_features), or (N, out_features, *grid) with ``patch``."""
         check_image_batch(x, self.spatial_dims, self.in_channels, self.size_divisor)
+        if self.patch:
+            return self.fc(self.features(x))
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
@@ -153,6 +165,8 @@ class BiasFreeDecoder(nn.Module):
             linear map. The bias-free default (Deep SAD's pretraining, Ruff et al.) normalises that map's output
             per channel, so its output does not depend on the scale of the code z; an autoencoder whose loss
             penalises ‖z‖ (the latent-norm autoencoder) would then shrink z for free.
+        patch: the code is a map ``(N, in_features, *grid)`` (:class:`BiasFreeEncoder` with ``patch``), taken to
+            ``channels[-1]`` maps by a 1×1 convolution; ``grid`` must be ``spatial_size / 2 ** len(channels)``.
 
     Raises:
         ValueError: for an invalid argument, naming it.
@@ -169,15 +183,20 @@ class BiasFreeDecoder(nn.Module):
         negative_slope: float = 0.01,
         norm_eps: float = 1e-4,
         with_bias: bool = False,
+        patch: bool = False,
     ) -> None:
         super().__init__()
         channels = _check_common(spatial_dims, channels, kernel_size)
         self.spatial_dims = spatial_dims
         self.channels = channels
         self.pooled_size = _as_tuple(pooled_size, spatial_dims, "pooled_size")
+        self.patch = bool(patch)
         conv_type = Conv[Conv.CONV, spatial_dims]
         norm_type = Norm[Norm.BATCH, spatial_dims]
-        self.fc = nn.Linear(in_features, channels[-1] * math.prod(self.pooled_size), bias=with_bias)
+        if self.patch:
+            self.fc = conv_type(in_features, channels[-1], 1, bias=with_bias)
+        else:
+            self.fc = nn.Linear(in_features, channels[-1] * math.prod(self.pooled_size), bias=with_bias)
         self.fc_norm = nn.Identity() if with_bias else norm_type(channels[-1], eps=norm_eps, affine=False)
         self.act = nn.LeakyReLU(negative_slope)
         self.levels = nn.ModuleList()
@@ -199,16 +218,25 @@ class BiasFreeDecoder(nn.Module):
         self._resize_mode = "bilinear" if spatial_dims == 2 else "trilinear"
 
     def forward(self, z: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
-        """``z`` (N, in_features) -> image (N, out_channels, *spatial_size) with values in (0, 1)."""
+        """``z`` (N, in_features) (``patch``: (N, in_features, *grid)) -> image (N, out_channels, *spatial_size)
+        with values in (0, 1)."""
         divisor = 2 ** len(self.channels)
         if len(spatial_size) != self.spatial_dims or any(int(s) % divisor for s in spatial_size):
             raise ValueError(
                 f"spatial_size must be {self.spatial_dims} sizes divisible by {divisor}, got {spatial_size}"
             )
-        h = self.fc(z).view(z.shape[0], self.channels[-1], *self.pooled_size)
-        h = self.act(self.fc_norm(h))
         coarse = tuple(int(s) // divisor for s in spatial_size)
-        if coarse != self.pooled_size:
+        if self.patch:
+            if tuple(z.shape[2:]) != coarse:
+                raise ValueError(
+                    f"a patch code for spatial_size {tuple(spatial_size)} must have the grid {coarse}, "
+                    f"got shape {tuple(z.shape)}"
+                )
+            h = self.fc(z)
+        else:
+            h = self.fc(z).view(z.shape[0], self.channels[-1], *self.pooled_size)
+        h = self.act(self.fc_norm(h))
+        if not self.patch and coarse != self.pooled_size:
             h = F.interpolate(h, size=coarse, mode=self._resize_mode, align_corners=False)
         for level in self.levels:
             h = level(h)
@@ -227,6 +255,7 @@ class BiasFreeAutoEncoder(nn.Module):
         latent_dim: size of the code z.
         channels, kernel_size, pooled_size, negative_slope, norm_eps: as in :class:`BiasFreeEncoder`.
         decoder_bias: the decoder's ``with_bias`` (:class:`BiasFreeDecoder`); the encoder stays bias-free.
+        patch: a map of codes ``z`` (N, latent_dim, *grid) instead of one vector (see :class:`BiasFreeEncoder`).
     """
 
     def __init__(
@@ -240,6 +269,7 @@ class BiasFreeAutoEncoder(nn.Module):
         negative_slope: float = 0.01,
         norm_eps: float = 1e-4,
         decoder_bias: bool = False,
+        patch: bool = False,
     ) -> None:
         super().__init__()
         options = dict(
@@ -248,6 +278,7 @@ class BiasFreeAutoEncoder(nn.Module):
             pooled_size=pooled_size,
             negative_slope=negative_slope,
             norm_eps=norm_eps,
+            patch=patch,
         )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -258,6 +289,7 @@ class BiasFreeAutoEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (N, C, H, W[, D]) -> ``(x_hat, z)`` with ``x_hat`` like ``x`` and ``z`` (N, latent_dim)."""
+        """``x`` (N, C, H, W[, D]) -> ``(x_hat, z)`` with ``x_hat`` like ``x`` and ``z`` (N, latent_dim)
+        (``patch``: (N, latent_dim, *grid))."""
         z = self.encoder(x)
         return self.decoder(z, x.shape[2:]), z

@@ -7,6 +7,12 @@ in eval mode, coordinates with ``|c_k| < 0.1`` pushed to ±0.1) and then kept fi
 Two pitfalls of the reference code are handled here: the pretrained encoder weights are copied with a
 strict ``load_state_dict`` between two modules of the same class (the reference matched no keys and kept
 φ random), and the centre is a buffer, never a parameter (a trainable or zero centre lets φ collapse).
+
+With ``patch=True`` φ embeds every cell of the encoder's last grid (a patch of ``2 ** len(channels)`` voxels per
+axis, seen through a wider receptive field) and one centre c serves all cells: the per-cell squared distance
+is a coarse anomaly map, the slice's (volume's) distance its brain-weighted mean over cells. Deep SVDD then
+asks every healthy patch, not the whole slice, to sit near c: a focal lesion moves the embedding of the few
+cells that hold it instead of being averaged into one vector of the whole slice.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+from monai.networks.layers import Pool
 from torch import nn
 
 from mri_anomaly.models.bias_free import BiasFreeAutoEncoder, BiasFreeEncoder
@@ -29,9 +36,13 @@ def _check_dist(dist: torch.Tensor) -> None:
 
 
 def deep_sad_loss(
-    dist: torch.Tensor, semi_target: torch.Tensor, eta: float = 1.0, eps: float = 1e-6
+    dist: torch.Tensor,
+    semi_target: torch.Tensor,
+    eta: float = 1.0,
+    eps: float = 1e-6,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Deep SAD loss, the mean over the batch of per-sample terms.
+    """Deep SAD loss, the mean over the batch of per-sample terms (weighted mean with ``weight``).
 
     Per sample: ``dist`` if ``semi_target == 0`` (unlabelled), ``eta * (dist + eps) ** semi_target`` if
     ``semi_target`` is +1 (known normal: pulled in) or −1 (known anomaly: pushed out, the inverse distance).
@@ -42,6 +53,7 @@ def deep_sad_loss(
         semi_target: (N,) values in {−1, 0, +1}.
         eta: weight of the labelled terms, > 0.
         eps: added to the distance inside the power so the −1 term stays finite at c, > 0.
+        weight: optional (N,) non-negative weights of the terms (the patch variant's brain fraction per cell).
 
     Returns:
         0-dim tensor.
@@ -63,7 +75,15 @@ def deep_sad_loss(
         raise ValueError(f"semi_target values must be -1, 0 or 1, got {semi_target.unique().tolist()}")
     semi_target = semi_target.to(dist.dtype)
     labelled = eta * (dist + eps) ** semi_target
-    return torch.where(semi_target == 0, dist, labelled).mean()
+    terms = torch.where(semi_target == 0, dist, labelled)
+    if weight is None:
+        return terms.mean()
+    weight = torch.as_tensor(weight, device=dist.device, dtype=dist.dtype)
+    if weight.shape != dist.shape or bool((weight < 0).any()):
+        raise ValueError(
+            f"weight must be non-negative with shape {tuple(dist.shape)} like dist, got {tuple(weight.shape)}"
+        )
+    return (terms * weight).sum() / weight.sum().clamp_min(torch.finfo(dist.dtype).tiny)
 
 
 def soft_boundary_loss(dist: torch.Tensor, radius: torch.Tensor | float, nu: float) -> torch.Tensor:
@@ -101,6 +121,7 @@ class DeepSAD(nn.Module):
         rep_dim: embedding size.
         channels, kernel_size, pooled_size, negative_slope, norm_eps: of the
             :class:`~mri_anomaly.models.bias_free.BiasFreeEncoder` (and its autoencoder).
+        patch: one embedding per cell of the encoder's last grid, one shared centre (module docstring).
 
     Buffers:
         ``center`` (rep_dim,): c, zero until :meth:`init_center`; ``center_initialized`` (bool);
@@ -117,6 +138,7 @@ class DeepSAD(nn.Module):
         pooled_size: int | Sequence[int] = 4,
         negative_slope: float = 0.01,
         norm_eps: float = 1e-4,
+        patch: bool = False,
     ) -> None:
         super().__init__()
         self._options = dict(
@@ -125,7 +147,9 @@ class DeepSAD(nn.Module):
             pooled_size=pooled_size,
             negative_slope=negative_slope,
             norm_eps=norm_eps,
+            patch=bool(patch),
         )
+        self.patch = bool(patch)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.rep_dim = rep_dim
@@ -149,16 +173,36 @@ class DeepSAD(nn.Module):
         self.encoder.load_state_dict(autoencoder.encoder.state_dict(), strict=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (N, C, H, W[, D]) -> embedding φ(x) (N, rep_dim)."""
+        """``x`` (N, C, H, W[, D]) -> embedding φ(x) (N, rep_dim) (``patch``: (N, rep_dim, *grid))."""
         return self.encoder(x)
 
+    def cell_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """``patch``: the brain fraction (voxels > 0 in any channel) of each cell of ``x``'s grid, (N, *grid)."""
+        brain = (x > 0).any(dim=1, keepdim=True).to(x.dtype)
+        divisor = self.encoder.size_divisor
+        return Pool[Pool.AVG, self.spatial_dims](divisor)(brain)[:, 0]
+
+    def distance_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``patch``: squared distance of each cell's embedding to c, (N, *grid) (differentiable)."""
+        if not self.patch:
+            raise RuntimeError("distance_map needs patch=True (one embedding per cell)")
+        center = self.center.view(1, -1, *([1] * self.spatial_dims))
+        return ((self.encoder(x) - center) ** 2).sum(dim=1)
+
     def distance(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared distance ``‖φ(x) − c‖²`` (N,) (differentiable; used by the losses)."""
-        return ((self.encoder(x) - self.center) ** 2).sum(dim=1)
+        """Squared distance ``‖φ(x) − c‖²`` (N,) (differentiable; used by the losses). ``patch``: the mean of
+        :meth:`distance_map` over the cells weighted by :meth:`cell_weights` (uniform for an image without brain)."""
+        if not self.patch:
+            return ((self.encoder(x) - self.center) ** 2).sum(dim=1)
+        dist = self.distance_map(x).flatten(1)
+        weight = self.cell_weights(x).flatten(1)
+        weight = torch.where(weight.sum(dim=1, keepdim=True) > 0, weight, torch.ones_like(weight))
+        return (dist * weight).sum(dim=1) / weight.sum(dim=1)
 
     @torch.no_grad()
     def init_center(self, batches: Iterable[torch.Tensor], eps: float = 0.1) -> torch.Tensor:
-        """Set c to the mean embedding of ``batches`` (each (N, C, H, W[, D])) in eval mode.
+        """Set c to the mean embedding of ``batches`` (each (N, C, H, W[, D])) in eval mode (``patch``: the mean
+        over cells weighted by their brain fraction).
 
         Under ``torch.distributed`` the sums are all-reduced, so every rank gets the same centre.
 
@@ -177,10 +221,17 @@ class DeepSAD(nn.Module):
         was_training = self.training
         self.eval()
         total = torch.zeros(self.rep_dim, dtype=torch.float64, device=self.center.device)
-        count = 0
+        count = 0.0
         for x in batches:
-            total += self.encoder(x.to(self.center.device)).double().sum(dim=0)
-            count += x.shape[0]
+            x = x.to(self.center.device)
+            embedding = self.encoder(x).double()
+            if self.patch:  # every cell counts by its brain fraction
+                weight = self.cell_weights(x).double().unsqueeze(1)
+                total += (embedding * weight).flatten(2).sum(dim=(0, 2))
+                count += float(weight.sum())
+            else:
+                total += embedding.sum(dim=0)
+                count += x.shape[0]
         self.train(was_training)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Under torchrun every rank sees its own batches: the centre is the mean over all of them.
@@ -188,9 +239,11 @@ class DeepSAD(nn.Module):
                 [total, torch.tensor([float(count)], dtype=torch.float64, device=total.device)]
             )
             torch.distributed.all_reduce(totals)
-            total, count = totals[:-1], int(totals[-1].item())
+            total, count = totals[:-1], float(totals[-1].item())
         if count == 0:
-            raise ValueError("batches is empty: the centre needs at least one training sample")
+            raise ValueError(
+                "batches is empty (or, with patch, has no brain voxel): the centre needs a training sample"
+            )
         center = (total / count).to(self.center.dtype)
         small = center.abs() < eps
         center[small & (center < 0)] = -eps

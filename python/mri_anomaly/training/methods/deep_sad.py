@@ -25,12 +25,18 @@ Labelled samples come from two places:
   ``num_workers`` and on resume; ``training_loss`` only reads the batch's ``semi_target``.
 
 The score is ``deep_sad_dist``, the squared distance ``‖φ(x) − c‖²`` (higher = more anomalous).
+
+``deep-sad-patch`` (:class:`PatchDeepSADMethod`) is the same method with one embedding per cell of the
+encoder's last grid and one centre (:class:`~mri_anomaly.models.DeepSAD` with ``patch``): the loss is the mean
+of the per-cell terms weighted by each cell's brain fraction, a synthetic lesion labels only the cells it
+touches (the others of that image stay unlabelled), and scoring adds the voxel map ``patch_dist`` (the cell
+distances interpolated to the image grid); ``deep_sad_dist`` is their brain-weighted mean.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,9 +52,11 @@ from mri_anomaly.training.methods.base import (
     register_method,
 )
 
-__all__ = ["DeepSADMethod", "SyntheticAnomalies", "batch_semi_targets"]
+__all__ = ["DeepSADMethod", "PatchDeepSADMethod", "SyntheticAnomalies", "batch_semi_targets"]
 
 _OBJECTIVES = ("one-class", "soft-boundary")
+
+_LESION_MASK_KEY = "lesion_mask"
 
 LesionTransform = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``image (1, *spatial) -> (lesioned image, lesion mask (1, *spatial))``."""
@@ -119,16 +127,23 @@ class SyntheticAnomalies:
     Args:
         gamma_l: probability, in (0, 1).
         lesion_transform: ``image (1, *spatial) -> (image, mask (1, *spatial))``.
+        lesion_mask_key: when set, every item leaves with this key: the inserted lesion's mask (1, *spatial)
+            float, zeros for an item without one (the patch variant labels the cells a lesion touches).
     """
 
-    def __init__(self, gamma_l: float, lesion_transform: LesionTransform) -> None:
+    def __init__(
+        self, gamma_l: float, lesion_transform: LesionTransform, lesion_mask_key: str | None = None
+    ) -> None:
         self.gamma_l = float(gamma_l)
         self.lesion_transform = lesion_transform
+        self.lesion_mask_key = lesion_mask_key
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         d = dict(item)
         semi_target = int(d.get("semi_target") or 0)
         d["semi_target"] = semi_target
+        if self.lesion_mask_key is not None:
+            d[self.lesion_mask_key] = torch.zeros((1, *_plain(d["image"]).shape[1:]), dtype=torch.float32)
         if semi_target != 0 or float(torch.rand(())) >= self.gamma_l:
             return d
         image = d["image"]
@@ -141,6 +156,8 @@ class SyntheticAnomalies:
         # keep the item's tensor types (a volume's MetaTensor keeps its metadata)
         d["image"] = image.clone().copy_(_plain(lesioned).reshape(image.shape))
         d["semi_target"] = -1
+        if self.lesion_mask_key is not None:
+            d[self.lesion_mask_key] = _plain(lesion_mask).float().reshape(d[self.lesion_mask_key].shape)
         if isinstance(d.get("mask"), torch.Tensor):
             mask = d["mask"]
             union = torch.maximum(_plain(mask).float(), _plain(lesion_mask).reshape(mask.shape).float())
@@ -187,6 +204,8 @@ class DeepSADMethod(AnomalyMethod):
     phases = ("pretrain", "train")
     score_names = ("deep_sad_dist",)
     map_names = ()
+    patch: ClassVar[bool] = False
+    """One embedding per cell of the encoder's grid (:class:`PatchDeepSADMethod`)."""
 
     grid_divisor = classmethod(encoder_grid_divisor)
 
@@ -256,6 +275,7 @@ class DeepSADMethod(AnomalyMethod):
             kernel_size=kernel_size,
             pooled_size=pooled_size,
             negative_slope=negative_slope,
+            patch=self.patch,
         )
         self.autoencoder: nn.Module = self.net.autoencoder()
         self.register_buffer("train_steps", torch.tensor(0, dtype=torch.long))
@@ -288,7 +308,9 @@ class DeepSADMethod(AnomalyMethod):
         self.check_phase(phase)
         if phase != "train" or self.gamma_l == 0:
             return None
-        return SyntheticAnomalies(self.gamma_l, self.lesion_transform)
+        return SyntheticAnomalies(
+            self.gamma_l, self.lesion_transform, _LESION_MASK_KEY if self.patch else None
+        )
 
     def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
         """``"pretrain"``: the autoencoder's parameters; ``"train"``: those of φ."""
@@ -324,8 +346,10 @@ class DeepSADMethod(AnomalyMethod):
         # Synthetic labelled anomalies (γ_l) were inserted in the loader (phase_sample_transform).
         x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
         semi_target = batch_semi_targets(batch, x.shape[0], self.device)
-        dist = self.net.distance(x)
         self.train_steps += 1
+        if self.patch and self.objective == "one-class":
+            return self._patch_loss(x, semi_target, batch.get(_LESION_MASK_KEY))
+        dist = self.net.distance(x)
         if self.objective == "one-class":
             return deep_sad_loss(dist, semi_target, eta=self.eta, eps=self.eps)
         if bool((semi_target != 0).any()):
@@ -337,8 +361,50 @@ class DeepSADMethod(AnomalyMethod):
             self.net.radius.copy_(soft_boundary_radius(dist, self.nu))
         return loss
 
+    def _patch_loss(
+        self, x: torch.Tensor, semi_target: torch.Tensor, lesion_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Deep SAD loss over cells, weighted by brain fraction: an image's label reaches all its cells, except
+        a synthetic lesion's (``lesion_mask`` given, non-empty), which labels only the cells it touches."""
+        dist = self.net.distance_map(x)  # (N, *grid)
+        weight = self.net.cell_weights(x)
+        cell_target = semi_target.view(-1, *([1] * self.spatial_dims)).expand_as(dist).clone()
+        if lesion_mask is not None:
+            lesion = _plain(lesion_mask).to(device=x.device, dtype=x.dtype)
+            touched = self.net.cell_weights(lesion) > 0  # (N, *grid): the lesion's cells
+            has_lesion = touched.flatten(1).any(dim=1).view(-1, *([1] * self.spatial_dims))
+            cell_target = torch.where(has_lesion & ~touched, torch.zeros_like(cell_target), cell_target)
+            # a lesion's cell is labelled even where the lesion spills outside the brain mask
+            weight = torch.where(touched, weight.clamp_min(1.0 / self.net.encoder.size_divisor), weight)
+        return deep_sad_loss(
+            dist.flatten(), cell_target.flatten(), eta=self.eta, eps=self.eps, weight=weight.flatten()
+        )
+
     @torch.no_grad()
     def score(self, batch: Batch) -> BatchScores:
-        """``deep_sad_dist`` (N,): squared distance of φ(x) to c."""
+        """``deep_sad_dist`` (N,): squared distance of φ(x) to c (patch: brain-weighted mean over cells, and the
+        map ``patch_dist`` (N, 1, *spatial), the cell distances interpolated to the image grid)."""
         x = batch_images(batch, self.spatial_dims, self.in_channels, self.device)
-        return BatchScores(scores={"deep_sad_dist": self.net.score(x)})
+        if not self.patch:
+            return BatchScores(scores={"deep_sad_dist": self.net.score(x)})
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            dist_map = self.net.distance_map(x)
+            dist = self.net.distance(x)
+        finally:
+            self.net.train(was_training)
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        voxel_map = F.interpolate(dist_map.unsqueeze(1), size=x.shape[2:], mode=mode, align_corners=False)
+        return BatchScores(scores={"deep_sad_dist": dist}, maps={"patch_dist": voxel_map})
+
+
+@register_method
+class PatchDeepSADMethod(DeepSADMethod):
+    """``deep-sad-patch``: Deep SAD / Deep SVDD with one embedding per cell of the encoder's last grid and one
+    centre (module docstring); same arguments as :class:`DeepSADMethod`. Scores ``deep_sad_dist`` and the map
+    ``patch_dist``. ``pooled_size`` is unused; the soft-boundary objective uses the per-image mean distance."""
+
+    name = "deep-sad-patch"
+    map_names = ("patch_dist",)
+    patch = True

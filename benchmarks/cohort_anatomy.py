@@ -2,7 +2,8 @@
 
 Reads two detection benchmarks (``detection.json`` and ``real_data.json`` of ``benchmarks/detection.py``): the one
 committed at ``--before`` (a git commit whose demo used the smooth template anatomy, ``--smooth-anatomy`` today) and
-the one in ``--after`` (default: the committed ``docs/benchmarks``, made on a cohort with tissue texture and
+the one in ``--after`` (a folder, or a git commit: by default 6df562d, the last commit whose ``docs/benchmarks`` were
+made on this cohort with the image-level Deep SVDD/SAD, before ``deep-sad-patch``; a cohort with tissue texture and
 periventricular FLAIR signal). Each was made by ``make demo`` in a fresh clone and ``detection.py --seeds 1 2`` on
 it; both hold their baselines, measured in the same run as the learned methods.
 
@@ -12,7 +13,7 @@ chosen on its own demo, seed 0 and the mean over seeds 0-2.
 
 Usage::
 
-    python benchmarks/cohort_anatomy.py [--before 042fce5] [--after docs/benchmarks]
+    python benchmarks/cohort_anatomy.py [--before 042fce5] [--after 6df562d]
 
 Writes ``docs/benchmarks/cohort_anatomy.md`` and ``.json``.
 """
@@ -225,7 +226,11 @@ def _verdict(rule_data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", default="042fce5", help="git commit of the smooth-anatomy benchmark")
-    parser.add_argument("--after", default=str(DOCS_DIR), help="folder of the detailed-anatomy benchmark")
+    parser.add_argument(
+        "--after",
+        default="6df562d",
+        help="folder, or git commit, of the detailed-anatomy benchmark (same methods as --before)",
+    )
     parser.add_argument(
         "--first-build",
         default="c001b0d",
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     before = summarise(*_load(args.before, from_git=True))
-    after = summarise(*_load(args.after, from_git=False))
+    after = summarise(*_load(args.after, from_git=not Path(args.after).is_dir()))
     first = summarise(*_load(args.first_build, from_git=True))
     body = tables(before, after)
     rule, rule_data = rule_table({"smooth": before, "detailed, first build": first, "detailed": after})
@@ -253,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Date: {meta['date']}  ",
         f"Smooth: the detection benchmark committed at `{args.before}` (fresh-clone demo of d6d4bc1, "
-        "`--seeds 1 2`); detailed: the one in `--after` (fresh-clone demo of b75b566, `--seeds 1 2`). Same models, "
+        "`--seeds 1 2`); detailed: the one at `--after` (fresh-clone demo of b75b566, `--seeds 1 2`). Same models, "
         "steps and seeds; only the cohort differs (`mri_anomaly.data.demo`: `_texture`, `_periventricular_weight`). "
         f"First build: the benchmark committed at `{args.first_build}` (fresh-clone demo of 736a1e4), the same "
         "cohort except the `general` section's 16 T1 scans, which did not yet carry the texture; only the Glow "

@@ -159,6 +159,7 @@ def labelled_share(demo: Path, config_path: Path, n_volumes: int = 40, seed: int
     from mri_anomaly.data import load_datalist
     from mri_anomaly.training import build_method, load_config
     from mri_anomaly.training.loaders import build_dataset
+    from mri_anomaly.training.methods.deep_sad import labelled_cell_weights
 
     config = load_config(config_path)
     data = load_datalist(demo / "data" / "datalist.json")
@@ -166,26 +167,35 @@ def labelled_share(demo: Path, config_path: Path, n_volumes: int = 40, seed: int
     method = build_method(config)
     transform = method.phase_sample_transform("train")
     torch.manual_seed(seed)
-    labelled_weight = total_weight = 0.0
-    n_labelled = 0
     floor = 1.0 / method.net.encoder.size_divisor  # as in the loss: a lesion's cell counts at least this much
+    labelled = {"brain_fraction": 0.0, "one_sample": 0.0}
+    total = {"brain_fraction": 0.0, "one_sample": 0.0}
+    n_labelled = 0
     for i in range(len(dataset)):
         item = transform(dataset[i])
         x = torch.as_tensor(item["image"]).unsqueeze(0).float()
         weight = method.net.cell_weights(x)
+        touched = torch.zeros_like(weight, dtype=torch.bool)
         if item["semi_target"] == -1:
             n_labelled += 1
             touched = method.net.cell_weights(torch.as_tensor(item["lesion_mask"]).unsqueeze(0).float()) > 0
-            weight = torch.where(touched, weight.clamp_min(floor), weight)
-            labelled_weight += float(weight[touched].sum())
-        total_weight += float(weight.sum())
+        # b8b4c19..0167721: the lesion's cells at their brain fraction (at least the floor); now: labelled_cell_weights
+        versions = {
+            "brain_fraction": torch.where(touched, weight.clamp_min(floor), weight),
+            "one_sample": labelled_cell_weights(weight, touched, floor),
+        }
+        for name, w in versions.items():
+            labelled[name] += float(w[touched].sum())
+            total[name] += float(w.sum())
     return {
         "config": str(config_path),
         "gamma_l": method.gamma_l,
         "slices": len(dataset),
         "labelled_slices": n_labelled,
         "labelled_slice_share": n_labelled / max(len(dataset), 1),
-        "labelled_cell_weight_share": labelled_weight / max(total_weight, 1e-12),
+        "labelled_cell_weight_share_brain_fraction": labelled["brain_fraction"]
+        / max(total["brain_fraction"], 1e-12),
+        "labelled_cell_weight_share": labelled["one_sample"] / max(total["one_sample"], 1e-12),
     }
 
 
@@ -301,17 +311,22 @@ def main(argv: list[str] | None = None) -> int:
         profiles = [map_depth_profile(args.demo, run) for run in RUNS]
         data["map_depth"] = profiles
         share = labelled_share(args.demo, REPO / "configs" / "deep-sad-2d.yaml")
+        r = _ruff(_load("0167721", from_git=True)[0])
+        unweighted_ruff = f"{r['mean']:+.3f} ± {r['sd']:.3f}, pooled CI [{r['pooled_ci'][0]:+.3f}, {r['pooled_ci'][1]:+.3f}]"
         data["labelled_share"] = share
         body += "\n" + "\n".join([
-            "## Why Deep SAD ≈ Deep SVDD patch-wise: the labelled anomalies' share of the loss",
+            "## The labelled anomalies' share of the patch loss",
             "",
             f"`configs/deep-sad-2d.yaml` (γ_l = {share['gamma_l']}), its `\"train\"` items drawn as the loader draws "
             f"them over the slices of the demo's first 40 training scans: {share['labelled_slices']} of "
             f"{share['slices']} slices get a synthetic lesion ({100 * share['labelled_slice_share']:.1f} %: the "
-            "labelled share of the image-level loss, one term per slice), but the cells the lesions touch carry "
-            f"**{100 * share['labelled_cell_weight_share']:.2f} %** of the patch loss's weight (a lesion touches a few "
-            "of a slice's 120 cells). Patch-wise, γ_l = 0.05 labels about a tenth as much of the loss as in "
-            "Ruff et al.'s setting.",
+            "labelled share of the image-level loss, one term per slice). Weighted by brain fraction alone (the "
+            f"patch method of b8b4c19 to 0167721: Ruff's difference {unweighted_ruff} in the detection benchmark "
+            "committed at 0167721) the cells the lesions touch carried "
+            f"**{100 * share['labelled_cell_weight_share_brain_fraction']:.2f} %** of the loss's weight (a lesion "
+            "touches a few of a slice's 120 cells), about a tenth of Ruff et al.'s setting, and Deep SAD trained nearly "
+            "the same model as Deep SVDD. Since then a lesion's cells together weigh as much as their slice "
+            f"(`labelled_cell_weights`): **{100 * share['labelled_cell_weight_share']:.2f} %**.",
             "",
         ])  # fmt: skip
         body += "\n" + "\n".join(

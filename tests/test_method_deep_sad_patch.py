@@ -17,6 +17,7 @@ from mri_anomaly.training.methods.deep_sad import (
     DeepSADMethod,
     PatchDeepSADMethod,
     SyntheticAnomalies,
+    labelled_cell_weights,
 )
 from sklearn.metrics import roc_auc_score
 from test_method_deep_sad import disc_lesions, healthy_slices, insert_disc, train_batch
@@ -111,8 +112,19 @@ def test_a_synthetic_lesion_labels_only_the_cells_it_touches() -> None:
     target[1, 1, 2] = -1
     target[2] = 1
     target[3] = -1
+    # the lesion's one cell weighs as much as its whole slice (a labelled anomaly is one sample)
+    weight[1, 1, 2] = weight[1].sum()
     expected = deep_sad_loss(dist.flatten(), target.flatten(), weight=weight.flatten())
     torch.testing.assert_close(loss, expected)
+
+
+def test_a_lesions_cells_together_weigh_as_much_as_their_image() -> None:
+    weight = torch.tensor([[[0.0, 0.5], [1.0, 1.0]], [[1.0, 1.0], [1.0, 0.25]]])
+    touched = torch.tensor([[[True, False], [True, False]], [[False, False], [False, False]]])
+    out = labelled_cell_weights(weight, touched, floor=0.25)
+    # image 0: the lesion's cells (brain fractions 0 -> floor 0.25, and 1.0) share the image's total 2.75 pro rata
+    torch.testing.assert_close(out[0], torch.tensor([[0.55, 0.5], [2.2, 1.0]]))
+    torch.testing.assert_close(out[1], weight[1])  # no lesion: brain fractions
 
 
 def test_synthetic_anomalies_carry_the_lesion_mask_for_every_item() -> None:

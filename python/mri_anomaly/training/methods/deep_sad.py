@@ -29,7 +29,8 @@ The score is ``deep_sad_dist``, the squared distance ``‖φ(x) − c‖²`` (hi
 ``deep-sad-patch`` (:class:`PatchDeepSADMethod`) is the same method with one embedding per cell of the
 encoder's last grid and one centre (:class:`~mri_anomaly.models.DeepSAD` with ``patch``): the loss is the mean
 of the per-cell terms weighted by each cell's brain fraction, a synthetic lesion labels only the cells it
-touches (the others of that image stay unlabelled), and scoring adds the voxel map ``patch_dist`` (the cell
+touches (the others of that image stay unlabelled) and those cells together weigh as much as their image
+(:func:`labelled_cell_weights`: a labelled anomaly is one sample, as in the paper), and scoring adds the voxel map ``patch_dist`` (the cell
 distances interpolated to the image grid); ``deep_sad_dist`` is their brain-weighted mean.
 """
 
@@ -52,7 +53,13 @@ from mri_anomaly.training.methods.base import (
     register_method,
 )
 
-__all__ = ["DeepSADMethod", "PatchDeepSADMethod", "SyntheticAnomalies", "batch_semi_targets"]
+__all__ = [
+    "DeepSADMethod",
+    "PatchDeepSADMethod",
+    "SyntheticAnomalies",
+    "batch_semi_targets",
+    "labelled_cell_weights",
+]
 
 _OBJECTIVES = ("one-class", "soft-boundary")
 
@@ -365,7 +372,8 @@ class DeepSADMethod(AnomalyMethod):
         self, x: torch.Tensor, semi_target: torch.Tensor, lesion_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Deep SAD loss over cells, weighted by brain fraction: an image's label reaches all its cells, except
-        a synthetic lesion's (``lesion_mask`` given, non-empty), which labels only the cells it touches."""
+        a synthetic lesion's (``lesion_mask`` given, non-empty), which labels only the cells it touches, weighted
+        by :func:`labelled_cell_weights`."""
         dist = self.net.distance_map(x)  # (N, *grid)
         weight = self.net.cell_weights(x)
         cell_target = semi_target.view(-1, *([1] * self.spatial_dims)).expand_as(dist).clone()
@@ -374,8 +382,7 @@ class DeepSADMethod(AnomalyMethod):
             touched = self.net.cell_weights(lesion) > 0  # (N, *grid): the lesion's cells
             has_lesion = touched.flatten(1).any(dim=1).view(-1, *([1] * self.spatial_dims))
             cell_target = torch.where(has_lesion & ~touched, torch.zeros_like(cell_target), cell_target)
-            # a lesion's cell is labelled even where the lesion spills outside the brain mask
-            weight = torch.where(touched, weight.clamp_min(1.0 / self.net.encoder.size_divisor), weight)
+            weight = labelled_cell_weights(weight, touched, 1.0 / self.net.encoder.size_divisor)
         return deep_sad_loss(
             dist.flatten(), cell_target.flatten(), eta=self.eta, eps=self.eps, weight=weight.flatten()
         )
@@ -397,6 +404,21 @@ class DeepSADMethod(AnomalyMethod):
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         voxel_map = F.interpolate(dist_map.unsqueeze(1), size=x.shape[2:], mode=mode, align_corners=False)
         return BatchScores(scores={"deep_sad_dist": dist}, maps={"patch_dist": voxel_map})
+
+
+def labelled_cell_weights(weight: torch.Tensor, touched: torch.Tensor, floor: float) -> torch.Tensor:
+    """The patch loss's cell weights (N, *grid) with synthetic lesions: a lesion's cells (``touched``, bool like
+    ``weight``) together weigh as much as their whole image (its cells' brain fractions, lesion cells counted at
+    least ``floor`` even where the lesion spills out of the brain mask); other cells keep their brain fraction.
+
+    So a labelled anomaly counts as one sample, as in Ruff et al.: with γ_l = 0.05 about 5 % of the loss's weight
+    is labelled. Weighted by brain fraction alone, the few cells a lesion touches carried 0.5 % of it, and Deep SAD
+    trained nearly the same model as Deep SVDD (``docs/benchmarks/deep_sad_patch.md``)."""
+    weight = torch.where(touched, weight.clamp_min(floor), weight)
+    dims = tuple(range(1, weight.ndim))
+    image_total = weight.sum(dim=dims, keepdim=True)
+    lesion_total = (weight * touched).sum(dim=dims, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
+    return torch.where(touched, weight * image_total / lesion_total, weight)
 
 
 @register_method

@@ -355,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Image: the detection benchmark committed at `{args.before}` (`method: deep-sad`, channels [16, 32, 64], "
         "one 32-d embedding per slice). Patch: the one in `--after` (`method: deep-sad-patch`, channels [32, 64], a "
         "32-d embedding per 4 × 4-voxel cell, losses weighted by the cell's brain fraction, the slice score their "
-        "brain-weighted mean, the map `patch_dist`). Same cohort, test scans, steps, γ_l and seeds; the baselines "
-        "agree exactly between the two (checked).",
+        "brain-weighted mean, the map `patch_dist`; as committed with 3a8254d: the fresh-clone demo of dd9dc72 "
+        "with its Deep SAD runs, seeds 0–2, retrained at 3a8254d). Same cohort, test scans, steps, γ_l and seeds; "
+        "the baselines agree exactly between the two (checked).",
         "",
         body,
     ])  # fmt: skip

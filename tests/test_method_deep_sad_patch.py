@@ -20,7 +20,7 @@ from mri_anomaly.training.methods.deep_sad import (
     labelled_cell_weights,
 )
 from sklearn.metrics import roc_auc_score
-from test_method_deep_sad import disc_lesions, healthy_slices, insert_disc, train_batch
+from test_method_deep_sad import _train, disc_lesions, healthy_slices, insert_disc
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -147,19 +147,7 @@ def _trained_patch_method(seed: int = 0, gamma_l: float = 0.0) -> PatchDeepSADMe
     generator = torch.Generator().manual_seed(seed)
     method = get_method_class("deep-sad-patch").from_config(2, 1, dict(PATCH, gamma_l=gamma_l))
     method.lesion_transform = disc_lesions(generator)
-    opt = torch.optim.Adam(method.phase_parameters("pretrain"), lr=1e-2)
-    for _ in range(60):
-        loss = method.training_loss("pretrain", {"image": healthy_slices(32, generator)})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    method.begin_phase("train", [{"image": healthy_slices(64, generator)}])
-    opt = torch.optim.Adam(method.phase_parameters("train"), lr=1e-3, weight_decay=1e-6)
-    for _ in range(120):
-        loss = method.training_loss("train", train_batch(method, healthy_slices(32, generator)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(method, generator)
     return method
 
 

@@ -194,10 +194,15 @@ class DeepSAD(nn.Module):
         :meth:`distance_map` over the cells weighted by :meth:`cell_weights` (uniform for an image without brain)."""
         if not self.patch:
             return ((self.encoder(x) - self.center) ** 2).sum(dim=1)
-        dist = self.distance_map(x).flatten(1)
+        return self.cell_mean(self.distance_map(x), x)
+
+    def cell_mean(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``patch``: the mean of per-cell ``values`` (N, *grid) of images ``x`` weighted by :meth:`cell_weights`
+        (uniform for an image without brain), (N,)."""
+        values = values.flatten(1)
         weight = self.cell_weights(x).flatten(1)
         weight = torch.where(weight.sum(dim=1, keepdim=True) > 0, weight, torch.ones_like(weight))
-        return (dist * weight).sum(dim=1) / weight.sum(dim=1)
+        return (values * weight).sum(dim=1) / weight.sum(dim=1)
 
     @torch.no_grad()
     def init_center(self, batches: Iterable[torch.Tensor], eps: float = 0.1) -> torch.Tensor:

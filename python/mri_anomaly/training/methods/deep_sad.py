@@ -398,7 +398,7 @@ class DeepSADMethod(AnomalyMethod):
         self.net.eval()
         try:
             dist_map = self.net.distance_map(x)
-            dist = self.net.distance(x)
+            dist = self.net.cell_mean(dist_map, x)  # = net.distance(x), without running φ twice
         finally:
             self.net.train(was_training)
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"

@@ -34,18 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
-from cohort_anatomy import FLAIR_CASES, _load, summarise  # noqa: E402
+from cohort_anatomy import FLAIR_CASES, _auroc_ci, _load, summarise  # noqa: E402
 from detection import _f  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ("deep-svdd-2d", "deep-sad-2d")
 BASELINES = ("intensity", "normative")
 STRATA = ("kind:focal", "kind:ms", "kind:tumour", "size:small", "size:medium", "size:large")
-
-
-def _auroc_ci(best: dict) -> str:
-    low, high = best["volume_auroc_ci"]
-    return f"{_f(best['volume_auroc'])} [{_f(low)}, {_f(high)}]"
 
 
 def _seeds(detection: dict, run: str) -> str:

@@ -105,7 +105,7 @@ def test_normative_trains_on_every_training_volume_and_calibrates(demo_cohort, t
     from mri_anomaly.runs import load_run
 
     result = Trainer(_baseline_config("normative"), demo_cohort, tmp_path / "run", progress=False).fit()
-    assert result.completed and set(result.thresholds) == {"abs_z_q999"}
+    assert result.completed and set(result.thresholds) == {"abs_z_q999", "abs_z_top200mm3"}
     method, config, _ = load_run(tmp_path / "run")
     items = load_datalist(demo_cohort)["training"]
     volumes = VolumeDataset(items, preprocessing_config=config["preprocessing"], cache="none")

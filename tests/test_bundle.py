@@ -57,7 +57,13 @@ def test_metadata_carries_thresholds_and_preprocessing(tiny_run):
     assert (
         set(ours["thresholds"])
         == set(ours["score_columns"])
-        == {"latent_norm_mean", "latent_norm_max", "latent_norm_top5_mean", "residual_q999"}
+        == {
+            "latent_norm_mean",
+            "latent_norm_max",
+            "latent_norm_top5_mean",
+            "residual_q999",
+            "residual_top200mm3",
+        }
     )
     assert ours["preprocessing"]["spacing"] == [4.0, 4.0, 4.0] and ours["preprocessing"]["spatial_size"] == [
         40,

@@ -232,7 +232,8 @@ def test_train_then_score_through_the_command(demo_cohort, tmp_path, capsys):
     lines = (out / "scores.csv").read_text().splitlines()
     assert (
         lines[0]
-        == "subject_id,image,section,label,latent_norm,residual_q999,flag:latent_norm,flag:residual_q999,map:residual,"
+        == "subject_id,image,section,label,latent_norm,residual_q999,residual_top200mm3,flag:latent_norm,flag:residual_q999,"
+        "flag:residual_top200mm3,map:residual,"
         "cropped_foreground_fraction"
     )
     data = load_datalist(demo_cohort)

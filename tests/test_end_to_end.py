@@ -114,7 +114,8 @@ def test_train_then_score(config_path, extra, request, tmp_path):
     assert len(rows) == len(data["validation"]) + len(data["test"])
     assert not read_csv(out / "errors.csv")
     meta = json.loads((out / "score_meta.json").read_text())
-    map_columns = [f"{m}_q999" for m in method.map_names]  # every map's high quantile (scoring.maps)
+    # every map's high quantile and top-200-mm³ mean (scoring.maps)
+    map_columns = [f"{m}_{s}" for m in method.map_names for s in ("q999", "top200mm3")]
     profiles = [f"{m}_slice_{method.slice_statistic}" for m in method.map_names]  # each map's slice profile
     if raw["spatial_dims"] == 2:  # slice-wise: every slice score aggregated three ways (not the map profiles)
         assert (

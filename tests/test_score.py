@@ -106,7 +106,13 @@ def test_scores_csv_rows_columns_and_flags(scored, trained_2d_run, demo_cohort):
     ]  # datalist order
     assert [r["subject_id"] for r in rows] == [it["subject_id"] for _, it in expected]
     assert [r["label"] for r in rows] == [str(it["label"]) if "label" in it else "" for _, it in expected]
-    columns = ["latent_norm_mean", "latent_norm_max", "latent_norm_top3_mean", "residual_q999"]
+    columns = [
+        "latent_norm_mean",
+        "latent_norm_max",
+        "latent_norm_top3_mean",
+        "residual_q999",
+        "residual_top200mm3",
+    ]
     assert list(rows[0])[:4] == ["subject_id", "image", "section", "label"]
     thresholds = json.loads((trained_2d_run / "thresholds.json").read_text())["thresholds"]
     assert set(thresholds) == set(columns)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mri_anomaly.scoring.maps import erosion_voxels, map_region, map_volume_scores, restrict_map
+from mri_anomaly.scoring.maps import erosion_voxels, map_region, map_volume_scores, restrict_map, top_voxels
 from mri_anomaly.scoring.volume import score_volume, volume_score_columns_of
 from mri_anomaly.training import validate_config
 from mri_anomaly.training.methods import get_method_class
@@ -38,14 +38,41 @@ def test_restricted_map_and_its_quantile_by_hand():
     inside = volume_map[region]
     assert torch.equal(restricted[region], inside)
     assert bool((restricted[~region] == inside.min()).all())
-    scores = map_volume_scores({"m": volume_map}, region)
+    scores = map_volume_scores({"m": volume_map}, region, top_voxels=3)
     assert scores["m_q999"] == pytest.approx(np.quantile(inside.numpy(), 0.999))
+    assert scores["m_top200mm3"] == pytest.approx(
+        np.sort(inside.numpy())[-3:].mean()
+    )  # the rim's inf not counted
+    assert map_volume_scores({"m": volume_map}, region)["m_top200mm3"] == float(inside.max())
+    # more voxels than the region has: the region's mean
+    whole = map_volume_scores({"m": volume_map}, region, top_voxels=10_000)["m_top200mm3"]
+    assert whole == pytest.approx(float(inside.double().mean()))
+    with pytest.raises(ValueError, match="top_voxels must be >= 1"):
+        map_volume_scores({"m": volume_map}, region, top_voxels=0)
+
+
+def test_top_volume_of_a_small_lesion_is_its_own_value_where_the_quantile_is_not():
+    """A lesion of 3 voxels in a region of 5000: q999 (the 5th highest voxel) stays healthy, the top 200 mm³ of a
+    4 mm grid (3 voxels) is the lesion."""
+    region = torch.ones(1, 10, 20, 25, dtype=torch.bool)
+    volume_map = torch.linspace(0.0, 1.0, 5000).reshape(1, 10, 20, 25)
+    volume_map[0, 5, 5, 5:8] = 3.0
+    scores = map_volume_scores({"m": volume_map}, region, top_voxels=3)
+    assert scores["m_top200mm3"] == pytest.approx(3.0)
+    assert scores["m_q999"] < 1.0
 
 
 def test_erosion_in_mm_follows_the_model_spacing():
     config = {"preprocessing": {"spacing": [4.0, 4.0, 2.0]}, "score": {"map_erosion_mm": 8.0}}
     assert erosion_voxels(config) == (2, 2, 4)
     assert erosion_voxels({"preprocessing": {"spacing": [4.0, 4.0, 4.0]}, "score": {}}) == (0, 0, 0)
+
+
+def test_top_volume_voxels_follow_the_model_spacing():
+    assert top_voxels({"preprocessing": {"spacing": [4.0, 4.0, 4.0]}}) == 3  # 200 / 64 = 3.1
+    assert top_voxels({"preprocessing": {"spacing": [1.0, 1.0, 1.0]}}) == 200
+    assert top_voxels({"preprocessing": {"spacing": [2.0, 2.0, 2.0]}}) == 25
+    assert top_voxels({"preprocessing": {"spacing": [8.0, 8.0, 8.0]}}) == 1  # at least one voxel
 
 
 def _ae_config(erosion_mm: float) -> dict:
@@ -69,9 +96,11 @@ def test_every_map_gives_a_volume_column_and_written_maps_are_restricted():
         "latent_norm_max",
         "latent_norm_top3_mean",
         "residual_q999",
+        "residual_top200mm3",
     ]
     assert volume_score_columns_of(get_method_class("intensity"), {**config, "spatial_dims": 3}) == [
-        "intensity_q999"
+        "intensity_q999",
+        "intensity_top200mm3",
     ]
     torch.manual_seed(0)
     method = cls(2, 1, latent_dim=4, channels=[4, 8], pooled_size=2).eval()
@@ -84,6 +113,8 @@ def test_every_map_gives_a_volume_column_and_written_maps_are_restricted():
     assert result.scores["residual_q999"] == pytest.approx(
         float(torch.quantile(residual[region].double(), 0.999)), rel=1e-6
     )
+    # 8 mm voxels: one voxel fills 200 mm³, the region's maximum
+    assert result.scores["residual_top200mm3"] == pytest.approx(float(residual[region].max()), rel=1e-6)
     # the slice profile: the map's 99th percentile over each slice's part of the region (raw: no norms here)
     profile = result.raw_slice_scores["residual_slice_q99"]
     for k in range(4 + 1, 20 - 1):  # slices with region voxels

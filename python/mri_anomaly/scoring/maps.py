@@ -13,9 +13,19 @@ gets the same post-processing, so methods and baselines are compared on equal te
 * **Maps.** Outside the region a map takes its minimum over the region (it ranks as least anomalous there);
   these are the maps written to disk. Slice profiles of 3D runs (``<map>_slice_<statistic>``) are computed from
   the unrestricted maps over each slice's brain, as before.
-* **Score.** ``<map>_q999``: the 99.9th percentile of the map over the region, one volume score per map (the
-  statistic of the ``intensity`` baseline: a small lesion is a few hundred voxels of a brain of tens of
-  thousands, so means and lower quantiles dilute it). Non-finite map values count as the most anomalous.
+* **Scores.** Two volume scores per map, both over the region (means and lower quantiles would dilute a lesion
+  of a few voxels in a brain of thousands). Non-finite map values count as the most anomalous.
+
+  - ``<map>_q999``: the 99.9th percentile. It sees a lesion only when the lesion fills 0.1 % of the region: on
+    the demo's 4 mm grid (about 12,400 region voxels) that is the 12th highest voxel, 0.8 cm³, more than most
+    lesions of the < 1 cm³ stratum; on a 1 mm brain about 1.2 cm³.
+  - ``<map>_top200mm3``: the mean of the map's highest voxels filling 200 mm³ (``round(200 / voxel volume)``
+    voxels, at least one: 3 on the 4 mm grid, 200 at 1 mm), a fixed physical size whatever the grid and the
+    brain's size, yet several voxels at 1 mm so one noisy voxel does not set it. Measured on the demo's test
+    scans (fresh-clone demo of 3db3b0f, rescored): the ``intensity`` baseline's volume AUROC 0.758 with
+    ``q999`` and 0.854 with the mean of its 3 highest voxels (1, 2, 5 and 10 voxels: 0.859, 0.856, 0.854, 0.845),
+    ``normative`` 0.807 and 0.850; the learned maps moved by −0.010 to +0.084. A baseline is only a fair
+    comparison at its best statistic, so every map gets both.
 """
 
 from __future__ import annotations
@@ -33,15 +43,19 @@ from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 __all__ = [
     "MAP_QUANTILE",
     "MAP_SLICE_PROFILE",
+    "MAP_TOP_VOLUME",
     "erosion_voxels",
     "is_map_slice_column",
     "map_region",
     "map_score_columns",
     "map_volume_scores",
     "restrict_map",
+    "top_voxels",
 ]
 
 MAP_QUANTILE = ("q999", 0.999)
+MAP_TOP_VOLUME = ("top200mm3", 200.0)
+"""``(column suffix, mm³)`` of the top-volume score ``<map>_top200mm3``."""
 
 
 MAP_SLICE_PROFILE = "statistic of the map over the slice's part of the brain minus score.map_erosion_mm"
@@ -55,20 +69,30 @@ def is_map_slice_column(column: str) -> bool:
 
 
 def map_score_columns(map_names: Sequence[str]) -> list[str]:
-    """The volume score columns made from maps: ``<map>_q999`` per map."""
-    return [f"{name}_{MAP_QUANTILE[0]}" for name in map_names]
+    """The volume score columns made from maps: ``<map>_q999`` and ``<map>_top200mm3`` per map."""
+    return [f"{name}_{suffix}" for name in map_names for suffix in (MAP_QUANTILE[0], MAP_TOP_VOLUME[0])]
 
 
-def erosion_voxels(config: Mapping[str, Any]) -> tuple[int, int, int]:
-    """``score.map_erosion_mm`` as voxels per axis of the model grid (``preprocessing.spacing``; 1 mm when the
-    config keeps the input spacing)."""
+def _model_spacing(config: Mapping[str, Any]) -> tuple[float, float, float]:
+    """The model grid's voxel size in mm (``preprocessing.spacing``; 1 mm when the config keeps the input's)."""
     from mri_anomaly.data.preprocessing import resolve_preprocessing_config
 
-    mm = float((config.get("score") or {}).get("map_erosion_mm", 0.0) or 0.0)
     spacing = resolve_preprocessing_config(config.get("preprocessing")).get("spacing") or (1.0, 1.0, 1.0)
     if isinstance(spacing, (int, float)):
         spacing = (float(spacing),) * 3
-    return tuple(int(round(mm / float(s))) for s in spacing)  # type: ignore[return-value]
+    return tuple(float(s) for s in spacing)  # type: ignore[return-value]
+
+
+def erosion_voxels(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """``score.map_erosion_mm`` as voxels per axis of the model grid."""
+    mm = float((config.get("score") or {}).get("map_erosion_mm", 0.0) or 0.0)
+    return tuple(int(round(mm / s)) for s in _model_spacing(config))  # type: ignore[return-value]
+
+
+def top_voxels(config: Mapping[str, Any]) -> int:
+    """How many voxels of the model grid fill ``MAP_TOP_VOLUME``'s 200 mm³ (at least one)."""
+    sx, sy, sz = _model_spacing(config)
+    return max(1, int(round(MAP_TOP_VOLUME[1] / (sx * sy * sz))))
 
 
 def map_region(image: torch.Tensor, erosion: Sequence[int]) -> torch.Tensor:
@@ -94,11 +118,23 @@ def restrict_map(volume_map: torch.Tensor, region: torch.Tensor) -> torch.Tensor
     return torch.where(region, volume_map, volume_map.new_tensor(float(inside.min())))
 
 
-def map_volume_scores(maps: Mapping[str, torch.Tensor], region: torch.Tensor) -> dict[str, float]:
-    """``{<map>_q999: float}``: the quantile of each map (1, H, W, D) over ``region`` (1, H, W, D)."""
+def map_volume_scores(
+    maps: Mapping[str, torch.Tensor], region: torch.Tensor, top_voxels: int = 1
+) -> dict[str, float]:
+    """``{<map>_q999: float, <map>_top200mm3: float}`` of each map (1, H, W, D) over ``region`` (1, H, W, D):
+    the quantile, and the mean of the ``top_voxels`` highest values (:func:`top_voxels`; all of them when the
+    region is smaller)."""
+    if top_voxels < 1:
+        raise ValueError(f"top_voxels must be >= 1, got {top_voxels}")
     suffix, q = MAP_QUANTILE
     out = {}
     for name, volume_map in maps.items():
         values = nonfinite_to_most_anomalous(volume_map[region].double().reshape(-1))
-        out[f"{name}_{suffix}"] = float(torch.quantile(values, q)) if values.numel() else float("nan")
+        if values.numel() == 0:
+            out[f"{name}_{suffix}"] = out[f"{name}_{MAP_TOP_VOLUME[0]}"] = float("nan")
+            continue
+        out[f"{name}_{suffix}"] = float(torch.quantile(values, q))
+        out[f"{name}_{MAP_TOP_VOLUME[0]}"] = float(
+            torch.topk(values, min(top_voxels, values.numel())).values.mean()
+        )
     return out

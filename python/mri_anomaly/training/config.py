@@ -31,7 +31,7 @@ and seed::
       allow_few_calibration_scans: false   # store thresholds from fewer healthy validation scans than the
                                            # specificity needs (20 for 0.95); otherwise none are stored
       map_erosion_mm: 0.0         # voxel maps count inside the brain minus a rim this thick: the maps written
-                                  # and their volume scores <map>_q999 (mri_anomaly.scoring.maps)
+                                  # and their volume scores <map>_q999, <map>_top200mm3 (mri_anomaly.scoring.maps)
 
 Every problem (unknown key, wrong type, impossible value) is collected and reported in one
 :class:`ConfigError`. When every part is valid on its own, the parts are checked against each other: the

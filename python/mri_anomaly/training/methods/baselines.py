@@ -14,7 +14,7 @@ trainer hands it (``train.init_batches`` batches; the shipped config asks for a 
 section). Calibration (thresholds, slice norms) runs as for every method.
 
 Each returns only its map; the volume score is the map's 99.9th percentile over the brain minus
-``score.map_erosion_mm`` (``<map>_q999``), made by the scoring layer for every method's maps alike
+``score.map_erosion_mm`` (``<map>_q999``, ``<map>_top200mm3``), made by the scoring layer for every method's maps alike
 (:mod:`mri_anomaly.scoring.maps`), and so is the slice profile ``<map>_slice_q99`` (the map's 99th percentile over
 each slice's part of that region, as for the learned methods' maps).
 """
@@ -51,7 +51,7 @@ class _FitOnly(AnomalyMethod):
 class IntensityMethod(_FitOnly):
     """The image as its own anomaly map (see the module docstring).
 
-    Map ``intensity`` (N, 1, *spatial): the image, channels averaged (volume score ``intensity_q999``).
+    Map ``intensity`` (N, 1, *spatial): the image, channels averaged (volume scores ``intensity_q999``, ``intensity_top200mm3``).
     """
 
     name = "intensity"
@@ -83,7 +83,7 @@ class NormativeMethod(_FitOnly):
             every training volume do not divide by ~0.
 
     Map ``abs_z`` (N, 1, *spatial) = ``|x − median| / spread`` averaged over channels (volume score
-    ``abs_z_q999``). Buffers ``center`` and ``spread`` (C, *spatial) are saved with the run.
+    ``abs_z_q999``, ``abs_z_top200mm3``). Buffers ``center`` and ``spread`` (C, *spatial) are saved with the run.
 
     The model has a norm for brain tissue only where the median healthy volume is brain (``center > 0``: brain
     in at least half of the training volumes). Outside that support the map is 0 (the least anomalous value):

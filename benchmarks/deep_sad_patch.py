@@ -2,7 +2,8 @@
 
 Reads two detection benchmarks (``detection.json`` and ``real_data.json`` of ``benchmarks/detection.py``): the one
 committed at ``--before`` (the demo's ``deep-svdd-2d`` / ``deep-sad-2d`` were the image-level method) and the one in
-``--after`` (default: the committed ``docs/benchmarks``, where they are the patch method). Both were made by
+``--after`` (a folder, or a git commit: by default 3db3b0f, whose ``docs/benchmarks`` have the patch method and, like
+6df562d's, only the ``<map>_q999`` map scores). Both were made by
 ``make demo`` in a fresh clone and ``detection.py --seeds 1 2`` on it, on the same cohort (same seed and cohort code:
 the baselines' rows below must agree exactly, which checks it), so the test scans, the baselines and the real cases
 are the same; only the two runs' method differs.
@@ -15,7 +16,7 @@ rim). For the second, DIR must hold maps written without a rim: the fresh-clone 
 
 Usage::
 
-    python benchmarks/deep_sad_patch.py [--before 6df562d] [--after docs/benchmarks] [--demo DEMO_OF_B8B4C19]
+    python benchmarks/deep_sad_patch.py [--before 6df562d] [--after 3db3b0f] [--demo DEMO_OF_B8B4C19]
 
 Writes ``docs/benchmarks/deep_sad_patch.md`` and ``.json``.
 """
@@ -288,13 +289,13 @@ def tables(before: dict, after: dict, real_before: dict, real_after: dict) -> tu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", default="6df562d", help="git commit of the image-level benchmark")
-    parser.add_argument("--after", default=str(DOCS_DIR), help="folder of the patch benchmark")
+    parser.add_argument("--after", default="3db3b0f", help="folder, or git commit, of the patch benchmark")
     parser.add_argument("--demo", type=Path, help="the demo of --after: adds the patch map's depth profile")
     parser.add_argument("--docs", type=Path, default=DOCS_DIR)
     args = parser.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     before, real_before = _load(args.before, from_git=True)
-    after, real_after = _load(args.after, from_git=False)
+    after, real_after = _load(args.after, from_git=not Path(args.after).is_dir())
     mismatches = check_same_test_set(before, after)
     if mismatches:
         print(

@@ -38,17 +38,17 @@ def test_restricted_map_and_its_quantile_by_hand():
     inside = volume_map[region]
     assert torch.equal(restricted[region], inside)
     assert bool((restricted[~region] == inside.min()).all())
-    scores = map_volume_scores({"m": volume_map}, region, top_voxels=3)
+    scores = map_volume_scores({"m": volume_map}, region, n_top=3)
     assert scores["m_q999"] == pytest.approx(np.quantile(inside.numpy(), 0.999))
     assert scores["m_top200mm3"] == pytest.approx(
         np.sort(inside.numpy())[-3:].mean()
     )  # the rim's inf not counted
     assert map_volume_scores({"m": volume_map}, region)["m_top200mm3"] == float(inside.max())
     # more voxels than the region has: the region's mean
-    whole = map_volume_scores({"m": volume_map}, region, top_voxels=10_000)["m_top200mm3"]
+    whole = map_volume_scores({"m": volume_map}, region, n_top=10_000)["m_top200mm3"]
     assert whole == pytest.approx(float(inside.double().mean()))
-    with pytest.raises(ValueError, match="top_voxels must be >= 1"):
-        map_volume_scores({"m": volume_map}, region, top_voxels=0)
+    with pytest.raises(ValueError, match="n_top must be >= 1"):
+        map_volume_scores({"m": volume_map}, region, n_top=0)
 
 
 def test_top_volume_of_a_small_lesion_is_its_own_value_where_the_quantile_is_not():
@@ -57,7 +57,7 @@ def test_top_volume_of_a_small_lesion_is_its_own_value_where_the_quantile_is_not
     region = torch.ones(1, 10, 20, 25, dtype=torch.bool)
     volume_map = torch.linspace(0.0, 1.0, 5000).reshape(1, 10, 20, 25)
     volume_map[0, 5, 5, 5:8] = 3.0
-    scores = map_volume_scores({"m": volume_map}, region, top_voxels=3)
+    scores = map_volume_scores({"m": volume_map}, region, n_top=3)
     assert scores["m_top200mm3"] == pytest.approx(3.0)
     assert scores["m_q999"] < 1.0
 

@@ -120,14 +120,15 @@ def test_checkpoint_contents_and_thresholds(demo_cohort, tmp_path):
     assert validate_config(__import__("yaml").safe_load(raw["config"])) == config
     assert (tmp_path / "run" / "config.yaml").read_text() == raw["config"]
     # thresholds: one per score column, at the configured specificity, calibrated on the validation scans
-    assert set(raw["thresholds"]) == {
+    columns = (
         "nll_bpd",
         "final_scale",
         "nll_q999",
         "final_scale_q999",
         "nll_top200mm3",
         "final_scale_top200mm3",
-    }
+    )
+    assert set(raw["thresholds"]) == set(columns)
     assert raw["threshold_info"]["specificity"] == 0.95 and raw["threshold_info"]["section"] == "validation"
     stored = json.loads((tmp_path / "run" / "thresholds.json").read_text())
     assert stored["thresholds"] == pytest.approx(raw["thresholds"])
@@ -142,20 +143,7 @@ def test_checkpoint_contents_and_thresholds(demo_cohort, tmp_path):
         load_datalist(demo_cohort)["validation"], preprocessing_config=cfg["preprocessing"], cache="none"
     )
     rows = [score_volume(method, cfg, volumes[i], want_maps=False) for i in range(len(volumes))]
-    expected = calibrate_thresholds(
-        {
-            c: [r.scores[c] for r in rows]
-            for c in (
-                "nll_bpd",
-                "final_scale",
-                "nll_q999",
-                "final_scale_q999",
-                "nll_top200mm3",
-                "final_scale_top200mm3",
-            )
-        },
-        0.95,
-    )
+    expected = calibrate_thresholds({c: [r.scores[c] for r in rows] for c in columns}, 0.95)
     assert raw["thresholds"] == pytest.approx(expected["thresholds"], rel=1e-6)
 
 

@@ -96,21 +96,25 @@ def _level_table(level: Mapping[str, Mapping[str, Any]], keys: Sequence[str], se
     return _table(headers, rows, left=2 if several else 1)
 
 
+# a map's volume score: <map>_q999, <map>_top200mm3 (mri_anomaly.scoring.maps)
+_MAP_SCORE = r"_(q\d+|top\d+mm3)$"
+
+
 def _base(name: str) -> str:
     """``llr_top5_mean``/``llr_mean``/``llr_max`` -> ``llr``; ``nll_bpd`` -> ``nll``; ``nll_slice_mean`` -> ``nll``."""
     name = re.sub(r"_(mean|max|top\d+_mean)$", "", name)
     name = re.sub(r"_slice$", "", name)
-    name = re.sub(r"_(q\d+|top\d+mm3)$", "", name)
+    name = re.sub(_MAP_SCORE, "", name)
     return re.sub(r"_bpd$", "", name)
 
 
 def _match(key: str, candidates: Sequence[str], prefix: str) -> str | None:
     """The slice column / map that volume column ``key`` is made from (same base name), if any: for a map's
-    volume score (``<map>_q999``, ``<map>_top200mm3``) the map's slice profile (``<map>_slice_q99``) first, for an aggregate of slice
-    scores (``llr_top5_mean``) the slice score itself first."""
+    volume score (``<map>_q999``, ``<map>_top200mm3``) the map's slice profile (``<map>_slice_q99``) first, for an
+    aggregate of slice scores (``llr_top5_mean``) the slice score itself first."""
     want = _base(key[len(prefix) :])
     found = [c for c in candidates if _base(re.sub(r"_slice_(mean|q\d+)$", "", c[len(prefix) :])) == want]
-    from_map = re.search(r"_(q\d+|top\d+mm3)$", key) is not None
+    from_map = re.search(_MAP_SCORE, key) is not None
     found.sort(key=lambda c: (re.search(r"_slice_(mean|q\d+)$", c) is not None) != from_map)
     return found[0] if found else None
 

@@ -119,13 +119,13 @@ def restrict_map(volume_map: torch.Tensor, region: torch.Tensor) -> torch.Tensor
 
 
 def map_volume_scores(
-    maps: Mapping[str, torch.Tensor], region: torch.Tensor, top_voxels: int = 1
+    maps: Mapping[str, torch.Tensor], region: torch.Tensor, n_top: int = 1
 ) -> dict[str, float]:
     """``{<map>_q999: float, <map>_top200mm3: float}`` of each map (1, H, W, D) over ``region`` (1, H, W, D):
-    the quantile, and the mean of the ``top_voxels`` highest values (:func:`top_voxels`; all of them when the
-    region is smaller)."""
-    if top_voxels < 1:
-        raise ValueError(f"top_voxels must be >= 1, got {top_voxels}")
+    the quantile, and the mean of the ``n_top`` highest values (:func:`top_voxels` of the config; all of them
+    when the region is smaller)."""
+    if n_top < 1:
+        raise ValueError(f"n_top must be >= 1, got {n_top}")
     suffix, q = MAP_QUANTILE
     out = {}
     for name, volume_map in maps.items():
@@ -135,6 +135,6 @@ def map_volume_scores(
             continue
         out[f"{name}_{suffix}"] = float(torch.quantile(values, q))
         out[f"{name}_{MAP_TOP_VOLUME[0]}"] = float(
-            torch.topk(values, min(top_voxels, values.numel())).values.mean()
+            torch.topk(values, min(n_top, values.numel())).values.mean()
         )
     return out

@@ -68,9 +68,8 @@ class RawVolumeScores:
     """What the model says about one volume, before slice standardisation and aggregation (what calibration
     fits slice norms and thresholds on)."""
 
-    volume_scores: dict[
-        str, float
-    ]  # 3D methods' scores, and every method's map scores (<map>_q999, <map>_top200mm3)
+    # 3D methods' scores, and every method's map scores (<map>_q999, <map>_top200mm3)
+    volume_scores: dict[str, float]
     slice_scores: dict[str, torch.Tensor]  # {column: (D,)} raw
     maps: dict[str, torch.Tensor]
     fraction: torch.Tensor  # (D,) brain fraction
@@ -99,8 +98,8 @@ def slice_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
 
 def volume_score_columns_of(method_cls, config: Mapping[str, Any]) -> list[str]:
     """Columns of ``scores.csv`` (volume scores), in order: 2D — each slice score's aggregates
-    (:func:`~mri_anomaly.scoring.aggregate.aggregated_names`); 3D — the method's scores; then ``<map>_q999`` and ``<map>_top200mm3`` for
-    each voxel map (:mod:`mri_anomaly.scoring.maps`)."""
+    (:func:`~mri_anomaly.scoring.aggregate.aggregated_names`); 3D — the method's scores; then ``<map>_q999`` and
+    ``<map>_top200mm3`` for each voxel map (:mod:`mri_anomaly.scoring.maps`)."""
     from mri_anomaly.scoring.aggregate import aggregated_names
 
     if config["spatial_dims"] == 2:
@@ -284,7 +283,8 @@ def finish_volume_scores(
     scores, and lay out the slice rows."""
     slice_columns = standardise_slice_scores(output.slice_scores, slice_norms, output.fraction)
     if config["spatial_dims"] == 2:
-        # the method's own slice scores; a map's volume scores are its own statistics (<map>_q999, <map>_top200mm3), not aggregates
+        # the method's own slice scores; a map's volume scores are its own statistics (<map>_q999,
+        # <map>_top200mm3), not aggregates
         # of its slice profile
         own = {k: v for k, v in slice_columns.items() if not is_map_slice_column(k)}
         scores = aggregate_slice_scores(own, output.counted, int(config["score"]["top_k"]))

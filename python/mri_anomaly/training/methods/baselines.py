@@ -13,9 +13,9 @@ nothing; ``normative`` computes its statistics in :meth:`NormativeMethod.begin_p
 trainer hands it (``train.init_batches`` batches; the shipped config asks for a whole epoch of the training
 section). Calibration (thresholds, slice norms) runs as for every method.
 
-Each returns only its map; the volume score is the map's 99.9th percentile over the brain minus
-``score.map_erosion_mm`` (``<map>_q999``, ``<map>_top200mm3``), made by the scoring layer for every method's maps alike
-(:mod:`mri_anomaly.scoring.maps`), and so is the slice profile ``<map>_slice_q99`` (the map's 99th percentile over
+Each returns only its map; the volume scores are the map's 99.9th percentile and the mean of its highest 200 mm³
+over the brain minus ``score.map_erosion_mm`` (``<map>_q999``, ``<map>_top200mm3``), made by the scoring layer for
+every method's maps alike (:mod:`mri_anomaly.scoring.maps`), and so is the slice profile ``<map>_slice_q99`` (the map's 99th percentile over
 each slice's part of that region, as for the learned methods' maps).
 """
 
@@ -51,7 +51,8 @@ class _FitOnly(AnomalyMethod):
 class IntensityMethod(_FitOnly):
     """The image as its own anomaly map (see the module docstring).
 
-    Map ``intensity`` (N, 1, *spatial): the image, channels averaged (volume scores ``intensity_q999``, ``intensity_top200mm3``).
+    Map ``intensity`` (N, 1, *spatial): the image, channels averaged (volume scores ``intensity_q999``,
+    ``intensity_top200mm3``).
     """
 
     name = "intensity"

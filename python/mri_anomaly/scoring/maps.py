@@ -118,9 +118,7 @@ def restrict_map(volume_map: torch.Tensor, region: torch.Tensor) -> torch.Tensor
     return torch.where(region, volume_map, volume_map.new_tensor(float(inside.min())))
 
 
-def map_volume_scores(
-    maps: Mapping[str, torch.Tensor], region: torch.Tensor, n_top: int = 1
-) -> dict[str, float]:
+def map_volume_scores(maps: Mapping[str, torch.Tensor], region: torch.Tensor, n_top: int) -> dict[str, float]:
     """``{<map>_q999: float, <map>_top200mm3: float}`` of each map (1, H, W, D) over ``region`` (1, H, W, D):
     the quantile, and the mean of the ``n_top`` highest values (:func:`top_voxels` of the config; all of them
     when the region is smaller)."""

@@ -284,8 +284,7 @@ def finish_volume_scores(
     slice_columns = standardise_slice_scores(output.slice_scores, slice_norms, output.fraction)
     if config["spatial_dims"] == 2:
         # the method's own slice scores; a map's volume scores are its own statistics (<map>_q999,
-        # <map>_top200mm3), not aggregates
-        # of its slice profile
+        # <map>_top200mm3), not aggregates of its slice profile
         own = {k: v for k, v in slice_columns.items() if not is_map_slice_column(k)}
         scores = aggregate_slice_scores(own, output.counted, int(config["score"]["top_k"]))
         scores.update(output.volume_scores)

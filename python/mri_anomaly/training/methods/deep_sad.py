@@ -30,8 +30,9 @@ The score is ``deep_sad_dist``, the squared distance ``‖φ(x) − c‖²`` (hi
 encoder's last grid and one centre (:class:`~mri_anomaly.models.DeepSAD` with ``patch``): the loss is the mean
 of the per-cell terms weighted by each cell's brain fraction, a synthetic lesion labels only the cells it
 touches (the others of that image stay unlabelled) and those cells together weigh as much as their image
-(:func:`labelled_cell_weights`: a labelled anomaly is one sample, as in the paper), and scoring adds the voxel map ``patch_dist`` (the cell
-distances interpolated to the image grid); ``deep_sad_dist`` is their brain-weighted mean.
+(:func:`labelled_cell_weights`: a labelled anomaly is one sample, as in the paper), and scoring adds the voxel
+map ``patch_dist`` (the cell distances interpolated to the image grid); ``deep_sad_dist`` is their brain-weighted
+mean.
 """
 
 from __future__ import annotations

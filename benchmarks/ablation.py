@@ -73,8 +73,10 @@ def tables(metrics: dict, real: dict | None) -> tuple[str, dict]:
         ci = v.get("auroc_ci") or [None, None]
         demo_rows.append(f"| {run} | `{column}` | {_f(v['auroc'])} [{_f(ci[0])}, {_f(ci[1])}] | {_f(ap)} |")
         data["demo"][key] = {"auroc": v["auroc"], "auroc_ci": ci, "voxel_ap": ap}
+    first = next(iter(metrics["volume"].values()), {})
+    n, n_anomalous = first.get("n", 0), first.get("n_anomalous", 0)
     lines = [
-        "## Demo test scans (80 healthy, 48 anomalous)",
+        f"## Demo test scans ({n - n_anomalous} healthy, {n_anomalous} anomalous)",
         "",
         "| run | map score | volume AUROC [95 % CI] | voxel AP |",
         "|---|---|---|---|",

@@ -260,8 +260,9 @@ def tables(before: dict, after: dict, real_before: dict, real_after: dict) -> tu
             ruff_rows.append([name, f"`{r['column']}`", ", ".join(f"{v:+.3f}" for v in r["per_seed"]),
                               f"{r['mean']:+.3f} ± {r['sd']:.3f}", f"[{r['pooled_ci'][0]:+.3f}, {r['pooled_ci'][1]:+.3f}]",
                               r["verdict"]])  # fmt: skip
+    n, n_anomalous = (after["summary"]["best"]["intensity"].get(k, 0) for k in ("n", "n_anomalous"))
     md = "\n".join([
-        "## The demo (same test scans: 80 healthy, 48 anomalous)",
+        f"## The demo (same test scans: {n - n_anomalous} healthy, {n_anomalous} anomalous)",
         "",
         "Best column = the run's highest volume AUROC at seed 0, with its 95 % bootstrap CI; the same column over "
         "training seeds 0–2; its slice AUROC and voxel AP; Spearman ρ of the slice columns with the slice's brain "

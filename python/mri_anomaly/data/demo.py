@@ -66,8 +66,8 @@ intensity follows each contrast), and lists them per item, ``"image": [flair, t1
 are exactly those of the single-contrast cohort (the other contrasts draw from their own generator). General
 subjects mix contrasts there too (channel k of general subject i is ``CONTRASTS[(i + k) % 3]``).
 
-Defaults (4 mm, 44 x 52 x 46 voxels; 400 healthy: 240 training, 80 validation, 80 test; 48 anomalous test
-subjects, 16 per kind, their sizes cycling through the three volume strata; 48 general) take under a minute and
+Defaults (4 mm, 44 x 52 x 46 voxels; 400 healthy: 240 training, 80 validation, 80 test; 144 anomalous test
+subjects, 48 per kind, their sizes cycling through the three volume strata; 48 general) take under a minute and
 preprocess (``DEMO_PREPROCESSING``) to the 40 x 48 x 40 model grid; ``spacing=1`` makes a
 full-resolution cohort (176 x 208 x 184) for GPU runs.
 """
@@ -114,7 +114,7 @@ CONTRASTS: tuple[str, ...] = ("t1", "t2", "flair")
 DEMO_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "healthy": 400,
-    "anomalous": 48,
+    "anomalous": 144,
     "general": 48,
     "spacing": 4.0,
     "contrast": "flair",

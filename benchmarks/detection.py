@@ -5,7 +5,8 @@ runs it there, which takes the demo's time) and writes one table set:
 
 * volume AUROC and AP with 95 % bootstrap CIs, slice AUROC, voxel AP and best Dice of every score column
   (from the demo's ``report/metrics.json``, recomputed by ``evaluate`` when absent);
-* volume AUROC per lesion kind and per lesion-volume stratum (< 1, 1-10, > 10 cm^3) of each run's best column;
+* volume AUROC per lesion kind, per lesion-volume stratum (< 1, 1-10, > 10 cm^3) and per variant of a kind (focal
+  lesions brighter or darker than tissue) of each run's best column;
 * each learned run against both baselines (paired bootstrap CI of the AUROC difference);
 * the brain-fraction control: Spearman rho of every ``slice_scores.csv`` column with the slice's brain
   fraction on counted slices of healthy test scans (bound: |rho| <= 0.2), and the brain fraction's own
@@ -789,7 +790,8 @@ def to_markdown(result: dict) -> str:
             "## Volume AUROC per lesion kind and per lesion volume (best column of each run)",
             "",
             "Anomalous scans of one stratum against all healthy test scans; anomalous scans per stratum in brackets. "
-            "Sizes: small < 1 cm³, medium 1–10 cm³, large > 10 cm³.",
+            "Sizes: small < 1 cm³, medium 1–10 cm³, large > 10 cm³. Variants: the focal lesions brighter than the "
+            "tissue (`focal`) and darker (`focal_opposite`), which thresholding the image cannot find.",
             "",
             "| run | column | " + " | ".join(f"{k} ({counts[k]})" for k in strata_names) + " |",
             "|---|---|" + "---|" * len(strata_names),

@@ -103,6 +103,29 @@ def test_strata_rank_each_stratum_against_all_healthy():
     assert out["kind:ms"]["n"] == 5 and "auroc_ci" in out["kind:ms"]
 
 
+def test_variant_strata_only_where_they_split_a_kind():
+    labelled = pd.DataFrame(
+        {
+            "subject_id": ["h1", "h2", "a1", "a2", "a3", "a4"],
+            "label": [0, 0, 1, 1, 1, 1],
+            "score": [0.1, 0.5, 0.9, 0.3, 0.7, 0.6],
+        }
+    )
+    subjects = pd.DataFrame(
+        {
+            "subject_id": ["h1", "h2", "a1", "a2", "a3", "a4"],
+            "lesion_kind": ["", "", "focal", "focal", "ms", "ms"],
+            "lesion_variant": ["", "", "focal", "focal_opposite", "ms", "ms"],
+        }
+    )
+    out = stratified_volume_metrics(labelled, ["score"], subjects, n_bootstrap=100)["score"]
+    # variant:ms holds exactly kind:ms -> left out; the focal kind splits in two
+    assert set(out) == {"kind:focal", "kind:ms", "variant:focal", "variant:focal_opposite"}
+    assert out["variant:focal"]["auroc"] == pytest.approx(1.0)  # 0.9 above 0.1 and 0.5
+    assert out["variant:focal_opposite"]["auroc"] == pytest.approx(0.5)  # 0.3 above 0.1 only
+    assert out["kind:focal"]["auroc"] == pytest.approx(0.75) and out["variant:focal"]["n_anomalous"] == 1
+
+
 def test_brain_fraction_rho_uses_counted_healthy_slices():
     rng = np.random.default_rng(0)
     rows = []

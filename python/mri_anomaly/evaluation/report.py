@@ -353,8 +353,10 @@ def write_report(
         )
         parts.append(
             "<h2>Per lesion kind and size</h2><p class=sub>Volume AUROC of each run's best column when only the "
-            "anomalous scans of one lesion kind or one lesion-volume stratum (small &lt; 1 cm³, medium 1–10 cm³, large "
-            "&gt; 10 cm³; anomalous scans in brackets) are ranked against all healthy scans. Every column's numbers are in "
+            "anomalous scans of one lesion kind, one lesion-volume stratum (small &lt; 1 cm³, medium 1–10 cm³, large "
+            "&gt; 10 cm³) or one variant of a kind (<code>focal_opposite</code>: darker than the tissue where the "
+            "contrast's lesions are brighter) are ranked against all healthy scans; anomalous scans in brackets. "
+            "Every column's numbers are in "
             "<code>metrics.json</code> (<code>strata</code>).</p>"
             + _table(headers, rows, left=2 if several else 1)
         )

@@ -24,8 +24,10 @@ from mri_anomaly.evaluation.metrics import average_precision
 
 __all__ = ["STRATUM_COLUMNS", "load_subject_table", "stratified_volume_metrics"]
 
-STRATUM_COLUMNS = {"kind": "lesion_kind", "size": "size_stratum"}
-"""Stratum prefix -> subject-table column (keys of the result look like ``kind:ms``, ``size:small``)."""
+STRATUM_COLUMNS = {"kind": "lesion_kind", "variant": "lesion_variant", "size": "size_stratum"}
+"""Stratum prefix -> subject-table column (keys of the result look like ``kind:ms``, ``size:small``,
+``variant:focal_opposite``). A variant stratum is listed only where it splits a kind (the demo's focal lesions
+are brighter or darker than tissue: thresholding the image finds only the first)."""
 
 
 def load_subject_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -64,8 +66,8 @@ def stratified_volume_metrics(
         columns: score columns. subjects: the subject table. n_bootstrap: resamples of each CI.
 
     Returns:
-        ``{column: {"kind:<k>" | "size:<s>": {"auroc", "auroc_ci", "ap", "n", "n_anomalous"}}}``; strata
-        without anomalous scans are left out.
+        ``{column: {"kind:<k>" | "variant:<v>" | "size:<s>": {"auroc", "auroc_ci", "ap", "n", "n_anomalous"}}}``;
+        strata without anomalous scans, and variant strata holding exactly the scans of one kind, are left out.
     """
     merged = labelled.merge(
         subjects.drop(columns=[c for c in ("label", "section") if c in subjects.columns]),
@@ -81,6 +83,8 @@ def stratified_volume_metrics(
         values = anomalous[table_column].dropna().astype(str)
         for value in sorted(v for v in values.unique() if v):
             part = anomalous[anomalous[table_column].astype(str) == value]
+            if prefix == "variant" and _same_as_a_kind(part, anomalous):
+                continue
             both = pd.concat([healthy, part])
             y = both["label"].to_numpy(dtype=int)
             for column in columns:
@@ -89,3 +93,11 @@ def stratified_volume_metrics(
                 entry["ap"] = average_precision(y, s)
                 out.setdefault(column, {})[f"{prefix}:{value}"] = entry
     return out
+
+
+def _same_as_a_kind(part: pd.DataFrame, anomalous: pd.DataFrame) -> bool:
+    """Whether ``part`` holds exactly the anomalous scans of one lesion kind (its variant adds nothing)."""
+    if "lesion_kind" not in anomalous.columns:
+        return False
+    kinds = part["lesion_kind"].dropna().astype(str).unique()
+    return len(kinds) == 1 and len(part) == int((anomalous["lesion_kind"].astype(str) == kinds[0]).sum())

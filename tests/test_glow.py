@@ -188,6 +188,25 @@ def test_bad_inputs_raise_clear_errors():
         dequantize(torch.tensor([float("nan")]), training=False)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_flow_log_det_maps_split_each_scale_into_flow_and_prior(spatial_dims):
+    glow, x = _tiny_glow(spatial_dims, size=8, n=2)
+    out = glow(x, return_maps=True)
+    assert out.flow_log_det_maps.shape == out.log_density_maps.shape
+    assert glow(x).flow_log_det_maps is None
+    # Recompute each scale's flow log-det and prior log-density on the plain path (whole chain at once).
+    h = x
+    for level, (chain, prior) in enumerate(zip(glow.chains, glow.priors)):
+        h, flow_logdet = chain(squeeze(h, spatial_dims))
+        z, h = h[:, : glow.latent_channels[level]], h[:, glow.latent_channels[level] :]
+        _, prior_log_prob = prior(z)
+        flow_part = out.flow_log_det_maps[:, level].flatten(1).sum(1)
+        prior_part = (out.log_density_maps - out.flow_log_det_maps)[:, level].flatten(1).sum(1)
+        torch.testing.assert_close(flow_part, flow_logdet, rtol=1e-10, atol=1e-8)
+        torch.testing.assert_close(prior_part, prior_log_prob, rtol=1e-10, atol=1e-8)
+        assert not torch.allclose(flow_part, torch.zeros_like(flow_part))
+
+
 def test_per_channel_prior_accepts_other_sizes():
     glow, x = _tiny_glow(2, size=8, prior="per_channel")
     big = dequantize(torch.rand(2, 1, 16, 16, dtype=torch.float64), training=False)

@@ -65,12 +65,16 @@ class GlowOutput:
             the log-dets of its flow steps + its prior's actnorm log-det + ``log N(z_i; 0, I)``.
         log_density_maps: ``(N, levels, *spatial)`` on the input grid when asked for, else None
             (see :meth:`Glow.log_density_maps`).
+        flow_log_det_maps: ``(N, levels, *spatial)``, with ``log_density_maps``: the part of each scale's map
+            that comes from its flow steps' log-dets; ``log_density_maps - flow_log_det_maps`` is its prior's
+            (which half of a scale's density an anomaly moves).
     """
 
     z: list[torch.Tensor]
     log_prob: torch.Tensor
     contributions: torch.Tensor
     log_density_maps: torch.Tensor | None = None
+    flow_log_det_maps: torch.Tensor | None = None
 
 
 class Glow(nn.Module):
@@ -261,7 +265,7 @@ class Glow(nn.Module):
         self._check_input(x)
         self._check_initialized()
         h = x
-        latents, contributions, maps = [], [], []
+        latents, contributions, maps, flow_maps = [], [], [], []
         for level, (chain, prior) in enumerate(zip(self.chains, self.priors)):
             h = squeeze(h, self.spatial_dims)
             if return_maps:
@@ -279,6 +283,7 @@ class Glow(nn.Module):
                 u, prior_map = prior.forward_with_log_prob_map(z)
                 prior_log_prob = prior_map.reshape(z.shape[0], -1).sum(1)
                 maps.append(self._to_input_grid(flow_map + prior_map, level))
+                flow_maps.append(self._to_input_grid(flow_map, level))
             else:
                 u, prior_log_prob = prior(z)
             latents.append(u)
@@ -289,6 +294,7 @@ class Glow(nn.Module):
             log_prob=contribution.sum(1),
             contributions=contribution,
             log_density_maps=torch.stack(maps, 1) if return_maps else None,
+            flow_log_det_maps=torch.stack(flow_maps, 1) if return_maps else None,
         )
 
     def _to_input_grid(self, location_map: torch.Tensor, level: int) -> torch.Tensor:

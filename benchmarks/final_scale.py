@@ -77,7 +77,7 @@ def final_scale_parts(run_dir: Path, items: list[dict]) -> dict[str, dict[str, f
         else:
             x, m = image[None], None if mask is None else mask[None]
         brain = brain_mask(x) > 0
-        out = glow(dequantize(x, False, method.n_bins), return_maps=True)
+        out = glow(dequantize(x, False, method.n_bins), return_maps=True, split_maps=True)
         flow = out.flow_log_det_maps[:, -1:]
         prior = out.log_density_maps[:, -1:] - flow
         regions = {"healthy scans": brain} if m is None else {"lesion": brain & m, "other brain": brain & ~m}

@@ -191,9 +191,12 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_flow_log_det_maps_split_each_scale_into_flow_and_prior(spatial_dims):
     glow, x = _tiny_glow(spatial_dims, size=8, n=2)
-    out = glow(x, return_maps=True)
+    out = glow(x, return_maps=True, split_maps=True)
     assert out.flow_log_det_maps.shape == out.log_density_maps.shape
-    assert glow(x).flow_log_det_maps is None
+    assert glow(x).flow_log_det_maps is None and glow(x, return_maps=True).flow_log_det_maps is None
+    torch.testing.assert_close(
+        glow(x, return_maps=True).log_density_maps, out.log_density_maps, rtol=0, atol=0
+    )
     # Recompute each scale's flow log-det and prior log-density on the plain path (whole chain at once).
     h = x
     for level, (chain, prior) in enumerate(zip(glow.chains, glow.priors)):

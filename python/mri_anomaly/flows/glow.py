@@ -65,9 +65,9 @@ class GlowOutput:
             the log-dets of its flow steps + its prior's actnorm log-det + ``log N(z_i; 0, I)``.
         log_density_maps: ``(N, levels, *spatial)`` on the input grid when asked for, else None
             (see :meth:`Glow.log_density_maps`).
-        flow_log_det_maps: ``(N, levels, *spatial)``, with ``log_density_maps``: the part of each scale's map
-            that comes from its flow steps' log-dets; ``log_density_maps - flow_log_det_maps`` is its prior's
-            (which half of a scale's density an anomaly moves).
+        flow_log_det_maps: ``(N, levels, *spatial)`` when asked for (``split_maps``), else None: the part of
+            each scale's map that comes from its flow steps' log-dets; ``log_density_maps - flow_log_det_maps`` is
+            its prior's (which half of a scale's density an anomaly moves).
     """
 
     z: list[torch.Tensor]
@@ -249,12 +249,14 @@ class Glow(nn.Module):
 
     # --- density ---
 
-    def forward(self, x: torch.Tensor, return_maps: bool = False) -> GlowOutput:
+    def forward(self, x: torch.Tensor, return_maps: bool = False, split_maps: bool = False) -> GlowOutput:
         """Latents, log-density and per-scale contributions of a continuous input.
 
         Args:
             x: ``(N, C, *spatial)``, each spatial size divisible by ``2**levels``.
             return_maps: also compute :attr:`GlowOutput.log_density_maps` (runs the steps one by one).
+            split_maps: with ``return_maps``, also :attr:`GlowOutput.flow_log_det_maps` (a diagnostic; scoring
+                does not need it).
 
         Returns:
             :class:`GlowOutput` (nats).
@@ -283,7 +285,8 @@ class Glow(nn.Module):
                 u, prior_map = prior.forward_with_log_prob_map(z)
                 prior_log_prob = prior_map.reshape(z.shape[0], -1).sum(1)
                 maps.append(self._to_input_grid(flow_map + prior_map, level))
-                flow_maps.append(self._to_input_grid(flow_map, level))
+                if split_maps:
+                    flow_maps.append(self._to_input_grid(flow_map, level))
             else:
                 u, prior_log_prob = prior(z)
             latents.append(u)
@@ -294,7 +297,7 @@ class Glow(nn.Module):
             log_prob=contribution.sum(1),
             contributions=contribution,
             log_density_maps=torch.stack(maps, 1) if return_maps else None,
-            flow_log_det_maps=torch.stack(flow_maps, 1) if return_maps else None,
+            flow_log_det_maps=torch.stack(flow_maps, 1) if flow_maps else None,
         )
 
     def _to_input_grid(self, location_map: torch.Tensor, level: int) -> torch.Tensor:

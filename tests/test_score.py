@@ -242,6 +242,30 @@ def test_unknown_section_and_missing_run_are_clear_errors(trained_2d_run, demo_c
         score_datalist(tmp_path / "no-run", demo_cohort, tmp_path / "o", progress=False)
 
 
+def test_an_edited_run_config_is_reported_and_the_checkpoint_config_used(trained_2d_run, tmp_path):
+    import warnings
+
+    from mri_anomaly.runs import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_2d_run, run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the untouched run loads without a word
+        _, trained, _ = load_run(run)
+    text = (run / "config.yaml").read_text()
+    assert text.count("top_k: 3") == 1
+    (run / "config.yaml").write_text(text.replace("top_k: 3", "top_k: 5"))
+    with pytest.warns(
+        UserWarning, match=r"config.yaml differs from the config stored in checkpoint.pt \(score\.top_k\)"
+    ):
+        _, used, _ = load_run(run)
+    assert used == trained
+    (run / "config.yaml").write_text("method: [unclosed")
+    with pytest.warns(UserWarning, match="config.yaml: cannot be read"):
+        _, used, _ = load_run(run)
+    assert used == trained
+
+
 def test_out_of_another_model_is_refused_and_sections_accumulate(trained_2d_run, demo_cohort, tmp_path):
     out = tmp_path / "out"
     score_datalist(

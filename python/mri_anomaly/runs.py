@@ -1,6 +1,7 @@
 """A training run folder: its file names, the method it trained and what was calibrated on it.
 
-``RUN/`` holds ``checkpoint.pt`` (weights, config, progress, RNG state), ``config.yaml`` (the resolved config),
+``RUN/`` holds ``checkpoint.pt`` (weights, config, progress, RNG state), ``config.yaml`` (the resolved config, a
+record: the checkpoint's config is the one used, and :func:`load_run` warns when the file was edited),
 ``train_log.csv`` and ``thresholds.json`` (thresholds and slice norms, :mod:`mri_anomaly.evaluation.thresholds`).
 Training writes a run (:mod:`mri_anomaly.training.trainer`); scoring, export and the bundle read one through
 this module, so none of them depends on the trainer.
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.evaluation.thresholds import load_thresholds
@@ -77,10 +80,44 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu"):
             f"{path}: training stopped before its last phase ({phases[-1]!r}) began, so the model cannot score yet; "
             f"continue it with `mri-anomaly train ... --out {run_dir} --resume`"
         )
+    _warn_if_config_edited(Path(run_dir), config)
     method = build_method(config)
     method.load_state_dict(checkpoint["state_dict"])
     method.to(device).eval()
     return method, config, checkpoint
+
+
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
+        return [] if a == b else [prefix or "(root)"]
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        out += _differing_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def _warn_if_config_edited(run_dir: Path, config: Mapping[str, Any]) -> None:
+    """``RUN/config.yaml`` is a record of the trained config; the model is the checkpoint's. Editing the file
+    changes nothing, so say so instead of scoring silently with the old settings."""
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        edited = config_from_yaml(path.read_text())
+    except (ConfigError, yaml.YAMLError) as err:
+        warnings.warn(
+            f"{path}: cannot be read ({err}); the config stored in {CHECKPOINT_NAME} is used", stacklevel=3
+        )
+        return
+    keys = _differing_keys(config, edited)
+    if keys:
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        warnings.warn(
+            f"{path} differs from the config stored in {CHECKPOINT_NAME} ({shown}): the model was trained with "
+            f"the checkpoint's, which is used; to change a setting, train a new run with it",
+            stacklevel=3,
+        )
 
 
 def run_fingerprint(checkpoint: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mri_anomaly.training import ConfigError, apply_overrides, build_method, load_config, validate_config
-from mri_anomaly.training.config import parse_override
+from mri_anomaly.training.config import config_differences, parse_override
 from mri_anomaly.training.methods import get_method_class
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -227,3 +227,14 @@ def test_encoder_depth_must_fit_the_axes_the_network_sees(name):
 def test_every_shipped_config_fits_its_grid():
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_config_differences_lists_each_differing_leaf():
+    a = {"method": "glow", "train": {"lr": 1e-3, "phases": {"p": {"steps": 5}}}, "score": {"top_k": 3}}
+    b = {"method": "glow", "train": {"lr": 2e-3, "phases": {"p": {"steps": 5}}}, "model": {"levels": 2}}
+    assert config_differences(a, b) == [
+        (("model",), None, {"levels": 2}),
+        (("score",), {"top_k": 3}, None),
+        (("train", "lr"), 1e-3, 2e-3),
+    ]
+    assert config_differences(a, a) == []

@@ -23,7 +23,7 @@ from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.evaluation.thresholds import load_thresholds
 from mri_anomaly.scoring.slice_norms import check_map_profile
 from mri_anomaly.training.checkpoint import load_checkpoint
-from mri_anomaly.training.config import ConfigError, config_from_yaml
+from mri_anomaly.training.config import ConfigError, config_differences, config_from_yaml
 from mri_anomaly.training.methods import AnomalyMethod, get_method_class
 
 __all__ = [
@@ -87,16 +87,6 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu"):
     return method, config, checkpoint
 
 
-def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
-        return [] if a == b else [prefix or "(root)"]
-    out = []
-    for key in sorted(set(a) | set(b), key=str):
-        out += _differing_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
-    return out
-
-
 def _warn_if_config_edited(run_dir: Path, config: Mapping[str, Any]) -> None:
     """``RUN/config.yaml`` is a record of the trained config; the model is the checkpoint's. Editing the file
     changes nothing, so say so instead of scoring silently with the old settings."""
@@ -110,7 +100,7 @@ def _warn_if_config_edited(run_dir: Path, config: Mapping[str, Any]) -> None:
             f"{path}: cannot be read ({err}); the config stored in {CHECKPOINT_NAME} is used", stacklevel=3
         )
         return
-    keys = _differing_keys(config, edited)
+    keys = [".".join(path) for path, _, _ in config_differences(config, edited)]
     if keys:
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         warnings.warn(

@@ -68,6 +68,7 @@ __all__ = [
     "validate_config",
     "config_to_yaml",
     "config_from_yaml",
+    "config_differences",
     "configs_dir",
     "shipped_configs",
     "resolve_config_path",
@@ -524,6 +525,18 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, An
 def config_to_yaml(config: Mapping[str, Any]) -> str:
     """The resolved config as YAML text (stored in checkpoints and as ``RUN/config.yaml``)."""
     return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
+
+
+def config_differences(
+    a: Any, b: Any, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Any, Any]]:
+    """The leaves where two nested configs differ: ``[(key path, value in a, value in b)]``, keys sorted."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out: list[tuple[tuple[str, ...], Any, Any]] = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += config_differences(a.get(key), b.get(key), prefix + (str(key),))
+        return out
+    return [] if a == b else [(prefix, a, b)]
 
 
 def config_from_yaml(text: str) -> dict[str, Any]:

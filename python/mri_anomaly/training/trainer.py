@@ -54,7 +54,7 @@ from mri_anomaly.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from mri_anomaly.training.config import config_from_yaml, config_to_yaml
+from mri_anomaly.training.config import config_differences, config_from_yaml, config_to_yaml
 from mri_anomaly.training.loaders import ResumableBatches
 from mri_anomaly.training.methods import AnomalyMethod, Batch
 
@@ -153,19 +153,14 @@ class _InitBatches:
         return self.count
 
 
-def _config_differences(a: Any, b: Any, prefix: tuple[str, ...] = ()) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in sorted(set(a) | set(b), key=str):
-            out += _config_differences(a.get(key), b.get(key), prefix + (str(key),))
-        return out
-    if (
-        a != b
-        and prefix[:2] not in _RESUME_MUTABLE
-        and not (len(prefix) == 4 and prefix[:2] == ("train", "phases") and prefix[3] == "steps")
-    ):
-        return [f"{'.'.join(prefix)}: {b!r} in the checkpoint, {a!r} now"]
-    return []
+def _config_differences(a: Any, b: Any) -> list[str]:
+    """What a resumed run may not change: every difference but the resume-mutable keys and phase steps."""
+    return [
+        f"{'.'.join(path)}: {stored!r} in the checkpoint, {now!r} now"
+        for path, now, stored in config_differences(a, b)
+        if path[:2] not in _RESUME_MUTABLE
+        and not (len(path) == 4 and path[:2] == ("train", "phases") and path[3] == "steps")
+    ]
 
 
 class Trainer:

@@ -14,7 +14,7 @@ runs it there, which takes the demo's time) and writes one table set:
 * the real cases of ``../shared/data`` scored by the demo models (``benchmarks/real_data.py``): slice AUROC
   inside each scan, voxel AP next to chance and the raw-intensity map;
 * with ``--seeds 1 2``: the findings over training seeds (section "Seeds"). ``--seed-runs`` (default
-  glow2d-ratio, glow3d-ratio, deep-svdd-2d, deep-sad-2d) are retrained and scored with config ``seed=<s>`` on the
+  every learned demo run, ``pipeline.SEED_RUNS``) are retrained and scored with config ``seed=<s>`` on the
   demo's cohort in ``DEMO/seeds/<s>/runs|scores/<run>`` (resumable; seed 0 is the demo itself): Schirrmeister et
   al. (``llr`` and ``final_scale`` against ``nll_bpd``, volume and slice AUROC of both Glow runs) and Ruff et al.
   (Deep SAD against Deep SVDD on the lesion kinds never labelled), per seed with paired bootstrap CIs, mean ± SD

@@ -48,13 +48,10 @@ def seed_runs(demo: Path, run: str) -> dict[str, Path]:
     return {s: p for s, p in found.items() if (p / "checkpoint.pt").is_file()}
 
 
-def _plain(t) -> torch.Tensor:
-    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
-
-
 @torch.no_grad()
 def final_scale_parts(run_dir: Path, items: list[dict]) -> dict[str, dict[str, float]]:
     """Mean per-voxel flow and prior parts of the in-distribution model's final-scale density, per region."""
+    from monai.utils import convert_to_tensor
     from mri_anomaly.flows import dequantize
     from mri_anomaly.runs import load_run
     from mri_anomaly.scoring.brain import brain_mask
@@ -68,8 +65,9 @@ def final_scale_parts(run_dir: Path, items: list[dict]) -> dict[str, dict[str, f
         _, item, error = data[i]
         if error is not None:
             raise RuntimeError(error)
-        image = _plain(item["image"]).float()  # (C, H, W, D)
-        mask = _plain(item["mask"]).float() > 0.5 if item.get("mask") is not None else None
+        image = convert_to_tensor(item["image"], track_meta=False).float()  # (C, H, W, D)
+        mask = item.get("mask")
+        mask = convert_to_tensor(mask, track_meta=False).float() > 0.5 if mask is not None else None
         if mask is not None and not bool(mask.any()):
             mask = None
         if config["spatial_dims"] == 2:  # axial slices, as the 2D model scores them

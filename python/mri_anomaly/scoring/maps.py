@@ -22,10 +22,11 @@ gets the same post-processing, so methods and baselines are compared on equal te
   - ``<map>_top200mm3``: the mean of the map's highest voxels filling 200 mm³ (``round(200 / voxel volume)``
     voxels, at least one: 3 on the 4 mm grid, 200 at 1 mm), a fixed physical size whatever the grid and the
     brain's size, yet several voxels at 1 mm so one noisy voxel does not set it. Measured on the demo's test
-    scans (``docs/benchmarks/detection.md``): the ``intensity`` baseline's volume AUROC 0.758 with ``q999`` and
-    0.854 with ``top200mm3`` (its 3 highest voxels; with 1, 2, 5, 10 voxels 0.859, 0.856, 0.854, 0.845), ``normative``
-    0.807 and 0.850, the learned maps −0.010 to +0.084. A baseline is a fair comparison only at its best statistic,
-    so every map gets both.
+    scans when they held 48 anomalous ones (e82bf0a): the ``intensity`` baseline's volume AUROC 0.758 with
+    ``q999`` and 0.854 with ``top200mm3`` (its 3 highest voxels; with 1, 2, 5, 10 voxels 0.859, 0.856, 0.854,
+    0.845), ``normative`` 0.807 and 0.850, the learned maps −0.010 to +0.084; on today's 144
+    (``docs/benchmarks/detection.md``) ``intensity`` 0.811 and 0.926, ``normative`` 0.829 and 0.876. A baseline
+    is a fair comparison only at its best statistic, so every map gets both.
 """
 
 from __future__ import annotations

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import itertools
+from pathlib import Path
 
 import pytest
 import torch
 from mri_anomaly.models import latent_norm_score
 from mri_anomaly.training.methods import get_method_class
-from mri_anomaly.training.methods.latent_norm import LatentNormMethod
+from mri_anomaly.training.methods.latent_norm import LatentNormMethod, signed_residual
 from sklearn.metrics import roc_auc_score
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIZE = 16
 SMALL = dict(latent_dim=8, channels=[4, 8, 8], pooled_size=2)
 
@@ -95,3 +98,85 @@ def test_save_and_load_give_identical_scores() -> None:
     a, b = method.score(batch), loaded.score(batch)
     assert torch.equal(a.scores["latent_norm"], b.scores["latent_norm"])
     assert torch.equal(a.maps["residual"], b.maps["residual"])
+
+
+def _box_range_by_loops(x_hat: torch.Tensor, radius: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximum and minimum of ``x_hat`` (N, C, *spatial) over a box of ``radius`` per axis, clipped at the
+    borders, by explicit loops over the voxels (the reference for the pooled version)."""
+    hi, lo = torch.empty_like(x_hat), torch.empty_like(x_hat)
+    for index in itertools.product(*(range(s) for s in x_hat.shape[2:])):
+        box = tuple(slice(max(i - r, 0), i + r + 1) for i, r in zip(index, radius))
+        values = x_hat[(slice(None), slice(None), *box)].flatten(2)
+        hi[(slice(None), slice(None), *index)] = values.amax(dim=2)
+        lo[(slice(None), slice(None), *index)] = values.amin(dim=2)
+    return hi, lo
+
+
+@pytest.mark.parametrize("radius", [(1, 2), (1, 0, 2)])
+def test_tolerant_residual_matches_loops(radius: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, 2, 7, 6) if len(radius) == 2 else (2, 1, 5, 4, 6)
+    x, x_hat = torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
+    hi, lo = _box_range_by_loops(x_hat, radius)
+    torch.testing.assert_close(signed_residual(x, x_hat, "positive", radius), (x - hi).clamp_min(0))
+    torch.testing.assert_close(signed_residual(x, x_hat, "negative", radius), (lo - x).clamp_min(0))
+    torch.testing.assert_close(
+        signed_residual(x, x_hat, "absolute", radius), (x - hi).clamp_min(0) + (lo - x).clamp_min(0)
+    )
+    # Radius 0 is the voxel-by-voxel residual of before.
+    zero = (0,) * len(radius)
+    assert torch.equal(signed_residual(x, x_hat, "absolute", zero), (x - x_hat).abs())
+    assert torch.equal(signed_residual(x, x_hat, "positive", None), (x - x_hat).clamp_min(0))
+    with pytest.raises(ValueError, match="one radius per spatial axis"):
+        signed_residual(x, x_hat, "positive", (1,))
+
+
+def test_tolerance_removes_a_shifted_edge_and_keeps_a_lesion() -> None:
+    """Tissue (0.6) left of column 10, background (0) right of it; the reconstruction draws the edge one column
+    early and misses a 3 x 3 lesion (1.0) and a dark 3 x 3 spot (0.1) inside the tissue."""
+    x = torch.zeros(1, 1, 20, 20)
+    x[..., :11] = 0.6
+    x[..., 4:7, 2:5] = 1.0
+    x[..., 13:16, 2:5] = 0.1
+    x_hat = torch.zeros(1, 1, 20, 20)
+    x_hat[..., :10] = 0.6
+    exact = signed_residual(x, x_hat, "positive")
+    assert exact[..., 10].max() == pytest.approx(
+        0.6
+    )  # the shifted edge is as bright as tissue in the exact map
+    tolerant = signed_residual(x, x_hat, "positive", (1, 1))
+    assert tolerant[..., 10].abs().max() == 0  # gone at one voxel's tolerance
+    torch.testing.assert_close(tolerant[..., 4:7, 2:5], torch.full((1, 1, 3, 3), 0.4))  # the lesion stays
+    assert tolerant.sum().item() == pytest.approx(9 * 0.4)  # and nothing else is left
+    negative = signed_residual(x, x_hat, "negative", (1, 1))
+    torch.testing.assert_close(negative[..., 13:16, 2:5], torch.full((1, 1, 3, 3), 0.5))
+    assert negative.sum().item() == pytest.approx(9 * 0.5)
+    torch.testing.assert_close(signed_residual(x, x_hat, "absolute", (1, 1)), tolerant + negative)
+
+
+def test_tolerance_in_mm_becomes_voxels_of_the_model_grid() -> None:
+    from mri_anomaly.runs import build_method
+    from mri_anomaly.training.config import ConfigError, load_config
+
+    config = load_config(CONFIGS / "latent-norm-ae-2d.yaml")
+    assert config["model"]["residual_tolerance_mm"] == 8.0 and config["preprocessing"]["spacing"] == [
+        4.0,
+        4.0,
+        4.0,
+    ]
+    assert build_method(config).residual_tolerance == (2, 2)  # the slice's two axes, 4 mm voxels
+    config = load_config(
+        CONFIGS / "latent-norm-ae-2d.yaml",
+        ["preprocessing.spacing=[1.0, 2.0, 3.0]", "model.residual_tolerance_mm=5"],
+    )
+    assert build_method(config).residual_tolerance == (5, 2)
+    config = load_config(CONFIGS / "latent-norm-ae-3d.yaml", ["model.residual_tolerance_mm=8"])
+    spacing = config["preprocessing"]["spacing"]
+    assert build_method(config).residual_tolerance == tuple(round(8 / s) for s in spacing)
+    # Runs from before the option (no key) keep the voxel-by-voxel map.
+    assert LatentNormMethod(2, **SMALL).residual_tolerance == (0, 0)
+    with pytest.raises(ConfigError, match="residual_tolerance_mm must be >= 0"):
+        build_method(load_config(CONFIGS / "latent-norm-ae-2d.yaml", ["model.residual_tolerance_mm=-1"]))
+    # The grid spacing comes from preprocessing, not from model:.
+    with pytest.raises(ConfigError, match="model.model_spacing: unknown argument"):
+        load_config(CONFIGS / "latent-norm-ae-2d.yaml", ["model.model_spacing=[1, 1, 1]"])

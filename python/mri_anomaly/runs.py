@@ -21,6 +21,7 @@ import yaml
 
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.evaluation.thresholds import load_thresholds
+from mri_anomaly.scoring.maps import model_spacing
 from mri_anomaly.scoring.slice_norms import check_map_profile
 from mri_anomaly.training.checkpoint import load_checkpoint
 from mri_anomaly.training.config import ConfigError, config_differences, config_from_yaml
@@ -50,7 +51,12 @@ def build_method(config: Mapping[str, Any]) -> AnomalyMethod:
     """
     cls = get_method_class(config["method"])
     try:
-        return cls.from_config(config["spatial_dims"], config["in_channels"], dict(config.get("model") or {}))
+        return cls.from_config(
+            config["spatial_dims"],
+            config["in_channels"],
+            dict(config.get("model") or {}),
+            model_spacing=model_spacing(config),
+        )
     except ValueError as err:
         if isinstance(err, UserInputError):
             raise

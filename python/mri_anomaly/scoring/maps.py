@@ -46,6 +46,7 @@ __all__ = [
     "MAP_SLICE_PROFILE",
     "MAP_TOP_VOLUME",
     "erosion_voxels",
+    "model_spacing",
     "is_map_slice_column",
     "map_region",
     "map_score_columns",
@@ -74,7 +75,7 @@ def map_score_columns(map_names: Sequence[str]) -> list[str]:
     return [f"{name}_{suffix}" for name in map_names for suffix in (MAP_QUANTILE[0], MAP_TOP_VOLUME[0])]
 
 
-def _model_spacing(config: Mapping[str, Any]) -> tuple[float, float, float]:
+def model_spacing(config: Mapping[str, Any]) -> tuple[float, float, float]:
     """The model grid's voxel size in mm (``preprocessing.spacing``; 1 mm when the config keeps the input's)."""
     from mri_anomaly.data.preprocessing import resolve_preprocessing_config
 
@@ -87,12 +88,12 @@ def _model_spacing(config: Mapping[str, Any]) -> tuple[float, float, float]:
 def erosion_voxels(config: Mapping[str, Any]) -> tuple[int, int, int]:
     """``score.map_erosion_mm`` as voxels per axis of the model grid."""
     mm = float((config.get("score") or {}).get("map_erosion_mm", 0.0) or 0.0)
-    return tuple(int(round(mm / s)) for s in _model_spacing(config))  # type: ignore[return-value]
+    return tuple(int(round(mm / s)) for s in model_spacing(config))  # type: ignore[return-value]
 
 
 def top_voxels(config: Mapping[str, Any]) -> int:
     """How many voxels of the model grid fill ``MAP_TOP_VOLUME``'s 200 mm³ (at least one)."""
-    sx, sy, sz = _model_spacing(config)
+    sx, sy, sz = model_spacing(config)
     return max(1, int(round(MAP_TOP_VOLUME[1] / (sx * sy * sz))))
 
 

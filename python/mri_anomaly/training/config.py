@@ -177,7 +177,11 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
 def _check_model_kwargs(chk: ConfigChecker, method_cls: type, model: dict[str, Any]) -> None:
     """Check ``model:`` against the method's ``__init__``: unknown names, missing required ones, simple types."""
     sig = inspect.signature(method_cls.__init__)
-    params = {n: p for n, p in sig.parameters.items() if n not in ("self", "spatial_dims", "in_channels")}
+    params = {
+        n: p
+        for n, p in sig.parameters.items()
+        if n not in ("self", "spatial_dims", "in_channels", "model_spacing")
+    }
     accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     named = {
         n: p

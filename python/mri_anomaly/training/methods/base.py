@@ -75,8 +75,20 @@ class AnomalyMethod(nn.Module):
         return inspect.signature(cls.__init__).parameters[name].default
 
     @classmethod
-    def from_config(cls, spatial_dims: int, in_channels: int, params: dict[str, Any]) -> AnomalyMethod:
-        """Build from the ``model`` section of a validated config (keyword arguments of ``__init__``)."""
+    def from_config(
+        cls,
+        spatial_dims: int,
+        in_channels: int,
+        params: dict[str, Any],
+        model_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ) -> AnomalyMethod:
+        """Build from the ``model`` section of a validated config (keyword arguments of ``__init__``).
+
+        A method whose ``__init__`` takes ``model_spacing`` also gets the model grid's voxel size in mm (the
+        config's ``preprocessing.spacing``, like ``spatial_dims`` not a ``model:`` key), to turn sizes in mm into
+        voxels."""
+        if "model_spacing" in inspect.signature(cls.__init__).parameters:
+            params = {**params, "model_spacing": tuple(float(s) for s in model_spacing)}
         return cls(spatial_dims=spatial_dims, in_channels=in_channels, **params)
 
     def check_phase(self, phase: str) -> None:

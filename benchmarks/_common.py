@@ -195,3 +195,15 @@ def write_steps_doc(
     (docs / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (docs / f"{name}.md").write_text(md)
     return md
+
+
+def seed_runs(demo: Path, run: str) -> dict[str, Path]:
+    """``{seed: run dir}``: the demo's own run (seed 0) and the seeded copies ``DEMO/seeds/<s>/runs/<run>``
+    (from ``detection.py --seeds``) that exist."""
+    found = {"0": demo / "runs" / run}
+    seeds = demo / "seeds"
+    if seeds.is_dir():
+        for d in sorted(seeds.iterdir(), key=lambda p: p.name):
+            if (d / "runs" / run / "checkpoint.pt").is_file():
+                found[d.name] = d / "runs" / run
+    return {s: p for s, p in found.items() if (p / "checkpoint.pt").is_file()}

@@ -31,21 +31,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, seed_runs  # noqa: E402
 
 RUNS = ("glow2d-ratio", "glow3d-ratio")
 REGIONS = ("lesion", "other brain", "healthy scans")
-
-
-def seed_runs(demo: Path, run: str) -> dict[str, Path]:
-    """``{seed: run dir}``: the demo's own run (seed 0) and the seeded copies that exist."""
-    found = {"0": demo / "runs" / run}
-    seeds = demo / "seeds"
-    if seeds.is_dir():
-        for d in sorted(seeds.iterdir(), key=lambda p: p.name):
-            if (d / "runs" / run / "checkpoint.pt").is_file():
-                found[d.name] = d / "runs" / run
-    return {s: p for s, p in found.items() if (p / "checkpoint.pt").is_file()}
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@ two off; its positive residual ``max(x − x̂, 0)`` is then as bright along tho
 bright differs between training seeds. ``residual_tolerance_mm`` compares each voxel with the reconstruction's
 maximum over a box of that radius instead (:func:`mri_anomaly.training.methods.latent_norm.signed_residual`).
 This script rescores the demo's autoencoder runs (seed 0 and the seeded copies of ``detection.py --seeds``) with
-the trained weights unchanged and only the tolerance set, on the demo's validation and test scans, and reports:
+the trained weights unchanged and only the tolerance set (``--run latent-norm-ae-3d``, which the demo does not
+train: ``configs/<run>.yaml`` trained on the demo's cohort for each of ``--seeds`` first, into ``--out``), on the demo's validation and test scans, and reports:
 volume AUROC of ``residual_top200mm3`` (95 % CI) and its paired difference with ``intensity_top200mm3``, voxel
 AP, the healthy test scans' median ``residual_top200mm3``, and the Spearman correlation of the scans' scores
 with ``intensity_top200mm3`` (how much the map ranks scans like thresholding the image does). ``intensity``
@@ -13,9 +14,11 @@ is evaluated in the same run.
 
 Usage::
 
-    python benchmarks/residual_tolerance.py --demo demo-out [--tolerances 0 4 8 12] [--out DIR] [--docs DIR]
+    python benchmarks/residual_tolerance.py --demo demo-out [--run latent-norm-ae-2d] [--tolerances 0 4 8 12]
+        [--seeds 0 1 2] [--out DIR] [--docs DIR]
 
-Writes ``docs/benchmarks/residual_tolerance.md`` and ``.json`` with the command, machine, load and date.
+Writes ``docs/benchmarks/residual_tolerance.md`` (``residual_tolerance-3d.md`` for the 3D run) and ``.json`` with
+the command, machine, load and date.
 """
 
 from __future__ import annotations
@@ -34,11 +37,30 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import markdown_table, run_meta, seed_runs  # noqa: E402
+from _common import markdown_table, run_meta, seed_runs, train_steps_run  # noqa: E402
 
-RUN = "latent-norm-ae-2d"
+RUNS = ("latent-norm-ae-2d", "latent-norm-ae-3d")
 COLUMN = "residual_top200mm3"
 BASELINE = "intensity_top200mm3"
+
+
+def trained_runs(demo: Path, run: str, seeds: list[int], work: Path) -> dict[str, Path]:
+    """``{seed: run dir}``: the demo's runs of ``run`` when it trained them, else ``configs/<run>.yaml`` trained
+    on the demo's cohort with each seed into ``work/trained/seed<s>`` (reused when already there)."""
+    found = seed_runs(demo, run)
+    if found:
+        return found
+    from mri_anomaly.training.config import load_config
+
+    out = {}
+    for seed in seeds:
+        config = load_config(REPO / "configs" / f"{run}.yaml", [f"seed={seed}"])
+        steps = int(config["train"]["phases"]["train"]["steps"])
+        run_dir = work / "trained" / f"seed{seed}"
+        seconds = train_steps_run(config, demo / "data" / "datalist.json", run_dir, steps)
+        print(f"{run} seed {seed}: trained in {seconds:.0f} s", file=sys.stderr)
+        out[str(seed)] = run_dir
+    return out
 
 
 def run_with_tolerance(run_dir: Path, out: Path, tolerance_mm: float) -> Path:
@@ -106,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--demo", type=Path, required=True, help="a finished demo folder (with seeds/ if any)"
     )
+    parser.add_argument("--run", choices=RUNS, default=RUNS[0], help="the autoencoder run")
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.0, 4.0, 8.0, 12.0], help="mm")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to train when the demo has no such run"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="work folder (default DEMO/residual_tolerance)"
     )
@@ -115,13 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     from mri_anomaly.scoring.runner import score_datalist
 
     load_start, t0 = os.getloadavg()[0], time.time()
-    demo, work = args.demo.resolve(), (args.out or args.demo / "residual_tolerance").resolve()
+    demo = args.demo.resolve()
+    work = (args.out or args.demo / f"residual_tolerance-{args.run}").resolve()
     datalist = demo / "data" / "datalist.json"
     baseline_dir = demo / "scores" / "intensity"
     baseline = test_table(baseline_dir)
     intensity = measure(baseline_dir, baseline, datalist, BASELINE, work / "evaluation" / "intensity")
     results = {}
-    for seed, run_dir in seed_runs(demo, RUN).items():
+    for seed, run_dir in trained_runs(demo, args.run, args.seeds, work).items():
         for mm in args.tolerances:
             name = f"seed{seed}-{mm:g}mm"
             run = run_with_tolerance(run_dir, work / "runs" / name, mm)
@@ -135,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"seed {seed}, {mm:g} mm: AUROC {results[seed][f'{mm:g}']['auroc']:.3f}", file=sys.stderr)
     meta = run_meta("residual_tolerance.py", argv, load_start, t0, demo=str(args.demo))
+    three_d = args.run.endswith("3d")
+    origin = (
+        f"`configs/{args.run}.yaml` trained on the demo's cohort with seeds {', '.join(results)} (the demo does not "
+        "train it)"
+        if not seed_runs(demo, args.run)
+        else f"The demo's `{args.run}` runs (seed 0 and the seeds of `detection.py --seeds`)"
+    )
 
     def ci(v: dict, key: str, signed: bool = False) -> str:
         f = "{:+.3f}" if signed else "{:.3f}"
@@ -157,16 +191,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{np.mean([v['spearman_intensity'] for v in values]):.2f}"])  # fmt: skip
     n = intensity["n"]
     md = "\n".join([
-        "# Latent-norm autoencoder: the residual map's tolerance",
+        f"# Latent-norm autoencoder ({'3D' if three_d else '2D'}): the residual map's tolerance",
         "",
         f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
         f"Date: {meta['date']}; {meta['seconds']:.0f} s  ",
         f"Scans: the {n - intensity['n_anomalous']} healthy and {intensity['n_anomalous']} anomalous test scans "
         f"of `{args.demo}`; thresholds and voxel AP as `mri-anomaly evaluate` computes them.",
         "",
-        f"The demo's `{RUN}` runs (seed 0 and the seeds of `detection.py --seeds`), their trained weights "
-        "unchanged, rescored with `model.residual_tolerance_mm` set: each voxel's positive residual is taken "
-        "against the reconstruction's maximum within that radius in the slice (0: voxel by voxel, the map "
+        f"{origin}, their trained weights unchanged, rescored with `model.residual_tolerance_mm` set: each "
+        "voxel's positive residual is taken against the reconstruction's maximum within that radius "
+        f"{'in the volume' if three_d else 'in the slice'} (0: voxel by voxel, the map "
         "before the option). `− intensity`: paired AUROC difference with `intensity_top200mm3` on the same "
         "scans (95 % bootstrap CI). `healthy median`: the healthy test scans' median score. `Spearman with "
         "intensity`: rank correlation of all test scans' scores with `intensity_top200mm3`.",
@@ -182,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ])  # fmt: skip
     args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "residual_tolerance.md").write_text(md)
-    (args.docs / "residual_tolerance.json").write_text(
+    name = "residual_tolerance-3d" if three_d else "residual_tolerance"
+    (args.docs / f"{name}.md").write_text(md)
+    (args.docs / f"{name}.json").write_text(
         json.dumps({"meta": meta, "intensity": intensity, "results": results}, indent=2) + "\n"
     )
     print(md)

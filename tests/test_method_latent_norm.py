@@ -170,9 +170,10 @@ def test_tolerance_in_mm_becomes_voxels_of_the_model_grid() -> None:
         ["preprocessing.spacing=[1.0, 2.0, 3.0]", "model.residual_tolerance_mm=5"],
     )
     assert build_method(config).residual_tolerance == (5, 2)
-    config = load_config(CONFIGS / "latent-norm-ae-3d.yaml", ["model.residual_tolerance_mm=8"])
+    config = load_config(CONFIGS / "latent-norm-ae-3d.yaml")
+    assert config["model"]["residual_tolerance_mm"] == 8.0
     spacing = config["preprocessing"]["spacing"]
-    assert build_method(config).residual_tolerance == tuple(round(8 / s) for s in spacing)
+    assert build_method(config).residual_tolerance == tuple(round(8 / s) for s in spacing) == (2, 2, 2)
     # Runs from before the option (no key) keep the voxel-by-voxel map.
     assert LatentNormMethod(2, **SMALL).residual_tolerance == (0, 0)
     with pytest.raises(ConfigError, match="residual_tolerance_mm must be >= 0"):

@@ -5,9 +5,9 @@ two off; its positive residual ``max(x − x̂, 0)`` is then as bright along tho
 bright differs between training seeds. ``residual_tolerance_mm`` compares each voxel with the reconstruction's
 maximum over a box of that radius instead (:func:`mri_anomaly.training.methods.latent_norm.signed_residual`).
 This script rescores the demo's autoencoder runs (seed 0 and the seeded copies of ``detection.py --seeds``) with
-the trained weights unchanged and only the tolerance set (``--run latent-norm-ae-3d``, which the demo does not
-train: ``configs/<run>.yaml`` trained on the demo's cohort for each of ``--seeds`` first, into ``--out``), on the demo's validation and test scans, and reports:
-volume AUROC of ``residual_top200mm3`` (95 % CI) and its paired difference with ``intensity_top200mm3``, voxel
+the trained weights unchanged and only the tolerance set, on the demo's validation and test scans; for
+``--run latent-norm-ae-3d``, which the demo does not train, ``configs/<run>.yaml`` is first trained on the demo's
+cohort for each of ``--seeds`` (into ``--out``). It reports: volume AUROC of ``residual_top200mm3`` (95 % CI) and its paired difference with ``intensity_top200mm3``, voxel
 AP, the healthy test scans' median ``residual_top200mm3``, and the Spearman correlation of the scans' scores
 with ``intensity_top200mm3`` (how much the map ranks scans like thresholding the image does). ``intensity``
 is evaluated in the same run.
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to train when the demo has no such run"
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="work folder (default DEMO/residual_tolerance)"
+        "--out", type=Path, default=None, help="work folder (default DEMO/residual_tolerance-<run>)"
     )
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks")
     args = parser.parse_args(argv)
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline_dir = demo / "scores" / "intensity"
     baseline = test_table(baseline_dir)
     intensity = measure(baseline_dir, baseline, datalist, BASELINE, work / "evaluation" / "intensity")
+    from_demo = bool(seed_runs(demo, args.run))
     results = {}
     for seed, run_dir in trained_runs(demo, args.run, args.seeds, work).items():
         for mm in args.tolerances:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     origin = (
         f"`configs/{args.run}.yaml` trained on the demo's cohort with seeds {', '.join(results)} (the demo does not "
         "train it)"
-        if not seed_runs(demo, args.run)
+        if not from_demo
         else f"The demo's `{args.run}` runs (seed 0 and the seeds of `detection.py --seeds`)"
     )
 

@@ -46,11 +46,11 @@ __all__ = [
     "MAP_SLICE_PROFILE",
     "MAP_TOP_VOLUME",
     "erosion_voxels",
-    "model_spacing",
     "is_map_slice_column",
     "map_region",
     "map_score_columns",
     "map_volume_scores",
+    "model_spacing",
     "restrict_map",
     "top_voxels",
 ]

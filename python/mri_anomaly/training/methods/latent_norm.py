@@ -14,9 +14,10 @@ around it (in the slice for 2D, in the volume for 3D): ``max(x − max_box x̂, 
 ``max(min_box x̂ − x, 0)`` for the negative one. A reconstruction that draws an edge a few millimetres off
 (ventricles, sulci: the code is 32 numbers for a whole slice) then leaves no residual along it, while a
 lesion brighter than every healthy voxel nearby keeps its own. Measured on the demo's test scans, the
-2D FLAIR model's three seeds: ``residual_top200mm3`` 0.914 / 0.819 / 0.648 exact, 0.927 / 0.920 / 0.826
-at 8 mm (``docs/benchmarks/residual_tolerance.md``). The price: the map ranks scans more like the image's
-intensity does (Spearman 0.92 → 0.97 at seed 0; the 3D model's 0.90 → 1.00), so it can approach
+2D FLAIR model's three seeds: ``residual_top200mm3`` 0.914 / 0.819 / 0.648 voxel by voxel, 0.927 / 0.920 /
+0.826 at 8 mm when trained with Adam at 1e-3; 0.906 / 0.898 / 0.908 and 0.918 / 0.931 / 0.927 at the shipped
+3e-4 (``docs/benchmarks/residual_tolerance.md``). The price: the map ranks scans more like the image's
+intensity does (Spearman 0.93 → 0.97 at seed 0; the 3D model's 0.90 → 1.00), so it can approach
 thresholding but not pass it.
 
 β: for our [0, 1] inputs the default ``beta = 1.0`` is meant for 40×48 slices. Measured on the demo

@@ -126,6 +126,36 @@ def test_bootstrap_is_deterministic_and_clustered_is_wider():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n", [2, 7, 300, 5000])
+def test_roc_counts_is_sklearn_roc_curve(seed, n):
+    """The NumPy ROC curve is scikit-learn's, point for point (ties, a single distinct score, both orders of
+    tied labels), and the AUROC read off it is ``sklearn.metrics.auc`` of that curve to the last bit (what
+    ``binary_metrics`` read off scikit-learn's curve before; ``roc_auc_score`` drops collinear points first,
+    which moves the last bit)."""
+    from mri_anomaly.evaluation.metrics import curve_counts, roc_counts
+    from sklearn.metrics import auc, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    for s in (
+        np.round(rng.normal(size=n) + y, 1),
+        rng.normal(size=n),
+        np.zeros(n),
+        -np.round(y + 0.5 * rng.random(n)),
+    ):
+        s = s.astype(np.float64)
+        fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+        fps, tps, ours = roc_counts(y, s)
+        np.testing.assert_array_equal(ours, thresholds)
+        np.testing.assert_array_equal(fps / fps[-1], fpr)
+        np.testing.assert_array_equal(tps / tps[-1], tpr)
+        assert np.array_equal(curve_counts(y, s)[0], fpr) and np.array_equal(curve_counts(y, s)[1], tpr)
+        assert binary_metrics(y, s)["auroc"] == auc(fpr, tpr)
+        assert binary_metrics(y, s)["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_one_curve_metrics_equal_sklearn_functions(seed):
     """binary_metrics / voxel_metrics_fn read AUROC, AP and Dice off one ROC curve; they must equal the
     scikit-learn functions exactly, with ties (rounded scores) and non-finite scores."""

@@ -13,10 +13,13 @@ the convention that a sample is called anomalous when its score is ``>=`` the th
   its threshold (an oracle upper bound, as in MedIAnomaly/UPD; the threshold is chosen on the data it is
   scored on).
 
-:func:`binary_metrics` (what the bootstrap calls thousands of times) reads everything off **one**
-``roc_curve`` call: AUROC as ``sklearn.metrics.auc`` of that curve (what ``roc_auc_score`` computes) and AP
-as scikit-learn's step sum over the same thresholds (what ``average_precision_score`` computes); the tests
-hold both to the scikit-learn functions, ties included.
+:func:`binary_metrics` (what the bootstrap calls thousands of times) reads everything off **one** ROC curve,
+computed by :func:`roc_counts` in NumPy with ``roc_curve``'s own steps (stable descending sort, one point per
+distinct score, cumulative counts in float64): AUROC as the trapezoid area of that curve (what ``auc`` and
+``roc_auc_score`` compute) and AP as scikit-learn's step sum over the same thresholds (what
+``average_precision_score`` computes). scikit-learn's own call spends most of its time validating its input
+(on the demo, 7 of every 10 seconds of the evaluation's bootstrap); the tests hold every value to the
+scikit-learn functions exactly, ties and non-finite scores included.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 __all__ = [
     "DEFAULT_SPECIFICITIES",
@@ -36,6 +39,7 @@ __all__ = [
     "curve_counts",
     "finite_ranked",
     "fpr_at_tpr",
+    "roc_counts",
     "sensitivity_at_specificity",
     "spec_key",
     "voxel_metrics_fn",
@@ -152,17 +156,38 @@ def best_dice(y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarray) -> 
     return float(dice[i]), float(thresholds[i])
 
 
+def roc_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``sklearn.metrics.roc_curve(y, s, drop_intermediate=False)`` as counts, without its input validation.
+
+    Args:
+        y: (N,) int labels in {0, 1}, both present. s: (N,) finite float64 scores (see :func:`check_binary`).
+
+    Returns:
+        ``(fps, tps, thresholds)`` (float64), one entry per distinct score in descending order after the point
+        of threshold +inf: the numbers of healthy/anomalous samples with score >= each threshold.
+    """
+    order = np.argsort(-s, kind="stable")  # descending; the order inside ties does not reach the counts
+    s_sorted = s[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]  # the last index of each distinct score
+    tps = np.cumsum(y[order], dtype=np.float64)[last]
+    fps = 1.0 + last.astype(np.float64) - tps
+    return np.r_[0.0, fps], np.r_[0.0, tps], np.r_[np.inf, s_sorted[last]]
+
+
 def curve_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One ``sklearn.metrics.roc_curve`` (every threshold kept), as rates and counts.
+    """One ROC curve (every threshold kept, as ``sklearn.metrics.roc_curve``), as rates and counts.
 
     Returns:
         ``(fpr, tpr, fps, tps)``, each starting with the point (0, 0) of threshold +inf; ``fps``/``tps`` are the
         numbers of healthy/anomalous samples with score >= each threshold.
     """
-    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    return fpr, tpr, np.rint(fpr * n_neg), np.rint(tpr * n_pos)
+    fps, tps, _ = roc_counts(y, s)
+    return fps / fps[-1], tps / tps[-1], fps, tps
+
+
+def _trapezoid_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    # sklearn.metrics.auc of a ROC curve: fpr never decreases, so its area is the plain trapezoid sum
+    return float(np.trapezoid(tpr, fpr))
 
 
 def _ap_from_counts(fps: np.ndarray, tps: np.ndarray) -> float:
@@ -188,7 +213,7 @@ def binary_metrics(
     y, s = check_binary(y_true, y_score, name=name)
     fpr, tpr_curve, fps, tps = curve_counts(y, s)
     out = {
-        "auroc": float(auc(fpr, tpr_curve)),
+        "auroc": _trapezoid_auc(fpr, tpr_curve),
         "ap": _ap_from_counts(fps, tps),
         f"fpr_at_{round(tpr * 100):d}tpr": _fpr_at_tpr(fpr, tpr_curve, tpr),
     }
@@ -204,13 +229,12 @@ def voxel_metrics_fn(y_true: Sequence | np.ndarray, y_score: Sequence | np.ndarr
     :func:`best_dice`.
     """
     y, s = check_binary(y_true, y_score, name="voxels")
-    fpr, tpr_curve, thresholds = roc_curve(y, s, drop_intermediate=False)
-    n_pos = int(y.sum())
-    fps, tps = np.rint(fpr * (y.size - n_pos)), np.rint(tpr_curve * n_pos)
+    fps, tps, thresholds = roc_counts(y, s)
+    n_pos = tps[-1]
     dice = 2.0 * tps[1:] / (tps[1:] + fps[1:] + n_pos)
     i = int(np.argmax(dice))
     return {
-        "auroc": float(auc(fpr, tpr_curve)),
+        "auroc": _trapezoid_auc(fps / fps[-1], tps / n_pos),
         "ap": _ap_from_counts(fps, tps),
         "best_dice": float(dice[i]),
         "best_dice_threshold": float(thresholds[i + 1]),

@@ -18,7 +18,7 @@ computed by :func:`roc_counts` in NumPy with ``roc_curve``'s own steps (stable d
 distinct score, cumulative counts in float64): AUROC as the trapezoid area of that curve (what ``auc`` and
 ``roc_auc_score`` compute) and AP as scikit-learn's step sum over the same thresholds (what
 ``average_precision_score`` computes). scikit-learn's own call spends most of its time validating its input
-(on the demo, 7 of every 10 seconds of the evaluation's bootstrap); the tests hold every value to the
+(on the demo, four fifths of the evaluation's bootstrap time); the tests hold every value to the
 scikit-learn functions exactly, ties and non-finite scores included.
 """
 

@@ -729,6 +729,11 @@ def seeds_markdown(seeds: dict) -> list[str]:
             )
         lines.append(row)
         lines.append("| pooled | |" + "".join(f" | | {_diff(c['pooled'])} |" for _, c in blocks))
+        lines += [
+            "",
+            "Where the difference is, and where this column loses it (cells, slices and every volume column, "
+            "over the same seeds): [deep_sad_transfer.md](deep_sad_transfer.md) (`benchmarks/deep_sad_transfer.py`).",
+        ]
     return lines
 
 

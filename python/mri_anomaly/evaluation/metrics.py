@@ -15,11 +15,12 @@ the convention that a sample is called anomalous when its score is ``>=`` the th
 
 :func:`binary_metrics` (what the bootstrap calls thousands of times) reads everything off **one** ROC curve,
 computed by :func:`roc_counts` in NumPy with ``roc_curve``'s own steps (stable descending sort, one point per
-distinct score, cumulative counts in float64): AUROC as the trapezoid area of that curve (what ``auc`` and
-``roc_auc_score`` compute) and AP as scikit-learn's step sum over the same thresholds (what
-``average_precision_score`` computes). scikit-learn's own call spends most of its time validating its input
-(on the demo, four fifths of the evaluation's bootstrap time); the tests hold every value to the
-scikit-learn functions exactly, ties and non-finite scores included.
+distinct score, cumulative counts in float64): AUROC as the trapezoid area of that curve (``auc`` of it bit
+for bit; ``roc_auc_score``, which drops collinear points first, to 1e-12) and AP as scikit-learn's step sum over
+the same thresholds (``average_precision_score`` to 1e-12). scikit-learn's own call spends most of its time
+validating its input (on the demo, four fifths of the evaluation's bootstrap time); the tests hold the curve to
+``roc_curve`` point for point and every value to the scikit-learn functions, ties and non-finite scores
+included.
 """
 
 from __future__ import annotations

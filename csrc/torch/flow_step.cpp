@@ -23,6 +23,9 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
+// MKL's per-thread thread count, C interface (returns the previous one; 0 = the global setting). mkl.h maps
+// mkl_set_num_threads_local to it; the exported lowercase symbol is the Fortran one (int*). Weak: other BLAS lack it.
+int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 }
 
 namespace mri_anomaly {
@@ -35,11 +38,17 @@ struct BlasGemm {
     const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
     const int m_ = int(m), n_ = int(n), k_ = int(k), lda_ = int(lda), ldb_ = int(ldb), ldc_ = int(ldc);
     const T one = T(1);
+    // One thread per GEMM: the kernels parallelise over chunks themselves and sum the chunks in a fixed order.
+    // Left to itself, MKL splits a GEMM's reduction (grad_w sums over a tile's voxels) across its own threads
+    // when it is called outside a parallel region (a single chunk runs inline), and grad_w then changed with
+    // the thread count in the last bits (Intel Xeon, MKL 2024.2).
+    const int previous = MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0;
     if constexpr (std::is_same_v<T, float>) {
       sgemm_(&ta, &tb, &m_, &n_, &k_, &one, a, &lda_, b, &ldb_, &beta, c, &ldc_);
     } else {
       dgemm_(&ta, &tb, &m_, &n_, &k_, &one, a, &lda_, b, &ldb_, &beta, c, &ldc_);
     }
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
   }
 };
 

@@ -197,6 +197,26 @@ def write_steps_doc(
     return md
 
 
+def demo_test_items(demo: Path) -> list[dict[str, Any]]:
+    """The demo's ``test`` datalist items with absolute ``image``/``mask`` paths, each with its ``lesion_kind``
+    from ``subjects.csv`` ('' for healthy scans)."""
+    import csv
+
+    data = demo / "data"
+    with open(data / "subjects.csv", newline="") as f:
+        kinds = {row["subject_id"]: row["lesion_kind"] for row in csv.DictReader(f)}
+    out = []
+    for it in json.loads((data / "datalist.json").read_text())["test"]:
+        it = dict(it)
+        for key in ("image", "mask"):
+            if key in it and not Path(it[key]).is_absolute():
+                it[key] = str(data / it[key])
+        # an anomalous scan missing from subjects.csv is a broken demo folder: KeyError, not a healthy scan
+        it["lesion_kind"] = kinds[str(it["subject_id"])] if it.get("label") == 1 else ""
+        out.append(it)
+    return out
+
+
 def seed_runs(demo: Path, run: str) -> dict[str, Path]:
     """``{seed: run dir}``: the demo's own run (seed 0) and the seeded copies ``DEMO/seeds/<s>/runs/<run>``
     (from ``detection.py --seeds``) that exist."""

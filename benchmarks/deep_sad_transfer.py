@@ -30,7 +30,6 @@ Writes ``docs/benchmarks/deep_sad_transfer.md`` and ``.json`` with the command, 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -44,29 +43,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model, markdown_table, seed_runs  # noqa: E402
+from _common import cpu_model, demo_test_items, markdown_table, seed_runs  # noqa: E402
 from detection import compare_over_seeds, load_seed_tables, ruff_finding  # noqa: E402
 
 RUNS = ("deep-svdd-2d", "deep-sad-2d")
 TEST_KINDS = ("focal", "ms", "tumour")
 GROUPS = ("taught", *TEST_KINDS)
-
-
-def test_items(demo: Path) -> list[dict]:
-    """The demo's test items, absolute paths, each with its ``lesion_kind`` ('' for healthy scans)."""
-    data = demo / "data"
-    datalist = json.loads((data / "datalist.json").read_text())
-    with open(data / "subjects.csv", newline="") as f:
-        kinds = {row["subject_id"]: row["lesion_kind"] for row in csv.DictReader(f)}
-    out = []
-    for it in datalist["test"]:
-        it = dict(it)
-        for key in ("image", "mask"):
-            if key in it and not Path(it[key]).is_absolute():
-                it[key] = str(data / it[key])
-        it["lesion_kind"] = kinds[str(it["subject_id"])] if it.get("label") == 1 else ""
-        out.append(it)
-    return out
 
 
 def counted_slices(
@@ -220,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if not seeds:
         raise SystemExit(f"{args.demo}: no seed with both {RUNS[0]} and {RUNS[1]} trained")
     sad, sad_config, _ = load_run(runs["deep-sad-2d"]["0"])
-    items = test_items(args.demo)
+    items = demo_test_items(args.demo)
     groups = counted_slices(items, sad_config)
     taught = taught_lesions(torch.cat([s for s, _ in groups["healthy"]]), sad.lesion_transform)
     print(f"slices ready ({time.time() - t0:.0f} s): {taught[0].shape[0]} taught lesions", file=sys.stderr)

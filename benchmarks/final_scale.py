@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model, seed_runs  # noqa: E402
+from _common import cpu_model, demo_test_items, seed_runs  # noqa: E402
 
 RUNS = ("glow2d-ratio", "glow3d-ratio")
 REGIONS = ("lesion", "other brain", "healthy scans")
@@ -85,18 +85,10 @@ def final_scale_parts(run_dir: Path, items: list[dict]) -> dict[str, dict[str, f
 
 def test_items(demo: Path, healthy: int, anomalous: int) -> list[dict]:
     """The first ``healthy`` healthy and ``anomalous`` anomalous test scans of the demo, absolute paths."""
-    datalist = json.loads((demo / "data" / "datalist.json").read_text())
-    test = datalist["test"]
-    chosen = [it for it in test if it.get("label") == 0][:healthy]
-    chosen += [it for it in test if it.get("label") == 1][:anomalous]
-    out = []
-    for it in chosen:
-        it = dict(it)
-        for key in ("image", "mask"):
-            if key in it and not Path(it[key]).is_absolute():
-                it[key] = str(demo / "data" / it[key])
-        out.append(it)
-    return out
+    test = demo_test_items(demo)
+    return [it for it in test if it.get("label") == 0][:healthy] + [
+        it for it in test if it.get("label") == 1
+    ][:anomalous]
 
 
 def to_markdown(results: dict) -> str:

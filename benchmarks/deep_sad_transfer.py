@@ -115,10 +115,12 @@ def cells(method, x: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torc
 
 
 def _auroc(negative: np.ndarray, positive: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+    """AUROC of ``positive`` scores against ``negative`` ones (the package's :func:`auroc`)."""
+    from mri_anomaly.evaluation.metrics import auroc
 
-    y = np.r_[np.zeros(len(negative)), np.ones(len(positive))]
-    return float(roc_auc_score(y, np.r_[negative, positive]))
+    return auroc(
+        np.r_[np.zeros(len(negative), np.int64), np.ones(len(positive), np.int64)], np.r_[negative, positive]
+    )
 
 
 def separation(

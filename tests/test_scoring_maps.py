@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mri_anomaly.scoring.maps import erosion_voxels, map_region, map_volume_scores, restrict_map, top_voxels
+from mri_anomaly.scoring.maps import (
+    dilate_box,
+    erosion_voxels,
+    map_region,
+    map_volume_scores,
+    restrict_map,
+    top_voxels,
+)
 from mri_anomaly.scoring.volume import score_volume, volume_score_columns_of
 from mri_anomaly.training import validate_config
 from mri_anomaly.training.methods import get_method_class
+from torch.nn import functional as F
 
 
 def _box_brain() -> torch.Tensor:
@@ -27,6 +35,17 @@ def test_region_is_the_brain_eroded_by_a_box():
     assert int(map_region(image, (2, 2, 1)).sum()) == 3 * 3 * 3
     # an erosion that removes everything falls back to the brain
     assert torch.equal(map_region(image, (4, 4, 4)), image > 0)
+
+
+@pytest.mark.parametrize("radius", [(0, 0, 0), (1, 1, 1), (2, 2, 2), (1, 2, 3), (0, 3, 1), (6, 1, 9)])
+@pytest.mark.parametrize("density", [0.002, 0.05, 0.5])
+def test_dilate_box_is_the_binary_max_pool(radius, density):
+    # the reference: max_pool3d of the 2r + 1 box, padded with -inf (beyond the grid adds nothing)
+    generator = torch.Generator().manual_seed(len(radius) * 7 + int(density * 1000))
+    mask = torch.rand(2, 9, 11, 7, generator=generator) < density
+    kernel = tuple(2 * r + 1 for r in radius)
+    expected = F.max_pool3d(mask.float()[None], kernel, stride=1, padding=radius)[0] > 0.5
+    assert torch.equal(dilate_box(mask, radius), expected)
 
 
 def test_restricted_map_and_its_quantile_by_hand():

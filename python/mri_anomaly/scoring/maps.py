@@ -36,7 +36,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from mri_anomaly.scoring.brain import brain_mask
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
@@ -45,6 +44,7 @@ __all__ = [
     "MAP_QUANTILE",
     "MAP_SLICE_PROFILE",
     "MAP_TOP_VOLUME",
+    "dilate_box",
     "erosion_voxels",
     "is_map_slice_column",
     "map_region",
@@ -103,13 +103,24 @@ def map_region(image: torch.Tensor, erosion: Sequence[int]) -> torch.Tensor:
     brain = brain_mask(image[None])[0]  # (1, H, W, D)
     if not any(erosion) or not bool(brain.any()):
         return brain
-    kernel = tuple(2 * int(e) + 1 for e in erosion)
-    outside = (~brain).float()[None]  # (1, 1, H, W, D)
-    # a voxel survives when no non-brain voxel is within the box around it (zero padding: beyond the grid is
-    # treated as brain, the preprocessing's crop margin keeps the brain off the border)
-    near_outside = F.max_pool3d(outside, kernel, stride=1, padding=tuple(e for e in erosion))[0]
-    region = brain & (near_outside < 0.5)
+    # a voxel survives when no non-brain voxel is within the box around it (beyond the grid counts as brain:
+    # the preprocessing's crop margin keeps the brain off the border)
+    region = brain & ~dilate_box(~brain, erosion)
     return region if bool(region.any()) else brain
+
+
+def dilate_box(mask: torch.Tensor, radius: Sequence[int]) -> torch.Tensor:
+    """``mask`` (..., H, W, D) bool dilated by a box of ``radius`` voxels per spatial axis (the last three);
+    beyond the grid counts as False. One axis at a time with shifted ORs: the binary ``max_pool3d`` of a
+    ``2r + 1`` box (which it equals exactly), about 100× faster on the CPU."""
+    for axis, r in zip(range(mask.ndim - 3, mask.ndim), radius, strict=True):
+        n = mask.shape[axis]
+        grown = mask.clone()
+        for shift in range(1, min(int(r), n - 1) + 1):
+            grown.narrow(axis, 0, n - shift).logical_or_(mask.narrow(axis, shift, n - shift))
+            grown.narrow(axis, shift, n - shift).logical_or_(mask.narrow(axis, 0, n - shift))
+        mask = grown
+    return mask
 
 
 def restrict_map(volume_map: torch.Tensor, region: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,12 @@ The interval is the percentile interval of the replicates (``confidence`` = 0.95
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mri_anomaly.evaluation.metrics import binary_metrics, check_binary
+from mri_anomaly.evaluation.metrics import binary_metrics, binary_metrics_from_counts, check_binary
 
 __all__ = ["auroc_difference_with_ci", "auroc_with_ci", "bootstrap_ci", "metrics_with_ci"]
 
@@ -41,6 +42,29 @@ def _replicate_indices(
         picked = rng.integers(0, uniq.size, uniq.size)
         out.append(np.concatenate([members[g] for g in picked]))
     return out
+
+
+def _replicate_metrics(
+    y: np.ndarray, s: np.ndarray, metric_fn: MetricFn
+) -> Callable[[np.ndarray], dict[str, float]]:
+    """``idx -> metric_fn(y[idx], s[idx])``. For :func:`binary_metrics` without sorting each replicate: the
+    scores are ranked once (distinct values, descending) and a replicate's ROC counts are the cumulative counts
+    of its draws per distinct score, the very curve :func:`roc_counts` sorts out of ``s[idx]`` (float64 sums of
+    whole numbers, exact), so every value is bit for bit the same."""
+    if metric_fn is not binary_metrics:
+        return lambda idx: metric_fn(y[idx], s[idx])
+    _, rank = np.unique(-s, return_inverse=True)  # 0 = the highest score
+    n_distinct = int(rank.max()) + 1
+
+    def from_counts(idx: np.ndarray) -> dict[str, float]:
+        drawn = np.bincount(rank[idx], minlength=n_distinct)
+        anomalous = np.bincount(rank[idx], weights=y[idx], minlength=n_distinct)
+        present = drawn > 0
+        tps = np.cumsum(anomalous[present])
+        fps = np.cumsum(drawn[present].astype(np.float64)) - tps
+        return binary_metrics_from_counts(np.r_[0.0, fps], np.r_[0.0, tps])
+
+    return from_counts
 
 
 def bootstrap_ci(
@@ -74,15 +98,15 @@ def bootstrap_ci(
     if g is not None and g.shape != y.shape:
         raise ValueError(f"groups has {g.size} entries for {y.size} samples")
     rng = np.random.default_rng(seed)
+    replicate_metrics = _replicate_metrics(y, s, metric_fn)
     values: dict[str, list[float]] = {}
     n_valid = 0
     for idx in _replicate_indices(y, g, n_resamples, rng):
-        yb = y[idx]
-        n_pos = int(yb.sum())
-        if n_pos == 0 or n_pos == yb.size:
+        n_pos = int(y[idx].sum())
+        if n_pos == 0 or n_pos == idx.size:
             continue
         n_valid += 1
-        for key, value in metric_fn(yb, s[idx]).items():
+        for key, value in replicate_metrics(idx).items():
             values.setdefault(key, []).append(value)
     alpha = (1.0 - confidence) / 2.0
     cis: dict[str, tuple[float, float]] = {}
@@ -135,16 +159,26 @@ def _pair_matrix(y: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def _stratified_weights(y: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """How often each anomalous / healthy sample is drawn in each stratified replicate: (R, n_pos), (R, n_neg)."""
+    """How often each anomalous / healthy sample is drawn in each stratified replicate: (R, n_pos), (R, n_neg)
+    (read-only: the same class sizes and seed give the same draws, computed once)."""
+    return _stratified_weights_of(int((y == 1).sum()), int((y == 0).sum()), n_resamples, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _stratified_weights_of(
+    n_pos: int, n_neg: int, n_resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    # an evaluation draws the same replicates for every score column of a run (hundreds of calls)
     rng = np.random.default_rng(seed)
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     w_pos = np.stack(
         [np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos) for _ in range(n_resamples)]
     )
     w_neg = np.stack(
         [np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg) for _ in range(n_resamples)]
     )
-    return w_pos.astype(np.float64), w_neg.astype(np.float64)
+    w_pos, w_neg = w_pos.astype(np.float64), w_neg.astype(np.float64)
+    w_pos.flags.writeable = w_neg.flags.writeable = False
+    return w_pos, w_neg
 
 
 def auroc_with_ci(

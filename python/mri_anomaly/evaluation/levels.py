@@ -27,7 +27,7 @@ from mri_anomaly.evaluation.thresholds import (
     refuse_few_scans,
     save_thresholds,
 )
-from mri_anomaly.evaluation.voxel import VoxelCase, voxel_metrics
+from mri_anomaly.evaluation.voxel import ScanVoxels, VoxelCase, voxel_metrics
 
 __all__ = [
     "CONTROL_RUN",
@@ -65,6 +65,8 @@ class Evaluation:
     thresholds_by_key: dict[str, float] = field(default_factory=dict)
     control_done: bool = False
     allow_few_calibration_scans: bool = False
+    voxel_scans: dict[tuple, ScanVoxels] = field(default_factory=dict)
+    """the evaluated voxels of each scan, read once for all maps of all runs (:func:`~mri_anomaly.evaluation.voxel.load_case_voxels`)"""
 
     def key(self, ss: ScoreTables, column: str) -> str:
         return f"{ss.name}/{column}" if self.several else column
@@ -313,7 +315,9 @@ def voxel_level(ev: Evaluation, ss: ScoreTables, scans: pd.DataFrame) -> None:
         ev.log(f"{ss.name}: voxel level, map {map_name!r}, {len(cases)} scans")
         key = ev.key(ss, map_name)
         try:
-            ev.metrics["voxel"][key] = voxel_metrics(cases, ev.max_voxels, ev.n_bootstrap_voxel, ev.seed)
+            ev.metrics["voxel"][key] = voxel_metrics(
+                cases, ev.max_voxels, ev.n_bootstrap_voxel, ev.seed, scans=ev.voxel_scans
+            )
         except ValueError as err:
             ev.metrics["voxel"][key] = {"error": str(err), "n_scans": len(cases)}
         ev.metrics["voxel"][key]["_cases"] = cases  # for the overlay figure; removed before writing

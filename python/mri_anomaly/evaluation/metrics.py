@@ -36,6 +36,7 @@ __all__ = [
     "average_precision",
     "best_dice",
     "binary_metrics",
+    "binary_metrics_from_counts",
     "check_binary",
     "curve_counts",
     "finite_ranked",
@@ -212,7 +213,19 @@ def binary_metrics(
         ``tpr`` and ``specificities``).
     """
     y, s = check_binary(y_true, y_score, name=name)
-    fpr, tpr_curve, fps, tps = curve_counts(y, s)
+    fps, tps, _ = roc_counts(y, s)
+    return binary_metrics_from_counts(fps, tps, specificities, tpr)
+
+
+def binary_metrics_from_counts(
+    fps: np.ndarray,
+    tps: np.ndarray,
+    specificities: Sequence[float] = DEFAULT_SPECIFICITIES,
+    tpr: float = 0.95,
+) -> dict[str, float]:
+    """:func:`binary_metrics` of the ROC curve ``(fps, tps)`` of :func:`roc_counts` (the bootstrap builds the
+    counts of its replicates without sorting them again)."""
+    fpr, tpr_curve = fps / fps[-1], tps / tps[-1]
     out = {
         "auroc": _trapezoid_auc(fpr, tpr_curve),
         "ap": _ap_from_counts(fps, tps),

@@ -30,10 +30,12 @@ from mri_anomaly.evaluation.metrics import voxel_metrics_fn
 
 __all__ = [
     "N_BINS",
+    "ScanVoxels",
     "VoxelCase",
     "binned_bootstrap_ci",
     "binned_curve_metrics",
     "load_case_voxels",
+    "scan_voxels",
     "voxel_metrics",
 ]
 
@@ -69,24 +71,28 @@ def _load(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, img.affine
 
 
-def load_case_voxels(
-    case: VoxelCase, max_voxels: int | None = 100_000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """The (score, truth) voxel pairs of one scan inside its brain region, subsampled deterministically.
+@dataclass(frozen=True)
+class ScanVoxels:
+    """The map-independent part of a case: the scan's grid and its evaluated voxels (flat indices, int32
+    when they fit) with their truth, about 0.5 MB a scan at 100,000 voxels."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    index: np.ndarray
+    truth: np.ndarray
+
+
+def scan_voxels(case: VoxelCase, max_voxels: int | None = 100_000, seed: int = 0) -> ScanVoxels:
+    """Read the scan, its lesion mask and brain region and pick its evaluated voxels (subsampled
+    deterministically with ``seed``).
 
     Raises:
-        InputFileError: a file is missing/unreadable, or map/mask/brain grids differ from the scan's.
+        InputFileError: a file is missing/unreadable, or the mask/brain grids differ from the scan's.
     """
     from mri_anomaly.data.intensity import estimate_foreground
     from mri_anomaly.data.io import InputFileError
 
-    amap, map_affine = _load(case.map, "anomaly map")
     image, image_affine = _load(case.image, "image")
-    if amap.shape != image.shape or not np.allclose(map_affine, image_affine, atol=1e-3):
-        raise InputFileError(
-            case.map,
-            f"anomaly map grid {amap.shape} does not match the scan {case.image} {image.shape} (maps must be in input space)",
-        )
     if case.mask:
         mask, _ = _load(case.mask, "mask")
         if mask.shape != image.shape:
@@ -112,7 +118,40 @@ def load_case_voxels(
     if max_voxels is not None and idx.size > max_voxels:
         rng = np.random.default_rng(seed)
         idx = np.sort(rng.choice(idx, max_voxels, replace=False))
-    return amap.reshape(-1)[idx].astype(np.float64), truth.reshape(-1)[idx].astype(np.int64)
+    if image.size <= np.iinfo(np.int32).max:
+        idx = idx.astype(np.int32)
+    return ScanVoxels(image.shape, image_affine, idx, truth.reshape(-1)[idx])
+
+
+def load_case_voxels(
+    case: VoxelCase,
+    max_voxels: int | None = 100_000,
+    seed: int = 0,
+    scans: dict[tuple, ScanVoxels] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (score, truth) voxel pairs of one scan inside its brain region, subsampled deterministically.
+
+    ``scans``: a cache of :func:`scan_voxels` shared by the maps of the same scans (every map of every run is
+    evaluated on the same voxels, so the scan, its mask and brain are read once).
+
+    Raises:
+        InputFileError: a file is missing/unreadable, or map/mask/brain grids differ from the scan's.
+    """
+    from mri_anomaly.data.io import InputFileError
+
+    amap, map_affine = _load(case.map, "anomaly map")
+    key = (case.image, case.mask, case.brain_mask, case.label, max_voxels, seed)
+    scan = scans.get(key) if scans is not None else None
+    if scan is None:
+        scan = scan_voxels(case, max_voxels, seed)
+        if scans is not None:
+            scans[key] = scan
+    if amap.shape != scan.shape or not np.allclose(map_affine, scan.affine, atol=1e-3):
+        raise InputFileError(
+            case.map,
+            f"anomaly map grid {amap.shape} does not match the scan {case.image} {scan.shape} (maps must be in input space)",
+        )
+    return amap.reshape(-1)[scan.index].astype(np.float64), scan.truth.astype(np.int64)
 
 
 def voxel_metrics(
@@ -120,8 +159,9 @@ def voxel_metrics(
     max_voxels: int | None = 100_000,
     n_resamples: int = 100,
     seed: int = 0,
+    scans: dict[tuple, ScanVoxels] | None = None,
 ) -> dict:
-    """Pooled voxel metrics of ``cases`` with a bootstrap over scans.
+    """Pooled voxel metrics of ``cases`` with a bootstrap over scans (``scans``: see :func:`load_case_voxels`).
 
     Returns:
         ``{"auroc", "ap", "best_dice", "best_dice_threshold", "<each>_ci", "n": voxels, "n_anomalous": lesion
@@ -132,7 +172,7 @@ def voxel_metrics(
     """
     scores, truths, groups = [], [], []
     for i, case in enumerate(cases):
-        s, t = load_case_voxels(case, max_voxels=max_voxels, seed=seed + i)
+        s, t = load_case_voxels(case, max_voxels=max_voxels, seed=seed + i, scans=scans)
         scores.append(s)
         truths.append(t)
         groups.append(np.full(s.size, i))

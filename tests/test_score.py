@@ -15,6 +15,7 @@ import torch
 from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
 from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label
 from mri_anomaly.scoring.brain import slice_brain_statistic
+from mri_anomaly.scoring.items import PreprocessedCache
 from mri_anomaly.scoring.runner import score_datalist
 from mri_anomaly.training import Trainer, validate_config
 
@@ -170,6 +171,29 @@ def test_voxel_maps_are_float32_in_the_input_space(scored, demo_cohort):
         assert result.get_data_dtype() == np.float32
         values = np.asarray(result.dataobj)
         assert np.isfinite(values).all() and values.max() > 0  # residuals inside the brain
+
+
+def test_a_shared_preprocessed_cache_reads_each_scan_once_and_changes_nothing(
+    scored, trained_2d_run, demo_cohort, tmp_path, monkeypatch
+):
+    from mri_anomaly.data import VolumeDataset
+
+    reads = []
+    original = VolumeDataset.__getitem__
+    monkeypatch.setattr(VolumeDataset, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
+    cache = PreprocessedCache()
+    sections = ("validation", "test")
+    n = sum(len(load_datalist(demo_cohort)[s]) for s in sections)
+    for k in range(3):  # the first call fills the cache; the later ones (other outputs) read nothing
+        out = tmp_path / f"out{k}"
+        score_datalist(
+            trained_2d_run, demo_cohort, out, sections=sections, progress=False, preprocessed_cache=cache
+        )
+        assert len(reads) == n and len(cache.items) == n
+        for table in ("scores.csv", "slice_scores.csv"):
+            assert read_csv(out / table) == read_csv(scored / table)
+        for r in read_csv(out / "scores.csv"):  # maps taken back to the input space from the cached metadata
+            assert (out / r["map:residual"]).read_bytes() == (scored / r["map:residual"]).read_bytes()
 
 
 def _corrupt_datalist(demo_cohort: Path, folder: Path) -> Path:

@@ -176,6 +176,7 @@ def _train_and_score(
 ) -> list[Path]:
     """The train and score stages of ``runs`` into ``out/runs/<name>`` and ``out/scores/<name>``; returns the
     score folders."""
+    from mri_anomaly.scoring.items import PreprocessedCache
     from mri_anomaly.scoring.runner import score_datalist
     from mri_anomaly.training import Trainer
 
@@ -192,6 +193,7 @@ def _train_and_score(
                 )
             state.mark(f"train:{r.name}", time.time() - t, c, steps=result.global_step)
     score_dirs = []
+    preprocessed = PreprocessedCache()  # the runs score the same scans, most of them preprocessed alike
     for r in runs:
         run_dir, score_dir = out / "runs" / r.name, out / "scores" / r.name
         score_dirs.append(score_dir)
@@ -204,6 +206,7 @@ def _train_and_score(
                 sections=("validation", "test"),
                 device=device,
                 progress=progress,
+                preprocessed_cache=preprocessed,
             )
             state.mark(f"score:{r.name}", time.time() - t, c)
     return score_dirs

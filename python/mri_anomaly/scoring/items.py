@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from mri_anomaly.data import VolumeDataset, unwrap_input_error
+from mri_anomaly.data import VolumeDataset, resolve_preprocessing_config, unwrap_input_error
 
-__all__ = ["PreprocessedItems", "error_text", "iterate_preprocessed"]
+__all__ = ["PreprocessedCache", "PreprocessedItems", "error_text", "iterate_preprocessed"]
+
+
+class PreprocessedCache:
+    """Preprocessed items shared by the :class:`PreprocessedItems` of one process (``num_workers=0``), e.g. the
+    demo's runs scoring the same scans: an item preprocessed under the same preprocessing config is read and
+    transformed once and held in memory (about 0.6 MB a scan on the demo's grid). Datasets of one config also
+    share its transform chain, which MONAI's inverse (maps back to the input space) checks by identity."""
+
+    def __init__(self) -> None:
+        self.transforms: dict[str, Any] = {}
+        self.items: dict[tuple[str, str], Any] = {}
 
 
 class PreprocessedItems(torch.utils.data.Dataset):
@@ -18,23 +31,41 @@ class PreprocessedItems(torch.utils.data.Dataset):
     Uncached :class:`mri_anomaly.data.VolumeDataset` items (the training preprocessing, item convention
     of the data module); a bad input file (an :class:`~mri_anomaly.data.InputFileError`, possibly wrapped by
     MONAI) becomes an error message naming it. Any other exception is raised: it is a bug, not a bad scan.
+    With a :class:`PreprocessedCache`, items already preprocessed under the same config come from it (copies);
+    errors are not cached, so a file fixed in between is read again.
     """
 
-    def __init__(self, items: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        config: Mapping[str, Any],
+        cache: PreprocessedCache | None = None,
+    ) -> None:
         self.items = [dict(it) for it in items]
+        preprocessing_config = resolve_preprocessing_config(config.get("preprocessing") or {})
+        self._config_key = json.dumps(preprocessing_config, sort_keys=True, default=str)
+        self.cache = cache
+        shared = cache.transforms.get(self._config_key) if cache is not None else None
         self.volumes = VolumeDataset(
             self.items,
-            preprocessing_config=config.get("preprocessing") or {},
+            preprocessing_config=preprocessing_config,
             cache="none",
             on_error="return",
+            transform=shared,
         )
         self.transform = self.volumes.transform
+        if cache is not None:
+            cache.transforms.setdefault(self._config_key, self.transform)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         item = self.items[i]
+        key = (self._config_key, json.dumps(item, sort_keys=True, default=str))
+        if self.cache is not None and key in self.cache.items:
+            # a copy: scoring inverts the preprocessing from the item's metadata, which must stay as it was
+            return i, copy.deepcopy(self.cache.items[key]), None
         try:
             data = self.volumes[i]
         except Exception as err:  # a bad input file is recorded, not fatal; anything else is a bug and raised
@@ -43,6 +74,8 @@ class PreprocessedItems(torch.utils.data.Dataset):
             return i, None, error_text(err, item)
         if "error" in data:
             return i, None, str(data["error"])
+        if self.cache is not None:
+            self.cache.items[key] = copy.deepcopy(data)
         return i, data, None
 
 

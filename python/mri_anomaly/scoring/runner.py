@@ -57,7 +57,7 @@ from mri_anomaly.data.preprocessing import CROP_FRACTION_KEY, preprocessed_chann
 from mri_anomaly.errors import UserInputError
 from mri_anomaly.files import atomic_write_json, atomic_write_with
 from mri_anomaly.runs import load_run, run_fingerprint, run_slice_norms, run_thresholds
-from mri_anomaly.scoring.items import PreprocessedItems, error_text, iterate_preprocessed
+from mri_anomaly.scoring.items import PreprocessedCache, PreprocessedItems, error_text, iterate_preprocessed
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 from mri_anomaly.scoring.slice_norms import RULE as SLICE_NORMS_RULE
 from mri_anomaly.scoring.tables import (
@@ -216,6 +216,7 @@ def score_datalist(
     save_maps: bool | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    preprocessed_cache: PreprocessedCache | None = None,
 ) -> ScoringSummary:
     """Score the ``sections`` of a datalist with the run in ``run_dir`` into ``out_dir`` (layout: module docstring).
 
@@ -229,6 +230,9 @@ def score_datalist(
         save_maps: write voxel maps (default: the config's ``score.save_maps``).
         num_workers: DataLoader workers that load and preprocess volumes ahead of the model.
         progress: a tqdm bar on rank 0.
+        preprocessed_cache: kept across calls that score the same scans (the demo's runs): each scan is
+            preprocessed once per preprocessing config (:class:`~mri_anomaly.scoring.items.PreprocessedCache`;
+            with ``num_workers=0``, where the items are made in this process).
 
     Returns:
         a :class:`ScoringSummary` (counts over all ranks).
@@ -274,7 +278,7 @@ def score_datalist(
     if main:
         atomic_write_json(out / META_FILE, _meta(run_dir, checkpoint, config, sections, layout, slice_norms))
 
-    dataset = PreprocessedItems([it for _, _, it in mine], config)
+    dataset = PreprocessedItems([it for _, _, it in mine], config, cache=preprocessed_cache)
     bar = None
     if progress and main:
         from tqdm.auto import tqdm

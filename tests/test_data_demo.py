@@ -54,6 +54,21 @@ def test_same_seed_same_arrays_other_seed_different(demo_cohort, tmp_path):
     assert strip(demo_cohort) == strip(again)  # relative paths: identical datalists
 
 
+def test_worker_processes_write_the_same_cohort(demo_cohort, tmp_path, monkeypatch):
+    import mri_anomaly.data.demo as demo
+
+    monkeypatch.setattr(demo, "MIN_SUBJECTS_FOR_WORKERS", 0)  # spawn workers even for 10 subjects
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parallel = make_demo_cohort(tmp_path / "parallel", seed=0, workers=2, **SMALL)
+    a, b = _arrays(demo_cohort), _arrays(parallel)
+    assert a.keys() == b.keys() and len(a) == 10 + 3
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert json.loads(Path(parallel).read_text()) == json.loads(Path(demo_cohort).read_text())
+    assert _subjects(parallel) == _subjects(demo_cohort)
+
+
 def test_datalist_sections_labels_and_masks(demo_cohort):
     dl = load_datalist(demo_cohort)  # validates: files exist, masks match their images' grid
     assert {k: len(v) for k, v in dl.items()} == {"training": 2, "validation": 1, "test": 4, "general": 3}

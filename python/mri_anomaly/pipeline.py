@@ -237,6 +237,7 @@ def run_demo(
         FileNotFoundError: a config is missing. ValueError: ``out`` holds a demo made with other settings.
     """
     from mri_anomaly.data import make_demo_cohort
+    from mri_anomaly.data.demo import default_workers
     from mri_anomaly.evaluation.evaluate import evaluate
 
     out = Path(out)
@@ -256,7 +257,7 @@ def run_demo(
     if stage("data", f"demo cohort -> {data_dir}"):
         t, c = time.time(), _cpu_time()
         kwargs = dict(SMOKE_COHORT) if smoke else {}
-        make_demo_cohort(data_dir, seed=seed, **kwargs)
+        make_demo_cohort(data_dir, seed=seed, workers=default_workers(), **kwargs)
         state.mark("data", time.time() - t, c)
     score_dirs = _train_and_score(out, runs, configs, datalist, state, stage, device, progress)
     report_dir = out / "report"

@@ -1,7 +1,7 @@
 """The ``demo-data`` and ``datalist`` subcommands; :func:`register_commands` adds them to ``mri-anomaly``.
 
 ``mri-anomaly demo-data --out DIR [--seed S] [--healthy N] [--anomalous N] [--general N] [--spacing MM]
-[--contrast t1|t2|flair[,...]] [--smooth-anatomy] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
+[--contrast t1|t2|flair[,...]] [--smooth-anatomy] [--workers N] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
 
 ``mri-anomaly datalist (--images GLOB [GLOB ...] | --folder DIR) [--masks GLOB ...] [--brain-masks GLOB ...]
 [--labels CSV] [--section auto|training|validation|test|general] [--val-fraction F] [--test-fraction F]
@@ -31,7 +31,7 @@ def demo_data_command(args: argparse.Namespace) -> int:
     """Handler of ``demo-data``; returns the exit code."""
     import time
 
-    from mri_anomaly.data.demo import make_demo_cohort
+    from mri_anomaly.data.demo import default_workers, make_demo_cohort
 
     t = time.time()
     try:
@@ -45,6 +45,7 @@ def demo_data_command(args: argparse.Namespace) -> int:
             contrast=args.contrast,
             progress=not args.quiet,
             smooth_anatomy=args.smooth_anatomy,
+            workers=args.workers if args.workers is not None else default_workers(),
         )
     except UserInputError as e:
         print(f"mri-anomaly demo-data: error: {e}", file=sys.stderr)
@@ -229,6 +230,12 @@ def register_commands(subparsers: Any) -> None:
         "a multi-contrast cohort, each datalist item listing one image per contrast",
     )
     p.add_argument("--montage", default=None, help="also write a PNG montage of examples here")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that make the subjects (default: the CPUs, at most 8; the files are the same for any number)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=demo_data_command)
 

@@ -593,6 +593,122 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: Any) -> None:
     nib.save(img, str(path))
 
 
+MIN_SUBJECTS_FOR_WORKERS = 32
+"""Smaller cohorts are made in this process: starting a worker (imports, the template) costs seconds."""
+
+_SUBJECT_NAMES = {
+    "training": "train",
+    "validation": "val",
+    "test": "test",
+    "anomalous": "anom",
+    "general": "gen",
+}
+
+
+@dataclass(frozen=True)
+class _SubjectTask:
+    """One subject of :func:`make_demo_cohort`'s plan: everything :func:`_write_subject` needs (picklable)."""
+
+    seed: int
+    section: str
+    group: str
+    index: int
+    lesion: str | None
+    contrast: str
+    extra: tuple[str, ...]
+    variation: _Variation
+    size: str
+    spacing: float
+    ms_files: list[Path]
+    out: Path
+
+
+def _write_subject(task: _SubjectTask) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Synthesise one subject from its own seed (seed, section, index), write its files; its datalist item and
+    ``subjects.csv`` row. A function of the task alone, so subjects can be made in any process and order."""
+    group, i, con, extra = task.group, task.index, task.contrast, task.extra
+    rng = np.random.default_rng([task.seed, _SECTION_CODE[group], i])
+    # general subjects mix contrasts: channel k of subject i is CONTRASTS[(i + k) % 3]
+    cons = [con] + [
+        CONTRASTS[(CONTRASTS.index(con) + k) % 3] if group == "general" else c for k, c in enumerate(extra, 1)
+    ]
+    s = synthesize_subject(
+        rng,
+        task.spacing,
+        con,
+        task.variation,
+        lesion=task.lesion,
+        ms_files=task.ms_files,
+        lesion_size=task.size,
+        extra_contrasts=cons[1:],
+        extra_rng=np.random.default_rng([task.seed, _SECTION_CODE[group], i, 1]) if extra else None,
+    )
+    sid = f"demo-{_SUBJECT_NAMES[group]}-{i:03d}"
+    if extra:
+        paths = [task.out / "images" / f"{sid}_{c}.nii.gz" for c in cons]
+    else:
+        paths = [task.out / "images" / f"{sid}.nii.gz"]
+    for arr, img_path in zip(s["images"], paths):
+        _save(arr, s["affine"], img_path, np.float32)
+    image: Any = [str(p_) for p_ in paths] if extra else str(paths[0])
+    item: dict[str, Any] = {"image": image, "subject_id": sid, "site": "demo"}
+    if group != "general":
+        item["label"] = 1 if task.lesion else 0
+    nvox = 0
+    if s["mask"] is not None:
+        mpath = task.out / "masks" / f"{sid}_mask.nii.gz"
+        _save(s["mask"], s["affine"], mpath, np.uint8)
+        item["mask"] = str(mpath)
+        nvox = int(s["mask"].sum())
+    volume_cm3 = nvox * task.spacing**3 / 1000.0
+    row = {
+        "subject_id": sid,
+        "section": task.section,
+        "label": item.get("label", ""),
+        "contrast": "+".join(cons),
+        "lesion_kind": s["lesion_kind"],
+        "lesion_variant": s["lesion_variant"],
+        "lesion_voxels": nvox,
+        "lesion_volume_cm3": round(volume_cm3, 4) if task.lesion else "",
+        "size_stratum": size_stratum(volume_cm3) if task.lesion else "",
+        "ms_source": s["ms_source"],
+    }
+    return item, row
+
+
+class _InProcess:
+    """``map`` in this process (one worker), with the pool's interface."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn, items, chunksize: int = 1):  # noqa: ARG002 - the pool's signature
+        return map(fn, items)
+
+
+def default_workers() -> int:
+    """The processes :func:`make_demo_cohort` uses from the CLI and the demo: this process's CPUs, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def _subject_pool(workers: int, n_tasks: int):
+    """Worker processes for the subjects (spawned: the parent may hold torch's thread pools, which do not
+    survive a fork), or this process for one worker or a cohort of a few subjects."""
+    if workers <= 1 or n_tasks < max(MIN_SUBJECTS_FOR_WORKERS, 2 * workers):
+        return _InProcess()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def make_demo_cohort(
     out_dir: str | os.PathLike,
     seed: int = DEMO_DEFAULTS["seed"],
@@ -604,6 +720,7 @@ def make_demo_cohort(
     ms_dir: str | os.PathLike | None = None,
     progress: bool = False,
     smooth_anatomy: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write the demo cohort (see the module docstring) and return the path of ``datalist.json``.
 
@@ -623,6 +740,8 @@ def make_demo_cohort(
         progress: print one line per section.
         smooth_anatomy: leave out the individual tissue texture and the periventricular signal
             (:data:`SMOOTH_ANATOMY`): every subject is the smooth template anatomy, as before 2026-12.
+        workers: processes that make the subjects (each from its own seed: the files are the same for any
+            number; the default 1 makes them in this process).
 
     Raises:
         ValueError: bad counts, spacing or contrast.
@@ -680,61 +799,18 @@ def make_demo_cohort(
     ]
     plan += [("general", "general", i, None, CONTRASTS[i % 3], general_var, "any") for i in range(general)]
 
+    tasks = [
+        _SubjectTask(int(seed), sec, group, i, lesion, con, extra, var, size, float(spacing), ms_files, out)
+        for sec, group, i, lesion, con, var, size in plan
+    ]
     datalist: dict[str, list[dict]] = {}
     rows = []
-    names = {"training": "train", "validation": "val", "test": "test", "anomalous": "anom", "general": "gen"}
-    for sec, group, i, lesion, con, var, size in plan:
-        rng = np.random.default_rng([int(seed), _SECTION_CODE[group], i])
-        # general subjects mix contrasts: channel k of subject i is CONTRASTS[(i + k) % 3]
-        cons = [con] + [
-            CONTRASTS[(CONTRASTS.index(con) + k) % 3] if group == "general" else c
-            for k, c in enumerate(extra, 1)
-        ]
-        s = synthesize_subject(
-            rng,
-            spacing,
-            con,
-            var,
-            lesion=lesion,
-            ms_files=ms_files,
-            lesion_size=size,
-            extra_contrasts=cons[1:],
-            extra_rng=np.random.default_rng([int(seed), _SECTION_CODE[group], i, 1]) if extra else None,
-        )
-        sid = f"demo-{names[group]}-{i:03d}"
-        if extra:
-            paths = [out / "images" / f"{sid}_{c}.nii.gz" for c in cons]
-        else:
-            paths = [out / "images" / f"{sid}.nii.gz"]
-        for arr, img_path in zip(s["images"], paths):
-            _save(arr, s["affine"], img_path, np.float32)
-        image: Any = [str(p_) for p_ in paths] if extra else str(paths[0])
-        item: dict[str, Any] = {"image": image, "subject_id": sid, "site": "demo"}
-        if group != "general":
-            item["label"] = 1 if lesion else 0
-        nvox = 0
-        if s["mask"] is not None:
-            mpath = out / "masks" / f"{sid}_mask.nii.gz"
-            _save(s["mask"], s["affine"], mpath, np.uint8)
-            item["mask"] = str(mpath)
-            nvox = int(s["mask"].sum())
-        datalist.setdefault(sec, []).append(item)
-        rows.append(
-            {
-                "subject_id": sid,
-                "section": sec,
-                "label": item.get("label", ""),
-                "contrast": "+".join(cons),
-                "lesion_kind": s["lesion_kind"],
-                "lesion_variant": s["lesion_variant"],
-                "lesion_voxels": nvox,
-                "lesion_volume_cm3": round(nvox * float(spacing) ** 3 / 1000.0, 4) if lesion else "",
-                "size_stratum": size_stratum(nvox * float(spacing) ** 3 / 1000.0) if lesion else "",
-                "ms_source": s["ms_source"],
-            }
-        )
-        if progress and i == 0:
-            print(f"demo-data: {group} ...", flush=True)
+    with _subject_pool(workers, len(tasks)) as pool:
+        for task, (item, row) in zip(tasks, pool.map(_write_subject, tasks, chunksize=4), strict=True):
+            datalist.setdefault(task.section, []).append(item)
+            rows.append(row)
+            if progress and task.index == 0:
+                print(f"demo-data: {task.group} ...", flush=True)
     meta = {
         "name": "mri-anomaly demo cohort",
         "description": (

@@ -57,8 +57,9 @@ def _replicate_metrics(
     n_distinct = int(rank.max()) + 1
 
     def from_counts(idx: np.ndarray) -> dict[str, float]:
-        drawn = np.bincount(rank[idx], minlength=n_distinct)
-        anomalous = np.bincount(rank[idx], weights=y[idx], minlength=n_distinct)
+        ranks = rank[idx]
+        drawn = np.bincount(ranks, minlength=n_distinct)
+        anomalous = np.bincount(ranks, weights=y[idx], minlength=n_distinct)
         present = drawn > 0
         tps = np.cumsum(anomalous[present])
         fps = np.cumsum(drawn[present].astype(np.float64)) - tps

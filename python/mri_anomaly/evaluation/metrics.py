@@ -13,7 +13,8 @@ the convention that a sample is called anomalous when its score is ``>=`` the th
   its threshold (an oracle upper bound, as in MedIAnomaly/UPD; the threshold is chosen on the data it is
   scored on).
 
-:func:`binary_metrics` (what the bootstrap calls thousands of times) reads everything off **one** ROC curve,
+:func:`binary_metrics` (what the bootstrap computes thousands of times, from each replicate's counts:
+:func:`binary_metrics_from_counts`) reads everything off **one** ROC curve,
 computed by :func:`roc_counts` in NumPy with ``roc_curve``'s own steps (stable descending sort, one point per
 distinct score, cumulative counts in float64): AUROC as the trapezoid area of that curve (``auc`` of it bit
 for bit; ``roc_auc_score``, which drops collinear points first, to 1e-12) and AP as scikit-learn's step sum over
@@ -38,7 +39,6 @@ __all__ = [
     "binary_metrics",
     "binary_metrics_from_counts",
     "check_binary",
-    "curve_counts",
     "finite_ranked",
     "fpr_at_tpr",
     "roc_counts",
@@ -174,17 +174,6 @@ def roc_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     tps = np.cumsum(y[order], dtype=np.float64)[last]
     fps = 1.0 + last.astype(np.float64) - tps
     return np.r_[0.0, fps], np.r_[0.0, tps], np.r_[np.inf, s_sorted[last]]
-
-
-def curve_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One ROC curve (every threshold kept, as ``sklearn.metrics.roc_curve``), as rates and counts.
-
-    Returns:
-        ``(fpr, tpr, fps, tps)``, each starting with the point (0, 0) of threshold +inf; ``fps``/``tps`` are the
-        numbers of healthy/anomalous samples with score >= each threshold.
-    """
-    fps, tps, _ = roc_counts(y, s)
-    return fps / fps[-1], tps / tps[-1], fps, tps
 
 
 def _trapezoid_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:

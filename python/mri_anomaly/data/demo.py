@@ -81,7 +81,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -676,19 +676,6 @@ def _write_subject(task: _SubjectTask) -> tuple[dict[str, Any], dict[str, Any]]:
     return item, row
 
 
-class _InProcess:
-    """``map`` in this process (one worker), with the pool's interface."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def map(self, fn, items, chunksize: int = 1):  # noqa: ARG002 - the pool's signature
-        return map(fn, items)
-
-
 def default_workers() -> int:
     """The processes :func:`make_demo_cohort` uses from the CLI and the demo: this process's CPUs, at most 8."""
     try:
@@ -698,15 +685,18 @@ def default_workers() -> int:
     return max(1, min(8, n))
 
 
-def _subject_pool(workers: int, n_tasks: int):
-    """Worker processes for the subjects (spawned: the parent may hold torch's thread pools, which do not
-    survive a fork), or this process for one worker or a cohort of a few subjects."""
+@contextlib.contextmanager
+def _subject_map(workers: int, n_tasks: int) -> Iterator[Callable[..., Iterator[Any]]]:
+    """``map`` over the subjects in worker processes (spawned: the parent may hold torch's thread pools, which do
+    not survive a fork), or in this process for one worker or a cohort of a few subjects; results in order."""
     if workers <= 1 or n_tasks < max(MIN_SUBJECTS_FOR_WORKERS, 2 * workers):
-        return _InProcess()
+        yield map
+        return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield functools.partial(pool.map, chunksize=4)
 
 
 def make_demo_cohort(
@@ -805,8 +795,8 @@ def make_demo_cohort(
     ]
     datalist: dict[str, list[dict]] = {}
     rows = []
-    with _subject_pool(workers, len(tasks)) as pool:
-        for task, (item, row) in zip(tasks, pool.map(_write_subject, tasks, chunksize=4), strict=True):
+    with _subject_map(workers, len(tasks)) as subject_map:
+        for task, (item, row) in zip(tasks, subject_map(_write_subject, tasks), strict=True):
             datalist.setdefault(task.section, []).append(item)
             rows.append(row)
             if progress and task.index == 0:

@@ -12,10 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from mri_anomaly.data import TINY_PREPROCESSING, load_datalist
+from mri_anomaly.data import TINY_PREPROCESSING, PreprocessedCache, load_datalist
 from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label
 from mri_anomaly.scoring.brain import slice_brain_statistic
-from mri_anomaly.scoring.items import PreprocessedCache
 from mri_anomaly.scoring.runner import score_datalist
 from mri_anomaly.training import Trainer, validate_config
 
@@ -176,11 +175,15 @@ def test_voxel_maps_are_float32_in_the_input_space(scored, demo_cohort):
 def test_a_shared_preprocessed_cache_reads_each_scan_once_and_changes_nothing(
     scored, trained_2d_run, demo_cohort, tmp_path, monkeypatch
 ):
-    from mri_anomaly.data import VolumeDataset
+    from mri_anomaly.data import datasets
 
-    reads = []
-    original = VolumeDataset.__getitem__
-    monkeypatch.setattr(VolumeDataset, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
+    reads = []  # the guarded preprocessing chain (not its random part): one call per scan read and preprocessed
+    original = datasets._Guarded.__call__
+    monkeypatch.setattr(
+        datasets._Guarded,
+        "__call__",
+        lambda self, d: (type(self) is datasets._Guarded and reads.append(1)) or original(self, d),
+    )
     cache = PreprocessedCache()
     sections = ("validation", "test")
     n = sum(len(load_datalist(demo_cohort)[s]) for s in sections)

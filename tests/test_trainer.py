@@ -314,14 +314,46 @@ def test_each_section_dataset_is_built_once_per_run_with_its_cache_in_the_run(
     built = []
     real = loaders.build_dataset
 
-    def counting(config, items, train=True, cache_dir=None):
+    def counting(config, items, train=True, cache_dir=None, shared_cache=None):
         built.append(cache_dir)
-        return real(config, items, train=train, cache_dir=cache_dir)
+        return real(config, items, train=train, cache_dir=cache_dir, shared_cache=shared_cache)
 
     monkeypatch.setattr(loaders, "build_dataset", counting)
     # Deep SVDD: two phases (pretrain, train) on the training section
     Trainer(deep_svdd_config(pretrain=2, train=2), demo_cohort, tmp_path / "run", progress=False).fit()
     assert built == [tmp_path / "run" / "cache"]
+
+
+@pytest.mark.slow
+def test_runs_sharing_a_preprocessed_cache_read_each_scan_once_and_train_as_alone(
+    demo_cohort, tmp_path, monkeypatch
+):
+    """A 3D Glow with augmentation (the random part runs after the shared part) and then Deep SVDD on slices, the
+    second reading nothing: checkpoints and thresholds equal to the runs without the cache."""
+    from mri_anomaly.data import PreprocessedCache, datasets
+    from mri_anomaly.evaluation.thresholds import load_thresholds
+
+    configs = {"glow": glow3d_config(steps=2, augment=True), "svdd": deep_svdd_config(pretrain=2, train=1)}
+    for name, config in configs.items():
+        Trainer(config, demo_cohort, tmp_path / "alone" / name, progress=False).fit()
+    reads = []  # the guarded preprocessing chain (not its random part): one call per scan read and preprocessed
+    original = datasets._Guarded.__call__
+    monkeypatch.setattr(
+        datasets._Guarded,
+        "__call__",
+        lambda self, d: (type(self) is datasets._Guarded and reads.append(1)) or original(self, d),
+    )
+    cache = PreprocessedCache()
+    data = load_datalist(demo_cohort)
+    scans = len(data["training"]) + len(data["validation"])
+    for name, config in configs.items():
+        Trainer(
+            config, demo_cohort, tmp_path / "shared" / name, progress=False, preprocessed_cache=cache
+        ).fit()
+        assert len(reads) == scans and len(cache.items) == scans  # the second run read nothing
+        assert_same_weights(tmp_path / "alone" / name, tmp_path / "shared" / name)
+        alone = load_thresholds(tmp_path / "alone" / name)
+        assert alone is not None and load_thresholds(tmp_path / "shared" / name) == alone
 
 
 def test_thresholds_from_too_few_validation_scans_are_refused_unless_allowed(demo_cohort, tmp_path):

@@ -175,17 +175,25 @@ def _train_and_score(
     progress: bool,
 ) -> list[Path]:
     """The train and score stages of ``runs`` into ``out/runs/<name>`` and ``out/scores/<name>``; returns the
-    score folders."""
-    from mri_anomaly.scoring.items import PreprocessedCache
+    score folders. The runs train, calibrate and score on the same scans, most of them preprocessed alike: each
+    scan is preprocessed once per preprocessing config (one :class:`~mri_anomaly.data.PreprocessedCache`)."""
+    from mri_anomaly.data import PreprocessedCache
     from mri_anomaly.scoring.runner import score_datalist
     from mri_anomaly.training import Trainer
 
+    preprocessed = PreprocessedCache()
     for r in runs:
         run_dir = out / "runs" / r.name
         if stage(f"train:{r.name}", f"train {r.name} ({r.description or r.config})"):
             t, c = time.time(), _cpu_time()
             result = Trainer(
-                configs[r.name], datalist, run_dir, device=device, resume=True, progress=progress
+                configs[r.name],
+                datalist,
+                run_dir,
+                device=device,
+                resume=True,
+                progress=progress,
+                preprocessed_cache=preprocessed,
             ).fit()
             if not result.completed:
                 raise RuntimeError(
@@ -193,7 +201,6 @@ def _train_and_score(
                 )
             state.mark(f"train:{r.name}", time.time() - t, c, steps=result.global_step)
     score_dirs = []
-    preprocessed = PreprocessedCache()  # the runs score the same scans, most of them preprocessed alike
     for r in runs:
         run_dir, score_dir = out / "runs" / r.name, out / "scores" / r.name
         score_dirs.append(score_dir)

@@ -28,6 +28,7 @@ from mri_anomaly.data.datalist import (
 )
 from mri_anomaly.data.datasets import (
     FillDefaultsd,
+    PreprocessedCache,
     SliceDataset,
     VolumeDataset,
     collate_with_errors,
@@ -78,6 +79,7 @@ __all__ = [
     "DatalistError",
     "FULL_RESOLUTION_PREPROCESSING",
     "FillDefaultsd",
+    "PreprocessedCache",
     "ITEM_KEYS",
     "InputFileError",
     "LESION_KINDS",

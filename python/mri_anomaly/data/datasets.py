@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, list_data_collate
-from monai.transforms import Compose, MapTransform, Randomizable, Transform
+from monai.transforms import Compose, MapTransform, Randomizable, Transform, apply_transform
 
 from mri_anomaly.data.datalist import check_contrast_counts, first_image, subject_id_of
 from mri_anomaly.data.io import InputFileError
@@ -48,6 +48,7 @@ from mri_anomaly.data.preprocessing import preprocessed_channels, preprocessing,
 
 __all__ = [
     "FillDefaultsd",
+    "PreprocessedCache",
     "VolumeDataset",
     "SliceDataset",
     "collate_with_errors",
@@ -147,6 +148,65 @@ class _GuardedRandom(_Guarded, Randomizable):
         pass
 
 
+class PreprocessedCache:
+    """Preprocessed volumes shared by the :class:`VolumeDataset` objects of one process, e.g. the demo's runs,
+    which train on the same scans and calibrate and score on the same scans: an item is read and preprocessed
+    once per preprocessing config and held in memory (about 0.6 MB a scan on the demo's grid). The datasets of
+    one config also share its transform chain, which MONAI's inverse (maps back to the input space) checks by
+    identity. Items go in and out as deep copies; error items are not kept, so a file fixed in between is
+    read again."""
+
+    def __init__(self) -> None:
+        self.transforms: dict[str, Compose] = {}
+        self.items: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def preprocessed(
+        self, config_key: str, item: Mapping[str, Any], compute: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """``item`` preprocessed under the config ``config_key``: from the cache, or ``compute()`` kept."""
+        key = (config_key, json.dumps(item, sort_keys=True, default=str))
+        if key in self.items:
+            return copy.deepcopy(self.items[key])
+        data = compute()
+        if "error" not in data:
+            self.items[key] = copy.deepcopy(data)
+        return data
+
+
+class _SharedCacheDataset(CacheDataset):
+    """``CacheDataset`` whose cached (deterministic) part comes from a :class:`PreprocessedCache`."""
+
+    def __init__(
+        self, data: Sequence[Any], transform: Compose, shared: PreprocessedCache, config_key: str, **kwargs
+    ):
+        self.shared, self.config_key = shared, config_key  # before CacheDataset.__init__ fills the cache
+        super().__init__(data, transform, **kwargs)
+
+    def _load_cache_item(self, idx: int):
+        load = super()._load_cache_item
+        return self.shared.preprocessed(self.config_key, self.data[idx], lambda: load(idx))
+
+
+class _SharedUncachedDataset(Dataset):
+    """``Dataset`` (no cache of its own) whose deterministic part comes from a :class:`PreprocessedCache`."""
+
+    def __init__(
+        self,
+        data: Sequence[Any],
+        deterministic: Compose,
+        random: Compose | None,
+        shared: PreprocessedCache,
+        config_key: str,
+    ) -> None:
+        super().__init__(data, deterministic)
+        self.random, self.shared, self.config_key = random, shared, config_key
+
+    def _transform(self, index: int):
+        item = self.data[index]
+        data = self.shared.preprocessed(self.config_key, item, lambda: apply_transform(self.transform, item))
+        return data if self.random is None else apply_transform(self.random, data)
+
+
 def _estimate_bytes(n_items: int, config: Mapping[str, Any], n_keys: int) -> int:
     size = config.get("spatial_size") or [96, 112, 96]
     return int(n_items * n_keys * 4 * int(np.prod(size)))
@@ -171,6 +231,9 @@ class VolumeDataset(torch.utils.data.Dataset):
         on_error: ``"raise"`` or ``"return"`` (error items, see the module docstring).
         seed: seed of ``augment``.
         progress: show caching progress.
+        shared_cache: a :class:`PreprocessedCache` kept across datasets of the same scans (the demo's runs): the
+            deterministic preprocessing of ``cache="memory"`` and ``"none"`` comes from it, and the config's
+            transform chain is the one it holds (``transform`` must then be None). The disk cache does not share.
 
     Raises:
         InputFileError: (``on_error="raise"``) a bad file, when its item is cached or accessed.
@@ -190,6 +253,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         on_error: str = "raise",
         seed: int = 0,
         progress: bool = False,
+        shared_cache: PreprocessedCache | None = None,
     ) -> None:
         if on_error not in ("raise", "return"):
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
@@ -203,6 +267,13 @@ class VolumeDataset(torch.utils.data.Dataset):
         if transform is None:
             check_contrast_counts({"items": self.items}, preprocessed_channels(self.config))
         self.on_error = on_error
+        config_key = json.dumps(self.config, sort_keys=True, default=str)
+        if shared_cache is not None:
+            if transform is not None:
+                raise ValueError("a shared_cache holds the config's transform chain: pass transform=None")
+            transform = shared_cache.transforms.setdefault(
+                config_key, preprocessing(self.config, keys=("image", "mask"))
+            )
         self.transform = (
             transform if transform is not None else preprocessing(self.config, keys=("image", "mask"))
         )
@@ -226,10 +297,12 @@ class VolumeDataset(torch.utils.data.Dataset):
                 else "disk"
             )
         self.cache = cache
-        if cache == "memory":
-            self._ds: Dataset = CacheDataset(
-                self.items, full, num_workers=cache_num_workers, progress=progress
+        if cache == "memory" and shared_cache is not None:
+            self._ds: Dataset = _SharedCacheDataset(
+                self.items, full, shared_cache, config_key, num_workers=cache_num_workers, progress=progress
             )
+        elif cache == "memory":
+            self._ds = CacheDataset(self.items, full, num_workers=cache_num_workers, progress=progress)
         elif cache == "disk":
             key = hashlib.sha1(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:12]
             root = (
@@ -240,6 +313,11 @@ class VolumeDataset(torch.utils.data.Dataset):
             self.cache_dir = root / f"preproc-{key}"
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self._ds = PersistentDataset(self.items, full, cache_dir=self.cache_dir)
+        elif shared_cache is not None:
+            random = Compose([chain[1]]) if len(chain) > 1 else None
+            self._ds = _SharedUncachedDataset(
+                self.items, Compose([chain[0]]), random, shared_cache, config_key
+            )
         else:
             self._ds = Dataset(self.items, full)
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mri_anomaly.data.datalist import first_image
+from mri_anomaly.data.datasets import PreprocessedCache
 from mri_anomaly.evaluation.thresholds import calibrate_thresholds, refuse_few_scans
 from mri_anomaly.scoring.items import PreprocessedItems, iterate_preprocessed
 from mri_anomaly.scoring.slice_norms import fit_slice_norms
@@ -30,6 +31,7 @@ def score_items_in_memory(
     items: Sequence[Mapping[str, Any]],
     device: torch.device | str = "cpu",
     progress: bool = False,
+    preprocessed_cache: PreprocessedCache | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """What the method says about this rank's shard of ``items`` (used for calibration at the end of training):
     raw slice scores and 3D volume scores, before slice standardisation (:func:`~mri_anomaly.scoring.volume.finish_volume_scores`).
@@ -41,7 +43,7 @@ def score_items_in_memory(
     r, w = distributed.rank(), distributed.world_size()
     shard = [(i, it) for i, it in enumerate(items) if i % w == r]
     out, errors = [], []
-    iterator = iterate_preprocessed(PreprocessedItems([it for _, it in shard], config), 0)
+    iterator = iterate_preprocessed(PreprocessedItems([it for _, it in shard], config, preprocessed_cache), 0)
     if progress and distributed.is_main_process():
         from tqdm.auto import tqdm
 
@@ -69,6 +71,7 @@ def calibrate_run(
     items: Sequence[Mapping[str, Any]],
     device: torch.device | str = "cpu",
     progress: bool = False,
+    preprocessed_cache: PreprocessedCache | None = None,
 ) -> dict[str, Any] | None:
     """Score the healthy ``validation`` items: fit the per-position slice norms on their raw slice scores,
     then thresholds at ``score.specificity`` on their (standardised) volume scores.
@@ -87,7 +90,9 @@ def calibrate_run(
         return None
     was_training = method.training
     method.eval()
-    rows, errors = score_items_in_memory(method, config, items, device=device, progress=progress)
+    rows, errors = score_items_in_memory(
+        method, config, items, device=device, progress=progress, preprocessed_cache=preprocessed_cache
+    )
     method.train(was_training)
     rows = sorted(
         (r for shard in distributed.all_gather_objects(rows) for r in shard), key=lambda r: r["index"]

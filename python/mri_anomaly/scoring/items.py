@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from mri_anomaly.data import VolumeDataset, resolve_preprocessing_config, unwrap_input_error
+from mri_anomaly.data import (
+    PreprocessedCache,
+    VolumeDataset,
+    resolve_preprocessing_config,
+    unwrap_input_error,
+)
 
-__all__ = ["PreprocessedCache", "PreprocessedItems", "error_text", "iterate_preprocessed"]
-
-
-class PreprocessedCache:
-    """Preprocessed items shared by the :class:`PreprocessedItems` of one process (``num_workers=0``), e.g. the
-    demo's runs scoring the same scans: an item preprocessed under the same preprocessing config is read and
-    transformed once and held in memory (about 0.6 MB a scan on the demo's grid). Datasets of one config also
-    share its transform chain, which MONAI's inverse (maps back to the input space) checks by identity."""
-
-    def __init__(self) -> None:
-        self.transforms: dict[str, Any] = {}
-        self.items: dict[tuple[str, str], Any] = {}
+__all__ = ["PreprocessedItems", "error_text", "iterate_preprocessed"]
 
 
 class PreprocessedItems(torch.utils.data.Dataset):
@@ -42,40 +34,27 @@ class PreprocessedItems(torch.utils.data.Dataset):
         cache: PreprocessedCache | None = None,
     ) -> None:
         self.items = [dict(it) for it in items]
-        preprocessing_config = resolve_preprocessing_config(config.get("preprocessing") or {})
-        self._config_key = json.dumps(preprocessing_config, sort_keys=True, default=str)
-        self.cache = cache
-        shared = cache.transforms.get(self._config_key) if cache is not None else None
         self.volumes = VolumeDataset(
             self.items,
-            preprocessing_config=preprocessing_config,
+            preprocessing_config=resolve_preprocessing_config(config.get("preprocessing") or {}),
             cache="none",
             on_error="return",
-            transform=shared,
+            shared_cache=cache,
         )
         self.transform = self.volumes.transform
-        if cache is not None:
-            cache.transforms.setdefault(self._config_key, self.transform)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        item = self.items[i]
-        key = (self._config_key, json.dumps(item, sort_keys=True, default=str))
-        if self.cache is not None and key in self.cache.items:
-            # a copy: scoring inverts the preprocessing from the item's metadata, which must stay as it was
-            return i, copy.deepcopy(self.cache.items[key]), None
         try:
             data = self.volumes[i]
         except Exception as err:  # a bad input file is recorded, not fatal; anything else is a bug and raised
             if unwrap_input_error(err) is None:
                 raise
-            return i, None, error_text(err, item)
+            return i, None, error_text(err, self.items[i])
         if "error" in data:
             return i, None, str(data["error"])
-        if self.cache is not None:
-            self.cache.items[key] = copy.deepcopy(data)
         return i, data, None
 
 

@@ -51,13 +51,13 @@ from typing import Any
 
 import torch
 
-from mri_anomaly.data import load_datalist, save_map_in_input_space, unwrap_input_error
+from mri_anomaly.data import PreprocessedCache, load_datalist, save_map_in_input_space, unwrap_input_error
 from mri_anomaly.data.datalist import check_contrast_counts, first_image, subject_id_of
 from mri_anomaly.data.preprocessing import CROP_FRACTION_KEY, preprocessed_channels
 from mri_anomaly.errors import UserInputError
 from mri_anomaly.files import atomic_write_json, atomic_write_with
 from mri_anomaly.runs import load_run, run_fingerprint, run_slice_norms, run_thresholds
-from mri_anomaly.scoring.items import PreprocessedCache, PreprocessedItems, error_text, iterate_preprocessed
+from mri_anomaly.scoring.items import PreprocessedItems, error_text, iterate_preprocessed
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 from mri_anomaly.scoring.slice_norms import RULE as SLICE_NORMS_RULE
 from mri_anomaly.scoring.tables import (
@@ -231,7 +231,7 @@ def score_datalist(
         num_workers: DataLoader workers that load and preprocess volumes ahead of the model.
         progress: a tqdm bar on rank 0.
         preprocessed_cache: kept across calls that score the same scans (the demo's runs): each scan is
-            preprocessed once per preprocessing config (:class:`~mri_anomaly.scoring.items.PreprocessedCache`;
+            preprocessed once per preprocessing config (:class:`~mri_anomaly.data.PreprocessedCache`;
             with ``num_workers=0``, where the items are made in this process).
 
     Returns:

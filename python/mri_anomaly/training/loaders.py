@@ -22,13 +22,16 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mri_anomaly.errors import UserInputError
+
+if TYPE_CHECKING:
+    from mri_anomaly.data import PreprocessedCache
 
 __all__ = ["SeededSampleDataset", "ResumableBatches", "sample_seed", "collate", "build_dataset"]
 
@@ -204,6 +207,7 @@ def build_dataset(
     items: Sequence[dict[str, Any]],
     train: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    shared_cache: PreprocessedCache | None = None,
 ) -> Dataset:
     """The training dataset of a config: preprocessed volumes (3D) or their brain slices (2D).
 
@@ -220,6 +224,8 @@ def build_dataset(
         config: a validated config. items: datalist items of one section.
         train: a training dataset (augmented when the config asks for it).
         cache_dir: folder of the disk cache when the volumes do not fit in memory (default: a temporary folder).
+        shared_cache: preprocessed volumes shared with other datasets of the same scans
+            (:class:`~mri_anomaly.data.PreprocessedCache`; in-memory caching only).
 
     Returns:
         a map-style dataset of dict items (``image`` (1, H, W[, D]) float32 in [0, 1], ``label``, ``semi_target``, ``mask``...).
@@ -244,6 +250,7 @@ def build_dataset(
         on_error="raise",
         seed=int(config.get("seed", 0)),
         cache_dir=cache_dir,
+        shared_cache=shared_cache,
     )
     if config["spatial_dims"] == 2:
         return SliceDataset(

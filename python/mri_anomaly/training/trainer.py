@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mri_anomaly.data.datasets import PreprocessedCache
 from mri_anomaly.data.histogram import healthy_items, needs_landmarks, reuse_landmarks, with_landmarks
 from mri_anomaly.data.histogram_fit import fit_standard_landmarks
 from mri_anomaly.errors import OutputExistsError, UserInputError
@@ -175,6 +176,9 @@ class Trainer:
             a later ``resume=True`` run continues.
         resume: continue from ``run_dir/checkpoint.pt`` (a run directory without one starts fresh).
         progress: show a tqdm progress bar (rank 0 only).
+        preprocessed_cache: kept across runs on the same scans (the demo's): the training sections and the
+            calibration's validation scans are preprocessed once per preprocessing config
+            (:class:`~mri_anomaly.data.PreprocessedCache`).
 
     Raises:
         FileExistsError: ``run_dir`` already holds a checkpoint and ``resume`` is false (nothing is overwritten).
@@ -190,12 +194,14 @@ class Trainer:
         max_steps: int | None = None,
         resume: bool = False,
         progress: bool = True,
+        preprocessed_cache: PreprocessedCache | None = None,
     ) -> None:
         self.config = dict(config)
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.max_steps = max_steps
         self.progress = progress
+        self.preprocessed_cache = preprocessed_cache
         self.datalist_source = datalist
         self.datalist = self._load_datalist(datalist)
         self._check_contrasts()
@@ -288,7 +294,11 @@ class Trainer:
 
         if section not in self._datasets:
             self._datasets[section] = build_dataset(
-                self.config, self._section_items(section), train=True, cache_dir=self.run_dir / CACHE_DIR
+                self.config,
+                self._section_items(section),
+                train=True,
+                cache_dir=self.run_dir / CACHE_DIR,
+                shared_cache=self.preprocessed_cache,
             )
         return self._datasets[section]
 
@@ -620,6 +630,7 @@ class Trainer:
                 self.datalist.get("validation") or [],
                 device=self.device,
                 progress=self.progress,
+                preprocessed_cache=self.preprocessed_cache,
             )
         elif main:
             print(

@@ -8,12 +8,14 @@ import torch
 from monai.data import DataLoader, MetaTensor, list_data_collate
 from mri_anomaly.data import (
     TINY_PREPROCESSING,
+    PreprocessedCache,
     RandLesiond,
     SliceDataset,
     VolumeDataset,
     load_datalist,
     slice_brain_fractions,
 )
+from mri_anomaly.data.loading import LoadVolume
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,30 @@ def test_disk_cache_gives_the_same_items(items, tmp_path):
             mem[i]["image"], auto[i]["image"]
         )
     assert any(disk.cache_dir.iterdir())
+
+
+def test_a_shared_cache_gives_the_same_items_as_copies_and_keys_only_plain_items(items):
+    alone = VolumeDataset(items, preprocessing_config=TINY_PREPROCESSING, cache="none")
+    cache = PreprocessedCache()
+    uncached = VolumeDataset(items, preprocessing_config=TINY_PREPROCESSING, cache="none", shared_cache=cache)
+    first = [uncached[i] for i in range(len(items))]
+    assert len(cache.items) == len(items) and len(cache.transforms) == 1
+    first[0]["image"] += 1.0  # a returned item is a copy: changing it changes nothing cached
+    cached = VolumeDataset(items, preprocessing_config=TINY_PREPROCESSING, cache="memory", shared_cache=cache)
+    assert (
+        cached.transform is uncached.transform
+    )  # one chain per config (MONAI's inverse checks it by identity)
+    for i in range(len(items)):
+        for key in ("image", "mask"):
+            assert torch.equal(cached[i][key], alone[i][key]) and torch.equal(uncached[i][key], alone[i][key])
+        assert cached[i]["image"].meta["filename_or_obj"] == alone[i]["image"].meta["filename_or_obj"]
+    # an image given as an array has no key: never served from (or put into) the cache
+    arrays = [{"image": LoadVolume()(items[i]["image"]), "label": 0} for i in range(2)]
+    in_memory = VolumeDataset(
+        arrays, preprocessing_config=TINY_PREPROCESSING, cache="none", shared_cache=cache
+    )
+    assert not torch.equal(in_memory[0]["image"], in_memory[1]["image"])
+    assert len(cache.items) == len(items)
 
 
 def test_seeded_augmentation_is_reproducible_and_worker_safe(items):

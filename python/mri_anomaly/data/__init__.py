@@ -32,6 +32,7 @@ from mri_anomaly.data.datasets import (
     SliceDataset,
     VolumeDataset,
     collate_with_errors,
+    plain_tensor,
     slice_brain_fractions,
     unwrap_input_error,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "check_array",
     "classify_folder",
     "collate_with_errors",
+    "plain_tensor",
     "estimate_foreground",
     "find_images",
     "find_ms_lesion_dir",

@@ -52,6 +52,7 @@ __all__ = [
     "VolumeDataset",
     "SliceDataset",
     "collate_with_errors",
+    "plain_tensor",
     "unwrap_input_error",
     "slice_brain_fractions",
 ]
@@ -154,7 +155,7 @@ class PreprocessedCache:
     once per preprocessing config and held in memory (about 0.6 MB a scan on the demo's grid). The datasets of
     one config also share its transform chain, which MONAI's inverse (maps back to the input space) checks by
     identity. Items go in and out as deep copies; error items are not kept, so a file fixed in between is
-    read again."""
+    read again, and neither are items that are not plain JSON (an image given as an array has no key)."""
 
     def __init__(self) -> None:
         self.transforms: dict[str, Compose] = {}
@@ -164,7 +165,10 @@ class PreprocessedCache:
         self, config_key: str, item: Mapping[str, Any], compute: Callable[[], dict[str, Any]]
     ) -> dict[str, Any]:
         """``item`` preprocessed under the config ``config_key``: from the cache, or ``compute()`` kept."""
-        key = (config_key, json.dumps(item, sort_keys=True, default=str))
+        try:
+            key = (config_key, json.dumps(item, sort_keys=True))
+        except TypeError:
+            return compute()
         if key in self.items:
             return copy.deepcopy(self.items[key])
         data = compute()
@@ -342,7 +346,8 @@ class VolumeDataset(torch.utils.data.Dataset):
         return d
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
+def plain_tensor(x: Any) -> torch.Tensor:
+    """``x`` as a plain ``torch.Tensor`` (a ``MetaTensor``'s data without its metadata; arrays converted)."""
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
@@ -356,7 +361,7 @@ def slice_brain_fractions(image: torch.Tensor, threshold: float = 0.0) -> torch.
     Returns:
         (D,) float tensor.
     """
-    x = _plain(image)
+    x = plain_tensor(image)
     return (x > threshold).any(0).float().mean(dim=(0, 1))
 
 
@@ -416,8 +421,8 @@ class SliceDataset(torch.utils.data.Dataset):
         if "error" in d:
             return d
         out = {key: val for key, val in d.items() if not isinstance(val, torch.Tensor)}
-        out["image"] = _plain(d["image"])[..., k].clone()
-        m = _plain(d["mask"])[..., k].clone()
+        out["image"] = plain_tensor(d["image"])[..., k].clone()
+        m = plain_tensor(d["mask"])[..., k].clone()
         out["mask"] = m
         out["slice_index"] = k
         if d["has_mask"]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mri_anomaly.data import slice_brain_fractions
+from mri_anomaly.data import plain_tensor, slice_brain_fractions
 from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label
 from mri_anomaly.scoring.brain import slice_brain_statistic
 from mri_anomaly.scoring.maps import (
@@ -77,10 +77,6 @@ class RawVolumeScores:
     labels: torch.Tensor | None  # (D,) slice has lesion voxels
 
 
-def _as_plain(t: Any) -> torch.Tensor:
-    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
-
-
 def map_slice_columns_of(method_cls) -> list[str]:
     """``<map>_slice_<statistic>`` for each voxel map: the slice profile of the map, its statistic
     (``AnomalyMethod.slice_statistic``) over the slice's part of the region the map scores use (the brain minus
@@ -136,14 +132,14 @@ def _volume_context(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The item's image (C, H, W, D) and what every method output of it carries: brain fraction, counted
     slices, slice labels and the ``label``/``semi_target`` the method may read."""
-    image = _as_plain(item["image"]).float()
+    image = plain_tensor(item["image"]).float()
     fraction = slice_brain_fractions(image)
     min_fraction = float((config.get("slices") or {}).get("min_brain_fraction", 0.0))
     has_mask = item.get("mask") is not None and bool(item.get("has_mask", 1))
     context = {
         "fraction": fraction,
         "counted": fraction >= min_fraction,
-        "labels": slice_has_label(_as_plain(item["mask"])) if has_mask else None,
+        "labels": slice_has_label(plain_tensor(item["mask"])) if has_mask else None,
         "extra": {k: int(item[k]) for k in ("label", "semi_target") if isinstance(item.get(k), (int, float))},
     }
     return image, context

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mri_anomaly.data import plain_tensor
 from mri_anomaly.models import DeepSAD, deep_sad_loss, soft_boundary_loss, soft_boundary_radius
 from mri_anomaly.training.methods.base import (
     AnomalyMethod,
@@ -90,10 +91,6 @@ def batch_semi_targets(batch: Batch, n: int, device: torch.device) -> torch.Tens
     return semi_target
 
 
-def _plain(x: Any) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-
 class _RandLesionInsert:
     """One ``RandLesion`` insertion into an image (C=1, *spatial) of the given voxel size: ``image -> (image, mask)``.
 
@@ -117,9 +114,9 @@ class _RandLesionInsert:
         # Seeded from torch's generator, which the loader seeds per sample: any worker, and a resumed run, draws
         # the same lesion for the same sample (MONAI's own RandomState would not be seeded by anyone).
         self.lesion.set_random_state(int(torch.randint(0, 2**31 - 1, ()).item()))
-        plain = _plain(image)
+        plain = plain_tensor(image)
         lesioned, mask = self.lesion(MetaTensor(plain.detach().cpu(), affine=self.affine))
-        return _plain(lesioned).to(plain), _plain(mask)
+        return plain_tensor(lesioned).to(plain), plain_tensor(mask)
 
 
 class SyntheticAnomalies:
@@ -151,7 +148,9 @@ class SyntheticAnomalies:
         semi_target = int(d.get("semi_target") or 0)
         d["semi_target"] = semi_target
         if self.lesion_mask_key is not None:
-            d[self.lesion_mask_key] = torch.zeros((1, *_plain(d["image"]).shape[1:]), dtype=torch.float32)
+            d[self.lesion_mask_key] = torch.zeros(
+                (1, *plain_tensor(d["image"]).shape[1:]), dtype=torch.float32
+            )
         if semi_target != 0 or float(torch.rand(())) >= self.gamma_l:
             return d
         image = d["image"]
@@ -162,13 +161,15 @@ class SyntheticAnomalies:
                 raise
             return d  # no brain to put a lesion in (an edge slice): the item stays unlabelled
         # keep the item's tensor types (a volume's MetaTensor keeps its metadata)
-        d["image"] = image.clone().copy_(_plain(lesioned).reshape(image.shape))
+        d["image"] = image.clone().copy_(plain_tensor(lesioned).reshape(image.shape))
         d["semi_target"] = -1
         if self.lesion_mask_key is not None:
-            d[self.lesion_mask_key] = _plain(lesion_mask).float().reshape(d[self.lesion_mask_key].shape)
+            d[self.lesion_mask_key] = plain_tensor(lesion_mask).float().reshape(d[self.lesion_mask_key].shape)
         if isinstance(d.get("mask"), torch.Tensor):
             mask = d["mask"]
-            union = torch.maximum(_plain(mask).float(), _plain(lesion_mask).reshape(mask.shape).float())
+            union = torch.maximum(
+                plain_tensor(mask).float(), plain_tensor(lesion_mask).reshape(mask.shape).float()
+            )
             d["mask"] = mask.clone().copy_(union)
         for key in ("label", "has_mask", "slice_label"):
             if key in d:
@@ -379,7 +380,7 @@ class DeepSADMethod(AnomalyMethod):
         weight = self.net.cell_weights(x)
         cell_target = semi_target.view(-1, *([1] * self.spatial_dims)).expand_as(dist).clone()
         if lesion_mask is not None:
-            lesion = _plain(lesion_mask).to(device=x.device, dtype=x.dtype)
+            lesion = plain_tensor(lesion_mask).to(device=x.device, dtype=x.dtype)
             touched = self.net.cell_weights(lesion) > 0  # (N, *grid): the lesion's cells
             has_lesion = touched.flatten(1).any(dim=1).view(-1, *([1] * self.spatial_dims))
             cell_target = torch.where(has_lesion & ~touched, torch.zeros_like(cell_target), cell_target)

@@ -102,6 +102,21 @@ def test_preprocessing_reaches_model_grid_in_ras(tmp_path, axcodes):
     assert img[mask > 0.5].mean().item() > 0.9
 
 
+def test_in_memory_volumes_preprocess_like_their_files(tmp_path):
+    """A volume given as a tensor (no channel) is spatial in all three axes: MONAI's MetaTensor would count its
+    first axis as a channel and give two spacings, which the anti-aliasing filter cannot use."""
+    files = write_phantom(tmp_path, axcodes="RAS")
+    cfg = {"spacing": [4, 4, 4], "spatial_size": [32, 40, 32], "divisible_by": 8}
+    from_file = preprocessing(cfg)({"image": files["image"]})["image"]
+    nii = nib.load(files["image"])
+    voxels = torch.as_tensor(np.asarray(nii.dataobj, dtype=np.float32))
+    in_memory = preprocessing(cfg)({"image": MetaTensor(voxels, affine=torch.as_tensor(nii.affine))})["image"]
+    assert torch.equal(in_memory.as_tensor(), from_file.as_tensor())
+    assert np.allclose(np.asarray(in_memory.affine), np.asarray(from_file.affine))
+    bare = preprocessing(cfg)({"image": voxels})["image"]  # no affine: 1 mm voxels
+    assert tuple(bare.shape) == (1, 32, 40, 32) and len(bare.pixdim) == 3
+
+
 @pytest.mark.parametrize("axcodes", ["LPS", "PSR"])
 def test_inversion_restores_input_grid_affine_and_mask(tmp_path, axcodes):
     files = write_phantom(tmp_path, axcodes=axcodes)

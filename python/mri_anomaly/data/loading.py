@@ -76,6 +76,9 @@ class LoadVolume(Transform):
             out.meta["original_channel_dim"] = float(
                 "nan"
             )  # MONAI's "no channel" (EnsureChannelFirst adds one)
+            # setting the affine again makes MONAI count every axis as spatial now that there is no channel: a
+            # tensor made in memory had its first axis taken for one (two spacings, which resampling cannot use)
+            out.affine = out.affine
         return out
 
     def stack(self, filenames: Sequence[str | os.PathLike]) -> MetaTensor:

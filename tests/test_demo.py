@@ -71,3 +71,16 @@ def test_demo_smoke_end_to_end_and_resume(tmp_path, capsys):
     # other settings in the same folder are refused, not mixed in
     assert main(["demo", "--out", str(out), "--no-progress", "--methods", "deep-svdd-2d"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_stage_cpu_time_counts_the_child_processes_that_ended():
+    """The demo's stages record CPU seconds; the cohort's worker processes must count in them."""
+    import subprocess
+    import sys
+
+    from mri_anomaly.pipeline import _cpu_time
+
+    start = _cpu_time()
+    child = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
+    subprocess.run([sys.executable, "-c", child], check=True)
+    assert _cpu_time() - start >= 0.5

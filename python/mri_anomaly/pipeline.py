@@ -98,17 +98,18 @@ class _State:
 
     def mark(self, stage: str, seconds: float, cpu_start: float | None = None, **extra: Any) -> None:
         entry: dict[str, Any] = {"done": True, "seconds": round(seconds, 2)}
-        if cpu_start is not None:  # CPU time of this process: robust to other processes sharing the cores
+        if cpu_start is not None:  # CPU time of the demo's processes: robust to others sharing the cores
             entry["cpu_seconds"] = round(_cpu_time() - cpu_start, 2)
         self.data[stage] = {**entry, **extra}
         atomic_write_json(self.path, self.data)
 
 
 def _cpu_time() -> float:
+    """CPU seconds of this process and of its child processes that have ended (the cohort's workers)."""
     import resource
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _say(msg: str) -> None:

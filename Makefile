@@ -6,12 +6,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.dev-deps
+# What the package and its build need (the demo stops here), and what the tests, lint and the optional export
+# formats add (pytest, hypothesis, ruff; onnx/onnxscript/onnxruntime; fire and jsonschema for MONAI's bundle
+# checks): about 20 s of a fresh demo's setup left out.
+RUNTIME_DEPS := numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML ninja setuptools wheel
+DEV_DEPS := fire jsonschema onnx onnxscript onnxruntime pytest hypothesis ruff
 DEMO_OUT ?= demo-out
 JOBS ?= 2
 
 .PHONY: setup test pytest ctest cuda-check demo report-screenshot bench lint clean info
 
-setup: $(STAMP)
+setup: $(STAMP) $(DEV_STAMP)
 
 # torch==2.13.0 goes in first and alone: the machine has a local CPU wheel for it, and an unpinned
 # torch would pull several GB of CUDA wheels. The package is installed editable with
@@ -21,7 +27,11 @@ $(VENV)/bin/python:
 
 $(VENV)/.deps: $(VENV)/bin/python constraints.txt
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -c constraints.txt numpy scipy monai nibabel nilearn scikit-learn matplotlib pandas tqdm PyYAML fire jsonschema onnx onnxscript onnxruntime pytest hypothesis ruff ninja setuptools wheel
+	$(PIP) install -q -c constraints.txt $(RUNTIME_DEPS)
+	touch $@
+
+$(DEV_STAMP): $(VENV)/.deps constraints.txt
+	$(PIP) install -q -c constraints.txt $(DEV_DEPS)
 	touch $@
 
 $(STAMP): $(VENV)/.deps pyproject.toml setup.py $(CSRC)
@@ -34,11 +44,11 @@ ctest: $(VENV)/.deps
 	cmake --build build/cmake -j $(JOBS) >> build-cmake.log 2>&1 || (cat build-cmake.log; exit 1)
 	ctest --test-dir build/cmake --output-on-failure
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(DEV_STAMP)
 	$(PY) -m pytest -q
 
 # ruff (pinned in constraints.txt): the formatter's check and the lint rules of pyproject.toml
-lint: $(VENV)/.deps
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff format --check python tests benchmarks docs
 	$(VENV)/bin/ruff check python tests benchmarks docs
 

@@ -47,6 +47,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture
+def preprocessing_reads(monkeypatch) -> list:
+    """The images read and preprocessed from now on: one entry per run of a ``VolumeDataset``'s guarded
+    deterministic chain (its random part, after any cache, is not counted)."""
+    from mri_anomaly.data import datasets
+
+    reads: list = []
+    original = datasets._Guarded.__call__
+
+    def counting(self, data):
+        if type(self) is datasets._Guarded:
+            reads.append(data.get("image"))
+        return original(self, data)
+
+    monkeypatch.setattr(datasets._Guarded, "__call__", counting)
+    return reads
+
+
 @pytest.fixture(scope="session")
 def demo_cohort(tmp_path_factory) -> Path:
     """A tiny demo cohort (issue 4), built once per session; returns its ``datalist.json``.

@@ -173,17 +173,9 @@ def test_voxel_maps_are_float32_in_the_input_space(scored, demo_cohort):
 
 
 def test_a_shared_preprocessed_cache_reads_each_scan_once_and_changes_nothing(
-    scored, trained_2d_run, demo_cohort, tmp_path, monkeypatch
+    scored, trained_2d_run, demo_cohort, tmp_path, preprocessing_reads
 ):
-    from mri_anomaly.data import datasets
-
-    reads = []  # the guarded preprocessing chain (not its random part): one call per scan read and preprocessed
-    original = datasets._Guarded.__call__
-    monkeypatch.setattr(
-        datasets._Guarded,
-        "__call__",
-        lambda self, d: (type(self) is datasets._Guarded and reads.append(1)) or original(self, d),
-    )
+    reads = preprocessing_reads
     cache = PreprocessedCache()
     sections = ("validation", "test")
     n = sum(len(load_datalist(demo_cohort)[s]) for s in sections)

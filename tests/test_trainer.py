@@ -326,23 +326,18 @@ def test_each_section_dataset_is_built_once_per_run_with_its_cache_in_the_run(
 
 @pytest.mark.slow
 def test_runs_sharing_a_preprocessed_cache_read_each_scan_once_and_train_as_alone(
-    demo_cohort, tmp_path, monkeypatch
+    demo_cohort, tmp_path, preprocessing_reads
 ):
     """A 3D Glow with augmentation (the random part runs after the shared part) and then Deep SVDD on slices, the
     second reading nothing: checkpoints and thresholds equal to the runs without the cache."""
-    from mri_anomaly.data import PreprocessedCache, datasets
+    from mri_anomaly.data import PreprocessedCache
     from mri_anomaly.evaluation.thresholds import load_thresholds
 
     configs = {"glow": glow3d_config(steps=2, augment=True), "svdd": deep_svdd_config(pretrain=2, train=1)}
     for name, config in configs.items():
         Trainer(config, demo_cohort, tmp_path / "alone" / name, progress=False).fit()
-    reads = []  # the guarded preprocessing chain (not its random part): one call per scan read and preprocessed
-    original = datasets._Guarded.__call__
-    monkeypatch.setattr(
-        datasets._Guarded,
-        "__call__",
-        lambda self, d: (type(self) is datasets._Guarded and reads.append(1)) or original(self, d),
-    )
+    reads = preprocessing_reads
+    reads.clear()  # the runs above read every scan themselves
     cache = PreprocessedCache()
     data = load_datalist(demo_cohort)
     scans = len(data["training"]) + len(data["validation"])

@@ -275,9 +275,9 @@ class VolumeDataset(torch.utils.data.Dataset):
         if shared_cache is not None:
             if transform is not None:
                 raise ValueError("a shared_cache holds the config's transform chain: pass transform=None")
-            transform = shared_cache.transforms.setdefault(
-                config_key, preprocessing(self.config, keys=("image", "mask"))
-            )
+            if config_key not in shared_cache.transforms:
+                shared_cache.transforms[config_key] = preprocessing(self.config, keys=("image", "mask"))
+            transform = shared_cache.transforms[config_key]
         self.transform = (
             transform if transform is not None else preprocessing(self.config, keys=("image", "mask"))
         )

@@ -7,12 +7,7 @@ from typing import Any
 
 import torch
 
-from mri_anomaly.data import (
-    PreprocessedCache,
-    VolumeDataset,
-    resolve_preprocessing_config,
-    unwrap_input_error,
-)
+from mri_anomaly.data import PreprocessedCache, VolumeDataset, unwrap_input_error
 
 __all__ = ["PreprocessedItems", "error_text", "iterate_preprocessed"]
 
@@ -36,7 +31,7 @@ class PreprocessedItems(torch.utils.data.Dataset):
         self.items = [dict(it) for it in items]
         self.volumes = VolumeDataset(
             self.items,
-            preprocessing_config=resolve_preprocessing_config(config.get("preprocessing") or {}),
+            preprocessing_config=config.get("preprocessing") or {},
             cache="none",
             on_error="return",
             shared_cache=cache,

@@ -7,7 +7,10 @@ maximum over a box of that radius instead (:func:`mri_anomaly.training.methods.l
 This script rescores the demo's autoencoder runs (seed 0 and the seeded copies of ``detection.py --seeds``) with
 the trained weights unchanged and only the tolerance set, on the demo's validation and test scans; for
 ``--run latent-norm-ae-3d``, which the demo does not train, ``configs/<run>.yaml`` is first trained on the demo's
-cohort for each of ``--seeds`` (into ``--out``). It reports: volume AUROC of ``residual_top200mm3`` (95 % CI) and its paired difference with ``intensity_top200mm3``, voxel
+cohort for each of ``--seeds`` (into ``--out``); so is ``--run latent-norm-ae-2d-multicontrast`` (FLAIR + T1 as
+channels), on the cohort ``--data`` names (``mri-anomaly demo-data --contrast flair,t1`` with the demo's seed and
+counts: its FLAIR images and test subjects are the demo's, checked). ``--variant NAME=KEY=VALUE;...`` trains
+and rescores the run once per set of config overrides (e.g. two learning rates). It reports: volume AUROC of ``residual_top200mm3`` (95 % CI) and its paired difference with ``intensity_top200mm3``, voxel
 AP, the healthy test scans' median ``residual_top200mm3``, and the Spearman correlation of the scans' scores
 with ``intensity_top200mm3`` (how much the map ranks scans like thresholding the image does). ``intensity``
 is evaluated in the same run.
@@ -15,20 +18,23 @@ is evaluated in the same run.
 Usage::
 
     python benchmarks/residual_tolerance.py --demo demo-out [--run latent-norm-ae-2d] [--tolerances 0 4 8 12]
-        [--seeds 0 1 2] [--out DIR] [--docs DIR]
+        [--seeds 0 1 2] [--data DIR] [--variant NAME=KEY=VALUE;KEY=VALUE ...] [--out DIR] [--docs DIR]
 
-Writes ``docs/benchmarks/residual_tolerance.md`` (``residual_tolerance-3d.md`` for the 3D run) and ``.json`` with
-the command, machine, load and date.
+Writes ``docs/benchmarks/residual_tolerance.md`` (``residual_tolerance-3d.md`` for the 3D run,
+``residual_tolerance-multicontrast.md`` for the two-contrast one) and ``.json`` with the command, machine, load
+and date.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,32 +45,164 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import markdown_table, run_meta, seed_runs, train_steps_run  # noqa: E402
 
-RUNS = ("latent-norm-ae-2d", "latent-norm-ae-3d")
+RUNS = ("latent-norm-ae-2d", "latent-norm-ae-3d", "latent-norm-ae-2d-multicontrast")
+DOC_NAMES = {
+    "latent-norm-ae-2d": "residual_tolerance",
+    "latent-norm-ae-3d": "residual_tolerance-3d",
+    "latent-norm-ae-2d-multicontrast": "residual_tolerance-multicontrast",
+}
 COLUMN = "residual_top200mm3"
 BASELINE = "intensity_top200mm3"
 
 
-def trained_runs(demo: Path, run: str, seeds: list[int], work: Path) -> dict[str, Path]:
-    """``{seed: run dir}``: the demo's runs of ``run`` when it trained them, else ``configs/<run>.yaml`` trained
-    on the demo's cohort with each seed into ``work/trained/seed<s>`` (reused when already there)."""
-    found = seed_runs(demo, run)
+def trained_runs(
+    demo: Path, run: str, seeds: list[int], work: Path, datalist: Path, overrides: list[str]
+) -> dict[str, Path]:
+    """``{seed: run dir}``: the demo's runs of ``run`` when it trained them (and no overrides are asked), else
+    ``configs/<run>.yaml`` with ``overrides`` trained on ``datalist`` with each seed into ``work/seed<s>`` (reused
+    when already there)."""
+    found = {} if overrides else seed_runs(demo, run)
     if found:
         return found
     from mri_anomaly.training.config import load_config
 
     out = {}
     for seed in seeds:
-        config = load_config(REPO / "configs" / f"{run}.yaml", [f"seed={seed}"])
+        config = load_config(REPO / "configs" / f"{run}.yaml", [*overrides, f"seed={seed}"])
         steps = int(config["train"]["phases"]["train"]["steps"])
-        run_dir = work / "trained" / f"seed{seed}"
-        seconds = train_steps_run(config, demo / "data" / "datalist.json", run_dir, steps)
-        print(f"{run} seed {seed}: trained in {seconds:.0f} s", file=sys.stderr)
+        run_dir = work / f"seed{seed}"
+        seconds = train_steps_run(config, datalist, run_dir, steps)
+        print(f"{run} seed {seed} {' '.join(overrides)}: trained in {seconds:.0f} s", file=sys.stderr)
         out[str(seed)] = run_dir
     return out
 
 
-def run_with_tolerance(run_dir: Path, out: Path, tolerance_mm: float) -> Path:
-    """A copy of ``run_dir`` whose stored config has ``model.residual_tolerance_mm`` set (weights unchanged)."""
+def real_case(run_dir: Path, data: Path, work: Path, max_voxels: int = 500_000) -> dict:
+    """MS patient07 of ``data`` (``../shared/data``: the one real case with both FLAIR and T1) scored by a
+    two-contrast run: slice AUROC inside the scan of ``residual_slice_q99`` (lesion vs lesion-free slices) and the
+    ``residual`` map's voxel AP, with the raw FLAIR's voxel AP (the intensity baseline) and chance beside it."""
+    from real_data import score_run, voxel_scores
+
+    ms = data / "ms-lesjak2017-mni" / "patient07"
+    flair, t1, mask = (
+        str((ms / f).resolve()) for f in ("FLAIR.nii.gz", "T1.nii.gz", "lesion_consensus.nii.gz")
+    )
+    case = {"subject_id": "ms-patient07", "image": flair, "mask": mask, "label": 1}
+    work.mkdir(parents=True, exist_ok=True)
+    datalist = work / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{**case, "image": [flair, t1]}]}, indent=2))
+    scored = score_run(run_dir, [case], datalist, work / "scores", max_voxels)
+    voxel = scored["voxel"]["ms-patient07"]["residual"]
+    raw = voxel_scores(case, flair, max_voxels)
+    return {
+        "slice_auroc": scored["slice"]["ms-patient07"]["residual_slice_q99"]["auroc"],
+        "voxel_ap": voxel["ap"],
+        "intensity_voxel_ap": raw["ap"],
+        "chance_ap": raw["prevalence"],
+    }
+
+
+PART_SIGNS = {"pos": "positive", "neg": "negative"}
+
+
+@contextlib.contextmanager
+def maps_per_part(contrasts: Sequence[str]):
+    """While open, the latent-norm method also returns each channel's positive and negative residual as maps
+    (``<contrast>_pos``, ``<contrast>_neg``: the run's tolerance applied) and the channel mean of the positive
+    ones (``all_pos``): which part of the residual tells the scans apart."""
+    import torch
+    from mri_anomaly.training.methods.base import BatchScores
+    from mri_anomaly.training.methods.latent_norm import LatentNormMethod, signed_residual
+
+    original_names, original_score = LatentNormMethod.map_names, LatentNormMethod.score
+    names = [f"{c}_{s}" for c in contrasts for s in PART_SIGNS]
+
+    @torch.no_grad()
+    def score(self, batch):
+        out = original_score(self, batch)
+        x = self._images(batch)
+        self.net.eval()
+        x_hat, _ = self.net(x)
+        maps = dict(out.maps)
+        for k, contrast in enumerate(contrasts):
+            for short, sign in PART_SIGNS.items():
+                part = signed_residual(x[:, k : k + 1], x_hat[:, k : k + 1], sign, self.residual_tolerance)
+                maps[f"{contrast}_{short}"] = part
+        maps["all_pos"] = sum(maps[f"{c}_pos"] for c in contrasts) / len(contrasts)
+        return BatchScores(scores=out.scores, maps=maps)
+
+    LatentNormMethod.map_names = (*original_names, *names, "all_pos")
+    LatentNormMethod.score = score
+    try:
+        yield [*names, "all_pos"]
+    finally:
+        LatentNormMethod.map_names, LatentNormMethod.score = original_names, original_score
+
+
+def part_aurocs(run_dir: Path, datalist: Path, work: Path, contrasts: Sequence[str]) -> dict[str, dict]:
+    """``{part: {"auroc", "healthy_median"}}`` of each part's ``_top200mm3`` on the test scans (see
+    :func:`maps_per_part`)."""
+    from mri_anomaly.evaluation.metrics import auroc
+    from mri_anomaly.scoring.runner import score_datalist
+
+    if not (work / "scores.csv").is_file():
+        shutil.rmtree(work, ignore_errors=True)
+        with maps_per_part(contrasts):
+            score_datalist(run_dir, datalist, work, sections=("test",), save_maps=False, progress=False)
+    table = test_table(work)
+    y = table["label"].to_numpy(int)
+    names = [c[: -len("_top200mm3")] for c in table.columns if c.endswith("_top200mm3") and ":" not in c]
+    return {
+        n: {
+            "auroc": float(auroc(y, table[f"{n}_top200mm3"].to_numpy(float))),
+            "healthy_median": float(np.median(table[f"{n}_top200mm3"].to_numpy(float)[y == 0])),
+        }
+        for n in names
+    }
+
+
+def parts_markdown(
+    parts: dict[str, dict[str, dict]], mm: float | None, residual: str, several: bool
+) -> list[str]:
+    """The ``--parts`` table: each part's test AUROC (healthy median) per variant and seed."""
+    if not parts:
+        return []
+    names = list(next(iter(next(iter(parts.values())).values())))
+    rows = [
+        [*([variant] if several else []), seed,
+         *(f"{v[n]['auroc']:.3f} ({v[n]['healthy_median']:.3f})" for n in names)]
+        for variant, by_seed in parts.items() for seed, v in by_seed.items()
+    ]  # fmt: skip
+    return [
+        "",
+        f"Where the signal is ({mm:g} mm): volume AUROC of each part's `_top200mm3` on the test scans, the healthy "
+        "test scans' median in brackets. `residual`: the map as configured "
+        f"(`{residual}`, the mean over channels); `<contrast>_pos` / `_neg`: one channel's residual above the "
+        "reconstruction's maximum / below its minimum; `all_pos`: the channels' `_pos` averaged (the map "
+        "`residual: positive` makes).",
+        "",
+        markdown_table([*(["variant"] if several else []), "seed", *(f"`{n}`" for n in names)], rows),
+    ]
+
+
+def final_training_loss(run_dir: Path, rows: int = 10) -> float:
+    """Mean logged training loss of the run's last ``rows`` log rows (the last 100 steps at ``log_every: 10``):
+    a choice that needs no anomalies."""
+    log = pd.read_csv(run_dir / "train_log.csv")
+    return float(log["loss"].tail(rows).mean())
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"NAME=KEY=VALUE;KEY=VALUE"`` -> ``(NAME, [KEY=VALUE, ...])``; ``"NAME"`` alone: no overrides."""
+    name, _, overrides = text.partition("=")
+    if not name:
+        raise argparse.ArgumentTypeError(f"--variant needs a name before '=': {text!r}")
+    return name, [o.strip() for o in overrides.split(";") if o.strip()]
+
+
+def run_with_tolerance(run_dir: Path, out: Path, tolerance_mm: float, residual: str | None = None) -> Path:
+    """A copy of ``run_dir`` whose stored config has ``model.residual_tolerance_mm`` (and ``model.residual``,
+    when given) set; the weights unchanged."""
     import torch
     import yaml
 
@@ -75,6 +213,8 @@ def run_with_tolerance(run_dir: Path, out: Path, tolerance_mm: float) -> Path:
     checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     config = yaml.safe_load(checkpoint["config"])
     config["model"]["residual_tolerance_mm"] = float(tolerance_mm)
+    if residual is not None:
+        config["model"]["residual"] = residual
     checkpoint["config"] = yaml.safe_dump(config, sort_keys=False)
     torch.save(checkpoint, out / "checkpoint.pt")
     (out / "config.yaml").write_text(checkpoint["config"])
@@ -123,6 +263,24 @@ def measure(score_dir: Path, baseline: pd.DataFrame, datalist: Path, column: str
     }
 
 
+def same_flair_test_scans(demo_datalist: Path, datalist: Path) -> None:
+    """Raise unless ``datalist``'s test items are the demo's subjects, labels and (first contrast) FLAIR arrays."""
+    import nibabel as nib
+    from mri_anomaly.data import load_datalist
+
+    demo_items, items = load_datalist(demo_datalist)["test"], load_datalist(datalist)["test"]
+
+    def key(item: dict) -> tuple:
+        return item["subject_id"], int(item["label"])
+
+    if [key(i) for i in demo_items] != [key(i) for i in items]:
+        raise SystemExit(f"{datalist}: its test subjects or labels are not the demo's ({demo_datalist})")
+    for a, b in zip(demo_items, items):
+        first = b["image"][0] if isinstance(b["image"], list) else b["image"]
+        if not np.array_equal(nib.load(a["image"]).get_fdata(), nib.load(first).get_fdata()):
+            raise SystemExit(f"{first}: not the demo's FLAIR image of {a['subject_id']} ({a['image']})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -134,93 +292,213 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to train when the demo has no such run"
     )
     parser.add_argument(
+        "--data", type=Path, default=None, help="cohort folder to train and score on (default DEMO/data)"
+    )
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=None,
+        help="NAME=KEY=VALUE;KEY=VALUE: config overrides trained as one variant (repeatable)",
+    )
+    parser.add_argument(
+        "--residuals",
+        nargs="+",
+        choices=("absolute", "positive", "negative"),
+        default=None,
+        help="model.residual settings to rescore with (default: the config's)",
+    )
+    parser.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        help="../shared/data: also score MS patient07 (FLAIR + T1) with the two-contrast run",
+    )
+    parser.add_argument(
+        "--parts",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="also score each channel's positive and negative residual apart, at this tolerance",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="work folder (default DEMO/residual_tolerance-<run>)"
     )
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     from mri_anomaly.scoring.runner import score_datalist
+    from mri_anomaly.training.config import load_config
 
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()
     work = (args.out or args.demo / f"residual_tolerance-{args.run}").resolve()
-    datalist = demo / "data" / "datalist.json"
+    demo_datalist = demo / "data" / "datalist.json"
+    datalist = (args.data.resolve() / "datalist.json") if args.data else demo_datalist
+    if datalist != demo_datalist:
+        same_flair_test_scans(demo_datalist, datalist)
     baseline_dir = demo / "scores" / "intensity"
     baseline = test_table(baseline_dir)
-    intensity = measure(baseline_dir, baseline, datalist, BASELINE, work / "evaluation" / "intensity")
-    from_demo = bool(seed_runs(demo, args.run))
-    results = {}
-    for seed, run_dir in trained_runs(demo, args.run, args.seeds, work).items():
-        for mm in args.tolerances:
-            name = f"seed{seed}-{mm:g}mm"
-            run = run_with_tolerance(run_dir, work / "runs" / name, mm)
-            score_dir = work / "scores" / name
-            if not (score_dir / "scores.csv").is_file():
-                score_datalist(
-                    run, datalist, score_dir, sections=("validation", "test"), save_maps=True, progress=False
-                )
-            results.setdefault(seed, {})[f"{mm:g}"] = measure(
-                score_dir, baseline, datalist, COLUMN, work / "evaluation" / name
+    intensity = measure(baseline_dir, baseline, demo_datalist, BASELINE, work / "evaluation" / "intensity")
+    variants = dict(args.variant or [("config", [])])
+    from_demo = datalist == demo_datalist and not any(variants.values()) and bool(seed_runs(demo, args.run))
+    residual = load_config(REPO / "configs" / f"{args.run}.yaml")["model"].get("residual", "absolute")
+    results: dict[str, dict[str, dict[str, dict]]] = {}
+    residuals = args.residuals or [residual]
+    settings = [(r, mm) for r in residuals for mm in args.tolerances]
+
+    def key(r: str, mm: float) -> str:
+        return f"{mm:g}" if len(residuals) == 1 else f"{r}/{mm:g}"
+
+    for variant, overrides in variants.items():
+        trained = trained_runs(demo, args.run, args.seeds, work / "trained" / variant, datalist, overrides)
+        for seed, run_dir in trained.items():
+            for r, mm in settings:
+                name = f"{variant}-seed{seed}-{mm:g}mm-{r}"
+                run = run_with_tolerance(run_dir, work / "runs" / name, mm, r)
+                score_dir = work / "scores" / name
+                if not (score_dir / "scores.csv").is_file():
+                    score_datalist(
+                        run,
+                        datalist,
+                        score_dir,
+                        sections=("validation", "test"),
+                        save_maps=True,
+                        progress=False,
+                    )
+                v = measure(score_dir, baseline, datalist, COLUMN, work / "evaluation" / name)
+                v["train_loss"] = final_training_loss(run_dir)
+                if args.real and args.run.endswith("multicontrast"):
+                    v["real"] = real_case(run, args.real, work / "real" / name)
+                results.setdefault(variant, {}).setdefault(seed, {})[key(r, mm)] = v
+                print(f"{variant} seed {seed}, {r} {mm:g} mm: AUROC {v['auroc']:.3f}", file=sys.stderr)
+    parts: dict[str, dict[str, dict]] = {}
+    if args.parts is not None:
+        config = load_config(REPO / "configs" / f"{args.run}.yaml")
+        contrasts = list(config["preprocessing"].get("contrasts") or ["image"])
+        for variant, overrides in variants.items():
+            trained = trained_runs(
+                demo, args.run, args.seeds, work / "trained" / variant, datalist, overrides
             )
-            print(f"seed {seed}, {mm:g} mm: AUROC {results[seed][f'{mm:g}']['auroc']:.3f}", file=sys.stderr)
+            for seed, run_dir in trained.items():
+                name = f"{variant}-seed{seed}-{args.parts:g}mm-{residual}"
+                run = run_with_tolerance(run_dir, work / "runs" / name, args.parts, residual)
+                parts.setdefault(variant, {})[seed] = part_aurocs(
+                    run, datalist, work / "parts" / name, contrasts
+                )
     meta = run_meta("residual_tolerance.py", argv, load_start, t0, demo=str(args.demo))
-    three_d = args.run.endswith("3d")
+    three_d, two = args.run.endswith("3d"), args.run.endswith("multicontrast")
+    cohort = "the demo's cohort" if datalist == demo_datalist else f"the cohort `{args.data}`"
+    seeds = ", ".join(next(iter(results.values())))
     origin = (
-        f"`configs/{args.run}.yaml` trained on the demo's cohort with seeds {', '.join(results)} (the demo does not "
-        "train it)"
-        if not from_demo
-        else f"The demo's `{args.run}` runs (seed 0 and the seeds of `detection.py --seeds`)"
+        f"The demo's `{args.run}` runs (seed 0 and the seeds of `detection.py --seeds`)"
+        if from_demo
+        else f"`configs/{args.run}.yaml` trained on {cohort} with seeds {seeds}"
+        + (" (the demo does not train it)" if not any(variants.values()) else "")
     )
+    if any(variants.values()):
+        origin += (
+            ", once per variant ("
+            + "; ".join(
+                f"`{v}`: " + (", ".join(f"`{o}`" for o in overrides) or "the config as shipped")
+                for v, overrides in variants.items()
+            )
+            + ")"
+        )
+    hows = {
+        "positive": "each voxel's positive residual is taken against the reconstruction's maximum within that "
+        "radius",
+        "negative": "each voxel's negative residual is taken against the reconstruction's minimum within that "
+        "radius",
+        "absolute": "each voxel's residual is taken above the reconstruction's maximum and below its minimum "
+        "within that radius",
+    }
+    how = "; ".join(f"`{r}`: {hows[r]}" for r in residuals) if len(residuals) > 1 else hows[residuals[0]]
 
     def ci(v: dict, key: str, signed: bool = False) -> str:
         f = "{:+.3f}" if signed else "{:.3f}"
         lo, hi = v[key + "_ci"]
         return f"{f.format(v[key])} [{f.format(lo)}, {f.format(hi)}]"
 
-    rows = []
-    for seed, by_mm in results.items():
-        for mm, v in by_mm.items():
-            rows.append([seed, mm, ci(v, "auroc"), ci(v, "vs_intensity", True), f"{v['voxel_ap']:.3f}",
-                         f"{v['healthy_median']:.3f}", f"{v['spearman_intensity']:.2f}"])  # fmt: skip
-    header = ["seed", "tolerance (mm)", f"`{COLUMN}` AUROC", "− `intensity`", "voxel AP",
-              "healthy median", "Spearman with `intensity`"]  # fmt: skip
-    means = []
-    for mm in (f"{m:g}" for m in args.tolerances):
-        values = [by_mm[mm] for by_mm in results.values()]
-        aurocs = [v["auroc"] for v in values]
-        means.append([mm, f"{np.mean(aurocs):.3f} ± {np.std(aurocs, ddof=1) if len(aurocs) > 1 else 0:.3f}",
-                      f"{min(aurocs):.3f}", f"{np.mean([v['voxel_ap'] for v in values]):.3f}",
-                      f"{np.mean([v['spearman_intensity'] for v in values]):.2f}"])  # fmt: skip
+    several = len(results) > 1
+    signs = len(residuals) > 1
+    real = args.real is not None and args.run.endswith("multicontrast")
+    lead = ["variant"] if several else []
+    rows, means = [], []
+    for variant, by_seed in results.items():
+        for seed, by_key in by_seed.items():
+            for r, mm in settings:
+                v = by_key[key(r, mm)]
+                rows.append([*([variant] if several else []), seed, *([f"`{r}`"] if signs else []), f"{mm:g}",
+                             ci(v, "auroc"), ci(v, "vs_intensity", True), f"{v['voxel_ap']:.3f}",
+                             f"{v['healthy_median']:.3f}", f"{v['spearman_intensity']:.2f}",
+                             *([f"{v['real']['slice_auroc']:.3f}", f"{v['real']['voxel_ap']:.3f}"] if real else [])])  # fmt: skip
+        for r, mm in settings:
+            values = [by_key[key(r, mm)] for by_key in by_seed.values()]
+            aurocs = [v["auroc"] for v in values]
+            means.append([*([variant] if several else []), *([f"`{r}`"] if signs else []), f"{mm:g}",
+                          f"{np.mean(aurocs):.3f} ± {np.std(aurocs, ddof=1) if len(aurocs) > 1 else 0:.3f}",
+                          f"{min(aurocs):.3f}", f"{np.mean([v['voxel_ap'] for v in values]):.3f}",
+                          f"{np.mean([v['spearman_intensity'] for v in values]):.2f}",
+                          ", ".join(f"{v['train_loss']:.2f}" for v in values),
+                          *([f"{np.mean([v['real']['slice_auroc'] for v in values]):.3f}"] if real else [])])  # fmt: skip
+    residual_col = ["residual"] if signs else []
+    real_cols = ["MS patient07 slice AUROC", "MS patient07 voxel AP"] if real else []
+    header = [*lead, "seed", *residual_col, "tolerance (mm)", f"`{COLUMN}` AUROC", "− `intensity`", "voxel AP",
+              "healthy median", "Spearman with `intensity`", *real_cols]  # fmt: skip
+    mean_header = [*lead, *residual_col, "tolerance (mm)", "AUROC mean ± SD", "lowest seed", "voxel AP mean",
+                   "Spearman mean", "training loss (last 100 steps) per seed",
+                   *(["MS patient07 slice AUROC mean"] if real else [])]  # fmt: skip
+    real_text = ""
+    if real:
+        first = next(iter(next(iter(results.values())).values()))
+        base = next(iter(first.values()))["real"]
+        real_text = (
+            f"MS patient07 (`{args.real}`, the one real case with FLAIR and T1, never used for training or "
+            "choices): slice AUROC inside the scan of `residual_slice_q99` (lesion vs lesion-free counted "
+            "slices) and the `residual` map's voxel AP in the FLAIR's space; the raw FLAIR as the map reaches "
+            f"voxel AP {base['intensity_voxel_ap']:.3f}, chance (the lesion fraction of the brain) "
+            f"{base['chance_ap']:.4f}."
+        )
     n = intensity["n"]
+    kind = "2D, FLAIR + T1" if args.run.endswith("multicontrast") else ("3D" if three_d else "2D")
     md = "\n".join([
-        f"# Latent-norm autoencoder ({'3D' if three_d else '2D'}): the residual map's tolerance",
+        f"# Latent-norm autoencoder ({kind}): the residual map's tolerance",
         "",
         f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
         f"Date: {meta['date']}; {meta['seconds']:.0f} s  ",
         f"Scans: the {n - intensity['n_anomalous']} healthy and {intensity['n_anomalous']} anomalous test scans "
-        f"of `{args.demo}`; thresholds and voxel AP as `mri-anomaly evaluate` computes them.",
+        f"of `{args.demo}`" + ("" if datalist == demo_datalist else
+                               f" (in `{args.data}`: the same subjects and FLAIR arrays, checked)")
+        + "; thresholds and voxel AP as `mri-anomaly evaluate` computes them.",
         "",
-        f"{origin}, their trained weights unchanged, rescored with `model.residual_tolerance_mm` set: each "
-        "voxel's positive residual is taken against the reconstruction's maximum within that radius "
-        f"{'in the volume' if three_d else 'in the slice'} (0: voxel by voxel, the map "
+        f"{origin}, their trained weights unchanged, rescored with `model.residual_tolerance_mm`{' and `model.residual`' if len(residuals) > 1 else ''} set: {how} "
+        f"{'in the volume' if three_d else 'in the slice'}{', the map the mean over the channels' if two else ''} (0: voxel by voxel, the map "
         "before the option). `− intensity`: paired AUROC difference with `intensity_top200mm3` on the same "
         "scans (95 % bootstrap CI). `healthy median`: the healthy test scans' median score. `Spearman with "
         "intensity`: rank correlation of all test scans' scores with `intensity_top200mm3`.",
         "",
         markdown_table(header, rows),
         "",
-        f"`intensity` in the same run: AUROC {ci(intensity, 'auroc')}, voxel AP {intensity['voxel_ap']:.3f}.",
+        *([real_text, ""] if real_text else []),
+        f"`intensity` (the demo's run), evaluated here: AUROC {ci(intensity, 'auroc')}, voxel AP "
+        f"{intensity['voxel_ap']:.3f}.",
         "",
         "Over seeds:",
         "",
-        markdown_table(["tolerance (mm)", "AUROC mean ± SD", "lowest seed", "voxel AP mean",
-                        "Spearman mean"], means),  # fmt: skip
+        markdown_table(mean_header, means),
+        *parts_markdown(parts, args.parts, residual, several),
         "",
     ])  # fmt: skip
     args.docs.mkdir(parents=True, exist_ok=True)
-    name = "residual_tolerance-3d" if three_d else "residual_tolerance"
+    name = DOC_NAMES[args.run]
     (args.docs / f"{name}.md").write_text(md)
+    flat = results if several else next(iter(results.values()))
     (args.docs / f"{name}.json").write_text(
-        json.dumps({"meta": meta, "intensity": intensity, "results": results}, indent=2) + "\n"
+        json.dumps(
+            {"meta": meta, "intensity": intensity, "results": flat, **({"parts": parts} if parts else {})},
+            indent=2,
+        )
+        + "\n"  # fmt: skip
     )
     print(md)
     return 0

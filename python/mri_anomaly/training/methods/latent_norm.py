@@ -19,6 +19,10 @@ lesion brighter than every healthy voxel nearby keeps its own. Measured on the d
 3e-4 (``docs/benchmarks/residual_tolerance.md``). The price: the map ranks scans more like the image's
 intensity does (Spearman 0.93 → 0.97 at seed 0; the 3D model's 0.90 → 1.00), so it can approach
 thresholding but not pass it.
+With several contrasts the map is the channels' mean. On the two-contrast demo (FLAIR + T1, three seeds,
+``docs/benchmarks/residual_tolerance-multicontrast.md``) ``|x − x̂|`` ranked scans at 0.52–0.63 whatever the
+tolerance (both channels' negative side, x̂ above dark CSF and sulci, is as high in healthy scans as in
+anomalous ones); positive at 8 mm 0.933–0.949: the shipped two-contrast config's setting.
 
 β: for our [0, 1] inputs the default ``beta = 1.0`` is meant for 40×48 slices. Measured on the demo
 cohort's slices (``latent_dim`` 32, channels 16/32/64, 150 Adam steps at 1e-3, batch 32): ‖x − x̂‖₂ ≈ 6,

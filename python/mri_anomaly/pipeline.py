@@ -37,7 +37,7 @@ from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.files import atomic_write_json
 from mri_anomaly.training.config import configs_dir
 
-__all__ = ["DEMO_RUNS", "SEED_RUNS", "DemoRun", "configs_dir", "run_demo", "run_seed"]
+__all__ = ["DEMO_RUNS", "SEED_RUNS", "DemoRun", "configs_dir", "default_lanes", "run_demo", "run_seed"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class DemoRun:
     config: str
     overrides: tuple[str, ...] = ()
     description: str = ""
+    cost: float = 1.0  # relative CPU time of training + scoring: lanes start the costliest runs first
 
 
 # 2D likelihood ratio: the 2D Glow config turned into the glow-ratio method (general phase, then the
@@ -62,13 +63,14 @@ _GLOW2D_RATIO = (
 
 DEMO_RUNS: tuple[DemoRun, ...] = (
     DemoRun("glow2d-ratio", "glow2d-slices.yaml", _GLOW2D_RATIO,
-            "2D Glow on slices: likelihood ratio, NLL and final-scale scores"),
-    DemoRun("glow3d-ratio", "glow3d-ratio.yaml", (), "3D Glow on volumes: likelihood ratio, NLL and final-scale scores"),
-    DemoRun("deep-svdd-2d", "deep-svdd-2d.yaml", (), "Deep SVDD on slices (no labels)"),
-    DemoRun("deep-sad-2d", "deep-sad-2d.yaml", (), "Deep SAD on slices (labelled synthetic anomalies)"),
-    DemoRun("latent-norm-ae-2d", "latent-norm-ae-2d.yaml", (), "latent-norm autoencoder on slices"),
-    DemoRun("intensity", "intensity.yaml", (), "baseline: the image itself as the anomaly map"),
-    DemoRun("normative", "normative.yaml", (), "baseline: voxel-wise normative model (robust z-score)"),
+            "2D Glow on slices: likelihood ratio, NLL and final-scale scores", 325.0),
+    DemoRun("glow3d-ratio", "glow3d-ratio.yaml", (), "3D Glow on volumes: likelihood ratio, NLL and final-scale scores",
+            370.0),
+    DemoRun("deep-svdd-2d", "deep-svdd-2d.yaml", (), "Deep SVDD on slices (no labels)", 148.0),
+    DemoRun("deep-sad-2d", "deep-sad-2d.yaml", (), "Deep SAD on slices (labelled synthetic anomalies)", 162.0),
+    DemoRun("latent-norm-ae-2d", "latent-norm-ae-2d.yaml", (), "latent-norm autoencoder on slices", 113.0),
+    DemoRun("intensity", "intensity.yaml", (), "baseline: the image itself as the anomaly map", 32.0),
+    DemoRun("normative", "normative.yaml", (), "baseline: voxel-wise normative model (robust z-score)", 14.0),
 )  # fmt: skip
 
 SEED_RUNS: tuple[str, ...] = (
@@ -80,6 +82,8 @@ SEED_RUNS: tuple[str, ...] = (
 )
 """The runs :func:`run_seed` retrains by default: every learned run of the demo (one training seed's number is one
 draw: the autoencoder's best column spans 0.65-0.91 over seeds 0-2)."""
+
+# The costs above: seconds of training + scoring of each run in a demo on 2 CPU cores (docs/benchmarks/demo_time.md).
 
 # Smoke sizes: a cohort of a few scans and a couple of optimiser steps per phase.
 SMOKE_COHORT: dict[str, Any] = {"healthy": 5, "anomalous": 2, "general": 3}
@@ -96,10 +100,19 @@ class _State:
     def done(self, stage: str) -> bool:
         return bool(self.data.get(stage, {}).get("done"))
 
-    def mark(self, stage: str, seconds: float, cpu_start: float | None = None, **extra: Any) -> None:
+    def mark(
+        self,
+        stage: str,
+        seconds: float,
+        cpu_start: float | None = None,
+        cpu_seconds: float | None = None,
+        **extra: Any,
+    ) -> None:
         entry: dict[str, Any] = {"done": True, "seconds": round(seconds, 2)}
         if cpu_start is not None:  # CPU time of the demo's processes: robust to others sharing the cores
             entry["cpu_seconds"] = round(_cpu_time() - cpu_start, 2)
+        if cpu_seconds is not None:  # measured by the lane process that ran the stage
+            entry["cpu_seconds"] = round(cpu_seconds, 2)
         self.data[stage] = {**entry, **extra}
         atomic_write_json(self.path, self.data)
 
@@ -174,14 +187,22 @@ def _train_and_score(
     stage: Callable[[str, str], bool],
     device: str,
     progress: bool,
+    lanes: int = 1,
+    log: Callable[[str], None] = _say,
 ) -> list[Path]:
     """The train and score stages of ``runs`` into ``out/runs/<name>`` and ``out/scores/<name>``; returns the
     score folders. The runs train, calibrate and score on the same scans, most of them preprocessed alike: each
-    scan is preprocessed once per preprocessing config (one :class:`~mri_anomaly.data.PreprocessedCache`)."""
+    scan is preprocessed once per preprocessing config (one :class:`~mri_anomaly.data.PreprocessedCache`).
+    ``lanes`` > 1 (CPU only): that many processes, each on its share of the cores, take the runs costliest first
+    (:func:`_run_in_lanes`)."""
     from mri_anomaly.data import PreprocessedCache
     from mri_anomaly.scoring.runner import score_datalist
     from mri_anomaly.training import Trainer
 
+    score_dirs = [out / "scores" / r.name for r in runs]
+    if lanes > 1 and device == "cpu":
+        _run_in_lanes(out, runs, configs, datalist, state, stage, lanes, log)
+        return score_dirs
     preprocessed = PreprocessedCache()
     for r in runs:
         run_dir = out / "runs" / r.name
@@ -220,6 +241,104 @@ def _train_and_score(
     return score_dirs
 
 
+def default_lanes(device: str = "cpu") -> int:
+    """The demo's lanes: 2 on a CPU with at least 2 cores, else 1. On 2 cores a run on one thread did a step in
+    1.4-1.6x the time it took on two (conv layers this small keep two threads half idle), so two runs side by
+    side on one core each finish sooner than one after the other on both (docs/benchmarks/demo_time.md)."""
+    return 2 if device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+
+
+_lane_cache = None  # a lane process's PreprocessedCache, shared by the runs it takes
+
+
+def _lane_start(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _lane_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train and/or score one run in a lane process; returns each stage's wall and CPU seconds."""
+    import resource
+
+    from mri_anomaly.data import PreprocessedCache
+    from mri_anomaly.scoring.runner import score_datalist
+    from mri_anomaly.training import Trainer
+
+    global _lane_cache
+    if _lane_cache is None:
+        _lane_cache = PreprocessedCache()
+
+    def cpu() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return own.ru_utime + own.ru_stime
+
+    import multiprocessing
+
+    name, out, done = job["name"], Path(job["out"]), {}
+    lane = multiprocessing.current_process().name.rsplit("-", 1)[-1]
+    say = _say if job["say"] else (lambda _: None)
+    run_dir, score_dir = out / "runs" / name, out / "scores" / name
+    if job["train"]:
+        say(f"lane {lane}: train {name} ...")
+        t, c = time.time(), cpu()
+        result = Trainer(job["config"], job["datalist"], run_dir, resume=True, progress=False,
+                         preprocessed_cache=_lane_cache).fit()  # fmt: skip
+        if not result.completed:
+            raise RuntimeError(
+                f"training of {name} stopped before the end ({run_dir}); rerun the demo to resume"
+            )
+        done["train"] = {"seconds": time.time() - t, "cpu_seconds": cpu() - c, "steps": result.global_step}
+    if job["score"]:
+        say(f"lane {lane}: score {name} ...")
+        t, c = time.time(), cpu()
+        score_datalist(run_dir, job["datalist"], score_dir, sections=("validation", "test"), progress=False,
+                       preprocessed_cache=_lane_cache)  # fmt: skip
+        done["score"] = {"seconds": time.time() - t, "cpu_seconds": cpu() - c}
+    return {"name": name, **done}
+
+
+def _run_in_lanes(
+    out: Path,
+    runs: Sequence[DemoRun],
+    configs: dict[str, dict[str, Any]],
+    datalist: Path,
+    state: _State,
+    stage: Callable[[str, str], bool],
+    lanes: int,
+    log: Callable[[str], None],
+) -> None:
+    """Train and score ``runs`` in ``lanes`` spawned processes of ``cores // lanes`` threads each, a run's stages
+    in one process, the costliest runs first; the state is marked here as each run's stages end (a failure
+    stops the lanes and re-raises: finished stages stay done, an interrupted training resumes from its
+    checkpoint). No per-step progress bars here: the lanes log when each stage starts and ends."""
+    import multiprocessing
+
+    jobs = []
+    for r in runs:
+        train = stage(f"train:{r.name}", f"train {r.name} ({r.description or r.config})")
+        score = stage(f"score:{r.name}", f"score {r.name} (validation and test sections)")
+        if train or score:
+            jobs.append({"name": r.name, "out": str(out), "config": configs[r.name], "datalist": str(datalist),
+                         "train": train, "score": score, "cost": r.cost, "say": log is _say})  # fmt: skip
+    if not jobs:
+        return
+    jobs.sort(key=lambda j: -j["cost"])
+    threads = max(1, (os.cpu_count() or 1) // lanes)
+    log(f"{len(jobs)} run(s) in {min(lanes, len(jobs))} lanes of {threads} thread(s), costliest first")
+    context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
+    # leaving the with-block terminates the lanes, also when a run failed or the user interrupted
+    with context.Pool(min(lanes, len(jobs)), initializer=_lane_start, initargs=(threads,)) as pool:
+        for done in pool.imap_unordered(_lane_job, jobs, chunksize=1):
+            for kind in ("train", "score"):
+                if kind in done:
+                    entry = done[kind]
+                    extra = {"steps": entry["steps"]} if "steps" in entry else {}
+                    state.mark(f"{kind}:{done['name']}", entry["seconds"], cpu_seconds=entry["cpu_seconds"],
+                               **extra)  # fmt: skip
+                    log(f"{kind} {done['name']}: done in {entry['seconds']:.0f} s")
+
+
 def run_demo(
     out: str | os.PathLike,
     runs: Sequence[DemoRun] = DEMO_RUNS,
@@ -229,6 +348,7 @@ def run_demo(
     n_bootstrap: int = 1000,
     progress: bool = True,
     log: Callable[[str], None] = _say,
+    lanes: int | None = None,
 ) -> Path:
     """Run (or resume) the demo into ``out``; returns the path of ``report.html``.
 
@@ -239,7 +359,10 @@ def run_demo(
         smoke: tiny sizes (a few scans, 2 steps per phase, 20 bootstrap resamples): for tests only, the
             numbers mean nothing.
         n_bootstrap: bootstrap resamples of the report's CIs.
-        progress: progress bars of training and scoring.
+        progress: progress bars of training and scoring (with one lane).
+        lanes: runs trained and scored side by side, each in its own process on its share of the cores
+            (default :func:`default_lanes`: 2 on a CPU with 2 cores or more); 1: one after the other in this
+            process, with per-step progress bars.
 
     Raises:
         FileNotFoundError: a config is missing. ValueError: ``out`` holds a demo made with other settings.
@@ -267,7 +390,8 @@ def run_demo(
         kwargs = dict(SMOKE_COHORT) if smoke else {}
         make_demo_cohort(data_dir, seed=seed, workers=default_workers(), **kwargs)
         state.mark("data", time.time() - t, c)
-    score_dirs = _train_and_score(out, runs, configs, datalist, state, stage, device, progress)
+    lanes = default_lanes(device) if lanes is None else int(lanes)
+    score_dirs = _train_and_score(out, runs, configs, datalist, state, stage, device, progress, lanes, log)
     report_dir = out / "report"
     if stage("evaluate", f"evaluate and compare -> {report_dir}"):
         t, c = time.time(), _cpu_time()
@@ -290,6 +414,7 @@ def run_seed(
     device: str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] = _say,
+    lanes: int | None = None,
 ) -> Path:
     """Train and score ``runs`` of a finished demo again with the config's ``seed=<seed>`` on the same cohort.
 
@@ -326,6 +451,8 @@ def run_seed(
     state.data["settings"] = settings
     configs = _demo_configs(chosen, smoke, extra=(f"seed={seed}",))
     stage = _stager(state, 2 * len(chosen), lambda msg: log(f"seed {seed}: {msg}"))
-    _train_and_score(out, chosen, configs, datalist, state, stage, device, progress)
+    lanes = default_lanes(device) if lanes is None else int(lanes)
+    _train_and_score(out, chosen, configs, datalist, state, stage, device, progress, lanes,
+                     lambda msg: log(f"seed {seed}: {msg}"))  # fmt: skip
     atomic_write_json(out / "seed_state.json", state.data)
     return out

@@ -115,6 +115,14 @@ def _add_demo(subparsers) -> None:
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check (numbers mean nothing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs trained side by side, each in its own process on its share of the cores (default: 2 on a "
+        "CPU with 2+ cores; 1: one after the other, with per-step progress bars)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -144,7 +152,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             )
         runs = tuple(known[m] for m in wanted)
     report = run_demo(args.out, runs=runs, seed=args.seed, device=args.device, smoke=args.smoke,
-                      n_bootstrap=args.bootstrap, progress=not args.no_progress)  # fmt: skip
+                      n_bootstrap=args.bootstrap, progress=not args.no_progress, lanes=args.lanes)  # fmt: skip
     print(f"Report: {report.resolve()}")
     return 0
 

@@ -84,3 +84,49 @@ def test_stage_cpu_time_counts_the_child_processes_that_ended():
     child = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
     subprocess.run([sys.executable, "-c", child], check=True)
     assert _cpu_time() - start >= 0.5
+
+
+def test_runs_in_lanes_train_and_score_as_one_after_the_other(demo_cohort, tmp_path):
+    """Two lanes (spawned processes) give the checkpoints, thresholds and score tables of one lane on the same
+    number of threads, and record each stage's wall and CPU seconds."""
+    import os
+
+    import torch
+    from mri_anomaly.pipeline import DEMO_RUNS, _demo_configs, _stager, _State, _train_and_score
+    from mri_anomaly.training.checkpoint import load_checkpoint
+
+    runs = [r for r in DEMO_RUNS if r.name in ("glow2d-ratio", "deep-svdd-2d", "intensity")]
+    configs = _demo_configs(runs, smoke=True)
+    threads = max(1, (os.cpu_count() or 1) // 2)  # what each of two lanes runs on
+    outs = {}
+    for lanes in (1, 2):
+        out = outs[lanes] = tmp_path / f"lanes{lanes}"
+        out.mkdir()
+        state = _State(out / "state.json")
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            stage = _stager(state, 2 * len(runs), lambda _: None)
+            dirs = _train_and_score(
+                out, runs, configs, demo_cohort, state, stage, "cpu", False, lanes, lambda _: None
+            )
+        finally:
+            torch.set_num_threads(previous)
+        assert dirs == [out / "scores" / r.name for r in runs]
+        for r in runs:
+            for kind in ("train", "score"):
+                entry = state.data[f"{kind}:{r.name}"]
+                assert entry["done"] and entry["seconds"] > 0 and entry["cpu_seconds"] > 0, (
+                    lanes,
+                    kind,
+                    r.name,
+                )
+    for r in runs:
+        a = load_checkpoint(outs[1] / "runs" / r.name / "checkpoint.pt")
+        b = load_checkpoint(outs[2] / "runs" / r.name / "checkpoint.pt")
+        assert a["state_dict"].keys() == b["state_dict"].keys()
+        for key in a["state_dict"]:
+            assert torch.equal(a["state_dict"][key], b["state_dict"][key]), (r.name, key)
+        for name in ("runs/{}/thresholds.json", "scores/{}/scores.csv", "scores/{}/slice_scores.csv"):
+            path = name.format(r.name)
+            assert (outs[1] / path).read_text() == (outs[2] / path).read_text(), path

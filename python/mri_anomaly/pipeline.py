@@ -249,11 +249,16 @@ def default_lanes(device: str = "cpu") -> int:
 
 
 _lane_cache = None  # a lane process's PreprocessedCache, shared by the runs it takes
+_lane_number = 0  # 1, 2, ... in the lane processes
 
 
-def _lane_start(threads: int) -> None:
+def _lane_start(threads: int, counter) -> None:
     import torch
 
+    global _lane_number
+    with counter.get_lock():
+        counter.value += 1
+        _lane_number = counter.value
     torch.set_num_threads(threads)
 
 
@@ -273,10 +278,7 @@ def _lane_job(job: dict[str, Any]) -> dict[str, Any]:
         own = resource.getrusage(resource.RUSAGE_SELF)
         return own.ru_utime + own.ru_stime
 
-    import multiprocessing
-
-    name, out, done = job["name"], Path(job["out"]), {}
-    lane = multiprocessing.current_process().name.rsplit("-", 1)[-1]
+    name, out, done, lane = job["name"], Path(job["out"]), {}, _lane_number
     say = _say if job["say"] else (lambda _: None)
     run_dir, score_dir = out / "runs" / name, out / "scores" / name
     if job["train"]:
@@ -328,7 +330,8 @@ def _run_in_lanes(
     log(f"{len(jobs)} run(s) in {min(lanes, len(jobs))} lanes of {threads} thread(s), costliest first")
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
     # leaving the with-block terminates the lanes, also when a run failed or the user interrupted
-    with context.Pool(min(lanes, len(jobs)), initializer=_lane_start, initargs=(threads,)) as pool:
+    counter = context.Value("i", 0)
+    with context.Pool(min(lanes, len(jobs)), initializer=_lane_start, initargs=(threads, counter)) as pool:
         for done in pool.imap_unordered(_lane_job, jobs, chunksize=1):
             for kind in ("train", "score"):
                 if kind in done:

@@ -92,7 +92,7 @@ def test_runs_in_lanes_train_and_score_as_one_after_the_other(demo_cohort, tmp_p
     import os
 
     import torch
-    from mri_anomaly.pipeline import DEMO_RUNS, _demo_configs, _stager, _State, _train_and_score
+    from mri_anomaly.pipeline import DEMO_RUNS, _demo_configs, _Stager, _State, _train_and_score
     from mri_anomaly.training.checkpoint import load_checkpoint
 
     runs = [r for r in DEMO_RUNS if r.name in ("glow2d-ratio", "deep-svdd-2d", "intensity")]
@@ -106,7 +106,7 @@ def test_runs_in_lanes_train_and_score_as_one_after_the_other(demo_cohort, tmp_p
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            stage = _stager(state, 2 * len(runs), lambda _: None)
+            stage = _Stager(state, 2 * len(runs), lambda _: None)
             dirs = _train_and_score(
                 out, runs, configs, demo_cohort, state, stage, "cpu", False, lanes, lambda _: None
             )

@@ -162,20 +162,26 @@ def _demo_configs(
     return configs
 
 
-def _stager(state: _State, n_stages: int, log: Callable[[str], None]) -> Callable[[str, str], bool]:
-    """``stage(name, what)``: logs ``[i/n] what`` and says whether the stage still has to run."""
-    stage_no = 0
+class _Stager:
+    """Numbers the demo's stages in order. ``stage(name, what)``: logs ``[i/n] what ...`` and says whether the
+    stage still has to run; ``stage.label(name, what)``: the same number, ``"[i/n] what"`` for a stage still to
+    run (logged by whoever starts it) or ``None`` for a finished one (logged as skipped here)."""
 
-    def stage(name: str, what: str) -> bool:
-        nonlocal stage_no
-        stage_no += 1
-        if state.done(name):
-            log(f"[{stage_no}/{n_stages}] {what}: already done, skipped")
-            return False
-        log(f"[{stage_no}/{n_stages}] {what} ...")
-        return True
+    def __init__(self, state: _State, n_stages: int, log: Callable[[str], None]) -> None:
+        self.state, self.n_stages, self.log, self.number = state, n_stages, log, 0
 
-    return stage
+    def label(self, name: str, what: str) -> str | None:
+        self.number += 1
+        if self.state.done(name):
+            self.log(f"[{self.number}/{self.n_stages}] {what}: already done, skipped")
+            return None
+        return f"[{self.number}/{self.n_stages}] {what}"
+
+    def __call__(self, name: str, what: str) -> bool:
+        label = self.label(name, what)
+        if label is not None:
+            self.log(f"{label} ...")
+        return label is not None
 
 
 def _train_and_score(
@@ -184,61 +190,86 @@ def _train_and_score(
     configs: dict[str, dict[str, Any]],
     datalist: Path,
     state: _State,
-    stage: Callable[[str, str], bool],
+    stage: _Stager,
     device: str,
     progress: bool,
     lanes: int = 1,
     log: Callable[[str], None] = _say,
 ) -> list[Path]:
-    """The train and score stages of ``runs`` into ``out/runs/<name>`` and ``out/scores/<name>``; returns the
-    score folders. The runs train, calibrate and score on the same scans, most of them preprocessed alike: each
-    scan is preprocessed once per preprocessing config (one :class:`~mri_anomaly.data.PreprocessedCache`).
-    ``lanes`` > 1 (CPU only): that many processes, each on its share of the cores, take the runs costliest first
-    (:func:`_run_in_lanes`)."""
+    """The train and score stages of ``runs`` into ``out/runs/<name>`` and ``out/scores/<name>``, a run's scoring
+    right after its training; returns the score folders. The runs train, calibrate and score on the same scans,
+    most of them preprocessed alike: each scan is preprocessed once per preprocessing config (one
+    :class:`~mri_anomaly.data.PreprocessedCache`). ``lanes`` > 1 (CPU only): that many processes, each on its
+    share of the cores, take the runs costliest first (:func:`_run_in_lanes`)."""
     from mri_anomaly.data import PreprocessedCache
+
+    jobs = []
+    for r in runs:
+        train = stage.label(f"train:{r.name}", f"train {r.name} ({r.description or r.config})")
+        score = stage.label(f"score:{r.name}", f"score {r.name} (validation and test sections)")
+        if train or score:
+            jobs.append({"name": r.name, "out": str(out), "config": configs[r.name], "datalist": str(datalist),
+                         "train": train, "score": score, "cost": r.cost, "say": log is _say})  # fmt: skip
+    if lanes > 1 and device == "cpu":
+        _run_in_lanes(jobs, state, lanes, log)
+    else:
+        preprocessed = PreprocessedCache()
+        for job in jobs:
+            _run_stages(
+                job,
+                preprocessed,
+                device,
+                progress,
+                lambda kind, entry: _mark(state, job["name"], kind, entry),
+                log,
+            )
+    return [out / "scores" / r.name for r in runs]
+
+
+def _mark(state: _State, name: str, kind: str, entry: dict[str, Any]) -> None:
+    """Record a finished ``kind`` (``train``/``score``) stage of run ``name`` from :func:`_run_stages`' entry."""
+    extra = {"steps": entry["steps"]} if "steps" in entry else {}
+    state.mark(f"{kind}:{name}", entry["seconds"], cpu_seconds=entry["cpu_seconds"], **extra)
+
+
+def _run_stages(
+    job: dict[str, Any],
+    cache,
+    device: str,
+    progress: bool,
+    on_done: Callable[[str, dict[str, Any]], None],
+    say: Callable[[str], None] = lambda _: None,
+) -> None:
+    """Train (resumable) and/or score one run of ``job`` (its ``train``/``score``: the stage's label, or ``None``
+    when done); ``say(label ...)`` as each stage starts, ``on_done(kind, {"seconds", "cpu_seconds"[, "steps"]})``
+    as it ends.
+
+    Raises:
+        RuntimeError: the training stopped before its last step.
+    """
     from mri_anomaly.scoring.runner import score_datalist
     from mri_anomaly.training import Trainer
 
-    score_dirs = [out / "scores" / r.name for r in runs]
-    if lanes > 1 and device == "cpu":
-        _run_in_lanes(out, runs, configs, datalist, state, stage, lanes, log)
-        return score_dirs
-    preprocessed = PreprocessedCache()
-    for r in runs:
-        run_dir = out / "runs" / r.name
-        if stage(f"train:{r.name}", f"train {r.name} ({r.description or r.config})"):
-            t, c = time.time(), _cpu_time()
-            result = Trainer(
-                configs[r.name],
-                datalist,
-                run_dir,
-                device=device,
-                resume=True,
-                progress=progress,
-                preprocessed_cache=preprocessed,
-            ).fit()
-            if not result.completed:
-                raise RuntimeError(
-                    f"training of {r.name} stopped before the end ({run_dir}); rerun the demo to resume"
-                )
-            state.mark(f"train:{r.name}", time.time() - t, c, steps=result.global_step)
-    score_dirs = []
-    for r in runs:
-        run_dir, score_dir = out / "runs" / r.name, out / "scores" / r.name
-        score_dirs.append(score_dir)
-        if stage(f"score:{r.name}", f"score {r.name} (validation and test sections)"):
-            t, c = time.time(), _cpu_time()
-            score_datalist(
-                run_dir,
-                datalist,
-                score_dir,
-                sections=("validation", "test"),
-                device=device,
-                progress=progress,
-                preprocessed_cache=preprocessed,
+    name, out = job["name"], Path(job["out"])
+    run_dir, score_dir = out / "runs" / name, out / "scores" / name
+    if job["train"]:
+        say(f"{job['train']} ...")
+        t, c = time.time(), _cpu_time()
+        result = Trainer(job["config"], job["datalist"], run_dir, device=device, resume=True, progress=progress,
+                         preprocessed_cache=cache).fit()  # fmt: skip
+        if not result.completed:
+            raise RuntimeError(
+                f"training of {name} stopped before the end ({run_dir}); rerun the demo to resume"
             )
-            state.mark(f"score:{r.name}", time.time() - t, c)
-    return score_dirs
+        on_done(
+            "train", {"seconds": time.time() - t, "cpu_seconds": _cpu_time() - c, "steps": result.global_step}
+        )
+    if job["score"]:
+        say(f"{job['score']} ...")
+        t, c = time.time(), _cpu_time()
+        score_datalist(run_dir, job["datalist"], score_dir, sections=("validation", "test"), device=device,
+                       progress=progress, preprocessed_cache=cache)  # fmt: skip
+        on_done("score", {"seconds": time.time() - t, "cpu_seconds": _cpu_time() - c})
 
 
 def default_lanes(device: str = "cpu") -> int:
@@ -262,84 +293,39 @@ def _lane_start(threads: int, counter) -> None:
     torch.set_num_threads(threads)
 
 
-def _lane_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Train and/or score one run in a lane process; returns each stage's wall and CPU seconds."""
-    import resource
-
+def _lane_job(job: dict[str, Any]) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """:func:`_run_stages` in a lane process; returns the run's name and its finished stages."""
     from mri_anomaly.data import PreprocessedCache
-    from mri_anomaly.scoring.runner import score_datalist
-    from mri_anomaly.training import Trainer
 
     global _lane_cache
     if _lane_cache is None:
         _lane_cache = PreprocessedCache()
-
-    def cpu() -> float:
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        return own.ru_utime + own.ru_stime
-
-    name, out, done, lane = job["name"], Path(job["out"]), {}, _lane_number
-    say = _say if job["say"] else (lambda _: None)
-    run_dir, score_dir = out / "runs" / name, out / "scores" / name
-    if job["train"]:
-        say(f"lane {lane}: train {name} ...")
-        t, c = time.time(), cpu()
-        result = Trainer(job["config"], job["datalist"], run_dir, resume=True, progress=False,
-                         preprocessed_cache=_lane_cache).fit()  # fmt: skip
-        if not result.completed:
-            raise RuntimeError(
-                f"training of {name} stopped before the end ({run_dir}); rerun the demo to resume"
-            )
-        done["train"] = {"seconds": time.time() - t, "cpu_seconds": cpu() - c, "steps": result.global_step}
-    if job["score"]:
-        say(f"lane {lane}: score {name} ...")
-        t, c = time.time(), cpu()
-        score_datalist(run_dir, job["datalist"], score_dir, sections=("validation", "test"), progress=False,
-                       preprocessed_cache=_lane_cache)  # fmt: skip
-        done["score"] = {"seconds": time.time() - t, "cpu_seconds": cpu() - c}
-    return {"name": name, **done}
+    done: list[tuple[str, dict[str, Any]]] = []
+    say = (lambda msg: _say(f"{msg} (lane {_lane_number})")) if job["say"] else (lambda _: None)
+    _run_stages(job, _lane_cache, "cpu", False, lambda kind, entry: done.append((kind, entry)), say)
+    return job["name"], done
 
 
-def _run_in_lanes(
-    out: Path,
-    runs: Sequence[DemoRun],
-    configs: dict[str, dict[str, Any]],
-    datalist: Path,
-    state: _State,
-    stage: Callable[[str, str], bool],
-    lanes: int,
-    log: Callable[[str], None],
-) -> None:
-    """Train and score ``runs`` in ``lanes`` spawned processes of ``cores // lanes`` threads each, a run's stages
-    in one process, the costliest runs first; the state is marked here as each run's stages end (a failure
-    stops the lanes and re-raises: finished stages stay done, an interrupted training resumes from its
-    checkpoint). No per-step progress bars here: the lanes log when each stage starts and ends."""
+def _run_in_lanes(jobs: list[dict[str, Any]], state: _State, lanes: int, log: Callable[[str], None]) -> None:
+    """Run ``jobs`` (:func:`_run_stages`) in ``lanes`` spawned processes of ``cores // lanes`` threads each, the
+    costliest runs first; the state is marked here as each run ends (a failure stops the lanes and re-raises:
+    finished stages stay done, an interrupted training resumes from its checkpoint). No per-step progress bars
+    here: the lanes log when each stage starts and ends."""
     import multiprocessing
 
-    jobs = []
-    for r in runs:
-        train = stage(f"train:{r.name}", f"train {r.name} ({r.description or r.config})")
-        score = stage(f"score:{r.name}", f"score {r.name} (validation and test sections)")
-        if train or score:
-            jobs.append({"name": r.name, "out": str(out), "config": configs[r.name], "datalist": str(datalist),
-                         "train": train, "score": score, "cost": r.cost, "say": log is _say})  # fmt: skip
     if not jobs:
         return
-    jobs.sort(key=lambda j: -j["cost"])
+    jobs = sorted(jobs, key=lambda j: -j["cost"])
     threads = max(1, (os.cpu_count() or 1) // lanes)
     log(f"{len(jobs)} run(s) in {min(lanes, len(jobs))} lanes of {threads} thread(s), costliest first")
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
-    # leaving the with-block terminates the lanes, also when a run failed or the user interrupted
     counter = context.Value("i", 0)
+    # leaving the with-block terminates the lanes, also when a run failed or the user interrupted
     with context.Pool(min(lanes, len(jobs)), initializer=_lane_start, initargs=(threads, counter)) as pool:
-        for done in pool.imap_unordered(_lane_job, jobs, chunksize=1):
-            for kind in ("train", "score"):
-                if kind in done:
-                    entry = done[kind]
-                    extra = {"steps": entry["steps"]} if "steps" in entry else {}
-                    state.mark(f"{kind}:{done['name']}", entry["seconds"], cpu_seconds=entry["cpu_seconds"],
-                               **extra)  # fmt: skip
-                    log(f"{kind} {done['name']}: done in {entry['seconds']:.0f} s")
+        for name, done in pool.imap_unordered(_lane_job, jobs, chunksize=1):
+            for kind, entry in done:
+                _mark(state, name, kind, entry)
+                log(f"{kind} {name}: done in {entry['seconds']:.0f} s")
 
 
 def run_demo(
@@ -384,7 +370,7 @@ def run_demo(
         )
     state.data["settings"] = settings
     configs = _demo_configs(runs, smoke)
-    stage = _stager(state, 2 + 2 * len(runs), log)
+    stage = _Stager(state, 2 + 2 * len(runs), log)
     t_all = time.time()
     data_dir = out / "data"
     datalist = data_dir / "datalist.json"
@@ -453,7 +439,7 @@ def run_seed(
         )
     state.data["settings"] = settings
     configs = _demo_configs(chosen, smoke, extra=(f"seed={seed}",))
-    stage = _stager(state, 2 * len(chosen), lambda msg: log(f"seed {seed}: {msg}"))
+    stage = _Stager(state, 2 * len(chosen), lambda msg: log(f"seed {seed}: {msg}"))
     lanes = default_lanes(device) if lanes is None else int(lanes)
     _train_and_score(out, chosen, configs, datalist, state, stage, device, progress, lanes,
                      lambda msg: log(f"seed {seed}: {msg}"))  # fmt: skip

@@ -10,15 +10,19 @@ the trained weights unchanged and only the tolerance set, on the demo's validati
 cohort for each of ``--seeds`` (into ``--out``); so is ``--run latent-norm-ae-2d-multicontrast`` (FLAIR + T1 as
 channels), on the cohort ``--data`` names (``mri-anomaly demo-data --contrast flair,t1`` with the demo's seed and
 counts: its FLAIR images and test subjects are the demo's, checked). ``--variant NAME=KEY=VALUE;...`` trains
-and rescores the run once per set of config overrides (e.g. two learning rates). It reports: volume AUROC of ``residual_top200mm3`` (95 % CI) and its paired difference with ``intensity_top200mm3``, voxel
-AP, the healthy test scans' median ``residual_top200mm3``, and the Spearman correlation of the scans' scores
-with ``intensity_top200mm3`` (how much the map ranks scans like thresholding the image does). ``intensity``
-is evaluated in the same run.
+and rescores the run once per set of config overrides (e.g. two learning rates); ``--residuals`` rescores with
+``model.residual`` set too; ``--parts MM`` scores each channel's positive and negative residual apart; ``--real``
+scores MS patient07 (FLAIR + T1) with the two-contrast run. It reports: volume AUROC of ``residual_top200mm3``
+(95 % CI) and its paired difference with ``intensity_top200mm3``, voxel AP, the healthy test scans' median
+``residual_top200mm3``, the Spearman correlation of the scans' scores with ``intensity_top200mm3`` (how much the
+map ranks scans like thresholding the image does) and each run's final training loss. ``intensity`` is evaluated
+in the same run.
 
 Usage::
 
     python benchmarks/residual_tolerance.py --demo demo-out [--run latent-norm-ae-2d] [--tolerances 0 4 8 12]
-        [--seeds 0 1 2] [--data DIR] [--variant NAME=KEY=VALUE;KEY=VALUE ...] [--out DIR] [--docs DIR]
+        [--seeds 0 1 2] [--data DIR] [--variant NAME=KEY=VALUE;KEY=VALUE ...] [--residuals positive absolute]
+        [--parts MM] [--real ../shared/data] [--out DIR] [--docs DIR]
 
 Writes ``docs/benchmarks/residual_tolerance.md`` (``residual_tolerance-3d.md`` for the 3D run,
 ``residual_tolerance-multicontrast.md`` for the two-contrast one) and ``.json`` with the command, machine, load

@@ -48,7 +48,9 @@ class DemoRun:
     config: str
     overrides: tuple[str, ...] = ()
     description: str = ""
-    cost: float = 1.0  # relative CPU time of training + scoring: lanes start the costliest runs first
+    # seconds of training + scoring in a demo on 2 CPU cores (docs/benchmarks/demo_time.md): lanes start the
+    # costliest runs first
+    cost: float = 1.0
 
 
 # 2D likelihood ratio: the 2D Glow config turned into the glow-ratio method (general phase, then the
@@ -82,8 +84,6 @@ SEED_RUNS: tuple[str, ...] = (
 )
 """The runs :func:`run_seed` retrains by default: every learned run of the demo (one training seed's number is one
 draw: the autoencoder's best column spans 0.65-0.91 over seeds 0-2)."""
-
-# The costs above: seconds of training + scoring of each run in a demo on 2 CPU cores (docs/benchmarks/demo_time.md).
 
 # Smoke sizes: a cohort of a few scans and a couple of optimiser steps per phase.
 SMOKE_COHORT: dict[str, Any] = {"healthy": 5, "anomalous": 2, "general": 3}

@@ -353,8 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     def key(r: str, mm: float) -> str:
         return f"{mm:g}" if len(residuals) == 1 else f"{r}/{mm:g}"
 
+    trained_by_variant: dict[str, dict[str, Path]] = {}
     for variant, overrides in variants.items():
-        trained = trained_runs(demo, args.run, args.seeds, work / "trained" / variant, datalist, overrides)
+        trained = trained_by_variant[variant] = trained_runs(
+            demo, args.run, args.seeds, work / "trained" / variant, datalist, overrides
+        )
         for seed, run_dir in trained.items():
             for r, mm in settings:
                 name = f"{variant}-seed{seed}-{mm:g}mm-{r}"
@@ -379,10 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parts is not None:
         config = load_config(REPO / "configs" / f"{args.run}.yaml")
         contrasts = list(config["preprocessing"].get("contrasts") or ["image"])
-        for variant, overrides in variants.items():
-            trained = trained_runs(
-                demo, args.run, args.seeds, work / "trained" / variant, datalist, overrides
-            )
+        for variant, trained in trained_by_variant.items():
             for seed, run_dir in trained.items():
                 name = f"{variant}-seed{seed}-{args.parts:g}mm-{residual}"
                 run = run_with_tolerance(run_dir, work / "runs" / name, args.parts, residual)

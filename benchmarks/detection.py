@@ -250,6 +250,7 @@ FLOW_SCORES = ("llr", "final_scale", "nll_bpd")
 """Schirrmeister et al.: the likelihood ratio and the final-scale score against the raw NLL (bits per dim)."""
 SCHIRRMEISTER_RUNS = ("glow2d-ratio", "glow3d-ratio")
 RUFF_RUNS = ("deep-sad-2d", "deep-svdd-2d")
+SEED_STRATA = ("lesion_kind", "lesion_variant", "size_stratum")  # subjects.csv columns the seed tables carry
 RUFF_COLUMN = "deep_sad_dist_mean"
 RUFF_MARGIN = 0.05
 """Ruff et al.: Deep SAD beats Deep SVDD by at least this volume AUROC on the lesion kinds never labelled."""
@@ -270,7 +271,8 @@ def flow_columns(columns) -> dict[str, str]:
 def load_seed_tables(demo: Path, seeds, runs, section: str = "test") -> dict[int, dict[str, dict]]:
     """``{seed: {run: {"volume", "slice", "slice_columns", "config"}}}`` of the runs whose scores exist.
 
-    ``volume``: the labelled scans of ``section`` (label from the datalist, ``lesion_kind`` from ``subjects.csv``);
+    ``volume``: the labelled scans of ``section`` (label from the datalist, :data:`SEED_STRATA` from
+    ``subjects.csv``);
     ``slice``: their counted slices with a 0/1 ``slice_label`` (as ``evaluate`` counts them), or None;
     ``config``: the run's resolved ``config.yaml``.
     """
@@ -281,7 +283,7 @@ def load_seed_tables(demo: Path, seeds, runs, section: str = "test") -> dict[int
 
     lookup = datalist_lookup(demo / "data" / "datalist.json")
     subjects = pd.read_csv(demo / "data" / "subjects.csv", dtype={"subject_id": str})
-    kinds = subjects[["subject_id", "lesion_kind"]]
+    kinds = subjects[[c for c in ("subject_id", *SEED_STRATA) if c in subjects]]
     out: dict[int, dict[str, dict]] = {}
     for seed in seeds:
         folder = seed_folder(demo, seed)
@@ -527,29 +529,81 @@ def run_seeds(demo: Path, seeds, runs, device: str = "cpu") -> float:
     return time.time() - t
 
 
-def best_column_over_seeds(seed_tables: dict) -> dict:
-    """``{run: {"column", "auroc": [per seed], "mean", "sd", "seeds"}}``: each seeded run's best volume column of
-    seed 0 (the demo's, the one the tables above report) and its volume AUROC for every seed. The demo's value is
-    one draw; the mean over seeds is what a retraining should expect."""
+def best_column_over_seeds(
+    seed_tables: dict, baselines: dict[str, dict] | None = None, n_resamples: int = 1000
+) -> dict:
+    """``{run: {"column", "auroc": [per seed], "mean", "sd", "seeds", "per_seed", "vs_baselines"}}``: each seeded
+    run's best volume column of seed 0 (the demo's, the one the tables above report) and its volume AUROC for every
+    seed. The demo's value is one draw; the mean over seeds is what a retraining should expect.
+
+    ``vs_baselines``: ``{baseline: compare_over_seeds(...)}`` of the column against each baseline run's best
+    column (``baselines``: ``{run: seed-0 table}``; not seeded, the same scores at every seed): does the run beat
+    it at every seed, with a pooled CI above 0?
+    ``per_seed``: for each seed the healthy test scans' median and 90th percentile of the column (a seed that
+    loses scans does so in its healthy tail or in a stratum) and the AUROC on each lesion size and on the dark
+    focal lesions (anomalous scans of the stratum against all healthy scans)."""
     from mri_anomaly.evaluation.metrics import auroc
 
+    def best_of(table: dict) -> str | None:
+        y = table["volume"]["label"].to_numpy(dtype=int)
+        values = {c: auroc(y, table["volume"][c].to_numpy(dtype=np.float64)) for c in table["score_columns"]}
+        return max(values, key=lambda c: values[c]) if values else None
+
+    references = {}
+    for name, table in (baselines or {}).items():
+        column = best_of(table)
+        if column is not None:
+            references[name] = (
+                column,
+                table["volume"][["subject_id", column]].rename(columns={column: "baseline"}),
+            )
     out = {}
     first = seed_tables.get(0, {})
     for run, table in first.items():
-        y0 = table["volume"]["label"].to_numpy(dtype=int)
-        values0 = {
-            c: auroc(y0, table["volume"][c].to_numpy(dtype=np.float64)) for c in table["score_columns"]
-        }
-        if not values0:
+        column = best_of(table)
+        if column is None:
             continue
-        column = max(values0, key=lambda c: values0[c])
         seeds = [s for s in sorted(seed_tables) if run in seed_tables[s]]
-        values = []
+        values, per_seed = [], []
         for seed in seeds:
             v = seed_tables[seed][run]["volume"]
-            values.append(float(auroc(v["label"].to_numpy(dtype=int), v[column].to_numpy(dtype=np.float64))))
+            y, score = v["label"].to_numpy(dtype=int), v[column].to_numpy(dtype=np.float64)
+            values.append(float(auroc(y, score)))
+            healthy = score[y == 0]
+            entry = {
+                "seed": seed,
+                "healthy_median": float(np.median(healthy)),
+                "healthy_q90": float(np.quantile(healthy, 0.9)),
+                "strata": {},
+            }
+            for field, value in (("size_stratum", "small"), ("size_stratum", "medium"), ("size_stratum", "large"),
+                                 ("lesion_variant", "focal_opposite")):  # fmt: skip
+                if field in v:
+                    keep = (y == 0) | (v[field] == value).to_numpy()
+                    if keep.sum() > (y == 0).sum():
+                        entry["strata"][value] = float(auroc(y[keep], score[keep]))
+            per_seed.append(entry)
         mean, sd = _mean_sd(values)
-        out[run] = {"column": column, "seeds": seeds, "auroc": values, "mean": mean, "sd": sd}
+        out[run] = {
+            "column": column,
+            "seeds": seeds,
+            "auroc": values,
+            "mean": mean,
+            "sd": sd,
+            "per_seed": per_seed,
+        }
+        out[run]["vs_baselines"] = {}
+        for name, (baseline_column, reference) in references.items():
+            paired = {
+                seed: seed_tables[seed][run]["volume"][["subject_id", "label", column]].merge(
+                    reference, on="subject_id"
+                )
+                for seed in seeds
+            }
+            out[run]["vs_baselines"][name] = {
+                "baseline_column": baseline_column,
+                **compare_over_seeds(paired, column, "baseline", n_resamples=n_resamples),
+            }
     return out
 
 
@@ -557,6 +611,7 @@ def seeds_summary(demo: Path, seeds, runs, n_resamples: int = 1000) -> dict:
     """The ``seeds`` entry of detection.json: both findings over seed 0 (the demo) and ``seeds``."""
     all_seeds = [0] + [s for s in seeds if s != 0]
     tables = load_seed_tables(demo, all_seeds, runs)
+    baselines = load_seed_tables(demo, [0], ["intensity", "normative"]).get(0, {})
     return {
         "seeds": all_seeds,
         "runs": list(runs),
@@ -564,7 +619,7 @@ def seeds_summary(demo: Path, seeds, runs, n_resamples: int = 1000) -> dict:
             tables, [r for r in SCHIRRMEISTER_RUNS if r in runs], n_resamples
         ),
         "ruff": ruff_finding(tables, n_resamples=n_resamples) if all(r in runs for r in RUFF_RUNS) else None,
-        "best_column": best_column_over_seeds(tables),
+        "best_column": best_column_over_seeds(tables, baselines, n_resamples),
         "n_bootstrap": n_resamples,
     }
 
@@ -627,6 +682,47 @@ def seeds_markdown(seeds: dict) -> list[str]:
                 + " | ".join(_f(per_seed.get(s)) for s in seeds["seeds"])
                 + f" | {_f(entry['mean'])} ± {_f(entry['sd'])} |"
             )
+        detail = [(run, entry, e) for run, entry in best.items() for e in entry.get("per_seed") or []]
+        if detail:
+            lines += [
+                "",
+                "Per seed: the paired AUROC difference with `intensity`'s best column (not seeded: the same scores "
+                "for every seed), 95 % CI; the healthy test scans' median score and 90th percentile (a higher "
+                "healthy tail is where a seed loses scans); AUROC on each lesion size and on the dark focal lesions "
+                "(anomalous scans of the stratum against all healthy test scans).",
+                "",
+                "| run | column | seed | AUROC | − intensity [95 % CI] | healthy median (90th pct) | small | medium "
+                "| large | dark focal |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for run, entry, e in detail:
+                auc = dict(zip(entry["seeds"], entry["auroc"], strict=True))[e["seed"]]
+                per_seed = (entry.get("vs_baselines") or {}).get("intensity", {}).get("per_seed", [])
+                vs = {p["seed"]: p for p in per_seed}.get(e["seed"])
+                strata = e["strata"]
+                lines.append(
+                    f"| {run} | `{entry['column']}` | {e['seed']} | {_f(auc)} | {_diff(vs)} | "
+                    f"{e['healthy_median']:.3g} ({e['healthy_q90']:.3g}) | "
+                    + " | ".join(_f(strata.get(k)) for k in ("small", "medium", "large", "focal_opposite"))
+                    + " |"
+                )
+        verdicts = [(run, entry, name, c) for run, entry in best.items()
+                    for name, c in (entry.get("vs_baselines") or {}).items()]  # fmt: skip
+        if verdicts:
+            lines += [
+                "",
+                "Does a run beat the baselines over seeds? The verdict of the findings below: the difference with "
+                "the baseline's best column > 0 at every seed and the pooled CI above 0.",
+                "",
+                "| run | column | baseline | mean ± SD over seeds | pooled [95 % CI] | verdict |",
+                "|---|---|---|---|---|---|",
+            ]
+            for run, entry, name, c in verdicts:
+                lines.append(
+                    f"| {run} | `{entry['column']}` | {name} `{c['baseline_column']}` | "
+                    f"{_pm(c['mean']['difference'], c['sd']['difference'], True)} | {_diff(c['pooled'])} | "
+                    f"{_verdict(c)} |"
+                )
     sch = seeds.get("schirrmeister") or {}
     if sch:
         lines += [

@@ -191,3 +191,32 @@ def test_best_column_over_seeds_is_chosen_on_seed_0_and_read_on_every_seed(detec
     assert out["column"] == "a" and out["seeds"] == [0, 1]
     assert out["auroc"] == pytest.approx([1.0, 5 / 6])
     assert out["mean"] == pytest.approx(11 / 12) and out["sd"] == pytest.approx((1 / 6) / np.sqrt(2))
+
+
+def test_best_column_over_seeds_against_the_baselines_and_where_a_seed_loses(detection):
+    sizes = {"size_stratum": [None, None, None, None, "small", "small", "large"]}
+    tables = {
+        seed: {"run": {"volume": _table(scores, **sizes), "score_columns": ["a", "b"]}}
+        for seed, scores in ((0, SEED0), (1, SEED1))
+    }
+    # the baseline is not seeded: its best column (seed 0's b: AUROC 5/6) is paired with the run at every seed
+    baselines = {"intensity": {"volume": _table({"base": SEED0["b"]}), "score_columns": ["base"]}}
+    out = detection.best_column_over_seeds(tables, baselines, n_resamples=200)["run"]
+    vs = out["vs_baselines"]["intensity"]
+    assert vs["baseline_column"] == "base"
+    assert [p["difference"] for p in vs["per_seed"]] == pytest.approx([1 / 6, 0.0])
+    assert vs["verdict"] == "does not hold" and any("seed 1" in r for r in vs["reasons"])
+    seed0, seed1 = out["per_seed"]
+    # healthy scores of a at seed 0: 0, 1, 2, 3
+    assert seed0["healthy_median"] == pytest.approx(1.5) and seed0["healthy_q90"] == pytest.approx(2.7)
+    assert seed0["strata"] == pytest.approx({"small": 1.0, "large": 1.0})
+    # seed 1: the small lesions (3, 4) each outrank 3 of the 4 healthy scans (0, 1, 2, 5)
+    assert seed1["strata"] == pytest.approx({"small": 0.75, "large": 1.0})
+    assert "focal_opposite" not in seed1["strata"]
+    lines = "\n".join(
+        detection.seeds_markdown(
+            {"seeds": [0, 1], "runs": ["run"], "best_column": {"run": out}, "n_bootstrap": 200}
+        )
+    )
+    assert "| run | `a` | intensity `base` | +0.083 ± 0.118 |" in lines
+    assert "| run | `a` | 1 | 0.833 | +0.000" in lines

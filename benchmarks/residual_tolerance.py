@@ -81,11 +81,10 @@ def trained_runs(
     return out
 
 
-def real_case(run_dir: Path, data: Path, work: Path, max_voxels: int = 500_000) -> dict:
-    """MS patient07 of ``data`` (``../shared/data``: the one real case with both FLAIR and T1) scored by a
-    two-contrast run: slice AUROC inside the scan of ``residual_slice_q99`` (lesion vs lesion-free slices) and the
-    ``residual`` map's voxel AP, with the raw FLAIR's voxel AP (the intensity baseline) and chance beside it."""
-    from real_data import score_run, voxel_scores
+def _score_patient07(run_dir: Path, data: Path, work: Path, max_voxels: int) -> tuple[dict, dict]:
+    """MS patient07 of ``data`` (FLAIR + T1) scored by ``run_dir`` into ``work/scores``: ``(case, scored)``, the
+    latter :func:`real_data.score_run`'s."""
+    from real_data import score_run
 
     ms = data / "ms-lesjak2017-mni" / "patient07"
     flair, t1, mask = (
@@ -95,14 +94,40 @@ def real_case(run_dir: Path, data: Path, work: Path, max_voxels: int = 500_000) 
     work.mkdir(parents=True, exist_ok=True)
     datalist = work / "datalist.json"
     datalist.write_text(json.dumps({"test": [{**case, "image": [flair, t1]}]}, indent=2))
-    scored = score_run(run_dir, [case], datalist, work / "scores", max_voxels)
+    return case, score_run(run_dir, [case], datalist, work / "scores", max_voxels)
+
+
+def real_case(run_dir: Path, data: Path, work: Path, max_voxels: int = 500_000) -> dict:
+    """MS patient07 of ``data`` (``../shared/data``: the one real case with both FLAIR and T1) scored by a
+    two-contrast run: slice AUROC inside the scan of ``residual_slice_q99`` (lesion vs lesion-free slices) and the
+    ``residual`` map's voxel AP, with the raw FLAIR's voxel AP (the intensity baseline) and chance beside it."""
+    from real_data import voxel_scores
+
+    case, scored = _score_patient07(run_dir, data, work, max_voxels)
     voxel = scored["voxel"]["ms-patient07"]["residual"]
-    raw = voxel_scores(case, flair, max_voxels)
+    raw = voxel_scores(case, case["image"], max_voxels)
     return {
         "slice_auroc": scored["slice"]["ms-patient07"]["residual_slice_q99"]["auroc"],
         "voxel_ap": voxel["ap"],
         "intensity_voxel_ap": raw["ap"],
         "chance_ap": raw["prevalence"],
+    }
+
+
+def real_case_parts(run_dir: Path, data: Path, work: Path, parts: Sequence[str]) -> dict[str, dict]:
+    """MS patient07 scored with each part of the residual as its own map (call inside :func:`maps_per_part`, with
+    ``run_dir`` calibrated inside it too, so that every part's slice profile is standardised against the healthy
+    validation scans at the same position): ``{part: {"slice_auroc", "median_z"}}``, ``median_z`` the median
+    robust z of the scan's counted slices (how far the real scan sits from the healthy synthetic ones)."""
+    _, scored = _score_patient07(run_dir, data, work, max_voxels=500_000)
+    slices = pd.read_csv(work / "scores" / "slice_scores.csv")
+    counted = slices[slices["counted"].astype(bool)]
+    return {
+        part: {
+            "slice_auroc": scored["slice"]["ms-patient07"][f"{part}_slice_q99"]["auroc"],
+            "median_z": float(counted[f"{part}_slice_q99"].median()),
+        }
+        for part in ("residual", *parts)
     }
 
 
@@ -189,6 +214,27 @@ def parts_markdown(
     ]
 
 
+def real_parts_markdown(real_parts: dict[str, dict[str, dict]], mm: float | None, several: bool) -> list[str]:
+    """The real case's ``--parts`` table: each part's slice AUROC inside MS patient07 (median z)."""
+    if not real_parts:
+        return []
+    names = list(next(iter(next(iter(real_parts.values())).values())))
+    rows = [
+        [*([variant] if several else []), seed,
+         *(f"{v[n]['slice_auroc']:.3f} ({v[n]['median_z']:+.1f})" for n in names)]
+        for variant, by_seed in real_parts.items() for seed, v in by_seed.items()
+    ]  # fmt: skip
+    return [
+        "",
+        f"How far the real case sits from the healthy scans, part by part ({mm:g} mm): MS patient07's slice AUROC inside the scan "
+        "of each part's `_slice_q99`, standardised per slice position against the healthy validation scans (the "
+        "run calibrated with every part as a map), and in brackets the median robust z over the scan's counted "
+        "slices: near 0 where the real scan's residual sits in the synthetic healthy range at that position.",
+        "",
+        markdown_table([*(["variant"] if several else []), "seed", *(f"`{n}`" for n in names)], rows),
+    ]
+
+
 def final_training_loss(run_dir: Path, rows: int = 10) -> float:
     """Mean logged training loss of the run's last ``rows`` log rows (the last 100 steps at ``log_every: 10``):
     a choice that needs no anomalies."""
@@ -204,24 +250,44 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [o.strip() for o in overrides.split(";") if o.strip()]
 
 
-def run_with_tolerance(run_dir: Path, out: Path, tolerance_mm: float, residual: str | None = None) -> Path:
+def run_with_tolerance(
+    run_dir: Path, out: Path, tolerance_mm: float, datalist: Path, residual: str | None = None
+) -> Path:
     """A copy of ``run_dir`` whose stored config has ``model.residual_tolerance_mm`` (and ``model.residual``,
-    when given) set; the weights unchanged."""
+    when given) set, the weights unchanged, recalibrated on ``datalist``'s healthy validation scans: its slice
+    norms and thresholds are those of the map it now makes, not of the one it was trained with (copied norms
+    standardised the slice scores against another map's levels). Reused when ``out`` holds that copy already."""
     import torch
     import yaml
+    from mri_anomaly.training import Trainer
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("thresholds.json", "train_log.csv"):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, out / name)
+    made = {
+        "source": str(run_dir.resolve()),
+        "source_mtime": (run_dir / "checkpoint.pt").stat().st_mtime,
+        "residual_tolerance_mm": float(tolerance_mm),
+        "residual": residual,
+        "datalist": str(datalist.resolve()),
+    }
+    marker = out / "recalibrated.json"
+    if marker.is_file() and json.loads(marker.read_text()) == made and (out / "thresholds.json").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if (run_dir / "train_log.csv").is_file():
+        shutil.copy2(run_dir / "train_log.csv", out / "train_log.csv")
     checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     config = yaml.safe_load(checkpoint["config"])
     config["model"]["residual_tolerance_mm"] = float(tolerance_mm)
     if residual is not None:
         config["model"]["residual"] = residual
     checkpoint["config"] = yaml.safe_dump(config, sort_keys=False)
+    for stale in ("thresholds", "threshold_info"):
+        checkpoint.pop(stale, None)
     torch.save(checkpoint, out / "checkpoint.pt")
     (out / "config.yaml").write_text(checkpoint["config"])
+    # resuming a finished run trains no step and scores the validation scans again (``mri-anomaly train --resume``)
+    Trainer(config, str(datalist), out, resume=True, progress=False).fit()
+    marker.write_text(json.dumps(made))
     return out
 
 
@@ -361,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed, run_dir in trained.items():
             for r, mm in settings:
                 name = f"{variant}-seed{seed}-{mm:g}mm-{r}"
-                run = run_with_tolerance(run_dir, work / "runs" / name, mm, r)
+                run = run_with_tolerance(run_dir, work / "runs" / name, mm, datalist, r)
                 score_dir = work / "scores" / name
                 if not (score_dir / "scores.csv").is_file():
                     score_datalist(
@@ -379,16 +445,26 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault(variant, {}).setdefault(seed, {})[key(r, mm)] = v
                 print(f"{variant} seed {seed}, {r} {mm:g} mm: AUROC {v['auroc']:.3f}", file=sys.stderr)
     parts: dict[str, dict[str, dict]] = {}
+    real_parts: dict[str, dict[str, dict]] = {}
     if args.parts is not None:
         config = load_config(REPO / "configs" / f"{args.run}.yaml")
         contrasts = list(config["preprocessing"].get("contrasts") or ["image"])
         for variant, trained in trained_by_variant.items():
             for seed, run_dir in trained.items():
                 name = f"{variant}-seed{seed}-{args.parts:g}mm-{residual}"
-                run = run_with_tolerance(run_dir, work / "runs" / name, args.parts, residual)
+                run = run_with_tolerance(run_dir, work / "runs" / name, args.parts, datalist, residual)
                 parts.setdefault(variant, {})[seed] = part_aurocs(
                     run, datalist, work / "parts" / name, contrasts
                 )
+                if args.real and args.run.endswith("multicontrast"):
+                    with maps_per_part(contrasts) as part_names:
+                        # its own copy, calibrated with the parts as maps: every part gets slice norms
+                        run = run_with_tolerance(
+                            run_dir, work / "runs" / f"{name}-parts", args.parts, datalist, residual
+                        )
+                        real_parts.setdefault(variant, {})[seed] = real_case_parts(
+                            run, args.real, work / "real-parts" / name, part_names
+                        )
     meta = run_meta("residual_tolerance.py", argv, load_start, t0, demo=str(args.demo))
     three_d, two = args.run.endswith("3d"), args.run.endswith("multicontrast")
     cohort = "the demo's cohort" if datalist == demo_datalist else f"the cohort `{args.data}`"
@@ -491,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         markdown_table(mean_header, means),
         *parts_markdown(parts, args.parts, residual, several),
+        *real_parts_markdown(real_parts, args.parts, several),
         "",
     ])  # fmt: skip
     args.docs.mkdir(parents=True, exist_ok=True)
@@ -499,7 +576,13 @@ def main(argv: list[str] | None = None) -> int:
     flat = results if several else next(iter(results.values()))
     (args.docs / f"{name}.json").write_text(
         json.dumps(
-            {"meta": meta, "intensity": intensity, "results": flat, **({"parts": parts} if parts else {})},
+            {
+                "meta": meta,
+                "intensity": intensity,
+                "results": flat,
+                **({"parts": parts} if parts else {}),
+                **({"real_parts": real_parts} if real_parts else {}),
+            },
             indent=2,
         )
         + "\n"  # fmt: skip

@@ -1,8 +1,8 @@
 """Why Deep SAD barely beats Deep SVDD: does it separate the lesions it was taught, and does that carry over?
 
 Ruff et al.'s finding (a few labelled anomalies lift Deep SAD above Deep SVDD, also on anomaly kinds never
-labelled) does not hold on the demo (``detection.md``, section "Seeds": +0.011 volume AUROC on the held-out
-kinds, and only +0.017 on the labelled kind itself). This script separates the two ways it can fail, with the
+labelled) does not hold on the demo (``detection.md``, section "Seeds": +0.012 volume AUROC on the held-out
+kinds, and only +0.016 on the labelled kind itself). This script separates the two ways it can fail, with the
 demo's ``deep-svdd-2d`` / ``deep-sad-2d`` runs and their seeded copies (``DEMO/seeds/<s>/runs``, from
 ``detection.py --seeds``), on the demo's test scans at the runs' own preprocessing:
 

@@ -828,7 +828,7 @@ def seeds_markdown(seeds: dict) -> list[str]:
         lines += [
             "",
             "Where the difference is, and where this column loses it (cells, slices and every volume column, "
-            "over the same seeds): [deep_sad_transfer.md](deep_sad_transfer.md) (`benchmarks/deep_sad_transfer.py`).",
+            "over the seeds of the demo it names): [deep_sad_transfer.md](deep_sad_transfer.md) (`benchmarks/deep_sad_transfer.py`).",
         ]
     return lines
 

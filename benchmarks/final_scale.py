@@ -1,7 +1,7 @@
 """Why the Glow models' ``final_scale`` score fails: its density split into the flow and the prior part.
 
 Schirrmeister et al. score with the final (coarsest) scale's likelihood contribution alone. On the demo it ranks
-lesions below chance for some training seeds and near ``nll_bpd`` for others (``detection.md``, section
+lesions below ``nll_bpd`` at every training seed, and below chance for some (``detection.md``, section
 "Seeds"). A scale's contribution is the log-det of its flow steps plus its prior's log-density of the latent it
 splits off (``GlowOutput.flow_log_det_maps`` and the rest of ``log_density_maps``). This script reads both
 parts of the in-distribution model's final scale, per voxel (nats; higher = more likely), averaged over the

@@ -38,7 +38,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -190,18 +190,22 @@ def part_aurocs(run_dir: Path, datalist: Path, work: Path, contrasts: Sequence[s
     }
 
 
+def parts_table(by_variant: dict[str, dict[str, dict]], cell: Callable[[dict], str], several: bool) -> str:
+    """A ``--parts`` table: one row per variant (when ``several``) and seed, one ``cell`` per part."""
+    names = list(next(iter(next(iter(by_variant.values())).values())))
+    rows = [
+        [*([variant] if several else []), seed, *(cell(v[n]) for n in names)]
+        for variant, by_seed in by_variant.items() for seed, v in by_seed.items()
+    ]  # fmt: skip
+    return markdown_table([*(["variant"] if several else []), "seed", *(f"`{n}`" for n in names)], rows)
+
+
 def parts_markdown(
     parts: dict[str, dict[str, dict]], mm: float | None, residual: str, several: bool
 ) -> list[str]:
     """The ``--parts`` table: each part's test AUROC (healthy median) per variant and seed."""
     if not parts:
         return []
-    names = list(next(iter(next(iter(parts.values())).values())))
-    rows = [
-        [*([variant] if several else []), seed,
-         *(f"{v[n]['auroc']:.3f} ({v[n]['healthy_median']:.3f})" for n in names)]
-        for variant, by_seed in parts.items() for seed, v in by_seed.items()
-    ]  # fmt: skip
     return [
         "",
         f"Where the signal is ({mm:g} mm): volume AUROC of each part's `_top200mm3` on the test scans, the healthy "
@@ -210,7 +214,7 @@ def parts_markdown(
         "reconstruction's maximum / below its minimum; `all_pos`: the channels' `_pos` averaged (the map "
         "`residual: positive` makes).",
         "",
-        markdown_table([*(["variant"] if several else []), "seed", *(f"`{n}`" for n in names)], rows),
+        parts_table(parts, lambda v: f"{v['auroc']:.3f} ({v['healthy_median']:.3f})", several),
     ]
 
 
@@ -218,12 +222,6 @@ def real_parts_markdown(real_parts: dict[str, dict[str, dict]], mm: float | None
     """The real case's ``--parts`` table: each part's slice AUROC inside MS patient07 (median z)."""
     if not real_parts:
         return []
-    names = list(next(iter(next(iter(real_parts.values())).values())))
-    rows = [
-        [*([variant] if several else []), seed,
-         *(f"{v[n]['slice_auroc']:.3f} ({v[n]['median_z']:+.1f})" for n in names)]
-        for variant, by_seed in real_parts.items() for seed, v in by_seed.items()
-    ]  # fmt: skip
     return [
         "",
         f"How far the real case sits from the healthy scans, part by part ({mm:g} mm): MS patient07's slice AUROC inside the scan "
@@ -231,7 +229,7 @@ def real_parts_markdown(real_parts: dict[str, dict[str, dict]], mm: float | None
         "run calibrated with every part as a map), and in brackets the median robust z over the scan's counted "
         "slices: near 0 where the real scan's residual sits in the synthetic healthy range at that position.",
         "",
-        markdown_table([*(["variant"] if several else []), "seed", *(f"`{n}`" for n in names)], rows),
+        parts_table(real_parts, lambda v: f"{v['slice_auroc']:.3f} ({v['median_z']:+.1f})", several),
     ]
 
 

@@ -224,10 +224,11 @@ def real_parts_markdown(real_parts: dict[str, dict[str, dict]], mm: float | None
         return []
     return [
         "",
-        f"How far the real case sits from the healthy scans, part by part ({mm:g} mm): MS patient07's slice AUROC inside the scan "
-        "of each part's `_slice_q99`, standardised per slice position against the healthy validation scans (the "
-        "run calibrated with every part as a map), and in brackets the median robust z over the scan's counted "
-        "slices: near 0 where the real scan's residual sits in the synthetic healthy range at that position.",
+        f"How far the real case sits from the healthy scans, part by part ({mm:g} mm): MS patient07's slice "
+        "AUROC inside the scan of each part's `_slice_q99`, standardised per slice position against the healthy "
+        "validation scans (the run calibrated with every part as a map), and in brackets the median robust z over "
+        "the scan's counted slices: near 0 where the real scan's residual sits in the synthetic healthy range at "
+        "that position.",
         "",
         parts_table(real_parts, lambda v: f"{v['slice_auroc']:.3f} ({v['median_z']:+.1f})", several),
     ]

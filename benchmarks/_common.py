@@ -182,7 +182,7 @@ def write_steps_doc(
         "",
         f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
         f"Date: {meta['date']}  ",
-        f"Cohort: `{meta['demo']}` (the demo's; test: its 128 test scans; runs reused from `--out` when present)",
+        f"Cohort: `{meta['demo']}` (the demo's; test: its test scans; runs reused from `--out` when present)",
         "",
         intro,
         "",

@@ -131,6 +131,30 @@ def train_steps_run(config: dict[str, Any], datalist: Path, run_dir: Path, steps
     return float(timing["seconds"])
 
 
+def run_with_config(src: Path, dst: Path, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """A copy of run ``src`` at ``dst`` (replaced) whose checkpoint and ``config.yaml`` hold the config as ``edit``
+    changes it in place, the weights unchanged, without the run's calibration: slice norms and thresholds fitted on
+    the maps the old config made would standardise and flag the new ones against another map's levels (recalibrate
+    with ``Trainer(config, datalist, dst, resume=True).fit()`` where they are needed). Returns the new config."""
+    import shutil
+
+    from mri_anomaly.training.config import config_from_yaml, config_to_yaml
+
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    if (src / "train_log.csv").is_file():
+        shutil.copy2(src / "train_log.csv", dst / "train_log.csv")
+    checkpoint = torch.load(src / "checkpoint.pt", map_location="cpu", weights_only=False)
+    config = config_from_yaml(checkpoint["config"])
+    edit(config)
+    checkpoint["config"] = config_to_yaml(config)
+    for stale in ("thresholds", "threshold_info"):
+        checkpoint.pop(stale, None)
+    torch.save(checkpoint, dst / "checkpoint.pt")
+    (dst / "config.yaml").write_text(checkpoint["config"])
+    return config
+
+
 def volume_aurocs_on_test(
     run_dir: Path, datalist: Path, score_dir: Path, columns: Sequence[str]
 ) -> dict[str, float]:

@@ -47,7 +47,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import markdown_table, run_meta, seed_runs, train_steps_run  # noqa: E402
+from _common import markdown_table, run_meta, run_with_config, seed_runs, train_steps_run  # noqa: E402
 
 RUNS = ("latent-norm-ae-2d", "latent-norm-ae-3d", "latent-norm-ae-2d-multicontrast")
 DOC_NAMES = {
@@ -256,8 +256,6 @@ def run_with_tolerance(
     when given) set, the weights unchanged, recalibrated on ``datalist``'s healthy validation scans: its slice
     norms and thresholds are those of the map it now makes, not of the one it was trained with (copied norms
     standardised the slice scores against another map's levels). Reused when ``out`` holds that copy already."""
-    import torch
-    import yaml
     from mri_anomaly.training import Trainer
 
     made = {
@@ -270,20 +268,13 @@ def run_with_tolerance(
     marker = out / "recalibrated.json"
     if marker.is_file() and json.loads(marker.read_text()) == made and (out / "thresholds.json").is_file():
         return out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    if (run_dir / "train_log.csv").is_file():
-        shutil.copy2(run_dir / "train_log.csv", out / "train_log.csv")
-    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    config = yaml.safe_load(checkpoint["config"])
-    config["model"]["residual_tolerance_mm"] = float(tolerance_mm)
-    if residual is not None:
-        config["model"]["residual"] = residual
-    checkpoint["config"] = yaml.safe_dump(config, sort_keys=False)
-    for stale in ("thresholds", "threshold_info"):
-        checkpoint.pop(stale, None)
-    torch.save(checkpoint, out / "checkpoint.pt")
-    (out / "config.yaml").write_text(checkpoint["config"])
+
+    def edit(config: dict) -> None:
+        config["model"]["residual_tolerance_mm"] = float(tolerance_mm)
+        if residual is not None:
+            config["model"]["residual"] = residual
+
+    config = run_with_config(run_dir, out, edit)
     # resuming a finished run trains no step and scores the validation scans again (``mri-anomaly train --resume``)
     Trainer(config, str(datalist), out, resume=True, progress=False).fit()
     marker.write_text(json.dumps(made))

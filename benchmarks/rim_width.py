@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import run_meta  # noqa: E402
+from _common import run_meta, run_with_config  # noqa: E402
 from real_data import default_data_dir, real_cases, score_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,23 +38,13 @@ MAP_RUNS = ("glow2d-ratio", "glow3d-ratio", "latent-norm-ae-2d", "intensity", "n
 
 def run_with_rim(src: Path, dst: Path, mm: float) -> Path:
     """A copy of run ``src`` at ``dst`` whose checkpoint's config scores maps inside the brain minus ``mm``,
-    without the run's calibration: its slice norms and thresholds were fitted on the maps at the trained width
-    (the map slice profiles and map scores change with the rim), and what this script reports, the maps' volume
-    statistics and voxel AP, needs neither."""
-    import torch
-    from mri_anomaly.training.config import config_from_yaml, config_to_yaml
+    without the run's calibration (:func:`_common.run_with_config`): what this script reports, the maps' volume
+    statistics and voxel AP, needs none."""
 
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
-    (dst / "thresholds.json").unlink(missing_ok=True)
-    path = dst / "checkpoint.pt"
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    config = config_from_yaml(checkpoint["config"])
-    config.setdefault("score", {})["map_erosion_mm"] = float(mm)
-    checkpoint["config"] = config_to_yaml(config)
-    for stale in ("thresholds", "threshold_info"):
-        checkpoint.pop(stale, None)
-    torch.save(checkpoint, path)
+    def edit(config: dict) -> None:
+        config.setdefault("score", {})["map_erosion_mm"] = float(mm)
+
+    run_with_config(src, dst, edit)
     return dst
 
 

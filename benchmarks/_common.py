@@ -116,9 +116,9 @@ def save_results(name: str, tag: str, markdown: str, data: dict[str, Any], out_d
     return md_path
 
 
-def train_steps_run(config: dict[str, Any], datalist: Path, run_dir: Path, steps: int) -> float:
-    """Train ``config`` into ``run_dir`` (resumable) unless a run of ``steps`` steps per phase is there; returns
-    its training wall seconds (kept in ``run_dir/train_time.json``)."""
+def train_steps_run(config: dict[str, Any], datalist: Path, run_dir: Path, steps: int | str) -> float:
+    """Train ``config`` into ``run_dir`` (resumable) unless a run of ``steps`` (steps per phase, or a name of
+    per-phase steps) is there; returns its training wall seconds (kept in ``run_dir/train_time.json``)."""
     from mri_anomaly.training import Trainer
 
     timing_path = run_dir / "train_time.json"

@@ -6,16 +6,22 @@ finished demo's cohort, for each ``N`` of ``--steps``, and reports:
 
 * bits/dim of the in-distribution model on the slices (brain fraction >= 0.1) of 80 training scans and of the 80
   healthy validation scans (held out): while held-out bits/dim still fall, the model is under-trained;
-* volume AUROC on the demo's test scans of the run's ``llr``/``nll`` columns (``score_datalist``), no CIs
-  (the detection benchmark has them for the shipped setting), and the healthy test scans' median and 90th
-  percentile of ``nll_top200mm3`` (the demo's best column; its healthy tail is where a training seed loses);
+* volume AUROC on the demo's test scans of the run's ``llr``/``nll`` columns (``score_datalist``), and the healthy
+  test scans' median and 90th percentile of ``nll_top200mm3`` (the demo's best column; its healthy tail is where a
+  training seed loses);
 * training wall time;
+* ``nll_top200mm3`` against the demo's ``intensity`` and ``normative`` runs' best volume column on the same test
+  scans, per seed and pooled over seeds (``detection.compare_over_seeds``): would the setting beat the baselines?
 
 for each training seed of ``--seeds`` (the config's ``seed``): is the spread over seeds a matter of training length?
+A setting of ``--steps`` is ``N`` (steps per phase), ``G+I`` (``G`` steps of the general phase, ``I`` of the
+in-distribution phase: which model lacks training?) or either with ``xB`` (batch size ``B``, the config's 32
+otherwise: ``200x16`` sees as many slices as 100 steps of 32: do the updates or the slices seen matter?), and
+``@LR`` sets the in-distribution phase's learning rate (the demo's 5e-4 otherwise: ``100@1e-3``).
 
 Runs already trained under ``--out`` are reused (resumable). Usage::
 
-    python benchmarks/glow2d_steps.py --demo demo-out [--steps 100 200 400] [--seeds 0 1 2]
+    python benchmarks/glow2d_steps.py --demo demo-out [--steps 100 200 400 200+100 200x16 100@1e-3] [--seeds 0 1 2]
         [--out /tmp/mri-anomaly-glow2d-steps]
 
 Writes ``docs/benchmarks/glow2d_steps.md`` and ``.json``.
@@ -25,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +54,8 @@ from _common import (  # noqa: E402
 )
 
 COLUMNS = ("nll_top200mm3", "llr_top200mm3", "llr_q999", "nll_q999", "llr_top5_mean", "nll_bpd_top5_mean")
-TAIL = "nll_top200mm3"  # the healthy scans' median and 90th percentile of this column
+TAIL = "nll_top200mm3"  # the healthy scans' median and 90th percentile of this column; compared with the baselines
+BASELINES = ("intensity", "normative")
 
 
 def slices_of(items: list[dict], config: dict) -> torch.Tensor:
@@ -70,7 +80,6 @@ def bits_per_dim_of(method, slices: torch.Tensor, batch: int = 256) -> float:
 
 def healthy_tail(score_dir: Path, datalist: Path, column: str) -> dict[str, float]:
     """The healthy test scans' median and 90th percentile of ``column`` in ``score_dir``'s scores."""
-    import pandas as pd
     from mri_anomaly.data import load_datalist
 
     labels = {it["subject_id"]: int(it["label"]) for it in load_datalist(datalist)["test"]}
@@ -79,27 +88,132 @@ def healthy_tail(score_dir: Path, datalist: Path, column: str) -> dict[str, floa
     return {"median": float(np.median(healthy)), "q90": float(np.quantile(healthy, 0.9))}
 
 
-def reading(data: list[dict]) -> str:
-    """One sentence from the numbers: do held-out bits/dim still fall at the largest step count, and how do the
-    volume AUROCs move (mean ± SD over the seeds)?"""
-    steps = sorted({d["steps_per_phase"] for d in data})
+IN_LR = 5.0e-4  # the demo's in-distribution phase (mri_anomaly.pipeline._GLOW2D_RATIO)
 
-    def over_seeds(n: int, get) -> tuple[float, float]:
-        values = np.array([get(d) for d in data if d["steps_per_phase"] == n], dtype=np.float64)
+
+@dataclass(frozen=True, order=True)
+class Setting:
+    """How the 2D Glow ratio model is trained: steps of the general and in-distribution phases, batch size and the
+    in-distribution phase's learning rate."""
+
+    general: int
+    in_steps: int
+    batch: int
+    in_lr: float = IN_LR
+
+    @classmethod
+    def parse(cls, text: str, default_batch: int) -> Setting:
+        """``"200"``: 200 steps per phase; ``"200+100"``: 200 general, 100 in-distribution; ``"200x16"``: batch 16;
+        ``"100@1e-3"``: in-distribution learning rate 1e-3 (combinable: ``"200+100x16@1e-3"``)."""
+        match = re.fullmatch(r"(\d+)(?:\+(\d+))?(?:x(\d+))?(?:@([0-9.eE+-]+))?", text)
+        if match is None:
+            raise SystemExit(f"--steps: {text!r} is not N[+I][xB][@LR] (e.g. 200, 200+100, 200x16, 100@1e-3)")
+        general, in_steps, batch, in_lr = match.groups()
+        return cls(int(general), int(in_steps or general), int(batch or default_batch), float(in_lr or IN_LR))
+
+    def name(self, default_batch: int) -> str:
+        return (
+            (str(self.general) if self.in_steps == self.general else f"{self.general}+{self.in_steps}")
+            + ("" if self.batch == default_batch else f"x{self.batch}")
+            + ("" if self.in_lr == IN_LR else f"@{self.in_lr:g}")
+        )
+
+    def plain(self, default_batch: int) -> bool:
+        """Equal phases with the demo's batch size and learning rates: the training-length series."""
+        return self.general == self.in_steps and self.batch == default_batch and self.in_lr == IN_LR
+
+
+def baseline_columns(demo: Path, labels: dict[str, int]) -> dict[str, tuple[str, pd.DataFrame]]:
+    """``{baseline: (column, DataFrame[subject_id, baseline])}``: the demo's ``intensity`` and ``normative`` runs'
+    best volume column on the test scans (the highest AUROC: the detection benchmark's choice)."""
+    from mri_anomaly.evaluation.metrics import auroc
+    from mri_anomaly.evaluation.score_tables import load_score_tables
+
+    out = {}
+    for name in BASELINES:
+        tables = load_score_tables(demo / "scores" / name, name)
+        scores = tables.volumes[tables.volumes["subject_id"].astype(str).isin(labels)]
+        scores = scores.assign(subject_id=scores["subject_id"].astype(str))
+        y = scores["subject_id"].map(labels).to_numpy(dtype=int)
+        best = max(tables.score_columns, key=lambda c: auroc(y, scores[c].to_numpy(dtype=np.float64)))
+        out[name] = (best, scores[["subject_id", best]].rename(columns={best: "baseline"}))
+    return out
+
+
+def against_baselines(
+    score_dirs: dict[str, dict[int, Path]], labels: dict[str, int], baselines: dict, n_resamples: int = 1000
+) -> dict[str, dict[str, dict]]:
+    """``{setting: {baseline: compare_over_seeds(...)}}``: ``TAIL`` of each setting's runs against each baseline's
+    best column on the same test scans, per seed and pooled over seeds (the detection benchmark's rule)."""
+    from detection import compare_over_seeds
+
+    out: dict[str, dict[str, dict]] = {}
+    for name, by_seed in score_dirs.items():
+        tables = {}
+        for seed, score_dir in by_seed.items():
+            scores = pd.read_csv(score_dir / "scores.csv", dtype={"subject_id": str})
+            scores = scores[scores["subject_id"].isin(labels)][["subject_id", TAIL]]
+            tables[seed] = scores.assign(label=scores["subject_id"].map(labels).astype(int))
+        out[name] = {}
+        for baseline, (column, reference) in baselines.items():
+            paired = {seed: t.merge(reference, on="subject_id") for seed, t in tables.items()}
+            out[name][baseline] = {
+                "baseline_column": column,
+                **compare_over_seeds(paired, TAIL, "baseline", n_resamples=n_resamples),
+            }
+    return out
+
+
+def baselines_table(comparisons: dict[str, dict[str, dict]]) -> str:
+    rows = []
+    for name, by_baseline in comparisons.items():
+        for baseline, c in by_baseline.items():
+            ci = c["pooled"]["difference_ci"]
+            rows.append([
+                name, f"`{baseline}` (`{c['baseline_column']}`, {c['mean']['auroc_b']:.3f})",
+                " / ".join(f"{p['difference']:+.3f}" for p in c["per_seed"]),
+                f"{c['mean']['difference']:+.3f} ± {c['sd']['difference']:.3f}",
+                f"{c['pooled']['difference']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "n/a",
+                c["verdict"],
+            ])  # fmt: skip
+    header = ["setting", "baseline (best column, AUROC)", f"`{TAIL}` − baseline per seed", "mean ± SD",
+              "pooled [95 % CI]", "beats it over seeds"]  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def reading(data: list[dict], default_batch: int) -> str:
+    """One sentence from the numbers: do held-out bits/dim still fall with the step count (equal phases, the
+    demo's batch size and learning rates), where do the other settings land, and how do the volume AUROCs move
+    (mean ± SD over the seeds) from setting to setting?"""
+
+    def key(d: dict) -> Setting:
+        return Setting(d["general_steps"], d["in_steps"], d["batch_size"], d.get("in_lr", IN_LR))
+
+    settings = sorted({key(d) for d in data}, key=lambda s: (not s.plain(default_batch), s))
+
+    def over_seeds(setting: Setting, get) -> tuple[float, float]:
+        values = np.array([get(d) for d in data if key(d) == setting], dtype=np.float64)
         return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
-    held = [over_seeds(n, lambda d: d["bpd"]["validation"])[0] for n in steps]
+    def held_out(setting: Setting) -> float:
+        return over_seeds(setting, lambda d: d["bpd"]["validation"])[0]
+
+    plain = [s for s in settings if s.plain(default_batch)]
+    held = [held_out(s) for s in plain]
     falling = all(b < a for a, b in zip(held, held[1:]))
+    others = "".join(f"; {s.name(default_batch)} {held_out(s):.2f}" for s in settings if s not in plain)
 
     def moved(column: str) -> str:
         return " → ".join(
-            "{:.3f} ± {:.3f}".format(*over_seeds(n, lambda d: d["auroc"][column])) for n in steps
+            "{:.3f} ± {:.3f}".format(*over_seeds(s, lambda d: d["auroc"][column])) for s in settings
         )
 
     return (
-        f"Held-out bits/dim (mean over seeds) {held[0]:.2f} at {steps[0]} steps per phase, {held[-1]:.2f} at "
-        f"{steps[-1]}: {'still falling at every step count (under-trained at the smaller ones)' if falling else 'not falling at every step count'}; "
-        f"volume AUROC (mean ± SD over seeds) of `{TAIL}` {moved(TAIL)}, of `llr_top200mm3` {moved('llr_top200mm3')}."
+        f"Held-out bits/dim (mean over seeds) {held[0]:.2f} at {plain[0].general} steps per phase, {held[-1]:.2f} at "
+        f"{plain[-1].general}: {'still falling at every step count (under-trained at the smaller ones)' if falling else 'not falling at every step count'}"
+        f"{others}; volume AUROC (mean ± SD over seeds; settings "
+        f"{' → '.join(s.name(default_batch) for s in settings)}) of `{TAIL}` {moved(TAIL)}, "
+        f"of `llr_top200mm3` {moved('llr_top200mm3')}."
     )
 
 
@@ -108,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--demo", required=True, help="a finished `mri-anomaly demo --out` folder (its cohort)"
     )
-    parser.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400], help="steps per phase")
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        default=["100", "200", "400"],
+        help="N[+I][xB][@LR]: steps per phase N (or N general + I in-distribution), batch size B, in-distribution learning rate LR",
+    )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="training seeds (the config's seed)"
     )
@@ -126,20 +245,29 @@ def main(argv: list[str] | None = None) -> int:
     datalist = load_datalist(datalist_path)
     run = next(r for r in DEMO_RUNS if r.name == "glow2d-ratio")
     load_start, t0 = os.getloadavg()[0], time.time()
-    rows, data, cache = [], [], {}
-    for n in args.steps:
+    rows, data, cache, score_dirs = [], [], {}, {}
+    default_batch = int(load_config(configs_dir() / run.config, list(run.overrides))["train"]["batch_size"])
+    for text in args.steps:
+        setting = Setting.parse(text, default_batch)
+        name = setting.name(default_batch)
         for seed in args.seeds:
-            run_dir = out / "runs" / f"steps{n}-seed{seed}"
+            run_dir = out / "runs" / f"steps{name}-seed{seed}"
             phases = (
-                f"train.phases={{general: {{steps: {n}, lr: 1.0e-3, weight_decay: 0.0}}, "
-                f"in: {{steps: {n}, lr: 5.0e-4, weight_decay: 0.0}}}}"
+                f"train.phases={{general: {{steps: {setting.general}, lr: 1.0e-3, weight_decay: 0.0}}, "
+                f"in: {{steps: {setting.in_steps}, lr: {setting.in_lr}, weight_decay: 0.0}}}}"
             )
             overrides = [o for o in run.overrides if not o.startswith("train.phases=")] + [
                 phases,
                 f"seed={seed}",
+                f"train.batch_size={setting.batch}",
             ]
             config = load_config(configs_dir() / run.config, overrides)
-            train_seconds = train_steps_run(config, datalist_path, run_dir, n)
+            train_seconds = train_steps_run(
+                config,
+                datalist_path,
+                run_dir,
+                setting.general if (setting.general, setting.in_lr) == (setting.in_steps, IN_LR) else name,
+            )
             method, config, _ = load_run(run_dir)
             for section, items in (
                 ("training", datalist["training"][:80]),
@@ -148,29 +276,36 @@ def main(argv: list[str] | None = None) -> int:
                 if section not in cache:
                     cache[section] = slices_of(items, config)
             bpd = {s: bits_per_dim_of(method, cache[s]) for s in ("training", "validation")}
-            score_dir = out / "scores" / f"steps{n}-seed{seed}"
+            score_dir = out / "scores" / f"steps{name}-seed{seed}"
             aurocs = volume_aurocs_on_test(run_dir, datalist_path, score_dir, COLUMNS)
+            score_dirs.setdefault(name, {})[seed] = score_dir
             tail = healthy_tail(score_dir, datalist_path, TAIL)
-            rows.append([n, seed, f"{bpd['training']:.3f}", f"{bpd['validation']:.3f}",
+            rows.append([name, seed, f"{bpd['training']:.3f}", f"{bpd['validation']:.3f}",
                          *(f"{aurocs[c]:.3f}" for c in COLUMNS), f"{tail['median']:.3g} ({tail['q90']:.3g})",
                          f"{train_seconds:.0f}"])  # fmt: skip
-            data.append({"steps_per_phase": n, "seed": seed, "bpd": bpd, "auroc": aurocs, "healthy_tail": tail,
+            data.append({"general_steps": setting.general, "in_steps": setting.in_steps, "batch_size": setting.batch, "in_lr": setting.in_lr, "seed": seed, "bpd": bpd, "auroc": aurocs, "healthy_tail": tail,
                          "train_seconds": train_seconds, "slices": {s: len(cache[s]) for s in cache}})  # fmt: skip
-            print(f"[glow2d-steps] {n} seed {seed}: {rows[-1]}", file=sys.stderr, flush=True)
-    header = ["steps per phase", "seed", "bits/dim, 80 training scans", "bits/dim, 80 held-out healthy",
+            print(f"[glow2d-steps] {name} seed {seed}: {rows[-1]}", file=sys.stderr, flush=True)
+    header = ["steps per phase (general+in, xbatch)", "seed", "bits/dim, 80 training scans", "bits/dim, 80 held-out healthy",
               *(f"AUROC `{c}`" for c in COLUMNS), f"healthy `{TAIL}` median (90th pct)", "training s"]  # fmt: skip
+    labels = {it["subject_id"]: int(it["label"]) for it in datalist["test"]}
+    comparisons = against_baselines(score_dirs, labels, baseline_columns(demo, labels))
     meta = run_meta("glow2d_steps.py", argv, load_start, t0, demo=str(demo))
     md = write_steps_doc(
         Path(args.docs),
         "glow2d_steps",
         "2D Glow likelihood ratio: training length",
         meta,
-        "The demo trains 100 steps per phase (seed 0), here on this process's threads (the demo's lanes train on "
+        f"The demo trains 100 steps per phase of batch {default_batch} (seed 0), here on this process's threads (the demo's lanes train on "
         "one thread each, which rounds differently). Bits/dim of the in-distribution model on axial slices with ≥ 10 % brain; "
-        "AUROC of volume columns on the test scans (no CIs: see `detection.md` for the shipped setting's).",
-        markdown_table(header, rows),
-        reading(data),
-        data,
+        "AUROC of volume columns on the test scans (CIs: the comparison with the baselines below).",
+        markdown_table(header, rows)
+        + f"\n\nAgainst the baselines: `{TAIL}` of each setting's runs against the demo's `intensity` and `normative` "
+        "runs' best volume column on the same test scans (paired bootstrap, 1000 resamples; pooled: the seed-averaged "
+        "difference; beats it when ahead at every seed with the pooled CI above 0, the detection benchmark's rule).\n\n"
+        + baselines_table(comparisons),
+        reading(data, default_batch),
+        {"runs": data, "against_baselines": comparisons},
     )
     print(md)
     return 0

@@ -1,0 +1,70 @@
+"""``benchmarks/glow2d_steps.py``: its training settings and its comparison with the baselines, on hand-made score
+tables (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "glow2d_steps.py"
+
+Y = [0, 0, 0, 0, 1, 1, 1]
+IDS = [f"s{i}" for i in range(len(Y))]
+
+
+@pytest.fixture(scope="module")
+def steps():
+    spec = importlib.util.spec_from_file_location("glow2d_steps_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_settings_parse_and_name(steps):
+    s = steps.Setting
+    assert s.parse("200", 32) == s(200, 200, 32, steps.IN_LR)
+    assert s.parse("200+100", 32) == s(200, 100, 32, steps.IN_LR)
+    assert s.parse("200x16", 32) == s(200, 200, 16, steps.IN_LR)
+    assert s.parse("100@1e-3", 32) == s(100, 100, 32, 1e-3)
+    assert s.parse("200+100x16@1e-3", 32) == s(200, 100, 16, 1e-3)
+    for text in ("200", "200+100", "200x16", "200+100x16"):
+        assert s.parse(text, 32).name(32) == text
+    assert s.parse("100@1e-3", 32).name(32) == "100@0.001"
+    assert s.parse("200", 32).plain(32) and not s.parse("200+100", 32).plain(32)
+    assert not s.parse("100@1e-3", 32).plain(32) and not s.parse("100x16", 32).plain(32)
+    with pytest.raises(SystemExit, match="not N"):
+        s.parse("200-100", 32)
+
+
+def _write_scores(folder: Path, **columns) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"subject_id": IDS, "section": "test", **columns}).to_csv(folder / "scores.csv", index=False)
+    return folder
+
+
+def test_against_baselines_by_hand(steps, tmp_path):
+    labels = dict(zip(IDS, Y))
+    demo = tmp_path / "demo"
+    # intensity: q999 wins 10 of 12 healthy/anomalous pairs (5/6), top200mm3 6 of 12 (1/2): q999 is its best
+    _write_scores(demo / "scores" / "intensity", intensity_q999=[0, 1, 2, 5, 3, 4, 6],
+                  intensity_top200mm3=[0, 1, 2, 3, 0.5, 1.5, 2.5])  # fmt: skip
+    _write_scores(demo / "scores" / "normative", abs_z_q999=[6, 5, 4, 3, 2, 1, 0], abs_z_top200mm3=Y)
+    baselines = steps.baseline_columns(demo, labels)
+    assert baselines["intensity"][0] == "intensity_q999"
+    assert baselines["normative"][0] == "abs_z_top200mm3"  # AUROC 1 against 0
+    # the setting's runs: seed 0 ranks perfectly (1), seed 1 as intensity's best (5/6)
+    dirs = {"200": {0: _write_scores(tmp_path / "s0", nll_top200mm3=[0, 1, 2, 3, 4, 5, 6]),
+                    1: _write_scores(tmp_path / "s1", nll_top200mm3=[0, 1, 2, 5, 3, 4, 6])}}  # fmt: skip
+    result = steps.against_baselines(dirs, labels, baselines, n_resamples=200)["200"]
+    vs = result["intensity"]
+    assert [p["difference"] for p in vs["per_seed"]] == pytest.approx([1 / 6, 0.0])
+    assert vs["mean"]["auroc_b"] == pytest.approx(5 / 6)
+    assert vs["verdict"] == "does not hold" and "seed 1" in vs["reasons"][0]
+    assert [p["difference"] for p in result["normative"]["per_seed"]] == pytest.approx([0.0, -1 / 6])
+    table = steps.baselines_table({"200": result})
+    assert "`intensity` (`intensity_q999`, 0.833)" in table and "+0.167 / +0.000" in table

@@ -12,6 +12,8 @@ finished demo's cohort, for each ``N`` of ``--steps``, and reports:
 * training wall time;
 * ``nll_top200mm3`` against the demo's ``intensity`` and ``normative`` runs' best volume column on the same test
   scans, per seed and pooled over seeds (``detection.compare_over_seeds``): would the setting beat the baselines?
+* with ``--real DATA``, the slice AUROC inside each real FLAIR scan of ``DATA`` (MS patient07, BRATS 1-3) of
+  ``nll_slice_q99`` and ``llr_slice_q99``: does longer training carry over to real MRI, or only lift the demo?
 
 for each training seed of ``--seeds`` (the config's ``seed``): is the spread over seeds a matter of training length?
 A setting of ``--steps`` is ``N`` (steps per phase), ``G+I`` (``G`` steps of the general phase, ``I`` of the
@@ -22,7 +24,7 @@ otherwise: ``200x16`` sees as many slices as 100 steps of 32: do the updates or 
 Runs already trained under ``--out`` are reused (resumable). Usage::
 
     python benchmarks/glow2d_steps.py --demo demo-out [--steps 100 200 400 200+100 200x16 100@1e-3] [--seeds 0 1 2]
-        [--out /tmp/mri-anomaly-glow2d-steps]
+        [--real ../shared/data] [--out /tmp/mri-anomaly-glow2d-steps]
 
 Writes ``docs/benchmarks/glow2d_steps.md`` and ``.json``.
 """
@@ -30,6 +32,7 @@ Writes ``docs/benchmarks/glow2d_steps.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -56,6 +59,10 @@ from _common import (  # noqa: E402
 COLUMNS = ("nll_top200mm3", "llr_top200mm3", "llr_q999", "nll_q999", "llr_top5_mean", "nll_bpd_top5_mean")
 TAIL = "nll_top200mm3"  # the healthy scans' median and 90th percentile of this column; compared with the baselines
 BASELINES = ("intensity", "normative")
+REAL_COLUMNS = (
+    "nll_slice_q99",
+    "llr_slice_q99",
+)  # nll's: the 2D Glow's slice column the demo chooses (real_data.md)
 
 
 def slices_of(items: list[dict], config: dict) -> torch.Tensor:
@@ -181,6 +188,44 @@ def baselines_table(comparisons: dict[str, dict[str, dict]]) -> str:
     return markdown_table(header, rows)
 
 
+def real_flair_cases(data: Path) -> list[dict]:
+    """The real FLAIR cases with a lesion mask (``real_data.real_cases``: MS patient07, BRATS 1-3)."""
+    from real_data import real_cases
+
+    return [c for c in real_cases(data) if c.get("mask") and "FLAIR" in c["site"]]
+
+
+def real_slice_aurocs(run_dir: Path, cases: list[dict], work: Path) -> dict[str, dict[str, float | None]]:
+    """``{case: {column: slice AUROC inside the scan}}`` of ``REAL_COLUMNS`` with the run in ``run_dir``
+    (``real_data.score_run``), kept in ``work/result.json`` and reused."""
+    from real_data import score_run
+
+    cached = work / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    datalist = work / "datalist.json"
+    datalist.write_text(json.dumps({"test": cases}))
+    scored = score_run(run_dir, cases, datalist, work / "scores", max_voxels=100_000)
+    result = {c["subject_id"]: {col: scored["slice"][c["subject_id"]][col]["auroc"] for col in REAL_COLUMNS}
+              for c in cases}  # fmt: skip
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def real_table(real: dict[str, dict[int, dict]], column: str) -> str:
+    """Per setting and case, ``column``'s slice AUROC: mean (min–max) over seeds."""
+    cases = list(next(iter(next(iter(real.values())).values())))
+    rows = []
+    for name, by_seed in real.items():
+        cells = []
+        for case in cases:
+            values = [v[case][column] for v in by_seed.values() if v[case][column] is not None]
+            cells.append(f"{np.mean(values):.2f} ({min(values):.2f}–{max(values):.2f})" if values else "n/a")
+        rows.append([name, *cells])
+    return markdown_table(["setting", *cases], rows)
+
+
 def reading(data: list[dict], default_batch: int) -> str:
     """One sentence from the numbers: do held-out bits/dim still fall with the step count (equal phases, the
     demo's batch size and learning rates), where do the other settings land, and how do the volume AUROCs move
@@ -231,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="training seeds (the config's seed)"
     )
+    parser.add_argument(
+        "--real",
+        default=None,
+        metavar="DATA",
+        help="also score the real FLAIR cases of DATA (../shared/data) with every run: slice AUROC inside each scan",
+    )
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "mri-anomaly-glow2d-steps"))
     parser.add_argument("--docs", default=str(DOCS_DIR))
     args = parser.parse_args(argv)
@@ -245,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     datalist = load_datalist(datalist_path)
     run = next(r for r in DEMO_RUNS if r.name == "glow2d-ratio")
     load_start, t0 = os.getloadavg()[0], time.time()
-    rows, data, cache, score_dirs = [], [], {}, {}
+    rows, data, cache, score_dirs, real = [], [], {}, {}, {}
+    cases = real_flair_cases(Path(args.real)) if args.real else []
     default_batch = int(load_config(configs_dir() / run.config, list(run.overrides))["train"]["batch_size"])
     for text in args.steps:
         setting = Setting.parse(text, default_batch)
@@ -280,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             aurocs = volume_aurocs_on_test(run_dir, datalist_path, score_dir, COLUMNS)
             score_dirs.setdefault(name, {})[seed] = score_dir
             tail = healthy_tail(score_dir, datalist_path, TAIL)
+            if cases:
+                real.setdefault(name, {})[seed] = real_slice_aurocs(
+                    run_dir, cases, out / "real" / f"steps{name}-seed{seed}"
+                )
             rows.append([name, seed, f"{bpd['training']:.3f}", f"{bpd['validation']:.3f}",
                          *(f"{aurocs[c]:.3f}" for c in COLUMNS), f"{tail['median']:.3g} ({tail['q90']:.3g})",
                          f"{train_seconds:.0f}"])  # fmt: skip
@@ -303,9 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         + f"\n\nAgainst the baselines: `{TAIL}` of each setting's runs against the demo's `intensity` and `normative` "
         "runs' best volume column on the same test scans (paired bootstrap, 1000 resamples; pooled: the seed-averaged "
         "difference; beats it when ahead at every seed with the pooled CI above 0, the detection benchmark's rule).\n\n"
-        + baselines_table(comparisons),
+        + baselines_table(comparisons)
+        + "".join(
+            f"\n\nReal FLAIR cases (`--real`; models trained on the synthetic demo, never on these): slice AUROC of "
+            f"`{column}` inside each scan, mean (min–max) over seeds.\n\n" + real_table(real, column)
+            for column in (REAL_COLUMNS if real else ())
+        ),
         reading(data, default_batch),
-        {"runs": data, "against_baselines": comparisons},
+        {"runs": data, "against_baselines": comparisons, "real_slice_auroc": real},
     )
     print(md)
     return 0

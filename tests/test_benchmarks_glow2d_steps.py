@@ -68,3 +68,12 @@ def test_against_baselines_by_hand(steps, tmp_path):
     assert [p["difference"] for p in result["normative"]["per_seed"]] == pytest.approx([0.0, -1 / 6])
     table = steps.baselines_table({"200": result})
     assert "`intensity` (`intensity_q999`, 0.833)" in table and "+0.167 / +0.000" in table
+
+
+def test_real_table_means_and_ranges_over_seeds(steps):
+    real = {"100": {0: {"ms": {"nll_slice_q99": 0.6, "llr_slice_q99": None}, "brats": {"nll_slice_q99": 0.9, "llr_slice_q99": 0.8}},
+                    1: {"ms": {"nll_slice_q99": 0.7, "llr_slice_q99": None}, "brats": {"nll_slice_q99": 0.7, "llr_slice_q99": 0.6}}}}  # fmt: skip
+    table = steps.real_table(real, "nll_slice_q99")
+    assert "| setting | ms | brats |" in table
+    assert "| 100 | 0.65 (0.60–0.70) | 0.80 (0.70–0.90) |" in table
+    assert "| 100 | n/a | 0.70 (0.60–0.80) |" in steps.real_table(real, "llr_slice_q99")

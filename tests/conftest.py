@@ -1,15 +1,36 @@
-"""Shared pytest fixtures: seeding, the real-data folder, CUDA skipping."""
+"""Shared pytest fixtures: seeding, the real-data folder, CUDA skipping, benchmark scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """``load_benchmark("detection")``: ``benchmarks/detection.py`` as a module (the scripts are not a package),
+    registered in ``sys.modules`` (its dataclasses need it)."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(
+            f"{name}_benchmark", REPO_ROOT / "benchmarks" / f"{name}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

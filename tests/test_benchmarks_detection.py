@@ -3,26 +3,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 from mri_anomaly.errors import MissingInputError
 from mri_anomaly.evaluation.metrics import auroc
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "detection.py"
-
 
 @pytest.fixture(scope="module")
-def detection():
-    spec = importlib.util.spec_from_file_location("detection_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def detection(load_benchmark):
+    return load_benchmark("detection")
 
 
 Y = [0, 0, 0, 0, 1, 1, 1]

@@ -3,26 +3,18 @@ tables (no training)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "glow2d_steps.py"
 
 Y = [0, 0, 0, 0, 1, 1, 1]
 IDS = [f"s{i}" for i in range(len(Y))]
 
 
 @pytest.fixture(scope="module")
-def steps():
-    spec = importlib.util.spec_from_file_location("glow2d_steps_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def steps(load_benchmark):
+    return load_benchmark("glow2d_steps")
 
 
 def test_settings_parse_and_name(steps):

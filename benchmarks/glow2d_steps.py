@@ -59,10 +59,8 @@ from _common import (  # noqa: E402
 COLUMNS = ("nll_top200mm3", "llr_top200mm3", "llr_q999", "nll_q999", "llr_top5_mean", "nll_bpd_top5_mean")
 TAIL = "nll_top200mm3"  # the healthy scans' median and 90th percentile of this column; compared with the baselines
 BASELINES = ("intensity", "normative")
-REAL_COLUMNS = (
-    "nll_slice_q99",
-    "llr_slice_q99",
-)  # nll's: the 2D Glow's slice column the demo chooses (real_data.md)
+# slice columns read on the real cases: nll's is the 2D Glow's slice column the demo chooses (real_data.md)
+REAL_COLUMNS = ("nll_slice_q99", "llr_slice_q99")
 
 
 def slices_of(items: list[dict], config: dict) -> torch.Tensor:
@@ -95,7 +93,9 @@ def healthy_tail(score_dir: Path, datalist: Path, column: str) -> dict[str, floa
     return {"median": float(np.median(healthy)), "q90": float(np.quantile(healthy, 0.9))}
 
 
-IN_LR = 5.0e-4  # the demo's in-distribution phase (mri_anomaly.pipeline._GLOW2D_RATIO)
+# the demo's in-distribution learning rate (mri_anomaly.pipeline._GLOW2D_RATIO; main checks it): the settings'
+# names and the runs kept under --out are relative to it
+IN_LR = 5.0e-4
 
 
 @dataclass(frozen=True, order=True)
@@ -298,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     load_start, t0 = os.getloadavg()[0], time.time()
     rows, data, cache, score_dirs, real = [], [], {}, {}, {}
     cases = real_flair_cases(Path(args.real)) if args.real else []
-    default_batch = int(load_config(configs_dir() / run.config, list(run.overrides))["train"]["batch_size"])
+    demo_train = load_config(configs_dir() / run.config, list(run.overrides))["train"]
+    default_batch = int(demo_train["batch_size"])
+    if float(demo_train["phases"]["in"]["lr"]) != IN_LR:
+        raise SystemExit(
+            f"the demo's in-distribution learning rate is {demo_train['phases']['in']['lr']}: update IN_LR"
+        )
     for text in args.steps:
         setting = Setting.parse(text, default_batch)
         name = setting.name(default_batch)
@@ -314,11 +319,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"train.batch_size={setting.batch}",
             ]
             config = load_config(configs_dir() / run.config, overrides)
+            # a run is kept under its steps per phase where the phases and learning rates are the demo's (batch
+            # sizes have folders of their own), else under the setting's name
+            same_phases = (setting.general, setting.in_lr) == (setting.in_steps, IN_LR)
             train_seconds = train_steps_run(
-                config,
-                datalist_path,
-                run_dir,
-                setting.general if (setting.general, setting.in_lr) == (setting.in_steps, IN_LR) else name,
+                config, datalist_path, run_dir, setting.general if same_phases else name
             )
             method, config, _ = load_run(run_dir)
             for section, items in (

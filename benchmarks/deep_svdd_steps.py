@@ -40,7 +40,7 @@ from _common import (  # noqa: E402
     volume_aurocs_on_test,
     write_steps_doc,
 )
-from glow2d_steps import slices_of  # noqa: E402
+from glow2d_steps import measured_slices  # noqa: E402
 
 COLUMNS = ("deep_sad_dist_mean", "deep_sad_dist_max", "deep_sad_dist_top5_mean")
 
@@ -100,13 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(configs_dir() / "deep-svdd-2d.yaml", [phases])
         train_seconds = train_steps_run(config, datalist_path, run_dir, n)
         method, config, _ = load_run(run_dir)
-        for section, items in (
-            ("training", datalist["training"][:80]),
-            ("validation", datalist["validation"]),
-        ):
-            if section not in cache:
-                cache[section] = slices_of(items, config)
-        fit = {s: held_out(method, cache[s]) for s in ("training", "validation")}
+        fit = {s: held_out(method, x) for s, x in measured_slices(datalist, config, cache).items()}
         score_dir = out / "scores" / f"steps{n}"
         aurocs = volume_aurocs_on_test(run_dir, datalist_path, score_dir, COLUMNS)
         rows.append([n, f"{fit['training']['distance']:.4f}", f"{fit['validation']['distance']:.4f}",

@@ -71,6 +71,15 @@ def slices_of(items: list[dict], config: dict) -> torch.Tensor:
     return torch.stack([torch.as_tensor(ds[i]["image"]) for i in range(len(ds))])
 
 
+def measured_slices(datalist: dict, config: dict, cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{"training": slices of 80 training scans, "validation": of the healthy validation scans}``, made once into
+    ``cache`` (the steps benchmarks measure every run's fit on the same slices)."""
+    for section, items in (("training", datalist["training"][:80]), ("validation", datalist["validation"])):
+        if section not in cache:
+            cache[section] = slices_of(items, config)
+    return cache
+
+
 def bits_per_dim_of(method, slices: torch.Tensor, batch: int = 256) -> float:
     from mri_anomaly.flows import dequantize
     from mri_anomaly.scoring.flow_scores import bits_per_dim
@@ -326,13 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 config, datalist_path, run_dir, setting.general if same_phases else name
             )
             method, config, _ = load_run(run_dir)
-            for section, items in (
-                ("training", datalist["training"][:80]),
-                ("validation", datalist["validation"]),
-            ):
-                if section not in cache:
-                    cache[section] = slices_of(items, config)
-            bpd = {s: bits_per_dim_of(method, cache[s]) for s in ("training", "validation")}
+            bpd = {s: bits_per_dim_of(method, x) for s, x in measured_slices(datalist, config, cache).items()}
             score_dir = out / "scores" / f"steps{name}-seed{seed}"
             aurocs = volume_aurocs_on_test(run_dir, datalist_path, score_dir, COLUMNS)
             score_dirs.setdefault(name, {})[seed] = score_dir

@@ -69,3 +69,12 @@ def test_real_table_means_and_ranges_over_seeds(steps):
     assert "| setting | ms | brats |" in table
     assert "| 100 | 0.65 (0.60–0.70) | 0.80 (0.70–0.90) |" in table
     assert "| 100 | n/a | 0.70 (0.60–0.80) |" in steps.real_table(real, "llr_slice_q99")
+
+
+def test_measured_slices_are_made_once_per_section(steps, monkeypatch):
+    made = []
+    monkeypatch.setattr(steps, "slices_of", lambda items, config: made.append(len(items)) or len(items))
+    datalist = {"training": list(range(100)), "validation": list(range(30))}
+    cache = {}
+    assert steps.measured_slices(datalist, {}, cache) == {"training": 80, "validation": 30}
+    assert list(steps.measured_slices(datalist, {}, cache)) == ["training", "validation"] and made == [80, 30]

@@ -338,3 +338,35 @@ def test_t1_carries_the_texture_and_is_unchanged_without_it():
     expected = (0.06 + 0.195 + 0.5 + 1e-3) / (0.06 + 0.325 + 0.3 + 1e-3)
     assert float((more_wm / plain).mean()) == pytest.approx(expected, rel=0.06)
     assert float((more_wm / plain).mean()) > 1.05
+
+
+def test_partial_volume_lesions_image_the_same_subjects_fainter(tmp_path):
+    """``partial_volume_lesions``: the same cohort (healthy scans, masks, strata) with each lesion's edge voxels
+    changed by the fraction of them it fills; MS patterns keep their masks and fade where partly filled."""
+    ms_dir = find_ms_lesion_dir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = make_demo_cohort(tmp_path / "a", healthy=3, anomalous=3, general=0, spacing=4.0, ms_dir=ms_dir)
+        b = make_demo_cohort(
+            tmp_path / "b",
+            healthy=3,
+            anomalous=3,
+            general=0,
+            spacing=4.0,
+            ms_dir=ms_dir,
+            partial_volume_lesions=True,
+        )
+    arrays_a, arrays_b = _arrays(a), _arrays(b)
+    assert arrays_a.keys() == arrays_b.keys()
+    assert _subjects(a) == _subjects(b)  # kinds, variants, lesion volumes and strata
+    assert json.loads((tmp_path / "b" / "cohort.json").read_text())["lesion_imaging"] == "partial volume"
+    for key, x in arrays_a.items():
+        if key.endswith(":mask") or "-anom-" not in key:
+            assert np.array_equal(x, arrays_b[key]), key  # masks and healthy scans: the same files
+            continue
+        mask = arrays_a[key.replace(":image", ":mask")] > 0
+        changed = x != arrays_b[key]
+        assert changed[mask].any(), key
+        # inside the mask the partial-volume lesion is nearer the surrounding tissue: fainter, whatever its sign
+        median = np.median(x[x > 0])
+        assert np.abs(arrays_b[key][mask] - median).mean() < np.abs(x[mask] - median).mean(), key

@@ -130,3 +130,56 @@ def test_dict_twin_sets_label_semi_target_and_unites_masks(volume):
     assert torch.equal(d["image"], d2["image"])
     d3 = RandLesiond("image", prob=0.0)({"image": volume, "label": 0})
     assert d3["label"] == 0 and d3["lesion_kind"] == "" and d3["mask"].sum() == 0
+
+
+def _pair(volume, kind, ms_masks=None, **kwargs):
+    """The same lesion drawn with and without partial volume: (image, mask, next draw) of each."""
+    out = []
+    for pv in (False, True):
+        lesion = RandLesion(kinds=(kind,), mass_effect=(0.0, 0.0), clip=None, partial_volume=pv,
+                            ms_masks=ms_masks, **kwargs)  # fmt: skip
+        lesion.set_random_state(5)
+        x, m = lesion(volume)
+        out.append(((x - volume).as_tensor()[0].numpy(), m[0].numpy() > 0.5, lesion.R.uniform()))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["focal", "tumour"])
+def test_partial_volume_keeps_mask_and_draws_and_scales_the_change_at_the_edge(volume, kind):
+    (d0, m0, r0), (d1, m1, r1) = _pair(
+        volume, kind, focal_radius_mm=(6.0, 6.0), tumour_radius_mm=(14.0, 14.0)
+    )
+    assert np.array_equal(m0, m1) and r0 == r1  # the same lesion: mask and every random draw
+    assert (d1[m0] != 0).all() and (d1 != 0).sum() > m0.sum()  # voxels the lesion partly fills change too
+    if kind == "focal":  # one part: a voxel changes by the fraction of it the lesion fills
+        ratio = d1[m0] / d0[m0]
+        assert ratio.min() > 0 and ratio.max() == pytest.approx(1.0, abs=1e-5)  # whole voxels: as before
+        assert (ratio < 0.99).any()  # edge voxels: less
+        assert np.abs(d1).sum() < 1.5 * np.abs(d0).sum()
+    # nothing changes far from the lesion: only voxels it partly fills, next to the mask or next to a voxel the
+    # mask leaves out (outside the brain)
+    from scipy import ndimage
+
+    near = ndimage.binary_dilation(m0, structure=np.ones((3, 3, 3)), iterations=2)
+    assert not ((d1 != 0) & ~near).any()
+
+
+def test_partial_volume_ms_changes_each_voxel_by_its_fraction(volume):
+    fraction = _ms_like(volume.shape[1:]) * 0.8
+    fringe = [((20, 20, 20), 0.1), ((22, 30, 20), 0.2), ((12, 24, 20), 0.15)]  # outside the mask (< 0.25)
+    for p, f in fringe:
+        fraction[p] = f
+    (_, m0, r0), (d1, m1, r1) = _pair(volume, "ms", ms_masks=[fraction], ms_mask_threshold=0.25)
+    assert np.array_equal(m0, m1) and r0 == r1
+    x = volume[0].numpy()
+    assert np.array_equal(m1, (fraction >= 0.25) & (x > 0.05))
+    assert (d1[fraction == 0] == 0).all()
+    # a voxel outside the mask moves by w * fraction * (lesion level - x), with one w and level for the lesion:
+    # change / fraction is a line in x of slope -w, w in [0.75, 1]
+    xs = np.array([x[p] for p, _ in fringe], np.float64)
+    ys = np.array([d1[p] / f for p, f in fringe], np.float64)
+    slope, intercept = np.polyfit(xs, ys, 1)
+    assert np.allclose(slope * xs + intercept, ys, atol=1e-5)
+    assert -1.0 <= slope <= -0.75
+    level = intercept / -slope  # FLAIR MS: 1.45-1.8 times the brain's median
+    assert 1.4 < level / np.median(x[x > 0.05]) < 1.85

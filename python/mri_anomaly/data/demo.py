@@ -337,6 +337,7 @@ def synthesize_subject(
     lesion_size: str = "any",
     extra_contrasts: Sequence[str] = (),
     extra_rng: np.random.Generator | None = None,
+    partial_volume: bool = False,
 ) -> dict[str, Any]:
     """One synthetic subject on the demo grid, in one contrast or several.
 
@@ -356,6 +357,8 @@ def synthesize_subject(
             subject, so its first image does not depend on them.
         extra_rng: the generator of the extra contrasts (default: one spawned from ``rng``'s seed sequence,
             which draws nothing from ``rng``).
+        partial_volume: image the lesion with partial volume (``RandLesion(partial_volume=True)``: each voxel
+            changes by the fraction of it the lesion fills); the subject, its mask and its draws are unchanged.
 
     Returns:
         ``{"image": (X, Y, Z) float32, "images": [image, *extra images], "contrasts": [contrast, *extra],
@@ -371,7 +374,16 @@ def synthesize_subject(
         extra_rng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
     with _single_threaded_blas():
         return _synthesize(
-            rng, spacing, contrast, variation, lesion, ms_files, lesion_size, extra_contrasts, extra_rng
+            rng,
+            spacing,
+            contrast,
+            variation,
+            lesion,
+            ms_files,
+            lesion_size,
+            extra_contrasts,
+            extra_rng,
+            partial_volume,
         )
 
 
@@ -404,7 +416,16 @@ _LESION_SIZES: dict[tuple[str, str], dict[str, Any]] = {
 
 
 def _synthesize(
-    rng, spacing, contrast, variation, lesion, ms_files, lesion_size="any", extra_contrasts=(), extra_rng=None
+    rng,
+    spacing,
+    contrast,
+    variation,
+    lesion,
+    ms_files,
+    lesion_size="any",
+    extra_contrasts=(),
+    extra_rng=None,
+    partial_volume=False,
 ) -> dict[str, Any]:
     tpl = _template(float(spacing))
     shape, aff = demo_grid(spacing)
@@ -453,6 +474,7 @@ def _synthesize(
             "kinds": (lesion,),
             "clip": (0.0, None),
             "focal_radius_mm": (max(3.0, 0.9 * spacing), max(8.0, 2.0 * spacing)),
+            "partial_volume": partial_volume,
         }
         if lesion_size != "any" and lesion_size not in SIZE_STRATA:
             raise ValueError(f"unknown lesion_size {lesion_size!r} (known: any, {', '.join(SIZE_STRATA)})")
@@ -463,7 +485,7 @@ def _synthesize(
             voxel_cm3 = float(spacing) ** 3 / 1000.0
             low, high = SIZE_STRATA.get(lesion_size, (0.0, float("inf")))
             order = rng.permutation(len(ms_files))
-            candidates = []  # (distance of its volume to the stratum, pattern, source): the first inside wins
+            candidates = []  # (distance to the stratum, pattern, source, fractions): the first inside wins
             for j in order:  # a pattern with at least 3 voxels on this grid
                 src_mask, saff = _ms_mask_source(str(ms_files[j]), float(spacing))
                 mvox = ((src - saff[:3, 3]) @ np.linalg.inv(saff[:3, :3]).T).T
@@ -473,13 +495,16 @@ def _synthesize(
                     continue
                 volume = float(ms.sum()) * voxel_cm3
                 distance = max(low - volume, volume - high, 0.0) / max(volume, 1e-6)
-                candidates.append((distance, ms, ms_files[j].name))
+                candidates.append((distance, ms, ms_files[j].name, frac * (brain > 0.5)))
                 if distance == 0.0:
                     break
             if not candidates:
                 raise ValueError("no MS lesion mask has 3 voxels on this grid")
-            _, ms, ms_source = min(candidates, key=lambda c: c[0])
-            inserter_kwargs["ms_masks"] = [ms]
+            _, ms, ms_source, ms_fraction = min(candidates, key=lambda c: c[0])
+            if partial_volume:  # the same mask (fraction >= 0.25), imaged by each voxel's lesion fraction
+                inserter_kwargs.update(ms_masks=[ms_fraction], ms_mask_threshold=0.25)
+            else:
+                inserter_kwargs["ms_masks"] = [ms]
         lesion_seed = int(rng.integers(2**31))
         region = brain > 0.5
         if lesion != "ms":  # tumours and focal lesions go in the cerebrum (template z > -30 mm)
@@ -621,6 +646,7 @@ class _SubjectTask:
     spacing: float
     ms_files: list[Path]
     out: Path
+    partial_volume: bool = False
 
 
 def _write_subject(task: _SubjectTask) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -642,6 +668,7 @@ def _write_subject(task: _SubjectTask) -> tuple[dict[str, Any], dict[str, Any]]:
         lesion_size=task.size,
         extra_contrasts=cons[1:],
         extra_rng=np.random.default_rng([task.seed, _SECTION_CODE[group], i, 1]) if extra else None,
+        partial_volume=task.partial_volume,
     )
     sid = f"demo-{_SUBJECT_NAMES[group]}-{i:03d}"
     if extra:
@@ -711,6 +738,7 @@ def make_demo_cohort(
     progress: bool = False,
     smooth_anatomy: bool = False,
     workers: int = 1,
+    partial_volume_lesions: bool = False,
 ) -> Path:
     """Write the demo cohort (see the module docstring) and return the path of ``datalist.json``.
 
@@ -732,6 +760,9 @@ def make_demo_cohort(
             (:data:`SMOOTH_ANATOMY`): every subject is the smooth template anatomy, as before 2026-12.
         workers: processes that make the subjects (each from its own seed: the files are the same for any
             number; the default 1 makes them in this process).
+        partial_volume_lesions: image each lesion with partial volume (a voxel changes by the fraction of it
+            the lesion fills) instead of full contrast in every masked voxel; the same subjects, masks and
+            healthy scans (``benchmarks/lesion_conspicuity.py`` measures both against real lesions).
 
     Raises:
         ValueError: bad counts, spacing or contrast.
@@ -790,7 +821,21 @@ def make_demo_cohort(
     plan += [("general", "general", i, None, CONTRASTS[i % 3], general_var, "any") for i in range(general)]
 
     tasks = [
-        _SubjectTask(int(seed), sec, group, i, lesion, con, extra, var, size, float(spacing), ms_files, out)
+        _SubjectTask(
+            int(seed),
+            sec,
+            group,
+            i,
+            lesion,
+            con,
+            extra,
+            var,
+            size,
+            float(spacing),
+            ms_files,
+            out,
+            bool(partial_volume_lesions),
+        )
         for sec, group, i, lesion, con, var, size in plan
     ]
     datalist: dict[str, list[dict]] = {}
@@ -815,6 +860,7 @@ def make_demo_cohort(
         "seed": int(seed),
         "lesion_kinds": ",".join(kinds),
         "anatomy": "smooth template" if smooth_anatomy else "individual texture, periventricular signal",
+        "lesion_imaging": "partial volume" if partial_volume_lesions else "full contrast in every mask voxel",
     }
     path = write_datalist(datalist, out / "datalist.json", relative=True, metadata=meta)
     with open(out / "subjects.csv", "w", newline="") as f:

@@ -1,0 +1,440 @@
+"""Are the demo's lesions as conspicuous on the model grid as real ones? And do the models beat thresholding
+once they are?
+
+The demo cohort inserts each lesion on its 4 mm grid with full contrast in every voxel of its mask (an MS
+pattern's mask is its 1 mm consensus mask's voxels at least a quarter filled). A scanner's 4 mm voxel that a
+lesion fills a quarter of moves a quarter of the way. This script measures both, through the package's
+preprocessing (the demo's runs' config: anti-aliasing, 4 mm, brain-median anchoring), by how far a lesion stands
+out from the healthy brain of its own scan in the raw image intensity:
+
+* per real FLAIR case of ``--real`` (MS patient07, BRATS 1-3) and per lesion kind and size stratum of the demo's
+  test scans, and of the same test scans imaged with partial volume (``make_demo_cohort(...,
+  partial_volume_lesions=True)``: the same subjects, masks and healthy scans; each voxel changes by the fraction of
+  it the lesion fills): the voxel AP of the intensity (lesion vs healthy brain voxels of the scan, chance = the
+  lesion fraction), the share of lesion voxels above the healthy brain's 99th percentile, and the lesion's median
+  minus the healthy median in healthy interquartile ranges;
+* then scores the partial-volume anomalous scans with every run of the demo (and of its retrained seeds with
+  ``--seeds``), keeps the demo's healthy test scores (the healthy scans are the same files: checked), and compares
+  each learned run's volume column chosen on the demo with the ``intensity`` and ``normative`` baselines' chosen
+  columns on both test sets (``detection.best_column_over_seeds``: per seed, mean, and the pooled paired
+  difference with its CI).
+
+Usage::
+
+    python benchmarks/lesion_conspicuity.py --demo demo-out [--real ../shared/data] [--seeds 1 2]
+        [--out /tmp/mri-anomaly-lesion-conspicuity]
+
+Writes ``docs/benchmarks/lesion_conspicuity.md`` and ``.json``. Runs' scores under ``--out`` are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
+from detection import best_column_over_seeds, load_seed_tables, seed_folder  # noqa: E402
+from real_data import default_data_dir, real_cases  # noqa: E402
+
+RUNS = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d", "latent-norm-ae-2d")
+BASELINES = ("intensity", "normative")
+RIM_VOXELS = 2  # 8 mm at 4 mm: the maps' rim (score.map_erosion_mm); conspicuity is reported inside it too
+GROUP_ORDER = ("ms", "tumour", "focal", "focal_opposite")
+
+
+def conspicuity(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> dict[str, float]:
+    """How far the lesion voxels stand out from the scan's healthy brain voxels in intensity alone.
+
+    Args:
+        image, lesion, brain: arrays of one shape; ``lesion`` and ``brain`` boolean.
+
+    Returns:
+        ``{"lesion_voxels", "chance", "ap", "auroc", "above_q99", "contrast_iqr"}``: AP and AUROC of the intensity
+        as the score of lesion against healthy brain voxels, the lesion fraction of the brain (chance AP), the
+        share of lesion voxels above the healthy voxels' 99th percentile, and (lesion median − healthy median) /
+        healthy interquartile range. NaN (and 0 voxels) when no lesion voxel lies in the brain.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    les, healthy = lesion & brain, brain & ~lesion
+    n = int(les.sum())
+    if n == 0 or not healthy.any():
+        nan = float("nan")
+        return {
+            "lesion_voxels": n,
+            "chance": nan,
+            "ap": nan,
+            "auroc": nan,
+            "above_q99": nan,
+            "contrast_iqr": nan,
+        }
+    y = np.r_[np.ones(n), np.zeros(int(healthy.sum()))]
+    s = np.r_[image[les], image[healthy]].astype(np.float64)
+    q25, median, q75, q99 = np.quantile(image[healthy], [0.25, 0.5, 0.75, 0.99])
+    return {
+        "lesion_voxels": n,
+        "chance": n / int(brain.sum()),
+        "ap": float(average_precision_score(y, s)),
+        "auroc": float(roc_auc_score(y, s)),
+        "above_q99": float((image[les] > q99).mean()),
+        "contrast_iqr": float((np.median(image[les]) - median) / max(q75 - q25, 1e-12)),
+    }
+
+
+def preprocessed_conspicuity(
+    items: Sequence[Mapping[str, Any]], preprocessing_config: Mapping[str, Any]
+) -> list[dict]:
+    """:func:`conspicuity` of each item (``image``, ``mask``, optional ``brain_mask``) after the run's preprocessing,
+    in the whole brain and inside the brain minus :data:`RIM_VOXELS` (the brain: the item's ``brain_mask``, else the
+    nonzero voxels of its image, the skull-stripped scans' brain)."""
+    import tempfile
+
+    import nibabel as nib
+    from mri_anomaly.data.preprocessing import preprocessing
+    from scipy import ndimage
+
+    transform = preprocessing(
+        {**preprocessing_config, "brain_mask_key": "brain_mask"}, keys=("image", "mask")
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for item in items:
+            entry = {"image": str(item["image"]), "mask": str(item["mask"])}
+            if item.get("brain_mask"):
+                entry["brain_mask"] = str(item["brain_mask"])
+            else:
+                img = nib.load(str(item["image"]))
+                path = Path(tmp) / f"{item['subject_id']}_brain.nii.gz"
+                nib.save(
+                    nib.Nifti1Image((np.asarray(img.dataobj) != 0).astype(np.uint8), img.affine), str(path)
+                )
+                entry["brain_mask"] = str(path)
+            d = transform(entry)
+            image = d["image"][0].numpy()
+            lesion, brain = d["mask"][0].numpy() > 0.5, d["brain_mask"][0].numpy() > 0.5
+            inner = ndimage.binary_erosion(brain, iterations=RIM_VOXELS)
+            row = {k: item[k] for k in ("subject_id", "group", "size_stratum") if k in item}
+            row.update(conspicuity(image, lesion, brain))
+            row.update({f"inner_{k}": v for k, v in conspicuity(image, lesion, inner).items()})
+            rows.append(row)
+    return rows
+
+
+def group_medians(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict]:
+    """Median of ``keys`` per (group, size stratum), in :data:`GROUP_ORDER` and small/medium/large order."""
+    df = pd.DataFrame(rows)
+    out = []
+    strata = ("small", "medium", "large")
+    for (group, stratum), part in sorted(
+        df.groupby(["group", "size_stratum"]),
+        key=lambda gs: (
+            GROUP_ORDER.index(gs[0][0]) if gs[0][0] in GROUP_ORDER else 99,
+            strata.index(gs[0][1]),
+        ),
+    ):
+        out.append({"group": group, "size_stratum": stratum, "n": len(part),
+                    **{k: float(np.nanmedian(part[k].to_numpy(np.float64))) for k in keys}})  # fmt: skip
+    return out
+
+
+def anomalous_test_items(data: Path) -> list[dict]:
+    """The anomalous test items of a demo cohort with absolute paths and their ``group`` (lesion variant: the
+    kind, or ``focal_opposite``) and ``size_stratum`` from ``subjects.csv``."""
+    from mri_anomaly.data.datalist import load_datalist
+
+    subjects = pd.read_csv(data / "subjects.csv", dtype={"subject_id": str}).set_index("subject_id")
+    items = []
+    for item in load_datalist(data / "datalist.json", check_files=False, check_headers=False)["test"]:
+        if int(item.get("label", 0)) != 1:
+            continue
+        row = subjects.loc[item["subject_id"]]
+        items.append({**item, "group": row["lesion_variant"], "size_stratum": row["size_stratum"]})
+    return items
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def make_partial_volume_cohort(demo: Path, out: Path) -> Path:
+    """The demo's cohort again with partial-volume lesions (no ``general`` section: no run is trained on it), checked
+    to hold the same healthy test scans and lesion masks as the demo's; returns its data folder."""
+    from mri_anomaly.data.demo import default_workers, make_demo_cohort
+
+    data = out / "data"
+    cohort = json.loads((demo / "data" / "cohort.json").read_text())
+    counts = cohort["counts"]
+    anomalous = len(anomalous_test_items(demo / "data"))
+    if not (data / "datalist.json").is_file():
+        make_demo_cohort(
+            data,
+            seed=int(cohort["seed"]),
+            healthy=counts["training"] + counts["validation"] + counts["test"] - anomalous,
+            anomalous=anomalous,
+            general=0,
+            spacing=float(cohort["spacing_mm"]),
+            contrast=tuple(cohort["contrast"].split("+")),
+            workers=default_workers(),
+            partial_volume_lesions=True,
+        )
+    for f in sorted((demo / "data" / "images").glob("demo-test-*")) + sorted(
+        (demo / "data" / "masks").glob("*")
+    ):
+        twin = data / f.parent.name / f.name
+        if not twin.is_file() or file_digest(f) != file_digest(twin):
+            raise RuntimeError(f"{twin} differs from the demo's {f}: not the same cohort")
+    return data
+
+
+def score_partial_volume(demo: Path, data: Path, out: Path, seeds: Sequence[int], log=print) -> float:
+    """Score the partial-volume anomalous test scans with every run of every seed (resumable); seconds spent."""
+    from mri_anomaly.data.datasets import PreprocessedCache
+    from mri_anomaly.scoring.runner import score_datalist
+
+    items = [
+        {k: v for k, v in it.items() if k not in ("group", "size_stratum")}
+        for it in anomalous_test_items(data)
+    ]
+    cache = PreprocessedCache()
+    t = time.time()
+    for seed in seeds:
+        for run in (*RUNS, *BASELINES) if seed == 0 else RUNS:
+            run_dir = seed_folder(demo, seed) / "runs" / run
+            target = seed_folder(out, seed) / "scores" / run
+            if (target / "scores.csv").is_file() or not (run_dir / "checkpoint.pt").is_file():
+                continue
+            log(f"seed {seed}, {run}: scoring {len(items)} partial-volume scans")
+            score_datalist(
+                run_dir, {"test": items}, target, save_maps=False, progress=False, preprocessed_cache=cache
+            )
+    return time.time() - t
+
+
+def partial_volume_tables(demo: Path, out: Path, seeds: Sequence[int], runs: Sequence[str]) -> dict:
+    """``load_seed_tables``-shaped tables of the partial-volume test set: the demo's healthy test rows (same scans)
+    and the partial-volume anomalous rows of ``out``."""
+    demo_tables = load_seed_tables(demo, seeds, runs)
+    data = out / "data"
+    strata = pd.read_csv(data / "subjects.csv", dtype={"subject_id": str})[
+        ["subject_id", "lesion_kind", "lesion_variant", "size_stratum"]
+    ]
+    tables: dict[int, dict[str, dict]] = {}
+    for seed, by_run in demo_tables.items():
+        for run, table in by_run.items():
+            path = seed_folder(out, seed) / "scores" / run / "scores.csv"
+            if not path.is_file():
+                continue
+            scored = pd.read_csv(path, dtype={"subject_id": str})
+            healthy = table["volume"][table["volume"]["label"] == 0]
+            anomalous = (
+                scored[["subject_id", *table["score_columns"]]].assign(label=1).merge(strata, on="subject_id")
+            )
+            volume = pd.concat(
+                [healthy, anomalous[healthy.columns.intersection(anomalous.columns)]], ignore_index=True
+            )
+            tables.setdefault(seed, {})[run] = {**table, "volume": volume, "slice": None}
+    return tables
+
+
+def chosen_only(tables: dict, chosen: Mapping[str, str]) -> dict:
+    """The tables with each run's score columns cut to the one chosen on the demo (so that
+    ``best_column_over_seeds`` reads that column, not the best on the table at hand)."""
+    return {
+        seed: {run: {**t, "score_columns": [chosen[run]]} for run, t in by_run.items() if run in chosen}
+        for seed, by_run in tables.items()
+    }
+
+
+def demo_chosen_columns(demo: Path) -> dict[str, str]:
+    """Each run's volume column with the highest AUROC on the demo's own test set (seed 0)."""
+    from mri_anomaly.evaluation.metrics import auroc
+
+    out = {}
+    for run, t in load_seed_tables(demo, [0], (*RUNS, *BASELINES)).get(0, {}).items():
+        y = t["volume"]["label"].to_numpy(dtype=int)
+        values = {c: auroc(y, t["volume"][c].to_numpy(np.float64)) for c in t["score_columns"]}
+        out[run] = max(values, key=lambda c: values[c])
+    return out
+
+
+def variant_aurocs(tables: Sequence[Mapping[str, Any]], column: str) -> dict[str, float]:
+    """Mean over ``tables`` (one per seed) of the AUROC of each lesion variant's scans against all healthy scans."""
+    from mri_anomaly.evaluation.metrics import auroc
+
+    values: dict[str, list[float]] = {}
+    for t in tables:
+        v = t["volume"]
+        y, score = v["label"].to_numpy(dtype=int), v[column].to_numpy(np.float64)
+        for group in GROUP_ORDER:
+            keep = (y == 0) | (v["lesion_variant"] == group).to_numpy()
+            if keep.sum() > (y == 0).sum():
+                values.setdefault(group, []).append(float(auroc(y[keep], score[keep])))
+    return {g: float(np.mean(v)) for g, v in values.items()}
+
+
+def comparisons(tables: dict, chosen: Mapping[str, str], n_resamples: int) -> dict:
+    """Each learned run's demo-chosen column over seeds against the baselines' chosen columns
+    (``best_column_over_seeds``), and every run's AUROC by lesion variant (:func:`variant_aurocs`)."""
+    from mri_anomaly.evaluation.metrics import auroc
+
+    tables = chosen_only(tables, chosen)
+    learned = {s: {r: t for r, t in by_run.items() if r not in BASELINES} for s, by_run in tables.items()}
+    baselines = {r: t for r, t in tables.get(0, {}).items() if r in BASELINES}
+    result = best_column_over_seeds(learned, baselines, n_resamples)
+    for run, t in baselines.items():
+        y = t["volume"]["label"].to_numpy(dtype=int)
+        result[run] = {"column": chosen[run], "seeds": [0],
+                       "auroc": [float(auroc(y, t["volume"][chosen[run]].to_numpy(np.float64)))]}  # fmt: skip
+    for run, entry in result.items():
+        by_seed = [baselines[run]] if run in baselines else [learned[s][run] for s in entry["seeds"]]
+        entry["by_variant"] = variant_aurocs(by_seed, entry["column"])
+    return result
+
+
+def _f(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _versus(entry: Mapping[str, Any], baseline: str) -> str:
+    c = entry.get("vs_baselines", {}).get(baseline)
+    if not c:
+        return "–"
+    ci = c["pooled"]["difference_ci"]
+    return f"{c['mean']['difference']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] ({'beats' if c['verdict'] == 'holds' else 'does not beat'})"
+
+
+def to_markdown(result: Mapping[str, Any]) -> str:
+    meta = result["meta"]
+    keys = ("ap", "chance", "above_q99", "contrast_iqr", "inner_ap")
+    lines = [
+        "# Lesion conspicuity on the model grid: real lesions, the demo's, and the demo's with partial volume",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s "
+        f"(scoring {result['scoring_seconds']:.0f} s).",
+        "",
+        "Every scan through the demo runs' preprocessing (anti-aliasing, 4 mm, brain median at 0.5). Per scan: the voxel "
+        "AP of the intensity alone for lesion against healthy brain voxels (chance: the lesion fraction), the share of "
+        "lesion voxels above the healthy brain's 99th percentile, (lesion median − healthy median) / healthy IQR, and "
+        "the AP inside the brain minus 8 mm (where the maps are scored). Demo groups: median over their scans.",
+        "",
+    ]
+    header = [
+        "scans",
+        "n",
+        "lesion voxels",
+        "intensity AP",
+        "chance",
+        "lesion voxels > healthy q99",
+        "contrast (IQR)",
+        "AP inside −8 mm",
+    ]
+    rows = [[r["subject_id"], 1, r["lesion_voxels"], *[_f(r[k]) for k in keys]] for r in result["real"]]
+    for label, groups in (("demo", result["demo_groups"]), ("demo, partial volume", result["pv_groups"])):
+        rows += [[f"{label}: {g['group']} {g['size_stratum']}", g["n"], _f(g["lesion_voxels"], 0), *[_f(g[k]) for k in keys]]
+                 for g in groups]  # fmt: skip
+    lines += [markdown_table(header, rows), ""]
+    lines += [
+        "## The runs on both test sets",
+        "",
+        "Volume AUROC of each run's column chosen on the demo (its best there), on the demo's test set and on the same "
+        "scans with partial-volume lesions (the 80 healthy test scans are the same files in both). Learned runs: mean ± "
+        "SD over the seeds scored; against each baseline's chosen column: the mean paired difference and the pooled "
+        "95 % CI over seeds, and whether it beats it (every seed ahead and the CI above 0). By lesion variant: each "
+        "variant's scans against all healthy scans, mean over seeds.",
+        "",
+    ]
+    header = [
+        "run",
+        "column",
+        "test set",
+        "volume AUROC",
+        "vs intensity",
+        "vs normative",
+        "MS",
+        "tumour",
+        "focal",
+        "dark focal",
+    ]
+    rows = []
+    for run, both in result["runs"].items():
+        for name, key in (("demo", "demo"), ("partial volume", "pv")):
+            e = both.get(key)
+            if not e:
+                continue
+            values = e["auroc"]
+            auc = (
+                f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else _f(values[0])
+            )
+            bv = e["by_variant"]
+            rows.append([run, f"`{e['column']}`", name, auc, _versus(e, "intensity"), _versus(e, "normative"),
+                         *[_f(bv.get(g)) for g in GROUP_ORDER]])  # fmt: skip
+    lines += [markdown_table(header, rows), ""]
+    if result.get("reading"):
+        lines += ["## Reading", "", result["reading"], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
+    p.add_argument("--real", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
+    p.add_argument(
+        "--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to score too"
+    )
+    p.add_argument("--out", type=Path, default=Path("/tmp/mri-anomaly-lesion-conspicuity"))
+    p.add_argument("--docs", type=Path, default=DOCS_DIR)
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument(
+        "--reading", type=Path, help="a markdown file with the reading of the numbers, put under 'Reading'"
+    )
+    args = p.parse_args(argv)
+    load_start, t0 = os.getloadavg()[0], time.time()
+    from mri_anomaly.training.config import config_from_yaml
+
+    demo = args.demo.resolve()
+    config = config_from_yaml((demo / "runs" / "glow2d-ratio" / "config.yaml").read_text())
+    flair = [c for c in real_cases(args.real) if c["subject_id"].startswith(("ms-", "brats-"))]
+    real = preprocessed_conspicuity(flair, config["preprocessing"])
+    print("real cases done", flush=True)
+    data = make_partial_volume_cohort(demo, args.out)
+    demo_rows = preprocessed_conspicuity(anomalous_test_items(demo / "data"), config["preprocessing"])
+    pv_rows = preprocessed_conspicuity(anomalous_test_items(data), config["preprocessing"])
+    keys = ("lesion_voxels", "ap", "chance", "above_q99", "contrast_iqr", "inner_ap")
+    seeds = [0, *[s for s in args.seeds if s != 0]]
+    scoring = score_partial_volume(demo, data, args.out, seeds)
+    chosen = demo_chosen_columns(demo)
+    runs = (*RUNS, *BASELINES)
+    on_demo = comparisons(load_seed_tables(demo, seeds, runs), chosen, args.n_bootstrap)
+    on_pv = comparisons(partial_volume_tables(demo, args.out, seeds, runs), chosen, args.n_bootstrap)
+    result = {
+        "real": real,
+        "demo_groups": group_medians(demo_rows, keys),
+        "pv_groups": group_medians(pv_rows, keys),
+        "runs": {r: {"demo": on_demo.get(r), "pv": on_pv.get(r)} for r in runs},
+        "scoring_seconds": scoring,
+        "reading": args.reading.read_text().strip() if args.reading else "",
+    }
+    result["meta"] = {**run_meta("lesion_conspicuity.py", argv, load_start, t0), "seconds": time.time() - t0}
+    md = to_markdown(result)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    (args.docs / "lesion_conspicuity.md").write_text(md)
+    (args.docs / "lesion_conspicuity.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

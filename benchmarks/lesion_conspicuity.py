@@ -1,22 +1,22 @@
 """Are the demo's lesions as conspicuous on the model grid as real ones? And do the models beat thresholding
 once they are?
 
-The demo cohort inserts each lesion on its 4 mm grid with full contrast in every voxel of its mask (an MS
-pattern's mask is its 1 mm consensus mask's voxels at least a quarter filled). A scanner's 4 mm voxel that a
-lesion fills a quarter of moves a quarter of the way. This script measures both, through the package's
+The demo cohort inserted each lesion on its 4 mm grid with full contrast in every voxel of its mask (an MS
+pattern's mask is its 1 mm consensus mask's voxels at least a quarter filled) until 2026-12-02. A scanner's 4 mm
+voxel that a lesion fills a quarter of moves a quarter of the way: the cohort now images lesions with partial volume
+(``make_demo_cohort(partial_volume_lesions=True)``). This script measures both imagings, through the package's
 preprocessing (the demo's runs' config: anti-aliasing, 4 mm, brain-median anchoring), by how far a lesion stands
 out from the healthy brain of its own scan in the raw image intensity:
 
 * per real FLAIR case of ``--real`` (MS patient07, BRATS 1-3) and per lesion kind and size stratum of the demo's
-  test scans, and of the same test scans imaged with partial volume (``make_demo_cohort(...,
-  partial_volume_lesions=True)``: the same subjects, masks and healthy scans; each voxel changes by the fraction of
-  it the lesion fills): the voxel AP of the intensity (lesion vs healthy brain voxels of the scan, chance = the
-  lesion fraction), the share of lesion voxels above the healthy brain's 99th percentile, and the lesion's median
-  minus the healthy median in healthy interquartile ranges;
-* then scores the partial-volume anomalous scans with every run of the demo (and of its retrained seeds with
-  ``--seeds``), keeps the demo's healthy test scores (the healthy scans are the same files: checked), and compares
-  each learned run's volume column chosen on the demo with the ``intensity`` and ``normative`` baselines' chosen
-  columns on both test sets (``detection.best_column_over_seeds``: per seed, mean, and the pooled paired
+  test scans and of its twin, the same cohort made with the other imaging (the same subjects, masks and healthy
+  scans: checked): the voxel AP of the intensity (lesion vs healthy brain voxels of the scan, chance = the lesion
+  fraction), the share of lesion voxels above the healthy brain's 99th percentile, and the lesion's median minus
+  the healthy median in healthy interquartile ranges;
+* then scores the twin's anomalous scans with every run of the demo (and of its retrained seeds with ``--seeds``;
+  the runs train on healthy scans only, so they are the same for both), keeps the demo's healthy test scores, and
+  compares each learned run's volume column chosen on the demo with the ``intensity`` and ``normative`` baselines'
+  chosen columns on both test sets (``detection.best_column_over_seeds``: per seed, mean, and the pooled paired
   difference with its CI).
 
 Usage::
@@ -168,9 +168,17 @@ def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def make_partial_volume_cohort(demo: Path, out: Path) -> Path:
-    """The demo's cohort again with partial-volume lesions (no ``general`` section: no run is trained on it), checked
-    to hold the same healthy test scans and lesion masks as the demo's; returns its data folder."""
+IMAGINGS = {True: "partial volume", False: "full contrast"}
+
+
+def partial_volume_of(data: Path) -> bool:
+    """Whether a demo cohort images its lesions with partial volume (cohorts before 2026-12-02 do not say: no)."""
+    return json.loads((data / "cohort.json").read_text()).get("lesion_imaging") == "partial volume"
+
+
+def make_twin_cohort(demo: Path, out: Path) -> Path:
+    """The demo's cohort again with the other lesion imaging (no ``general`` section: no run is trained on it),
+    checked to hold the same healthy test scans and lesion masks as the demo's; returns its data folder."""
     from mri_anomaly.data.demo import default_workers, make_demo_cohort
 
     data = out / "data"
@@ -187,7 +195,7 @@ def make_partial_volume_cohort(demo: Path, out: Path) -> Path:
             spacing=float(cohort["spacing_mm"]),
             contrast=tuple(cohort["contrast"].split("+")),
             workers=default_workers(),
-            partial_volume_lesions=True,
+            partial_volume_lesions=not partial_volume_of(demo / "data"),
         )
     for f in sorted((demo / "data" / "images").glob("demo-test-*")) + sorted(
         (demo / "data" / "masks").glob("*")
@@ -198,8 +206,8 @@ def make_partial_volume_cohort(demo: Path, out: Path) -> Path:
     return data
 
 
-def score_partial_volume(demo: Path, data: Path, out: Path, seeds: Sequence[int], log=print) -> float:
-    """Score the partial-volume anomalous test scans with every run of every seed (resumable); seconds spent."""
+def score_twin(demo: Path, data: Path, out: Path, seeds: Sequence[int], log=print) -> float:
+    """Score the twin's anomalous test scans with every run of every seed (resumable); seconds spent."""
     from mri_anomaly.data.datasets import PreprocessedCache
     from mri_anomaly.scoring.runner import score_datalist
 
@@ -215,16 +223,16 @@ def score_partial_volume(demo: Path, data: Path, out: Path, seeds: Sequence[int]
             target = seed_folder(out, seed) / "scores" / run
             if (target / "scores.csv").is_file() or not (run_dir / "checkpoint.pt").is_file():
                 continue
-            log(f"seed {seed}, {run}: scoring {len(items)} partial-volume scans")
+            log(f"seed {seed}, {run}: scoring {len(items)} anomalous scans of the twin cohort")
             score_datalist(
                 run_dir, {"test": items}, target, save_maps=False, progress=False, preprocessed_cache=cache
             )
     return time.time() - t
 
 
-def partial_volume_tables(demo: Path, out: Path, seeds: Sequence[int], runs: Sequence[str]) -> dict:
-    """``load_seed_tables``-shaped tables of the partial-volume test set: the demo's healthy test rows (same scans)
-    and the partial-volume anomalous rows of ``out``."""
+def twin_tables(demo: Path, out: Path, seeds: Sequence[int], runs: Sequence[str]) -> dict:
+    """``load_seed_tables``-shaped tables of the twin's test set: the demo's healthy test rows (the same scans) and
+    the twin's anomalous rows (scored into ``out``)."""
     demo_tables = load_seed_tables(demo, seeds, runs)
     data = out / "data"
     strata = pd.read_csv(data / "subjects.csv", dtype={"subject_id": str})[
@@ -317,9 +325,10 @@ def _versus(entry: Mapping[str, Any], baseline: str) -> str:
 
 def to_markdown(result: Mapping[str, Any]) -> str:
     meta = result["meta"]
+    demo_name, twin_name = result["imaging"]["demo"], result["imaging"]["twin"]
     keys = ("ap", "chance", "above_q99", "contrast_iqr", "inner_ap")
     lines = [
-        "# Lesion conspicuity on the model grid: real lesions, the demo's, and the demo's with partial volume",
+        "# Lesion conspicuity on the model grid: real lesions and the demo's, imaged with partial volume or full contrast",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s "
@@ -342,15 +351,16 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         "AP inside −8 mm",
     ]
     rows = [[r["subject_id"], 1, r["lesion_voxels"], *[_f(r[k]) for k in keys]] for r in result["real"]]
-    for label, groups in (("demo", result["demo_groups"]), ("demo, partial volume", result["pv_groups"])):
+    for label, groups in ((f"demo ({demo_name})", result["demo_groups"]), (twin_name, result["twin_groups"])):
         rows += [[f"{label}: {g['group']} {g['size_stratum']}", g["n"], _f(g["lesion_voxels"], 0), *[_f(g[k]) for k in keys]]
                  for g in groups]  # fmt: skip
     lines += [markdown_table(header, rows), ""]
     lines += [
         "## The runs on both test sets",
         "",
-        "Volume AUROC of each run's column chosen on the demo (its best there), on the demo's test set and on the same "
-        "scans with partial-volume lesions (the 80 healthy test scans are the same files in both). Learned runs: mean ± "
+        f"Volume AUROC of each run's column chosen on the demo (its best there), on the demo's test set ({demo_name}) "
+        f"and on the same scans with the lesions imaged with {twin_name} (the 80 healthy test scans are the same files "
+        "in both). Learned runs: mean ± "
         "SD over the seeds scored; against each baseline's chosen column: the mean paired difference and the pooled "
         "95 % CI over seeds, and whether it beats it (every seed ahead and the CI above 0). By lesion variant: each "
         "variant's scans against all healthy scans, mean over seeds.",
@@ -370,7 +380,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     ]
     rows = []
     for run, both in result["runs"].items():
-        for name, key in (("demo", "demo"), ("partial volume", "pv")):
+        for name, key in ((f"demo ({demo_name})", "demo"), (twin_name, "twin")):
             e = both.get(key)
             if not e:
                 continue
@@ -409,21 +419,23 @@ def main(argv: list[str] | None = None) -> int:
     flair = [c for c in real_cases(args.real) if c["subject_id"].startswith(("ms-", "brats-"))]
     real = preprocessed_conspicuity(flair, config["preprocessing"])
     print("real cases done", flush=True)
-    data = make_partial_volume_cohort(demo, args.out)
+    data = make_twin_cohort(demo, args.out)
     demo_rows = preprocessed_conspicuity(anomalous_test_items(demo / "data"), config["preprocessing"])
-    pv_rows = preprocessed_conspicuity(anomalous_test_items(data), config["preprocessing"])
+    twin_rows = preprocessed_conspicuity(anomalous_test_items(data), config["preprocessing"])
     keys = ("lesion_voxels", "ap", "chance", "above_q99", "contrast_iqr", "inner_ap")
     seeds = [0, *[s for s in args.seeds if s != 0]]
-    scoring = score_partial_volume(demo, data, args.out, seeds)
+    scoring = score_twin(demo, data, args.out, seeds)
     chosen = demo_chosen_columns(demo)
     runs = (*RUNS, *BASELINES)
     on_demo = comparisons(load_seed_tables(demo, seeds, runs), chosen, args.n_bootstrap)
-    on_pv = comparisons(partial_volume_tables(demo, args.out, seeds, runs), chosen, args.n_bootstrap)
+    on_twin = comparisons(twin_tables(demo, args.out, seeds, runs), chosen, args.n_bootstrap)
+    demo_pv = partial_volume_of(demo / "data")
     result = {
+        "imaging": {"demo": IMAGINGS[demo_pv], "twin": IMAGINGS[not demo_pv]},
         "real": real,
         "demo_groups": group_medians(demo_rows, keys),
-        "pv_groups": group_medians(pv_rows, keys),
-        "runs": {r: {"demo": on_demo.get(r), "pv": on_pv.get(r)} for r in runs},
+        "twin_groups": group_medians(twin_rows, keys),
+        "runs": {r: {"demo": on_demo.get(r), "twin": on_twin.get(r)} for r in runs},
         "scoring_seconds": scoring,
         "reading": args.reading.read_text().strip() if args.reading else "",
     }

@@ -341,20 +341,23 @@ def test_t1_carries_the_texture_and_is_unchanged_without_it():
 
 
 def test_partial_volume_lesions_image_the_same_subjects_fainter(tmp_path):
-    """``partial_volume_lesions``: the same cohort (healthy scans, masks, strata) with each lesion's edge voxels
-    changed by the fraction of them it fills; MS patterns keep their masks and fade where partly filled."""
+    """``partial_volume_lesions`` (the default) against full contrast: the same cohort (healthy scans, masks,
+    strata) with each lesion's edge voxels changed by the fraction of them it fills; MS patterns keep their masks
+    and fade where partly filled."""
     ms_dir = find_ms_lesion_dir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a = make_demo_cohort(tmp_path / "a", healthy=3, anomalous=3, general=0, spacing=4.0, ms_dir=ms_dir)
-        b = make_demo_cohort(
-            tmp_path / "b",
-            healthy=3,
-            anomalous=3,
-            general=0,
-            spacing=4.0,
-            ms_dir=ms_dir,
-            partial_volume_lesions=True,
+        a, b = (
+            make_demo_cohort(
+                tmp_path / name,
+                healthy=3,
+                anomalous=3,
+                general=0,
+                spacing=4.0,
+                ms_dir=ms_dir,
+                partial_volume_lesions=pv,
+            )  # fmt: skip
+            for name, pv in (("a", False), ("b", True))
         )
     arrays_a, arrays_b = _arrays(a), _arrays(b)
     assert arrays_a.keys() == arrays_b.keys()

@@ -1,7 +1,7 @@
 """The ``demo-data`` and ``datalist`` subcommands; :func:`register_commands` adds them to ``mri-anomaly``.
 
 ``mri-anomaly demo-data --out DIR [--seed S] [--healthy N] [--anomalous N] [--general N] [--spacing MM]
-[--contrast t1|t2|flair[,...]] [--smooth-anatomy] [--partial-volume-lesions] [--workers N] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
+[--contrast t1|t2|flair[,...]] [--smooth-anatomy] [--full-contrast-lesions] [--workers N] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
 
 ``mri-anomaly datalist (--images GLOB [GLOB ...] | --folder DIR) [--masks GLOB ...] [--brain-masks GLOB ...]
 [--labels CSV] [--section auto|training|validation|test|general] [--val-fraction F] [--test-fraction F]
@@ -45,7 +45,7 @@ def demo_data_command(args: argparse.Namespace) -> int:
             contrast=args.contrast,
             progress=not args.quiet,
             smooth_anatomy=args.smooth_anatomy,
-            partial_volume_lesions=args.partial_volume_lesions,
+            partial_volume_lesions=not args.full_contrast_lesions,
             workers=args.workers if args.workers is not None else default_workers(),
         )
     except UserInputError as e:
@@ -218,10 +218,10 @@ def register_commands(subparsers: Any) -> None:
         help="no individual tissue texture or periventricular FLAIR/T2 signal (the template's smooth anatomy)",
     )
     p.add_argument(
-        "--partial-volume-lesions",
+        "--full-contrast-lesions",
         action="store_true",
-        help="image each lesion with partial volume (a voxel changes by the fraction of it the lesion fills) "
-        "instead of full contrast in every mask voxel; same subjects and masks",
+        help="full lesion contrast in every mask voxel (the cohort before 2026-12-02) instead of partial volume "
+        "(a voxel changes by the fraction of it the lesion fills); same subjects and masks",
     )
     p.add_argument(
         "--spacing",

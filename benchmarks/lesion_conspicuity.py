@@ -149,6 +149,47 @@ def group_medians(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> lis
     return out
 
 
+def map_conspicuity(demo: Path, runs: Sequence[str]) -> list[dict]:
+    """:func:`conspicuity` of every voxel map the demo's runs wrote for its anomalous test scans (``scores/<run>/maps``,
+    on the scan's grid), and of the image itself, inside the brain minus :data:`RIM_VOXELS` (the maps' scored region;
+    the brain: the skull-stripped image's nonzero voxels): does a map make a lesion stand out more than the image?"""
+    import nibabel as nib
+    from scipy import ndimage
+
+    rows = []
+    for item in anomalous_test_items(demo / "data"):
+        sid = item["subject_id"]
+        image = np.asarray(nib.load(str(item["image"])).dataobj, dtype=np.float64)
+        lesion = np.asarray(nib.load(str(item["mask"])).dataobj) > 0.5
+        region = ndimage.binary_erosion(image != 0, iterations=RIM_VOXELS)
+        base = {"subject_id": sid, "group": item["group"], "size_stratum": item["size_stratum"]}
+        rows.append({**base, "map": "image", **conspicuity(image, lesion, region)})
+        for run in runs:
+            for path in sorted((demo / "scores" / run / "maps" / "test").glob(f"{sid}_*.nii.gz")):
+                values = np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+                name = path.name[len(sid) + 1 : -len(".nii.gz")]
+                rows.append({**base, "map": f"{run} `{name}`", **conspicuity(values, lesion, region)})
+    return rows
+
+
+def map_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Per map (in the order first seen) and lesion variant: the median over scans of the AP and of the share of lesion
+    voxels above the healthy 99th percentile (both rank-based: a map's scale, and its many zeros, do not matter)."""
+    df = pd.DataFrame(rows)
+    out = []
+    for name in dict.fromkeys(df["map"]):
+        part = df[df["map"] == name]
+        entry: dict[str, Any] = {"map": name}
+        for group in GROUP_ORDER:
+            g = part[part["group"] == group]
+            if len(g):
+                entry[group] = {
+                    k: float(np.nanmedian(g[k].to_numpy(np.float64))) for k in ("ap", "above_q99")
+                }
+        out.append(entry)
+    return out
+
+
 def anomalous_test_items(data: Path) -> list[dict]:
     """The anomalous test items of a demo cohort with absolute paths and their ``group`` (lesion variant: the
     kind, or ``focal_opposite``) and ``size_stratum`` from ``subjects.csv``."""
@@ -392,6 +433,20 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             rows.append([run, f"`{e['column']}`", name, auc, _versus(e, "intensity"), _versus(e, "normative"),
                          *[_f(bv.get(g)) for g in GROUP_ORDER]])  # fmt: skip
     lines += [markdown_table(header, rows), ""]
+    if result.get("maps"):
+        lines += [
+            "## The maps on the demo's test lesions",
+            "",
+            "The same measures for every voxel map the demo's runs (seed 0) wrote for the demo's anomalous test scans, "
+            "on the scan's grid, inside the brain minus 8 mm (the maps' scored region), beside the image itself in the "
+            "same region: does a map make the lesion stand out more than the image? Median over the scans of each "
+            "lesion variant (all sizes): voxel AP / share of lesion voxels above the healthy voxels' 99th percentile.",
+            "",
+        ]
+        header = ["map", *[g.replace("focal_opposite", "dark focal") for g in GROUP_ORDER]]
+        rows = [[m["map"], *[f"{_f(m[g]['ap'])} / {_f(m[g]['above_q99'], 2)}" if g in m else "–" for g in GROUP_ORDER]]
+                for m in result["maps"]]  # fmt: skip
+        lines += [markdown_table(header, rows), ""]
     if result.get("reading"):
         lines += ["## Reading", "", result["reading"], ""]
     return "\n".join(lines)
@@ -430,8 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     on_demo = comparisons(load_seed_tables(demo, seeds, runs), chosen, args.n_bootstrap)
     on_twin = comparisons(twin_tables(demo, args.out, seeds, runs), chosen, args.n_bootstrap)
     demo_pv = partial_volume_of(demo / "data")
+    maps = map_summary(map_conspicuity(demo, runs))
     result = {
         "imaging": {"demo": IMAGINGS[demo_pv], "twin": IMAGINGS[not demo_pv]},
+        "maps": maps,
         "real": real,
         "demo_groups": group_medians(demo_rows, keys),
         "twin_groups": group_medians(twin_rows, keys),

@@ -66,3 +66,16 @@ def test_variant_aurocs_and_chosen_columns(lc):
     assert "tumour" not in v
     cut = lc.chosen_only({0: {"run": table, "dropped": table}}, {"run": "good"})
     assert list(cut[0]) == ["run"] and cut[0]["run"]["score_columns"] == ["good"]
+
+
+def test_map_summary_medians_per_variant(lc):
+    rows = [
+        {"map": "image", "group": "ms", "ap": 0.1, "above_q99": 0.2},
+        {"map": "image", "group": "ms", "ap": 0.3, "above_q99": 0.4},
+        {"map": "image", "group": "ms", "ap": 0.2, "above_q99": np.nan},
+        {"map": "run `nll`", "group": "tumour", "ap": 0.5, "above_q99": 0.6},
+    ]
+    out = lc.map_summary(rows)
+    assert [m["map"] for m in out] == ["image", "run `nll`"]
+    assert out[0]["ms"] == {"ap": pytest.approx(0.2), "above_q99": pytest.approx(0.3)}  # NaN left out
+    assert "tumour" not in out[0] and out[1]["tumour"]["ap"] == pytest.approx(0.5)

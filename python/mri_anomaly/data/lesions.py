@@ -27,8 +27,9 @@ Why: at 4 mm a real MS patient's lesions fill few voxels whole; with full contra
 synthetic ones were far more conspicuous than real ones on the same grid (``benchmarks/lesion_conspicuity.py``).
 
 Guarantees (tested): outside the returned mask, the image is **unchanged** except, for tumours with
-``mass_effect > 0``, inside the displacement support (radius 2.5 R); the mask is {0, 1} and the
-mean absolute change inside it is large.
+``mass_effect > 0``, inside the displacement support (radius 2.5 R), and, with ``partial_volume``, in the voxels
+next to the mask that the lesion partly fills (and, for MS, wherever its fractional mask is above 0); the mask is
+{0, 1} and the mean absolute change inside it is large.
 """
 
 from __future__ import annotations

@@ -172,9 +172,10 @@ def map_conspicuity(demo: Path, runs: Sequence[str]) -> list[dict]:
     return rows
 
 
-def map_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Per map (in the order first seen) and lesion variant: the median over scans of the AP and of the share of lesion
-    voxels above the healthy 99th percentile (both rank-based: a map's scale, and its many zeros, do not matter)."""
+def map_summary(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("ap", "above_q99")) -> list[dict]:
+    """Per map (in the order first seen) and lesion variant: the median over scans of ``keys`` (by default the AP and
+    the share of lesion voxels above the healthy 99th percentile: both rank-based, so a map's scale and its many zeros
+    do not matter)."""
     df = pd.DataFrame(rows)
     out = []
     for name in dict.fromkeys(df["map"]):
@@ -183,11 +184,99 @@ def map_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
         for group in GROUP_ORDER:
             g = part[part["group"] == group]
             if len(g):
-                entry[group] = {
-                    k: float(np.nanmedian(g[k].to_numpy(np.float64))) for k in ("ap", "above_q99")
-                }
+                entry[group] = {k: float(np.nanmedian(g[k].to_numpy(np.float64))) for k in keys}
         out.append(entry)
     return out
+
+
+def lesion_free_twins(demo: Path, out: Path) -> Path:
+    """The demo's anomalous test subjects made again with the lesion's intensity left out: the same anatomy, noise,
+    bias, mask and (tumours) mass effect, only the voxels the lesion would change are not changed (``RandLesion``'s
+    blends made the identity, in this process). Checked to hold the demo's masks; returns its data folder."""
+    from unittest import mock
+
+    from mri_anomaly.data.demo import make_demo_cohort
+    from mri_anomaly.data.lesions import RandLesion
+
+    data = out / "lesion-free"
+    cohort = json.loads((demo / "data" / "cohort.json").read_text())
+    if not (data / "datalist.json").is_file():
+        with (
+            mock.patch.object(RandLesion, "_blend", lambda self, x, region, level, ref: x),
+            mock.patch.object(RandLesion, "_changes", lambda self, x, parts, levels, ref: x),
+        ):
+            make_demo_cohort(
+                data,
+                seed=int(cohort["seed"]),
+                healthy=1,  # the anomalous subjects do not depend on the healthy count
+                anomalous=len(anomalous_test_items(demo / "data")),
+                general=0,
+                spacing=float(cohort["spacing_mm"]),
+                contrast=tuple(cohort["contrast"].split("+")),
+                workers=1,  # the patch holds in this process only
+                partial_volume_lesions=partial_volume_of(demo / "data"),
+            )
+    for f in sorted((demo / "data" / "masks").glob("*")):
+        if file_digest(f) != file_digest(data / "masks" / f.name):
+            raise RuntimeError(
+                f"{data / 'masks' / f.name} differs from the demo's {f}: not the same subjects"
+            )
+    return data
+
+
+def lesion_response(image: np.ndarray, free: np.ndarray, lesion: np.ndarray, region: np.ndarray) -> float:
+    """How far a lesion moves a map, against the map's own healthy range: the median over the lesion's voxels in
+    ``region`` of (map with the lesion − map without it), divided by the healthy voxels' 99th percentile minus their
+    median in the map without it (the distance a voxel must rise to pass the healthy top percentile). NaN when no
+    lesion voxel lies in ``region``."""
+    les, healthy = lesion & region, region & ~lesion
+    if not les.any() or not healthy.any():
+        return float("nan")
+    q50, q99 = np.quantile(free[healthy], [0.5, 0.99])
+    return float(np.median(image[les] - free[les]) / max(q99 - q50, 1e-12))
+
+
+def response_rows(demo: Path, free_data: Path, free_scores: Path, runs: Sequence[str]) -> list[dict]:
+    """:func:`lesion_response` of the image and of every map of ``runs`` (seed 0) per anomalous test scan, inside the
+    brain minus :data:`RIM_VOXELS`."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    def load(path: Path) -> np.ndarray:
+        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+
+    rows = []
+    for item in anomalous_test_items(demo / "data"):
+        sid = item["subject_id"]
+        image, free = load(Path(item["image"])), load(free_data / "images" / Path(item["image"]).name)
+        lesion = load(Path(item["mask"])) > 0.5
+        region = ndimage.binary_erosion(free != 0, iterations=RIM_VOXELS)
+        base = {"subject_id": sid, "group": item["group"], "size_stratum": item["size_stratum"]}
+        rows.append({**base, "map": "image", "response": lesion_response(image, free, lesion, region)})
+        for run in runs:
+            for path in sorted((demo / "scores" / run / "maps" / "test").glob(f"{sid}_*.nii.gz")):
+                name = path.name[len(sid) + 1 : -len(".nii.gz")]
+                twin = free_scores / run / "maps" / "test" / path.name
+                rows.append({**base, "map": f"{run} `{name}`",
+                             "response": lesion_response(load(path), load(twin), lesion, region)})  # fmt: skip
+    return rows
+
+
+def score_lesion_free(demo: Path, data: Path, out: Path, runs: Sequence[str], log=print) -> None:
+    """Score the lesion-free twins with the demo's runs (seed 0), maps included (resumable)."""
+    from mri_anomaly.data.datasets import PreprocessedCache
+    from mri_anomaly.scoring.runner import score_datalist
+
+    items = [
+        {k: v for k, v in it.items() if k not in ("group", "size_stratum")}
+        for it in anomalous_test_items(data)
+    ]
+    cache = PreprocessedCache()
+    for run in runs:
+        if not (out / run / "scores.csv").is_file():
+            log(f"{run}: scoring {len(items)} lesion-free twins")
+            score_datalist(demo / "runs" / run, {"test": items}, out / run, save_maps=True, progress=False,
+                           preprocessed_cache=cache)  # fmt: skip
 
 
 def anomalous_test_items(data: Path) -> list[dict]:
@@ -447,6 +536,25 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         rows = [[m["map"], *[f"{_f(m[g]['ap'])} / {_f(m[g]['above_q99'], 2)}" if g in m else "–" for g in GROUP_ORDER]]
                 for m in result["maps"]]  # fmt: skip
         lines += [markdown_table(header, rows), ""]
+    if result.get("response"):
+        lines += [
+            "## How far a lesion moves each map",
+            "",
+            "The demo's anomalous test subjects made again without the lesion's intensity (the same anatomy, noise, "
+            "bias, mask and mass effect; `lesion_free_twins`) and scored by the same runs (seed 0). Per scan, inside the "
+            "brain minus 8 mm: the median over the lesion's voxels of (map with the lesion − map without it), divided "
+            "by the healthy voxels' 99th percentile minus their median in the map without it: the share of the way to "
+            "the healthy top percentile a lesion moves its voxels (1: there). Median over the scans of each variant. "
+            "A map that thresholds well on a lesion kind moves it far; a low value is a weak response to the lesion, "
+            "a wide healthy range, or both.",
+            "",
+        ]
+        header = ["map", *[g.replace("focal_opposite", "dark focal") for g in GROUP_ORDER]]
+        rows = [
+            [m["map"], *[_f(m[g]["response"], 2) if g in m else "–" for g in GROUP_ORDER]]
+            for m in result["response"]
+        ]
+        lines += [markdown_table(header, rows), ""]
     if result.get("reading"):
         lines += ["## Reading", "", result["reading"], ""]
     return "\n".join(lines)
@@ -486,9 +594,15 @@ def main(argv: list[str] | None = None) -> int:
     on_twin = comparisons(twin_tables(demo, args.out, seeds, runs), chosen, args.n_bootstrap)
     demo_pv = partial_volume_of(demo / "data")
     maps = map_summary(map_conspicuity(demo, runs))
+    free = lesion_free_twins(demo, args.out)
+    score_lesion_free(demo, free, args.out / "lesion-free-scores", runs)
+    response = map_summary(
+        response_rows(demo, free, args.out / "lesion-free-scores", runs), keys=("response",)
+    )
     result = {
         "imaging": {"demo": IMAGINGS[demo_pv], "twin": IMAGINGS[not demo_pv]},
         "maps": maps,
+        "response": response,
         "real": real,
         "demo_groups": group_medians(demo_rows, keys),
         "twin_groups": group_medians(twin_rows, keys),

@@ -79,3 +79,17 @@ def test_map_summary_medians_per_variant(lc):
     assert [m["map"] for m in out] == ["image", "run `nll`"]
     assert out[0]["ms"] == {"ap": pytest.approx(0.2), "above_q99": pytest.approx(0.3)}  # NaN left out
     assert "tumour" not in out[0] and out[1]["tumour"]["ap"] == pytest.approx(0.5)
+
+
+def test_lesion_response_by_hand(lc):
+    free = np.arange(1, 101, dtype=np.float64)  # healthy voxels 1..96; median 48.5, 99th percentile 95.05
+    lesion = np.zeros(100, bool)
+    lesion[96:] = True  # voxels 97..100 carry the lesion
+    image = free.copy()
+    image[96:] += [10.0, 20.0, 30.0, 40.0]  # in the region: 10, 20, 30, median 20
+    region = np.ones(100, bool)
+    region[99] = False  # the last lesion voxel lies outside the scored region
+    healthy = free[:96]
+    q50, q99 = np.quantile(healthy, [0.5, 0.99])
+    assert lc.lesion_response(image, free, lesion, region) == pytest.approx(20.0 / (q99 - q50))
+    assert np.isnan(lc.lesion_response(image, free, np.zeros(100, bool), region))

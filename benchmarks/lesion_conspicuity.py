@@ -195,32 +195,17 @@ def lesion_free_twins(demo: Path, out: Path) -> Path:
     blends made the identity, in this process). Checked to hold the demo's masks; returns its data folder."""
     from unittest import mock
 
-    from mri_anomaly.data.demo import make_demo_cohort
     from mri_anomaly.data.lesions import RandLesion
 
     data = out / "lesion-free"
-    cohort = json.loads((demo / "data" / "cohort.json").read_text())
     if not (data / "datalist.json").is_file():
         with (
             mock.patch.object(RandLesion, "_blend", lambda self, x, region, level, ref: x),
             mock.patch.object(RandLesion, "_changes", lambda self, x, parts, levels, ref: x),
         ):
-            make_demo_cohort(
-                data,
-                seed=int(cohort["seed"]),
-                healthy=1,  # the anomalous subjects do not depend on the healthy count
-                anomalous=len(anomalous_test_items(demo / "data")),
-                general=0,
-                spacing=float(cohort["spacing_mm"]),
-                contrast=tuple(cohort["contrast"].split("+")),
-                workers=1,  # the patch holds in this process only
-                partial_volume_lesions=partial_volume_of(demo / "data"),
-            )
-    for f in sorted((demo / "data" / "masks").glob("*")):
-        if file_digest(f) != file_digest(data / "masks" / f.name):
-            raise RuntimeError(
-                f"{data / 'masks' / f.name} differs from the demo's {f}: not the same subjects"
-            )
+            # the anomalous subjects do not depend on the healthy count; the patch holds in this process only
+            remake_cohort(demo, data, healthy=1, workers=1, partial_volume=partial_volume_of(demo / "data"))
+    check_same_files(sorted((demo / "data" / "masks").glob("*")), data)
     return data
 
 
@@ -265,18 +250,62 @@ def response_rows(demo: Path, free_data: Path, free_scores: Path, runs: Sequence
 def score_lesion_free(demo: Path, data: Path, out: Path, runs: Sequence[str], log=print) -> None:
     """Score the lesion-free twins with the demo's runs (seed 0), maps included (resumable)."""
     from mri_anomaly.data.datasets import PreprocessedCache
-    from mri_anomaly.scoring.runner import score_datalist
 
-    items = [
+    items, cache = scoring_items(data), PreprocessedCache()
+    for run in runs:
+        score_missing(demo / "runs" / run, items, out / run, cache, save_maps=True,
+                      log=lambda n, run=run: log(f"{run}: scoring {n} lesion-free twins"))  # fmt: skip
+
+
+def scoring_items(data: Path) -> list[dict]:
+    """:func:`anomalous_test_items` as datalist items for ``score_datalist`` (without this script's own keys)."""
+    return [
         {k: v for k, v in it.items() if k not in ("group", "size_stratum")}
         for it in anomalous_test_items(data)
     ]
-    cache = PreprocessedCache()
-    for run in runs:
-        if not (out / run / "scores.csv").is_file():
-            log(f"{run}: scoring {len(items)} lesion-free twins")
-            score_datalist(demo / "runs" / run, {"test": items}, out / run, save_maps=True, progress=False,
-                           preprocessed_cache=cache)  # fmt: skip
+
+
+def score_missing(
+    run_dir: Path, items: list[dict], target: Path, cache: Any, save_maps: bool, log: Any
+) -> None:
+    """Score ``items`` as the ``test`` section with the run in ``run_dir`` into ``target``, unless ``target`` is
+    scored already or the run has no checkpoint; ``log(n)`` before scoring ``n`` items."""
+    from mri_anomaly.scoring.runner import score_datalist
+
+    if (target / "scores.csv").is_file() or not (run_dir / "checkpoint.pt").is_file():
+        return
+    log(len(items))
+    score_datalist(
+        run_dir, {"test": items}, target, save_maps=save_maps, progress=False, preprocessed_cache=cache
+    )
+
+
+def remake_cohort(demo: Path, data: Path, healthy: int, workers: int, partial_volume: bool) -> None:
+    """The demo's cohort (seed, spacing, contrasts and anomalous count from its ``cohort.json``) made again into
+    ``data`` with ``healthy`` healthy subjects, no ``general`` section (no run here trains on it) and lesions
+    imaged with partial volume or not."""
+    from mri_anomaly.data.demo import make_demo_cohort
+
+    cohort = json.loads((demo / "data" / "cohort.json").read_text())
+    make_demo_cohort(
+        data,
+        seed=int(cohort["seed"]),
+        healthy=healthy,
+        anomalous=len(anomalous_test_items(demo / "data")),
+        general=0,
+        spacing=float(cohort["spacing_mm"]),
+        contrast=tuple(cohort["contrast"].split("+")),
+        workers=workers,
+        partial_volume_lesions=partial_volume,
+    )
+
+
+def check_same_files(files: Sequence[Path], data: Path) -> None:
+    """Each of the demo's ``files`` (``<demo>/data/<folder>/<name>``) has a byte-identical twin in ``data``."""
+    for f in files:
+        twin = data / f.parent.name / f.name
+        if not twin.is_file() or file_digest(f) != file_digest(twin):
+            raise RuntimeError(f"{twin} differs from the demo's {f}: not the same cohort")
 
 
 def anomalous_test_items(data: Path) -> list[dict]:
@@ -309,54 +338,38 @@ def partial_volume_of(data: Path) -> bool:
 def make_twin_cohort(demo: Path, out: Path) -> Path:
     """The demo's cohort again with the other lesion imaging (no ``general`` section: no run is trained on it),
     checked to hold the same healthy test scans and lesion masks as the demo's; returns its data folder."""
-    from mri_anomaly.data.demo import default_workers, make_demo_cohort
+    from mri_anomaly.data.demo import default_workers
 
     data = out / "data"
-    cohort = json.loads((demo / "data" / "cohort.json").read_text())
-    counts = cohort["counts"]
-    anomalous = len(anomalous_test_items(demo / "data"))
     if not (data / "datalist.json").is_file():
-        make_demo_cohort(
-            data,
-            seed=int(cohort["seed"]),
-            healthy=counts["training"] + counts["validation"] + counts["test"] - anomalous,
-            anomalous=anomalous,
-            general=0,
-            spacing=float(cohort["spacing_mm"]),
-            contrast=tuple(cohort["contrast"].split("+")),
-            workers=default_workers(),
-            partial_volume_lesions=not partial_volume_of(demo / "data"),
+        counts = json.loads((demo / "data" / "cohort.json").read_text())["counts"]
+        healthy = (
+            counts["training"]
+            + counts["validation"]
+            + counts["test"]
+            - len(anomalous_test_items(demo / "data"))
         )
-    for f in sorted((demo / "data" / "images").glob("demo-test-*")) + sorted(
+        remake_cohort(
+            demo, data, healthy, default_workers(), partial_volume=not partial_volume_of(demo / "data")
+        )
+    tests_and_masks = sorted((demo / "data" / "images").glob("demo-test-*")) + sorted(
         (demo / "data" / "masks").glob("*")
-    ):
-        twin = data / f.parent.name / f.name
-        if not twin.is_file() or file_digest(f) != file_digest(twin):
-            raise RuntimeError(f"{twin} differs from the demo's {f}: not the same cohort")
+    )
+    check_same_files(tests_and_masks, data)
     return data
 
 
 def score_twin(demo: Path, data: Path, out: Path, seeds: Sequence[int], log=print) -> float:
     """Score the twin's anomalous test scans with every run of every seed (resumable); seconds spent."""
     from mri_anomaly.data.datasets import PreprocessedCache
-    from mri_anomaly.scoring.runner import score_datalist
 
-    items = [
-        {k: v for k, v in it.items() if k not in ("group", "size_stratum")}
-        for it in anomalous_test_items(data)
-    ]
-    cache = PreprocessedCache()
+    items, cache = scoring_items(data), PreprocessedCache()
     t = time.time()
     for seed in seeds:
         for run in (*RUNS, *BASELINES) if seed == 0 else RUNS:
-            run_dir = seed_folder(demo, seed) / "runs" / run
-            target = seed_folder(out, seed) / "scores" / run
-            if (target / "scores.csv").is_file() or not (run_dir / "checkpoint.pt").is_file():
-                continue
-            log(f"seed {seed}, {run}: scoring {len(items)} anomalous scans of the twin cohort")
-            score_datalist(
-                run_dir, {"test": items}, target, save_maps=False, progress=False, preprocessed_cache=cache
-            )
+            score_missing(seed_folder(demo, seed) / "runs" / run, items, seed_folder(out, seed) / "scores" / run,
+                          cache, save_maps=False,
+                          log=lambda n, seed=seed, run=run: log(f"seed {seed}, {run}: scoring {n} anomalous scans of the twin cohort"))  # fmt: skip
     return time.time() - t
 
 

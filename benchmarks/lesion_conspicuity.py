@@ -17,7 +17,11 @@ out from the healthy brain of its own scan in the raw image intensity:
   the runs train on healthy scans only, so they are the same for both), keeps the demo's healthy test scores, and
   compares each learned run's volume column chosen on the demo with the ``intensity`` and ``normative`` baselines'
   chosen columns on both test sets (``detection.best_column_over_seeds``: per seed, mean, and the pooled paired
-  difference with its CI).
+  difference with its CI);
+* for the runs' voxel maps (seed 0): how well each marks the lesion voxels, and how far a lesion moves it, from the
+  same subjects made without the lesion's intensity (lesion-free twins) scored by the same runs;
+* for the Glow runs, where in the log-density the lesion shows: the ``nll`` map split by scale into its prior and
+  flow-step terms, and each scale's most responsive latent channel, on the same pairs (``glow_parts``).
 
 Usage::
 
@@ -41,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -247,6 +252,119 @@ def response_rows(demo: Path, free_data: Path, free_scores: Path, runs: Sequence
     return rows
 
 
+def glow_parts(method: Any, image: torch.Tensor) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The in-distribution Glow's −log-density map of one preprocessed ``image`` (C, H, W, D) split by scale and term,
+    and its standardised latents, all on the model grid (a 2D Glow on the axial slices).
+
+    Returns:
+        ``parts``: ``"scale i prior"`` (−log prior density of scale i's latents, spread over its block) and ``"scale i
+        steps"`` (−log-det of scale i's flow steps: the coupling log-scales there, plus a constant actnorm/1×1 share),
+        and ``"all"``, their sum (the ``nll`` map in nats per voxel), each (H, W, D); ``latents``: per scale
+        (C_i, H, W, D), each latent repeated over the voxels of its block.
+    """
+    from mri_anomaly.flows import dequantize
+
+    x = dequantize(image[None].float(), False, method.n_bins)
+    if method.spatial_dims == 2:
+        x = x[0].permute(3, 0, 1, 2)  # the axial slices (D, C, H, W), as the 2D scoring takes them
+    with torch.no_grad():
+        out = method.in_distribution(x, return_maps=True, split_maps=True)
+
+    def volume(t: torch.Tensor) -> torch.Tensor:  # (N, K, *grid) -> (K, H', W', D')
+        return t.permute(1, 2, 3, 0) if method.spatial_dims == 2 else t[0]
+
+    total, steps = volume(out.log_density_maps), volume(out.flow_log_det_maps)
+    parts: dict[str, np.ndarray] = {}
+    for level in range(total.shape[0]):
+        parts[f"scale {level + 1} prior"] = -(total[level] - steps[level]).numpy()
+        parts[f"scale {level + 1} steps"] = -steps[level].numpy()
+    parts["all"] = -total.sum(0).numpy()
+    shape = total.shape[1:]
+    latents = []
+    for z in out.z:
+        z = volume(z)
+        for axis, size in enumerate(shape, start=1):
+            z = z.repeat_interleave(size // z.shape[axis], dim=axis)
+        latents.append(z.numpy())
+    return parts, latents
+
+
+def edge_correlation(values: np.ndarray, image: np.ndarray, region: np.ndarray) -> float:
+    """Pearson correlation, over ``region``, of ``values`` with the image's gradient magnitude (its edges)."""
+    edges = np.sqrt(sum(g**2 for g in np.gradient(image.astype(np.float64))))
+    return float(np.corrcoef(values[region], edges[region])[0, 1])
+
+
+def glow_part_rows(demo: Path, free_data: Path, runs: Sequence[str], log=print) -> list[dict]:
+    """Per Glow run of ``runs`` (seed 0) and anomalous test scan: :func:`lesion_response` of each of
+    :func:`glow_parts` (and of the image) with its lesion-free twin, on the model grid inside the brain minus one
+    voxel, with the part's healthy spread (q99 − median, nats per voxel) and :func:`edge_correlation`; and per scale the
+    response of its most responsive latent channel (the largest median over the variant's scans, either sign)."""
+    from mri_anomaly.runs import load_run
+    from mri_anomaly.scoring.items import PreprocessedItems
+    from scipy import ndimage
+
+    rows = []
+    items = anomalous_test_items(demo / "data")
+    for run in runs:
+        if not (demo / "runs" / run / "checkpoint.pt").is_file():
+            continue
+        method, config, _ = load_run(demo / "runs" / run, torch.device("cpu"))
+        method.eval()
+        log(f"{run}: the log-density's parts on {len(items)} scans and their lesion-free twins")
+        for item in items:
+            free_item = {**item, "image": str(free_data / "images" / Path(item["image"]).name)}
+            data = [PreprocessedItems([_datalist_item(it)], config)[0][1] for it in (item, free_item)]
+            image, free = (torch.as_tensor(d["image"])[0].numpy() for d in data)
+            lesion = torch.as_tensor(data[0]["mask"])[0].numpy() > 0.5
+            region = ndimage.binary_erosion(free > 0, iterations=1)
+            if not (lesion & region).any():
+                continue
+            (parts, z), (free_parts, free_z) = (glow_parts(method, torch.as_tensor(d["image"])) for d in data)
+            base = {"run": run, "subject_id": item["subject_id"], "group": item["group"]}
+            healthy = region & ~lesion
+            for name, values in {"image": image, **parts}.items():
+                reference = free if name == "image" else free_parts[name]
+                q50, q99 = np.quantile(reference[healthy], [0.5, 0.99])
+                rows.append({**base, "part": name, "response": lesion_response(values, reference, lesion, region),
+                             "spread": float(q99 - q50), "edges": edge_correlation(reference, free, healthy)})  # fmt: skip
+            for level, (u, free_u) in enumerate(zip(z, free_z)):
+                for channel in range(u.shape[0]):
+                    rows.append({**base, "part": f"scale {level + 1} latent {channel}",
+                                 "response": lesion_response(u[channel], free_u[channel], lesion, region)})  # fmt: skip
+    return rows
+
+
+def _datalist_item(item: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in item.items() if k not in ("group", "size_stratum")}
+
+
+def glow_part_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Medians of :func:`glow_part_rows` per run, part and lesion variant; the latent channels reduced to each scale's
+    most responsive channel per variant (``"scale i: best latent"``, with its ``channel``)."""
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return []
+    out = []
+    for run, by_run in df.groupby("run", sort=False):
+        latent = by_run["part"].str.contains(" latent ")
+        for part, g in by_run[~latent].groupby("part", sort=False):
+            entry = {"run": run, "part": part}
+            for group, v in g.groupby("group"):
+                entry[group] = {k: float(np.nanmedian(v[k])) for k in ("response", "spread", "edges")}
+            out.append(entry)
+        channels = by_run[latent].assign(scale=lambda d: d["part"].str.split(" latent ").str[0])
+        for scale, g in channels.groupby("scale", sort=False):
+            entry = {"run": run, "part": f"{scale}: best latent"}
+            for group, v in g.groupby("group"):
+                medians = v.groupby("part", sort=False)["response"].median()
+                best = medians.abs().idxmax()
+                entry[group] = {"response": float(medians[best]), "channel": best.split(" latent ")[1],
+                                "channels": int(len(medians))}  # fmt: skip
+            out.append(entry)
+    return out
+
+
 def score_lesion_free(demo: Path, data: Path, out: Path, runs: Sequence[str], log=print) -> None:
     """Score the lesion-free twins with the demo's runs (seed 0), maps included (resumable)."""
     from mri_anomaly.data.datasets import PreprocessedCache
@@ -259,10 +377,7 @@ def score_lesion_free(demo: Path, data: Path, out: Path, runs: Sequence[str], lo
 
 def scoring_items(data: Path) -> list[dict]:
     """:func:`anomalous_test_items` as datalist items for ``score_datalist`` (without this script's own keys)."""
-    return [
-        {k: v for k, v in it.items() if k not in ("group", "size_stratum")}
-        for it in anomalous_test_items(data)
-    ]
+    return [_datalist_item(it) for it in anomalous_test_items(data)]
 
 
 def score_missing(
@@ -568,6 +683,43 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             for m in result["response"]
         ]
         lines += [markdown_table(header, rows), ""]
+    if result.get("glow_parts"):
+        lines += [
+            "## Where in a Glow's log-density a lesion shows",
+            "",
+            "The same pairs (each anomalous test scan and its lesion-free twin), through the seed-0 Glow runs' "
+            "preprocessing, on the model grid inside the brain minus one voxel: the in-distribution Glow's −log-density "
+            "map (`nll`, here in nats per voxel) split into each scale's prior term (−log density of its latents under "
+            "the learned prior, spread over the block it comes from) and its steps' term (−log-det of its flow steps: "
+            "the coupling log-scales there, plus a share of the actnorm and 1×1 log-dets that is the same at every "
+            "location). Per part: the response (as above, median over the variant's scans), the healthy spread "
+            "(99th percentile − median of the healthy voxels, nats per voxel; median over MS scans) and the Pearson "
+            "correlation of the healthy voxels' values with the image's gradient magnitude (its edges; median over MS "
+            "scans). `best latent`: the standardised latent channel of that scale (repeated over its block) whose median "
+            "response over the variant's scans is largest in either sign (its number of channels in brackets); under "
+            "the prior each channel is N(0, 1) at every location, so its healthy spread is about symmetric.",
+            "",
+        ]
+        header = ["run", "part", *[g.replace("focal_opposite", "dark focal") for g in GROUP_ORDER],
+                  "healthy spread (MS)", "edge correlation (MS)"]  # fmt: skip
+        rows, image_shown = [], False
+        for m in result["glow_parts"]:
+            if m["part"] == "image":  # the same pairs for every run: show it once
+                if image_shown:
+                    continue
+                image_shown = True
+            cells = []
+            for g in GROUP_ORDER:
+                e = m.get(g)
+                if not e:
+                    cells.append("–")
+                elif "channel" in e:
+                    cells.append(f"{_f(e['response'], 2)} (ch {e['channel']} of {e['channels']})")
+                else:
+                    cells.append(_f(e["response"], 2))
+            ms = m.get("ms", {})
+            rows.append([m["run"], m["part"], *cells, _f(ms.get("spread"), 2), _f(ms.get("edges"), 2)])
+        lines += [markdown_table(header, rows), ""]
     if result.get("reading"):
         lines += ["## Reading", "", result["reading"], ""]
     return "\n".join(lines)
@@ -612,10 +764,16 @@ def main(argv: list[str] | None = None) -> int:
     response = map_summary(
         response_rows(demo, free, args.out / "lesion-free-scores", runs), keys=("response",)
     )
+    parts_file = args.out / "glow-parts.json"
+    if not parts_file.is_file():
+        rows = glow_part_rows(demo, free, [r for r in RUNS if r.startswith("glow")])
+        parts_file.write_text(json.dumps(rows) + "\n")
+    glow = glow_part_summary(json.loads(parts_file.read_text()))
     result = {
         "imaging": {"demo": IMAGINGS[demo_pv], "twin": IMAGINGS[not demo_pv]},
         "maps": maps,
         "response": response,
+        "glow_parts": glow,
         "real": real,
         "demo_groups": group_medians(demo_rows, keys),
         "twin_groups": group_medians(twin_rows, keys),

@@ -93,3 +93,66 @@ def test_lesion_response_by_hand(lc):
     q50, q99 = np.quantile(healthy, [0.5, 0.99])
     assert lc.lesion_response(image, free, lesion, region) == pytest.approx(20.0 / (q99 - q50))
     assert np.isnan(lc.lesion_response(image, free, np.zeros(100, bool), region))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_glow_parts_add_up_to_the_scored_nll_map(lc, spatial_dims):
+    import math
+
+    import torch
+    from mri_anomaly.training.methods import get_method_class
+
+    torch.manual_seed(0)
+    method = get_method_class("glow-ratio")(spatial_dims, levels=2, steps=2, hidden_channels=8)
+    shape = (8, 8, 4)  # (H, W, D): a 2D Glow takes the 4 axial slices
+    train = torch.rand(6, 1, *shape[:spatial_dims])
+    method.begin_phase("general", [{"image": train}])
+    method.begin_phase("in", [])
+    method.eval()
+    image = torch.rand(1, *shape)
+    parts, latents = lc.glow_parts(method, image)
+
+    scales = [f"scale {i} {term}" for i in (1, 2) for term in ("prior", "steps")]
+    assert sorted(parts) == sorted([*scales, "all"])
+    np.testing.assert_allclose(sum(parts[k] for k in scales), parts["all"], rtol=1e-5, atol=1e-5)
+    # `all` is the scored nll map (bits/dim) in nats per voxel: nll * ln 2 - ln(n_bins)
+    batch = image[None] if spatial_dims == 3 else image.permute(3, 0, 1, 2)
+    nll = method.score({"image": batch}).maps["nll"]
+    nll = nll[0, 0] if spatial_dims == 3 else nll[:, 0].permute(1, 2, 0)
+    np.testing.assert_allclose(
+        parts["all"], nll.numpy() * math.log(2) - math.log(method.n_bins), rtol=1e-4, atol=1e-4
+    )
+    # each scale's latents repeated over its block on the model grid (2D: blocks within a slice)
+    assert [z.shape[1:] for z in latents] == [shape, shape]
+    block = (2, 2, 2) if spatial_dims == 3 else (2, 2, 1)
+    first = latents[0][:, : block[0], : block[1], : block[2]]
+    assert np.all(first == latents[0][:, :1, :1, :1])
+    assert not np.all(latents[0][:, :1, :1, :1] == latents[0][:, 2:3, 2:3, 2:3])
+
+
+def test_edge_correlation(lc):
+    image = np.zeros((6, 6, 6))
+    image[2:4, 2:4, 2:4] = 1.0
+    edges = np.sqrt(sum(g**2 for g in np.gradient(image)))
+    region = np.ones(image.shape, bool)
+    assert lc.edge_correlation(3.0 * edges + 1.0, image, region) == pytest.approx(1.0)
+    assert lc.edge_correlation(-edges, image, region) == pytest.approx(-1.0)
+
+
+def test_glow_part_summary_medians_and_best_latent(lc):
+    rows = []
+    for sid, (resp, spread, edges) in enumerate([(0.1, 1.0, 0.5), (0.3, 3.0, 0.7), (0.2, 2.0, 0.9)]):
+        base = {"run": "g", "subject_id": str(sid), "group": "ms"}
+        rows.append({**base, "part": "all", "response": resp, "spread": spread, "edges": edges})
+        rows.append({**base, "part": "scale 1 latent 0", "response": 0.1 * sid})  # median 0.1
+        rows.append(
+            {**base, "part": "scale 1 latent 1", "response": -0.5}
+        )  # median -0.5: the largest in size
+    rows.append({"run": "g", "subject_id": "9", "group": "tumour", "part": "all", "response": 2.0,
+                 "spread": 4.0, "edges": 0.0})  # fmt: skip
+    summary = lc.glow_part_summary(rows)
+    assert [e["part"] for e in summary] == ["all", "scale 1: best latent"]
+    assert summary[0]["ms"] == pytest.approx({"response": 0.2, "spread": 2.0, "edges": 0.7})
+    assert summary[0]["tumour"]["response"] == 2.0
+    assert summary[1]["ms"] == {"response": -0.5, "channel": "1", "channels": 2}
+    assert lc.glow_part_summary([]) == []

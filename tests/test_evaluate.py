@@ -165,3 +165,38 @@ def test_a_section_with_one_class_is_a_loud_warning(tmp_path, capsys):
     both, _ = make_score_dir(tmp_path / "b", n_val=4, n_test=4, with_maps=False)
     clean = evaluate(both, None, tmp_path / "o2", n_bootstrap=10, report=False, log=lambda m: None)
     assert clean["warnings"] == []
+
+
+def test_workers_give_the_same_metrics_thresholds_and_figures(tmp_path):
+    # three runs on the same scans (same seed: the same files), the second without maps, the third weaker
+    a, sections = make_score_dir(tmp_path, "glow", seed=3)
+    b, _ = make_score_dir(tmp_path, "svdd", seed=3, with_maps=False)
+    c, _ = make_score_dir(tmp_path, "ae", seed=3, separation=0.5)
+    for d in (a, b, c):  # a brain fraction per slice (the same in every run): the slice control is made once
+        sl = pd.read_csv(d / "slice_scores.csv")
+        sl["brain_fraction"] = (sl["slice"] % 5 + 1) / 5.0
+        sl.to_csv(d / "slice_scores.csv", index=False)
+    runs = [tmp_path / "runs" / n for n in ("glow", "svdd", "ae")]
+    for run in runs:
+        run.mkdir(parents=True)
+    results = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        metrics = evaluate([a, b, c], sections, out, runs=runs, n_bootstrap=50, n_bootstrap_voxel=10,
+                           workers=workers, log=lambda msg: None)  # fmt: skip
+        metrics["meta"].pop("seconds")
+        figures = {p.name: p.read_bytes() for p in sorted((out / "figures").glob("*.png"))}
+        thresholds = [(run / "thresholds.json").read_text() for run in runs]
+        results[workers] = (json.dumps(metrics), figures, thresholds)
+    serial, parallel = results[1], results[2]
+    assert parallel[0] == serial[0]  # every value, and the keys in the same order
+    assert len(serial[1]) >= 10 and parallel[1] == serial[1]
+    assert parallel[2] == serial[2]
+    m = json.loads(serial[0])
+    assert list(m["runs"]) == ["glow", "svdd", "ae"]
+    controls = [k for k in m["slice"] if "control" in m["slice"][k]]
+    assert controls == ["control/brain_fraction"]  # from the first run, whichever worker evaluated it
+    assert m["slice"]["control/brain_fraction"]["control"].endswith("(slices of glow)")
+    assert sorted({k.split("/")[0] for k in m["voxel"]}) == ["ae", "glow"]
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        evaluate([a], sections, tmp_path / "out0", workers=0)

@@ -387,7 +387,7 @@ def run_demo(
         evaluate(score_dirs, datalist, report_dir, runs=[out / "runs" / r.name for r in runs],
                  names=[r.name for r in runs], n_bootstrap=SMOKE_BOOTSTRAP if smoke else n_bootstrap,
                  n_bootstrap_voxel=5 if smoke else 100, title="mri-anomaly demo: methods compared on the synthetic cohort",
-                 log=log, allow_few_calibration_scans=smoke)  # fmt: skip
+                 log=log, allow_few_calibration_scans=smoke, workers=lanes)  # fmt: skip
         state.mark("evaluate", time.time() - t, c)
     state.data["total_seconds_this_call"] = round(time.time() - t_all, 2)
     atomic_write_json(out / STATE_FILE, state.data)

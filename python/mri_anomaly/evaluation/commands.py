@@ -90,6 +90,13 @@ def _add_evaluate(subparsers) -> None:
         help="store thresholds even from fewer healthy scans than the specificity needs (20 for 0.95)",
     )
     p.add_argument("--no-report", action="store_true", help="write metrics.json only")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes that evaluate the runs and draw the figures (same metrics.json for any N); default 1",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -134,6 +141,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         calibration_section=args.calibration_section, specificity=args.specificity, n_bootstrap=args.bootstrap,
         n_bootstrap_voxel=args.voxel_bootstrap, max_voxels=args.max_voxels or None, seed=args.seed,
         report=not args.no_report, allow_few_calibration_scans=args.allow_few_calibration_scans,
+        workers=args.workers,
     )  # fmt: skip
     return 0
 

@@ -21,12 +21,16 @@ specificity on the evaluated section are reported.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.evaluation.controls import baseline_comparison
@@ -85,6 +89,7 @@ def evaluate(
     subjects: str | os.PathLike | None = None,
     n_bootstrap_strata: int | None = None,
     allow_few_calibration_scans: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Evaluate score directories; write ``metrics.json``, ``report.html`` and ``figures/`` under ``out``.
 
@@ -108,6 +113,8 @@ def evaluate(
             ``n_bootstrap``).
         allow_few_calibration_scans: store thresholds even from fewer healthy calibration scans than the
             specificity needs (otherwise none are stored and the report says why).
+        workers: processes that evaluate the runs and draw the figures (spawned when > 1, each run in one of
+            them); ``metrics.json`` is the same for any number (each run's part is merged in run order).
 
     Returns:
         the ``metrics.json`` content.
@@ -130,6 +137,8 @@ def evaluate(
             raise MissingInputError(
                 f"{run}: run directory not found (--run must be a folder written by `mri-anomaly train`)"
             )
+    if int(workers) < 1:
+        raise UserInputError(f"workers must be >= 1, got {workers}")
     sets = _load_runs(dirs, names)
     lookup = datalist_lookup(datalist)
     out = Path(out)
@@ -167,66 +176,76 @@ def evaluate(
         "notes": [],
         "warnings": [],
     }
-    ev = Evaluation(
-        section,
-        calibration_section,
-        specificity,
-        n_bootstrap,
-        n_bootstrap_voxel,
-        max_voxels,
-        seed,
-        len(sets) > 1,
-        metrics,
-        log,
+    options = dict(
+        section=section,
+        calibration_section=calibration_section,
+        specificity=specificity,
+        n_bootstrap=n_bootstrap,
+        n_bootstrap_voxel=n_bootstrap_voxel,
+        max_voxels=max_voxels,
+        seed=seed,
+        several=len(sets) > 1,
         allow_few_calibration_scans=allow_few_calibration_scans,
     )
-    labelled_by_run = {}
-    for i, ss in enumerate(sets):
-        attach_datalist(ss, lookup)
-        df = ss.volumes
-        scans = df[df["section"] == section] if "section" in df.columns else df
-        calibration = df[df["section"] == calibration_section] if "section" in df.columns else df.iloc[0:0]
-        labelled = labelled_scans(scans)
-        labelled_by_run[ss.name] = labelled
-        metrics["runs"][ss.name] = {
-            "directory": str(ss.directory),
-            "method": ss.meta.get("method"),
-            "run": ss.meta.get("run"),
-            "score_columns": ss.score_columns,
-            "maps": sorted(ss.map_columns),
-            "n_scans": int(len(scans)),
-            "n_labelled": int(len(labelled)),
-            "n_anomalous": int((labelled["label"] == 1).sum()) if len(labelled) else 0,
-            "n_calibration": int(len(calibration)),
-        }
-        y = volume_level(ev, ss, scans, labelled, subject_table, n_bootstrap_strata)
-        threshold_level(ev, ss, calibration, labelled, y, runs[i] if runs else None)
-        site_level(ev, ss, labelled)
-        slice_level(ev, ss, df)
-        voxel_level(ev, ss, scans)
-    metrics["baselines"] = baseline_comparison(
-        {ss.name: ss.meta.get("method") for ss in sets},
-        metrics["volume"],
-        labelled_by_run,
-        ev.several,
-        n_bootstrap,
-        seed,
+    ev = Evaluation(**options, metrics=metrics, log=log)
+    run_dirs = [str(r) for r in runs] if runs else [None] * len(sets)
+    workers = min(int(workers), len(sets))
+    executor = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     )
-    metrics["meta"]["seconds"] = round(time.time() - t0, 2)
-    if report:
-        from mri_anomaly.evaluation.report import write_report
-
-        log("figures and report.html")
-        write_report(
-            metrics,
-            sets,
-            ev.curves,
-            ev.thresholds_by_key,
-            out,
-            title=title,
-            section=section,
-            several=ev.several,
+    try:
+        if executor is None:
+            parts, cache, control_done = [], {}, False
+            for ss, run_dir in zip(sets, run_dirs):
+                attach_datalist(ss, lookup)
+                part, control_done = _evaluate_run(
+                    options, ss, subject_table, n_bootstrap_strata, run_dir, cache, control_done, log
+                )
+                parts.append(part)
+        else:
+            for ss in sets:
+                attach_datalist(ss, lookup)
+            task = dict(options=options, datalist=datalist, subjects=subject_path, strata=n_bootstrap_strata)
+            groups = _balanced_groups([_evaluation_cost(ss) for ss in sets], workers)
+            tasks = [{**task, "runs": [(str(sets[i].directory), sets[i].name, run_dirs[i]) for i in g]}
+                     for g in groups]  # fmt: skip
+            parts = [None] * len(sets)
+            for group, results in zip(groups, executor.map(_evaluate_runs_worker, tasks)):
+                for i, part in zip(group, results):
+                    parts[i] = part
+        labelled_by_run = {}
+        for ss, part in zip(sets, parts):
+            for line in part.pop("log", []):
+                log(line)
+            _merge_run_part(ev, part)
+            labelled_by_run[ss.name] = part["labelled"]
+        metrics["baselines"] = baseline_comparison(
+            {ss.name: ss.meta.get("method") for ss in sets},
+            metrics["volume"],
+            labelled_by_run,
+            ev.several,
+            n_bootstrap,
+            seed,
         )
+        metrics["meta"]["seconds"] = round(time.time() - t0, 2)
+        if report:
+            from mri_anomaly.evaluation.report import write_report
+
+            log("figures and report.html")
+            write_report(
+                metrics,
+                sets,
+                ev.curves,
+                ev.thresholds_by_key,
+                out,
+                title=title,
+                section=section,
+                several=ev.several,
+                executor=executor,
+            )
+    finally:
+        if executor is not None:
+            executor.shutdown()
     for v in metrics["voxel"].values():
         v.pop("_cases", None)
     metrics["meta"]["seconds"] = round(time.time() - t0, 2)
@@ -237,3 +256,100 @@ def evaluate(
         + f" in {time.time() - t0:.1f} s"
     )
     return jsonable(metrics)
+
+
+_RUN_PARTS = ("volume", "strata", "brain_fraction", "slice", "voxel", "thresholds", "per_site", "runs")
+
+
+def _evaluate_run(
+    options: Mapping[str, Any],
+    ss: ScoreTables,
+    subject_table: pd.DataFrame | None,
+    n_bootstrap_strata: int | None,
+    run_dir: str | None,
+    voxel_scans: dict,
+    control_done: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], bool]:
+    """Every level of one run (its scores already joined with the datalist) into a part of ``metrics.json`` of its
+    own: ``{"metrics", "curves", "thresholds", "labelled"}``, and whether the slice control is done now."""
+    part: dict[str, Any] = {**{k: {} for k in _RUN_PARTS}, "notes": [], "warnings": []}
+    ev = Evaluation(**options, metrics=part, log=log, control_done=control_done, voxel_scans=voxel_scans)
+    df = ss.volumes
+    section, calibration_section = ev.section, ev.calibration_section
+    scans = df[df["section"] == section] if "section" in df.columns else df
+    calibration = df[df["section"] == calibration_section] if "section" in df.columns else df.iloc[0:0]
+    labelled = labelled_scans(scans)
+    part["runs"][ss.name] = {
+        "directory": str(ss.directory),
+        "method": ss.meta.get("method"),
+        "run": ss.meta.get("run"),
+        "score_columns": ss.score_columns,
+        "maps": sorted(ss.map_columns),
+        "n_scans": int(len(scans)),
+        "n_labelled": int(len(labelled)),
+        "n_anomalous": int((labelled["label"] == 1).sum()) if len(labelled) else 0,
+        "n_calibration": int(len(calibration)),
+    }
+    y = volume_level(ev, ss, scans, labelled, subject_table, n_bootstrap_strata)
+    threshold_level(ev, ss, calibration, labelled, y, run_dir)
+    site_level(ev, ss, labelled)
+    slice_level(ev, ss, df)
+    voxel_level(ev, ss, scans)
+    result = {"metrics": part, "curves": ev.curves, "thresholds": ev.thresholds_by_key, "labelled": labelled}
+    return result, ev.control_done
+
+
+def _evaluate_runs_worker(task: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """:func:`_evaluate_run` of each run of ``task["runs"]`` (score folder, name, run folder) in a worker process,
+    with the log lines of each run kept in its part (the parent prints them in run order)."""
+    lookup = datalist_lookup(task["datalist"])
+    subjects = task["subjects"]
+    subject_table = load_subject_table(subjects) if subjects is not None else None
+    parts, cache, control_done = [], {}, False
+    for directory, name, run_dir in task["runs"]:
+        ss = load_score_tables(directory, name)
+        attach_datalist(ss, lookup)
+        lines: list[str] = []
+        part, control_done = _evaluate_run(
+            task["options"], ss, subject_table, task["strata"], run_dir, cache, control_done, lines.append
+        )
+        parts.append({**part, "log": lines})
+    return parts
+
+
+def _merge_run_part(ev: Evaluation, part: Mapping[str, Any]) -> None:
+    """Add one run's part to ``ev`` as if it had been evaluated into it: dicts updated (``per_site`` per site),
+    notes and warnings appended, and the slice-level brain-fraction control kept from the first run that has it."""
+    for key, value in part["metrics"].items():
+        target = ev.metrics[key]
+        if isinstance(value, list):
+            target.extend(value)
+        elif key == "per_site":
+            for site, entries in value.items():
+                target.setdefault(site, {}).update(entries)
+        else:
+            for k, v in value.items():
+                if k in target and isinstance(v, dict) and "control" in v:
+                    continue  # the control of an earlier run stands
+                target[k] = v
+    for level, curves in part["curves"].items():
+        ev.curves.setdefault(level, {}).update(curves)
+    ev.thresholds_by_key.update(part["thresholds"])
+
+
+def _evaluation_cost(ss: ScoreTables) -> float:
+    """A rough relative cost of evaluating a run: its volume and slice columns, a map counting for four."""
+    return len(ss.score_columns) + len(getattr(ss, "slice_columns", ()) or ()) + 4 * len(ss.map_columns)
+
+
+def _balanced_groups(costs: Sequence[float], n: int) -> list[list[int]]:
+    """Indices of ``costs`` in ``n`` groups of about equal total (costliest first to the lightest group), each
+    group in index order."""
+    groups: list[list[int]] = [[] for _ in range(n)]
+    totals = [0.0] * n
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        j = min(range(n), key=lambda j: totals[j])
+        groups[j].append(i)
+        totals[j] += costs[i]
+    return [sorted(g) for g in groups if g]

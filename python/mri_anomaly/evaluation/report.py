@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,11 @@ def _match(key: str, candidates: Sequence[str], prefix: str) -> str | None:
     return found[0] if found else None
 
 
+def _draw(function: Callable[..., Path], args: tuple, kwargs: Mapping[str, Any]) -> Path:
+    """One figure (a function of :mod:`mri_anomaly.evaluation.figures`) drawn here or in a worker process."""
+    return function(*args, **kwargs)
+
+
 def _figure(path: Path, out: Path, caption: str) -> str:
     rel = path.relative_to(out).as_posix()
     return f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
@@ -160,6 +166,7 @@ def write_report(
     title: str = "mri-anomaly evaluation",
     section: str = "test",
     several: bool = False,
+    executor: Executor | None = None,
 ) -> Path:
     """Draw the figures into ``out/figures`` and write ``out/report.html``; returns the report path.
 
@@ -167,6 +174,7 @@ def write_report(
         metrics: the ``metrics.json`` content from :func:`~mri_anomaly.evaluation.evaluate.evaluate` (voxel
             entries may carry ``_cases`` for the overlays). sets: the :class:`~mri_anomaly.evaluation.score_tables.ScoreTables` objects.
         curves: ``{"volume"|"slice": {key: (y, s)}}``. thresholds: ``{key: threshold}``.
+        executor: draws the figures in its workers (the same files as without it).
     """
     from mri_anomaly._version import __version__
 
@@ -176,6 +184,8 @@ def write_report(
     parts: list[str] = []
     figs: dict[str, list[str]] = {"curves": [], "dist": [], "profiles": [], "overlays": []}
 
+    # (section, figure function, args, kwargs, caption): drawn below, in worker processes when given
+    jobs: list[tuple[str, Any, tuple, dict, str]] = []
     for level in ("volume", "slice"):
         chosen = dict(curves.get(level, {}))
         which = ""
@@ -189,14 +199,12 @@ def write_report(
             which = " Each run's column with the highest AUROC here (all columns are in the tables)."
         if chosen:
             noun = "scans" if level == "volume" else "axial slices"
-            p = fig.roc_figure(chosen, figdir / f"roc_{level}.png", title=f"ROC, {level} level ({noun})")
-            figs["curves"].append(_figure(p, out, f"ROC curves, {level} level; legend: AUROC.{which}"))
-            p = fig.pr_figure(chosen, figdir / f"pr_{level}.png", title=f"Precision-recall, {level} level")
-            figs["curves"].append(
-                _figure(
-                    p, out, f"Precision-recall curves, {level} level; dotted: prevalence; legend: AP.{which}"
-                )
-            )
+            jobs.append(("curves", fig.roc_figure, (chosen, figdir / f"roc_{level}.png"),
+                         {"title": f"ROC, {level} level ({noun})"},
+                         f"ROC curves, {level} level; legend: AUROC.{which}"))  # fmt: skip
+            jobs.append(("curves", fig.pr_figure, (chosen, figdir / f"pr_{level}.png"),
+                         {"title": f"Precision-recall, {level} level"},
+                         f"Precision-recall curves, {level} level; dotted: prevalence; legend: AP.{which}"))  # fmt: skip
     for ss in sets:
         prefix = f"{ss.name}/" if several else ""
         cols = {
@@ -206,41 +214,30 @@ def write_report(
         }
         if cols:
             thr = {c: thresholds[prefix + c] for c in cols if prefix + c in thresholds}
-            p = fig.distribution_figure(
-                cols, figdir / f"dist_{_slug(ss.name)}.png", thr, title=f"{ss.name}: volume scores"
-            )
-            figs["dist"].append(
-                _figure(
-                    p,
-                    out,
-                    f"{ss.name}: volume-level score distributions, healthy vs anomalous ({section}); dashed: threshold calibrated on healthy validation scans.",
-                )
-            )
+            jobs.append(("dist", fig.distribution_figure, (cols, figdir / f"dist_{_slug(ss.name)}.png", thr),
+                         {"title": f"{ss.name}: volume scores"},
+                         f"{ss.name}: volume-level score distributions, healthy vs anomalous ({section}); dashed: threshold calibrated on healthy validation scans."))  # fmt: skip
         prof = _profiles(ss, section)
         if prof:
-            p = fig.slice_profile_figure(
-                prof, figdir / f"profiles_{_slug(ss.name)}.png", title=f"{ss.name}: slice profiles"
-            )
-            figs["profiles"].append(
-                _figure(
-                    p,
-                    out,
-                    f"{ss.name}: per-slice scores of anomalous scans, standardised by the healthy slices' mean and SD; shaded: slices with ground-truth anomaly.",
-                )
-            )
+            jobs.append(("profiles", fig.slice_profile_figure, (prof, figdir / f"profiles_{_slug(ss.name)}.png"),
+                         {"title": f"{ss.name}: slice profiles"},
+                         f"{ss.name}: per-slice scores of anomalous scans, standardised by the healthy slices' mean and SD; shaded: slices with ground-truth anomaly."))  # fmt: skip
     for key, entry in metrics.get("voxel", {}).items():
         cases = [c for c in entry.get("_cases", []) if c.mask][:3]
         if not cases:
             continue
-        p = fig.overlay_montage([(c.subject_id, c.image, c.map, c.mask) for c in cases],
-                                figdir / f"overlay_{_slug(key)}.png", title=f"{key}")  # fmt: skip
-        figs["overlays"].append(
-            _figure(
-                p,
-                out,
-                f"{key}: map (hot, above its 95th percentile in the scan) over the scan; cyan: ground-truth contour.",
-            )
-        )
+        jobs.append(("overlays", fig.overlay_montage,
+                     ([(c.subject_id, c.image, c.map, c.mask) for c in cases], figdir / f"overlay_{_slug(key)}.png"),
+                     {"title": f"{key}"},
+                     f"{key}: map (hot, above its 95th percentile in the scan) over the scan; cyan: ground-truth contour."))  # fmt: skip
+
+    drawn = (
+        list(executor.map(_draw, [j[1] for j in jobs], [j[2] for j in jobs], [j[3] for j in jobs]))
+        if executor is not None
+        else [_draw(j[1], j[2], j[3]) for j in jobs]
+    )
+    for (section_name, _, _, _, caption), p in zip(jobs, drawn):
+        figs[section_name].append(_figure(p, out, caption))
 
     runs = metrics.get("runs", {})
     meta = metrics.get("meta", {})

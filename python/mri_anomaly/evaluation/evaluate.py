@@ -114,7 +114,8 @@ def evaluate(
         allow_few_calibration_scans: store thresholds even from fewer healthy calibration scans than the
             specificity needs (otherwise none are stored and the report says why).
         workers: processes that evaluate the runs and draw the figures (spawned when > 1, each run in one of
-            them); ``metrics.json`` is the same for any number (each run's part is merged in run order).
+            them); ``metrics.json`` is the same for any number (each run's part is merged in run order). A script
+            that calls this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard of spawned processes.
 
     Returns:
         the ``metrics.json`` content.

@@ -341,7 +341,7 @@ def _merge_run_part(ev: Evaluation, part: Mapping[str, Any]) -> None:
 
 def _evaluation_cost(ss: ScoreTables) -> float:
     """A rough relative cost of evaluating a run: its volume and slice columns, a map counting for four."""
-    return len(ss.score_columns) + len(getattr(ss, "slice_columns", ()) or ()) + 4 * len(ss.map_columns)
+    return len(ss.score_columns) + len(ss.slice_columns) + 4 * len(ss.map_columns)
 
 
 def _balanced_groups(costs: Sequence[float], n: int) -> list[list[int]]:

@@ -57,6 +57,7 @@ RUNS = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d", "latent-n
 BASELINES = ("intensity", "normative")
 RIM_VOXELS = 2  # 8 mm at 4 mm: the maps' rim (score.map_erosion_mm); conspicuity is reported inside it too
 GROUP_ORDER = ("ms", "tumour", "focal", "focal_opposite")
+GROUP_LABELS = tuple(g.replace("focal_opposite", "dark focal") for g in GROUP_ORDER)  # table headers
 
 
 def conspicuity(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> dict[str, float]:
@@ -289,9 +290,13 @@ def glow_parts(method: Any, image: torch.Tensor) -> tuple[dict[str, np.ndarray],
     return parts, latents
 
 
-def edge_correlation(values: np.ndarray, image: np.ndarray, region: np.ndarray) -> float:
-    """Pearson correlation, over ``region``, of ``values`` with the image's gradient magnitude (its edges)."""
-    edges = np.sqrt(sum(g**2 for g in np.gradient(image.astype(np.float64))))
+def gradient_magnitude(image: np.ndarray) -> np.ndarray:
+    """The image's gradient magnitude (its edges), same shape."""
+    return np.sqrt(sum(g**2 for g in np.gradient(image.astype(np.float64))))
+
+
+def edge_correlation(values: np.ndarray, edges: np.ndarray, region: np.ndarray) -> float:
+    """Pearson correlation, over ``region``, of ``values`` with ``edges`` (:func:`gradient_magnitude`)."""
     return float(np.corrcoef(values[region], edges[region])[0, 1])
 
 
@@ -322,12 +327,12 @@ def glow_part_rows(demo: Path, free_data: Path, runs: Sequence[str], log=print) 
                 continue
             (parts, z), (free_parts, free_z) = (glow_parts(method, torch.as_tensor(d["image"])) for d in data)
             base = {"run": run, "subject_id": item["subject_id"], "group": item["group"]}
-            healthy = region & ~lesion
+            healthy, edges = region & ~lesion, gradient_magnitude(free)
             for name, values in {"image": image, **parts}.items():
                 reference = free if name == "image" else free_parts[name]
                 q50, q99 = np.quantile(reference[healthy], [0.5, 0.99])
                 rows.append({**base, "part": name, "response": lesion_response(values, reference, lesion, region),
-                             "spread": float(q99 - q50), "edges": edge_correlation(reference, free, healthy)})  # fmt: skip
+                             "spread": float(q99 - q50), "edges": edge_correlation(reference, edges, healthy)})  # fmt: skip
             for level, (u, free_u) in enumerate(zip(z, free_z)):
                 for channel in range(u.shape[0]):
                     rows.append({**base, "part": f"scale {level + 1} latent {channel}",
@@ -660,7 +665,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             "lesion variant (all sizes): voxel AP / share of lesion voxels above the healthy voxels' 99th percentile.",
             "",
         ]
-        header = ["map", *[g.replace("focal_opposite", "dark focal") for g in GROUP_ORDER]]
+        header = ["map", *GROUP_LABELS]
         rows = [[m["map"], *[f"{_f(m[g]['ap'])} / {_f(m[g]['above_q99'], 2)}" if g in m else "–" for g in GROUP_ORDER]]
                 for m in result["maps"]]  # fmt: skip
         lines += [markdown_table(header, rows), ""]
@@ -677,7 +682,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             "a wide healthy range, or both.",
             "",
         ]
-        header = ["map", *[g.replace("focal_opposite", "dark focal") for g in GROUP_ORDER]]
+        header = ["map", *GROUP_LABELS]
         rows = [
             [m["map"], *[_f(m[g]["response"], 2) if g in m else "–" for g in GROUP_ORDER]]
             for m in result["response"]
@@ -700,7 +705,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             "the prior each channel is N(0, 1) at every location, so its healthy spread is about symmetric.",
             "",
         ]
-        header = ["run", "part", *[g.replace("focal_opposite", "dark focal") for g in GROUP_ORDER],
+        header = ["run", "part", *GROUP_LABELS,
                   "healthy spread (MS)", "edge correlation (MS)"]  # fmt: skip
         rows, image_shown = [], False
         for m in result["glow_parts"]:

@@ -134,9 +134,10 @@ def test_edge_correlation(lc):
     image = np.zeros((6, 6, 6))
     image[2:4, 2:4, 2:4] = 1.0
     edges = np.sqrt(sum(g**2 for g in np.gradient(image)))
+    np.testing.assert_array_equal(lc.gradient_magnitude(image), edges)
     region = np.ones(image.shape, bool)
-    assert lc.edge_correlation(3.0 * edges + 1.0, image, region) == pytest.approx(1.0)
-    assert lc.edge_correlation(-edges, image, region) == pytest.approx(-1.0)
+    assert lc.edge_correlation(3.0 * edges + 1.0, edges, region) == pytest.approx(1.0)
+    assert lc.edge_correlation(-edges, edges, region) == pytest.approx(-1.0)
 
 
 def test_glow_part_summary_medians_and_best_latent(lc):

@@ -195,17 +195,11 @@ def evaluate(
         ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     )
     try:
+        for ss in sets:
+            attach_datalist(ss, lookup)
         if executor is None:
-            parts, cache, control_done = [], {}, False
-            for ss, run_dir in zip(sets, run_dirs):
-                attach_datalist(ss, lookup)
-                part, control_done = _evaluate_run(
-                    options, ss, subject_table, n_bootstrap_strata, run_dir, cache, control_done, log
-                )
-                parts.append(part)
+            parts = _evaluate_runs(options, sets, run_dirs, subject_table, n_bootstrap_strata, log)
         else:
-            for ss in sets:
-                attach_datalist(ss, lookup)
             task = dict(options=options, datalist=datalist, subjects=subject_path, strata=n_bootstrap_strata)
             groups = _balanced_groups([_evaluation_cost(ss) for ss in sets], workers)
             tasks = [{**task, "runs": [(str(sets[i].directory), sets[i].name, run_dirs[i]) for i in g]}
@@ -301,22 +295,37 @@ def _evaluate_run(
     return result, ev.control_done
 
 
+def _evaluate_runs(
+    options: Mapping[str, Any],
+    sets: Sequence[ScoreTables],
+    run_dirs: Sequence[str | None],
+    subject_table: pd.DataFrame | None,
+    n_bootstrap_strata: int | None,
+    log: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """:func:`_evaluate_run` of each run in order, sharing the scans' voxels and the slice control; with ``log``
+    None, each run's log lines are kept in its part (``"log"``) for the caller to print."""
+    parts, cache, control_done = [], {}, False
+    for ss, run_dir in zip(sets, run_dirs):
+        lines: list[str] = []
+        part, control_done = _evaluate_run(
+            options, ss, subject_table, n_bootstrap_strata, run_dir, cache, control_done, log or lines.append
+        )
+        parts.append(part if log else {**part, "log": lines})
+    return parts
+
+
 def _evaluate_runs_worker(task: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """:func:`_evaluate_run` of each run of ``task["runs"]`` (score folder, name, run folder) in a worker process,
-    with the log lines of each run kept in its part (the parent prints them in run order)."""
+    """:func:`_evaluate_runs` of the runs of ``task["runs"]`` (score folder, name, run folder) in a worker process,
+    the log lines kept in the parts (the parent prints them in run order)."""
     lookup = datalist_lookup(task["datalist"])
     subjects = task["subjects"]
     subject_table = load_subject_table(subjects) if subjects is not None else None
-    parts, cache, control_done = [], {}, False
-    for directory, name, run_dir in task["runs"]:
-        ss = load_score_tables(directory, name)
+    sets = [load_score_tables(directory, name) for directory, name, _ in task["runs"]]
+    for ss in sets:
         attach_datalist(ss, lookup)
-        lines: list[str] = []
-        part, control_done = _evaluate_run(
-            task["options"], ss, subject_table, task["strata"], run_dir, cache, control_done, lines.append
-        )
-        parts.append({**part, "log": lines})
-    return parts
+    run_dirs = [run_dir for _, _, run_dir in task["runs"]]
+    return _evaluate_runs(task["options"], sets, run_dirs, subject_table, task["strata"], None)
 
 
 def _merge_run_part(ev: Evaluation, part: Mapping[str, Any]) -> None:

@@ -49,11 +49,12 @@ def test_top_mean_and_columns(vn):
 
     center = np.array([0.0, 4.0, 1.0, 0.0, 0.0])
     scale = np.array([1.0, 2.0, 0.5, 1.0, 4.0])
-    scores = vn.calibrated_scores(volume_map[None], region[None], center, scale, 1)
+    scores = vn.calibrated_scores(volume_map[None], region[None], center, {"z@x": scale, "z@y": 2 * scale}, 1)
     assert scores["raw"][0] == pytest.approx(5.0)
     # map - center: 1, 1, 2, -, 4 -> top 4 (voxel 4); z: 1, 0.5, 4, -, 1 -> top 4 (voxel 2)
     assert scores["minus_median"][0] == pytest.approx(4.0)
-    assert scores["z"][0] == pytest.approx(4.0)
+    assert scores["z@x"][0] == pytest.approx(4.0)
+    assert scores["z@y"][0] == pytest.approx(2.0)
 
 
 def test_kind_aurocs_by_hand(vn):
@@ -121,10 +122,15 @@ def test_end_to_end_on_a_written_demo(vn, tmp_path, monkeypatch):
     (demo / "data" / "datalist.json").write_text(json.dumps({"test": test}))
     monkeypatch.setattr(vn, "MAP_RUNS", {"intensity": ("intensity",)})
 
-    (result,) = vn.measure(demo, min_scans=10, n_resamples=50)
+    (result,) = vn.measure(demo, min_scans=10, n_resamples=50, floors=(0.1, 1.0))
     assert result["seed"] == "0" and result["n_validation"] == 12
     assert result["raw_vs_logged_max_abs"] < 1e-5
-    assert result["z"]["auroc"] == pytest.approx(1.0)
-    assert result["z"]["kinds"] == {"ms": pytest.approx(1.0)}
+    assert sorted(result) == sorted(
+        ["run", "seed", "map", "n_validation", "raw_vs_logged_max_abs", "raw", "minus_median", "z@0.1", "z@1"]
+        + ["minus_median_vs_raw", "z@0.1_vs_raw", "z@1_vs_raw"]
+    )
+    assert result["z@0.1"]["auroc"] == pytest.approx(1.0)
+    assert result["z@0.1"]["kinds"] == {"ms": pytest.approx(1.0)}
     assert result["raw"]["auroc"] < 0.9  # the hot voxels make every raw score
-    assert result["z_vs_raw"]["auroc_difference"] == pytest.approx(1.0 - result["raw"]["auroc"])
+    assert result["z@0.1_vs_raw"]["auroc_difference"] == pytest.approx(1.0 - result["raw"]["auroc"])
+    assert "z@1" in vn.to_markdown([result]) and "ms: raw →" in vn.kinds_markdown([result])

@@ -6,7 +6,8 @@ by construction. This script takes the trained map runs of a finished ``mri-anom
 erosion only acts when scoring), sets ``score.map_erosion_mm`` to each width in a copy of each run, scores the demo's
 test scans and the real cases of ``../shared/data`` with it, and reports per width:
 
-* volume AUROC of each run's ``<map>_q999`` column (95 % bootstrap CI), and on lesions < 1 cm^3;
+* volume AUROC of each run's ``<map>_q999`` and ``<map>_top200mm3`` columns (95 % bootstrap CI), and on lesions
+  < 1 cm^3;
 * voxel AP of each map on the demo's test scans (``evaluate``) and on each real lesion case.
 
 Usage::
@@ -33,7 +34,16 @@ from _common import run_meta, run_with_config  # noqa: E402
 from real_data import default_data_dir, real_cases, score_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MAP_RUNS = ("glow2d-ratio", "glow3d-ratio", "latent-norm-ae-2d", "intensity", "normative")
+MAP_RUNS = (
+    "glow2d-ratio",
+    "glow3d-ratio",
+    "deep-svdd-2d",
+    "deep-sad-2d",
+    "latent-norm-ae-2d",
+    "intensity",
+    "normative",
+)
+MAP_COLUMNS = ("_q999", "_top200mm3")
 
 
 def run_with_rim(src: Path, dst: Path, mm: float) -> Path:
@@ -78,7 +88,7 @@ def measure(demo: Path, data: Path | None, out: Path, widths: list[float], runs:
         entry: dict = {}
         for run in runs:
             for col, v in metrics["volume"].items():
-                if col.startswith(f"{run}/") and col.endswith("_q999"):
+                if col.startswith(f"{run}/") and col.endswith(MAP_COLUMNS):
                     small = metrics["strata"].get(col, {}).get("size:small", {})
                     entry[col] = {
                         "auroc": v["auroc"],
@@ -99,7 +109,7 @@ def to_markdown(result: dict, command: str) -> str:
     lines = ["# Rim width of the map scores: 0, 4 or 8 mm", "",
              f"Command: `{command}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
              f"Date: {meta['date']}  ", f"Demo: `{meta['demo']}` (the runs as trained; only `score.map_erosion_mm` changes)", "",
-             "## Demo test set: volume AUROC of `<map>_q999` [95 % CI] (lesions < 1 cm³)", ""]  # fmt: skip
+             "## Demo test set: volume AUROC of `<map>_q999` and `<map>_top200mm3` [95 % CI] (lesions < 1 cm³)", ""]  # fmt: skip
     cols = sorted({c for e in result["demo"].values() for c in e if c != "voxel"})
     lines.append("| column | " + " | ".join(f"{w} mm" for w in widths) + " |")
     lines.append("|---|" + "---|" * len(widths))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
 import sys
@@ -43,7 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model, demo_test_items, markdown_table  # noqa: E402
+from _common import demo_test_items, markdown_table, run_meta  # noqa: E402
 from mri_anomaly.evaluation.bootstrap import auroc_with_ci  # noqa: E402
 from mri_anomaly.scoring.maps import MAP_TOP_VOLUME, erosion_voxels, map_region, top_voxels  # noqa: E402
 
@@ -253,18 +252,17 @@ def main(argv: list[str] | None = None) -> int:
 
     load_start, t0 = os.getloadavg()[0], time.time()
     results = measure(args.demo, args.min_scans, args.resamples, args.floors)
-    command = "python benchmarks/voxel_norms.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = run_meta("voxel_norms.py", argv, load_start, t0, demo=str(args.demo))
     first = results[0]
     worst = max(r["raw_vs_logged_max_abs"] for r in results)
     md = "\n".join(
         [
             "# Per-voxel healthy norms for the maps",
             "",
-            f"Command: `{command}`  ",
-            f"Machine: {cpu_model()}, {os.cpu_count()} CPUs  ",
-            f"Load: 1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end  ",
-            f"Date: {now}; {time.time() - t0:.0f} s  ",
+            f"Command: `{meta['command']}`  ",
+            f"Machine: {meta['machine']}  ",
+            f"Load: {meta['load']}  ",
+            f"Date: {meta['date']}; {meta['seconds']:.0f} s  ",
             f"Demo: `{args.demo}`; norms from its {first['n_validation']} healthy validation scans, scored on its "
             f"{first['raw']['n']} test scans ({first['raw']['n_anomalous']} anomalous); seeds: the demo's run (0) "
             "and its seeded copies.",
@@ -292,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args.docs.mkdir(parents=True, exist_ok=True)
     (args.docs / "voxel_norms.md").write_text(md)
     (args.docs / "voxel_norms.json").write_text(
-        json.dumps({"command": command, "date": now, "results": results}, indent=2) + "\n"
+        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
     )
     print(md)
     return 0

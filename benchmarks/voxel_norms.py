@@ -42,9 +42,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_test_items, markdown_table, run_meta  # noqa: E402
+from _common import demo_test_items, markdown_table, run_meta, seed_runs  # noqa: E402
 from mri_anomaly.evaluation.bootstrap import auroc_with_ci  # noqa: E402
 from mri_anomaly.scoring.maps import MAP_TOP_VOLUME, erosion_voxels, map_region, top_voxels  # noqa: E402
+from mri_anomaly.scoring.slice_norms import MAD_TO_SD  # noqa: E402
 
 MAP_RUNS = {
     "intensity": ("intensity",),
@@ -57,17 +58,16 @@ MAP_RUNS = {
 }
 FLOORS = (0.1, 0.5, 1.0)
 KINDS = ("focal", "ms", "tumour")
-MAD_TO_SD = 1.4826
 
 
 def voxel_norms(
-    maps: np.ndarray, regions: np.ndarray, min_scans: int = 10, floor_fraction: float = 0.1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel robust centre and scale of healthy ``maps`` (N, *grid) over the scans whose ``regions``
+    maps: np.ndarray, regions: np.ndarray, min_scans: int = 10, floor_fractions: Sequence[float] = (0.1,)
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per-voxel robust centre and scales of healthy ``maps`` (N, *grid) over the scans whose ``regions``
     (N, *grid) bool hold the voxel.
 
-    Returns ``(center, scale)``, each of shape ``grid``: the median and ``max(1.4826 MAD, floor)`` with
-    ``floor = floor_fraction x`` the median of the positive scales; positions held by fewer than ``min_scans``
+    Returns ``(center, scales)``, each array of shape ``grid``: the median, and per floor fraction ``f``
+    ``max(1.4826 MAD, f x`` the median of the positive MADs``)``; positions held by fewer than ``min_scans``
     scans take the median of all held values and the median scale.
     """
     held = np.where(regions, maps, np.nan).astype(np.float64)
@@ -78,11 +78,14 @@ def voxel_norms(
     center[enough] = np.nanmedian(held[:, enough], axis=0)
     mad[enough] = MAD_TO_SD * np.nanmedian(np.abs(held[:, enough] - center[enough]), axis=0)
     positive = mad[enough & (mad > 0)]
-    floor = floor_fraction * float(np.median(positive)) if positive.size else 1.0
-    scale = np.maximum(mad, max(floor, 1e-12))
     pooled_center = float(np.nanmedian(held)) if regions.any() else 0.0
-    pooled_scale = float(np.median(scale[enough])) if enough.any() else 1.0
-    return np.where(enough, center, pooled_center), np.where(enough, scale, pooled_scale)
+    scales = []
+    for f in floor_fractions:
+        floor = f * float(np.median(positive)) if positive.size else 1.0
+        scale = np.maximum(mad, max(floor, 1e-12))
+        pooled_scale = float(np.median(scale[enough])) if enough.any() else 1.0
+        scales.append(np.where(enough, scale, pooled_scale))
+    return np.where(enough, center, pooled_center), scales
 
 
 def top_mean(volume_map: np.ndarray, region: np.ndarray, k: int) -> float:
@@ -107,16 +110,6 @@ def calibrated_scores(
         for column, scale in scales.items():
             out[column][i] = top_mean((m - center) / scale, r, k)
     return out
-
-
-def score_folders(demo: Path, run: str) -> dict[str, Path]:
-    """``{seed: scores dir}`` of ``run``: the demo's own (seed 0) and each seeded copy's with saved maps."""
-    found = {"0": demo / "scores" / run}
-    seeds = demo / "seeds"
-    if seeds.is_dir():
-        for d in sorted(seeds.iterdir(), key=lambda p: p.name):
-            found[d.name] = d / "scores" / run
-    return {s: p for s, p in found.items() if (p / "maps").is_dir()}
 
 
 def load_section(score_dir: Path, section: str, name: str, erosion, image_cache: dict) -> tuple:
@@ -153,16 +146,18 @@ def measure(demo: Path, min_scans: int, n_resamples: int, floors: Sequence[float
     results, image_cache = [], {}
     kind_of = {str(it["subject_id"]): it["lesion_kind"] for it in demo_test_items(demo)}
     for run, names in MAP_RUNS.items():
-        for seed, score_dir in score_folders(demo, run).items():
-            config = yaml.safe_load((score_dir.parents[1] / "runs" / run / "config.yaml").read_text())
+        for seed, run_dir in seed_runs(demo, run).items():
+            score_dir = run_dir.parents[1] / "scores" / run  # DEMO[/seeds/<s>]/scores/<run>
+            if not (score_dir / "maps").is_dir():
+                continue
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
             erosion, k = erosion_voxels(config), top_voxels(config)
             for name in names:
                 v_maps, v_regions, _, _ = load_section(score_dir, "validation", name, erosion, image_cache)
                 t_maps, t_regions, labels, rows = load_section(score_dir, "test", name, erosion, image_cache)
-                scales = {}
-                for f in floors:
-                    center, scales[z_column(f)] = voxel_norms(v_maps, v_regions, min_scans, f)
-                scores = calibrated_scores(t_maps, t_regions, center, scales, k)
+                center, scales = voxel_norms(v_maps, v_regions, min_scans, floors)
+                columns = {z_column(f): scale for f, scale in zip(floors, scales, strict=True)}
+                scores = calibrated_scores(t_maps, t_regions, center, columns, k)
                 logged = np.array([float(r[f"{name}_{MAP_TOP_VOLUME[0]}"]) for r in rows])
                 entry = {
                     "run": run,

@@ -28,7 +28,7 @@ def test_norms_median_mad_floor_and_pooled_fallback(vn):
     maps[:3, 0, 0, 2] = 100.0  # held by 3 scans only: the pooled norm
     regions[:3, 0, 0, 2] = True
     maps[3:, 0, 0, 2] = -7.0  # outside the regions: never read
-    center, scale = vn.voxel_norms(maps, regions, min_scans=10, floor_fraction=0.1)
+    center, (scale, wide) = vn.voxel_norms(maps, regions, min_scans=10, floor_fractions=(0.1, 2.0))
     sd = 1.4826 * 3.0
     assert center[0, 0, 0] == pytest.approx(5.5) and scale[0, 0, 0] == pytest.approx(sd)
     assert center[0, 0, 1] == pytest.approx(2.0)
@@ -38,6 +38,8 @@ def test_norms_median_mad_floor_and_pooled_fallback(vn):
     held = np.concatenate([np.arange(n), np.full(n, 2.0), np.full(3, 100.0)])
     assert center[0, 0, 2] == pytest.approx(np.median(held))
     assert scale[0, 0, 2] == pytest.approx(np.median([sd, 0.1 * sd]))
+    # a floor above the median MAD lifts every held voxel to it; the pooled scale follows
+    assert wide[0, 0, :] == pytest.approx([2 * sd, 2 * sd, 2 * sd])
 
 
 def test_top_mean_and_columns(vn):
@@ -81,6 +83,9 @@ def test_end_to_end_on_a_written_demo(vn, tmp_path, monkeypatch):
     run_dir.mkdir(parents=True)
     config = {"preprocessing": {"spacing": [4.0, 4.0, 4.0]}, "score": {"map_erosion_mm": 0.0}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "checkpoint.pt").write_bytes(
+        b""
+    )  # a trained run, as _common.seed_runs finds them (never loaded)
     image = np.zeros((6, 6, 6), dtype=np.float32)
     image[1:5, 1:5, 1:5] = 1.0  # 64 brain voxels
     hot, lesion = (slice(1, 4), 2, 2), (4, 4, 4)

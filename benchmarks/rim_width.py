@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import run_meta, run_with_config  # noqa: E402
+from mri_anomaly.scoring.maps import MAP_QUANTILE, MAP_TOP_VOLUME  # noqa: E402
 from real_data import default_data_dir, real_cases, score_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ MAP_RUNS = (
     "intensity",
     "normative",
 )
-MAP_COLUMNS = ("_q999", "_top200mm3")
+MAP_COLUMNS = tuple(f"_{suffix}" for suffix, _ in (MAP_QUANTILE, MAP_TOP_VOLUME))  # the runs' map columns
 
 
 def run_with_rim(src: Path, dst: Path, mm: float) -> Path:

@@ -7,10 +7,10 @@ finished demo's cohort, for each ``N`` of ``--steps``, and reports:
 * bits/dim of the in-distribution model on the slices (brain fraction >= 0.1) of 80 training scans and of the 80
   healthy validation scans (held out): while held-out bits/dim still fall, the model is under-trained;
 * volume AUROC on the demo's test scans of the run's ``llr``/``nll`` columns (``score_datalist``), and the healthy
-  test scans' median and 90th percentile of ``nll_top200mm3`` (the demo's best column; its healthy tail is where a
-  training seed loses);
+  test scans' median and 90th percentile of ``--column`` (default ``llr_top200mm3``, the demo's best column; its
+  healthy tail is where a training seed loses);
 * training wall time;
-* ``nll_top200mm3`` against the demo's ``intensity`` and ``normative`` runs' best volume column on the same test
+* ``--column`` against the demo's ``intensity`` and ``normative`` runs' best volume column on the same test
   scans, per seed and pooled over seeds (``detection.compare_over_seeds``): would the setting beat the baselines?
 * with ``--real DATA``, the slice AUROC inside each real FLAIR scan of ``DATA`` (MS patient07, BRATS 1-3) of
   ``nll_slice_q99`` and ``llr_slice_q99``: does longer training carry over to real MRI, or only lift the demo?
@@ -57,7 +57,9 @@ from _common import (  # noqa: E402
 )
 
 COLUMNS = ("nll_top200mm3", "llr_top200mm3", "llr_q999", "nll_q999", "llr_top5_mean", "nll_bpd_top5_mean")
-TAIL = "nll_top200mm3"  # the healthy scans' median and 90th percentile of this column; compared with the baselines
+# --column's default, the demo's best 2D Glow column on the partial-volume test set (detection.md; nll_top200mm3 on
+# the full-contrast one): the healthy scans' median and 90th percentile of it, and it against the baselines
+TAIL = "llr_top200mm3"
 BASELINES = ("intensity", "normative")
 # slice columns read on the real cases: nll's is the 2D Glow's slice column the demo chooses (real_data.md)
 REAL_COLUMNS = ("nll_slice_q99", "llr_slice_q99")
@@ -157,9 +159,13 @@ def baseline_columns(demo: Path, labels: dict[str, int]) -> dict[str, tuple[str,
 
 
 def against_baselines(
-    score_dirs: dict[str, dict[int, Path]], labels: dict[str, int], baselines: dict, n_resamples: int = 1000
+    score_dirs: dict[str, dict[int, Path]],
+    labels: dict[str, int],
+    baselines: dict,
+    n_resamples: int = 1000,
+    column: str = TAIL,
 ) -> dict[str, dict[str, dict]]:
-    """``{setting: {baseline: compare_over_seeds(...)}}``: ``TAIL`` of each setting's runs against each baseline's
+    """``{setting: {baseline: compare_over_seeds(...)}}``: ``column`` of each setting's runs against each baseline's
     best column on the same test scans, per seed and pooled over seeds (the detection benchmark's rule)."""
     from detection import compare_over_seeds
 
@@ -168,19 +174,19 @@ def against_baselines(
         tables = {}
         for seed, score_dir in by_seed.items():
             scores = pd.read_csv(score_dir / "scores.csv", dtype={"subject_id": str})
-            scores = scores[scores["subject_id"].isin(labels)][["subject_id", TAIL]]
+            scores = scores[scores["subject_id"].isin(labels)][["subject_id", column]]
             tables[seed] = scores.assign(label=scores["subject_id"].map(labels).astype(int))
         out[name] = {}
-        for baseline, (column, reference) in baselines.items():
+        for baseline, (baseline_column, reference) in baselines.items():
             paired = {seed: t.merge(reference, on="subject_id") for seed, t in tables.items()}
             out[name][baseline] = {
-                "baseline_column": column,
-                **compare_over_seeds(paired, TAIL, "baseline", n_resamples=n_resamples),
+                "baseline_column": baseline_column,
+                **compare_over_seeds(paired, column, "baseline", n_resamples=n_resamples),
             }
     return out
 
 
-def baselines_table(comparisons: dict[str, dict[str, dict]]) -> str:
+def baselines_table(comparisons: dict[str, dict[str, dict]], column: str = TAIL) -> str:
     rows = []
     for name, by_baseline in comparisons.items():
         for baseline, c in by_baseline.items():
@@ -192,7 +198,7 @@ def baselines_table(comparisons: dict[str, dict[str, dict]]) -> str:
                 f"{c['pooled']['difference']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "n/a",
                 c["verdict"],
             ])  # fmt: skip
-    header = ["setting", "baseline (best column, AUROC)", f"`{TAIL}` − baseline per seed", "mean ± SD",
+    header = ["setting", "baseline (best column, AUROC)", f"`{column}` − baseline per seed", "mean ± SD",
               "pooled [95 % CI]", "beats it over seeds"]  # fmt: skip
     return markdown_table(header, rows)
 
@@ -235,7 +241,7 @@ def real_table(real: dict[str, dict[int, dict]], column: str) -> str:
     return markdown_table(["setting", *cases], rows)
 
 
-def reading(data: list[dict], default_batch: int) -> str:
+def reading(data: list[dict], default_batch: int, column: str = TAIL) -> str:
     """One sentence from the numbers: do held-out bits/dim still fall with the step count (equal phases, the
     demo's batch size and learning rates), where do the other settings land, and how do the volume AUROCs move
     (mean ± SD over the seeds) from setting to setting?"""
@@ -257,17 +263,17 @@ def reading(data: list[dict], default_batch: int) -> str:
     falling = all(b < a for a, b in zip(held, held[1:]))
     others = "".join(f"; {s.name(default_batch)} {held_out(s):.2f}" for s in settings if s not in plain)
 
-    def moved(column: str) -> str:
-        return " → ".join(
-            "{:.3f} ± {:.3f}".format(*over_seeds(s, lambda d: d["auroc"][column])) for s in settings
-        )
+    def moved(c: str) -> str:
+        return " → ".join("{:.3f} ± {:.3f}".format(*over_seeds(s, lambda d: d["auroc"][c])) for s in settings)
+
+    other = "nll_top200mm3" if column == "llr_top200mm3" else "llr_top200mm3"
 
     return (
         f"Held-out bits/dim (mean over seeds) {held[0]:.2f} at {plain[0].general} steps per phase, {held[-1]:.2f} at "
         f"{plain[-1].general}: {'still falling at every step count (under-trained at the smaller ones)' if falling else 'not falling at every step count'}"
         f"{others}; volume AUROC (mean ± SD over seeds; settings "
-        f"{' → '.join(s.name(default_batch) for s in settings)}) of `{TAIL}` {moved(TAIL)}, "
-        f"of `llr_top200mm3` {moved('llr_top200mm3')}."
+        f"{' → '.join(s.name(default_batch) for s in settings)}) of `{column}` {moved(column)}, "
+        f"of `{other}` {moved(other)}."
     )
 
 
@@ -290,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="DATA",
         help="also score the real FLAIR cases of DATA (../shared/data) with every run: slice AUROC inside each scan",
+    )
+    parser.add_argument(
+        "--column",
+        default=TAIL,
+        choices=COLUMNS,
+        help="the volume column whose healthy tail is shown and which is compared with the baselines",
     )
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "mri-anomaly-glow2d-steps"))
     parser.add_argument("--docs", default=str(DOCS_DIR))
@@ -339,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             score_dir = out / "scores" / f"steps{name}-seed{seed}"
             aurocs = volume_aurocs_on_test(run_dir, datalist_path, score_dir, COLUMNS)
             score_dirs.setdefault(name, {})[seed] = score_dir
-            tail = healthy_tail(score_dir, datalist_path, TAIL)
+            tail = healthy_tail(score_dir, datalist_path, args.column)
             if cases:
                 real.setdefault(name, {})[seed] = real_slice_aurocs(
                     run_dir, cases, out / "real" / f"steps{name}-seed{seed}"
@@ -351,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                          "train_seconds": train_seconds, "slices": {s: len(cache[s]) for s in cache}})  # fmt: skip
             print(f"[glow2d-steps] {name} seed {seed}: {rows[-1]}", file=sys.stderr, flush=True)
     header = ["steps per phase (general+in, xbatch)", "seed", "bits/dim, 80 training scans", "bits/dim, 80 held-out healthy",
-              *(f"AUROC `{c}`" for c in COLUMNS), f"healthy `{TAIL}` median (90th pct)", "training s"]  # fmt: skip
+              *(f"AUROC `{c}`" for c in COLUMNS), f"healthy `{args.column}` median (90th pct)", "training s"]  # fmt: skip
     labels = {it["subject_id"]: int(it["label"]) for it in datalist["test"]}
-    comparisons = against_baselines(score_dirs, labels, baseline_columns(demo, labels))
+    comparisons = against_baselines(score_dirs, labels, baseline_columns(demo, labels), column=args.column)
     meta = run_meta("glow2d_steps.py", argv, load_start, t0, demo=str(demo))
     md = write_steps_doc(
         Path(args.docs),
@@ -364,16 +376,16 @@ def main(argv: list[str] | None = None) -> int:
         "one thread each, which rounds differently). Bits/dim of the in-distribution model on axial slices with ≥ 10 % brain; "
         "AUROC of volume columns on the test scans (CIs: the comparison with the baselines below).",
         markdown_table(header, rows)
-        + f"\n\nAgainst the baselines: `{TAIL}` of each setting's runs against the demo's `intensity` and `normative` "
+        + f"\n\nAgainst the baselines: `{args.column}` of each setting's runs against the demo's `intensity` and `normative` "
         "runs' best volume column on the same test scans (paired bootstrap, 1000 resamples; pooled: the seed-averaged "
         "difference; beats it when ahead at every seed with the pooled CI above 0, the detection benchmark's rule).\n\n"
-        + baselines_table(comparisons)
+        + baselines_table(comparisons, args.column)
         + "".join(
             f"\n\nReal FLAIR cases (`--real`; models trained on the synthetic demo, never on these): slice AUROC of "
             f"`{column}` inside each scan, mean (min–max) over seeds.\n\n" + real_table(real, column)
             for column in (REAL_COLUMNS if real else ())
         ),
-        reading(data, default_batch),
+        reading(data, default_batch, args.column),
         {"runs": data, "against_baselines": comparisons, "real_slice_auroc": real},
     )
     print(md)

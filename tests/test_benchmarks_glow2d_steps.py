@@ -52,14 +52,15 @@ def test_against_baselines_by_hand(steps, tmp_path):
     # the setting's runs: seed 0 ranks perfectly (1), seed 1 as intensity's best (5/6)
     dirs = {"200": {0: _write_scores(tmp_path / "s0", nll_top200mm3=[0, 1, 2, 3, 4, 5, 6]),
                     1: _write_scores(tmp_path / "s1", nll_top200mm3=[0, 1, 2, 5, 3, 4, 6])}}  # fmt: skip
-    result = steps.against_baselines(dirs, labels, baselines, n_resamples=200)["200"]
+    result = steps.against_baselines(dirs, labels, baselines, n_resamples=200, column="nll_top200mm3")["200"]
     vs = result["intensity"]
     assert [p["difference"] for p in vs["per_seed"]] == pytest.approx([1 / 6, 0.0])
     assert vs["mean"]["auroc_b"] == pytest.approx(5 / 6)
     assert vs["verdict"] == "does not hold" and "seed 1" in vs["reasons"][0]
     assert [p["difference"] for p in result["normative"]["per_seed"]] == pytest.approx([0.0, -1 / 6])
-    table = steps.baselines_table({"200": result})
+    table = steps.baselines_table({"200": result}, "nll_top200mm3")
     assert "`intensity` (`intensity_q999`, 0.833)" in table and "+0.167 / +0.000" in table
+    assert "`nll_top200mm3` − baseline per seed" in table
 
 
 def test_real_table_means_and_ranges_over_seeds(steps):

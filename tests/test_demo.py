@@ -130,3 +130,27 @@ def test_runs_in_lanes_train_and_score_as_one_after_the_other(demo_cohort, tmp_p
         for name in ("runs/{}/thresholds.json", "scores/{}/scores.csv", "scores/{}/slice_scores.csv"):
             path = name.format(r.name)
             assert (outs[1] / path).read_text() == (outs[2] / path).read_text(), path
+
+
+def test_run_seed_takes_a_run_defined_outside_the_demo(demo_cohort, tmp_path):
+    """``run_seed`` retrains a :class:`DemoRun` it is given (an ablation's variant) with the seed on the demo's
+    cohort, its overrides kept; an unknown run name is still refused."""
+    import shutil
+
+    from mri_anomaly.errors import UserInputError
+    from mri_anomaly.pipeline import STATE_FILE, DemoRun, run_seed
+    from mri_anomaly.training.config import config_from_yaml
+
+    demo = tmp_path / "demo"
+    shutil.copytree(demo_cohort.parent, demo / "data")
+    (demo / STATE_FILE).write_text(json.dumps({"settings": {"seed": 0, "smoke": True}, "data": {"done": True}}))
+    variant = DemoRun("latent-norm-ae-2d-aug", "latent-norm-ae-2d.yaml", ("train.augment=true",))
+
+    out = run_seed(demo, 3, runs=[variant], progress=False, log=lambda _: None, lanes=1)
+
+    config = config_from_yaml((out / "runs" / variant.name / "config.yaml").read_text())
+    assert config["seed"] == 3 and config["train"]["augment"] is True
+    assert (out / "runs" / variant.name / "checkpoint.pt").is_file()
+    assert (out / "scores" / variant.name / "scores.csv").is_file()
+    with pytest.raises(UserInputError, match="unknown demo runs"):
+        run_seed(demo, 3, runs=["no-such-run"], progress=False, log=lambda _: None, lanes=1)

@@ -399,7 +399,7 @@ def run_demo(
 def run_seed(
     demo: str | os.PathLike,
     seed: int,
-    runs: Sequence[str] = SEED_RUNS,
+    runs: Sequence[str | DemoRun] = SEED_RUNS,
     device: str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] = _say,
@@ -408,7 +408,8 @@ def run_seed(
     """Train and score ``runs`` of a finished demo again with the config's ``seed=<seed>`` on the same cohort.
 
     Each run keeps its :data:`DEMO_RUNS` config and overrides (and the demo's smoke sizes when the demo is a
-    smoke demo); ``seed`` sets model init, data order, augmentation and synthetic lesions. Writes
+    smoke demo); ``seed`` sets model init, data order, augmentation and synthetic lesions. A :class:`DemoRun` in
+    ``runs`` is taken as given (another config or overrides on the same cohort: an ablation's variants). Writes
     ``DEMO/seeds/<seed>/runs/<name>`` and ``DEMO/seeds/<seed>/scores/<name>`` (validation and test sections),
     resumable like the demo (``DEMO/seeds/<seed>/seed_state.json``); no evaluation. Returns
     ``DEMO/seeds/<seed>``.
@@ -424,10 +425,10 @@ def run_seed(
             f"{demo}: no finished demo cohort (data/datalist.json); run the demo there first"
         )
     by_name = {r.name: r for r in DEMO_RUNS}
-    unknown = [n for n in runs if n not in by_name]
+    unknown = [n for n in runs if not isinstance(n, DemoRun) and n not in by_name]
     if unknown:
         raise UserInputError(f"unknown demo runs {unknown}; known: {sorted(by_name)}")
-    chosen = [by_name[n] for n in runs]
+    chosen = [n if isinstance(n, DemoRun) else by_name[n] for n in runs]
     smoke = bool((demo_state.data.get("settings") or {}).get("smoke"))
     out = demo / "seeds" / str(seed)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,16 +33,19 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, markdown_table  # noqa: E402
 from mri_anomaly.scoring.maps import MAP_QUANTILE, MAP_TOP_VOLUME  # noqa: E402
 from real_data import default_data_dir, score_real_cases  # noqa: E402
 
 REUSED_FILE = "ablation_reused.json"
+SEED_STATE = "seed_state.json"  # mri_anomaly.pipeline.run_seed's state file in DEMO/seeds/<s>/
+UNSEEDED = ("intensity", "normative", "normative-hist")  # no trained weights: the same scores at every seed
 MAP_SUFFIXES = (MAP_QUANTILE[0], MAP_TOP_VOLUME[0])
 HIST = ("preprocessing.intensity.standardize=histogram",)
 AUG = ("train.augment=true",)
@@ -71,6 +74,106 @@ VARIANT_OF = {
 }
 
 
+def _is_map_column(column: str) -> bool:
+    return any(column.endswith(f"_{s}") for s in MAP_SUFFIXES)
+
+
+def labelled_test_scores(folder: Path, datalist: Path, run: str):
+    """``folder/scores/<run>/scores.csv``'s labelled test scans: ``subject_id``, ``label`` and the map columns; None
+    when the table is absent.
+
+    Raises:
+        ValueError: a test scan appears twice.
+    """
+    from mri_anomaly.evaluation.levels import labelled_scans
+    from mri_anomaly.evaluation.score_tables import attach_datalist, datalist_lookup, load_score_tables
+
+    if not (folder / "scores" / run / "scores.csv").is_file():
+        return None
+    # the raw sections: only labels are read here, and the images need not be where the datalist says
+    lookup = datalist_lookup(json.loads(datalist.read_text()))
+    ss = load_score_tables(folder / "scores" / run, run)
+    attach_datalist(ss, lookup)
+    df = labelled_scans(ss.volumes[ss.volumes["section"] == "test"])
+    if df["subject_id"].duplicated().any():
+        raise ValueError(f"{folder / 'scores' / run / 'scores.csv'}: a test subject_id appears twice")
+    return df[["subject_id", "label", *(c for c in ss.score_columns if _is_map_column(c))]]
+
+
+def paired_test_scans(folder: Path, datalist: Path, variant: str, shipped: str):
+    """The two runs' scores of the labelled test scans, one row per scan: ``subject_id``, ``label`` and
+    ``<column>@a`` (variant) / ``<column>@b`` (shipped) for each map column both have; None when either run has no
+    ``folder/scores/<run>/scores.csv``.
+
+    Raises:
+        ValueError: the runs scored different test scans, a scan appears twice or has two labels.
+    """
+    a, b = labelled_test_scores(folder, datalist, variant), labelled_test_scores(folder, datalist, shipped)
+    if a is None or b is None:
+        return None
+    both = a.merge(b, on="subject_id", suffixes=("@a", "@b"))
+    if len(both) != len(a) or len(both) != len(b):
+        raise ValueError(
+            f"{variant} and {shipped} scored different test scans ({len(a)}, {len(b)}) in {folder}"
+        )
+    if not (both["label@a"] == both["label@b"]).all():
+        raise ValueError(f"{variant} and {shipped}: the same scan has two labels in {folder}")
+    return both.drop(columns="label@b").rename(columns={"label@a": "label"})
+
+
+def against_baseline_over_seeds(
+    demo: Path,
+    seeds: Sequence[int],
+    runs: Sequence[str],
+    baseline: str = "intensity",
+    n_resamples: int = 1000,
+) -> dict[str, dict]:
+    """Each run's best map column against ``baseline``'s best, per seed and pooled (``compare_over_seeds``).
+
+    Both columns are chosen at seed 0 (the demo's; the baseline has no training seed, so its seed-0 scores are
+    paired with every seed), as ``detection.py`` chooses them. Runs scored at fewer than two seeds are skipped.
+    Returns ``{run: {"column", "baseline_column", **compare_over_seeds(...)}}``.
+    """
+    import numpy as np
+    from detection import compare_over_seeds
+    from mri_anomaly.evaluation.metrics import auroc
+
+    datalist = demo / "data" / "datalist.json"
+
+    def best(df) -> str:
+        columns = [c for c in df.columns if c not in ("subject_id", "label")]
+        return max(columns, key=lambda c: auroc(df["label"].to_numpy(int), df[c].to_numpy(np.float64)))
+
+    base = labelled_test_scores(demo, datalist, baseline)
+    if base is None:
+        return {}
+    base_column = best(base)
+    reference = base[["subject_id", base_column]].rename(columns={base_column: "baseline"})
+    out: dict[str, dict] = {}
+    for run in runs:
+        tables = {}
+        for seed in (0, *seeds):
+            df = labelled_test_scores(demo if seed == 0 else demo / "seeds" / str(seed), datalist, run)
+            if df is not None:
+                tables[seed] = df
+        if 0 not in tables or len(tables) < 2:
+            continue
+        column = best(tables[0])
+        paired = {
+            s: t[["subject_id", "label", column]].merge(reference, on="subject_id") for s, t in tables.items()
+        }
+        out[run] = {
+            "column": column,
+            "baseline_column": base_column,
+            **compare_over_seeds(paired, column, "baseline", n_resamples=n_resamples),
+        }
+    return out
+
+
+def _columns(both) -> list[str]:
+    return [c[:-2] for c in both.columns if c.endswith("@a") and f"{c[:-2]}@b" in both.columns]
+
+
 def variant_differences(demo: Path, variant_of: dict[str, str], n_resamples: int = 1000) -> dict[str, dict]:
     """Each variant's map columns against its shipped run's same column on the demo's test scans.
 
@@ -80,53 +183,66 @@ def variant_differences(demo: Path, variant_of: dict[str, str], n_resamples: int
     """
     import numpy as np
     from mri_anomaly.evaluation.bootstrap import auroc_difference_with_ci
-    from mri_anomaly.evaluation.levels import labelled_scans
-    from mri_anomaly.evaluation.score_tables import attach_datalist, datalist_lookup, load_score_tables
-
-    # the raw sections: only labels are read here, and the images need not be where the datalist says
-    lookup = datalist_lookup(json.loads((demo / "data" / "datalist.json").read_text()))
-
-    def test_scans(run: str):
-        ss = load_score_tables(demo / "scores" / run, run)
-        attach_datalist(ss, lookup)
-        df = labelled_scans(ss.volumes[ss.volumes["section"] == "test"])
-        if df["subject_id"].duplicated().any():
-            raise ValueError(f"{demo / 'scores' / run / 'scores.csv'}: a test subject_id appears twice")
-        return df, ss.score_columns
 
     out: dict[str, dict] = {}
     for variant, shipped in variant_of.items():
-        if not all((demo / "scores" / r / "scores.csv").is_file() for r in (variant, shipped)):
+        both = paired_test_scans(demo, demo / "data" / "datalist.json", variant, shipped)
+        if both is None:
             continue
-        (a, columns_a), (b, columns_b) = test_scans(variant), test_scans(shipped)
-        both = a.merge(b, on="subject_id", suffixes=("@a", "@b"))
-        if len(both) != len(a) or len(both) != len(b):
-            raise ValueError(f"{variant} and {shipped} scored different test scans ({len(a)}, {len(b)})")
-        if not (both["label@a"] == both["label@b"]).all():
-            raise ValueError(f"{variant} and {shipped}: the same scan has two labels")
-        for column in columns_a:
-            if column not in columns_b or not any(column.endswith(f"_{s}") for s in MAP_SUFFIXES):
-                continue
+        for column in _columns(both):
             out[f"{variant}/{column}"] = auroc_difference_with_ci(
-                both["label@a"].to_numpy(int),
+                both["label"].to_numpy(int),
                 [(both[f"{column}@a"].to_numpy(np.float64), both[f"{column}@b"].to_numpy(np.float64))],
                 n_resamples=n_resamples,
             )
     return out
 
 
-def reuse_shipped_runs(demo: Path, out: Path, runs) -> list[str]:
+def variant_differences_over_seeds(
+    demo: Path, seeds: Sequence[int], variant_of: dict[str, str], n_resamples: int = 1000
+) -> dict[str, dict]:
+    """The same comparison at every training seed (seed 0: ``demo``; seed s: ``demo/seeds/<s>``), per seed and
+    pooled over the seeds every pair has (``detection.compare_over_seeds``: the paired difference per seed, mean
+    ± SD, the seed-averaged difference with a bootstrap CI over scans, and the verdict "holds" when the variant is
+    ahead at every seed with the pooled CI above 0). Pairs found at fewer than two seeds are skipped."""
+    from detection import compare_over_seeds
+
+    datalist = demo / "data" / "datalist.json"
+    out: dict[str, dict] = {}
+    for variant, shipped in variant_of.items():
+        tables = {}
+        for seed in (0, *seeds):
+            folder = demo if seed == 0 else demo / "seeds" / str(seed)
+            both = paired_test_scans(folder, datalist, variant, shipped)
+            if both is not None:
+                tables[seed] = both
+        if len(tables) < 2:
+            continue
+        for column in _columns(tables[min(tables)]):
+            out[f"{variant}/{column}"] = {
+                "shipped_run": shipped,
+                **compare_over_seeds(tables, f"{column}@a", f"{column}@b", n_resamples=n_resamples),
+            }
+    return out
+
+
+def reuse_shipped_runs(demo: Path, out: Path, runs, state_file: str | None = None) -> list[str]:
     """Copy a finished demo's runs that ``runs`` defines exactly as the demo does into the ablation folder ``out``.
 
     A run is reused when its name, config file and overrides equal :data:`~mri_anomaly.pipeline.DEMO_RUNS`' entry
     and the demo finished both its stages: ``runs/<name>``, ``scores/<name>`` and the two stages' state entries
-    are copied, so ``run_demo`` resumes past them (same code, same cohort, same seed: the run it would train).
+    (``state_file``: the demo's ``demo_state.json``, default, or a seed's ``seed_state.json``) are copied, so
+    ``run_demo`` / ``run_seed`` resume past them (same code, same cohort, same seed: the run it would train).
     Returns the names reused.
     """
     from mri_anomaly.pipeline import DEMO_RUNS, STATE_FILE
 
-    demo_state = json.loads((demo / STATE_FILE).read_text())
-    state = json.loads((out / STATE_FILE).read_text())
+    state_file = state_file or STATE_FILE
+    if not (demo / state_file).is_file():
+        return []
+    demo_state = json.loads((demo / state_file).read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    state = json.loads((out / state_file).read_text()) if (out / state_file).is_file() else {}
     shipped = {(r.name, r.config, tuple(r.overrides)) for r in DEMO_RUNS}
     reused = []
     for r in runs:
@@ -139,7 +255,7 @@ def reuse_shipped_runs(demo: Path, out: Path, runs) -> list[str]:
             shutil.copytree(demo / folder / r.name, out / folder / r.name)
         state.update({k: demo_state[k] for k in stages})
         reused.append(r.name)
-    (out / STATE_FILE).write_text(json.dumps(state))
+    (out / state_file).write_text(json.dumps(state))
     return reused
 
 
@@ -151,8 +267,117 @@ def _signed(v) -> str:
     return "–" if v is None else f"{v:+.3f}".replace("-", "−")
 
 
-def tables(metrics: dict, real: dict | None, differences: dict | None = None) -> tuple[str, dict]:
-    """Markdown tables and their data from the demo's metrics, the real-case scores and ``variant_differences``."""
+def seeds_lines(over_seeds: dict) -> list[str]:
+    """The "over training seeds" section from ``variant_differences_over_seeds``."""
+    rows = []
+    for key, c in over_seeds.items():
+        variant, column = key.split("/", 1)
+        ci = c["pooled"].get("difference_ci")
+        rows.append(
+            [
+                variant,
+                f"`{c['shipped_run']}`",
+                f"`{column}`",
+                f"{c['mean']['auroc_b']:.3f} ± {c['sd']['auroc_b']:.3f}",
+                f"{c['mean']['auroc_a']:.3f} ± {c['sd']['auroc_a']:.3f}",
+                " / ".join(_signed(p["difference"]) for p in c["per_seed"]),
+                f"{_signed(c['pooled']['difference'])} [{_signed(ci[0])}, {_signed(ci[1])}]" if ci else "–",
+                "**holds**" if c["verdict"] == "holds" else "no",
+            ]
+        )
+    seeds = sorted({p["seed"] for c in over_seeds.values() for p in c["per_seed"]})
+    header = ["variant", "shipped run", "column", "shipped AUROC, mean ± SD", "variant AUROC, mean ± SD",
+              "variant − shipped per seed", "pooled [95 % CI]", "variant ahead at every seed, pooled CI > 0"]  # fmt: skip
+    return [
+        f"## Over training seeds {', '.join(map(str, seeds))} (the runs that train; demo test scans)",
+        "",
+        "Each seed retrains the variant and its shipped run with the config's `seed`; the difference is paired on the "
+        "same test scans per seed, and pooled: the seed-averaged difference with a bootstrap CI over scans "
+        "(`detection.compare_over_seeds`, 1000 resamples). One run's difference is one draw of these.",
+        "",
+        markdown_table(header, rows),
+    ]
+
+
+def baseline_lines(against: dict) -> list[str]:
+    """The "against the baseline over seeds" section from ``against_baseline_over_seeds``."""
+    rows = []
+    for run, c in against.items():
+        ci = c["pooled"].get("difference_ci")
+        rows.append(
+            [
+                run,
+                f"`{c['column']}`",
+                " / ".join(f"{p['auroc_a']:.3f}" for p in c["per_seed"]),
+                f"{c['mean']['auroc_a']:.3f} ± {c['sd']['auroc_a']:.3f}",
+                " / ".join(_signed(p["difference"]) for p in c["per_seed"]),
+                f"{_signed(c['pooled']['difference'])} [{_signed(ci[0])}, {_signed(ci[1])}]" if ci else "–",
+                "**holds**" if c["verdict"] == "holds" else "no",
+            ]
+        )
+    first = next(iter(against.values()))
+    base = f"`{first['baseline_column']}` ({first['mean']['auroc_b']:.3f})"
+    header = ["run", "column (best at seed 0)", "AUROC per seed", "mean ± SD", f"− {base} per seed",
+              "pooled [95 % CI]", "ahead at every seed, pooled CI > 0"]  # fmt: skip
+    return [
+        "## Against the `intensity` baseline over the same seeds",
+        "",
+        "Each run's best map column at seed 0 against `intensity`'s best (it has no training seed: its scores are "
+        "paired with every seed), the detection benchmark's rule: ahead at every seed with the pooled CI above 0.",
+        "",
+        markdown_table(header, rows),
+    ]
+
+
+def real_seeds_lines(over: dict, cases: Sequence[str]) -> tuple[list[str], dict]:
+    """The real cases over seeds from ``score_real_cases(..., seeds=)``'s ``over_seeds``: per run and case, the
+    best slice column's AUROC and the best map's AP at each seed, as mean (min–max) over the seeds."""
+
+    def per_seed_best(by_column: dict) -> list[float | None]:
+        n = max((len(v) for v in by_column.values()), default=0)
+        best = []
+        for i in range(n):
+            values = [v[i] for v in by_column.values() if i < len(v) and v[i] is not None]
+            best.append(max(values) if values else None)
+        return best
+
+    def cell(values: list[float | None]) -> tuple[str, dict | None]:
+        v = [x for x in values if x is not None]
+        if not v:
+            return "–", None
+        return f"{sum(v) / len(v):.2f} ({min(v):.2f}–{max(v):.2f})", {
+            "mean": sum(v) / len(v),
+            "per_seed": values,
+        }
+
+    rows, data = [], {}
+    for run, entry in over.items():
+        cells = []
+        for case in cases:
+            s_text, s_data = cell(per_seed_best(entry["slice"].get(case, {})))
+            a_text, a_data = cell(per_seed_best(entry["voxel"].get(case, {})))
+            cells.append(f"{s_text} / {a_text}")
+            data.setdefault(run, {})[case] = {"slice_auroc": s_data, "voxel_ap": a_data}
+        rows.append([f"{run} (seeds {', '.join(map(str, entry['seeds']))})", *cells])
+    return [
+        "## Real cases over training seeds: slice AUROC / voxel AP, mean (min–max)",
+        "",
+        "Per seed the best slice column and the best map of the run on the case, as in the table above; then the "
+        "mean and range over the seeds. One training run's per-case numbers move by up to 0.3 from seed to seed.",
+        "",
+        markdown_table(["run", *cases], rows),
+    ], data
+
+
+def tables(
+    metrics: dict,
+    real: dict | None,
+    differences: dict | None = None,
+    over_seeds: dict | None = None,
+    against: dict | None = None,
+) -> tuple[str, dict]:
+    """Markdown tables and their data from the demo's metrics, the real-case scores, ``variant_differences`` and
+    ``variant_differences_over_seeds``."""
     demo_rows, data = [], {"demo": {}, "real": {}}
     for key, v in sorted(metrics["volume"].items()):
         run, column = key.split("/", 1)
@@ -186,6 +411,12 @@ def tables(metrics: dict, real: dict | None, differences: dict | None = None) ->
         "|---|---|---|---|---|",
         *demo_rows,
     ]
+    if over_seeds:
+        lines += ["", *seeds_lines(over_seeds)]
+        data["over_seeds"] = over_seeds
+    if against:
+        lines += ["", *baseline_lines(against)]
+        data["against_intensity_over_seeds"] = against
     if real:
         cases = [c for c in real["cases"] if any(c in (real["voxel"].get(r) or {}) for r in real["runs"])]
         lines += [
@@ -216,6 +447,9 @@ def tables(metrics: dict, real: dict | None, differences: dict | None = None) ->
             "Slice AUROC: the best slice column of the run; voxel AP: its best map (chance is the lesion's share of "
             "the brain, see `real_data.md`).",
         ]
+        if real.get("over_seeds"):
+            real_lines, data["real_over_seeds"] = real_seeds_lines(real["over_seeds"], cases)
+            lines += ["", *real_lines]
     return "\n".join(lines), data
 
 
@@ -228,11 +462,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --cohort: take the demo's own trained and scored runs where the ablation's are the same",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="extra training seeds (e.g. 1 2): the runs that train are retrained with config seed=<s> in "
+        "OUT/seeds/<s>/ and each variant is compared with its shipped run over seeds 0 and these",
+    )
     parser.add_argument("--data", type=Path, default=default_data_dir())
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks")
     args = parser.parse_args(argv)
 
-    from mri_anomaly.pipeline import STATE_FILE, run_demo
+    from mri_anomaly.pipeline import STATE_FILE, run_demo, run_seed
 
     runs = ablation_runs()
     load_start = os.getloadavg()
@@ -254,12 +496,31 @@ def main(argv: list[str] | None = None) -> int:
             ", ".join(f"`{r}`" for r in reused["runs"]) or "none"
         )
         reused_note += "."
+        if args.seeds and args.reuse_shipped:
+            reused_note += (
+                " Seeds: the same runs from the demo's `seeds/<s>/` where `detection.py --seeds` made them."
+            )
     run_demo(args.out, runs=runs, progress=False)
+    seeded = [r for r in runs if r.name not in UNSEEDED]
+    for seed in args.seeds:
+        if args.reuse_shipped and args.cohort is not None:
+            taken = reuse_shipped_runs(
+                args.cohort.parent / "seeds" / str(seed), args.out / "seeds" / str(seed), seeded, SEED_STATE
+            )
+            if taken:
+                print(f"seed {seed}: reused from the demo: {', '.join(taken)}", file=sys.stderr)
+        run_seed(args.out, seed, runs=seeded, progress=False)
     metrics = json.loads((args.out / "report" / "metrics.json").read_text())
     real = None
     if args.data.is_dir():
-        real = score_real_cases(args.out, args.data, args.out / "real", [r.name for r in runs], 500_000)
-    body, data = tables(metrics, real, variant_differences(args.out, VARIANT_OF))
+        real = score_real_cases(
+            args.out, args.data, args.out / "real", [r.name for r in runs], 500_000, seeds=args.seeds
+        )
+    over_seeds = variant_differences_over_seeds(args.out, args.seeds, VARIANT_OF) if args.seeds else None
+    against = (
+        against_baseline_over_seeds(args.out, args.seeds, [r.name for r in seeded]) if args.seeds else None
+    )
+    body, data = tables(metrics, real, variant_differences(args.out, VARIANT_OF), over_seeds, against)
     command = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = "\n".join(

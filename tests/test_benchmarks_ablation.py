@@ -22,6 +22,15 @@ def _scores(folder, rows):
         writer.writerows(rows)
 
 
+def _demo_with_test_labels(tmp_path, labels):
+    """A demo folder whose datalist has one test scan ``s<i>`` per label (no images: only labels are read)."""
+    demo = tmp_path / "demo"
+    (demo / "data").mkdir(parents=True)
+    test = [{"subject_id": f"s{i}", "image": f"images/s{i}.nii.gz", "label": y} for i, y in enumerate(labels)]
+    (demo / "data" / "datalist.json").write_text(json.dumps({"test": test}))
+    return demo
+
+
 def _auroc(y, s):
     """Mann-Whitney by hand: P(anomalous > healthy) + 0.5 P(tie)."""
     pos = [v for v, t in zip(s, y) if t]
@@ -33,10 +42,7 @@ def test_variant_differences_pairs_scans_by_subject(ab, tmp_path):
     labels = [0, 0, 0, 1, 1, 1]
     shipped = [0.1, 0.5, 0.3, 0.4, 0.9, 0.2]  # AUROC 6/9
     variant = [0.1, 0.2, 0.3, 0.4, 0.9, 0.8]  # AUROC 8/9
-    demo = tmp_path / "demo"
-    (demo / "data").mkdir(parents=True)
-    test = [{"subject_id": f"s{i}", "image": f"images/s{i}.nii.gz", "label": y} for i, y in enumerate(labels)]
-    (demo / "data" / "datalist.json").write_text(json.dumps({"test": test}))
+    demo = _demo_with_test_labels(tmp_path, labels)
     rows = lambda values: [  # noqa: E731
         {"subject_id": f"s{i}", "section": "test", "x_q999": v, "x_top200mm3": -v, "x_mean": v}
         for i, v in enumerate(values)
@@ -118,10 +124,7 @@ def test_reuse_shipped_runs_copies_only_runs_defined_as_the_demo(ab, tmp_path):
 
 def test_variant_differences_over_seeds_pairs_each_seed_and_pools(ab, tmp_path):
     labels = [0, 0, 0, 1, 1, 1]
-    demo = tmp_path / "demo"
-    (demo / "data").mkdir(parents=True)
-    test = [{"subject_id": f"s{i}", "image": f"images/s{i}.nii.gz", "label": y} for i, y in enumerate(labels)]
-    (demo / "data" / "datalist.json").write_text(json.dumps({"test": test}))
+    demo = _demo_with_test_labels(tmp_path, labels)
     rows = lambda values: [  # noqa: E731
         {"subject_id": f"s{i}", "section": "test", "x_q999": v} for i, v in enumerate(values)
     ]
@@ -188,10 +191,7 @@ def test_reuse_shipped_runs_for_a_seed_folder(ab, tmp_path):
 
 def test_against_baseline_over_seeds_chooses_columns_at_seed_0(ab, tmp_path):
     labels = [0, 0, 0, 1, 1, 1]
-    demo = tmp_path / "demo"
-    (demo / "data").mkdir(parents=True)
-    test = [{"subject_id": f"s{i}", "image": f"images/s{i}.nii.gz", "label": y} for i, y in enumerate(labels)]
-    (demo / "data" / "datalist.json").write_text(json.dumps({"test": test}))
+    demo = _demo_with_test_labels(tmp_path, labels)
 
     def rows(**columns):
         return [

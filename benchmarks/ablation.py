@@ -267,12 +267,18 @@ def _signed(v) -> str:
     return "–" if v is None else f"{v:+.3f}".replace("-", "−")
 
 
+def _pooled_cells(c: dict) -> list[str]:
+    """``compare_over_seeds``' pooled difference with its CI, and its verdict, as two table cells."""
+    ci = c["pooled"].get("difference_ci")
+    pooled = f"{_signed(c['pooled']['difference'])} [{_signed(ci[0])}, {_signed(ci[1])}]" if ci else "–"
+    return [pooled, "**holds**" if c["verdict"] == "holds" else "no"]
+
+
 def seeds_lines(over_seeds: dict) -> list[str]:
     """The "over training seeds" section from ``variant_differences_over_seeds``."""
     rows = []
     for key, c in over_seeds.items():
         variant, column = key.split("/", 1)
-        ci = c["pooled"].get("difference_ci")
         rows.append(
             [
                 variant,
@@ -281,8 +287,7 @@ def seeds_lines(over_seeds: dict) -> list[str]:
                 f"{c['mean']['auroc_b']:.3f} ± {c['sd']['auroc_b']:.3f}",
                 f"{c['mean']['auroc_a']:.3f} ± {c['sd']['auroc_a']:.3f}",
                 " / ".join(_signed(p["difference"]) for p in c["per_seed"]),
-                f"{_signed(c['pooled']['difference'])} [{_signed(ci[0])}, {_signed(ci[1])}]" if ci else "–",
-                "**holds**" if c["verdict"] == "holds" else "no",
+                *_pooled_cells(c),
             ]
         )
     seeds = sorted({p["seed"] for c in over_seeds.values() for p in c["per_seed"]})
@@ -303,7 +308,6 @@ def baseline_lines(against: dict) -> list[str]:
     """The "against the baseline over seeds" section from ``against_baseline_over_seeds``."""
     rows = []
     for run, c in against.items():
-        ci = c["pooled"].get("difference_ci")
         rows.append(
             [
                 run,
@@ -311,8 +315,7 @@ def baseline_lines(against: dict) -> list[str]:
                 " / ".join(f"{p['auroc_a']:.3f}" for p in c["per_seed"]),
                 f"{c['mean']['auroc_a']:.3f} ± {c['sd']['auroc_a']:.3f}",
                 " / ".join(_signed(p["difference"]) for p in c["per_seed"]),
-                f"{_signed(c['pooled']['difference'])} [{_signed(ci[0])}, {_signed(ci[1])}]" if ci else "–",
-                "**holds**" if c["verdict"] == "holds" else "no",
+                *_pooled_cells(c),
             ]
         )
     first = next(iter(against.values()))
@@ -376,8 +379,8 @@ def tables(
     over_seeds: dict | None = None,
     against: dict | None = None,
 ) -> tuple[str, dict]:
-    """Markdown tables and their data from the demo's metrics, the real-case scores, ``variant_differences`` and
-    ``variant_differences_over_seeds``."""
+    """Markdown tables and their data from the demo's metrics, the real-case scores, ``variant_differences``,
+    ``variant_differences_over_seeds`` and ``against_baseline_over_seeds``."""
     demo_rows, data = [], {"demo": {}, "real": {}}
     for key, v in sorted(metrics["volume"].items()):
         run, column = key.split("/", 1)

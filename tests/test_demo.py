@@ -143,7 +143,9 @@ def test_run_seed_takes_a_run_defined_outside_the_demo(demo_cohort, tmp_path):
 
     demo = tmp_path / "demo"
     shutil.copytree(demo_cohort.parent, demo / "data")
-    (demo / STATE_FILE).write_text(json.dumps({"settings": {"seed": 0, "smoke": True}, "data": {"done": True}}))
+    (demo / STATE_FILE).write_text(
+        json.dumps({"settings": {"seed": 0, "smoke": True}, "data": {"done": True}})
+    )
     variant = DemoRun("latent-norm-ae-2d-aug", "latent-norm-ae-2d.yaml", ("train.augment=true",))
 
     out = run_seed(demo, 3, runs=[variant], progress=False, log=lambda _: None, lanes=1)

@@ -1,4 +1,4 @@
-"""Ablations on the demo cohort: histogram standardisation and training augmentation, on and off.
+"""Ablations on the demo cohort: histogram standardisation, training augmentation and warm-up, on and off.
 
 Trains the demo's 2D Glow ratio, latent-norm AE and normative baseline with the shipped configs and with one
 option changed, on the same cohort, scores the test scans and the real cases of ``../shared/data``, and prints
@@ -6,7 +6,9 @@ one table per question:
 
 * ``-hist``: ``preprocessing.intensity.standardize=histogram`` (Nyúl–Udupa landmarks fitted on the healthy
   training scans, ``mri_anomaly.data.histogram``);
-* ``-aug``: ``train.augment=true`` (``mri_anomaly.data.augmentation``).
+* ``-aug``: ``train.augment=true`` (``mri_anomaly.data.augmentation``);
+* ``-warmup``: the learning rate ramped linearly over the first 10 of each phase's 100 steps (the 2D Glow ratio,
+  ``train.phases.<phase>.warmup_steps``).
 
 Demo rows: volume AUROC of each run's two map scores (``<map>_q999`` and ``<map>_top200mm3``, the columns the runs
 choose between, ``mri_anomaly.scoring.maps``) with their 95 % bootstrap CIs, each variant's paired AUROC difference
@@ -49,6 +51,8 @@ UNSEEDED = ("intensity", "normative", "normative-hist")  # no trained weights: t
 MAP_SUFFIXES = (MAP_QUANTILE[0], MAP_TOP_VOLUME[0])
 HIST = ("preprocessing.intensity.standardize=histogram",)
 AUG = ("train.augment=true",)
+# the learning rate ramped over the first 10 % of each of the 2D Glow ratio's two 100-step phases
+WARMUP = ("train.phases.general.warmup_steps=10", "train.phases.in.warmup_steps=10")
 
 
 def ablation_runs():
@@ -57,6 +61,7 @@ def ablation_runs():
     return (
         DemoRun("glow2d-ratio", "glow2d-slices.yaml", _GLOW2D_RATIO),
         DemoRun("glow2d-ratio-hist", "glow2d-slices.yaml", _GLOW2D_RATIO + HIST),
+        DemoRun("glow2d-ratio-warmup", "glow2d-slices.yaml", _GLOW2D_RATIO + WARMUP),
         DemoRun("latent-norm-ae-2d", "latent-norm-ae-2d.yaml"),
         DemoRun("latent-norm-ae-2d-hist", "latent-norm-ae-2d.yaml", HIST),
         DemoRun("latent-norm-ae-2d-aug", "latent-norm-ae-2d.yaml", AUG),
@@ -68,6 +73,7 @@ def ablation_runs():
 
 VARIANT_OF = {
     "glow2d-ratio-hist": "glow2d-ratio",
+    "glow2d-ratio-warmup": "glow2d-ratio",
     "latent-norm-ae-2d-hist": "latent-norm-ae-2d",
     "latent-norm-ae-2d-aug": "latent-norm-ae-2d",
     "normative-hist": "normative",
@@ -528,14 +534,15 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = "\n".join(
         [
-            "# Ablations: histogram standardisation and training augmentation",
+            "# Ablations: histogram standardisation, training augmentation and warm-up",
             "",
             f"Command: `{command}`  ",
             f"Machine: {cpu_model()}, {os.cpu_count()} CPUs  ",
             f"Load: 1-minute load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end  ",
             f"Date: {now}; {time.time() - t0:.0f} s (runs already trained are reused)  ",
             "Runs: the shipped configs (`glow2d-ratio` as in the demo); `-hist`: "
-            "`preprocessing.intensity.standardize=histogram`; `-aug`: `train.augment=true`. Same cohort, same seed."
+            "`preprocessing.intensity.standardize=histogram`; `-aug`: `train.augment=true`; `-warmup`: "
+            "`train.phases.general.warmup_steps=10`, `train.phases.in.warmup_steps=10`. Same cohort, same seed."
             + reused_note,
             "",
             body,

@@ -134,46 +134,33 @@ def against_baseline_over_seeds(
     baseline: str = "intensity",
     n_resamples: int = 1000,
 ) -> dict[str, dict]:
-    """Each run's best map column against ``baseline``'s best, per seed and pooled (``compare_over_seeds``).
-
-    Both columns are chosen at seed 0 (the demo's; the baseline has no training seed, so its seed-0 scores are
-    paired with every seed), as ``detection.py`` chooses them. Runs scored at fewer than two seeds are skipped.
+    """Each run's best map column against ``baseline``'s best, per seed and pooled: ``detection``'s
+    ``best_column_over_seeds`` on the map columns (both columns chosen at seed 0, the baseline's seed-0 scores
+    paired with every seed). Runs scored at fewer than two seeds are skipped.
     Returns ``{run: {"column", "baseline_column", **compare_over_seeds(...)}}``.
     """
-    import numpy as np
-    from detection import compare_over_seeds
-    from mri_anomaly.evaluation.metrics import auroc
+    from detection import best_column_over_seeds
 
     datalist = demo / "data" / "datalist.json"
 
-    def best(df) -> str:
-        columns = [c for c in df.columns if c not in ("subject_id", "label")]
-        return max(columns, key=lambda c: auroc(df["label"].to_numpy(int), df[c].to_numpy(np.float64)))
+    def table(df) -> dict:
+        return {"volume": df, "score_columns": [c for c in df.columns if c not in ("subject_id", "label")]}
 
     base = labelled_test_scores(demo, datalist, baseline)
     if base is None:
         return {}
-    base_column = best(base)
-    reference = base[["subject_id", base_column]].rename(columns={base_column: "baseline"})
-    out: dict[str, dict] = {}
-    for run in runs:
-        tables = {}
-        for seed in (0, *seeds):
+    seed_tables: dict[int, dict[str, dict]] = {}
+    for seed in (0, *seeds):
+        for run in runs:
             df = labelled_test_scores(demo if seed == 0 else demo / "seeds" / str(seed), datalist, run)
             if df is not None:
-                tables[seed] = df
-        if 0 not in tables or len(tables) < 2:
-            continue
-        column = best(tables[0])
-        paired = {
-            s: t[["subject_id", "label", column]].merge(reference, on="subject_id") for s, t in tables.items()
-        }
-        out[run] = {
-            "column": column,
-            "baseline_column": base_column,
-            **compare_over_seeds(paired, column, "baseline", n_resamples=n_resamples),
-        }
-    return out
+                seed_tables.setdefault(seed, {})[run] = table(df)
+    best = best_column_over_seeds(seed_tables, {baseline: table(base)}, n_resamples=n_resamples)
+    return {
+        run: {"column": b["column"], **b["vs_baselines"][baseline]}
+        for run, b in best.items()
+        if len(b["seeds"]) >= 2
+    }
 
 
 def _columns(both) -> list[str]:

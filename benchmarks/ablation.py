@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -80,8 +81,19 @@ VARIANT_OF = {
 }
 
 
-def _is_map_column(column: str) -> bool:
-    return any(column.endswith(f"_{s}") for s in MAP_SUFFIXES)
+def _map_name(column: str) -> str | None:
+    """The map a volume column is a statistic of (``residual`` of ``residual_q999``), None for other columns."""
+    suffix = next((s for s in MAP_SUFFIXES if column.endswith(f"_{s}")), None)
+    return None if suffix is None else column[: -len(suffix) - 1]
+
+
+@functools.lru_cache(maxsize=4)
+def _labels_lookup(datalist: Path) -> dict:
+    """``datalist_lookup`` of the raw sections, read once per datalist: only labels are read here, and the images
+    need not be where the datalist says."""
+    from mri_anomaly.evaluation.score_tables import datalist_lookup
+
+    return datalist_lookup(json.loads(datalist.read_text()))
 
 
 def labelled_test_scores(folder: Path, datalist: Path, run: str):
@@ -92,18 +104,16 @@ def labelled_test_scores(folder: Path, datalist: Path, run: str):
         ValueError: a test scan appears twice.
     """
     from mri_anomaly.evaluation.levels import labelled_scans
-    from mri_anomaly.evaluation.score_tables import attach_datalist, datalist_lookup, load_score_tables
+    from mri_anomaly.evaluation.score_tables import attach_datalist, load_score_tables
 
     if not (folder / "scores" / run / "scores.csv").is_file():
         return None
-    # the raw sections: only labels are read here, and the images need not be where the datalist says
-    lookup = datalist_lookup(json.loads(datalist.read_text()))
     ss = load_score_tables(folder / "scores" / run, run)
-    attach_datalist(ss, lookup)
+    attach_datalist(ss, _labels_lookup(datalist))
     df = labelled_scans(ss.volumes[ss.volumes["section"] == "test"])
     if df["subject_id"].duplicated().any():
         raise ValueError(f"{folder / 'scores' / run / 'scores.csv'}: a test subject_id appears twice")
-    return df[["subject_id", "label", *(c for c in ss.score_columns if _is_map_column(c))]]
+    return df[["subject_id", "label", *(c for c in ss.score_columns if _map_name(c) is not None)]]
 
 
 def paired_test_scans(folder: Path, datalist: Path, variant: str, shipped: str):
@@ -377,10 +387,9 @@ def tables(
     demo_rows, data = [], {"demo": {}, "real": {}}
     for key, v in sorted(metrics["volume"].items()):
         run, column = key.split("/", 1)
-        suffix = next((s for s in MAP_SUFFIXES if column.endswith(f"_{s}")), None)
-        if suffix is None:
+        map_name = _map_name(column)
+        if map_name is None:
             continue
-        map_name = column[: -len(suffix) - 1]
         ap = (metrics.get("voxel") or {}).get(f"{run}/{map_name}", {}).get("ap")
         ci = v.get("auroc_ci") or [None, None]
         d = (differences or {}).get(key)

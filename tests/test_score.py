@@ -66,6 +66,45 @@ def test_slice_profile_over_brain_and_labels():
     assert slice_brain_statistic(volume, image, "q100").tolist() == [0.0, 100.0, 8.0]
 
 
+def test_slice_profile_top_volume():
+    from mri_anomaly.scoring.brain import top_statistic_voxels
+    from mri_anomaly.scoring.maps import is_map_slice_column
+
+    # 200 mm³ at 4 mm (64 mm³ a voxel): round(3.125) = 3 voxels; never fewer than one
+    assert top_statistic_voxels("top200mm3", 64.0) == 3
+    assert top_statistic_voxels("top200mm3", 1000.0) == 1
+    assert top_statistic_voxels("top2.5mm3", 1.0) == 2  # round half to even
+    with pytest.raises(ValueError, match="top-volume"):
+        top_statistic_voxels("top200", 1.0)
+    volume = torch.zeros(1, 3, 2, 2)
+    volume[0, :, :, 0] = torch.tensor([[1.0, 9.0], [2.0, 8.0], [3.0, 7.0]])
+    volume[0, :, :, 1] = torch.tensor([[5.0, 0.0], [6.0, 0.0], [100.0, 0.0]])
+    image = torch.ones(1, 3, 2, 2)
+    image[0, 2, 0, 1] = 0.0  # the 100 lies outside slice 1's brain
+    # mean of the 3 highest brain voxels: slice 0 (9 + 8 + 7) / 3; slice 1 (6 + 5 + 0) / 3 of its 5 brain voxels
+    assert slice_brain_statistic(volume, image, "top3mm3").tolist() == pytest.approx([8.0, 11.0 / 3.0])
+    # voxels of 2 mm³: top3mm3 is round(1.5) = 2 voxels
+    assert slice_brain_statistic(volume, image, "top3mm3", voxel_mm3=2.0).tolist() == pytest.approx(
+        [8.5, 5.5]
+    )
+    # a region with fewer voxels than asked for: the mean of all of them
+    region = torch.zeros(1, 3, 2, 2, dtype=torch.bool)
+    region[0, 0, 0, :] = True
+    assert slice_brain_statistic(volume, image, "top3mm3", region=region).tolist() == pytest.approx(
+        [1.0, 5.0]
+    )
+    # a single hot voxel moves the top-volume profile and not the 99th percentile of a larger slice
+    hot = torch.zeros(1, 10, 10, 1)
+    hot[0, 4, 4, 0] = 10.0
+    brain = torch.ones(1, 10, 10, 1)
+    assert slice_brain_statistic(hot, brain, "q99").item() == pytest.approx(
+        0.1
+    )  # 99th of 100: 0.01 of the way
+    assert slice_brain_statistic(hot, brain, "top3mm3").item() == pytest.approx(10.0 / 3.0)
+    assert is_map_slice_column("llr_slice_top200mm3") and is_map_slice_column("llr_slice_q99")
+    assert not is_map_slice_column("llr_top200mm3")
+
+
 # ------------------------------------------------------------------------------------------ a scored run
 @pytest.fixture(scope="module")
 def trained_2d_run(demo_cohort, tmp_path_factory) -> Path:

@@ -66,8 +66,9 @@ MAP_SLICE_PROFILE = "statistic of the map over the slice's part of the brain min
 
 
 def is_map_slice_column(column: str) -> bool:
-    """Whether a slice score column is a map's slice profile (``<map>_slice_mean`` / ``<map>_slice_q<p>``)."""
-    return re.search(r"_slice_(mean|q\d+)$", column) is not None
+    """Whether a slice score column is a map's slice profile (``<map>_slice_mean`` / ``_slice_q<p>`` /
+    ``_slice_top<V>mm3``)."""
+    return re.search(r"_slice_(mean|q\d+|top\d+(\.\d+)?mm3)$", column) is not None
 
 
 def map_score_columns(map_names: Sequence[str]) -> list[str]:

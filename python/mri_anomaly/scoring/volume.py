@@ -25,6 +25,7 @@ from mri_anomaly.scoring.maps import (
     map_region,
     map_score_columns,
     map_volume_scores,
+    model_spacing,
     restrict_map,
     top_voxels,
 )
@@ -114,9 +115,11 @@ def _from_maps(
     if not maps:
         return {}, {}, {}
     region = map_region(image, erosion_voxels(config))
+    sx, sy, sz = model_spacing(config)
+    voxel_mm3 = sx * sy * sz
     profiles = {
         f"{name}_slice_{statistic}": slice_brain_statistic(
-            nonfinite_to_most_anomalous(m), image, statistic, region=region
+            nonfinite_to_most_anomalous(m), image, statistic, region=region, voxel_mm3=voxel_mm3
         )
         for name, m in maps.items()
     }

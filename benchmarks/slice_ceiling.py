@@ -1,0 +1,350 @@
+"""Why no slice score reaches the slice target: what each lesion slice of the demo's test set shows where the slice
+scores look.
+
+Slice-level evaluation counts an axial slice of the model grid as anomalous when the preprocessed lesion mask has a
+voxel in it (``slice_label``), and reads the counted slices only (brain fraction >= ``slices.min_brain_fraction``).
+A map's slice profile (``<map>_slice_q99``) reads the slice's brain minus the ``score.map_erosion_mm`` rim, or the
+slice's brain where the erosion leaves none (:func:`mri_anomaly.scoring.brain.slice_brain_statistic`). Per counted
+lesion slice of the demo's anomalous test scans, through the runs' preprocessing, this script puts the slice in one
+class:
+
+* ``rim only``: no lesion voxel in the part of the slice a map's slice profile reads;
+* ``within healthy range``: lesion voxels there, each inside the intensity range of the scan's own healthy voxels
+  of that part (the lowest to the highest): no threshold on the image finds them without a healthy voxel;
+* ``beyond healthy range``: some lesion voxel there is brighter (or darker) than every healthy voxel of the scan's
+  scored brain.
+
+Then it reports (a) the classes per lesion kind and size; (b) two ceilings of the slice AUROC, for a score that ranks
+every slice of a class set above every lesion-free slice and cannot tell the other lesion slices from lesion-free
+ones (they count at chance, 0.5): one that sees every lesion in the scored part, and one that sees the lesions beyond
+the healthy range only; (c) every run's slice columns (and the slice's brain fraction as a control): slice AUROC on
+all lesion slices and on each class against the same lesion-free slices, at the demo's seed and over ``--seeds``.
+
+Usage::
+
+    python benchmarks/slice_ceiling.py --demo demo-out [--seeds 1 2]
+
+Writes ``docs/benchmarks/slice_ceiling.md`` and ``.json``; reads the demo's scores, trains and scores nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
+from detection import load_seed_tables  # noqa: E402
+from lesion_conspicuity import BASELINES, GROUP_ORDER, RUNS, anomalous_test_items  # noqa: E402
+
+CLASSES = ("rim only", "within healthy range", "beyond healthy range")
+SIZE_ORDER = ("small", "medium", "large")
+CONTROL = "brain_fraction"
+
+
+def scored_part(image: torch.Tensor, erosion: Sequence[int]) -> np.ndarray:
+    """(H, W, D) bool: per axial slice, the voxels a map's slice profile reads: the brain of ``image`` (C, H, W, D)
+    minus the rim of ``erosion`` voxels per axis where the slice keeps any, else the slice's brain
+    (the rule of :func:`mri_anomaly.scoring.brain.slice_brain_statistic`)."""
+    from mri_anomaly.scoring.brain import brain_mask
+    from mri_anomaly.scoring.maps import map_region
+
+    image = torch.as_tensor(image)
+    brain = brain_mask(image[None])[0, 0]  # (H, W, D)
+    region = map_region(image, erosion)[0]
+    has_region = region.flatten(0, 1).any(dim=0)  # (D,)
+    return torch.where(has_region[None, None, :], region, brain).numpy()
+
+
+def lesion_slice_classes(image: np.ndarray, lesion: np.ndarray, part: np.ndarray) -> list[dict]:
+    """One row per axial slice (last axis) of ``image`` (H, W, D) with a lesion voxel: ``slice``,
+    ``lesion_voxels`` (in the slice), ``in_part`` (of them in ``part``), ``beyond`` (of those, outside the
+    scan's healthy range in ``part``: above the highest or below the lowest voxel of ``part`` not in ``lesion``),
+    and ``class`` (one of :data:`CLASSES`). ``lesion`` and ``part`` are boolean (H, W, D)."""
+    healthy = image[part & ~lesion]
+    low, high = (float(healthy.min()), float(healthy.max())) if healthy.size else (np.inf, -np.inf)
+    rows = []
+    for k in np.flatnonzero(lesion.any(axis=(0, 1))):
+        les = lesion[..., k]
+        inside = les & part[..., k]
+        values = image[..., k][inside]
+        beyond = int(((values > high) | (values < low)).sum())
+        cls = CLASSES[0] if not inside.any() else CLASSES[2] if beyond else CLASSES[1]
+        rows.append(
+            {
+                "slice": int(k),
+                "lesion_voxels": int(les.sum()),
+                "in_part": int(inside.sum()),
+                "beyond": beyond,
+                "class": cls,
+            }
+        )
+    return rows
+
+
+def classify_test_slices(data: Path, config: Mapping[str, Any]) -> pd.DataFrame:
+    """:func:`lesion_slice_classes` of every anomalous test scan of a demo cohort ``data`` after the run's
+    preprocessing (``config``: a run's resolved config), with ``subject_id``, ``group`` and ``size_stratum``."""
+    from mri_anomaly.data.preprocessing import preprocessing
+    from mri_anomaly.scoring.maps import erosion_voxels
+
+    transform = preprocessing(config["preprocessing"], keys=("image", "mask"))
+    erosion = erosion_voxels(config)
+    rows = []
+    for item in anomalous_test_items(data):
+        d = transform({"image": str(data / item["image"]), "mask": str(data / item["mask"])})
+        image = torch.as_tensor(d["image"]).as_subclass(torch.Tensor)
+        lesion = np.asarray(d["mask"][0]) > 0.5
+        part = scored_part(image, erosion)
+        for row in lesion_slice_classes(image[0].numpy(), lesion, part):
+            rows.append(
+                {
+                    "subject_id": item["subject_id"],
+                    "group": item["group"],
+                    "size_stratum": item["size_stratum"],
+                    **row,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def ceiling(n_seen: int, n_positive: int) -> float:
+    """Slice AUROC of a score that ranks ``n_seen`` of ``n_positive`` lesion slices above every lesion-free slice
+    and the others among them, at chance (each such pair counts 0.5)."""
+    return (n_seen + 0.5 * (n_positive - n_seen)) / n_positive if n_positive else float("nan")
+
+
+def needed_within(target: float, share_rim: float, share_within: float) -> float:
+    """The slice AUROC the ``within healthy range`` slices need for an overall ``target`` when every ``beyond``
+    slice is ranked above every lesion-free slice and the ``rim only`` ones at chance: with one set of negatives
+    the overall AUROC is the share-weighted mean of the classes' AUROCs."""
+    share_beyond = 1.0 - share_rim - share_within
+    return (target - share_beyond - 0.5 * share_rim) / share_within if share_within else float("nan")
+
+
+def class_table(classes: pd.DataFrame) -> list[dict]:
+    """Per lesion group and size (then all): counted lesion slices, the share of each class, and the two
+    ceilings (every lesion in the scored part seen; only those beyond the healthy range)."""
+    out = []
+    keys = [(g, s) for g in GROUP_ORDER for s in SIZE_ORDER] + [("all", "all")]
+    for group, size in keys:
+        part = (
+            classes
+            if group == "all"
+            else classes[(classes["group"] == group) & (classes["size_stratum"] == size)]
+        )
+        n = len(part)
+        if not n:
+            continue
+        counts = {c: int((part["class"] == c).sum()) for c in CLASSES}
+        out.append(
+            {
+                "group": group,
+                "size_stratum": size,
+                "slices": n,
+                **{f"share_{c}": counts[c] / n for c in CLASSES},
+                "median_lesion_voxels": float(part["lesion_voxels"].median()),
+                "ceiling_scored_part": ceiling(counts[CLASSES[1]] + counts[CLASSES[2]], n),
+                "ceiling_beyond_range": ceiling(counts[CLASSES[2]], n),
+            }
+        )
+    return out
+
+
+def class_aurocs(
+    slices: pd.DataFrame, classes: pd.DataFrame, columns: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """``{column: {"all", <class>...: AUROC}}``: each column of ``slices`` (counted slices, 0/1 ``slice_label``)
+    on all lesion slices and on each class's lesion slices, each against every lesion-free slice.
+
+    Raises:
+        ValueError: a lesion slice of ``slices`` has no class (the preprocessing here is not the scoring's)."""
+    from mri_anomaly.evaluation.metrics import auroc
+
+    labelled = slices.merge(classes[["subject_id", "slice", "class"]], on=["subject_id", "slice"], how="left")
+    positive = labelled["slice_label"] == 1
+    missing = labelled[positive & labelled["class"].isna()]
+    if len(missing):
+        raise ValueError(
+            f"{len(missing)} lesion slices of the score table have no lesion here "
+            f"(first: {missing.iloc[0]['subject_id']} slice {missing.iloc[0]['slice']})"
+        )
+    negative = labelled[labelled["slice_label"] == 0]
+    out = {}
+    for col in columns:
+        entry = {}
+        for name, pos in [
+            ("all", labelled[positive]),
+            *[(c, labelled[labelled["class"] == c]) for c in CLASSES],
+        ]:
+            if len(pos):
+                y = np.r_[np.ones(len(pos)), np.zeros(len(negative))]
+                s = np.r_[pos[col].to_numpy(np.float64), negative[col].to_numpy(np.float64)]
+                entry[name] = auroc(y, s)
+        out[col] = entry
+    return out
+
+
+def run_aurocs(demo: Path, seeds: Sequence[int], classes: pd.DataFrame) -> dict:
+    """``{run: {"columns": {column: {seed: class AUROCs}}, "best": column}}`` for every run with slice scores;
+    ``best``: the column with the highest slice AUROC on all lesion slices at the first seed. The brain fraction
+    is added as a control under the run ``intensity``."""
+    tables = load_seed_tables(demo, seeds, (*RUNS, *BASELINES))
+    out: dict[str, dict] = {}
+    for seed in seeds:
+        for run, t in tables.get(seed, {}).items():
+            if t["slice"] is None:
+                continue
+            columns = list(t["slice_columns"]) + (
+                [CONTROL] if run == "intensity" and seed == seeds[0] else []
+            )
+            for col, entry in class_aurocs(t["slice"], classes, columns).items():
+                name = "control" if col == CONTROL else run
+                out.setdefault(name, {"columns": {}})["columns"].setdefault(col, {})[seed] = entry
+    for entry in out.values():
+        first = {c: v[seeds[0]]["all"] for c, v in entry["columns"].items() if seeds[0] in v}
+        entry["best"] = max(first, key=lambda c: first[c])
+    return out
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.0f} %"
+
+
+def to_markdown(result: Mapping[str, Any]) -> str:
+    meta, seeds = result["meta"], result["seeds"]
+    lines = [
+        "# Slice level: what each lesion slice shows where the slice scores look",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
+        f"Demo: `{result['demo']}`; seeds {', '.join(str(s) for s in seeds)} (0: the demo itself).",
+        "",
+        "Slice-level evaluation counts an axial slice as anomalous when the preprocessed lesion mask has a voxel in "
+        "it, and reads the counted slices (brain fraction ≥ 0.1). Each counted lesion slice of the demo's anomalous "
+        "test scans is put in one class by what it shows in the part of the slice a map's slice profile reads (the "
+        "brain minus the 8 mm rim, or the slice's brain where the erosion leaves none):",
+        "",
+        "* **rim only**: no lesion voxel in that part;",
+        "* **within healthy range**: lesion voxels there, each inside the intensity range of the scan's own healthy "
+        "voxels of its scored brain: no threshold on the image finds them without a healthy voxel;",
+        "* **beyond healthy range**: some lesion voxel there brighter (or darker) than every healthy voxel of the "
+        "scan's scored brain.",
+        "",
+        "Ceilings: the slice AUROC of a score that ranks every lesion slice of a class set above every lesion-free "
+        "slice and cannot tell the other lesion slices from lesion-free ones (pairs at chance, 0.5): one that sees "
+        "every lesion in the scored part, one that sees only those beyond the healthy range.",
+        "",
+        "## The lesion slices by class",
+        "",
+    ]
+    header = [
+        "lesions",
+        "size",
+        "lesion slices",
+        *CLASSES,
+        "median lesion voxels per slice",
+        "ceiling: every lesion in the scored part",
+        "ceiling: beyond the healthy range only",
+    ]
+    rows = [
+        [
+            r["group"].replace("focal_opposite", "dark focal"),
+            r["size_stratum"],
+            r["slices"],
+            *[_pct(r[f"share_{c}"]) for c in CLASSES],
+            _f(r["median_lesion_voxels"], 0),
+            _f(r["ceiling_scored_part"]),
+            _f(r["ceiling_beyond_range"]),
+        ]
+        for r in result["classes"]
+    ]
+    lines += [markdown_table(header, rows), ""]
+    total = result["classes"][-1]
+    lines += [
+        "With one set of lesion-free slices, a score's slice AUROC over all lesion slices is the share-weighted mean "
+        "of its AUROCs on the classes. For the target 0.90, with every slice beyond the healthy range ranked above "
+        "every lesion-free slice and the rim-only ones at chance, the slices within the healthy range need "
+        f"**{_f(needed_within(0.90, total[f'share_{CLASSES[0]}'], total[f'share_{CLASSES[1]}']))}**.",
+        "",
+        "## Every run's slice columns, on each class",
+        "",
+        "Slice AUROC of each class's lesion slices against every lesion-free counted slice (the slices of healthy "
+        "test scans and the lesion-free slices of anomalous ones), the same negatives for every class; "
+        "`all`: every lesion slice, as in `detection.md` (the runs' numbers there are another demo's when the "
+        "demos differ). First the demo's seed, then the mean over the seeds where there are several. Each run's "
+        "best column at the demo's seed in bold.",
+        "",
+    ]
+    header = ["run", "column", "all", *CLASSES]
+    if len(seeds) > 1:
+        header += [f"mean over seeds: {c}" for c in ("all", *CLASSES)]
+    rows = []
+    for run, entry in result["runs"].items():
+        for col, by_seed in entry["columns"].items():
+            first = by_seed.get(seeds[0], by_seed.get(str(seeds[0]), {}))
+            name = f"**`{col}`**" if col == entry["best"] else f"`{col}`"
+            row = [run, name, *[_f(first.get(c)) for c in ("all", *CLASSES)]]
+            if len(seeds) > 1:
+                values = list(by_seed.values())
+                for c in ("all", *CLASSES):
+                    v = [e[c] for e in values if c in e]
+                    row.append(f"{_f(float(np.mean(v)))} ({len(v)})" if len(v) > 1 else "–")
+            rows.append(row)
+    lines += [markdown_table(header, rows), ""]
+    if result.get("reading"):
+        lines += ["## Reading", "", result["reading"], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
+    p.add_argument("--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to read too")
+    p.add_argument("--docs", type=Path, default=DOCS_DIR)
+    p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
+    args = p.parse_args(argv)
+    load_start, t0 = os.getloadavg()[0], time.time()
+    from mri_anomaly.training.config import config_from_yaml
+
+    demo = args.demo.resolve()
+    config = config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
+    classes = classify_test_slices(demo / "data", config)
+    # the slice tables count the slices with brain fraction >= min_brain_fraction: classify those only
+    counted = load_seed_tables(demo, [0], ["intensity"])[0]["intensity"]["slice"]
+    counted = counted[counted["slice_label"] == 1][["subject_id", "slice"]]
+    classes = classes.merge(counted, on=["subject_id", "slice"], how="inner")
+    seeds = [0, *[s for s in args.seeds if s != 0]]
+    result = {
+        "demo": str(demo),
+        "seeds": seeds,
+        "classes": class_table(classes),
+        "runs": run_aurocs(demo, seeds, classes),
+        "reading": args.reading.read_text().strip() if args.reading else "",
+    }
+    result["meta"] = run_meta("slice_ceiling.py", argv, load_start, t0)
+    md = to_markdown(result)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    (args.docs / "slice_ceiling.md").write_text(md)
+    (args.docs / "slice_ceiling.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

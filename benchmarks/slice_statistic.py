@@ -3,7 +3,7 @@ package's) or the mean of the slice's highest 200 mm³ (``<map>_slice_top200mm3`
 ``<map>_top200mm3`` taken per slice)?
 
 A slice's scored part holds some hundreds of voxels at 4 mm, so its 99th percentile lies below its highest ~1 %:
-a lesion that fills one to three voxels of the slice (most MS slices of the demo, ``slice_ceiling.md``) does not
+a lesion that fills one to three voxels of the slice (most MS slices of the demo, ``ceilings.md``) does not
 move it. The volume scores met the same problem with the 99.9th percentile and answered it with the mean of the
 highest 200 mm³. This script takes the demo's runs (and their retrained seeds) unchanged, recalibrates each on the
 demo's healthy validation scans with the other slice statistic (slice norms and thresholds: ``calibrate_run``, as
@@ -11,7 +11,7 @@ at the end of training), scores the test scans and the real cases of ``../shared
 two profiles of every map on the same slices:
 
 * slice AUROC on the demo's test slices, per seed, and the paired difference pooled over seeds with its bootstrap CI
-  (whole scans resampled), on all lesion slices and on each class of ``slice_ceiling.py``;
+  (whole scans resampled), on all lesion slices and on each class of ``ceilings.py``;
 * the brain-fraction control: Spearman ρ with the slice's brain fraction on healthy test slices (bound 0.2);
 * slice AUROC inside each real FLAIR scan (lesion against lesion-free counted slices), per seed and the mean.
 
@@ -44,10 +44,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
+from ceilings import CLASSES, class_aurocs, counted_test_classes  # noqa: E402
 from detection import compare_over_seeds, load_seed_tables, seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
 from real_data import default_data_dir, real_cases, score_real_cases, slice_auroc_within  # noqa: E402
-from slice_ceiling import CLASSES, class_aurocs, classify_test_slices  # noqa: E402
 
 REFERENCE, CANDIDATE = "q99", "top200mm3"
 FLAIR_CASES = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
@@ -249,7 +249,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         "",
         "Slice AUROC of each map's profile (mean over seeds), the paired difference top200mm3 − q99 (mean ± SD over "
         "seeds; pooled: one bootstrap over whole scans applied to every seed's scores, 95 % CI), the AUROC per class of "
-        "lesion slice (`slice_ceiling.md`: rim only, within the scan's healthy intensity range, beyond it; mean over "
+        "lesion slice (`ceilings.md`: rim only, within the scan's healthy intensity range, beyond it; mean over "
         "seeds, q99 → top200mm3) and ρ with the brain fraction on healthy test slices (demo's seed, bound 0.2).",
         "",
     ]
@@ -324,13 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
-    from mri_anomaly.training.config import config_from_yaml
 
     demo, out = args.demo.resolve(), args.out.resolve()
     seeds = [0, *[s for s in args.seeds if s != 0]]
     rescore_demo(demo, out, seeds, CANDIDATE)
-    config = config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
-    classes = classify_test_slices(demo / "data", config)
+    classes, _ = counted_test_classes(demo)
     demo_slices = compare_profiles(*paired_slices(demo, out, seeds), classes, args.n_bootstrap)
     runs = [r for r in (*RUNS, *BASELINES) if (out / "runs" / r).is_dir()]
     real_new = out / "real"

@@ -1,30 +1,32 @@
-"""Why no slice score reaches the slice target: what each lesion slice of the demo's test set shows where the slice
+"""Why no score reaches the slice and volume targets: what each lesion of the demo's test set shows where the
 scores look.
 
 Slice-level evaluation counts an axial slice of the model grid as anomalous when the preprocessed lesion mask has a
 voxel in it (``slice_label``), and reads the counted slices only (brain fraction >= ``slices.min_brain_fraction``).
 A map's slice profile (``<map>_slice_q99``) reads the slice's brain minus the ``score.map_erosion_mm`` rim, or the
-slice's brain where the erosion leaves none (:func:`mri_anomaly.scoring.brain.slice_brain_statistic`). Per counted
-lesion slice of the demo's anomalous test scans, through the runs' preprocessing, this script puts the slice in one
-class:
+slice's brain where the erosion leaves none (:func:`mri_anomaly.scoring.brain.slice_brain_statistic`); a map's
+volume scores read the brain minus the rim (:func:`mri_anomaly.scoring.maps.map_region`). Per counted lesion slice,
+and per anomalous test scan, of the demo, through the runs' preprocessing, this script puts the slice (the scan) in
+one class:
 
-* ``rim only``: no lesion voxel in the part of the slice a map's slice profile reads;
+* ``rim only``: no lesion voxel in the part of the slice (the scan) the map scores read;
 * ``within healthy range``: lesion voxels there, each inside the intensity range of the scan's own healthy voxels
-  of that part (the lowest to the highest): no threshold on the image finds them without a healthy voxel;
+  of its scored brain (the lowest to the highest): no threshold on the image finds them without a healthy voxel;
 * ``beyond healthy range``: some lesion voxel there is brighter (or darker) than every healthy voxel of the scan's
   scored brain.
 
-Then it reports (a) the classes per lesion kind and size; (b) two ceilings of the slice AUROC, for a score that ranks
-every slice of a class set above every lesion-free slice and cannot tell the other lesion slices from lesion-free
-ones (they count at chance, 0.5): one that sees every lesion in the scored part, and one that sees the lesions beyond
-the healthy range only; (c) every run's slice columns (and the slice's brain fraction as a control): slice AUROC on
-all lesion slices and on each class against the same lesion-free slices, at the demo's seed and over ``--seeds``.
+Then it reports, for slices and for scans: (a) the classes per lesion kind and size; (b) two ceilings of the AUROC,
+for a score that ranks every lesion slice (scan) of a class set above every lesion-free slice (healthy scan) and
+cannot tell the others from them (they count at chance, 0.5): one that sees every lesion in the scored part, and
+one that sees the lesions beyond the healthy range only; (c) the runs' AUROC on all lesion slices (anomalous scans)
+and on each class against the same negatives: every slice column, each run's best volume column (and the slice's
+brain fraction as a control), at the demo's seed and over ``--seeds``.
 
 Usage::
 
-    python benchmarks/slice_ceiling.py --demo demo-out [--seeds 1 2]
+    python benchmarks/ceilings.py --demo demo-out [--seeds 1 2]
 
-Writes ``docs/benchmarks/slice_ceiling.md`` and ``.json``; reads the demo's scores, trains and scores nothing.
+Writes ``docs/benchmarks/ceilings.md`` and ``.json``; reads the demo's scores, trains and scores nothing.
 """
 
 from __future__ import annotations
@@ -93,30 +95,55 @@ def lesion_slice_classes(image: np.ndarray, lesion: np.ndarray, part: np.ndarray
     return rows
 
 
-def classify_test_slices(data: Path, config: Mapping[str, Any]) -> pd.DataFrame:
-    """:func:`lesion_slice_classes` of every anomalous test scan of a demo cohort ``data`` after the run's
-    preprocessing (``config``: a run's resolved config), with ``subject_id``, ``group`` and ``size_stratum``."""
+def lesion_scan_class(image: np.ndarray, lesion: np.ndarray, region: np.ndarray) -> dict:
+    """The class of one scan (:data:`CLASSES`) by its lesion voxels in ``region`` (the brain minus the rim the map
+    volume scores read): ``lesion_voxels``, ``in_part`` (in ``region``), ``beyond`` (of those, outside the range of
+    the voxels of ``region`` not in ``lesion``) and ``class``. Arrays of one shape, ``lesion`` and ``region``
+    boolean."""
+    healthy = image[region & ~lesion]
+    low, high = (float(healthy.min()), float(healthy.max())) if healthy.size else (np.inf, -np.inf)
+    values = image[lesion & region]
+    beyond = int(((values > high) | (values < low)).sum())
+    cls = CLASSES[0] if not values.size else CLASSES[2] if beyond else CLASSES[1]
+    return {"lesion_voxels": int(lesion.sum()), "in_part": int(values.size), "beyond": beyond, "class": cls}
+
+
+def classify_test_scans(data: Path, config: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`lesion_slice_classes` and :func:`lesion_scan_class` of every anomalous test scan of a demo cohort
+    ``data`` after the run's preprocessing (``config``: a run's resolved config), each row with ``subject_id``,
+    ``group`` and ``size_stratum``: ``(slices, scans)``."""
     from mri_anomaly.data.preprocessing import preprocessing
-    from mri_anomaly.scoring.maps import erosion_voxels
+    from mri_anomaly.scoring.maps import erosion_voxels, map_region
 
     transform = preprocessing(config["preprocessing"], keys=("image", "mask"))
     erosion = erosion_voxels(config)
-    rows = []
+    slices, scans = [], []
     for item in anomalous_test_items(data):
         d = transform({"image": str(data / item["image"]), "mask": str(data / item["mask"])})
         image = torch.as_tensor(d["image"]).as_subclass(torch.Tensor)
         lesion = np.asarray(d["mask"][0]) > 0.5
+        keys = {
+            "subject_id": item["subject_id"],
+            "group": item["group"],
+            "size_stratum": item["size_stratum"],
+        }
         part = scored_part(image, erosion)
-        for row in lesion_slice_classes(image[0].numpy(), lesion, part):
-            rows.append(
-                {
-                    "subject_id": item["subject_id"],
-                    "group": item["group"],
-                    "size_stratum": item["size_stratum"],
-                    **row,
-                }
-            )
-    return pd.DataFrame(rows)
+        slices += [{**keys, **row} for row in lesion_slice_classes(image[0].numpy(), lesion, part)]
+        region = map_region(image, erosion)[0].numpy()
+        scans.append({**keys, **lesion_scan_class(image[0].numpy(), lesion, region)})
+    return pd.DataFrame(slices), pd.DataFrame(scans)
+
+
+def counted_test_classes(demo: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`classify_test_scans` of a demo through its runs' preprocessing, the slices cut to the counted lesion
+    slices of its score tables (brain fraction >= ``slices.min_brain_fraction``): ``(slices, scans)``."""
+    from mri_anomaly.training.config import config_from_yaml
+
+    config = config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
+    slices, scans = classify_test_scans(demo / "data", config)
+    counted = load_seed_tables(demo, [0], ["intensity"])[0]["intensity"]["slice"]
+    counted = counted[counted["slice_label"] == 1][["subject_id", "slice"]]
+    return slices.merge(counted, on=["subject_id", "slice"], how="inner"), scans
 
 
 def ceiling(n_seen: int, n_positive: int) -> float:
@@ -134,8 +161,9 @@ def needed_within(target: float, share_rim: float, share_within: float) -> float
 
 
 def class_table(classes: pd.DataFrame) -> list[dict]:
-    """Per lesion group and size (then all): counted lesion slices, the share of each class, and the two
-    ceilings (every lesion in the scored part seen; only those beyond the healthy range)."""
+    """Per lesion group and size (then all): the lesion slices (or scans) of ``classes``, the share of each class,
+    the median lesion voxels per row, and the two ceilings (every lesion in the scored part seen; only those beyond
+    the healthy range)."""
     out = []
     keys = [(g, s) for g in GROUP_ORDER for s in SIZE_ORDER] + [("all", "all")]
     for group, size in keys:
@@ -152,7 +180,7 @@ def class_table(classes: pd.DataFrame) -> list[dict]:
             {
                 "group": group,
                 "size_stratum": size,
-                "slices": n,
+                "n": n,
                 **{f"share_{c}": counts[c] / n for c in CLASSES},
                 "median_lesion_voxels": float(part["lesion_voxels"].median()),
                 "ceiling_scored_part": ceiling(counts[CLASSES[1]] + counts[CLASSES[2]], n),
@@ -218,6 +246,47 @@ def run_aurocs(demo: Path, seeds: Sequence[int], classes: pd.DataFrame) -> dict:
     return out
 
 
+def volume_class_aurocs(volume: pd.DataFrame, scans: pd.DataFrame, column: str) -> dict[str, float]:
+    """``{"all", <class>...: AUROC}`` of ``column`` of a volume table (``subject_id``, ``label``): the anomalous scans
+    (of each class of ``scans``) against every healthy scan."""
+    from mri_anomaly.evaluation.metrics import auroc
+
+    labelled = volume.merge(scans[["subject_id", "class"]], on="subject_id", how="left")
+    negative = labelled[labelled["label"] == 0]
+    out = {}
+    for name, pos in [
+        ("all", labelled[labelled["label"] == 1]),
+        *[(c, labelled[(labelled["label"] == 1) & (labelled["class"] == c)]) for c in CLASSES],
+    ]:
+        if len(pos):
+            y = np.r_[np.ones(len(pos)), np.zeros(len(negative))]
+            out[name] = auroc(
+                y, np.r_[pos[column].to_numpy(np.float64), negative[column].to_numpy(np.float64)]
+            )
+    return out
+
+
+def run_volume_aurocs(demo: Path, seeds: Sequence[int], scans: pd.DataFrame) -> dict:
+    """``{run: {"column": best volume column at the first seed, "by_seed": {seed: class AUROCs}}}``."""
+    from mri_anomaly.evaluation.metrics import auroc
+
+    tables = load_seed_tables(demo, seeds, (*RUNS, *BASELINES))
+    out: dict[str, dict] = {}
+    for run, t in tables.get(seeds[0], {}).items():
+        y = t["volume"]["label"].to_numpy(dtype=int)
+        values = {c: auroc(y, t["volume"][c].to_numpy(np.float64)) for c in t["score_columns"]}
+        column = max(values, key=lambda c: values[c])
+        out[run] = {
+            "column": column,
+            "by_seed": {
+                seed: volume_class_aurocs(tables[seed][run]["volume"], scans, column)
+                for seed in seeds
+                if run in tables.get(seed, {})
+            },
+        }
+    return out
+
+
 def _f(v: Any, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
@@ -226,19 +295,46 @@ def _pct(v: float) -> str:
     return f"{100 * v:.0f} %"
 
 
+def _class_rows(table: Sequence[Mapping[str, Any]]) -> list[list]:
+    return [
+        [
+            r["group"].replace("focal_opposite", "dark focal"),
+            r["size_stratum"],
+            r["n"],
+            *[_pct(r[f"share_{c}"]) for c in CLASSES],
+            _f(r["median_lesion_voxels"], 0),
+            _f(r["ceiling_scored_part"]),
+            _f(r["ceiling_beyond_range"]),
+        ]
+        for r in table
+    ]
+
+
+def _needed(table: Sequence[Mapping[str, Any]], target: float) -> str:
+    total = table[-1]
+    return _f(needed_within(target, total[f"share_{CLASSES[0]}"], total[f"share_{CLASSES[1]}"]))
+
+
+def _mean_cell(values: Sequence[Mapping[str, float]], key: str) -> str:
+    v = [e[key] for e in values if key in e]
+    return f"{_f(float(np.mean(v)))} ({len(v)})" if len(v) > 1 else "–"
+
+
 def to_markdown(result: Mapping[str, Any]) -> str:
     meta, seeds = result["meta"], result["seeds"]
+    several = len(seeds) > 1
     lines = [
-        "# Slice level: what each lesion slice shows where the slice scores look",
+        "# What the lesions show where the scores look: slice and volume ceilings",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
         f"Demo: `{result['demo']}`; seeds {', '.join(str(s) for s in seeds)} (0: the demo itself).",
         "",
-        "Slice-level evaluation counts an axial slice as anomalous when the preprocessed lesion mask has a voxel in "
-        "it, and reads the counted slices (brain fraction ≥ 0.1). Each counted lesion slice of the demo's anomalous "
-        "test scans is put in one class by what it shows in the part of the slice a map's slice profile reads (the "
-        "brain minus the 8 mm rim, or the slice's brain where the erosion leaves none):",
+        "Each counted lesion slice of the demo's anomalous test scans (slice-level evaluation: an axial slice with a "
+        "voxel of the preprocessed mask and brain fraction ≥ 0.1), and each anomalous test scan, is put in one class "
+        "by what its lesion shows where the map scores look: for a slice, the slice's brain minus the 8 mm rim (its "
+        "brain where the erosion leaves none), the part its maps' slice profiles read; for a scan, the brain minus "
+        "the 8 mm rim, the part its maps' volume scores read.",
         "",
         "* **rim only**: no lesion voxel in that part;",
         "* **within healthy range**: lesion voxels there, each inside the intensity range of the scan's own healthy "
@@ -246,53 +342,37 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         "* **beyond healthy range**: some lesion voxel there brighter (or darker) than every healthy voxel of the "
         "scan's scored brain.",
         "",
-        "Ceilings: the slice AUROC of a score that ranks every lesion slice of a class set above every lesion-free "
-        "slice and cannot tell the other lesion slices from lesion-free ones (pairs at chance, 0.5): one that sees "
-        "every lesion in the scored part, one that sees only those beyond the healthy range.",
+        "Ceilings: the AUROC of a score that ranks every lesion slice (anomalous scan) of a class set above every "
+        "lesion-free slice (healthy scan) and cannot tell the others from them (pairs at chance, 0.5): one that "
+        "sees every lesion in the scored part, one that sees only those beyond the healthy range. With one set of "
+        "negatives a score's AUROC over all positives is the share-weighted mean of its AUROCs on the classes.",
         "",
-        "## The lesion slices by class",
+        "## Slices",
         "",
     ]
-    header = [
+    class_header = [
         "lesions",
         "size",
-        "lesion slices",
+        "n",
         *CLASSES,
-        "median lesion voxels per slice",
+        "median lesion voxels",
         "ceiling: every lesion in the scored part",
         "ceiling: beyond the healthy range only",
     ]
-    rows = [
-        [
-            r["group"].replace("focal_opposite", "dark focal"),
-            r["size_stratum"],
-            r["slices"],
-            *[_pct(r[f"share_{c}"]) for c in CLASSES],
-            _f(r["median_lesion_voxels"], 0),
-            _f(r["ceiling_scored_part"]),
-            _f(r["ceiling_beyond_range"]),
-        ]
-        for r in result["classes"]
-    ]
-    lines += [markdown_table(header, rows), ""]
-    total = result["classes"][-1]
+    lines += [markdown_table(class_header, _class_rows(result["classes"])), ""]
     lines += [
-        "With one set of lesion-free slices, a score's slice AUROC over all lesion slices is the share-weighted mean "
-        "of its AUROCs on the classes. For the target 0.90, with every slice beyond the healthy range ranked above "
-        "every lesion-free slice and the rim-only ones at chance, the slices within the healthy range need "
-        f"**{_f(needed_within(0.90, total[f'share_{CLASSES[0]}'], total[f'share_{CLASSES[1]}']))}**.",
-        "",
-        "## Every run's slice columns, on each class",
+        "For the slice target 0.90, with every slice beyond the healthy range ranked above every lesion-free slice "
+        f"and the rim-only ones at chance, the slices within the healthy range need **{_needed(result['classes'], 0.90)}**.",
         "",
         "Slice AUROC of each class's lesion slices against every lesion-free counted slice (the slices of healthy "
-        "test scans and the lesion-free slices of anomalous ones), the same negatives for every class; "
-        "`all`: every lesion slice, as in `detection.md` (the runs' numbers there are another demo's when the "
-        "demos differ). First the demo's seed, then the mean over the seeds where there are several. Each run's "
-        "best column at the demo's seed in bold.",
+        "test scans and the lesion-free slices of anomalous ones), the same negatives for every class; `all`: every "
+        "lesion slice, as in `detection.md` (the runs' numbers there are another demo's when the demos differ). The "
+        "demo's seed, then the mean over the seeds (their number in brackets). Each run's best column at the demo's "
+        "seed in bold.",
         "",
     ]
     header = ["run", "column", "all", *CLASSES]
-    if len(seeds) > 1:
+    if several:
         header += [f"mean over seeds: {c}" for c in ("all", *CLASSES)]
     rows = []
     for run, entry in result["runs"].items():
@@ -300,12 +380,36 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             first = by_seed.get(seeds[0], by_seed.get(str(seeds[0]), {}))
             name = f"**`{col}`**" if col == entry["best"] else f"`{col}`"
             row = [run, name, *[_f(first.get(c)) for c in ("all", *CLASSES)]]
-            if len(seeds) > 1:
-                values = list(by_seed.values())
-                for c in ("all", *CLASSES):
-                    v = [e[c] for e in values if c in e]
-                    row.append(f"{_f(float(np.mean(v)))} ({len(v)})" if len(v) > 1 else "–")
+            if several:
+                row += [_mean_cell(list(by_seed.values()), c) for c in ("all", *CLASSES)]
             rows.append(row)
+    lines += [markdown_table(header, rows), ""]
+    lines += [
+        "## Scans",
+        "",
+        markdown_table(class_header, _class_rows(result["scan_classes"])),
+        "",
+    ]
+    lines += [
+        "For the volume target 0.95, with every scan beyond the healthy range ranked above every healthy scan and "
+        f"the rim-only ones at chance, the scans within the healthy range need **{_needed(result['scan_classes'], 0.95)}**.",
+        "",
+        "Volume AUROC of each run's best volume column at the demo's seed (as in `detection.md`'s first table), on "
+        "the anomalous test scans of each class against all 80 healthy test scans; the demo's seed, then the mean "
+        "over the seeds.",
+        "",
+    ]
+    header = ["run", "column", "all", *CLASSES]
+    if several:
+        header += [f"mean over seeds: {c}" for c in ("all", *CLASSES)]
+    rows = []
+    for run, entry in result["volume_runs"].items():
+        by_seed = entry["by_seed"]
+        first = by_seed.get(seeds[0], by_seed.get(str(seeds[0]), {}))
+        row = [run, f"`{entry['column']}`", *[_f(first.get(c)) for c in ("all", *CLASSES)]]
+        if several:
+            row += [_mean_cell(list(by_seed.values()), c) for c in ("all", *CLASSES)]
+        rows.append(row)
     lines += [markdown_table(header, rows), ""]
     if result.get("reading"):
         lines += ["## Reading", "", result["reading"], ""]
@@ -320,28 +424,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
-    from mri_anomaly.training.config import config_from_yaml
-
     demo = args.demo.resolve()
-    config = config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
-    classes = classify_test_slices(demo / "data", config)
-    # the slice tables count the slices with brain fraction >= min_brain_fraction: classify those only
-    counted = load_seed_tables(demo, [0], ["intensity"])[0]["intensity"]["slice"]
-    counted = counted[counted["slice_label"] == 1][["subject_id", "slice"]]
-    classes = classes.merge(counted, on=["subject_id", "slice"], how="inner")
+    classes, scans = counted_test_classes(demo)
     seeds = [0, *[s for s in args.seeds if s != 0]]
     result = {
         "demo": str(demo),
         "seeds": seeds,
         "classes": class_table(classes),
         "runs": run_aurocs(demo, seeds, classes),
+        "scan_classes": class_table(scans),
+        "volume_runs": run_volume_aurocs(demo, seeds, scans),
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
-    result["meta"] = run_meta("slice_ceiling.py", argv, load_start, t0)
+    result["meta"] = run_meta("ceilings.py", argv, load_start, t0)
     md = to_markdown(result)
     args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "slice_ceiling.md").write_text(md)
-    (args.docs / "slice_ceiling.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (args.docs / "ceilings.md").write_text(md)
+    (args.docs / "ceilings.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(md)
     return 0
 

@@ -1,4 +1,4 @@
-"""``benchmarks/slice_ceiling.py``: the lesion-slice classes, the ceilings and the per-class AUROCs on hand-made
+"""``benchmarks/ceilings.py``: the lesion-slice and scan classes, the ceilings and the per-class AUROCs on hand-made
 arrays and tables (no scoring)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def sc(load_benchmark):
-    return load_benchmark("slice_ceiling")
+    return load_benchmark("ceilings")
 
 
 def test_lesion_slice_classes_by_hand(sc):
@@ -60,10 +60,10 @@ def test_ceiling_and_class_table(sc):
     )
     table = {(r["group"], r["size_stratum"]): r for r in sc.class_table(classes)}
     ms = table[("ms", "small")]
-    assert ms["slices"] == 3 and ms["median_lesion_voxels"] == 2
+    assert ms["n"] == 3 and ms["median_lesion_voxels"] == 2
     assert ms["ceiling_scored_part"] == pytest.approx((2 + 0.5) / 3)
     assert ms["ceiling_beyond_range"] == pytest.approx((1 + 1.0) / 3)
-    assert table[("all", "all")]["slices"] == 4 and ("ms", "large") not in table
+    assert table[("all", "all")]["n"] == 4 and ("ms", "large") not in table
 
 
 def test_class_aurocs_by_hand(sc):
@@ -88,3 +88,29 @@ def test_class_aurocs_by_hand(sc):
     assert out["all"] == pytest.approx(6 / 9) and sc.CLASSES[1] not in out
     with pytest.raises(ValueError, match="no lesion here"):
         sc.class_aurocs(slices, classes.iloc[:2], ["s"])
+
+
+def test_lesion_scan_class_by_hand(sc):
+    image = np.array([0.2, 0.9, 0.5, 0.7, 0.95, 3.0])
+    region = np.array([True, True, True, True, True, False])
+    lesion = np.array([False, False, False, True, False, True])
+    # the lesion's 0.7 lies inside the healthy 0.2 .. 0.95; its 3.0 lies outside the region
+    assert sc.lesion_scan_class(image, lesion, region) == {
+        "lesion_voxels": 2,
+        "in_part": 1,
+        "beyond": 0,
+        "class": sc.CLASSES[1],
+    }
+    image[3] = 0.1  # darker than every healthy voxel
+    assert sc.lesion_scan_class(image, lesion, region)["class"] == sc.CLASSES[2]
+    assert sc.lesion_scan_class(image, lesion & ~region, region)["class"] == sc.CLASSES[0]
+
+
+def test_volume_class_aurocs_by_hand(sc):
+    volume = pd.DataFrame(
+        {"subject_id": list("abcde"), "label": [1, 1, 1, 0, 0], "v": [0.9, 0.1, 0.6, 0.5, 0.2]}
+    )
+    scans = pd.DataFrame({"subject_id": list("abc"), "class": [sc.CLASSES[2], sc.CLASSES[1], sc.CLASSES[2]]})
+    out = sc.volume_class_aurocs(volume, scans, "v")
+    assert out[sc.CLASSES[2]] == 1.0 and out[sc.CLASSES[1]] == 0.0
+    assert out["all"] == pytest.approx(4 / 6) and sc.CLASSES[0] not in out

@@ -246,17 +246,33 @@ def run_aurocs(demo: Path, seeds: Sequence[int], classes: pd.DataFrame) -> dict:
     return out
 
 
+WITHIN_GROUPS = (
+    "ms",
+    "focal_opposite",
+)  # the within-range scans' kinds, each reported apart (faint MS, dark focal)
+
+
 def volume_class_aurocs(volume: pd.DataFrame, scans: pd.DataFrame, column: str) -> dict[str, float]:
-    """``{"all", <class>...: AUROC}`` of ``column`` of a volume table (``subject_id``, ``label``): the anomalous scans
-    (of each class of ``scans``) against every healthy scan."""
+    """``{"all", <class>..., "<within class>:<group>"...: AUROC}`` of ``column`` of a volume table (``subject_id``,
+    ``label``): the anomalous scans (of each class of ``scans``; the within-range ones also per group of
+    :data:`WITHIN_GROUPS` when ``scans`` has a ``group``) against every healthy scan."""
     from mri_anomaly.evaluation.metrics import auroc
 
-    labelled = volume.merge(scans[["subject_id", "class"]], on="subject_id", how="left")
+    keep = ["subject_id", "class"] + (["group"] if "group" in scans else [])
+    labelled = volume.drop(columns=[c for c in ("group",) if c in volume]).merge(
+        scans[keep], on="subject_id", how="left"
+    )
     negative = labelled[labelled["label"] == 0]
+    anomalous = labelled[labelled["label"] == 1]
+    within = [
+        (f"{CLASSES[1]}:{g}", anomalous[(anomalous["class"] == CLASSES[1]) & (anomalous["group"] == g)])
+        for g in (WITHIN_GROUPS if "group" in labelled else ())
+    ]
     out = {}
     for name, pos in [
-        ("all", labelled[labelled["label"] == 1]),
-        *[(c, labelled[(labelled["label"] == 1) & (labelled["class"] == c)]) for c in CLASSES],
+        ("all", anomalous),
+        *[(c, anomalous[anomalous["class"] == c]) for c in CLASSES],
+        *within,
     ]:
         if len(pos):
             y = np.r_[np.ones(len(pos)), np.zeros(len(negative))]
@@ -395,20 +411,22 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         f"the rim-only ones at chance, the scans within the healthy range need **{_needed(result['scan_classes'], 0.95)}**.",
         "",
         "Volume AUROC of each run's best volume column at the demo's seed (as in `detection.md`'s first table), on "
-        "the anomalous test scans of each class against all 80 healthy test scans; the demo's seed, then the mean "
-        "over the seeds.",
+        "the anomalous test scans of each class against all 80 healthy test scans, and on the within-range MS and "
+        "dark focal scans apart; the demo's seed, then the mean over the seeds.",
         "",
     ]
-    header = ["run", "column", "all", *CLASSES]
+    keys = ("all", *CLASSES, *[f"{CLASSES[1]}:{g}" for g in WITHIN_GROUPS])
+    names = [k.replace(":ms", ": MS").replace(":focal_opposite", ": dark focal") for k in keys]
+    header = ["run", "column", *names]
     if several:
-        header += [f"mean over seeds: {c}" for c in ("all", *CLASSES)]
+        header += [f"mean over seeds: {c}" for c in names]
     rows = []
     for run, entry in result["volume_runs"].items():
         by_seed = entry["by_seed"]
         first = by_seed.get(seeds[0], by_seed.get(str(seeds[0]), {}))
-        row = [run, f"`{entry['column']}`", *[_f(first.get(c)) for c in ("all", *CLASSES)]]
+        row = [run, f"`{entry['column']}`", *[_f(first.get(c)) for c in keys]]
         if several:
-            row += [_mean_cell(list(by_seed.values()), c) for c in ("all", *CLASSES)]
+            row += [_mean_cell(list(by_seed.values()), c) for c in keys]
         rows.append(row)
     lines += [markdown_table(header, rows), ""]
     if result.get("reading"):

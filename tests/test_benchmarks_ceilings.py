@@ -114,3 +114,7 @@ def test_volume_class_aurocs_by_hand(sc):
     out = sc.volume_class_aurocs(volume, scans, "v")
     assert out[sc.CLASSES[2]] == 1.0 and out[sc.CLASSES[1]] == 0.0
     assert out["all"] == pytest.approx(4 / 6) and sc.CLASSES[0] not in out
+    # with groups: the within-range scans per kind
+    scans["group"] = ["focal", "ms", "focal_opposite"]
+    out = sc.volume_class_aurocs(volume.assign(group="stale"), scans, "v")
+    assert out[f"{sc.CLASSES[1]}:ms"] == 0.0 and f"{sc.CLASSES[1]}:focal_opposite" not in out

@@ -1,14 +1,15 @@
 """Ablations on the demo cohort: histogram standardisation, training augmentation and warm-up, on and off.
 
-Trains the demo's 2D Glow ratio, latent-norm AE and normative baseline with the shipped configs and with one
+Trains the demo's 2D and 3D Glow ratio, latent-norm AE and normative baseline with the shipped configs and with one
 option changed, on the same cohort, scores the test scans and the real cases of ``../shared/data``, and prints
 one table per question:
 
 * ``-hist``: ``preprocessing.intensity.standardize=histogram`` (Nyúl–Udupa landmarks fitted on the healthy
   training scans, ``mri_anomaly.data.histogram``);
 * ``-aug``: ``train.augment=true`` (``mri_anomaly.data.augmentation``);
-* ``-warmup``: the learning rate ramped linearly over the first 10 of each phase's 100 steps (the 2D Glow ratio,
-  ``train.phases.<phase>.warmup_steps``).
+* ``-warmup``: the learning rate ramped linearly over the first 10 steps of each phase (the 2D Glow ratio's 100 and
+  100, the 3D Glow ratio's 300 and 150; ``train.phases.<phase>.warmup_steps``; the loss it steadies:
+  ``benchmarks/glow_warmup.py``).
 
 Demo rows: volume AUROC of each run's two map scores (``<map>_q999`` and ``<map>_top200mm3``, the columns the runs
 choose between, ``mri_anomaly.scoring.maps``) with their 95 % bootstrap CIs, each variant's paired AUROC difference
@@ -52,7 +53,7 @@ UNSEEDED = ("intensity", "normative", "normative-hist")  # no trained weights: t
 MAP_SUFFIXES = (MAP_QUANTILE[0], MAP_TOP_VOLUME[0])
 HIST = ("preprocessing.intensity.standardize=histogram",)
 AUG = ("train.augment=true",)
-# the learning rate ramped over the first 10 % of each of the 2D Glow ratio's two 100-step phases
+# the learning rate ramped over the first 10 steps of each of the Glow ratio's two phases
 WARMUP = ("train.phases.general.warmup_steps=10", "train.phases.in.warmup_steps=10")
 
 
@@ -63,6 +64,8 @@ def ablation_runs():
         DemoRun("glow2d-ratio", "glow2d-slices.yaml", _GLOW2D_RATIO),
         DemoRun("glow2d-ratio-hist", "glow2d-slices.yaml", _GLOW2D_RATIO + HIST),
         DemoRun("glow2d-ratio-warmup", "glow2d-slices.yaml", _GLOW2D_RATIO + WARMUP),
+        DemoRun("glow3d-ratio", "glow3d-ratio.yaml"),
+        DemoRun("glow3d-ratio-warmup", "glow3d-ratio.yaml", WARMUP),
         DemoRun("latent-norm-ae-2d", "latent-norm-ae-2d.yaml"),
         DemoRun("latent-norm-ae-2d-hist", "latent-norm-ae-2d.yaml", HIST),
         DemoRun("latent-norm-ae-2d-aug", "latent-norm-ae-2d.yaml", AUG),
@@ -75,6 +78,7 @@ def ablation_runs():
 VARIANT_OF = {
     "glow2d-ratio-hist": "glow2d-ratio",
     "glow2d-ratio-warmup": "glow2d-ratio",
+    "glow3d-ratio-warmup": "glow3d-ratio",
     "latent-norm-ae-2d-hist": "latent-norm-ae-2d",
     "latent-norm-ae-2d-aug": "latent-norm-ae-2d",
     "normative-hist": "normative",
@@ -491,9 +495,21 @@ def main(argv: list[str] | None = None) -> int:
         cohort_state = json.loads((args.cohort.parent / STATE_FILE).read_text())["data"]
         settings = {"seed": 0, "smoke": False, "runs": [r.name for r in runs]}
         state.write_text(json.dumps({"settings": settings, "data": cohort_state}))
-        if args.reuse_shipped:
-            reused = reuse_shipped_runs(args.cohort.parent, args.out, runs)
-            (args.out / REUSED_FILE).write_text(json.dumps({"demo": str(args.cohort.parent), "runs": reused}))
+    elif state.is_file():
+        # an ablation folder made before runs were added to the ablation: the runs it has resume, the new ones train
+        current = json.loads(state.read_text())
+        names = [r.name for r in runs]
+        if set(current["settings"].get("runs", [])) < set(names):
+            current["settings"]["runs"] = names
+            current.pop("evaluate", None)
+            state.write_text(json.dumps(current, indent=2))
+    if args.cohort is not None and args.reuse_shipped:
+        reused = reuse_shipped_runs(args.cohort.parent, args.out, runs)  # the runs not in the state yet
+        before = (
+            json.loads((args.out / REUSED_FILE).read_text()) if (args.out / REUSED_FILE).is_file() else {}
+        )
+        reused = list(before.get("runs", [])) + [r for r in reused if r not in before.get("runs", [])]
+        (args.out / REUSED_FILE).write_text(json.dumps({"demo": str(args.cohort.parent), "runs": reused}))
     reused_note = ""
     if (args.out / REUSED_FILE).is_file():
         reused = json.loads((args.out / REUSED_FILE).read_text())

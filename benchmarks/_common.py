@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,14 @@ def save_results(name: str, tag: str, markdown: str, data: dict[str, Any], out_d
     md_path.write_text(markdown)
     (out_dir / f"{name}-{tag}.json").write_text(json.dumps(data, indent=2) + "\n")
     return md_path
+
+
+def write_doc(docs: Path, name: str, markdown: str, result: Mapping[str, Any]) -> None:
+    """Write ``<docs>/<name>.md`` and ``.json`` (floats of numpy types as numbers) and print the markdown."""
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / f"{name}.md").write_text(markdown)
+    (docs / f"{name}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(markdown)
 
 
 def train_steps_run(config: dict[str, Any], datalist: Path, run_dir: Path, steps: int | str) -> float:

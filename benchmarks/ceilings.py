@@ -32,7 +32,6 @@ Writes ``docs/benchmarks/ceilings.md`` and ``.json``; reads the demo's scores, t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
+from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
 from detection import load_seed_tables  # noqa: E402
 from lesion_conspicuity import BASELINES, GROUP_ORDER, RUNS, anomalous_test_items  # noqa: E402
 
@@ -455,11 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     result["meta"] = run_meta("ceilings.py", argv, load_start, t0)
-    md = to_markdown(result)
-    args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "ceilings.md").write_text(md)
-    (args.docs / "ceilings.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(md)
+    write_doc(args.docs, "ceilings", to_markdown(result), result)
     return 0
 
 

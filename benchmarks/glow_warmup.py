@@ -24,7 +24,6 @@ Writes ``docs/benchmarks/glow_warmup.md`` and ``.json``; runs under ``--out`` ar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
+from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
 
 RUNS = ("glow2d-ratio", "glow3d-ratio")
 
@@ -194,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     result["meta"] = run_meta("glow_warmup.py", argv, load_start, t0)
-    md = to_markdown(result)
-    args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "glow_warmup.md").write_text(md)
-    (args.docs / "glow_warmup.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(md)
+    write_doc(args.docs, "glow_warmup", to_markdown(result), result)
     return 0
 
 

@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
+from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
 from detection import best_column_over_seeds, load_seed_tables, seed_folder  # noqa: E402
 from real_data import default_data_dir, real_cases  # noqa: E402
 
@@ -787,11 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     result["meta"] = {**run_meta("lesion_conspicuity.py", argv, load_start, t0), "seconds": time.time() - t0}
-    md = to_markdown(result)
-    args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "lesion_conspicuity.md").write_text(md)
-    (args.docs / "lesion_conspicuity.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(md)
+    write_doc(args.docs, "lesion_conspicuity", to_markdown(result), result)
     return 0
 
 

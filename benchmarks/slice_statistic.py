@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -43,7 +42,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
+from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
 from ceilings import CLASSES, class_aurocs, counted_test_classes  # noqa: E402
 from detection import compare_over_seeds, load_seed_tables, seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
@@ -354,11 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     result["meta"] = run_meta("slice_statistic.py", argv, load_start, t0)
-    md = to_markdown(result)
-    args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "slice_statistic.md").write_text(md)
-    (args.docs / "slice_statistic.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(md)
+    write_doc(args.docs, "slice_statistic", to_markdown(result), result)
     return 0
 
 

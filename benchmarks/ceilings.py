@@ -11,7 +11,8 @@ one class:
 
 * ``rim only``: no lesion voxel in the part of the slice (the scan) the map scores read;
 * ``within healthy range``: lesion voxels there, each inside the intensity range of the scan's own healthy voxels
-  of its scored brain (the lowest to the highest): no threshold on the image finds them without a healthy voxel;
+  of its scored brain (the brain minus the rim, for slices and scans alike; the lowest to the highest): no
+  threshold on the image finds them without a healthy voxel;
 * ``beyond healthy range``: some lesion voxel there is brighter (or darker) than every healthy voxel of the scan's
   scored brain.
 
@@ -48,10 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
 from detection import load_seed_tables  # noqa: E402
 from lesion_conspicuity import BASELINES, GROUP_ORDER, RUNS, anomalous_test_items  # noqa: E402
+from real_data import default_data_dir, real_cases  # noqa: E402
 
 CLASSES = ("rim only", "within healthy range", "beyond healthy range")
 SIZE_ORDER = ("small", "medium", "large")
 CONTROL = "brain_fraction"
+REAL_FLAIR = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
 
 
 def scored_part(image: torch.Tensor, erosion: Sequence[int]) -> np.ndarray:
@@ -68,12 +71,15 @@ def scored_part(image: torch.Tensor, erosion: Sequence[int]) -> np.ndarray:
     return torch.where(has_region[None, None, :], region, brain).numpy()
 
 
-def lesion_slice_classes(image: np.ndarray, lesion: np.ndarray, part: np.ndarray) -> list[dict]:
+def lesion_slice_classes(
+    image: np.ndarray, lesion: np.ndarray, part: np.ndarray, reference: np.ndarray | None = None
+) -> list[dict]:
     """One row per axial slice (last axis) of ``image`` (H, W, D) with a lesion voxel: ``slice``,
     ``lesion_voxels`` (in the slice), ``in_part`` (of them in ``part``), ``beyond`` (of those, outside the
-    scan's healthy range in ``part``: above the highest or below the lowest voxel of ``part`` not in ``lesion``),
-    and ``class`` (one of :data:`CLASSES`). ``lesion`` and ``part`` are boolean (H, W, D)."""
-    healthy = image[part & ~lesion]
+    scan's healthy range: above the highest or below the lowest voxel of ``reference`` not in ``lesion``), and
+    ``class`` (one of :data:`CLASSES`). ``reference``: the scan's scored brain (the maps' region, the same for the
+    scan's class), default ``part``. Masks are boolean (H, W, D)."""
+    healthy = image[(part if reference is None else reference) & ~lesion]
     low, high = (float(healthy.min()), float(healthy.max())) if healthy.size else (np.inf, -np.inf)
     rows = []
     for k in np.flatnonzero(lesion.any(axis=(0, 1))):
@@ -107,30 +113,74 @@ def lesion_scan_class(image: np.ndarray, lesion: np.ndarray, region: np.ndarray)
     return {"lesion_voxels": int(lesion.sum()), "in_part": int(values.size), "beyond": beyond, "class": cls}
 
 
-def classify_test_scans(data: Path, config: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`lesion_slice_classes` and :func:`lesion_scan_class` of every anomalous test scan of a demo cohort
-    ``data`` after the run's preprocessing (``config``: a run's resolved config), each row with ``subject_id``,
-    ``group`` and ``size_stratum``: ``(slices, scans)``."""
+def classify_items(
+    items: Sequence[Mapping[str, Any]], config: Mapping[str, Any], root: Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`lesion_slice_classes` and :func:`lesion_scan_class` of every item (``image``, ``mask``: paths, relative
+    to ``root`` when given) after the run's preprocessing (``config``: a run's resolved config, the transform its
+    scoring uses), each row with ``subject_id`` and, where the item has them, ``group`` and ``size_stratum``; the
+    slice rows also with ``counted`` (brain fraction >= ``slices.min_brain_fraction``): ``(slices, scans)``."""
+    from mri_anomaly.data import slice_brain_fractions
     from mri_anomaly.data.preprocessing import preprocessing
     from mri_anomaly.scoring.maps import erosion_voxels, map_region
 
     transform = preprocessing(config["preprocessing"], keys=("image", "mask"))
     erosion = erosion_voxels(config)
+    min_fraction = float((config.get("slices") or {}).get("min_brain_fraction", 0.0))
     slices, scans = [], []
-    for item in anomalous_test_items(data):
-        d = transform({"image": str(data / item["image"]), "mask": str(data / item["mask"])})
+    for item in items:
+        paths = {k: str(root / item[k] if root is not None else item[k]) for k in ("image", "mask")}
+        d = transform(paths)
         image = torch.as_tensor(d["image"]).as_subclass(torch.Tensor)
         lesion = np.asarray(d["mask"][0]) > 0.5
-        keys = {
-            "subject_id": item["subject_id"],
-            "group": item["group"],
-            "size_stratum": item["size_stratum"],
-        }
+        counted = (slice_brain_fractions(image) >= min_fraction).numpy()
+        keys = {k: item[k] for k in ("subject_id", "group", "size_stratum") if k in item}
         part = scored_part(image, erosion)
-        slices += [{**keys, **row} for row in lesion_slice_classes(image[0].numpy(), lesion, part)]
         region = map_region(image, erosion)[0].numpy()
-        scans.append({**keys, **lesion_scan_class(image[0].numpy(), lesion, region)})
+        for row in lesion_slice_classes(image[0].numpy(), lesion, part, region):
+            slices.append({**keys, **row, "counted": bool(counted[row["slice"]])})
+        scans.append(
+            {
+                **keys,
+                **lesion_scan_class(image[0].numpy(), lesion, region),
+                "counted_slices": int(counted.sum()),
+            }
+        )
     return pd.DataFrame(slices), pd.DataFrame(scans)
+
+
+def classify_test_scans(data: Path, config: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`classify_items` of the anomalous test scans of a demo cohort ``data``."""
+    return classify_items(anomalous_test_items(data), config, root=data)
+
+
+def real_case_ceilings(data: Path, config: Mapping[str, Any], cases: Sequence[str]) -> list[dict]:
+    """Per real case of ``data`` named in ``cases`` (``real_data.real_cases``): its counted lesion and lesion-free
+    slices after the run's preprocessing, the share of each class among the lesion slices, and the two ceilings
+    of the slice AUROC inside the scan (lesion against lesion-free counted slices of the same scan)."""
+    items = [c for c in real_cases(data) if c["subject_id"] in cases]
+    slices, scans = classify_items(items, config)
+    out = []
+    for scan in scans.to_dict("records"):
+        mine = slices[(slices["subject_id"] == scan["subject_id"]) & slices["counted"]]
+        n = len(mine)
+        counts = {c: int((mine["class"] == c).sum()) for c in CLASSES}
+        out.append(
+            {
+                "subject_id": scan["subject_id"],
+                "lesion_slices": n,
+                "lesion_free_slices": scan["counted_slices"] - n,
+                **{f"share_{c}": counts[c] / n if n else float("nan") for c in CLASSES},
+                "median_lesion_voxels": float(mine["lesion_voxels"].median()) if n else float("nan"),
+                "ceiling_scored_part": ceiling(counts[CLASSES[1]] + counts[CLASSES[2]], n),
+                "ceiling_beyond_range": ceiling(counts[CLASSES[2]], n),
+                "within_needed_for_0.85": needed_within(0.85, counts[CLASSES[0]] / n, counts[CLASSES[1]] / n)
+                if n
+                else float("nan"),
+                "scan_class": scan["class"],
+            }
+        )
+    return out
 
 
 def counted_test_classes(demo: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -140,9 +190,16 @@ def counted_test_classes(demo: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     config = config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
     slices, scans = classify_test_scans(demo / "data", config)
-    counted = load_seed_tables(demo, [0], ["intensity"])[0]["intensity"]["slice"]
-    counted = counted[counted["slice_label"] == 1][["subject_id", "slice"]]
-    return slices.merge(counted, on=["subject_id", "slice"], how="inner"), scans
+    scored = load_seed_tables(demo, [0], ["intensity"])[0]["intensity"]["slice"]
+    scored = {
+        (str(a), int(b)) for a, b in scored.loc[scored["slice_label"] == 1, ["subject_id", "slice"]].values
+    }
+    mine = slices[slices["counted"]]
+    if {(str(a), int(b)) for a, b in mine[["subject_id", "slice"]].values} != scored:
+        raise RuntimeError(
+            f"{demo}: the counted lesion slices here differ from its score tables' (other preprocessing?)"
+        )
+    return mine.reset_index(drop=True), scans
 
 
 def ceiling(n_seen: int, n_positive: int) -> float:
@@ -428,6 +485,42 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             row += [_mean_cell(list(by_seed.values()), c) for c in keys]
         rows.append(row)
     lines += [markdown_table(header, rows), ""]
+    if result.get("real"):
+        lines += [
+            "## Real FLAIR cases",
+            "",
+            "Each case's counted slices through the same preprocessing; slice AUROC inside the scan (lesion against "
+            "lesion-free counted slices of the same scan, as in `real_data.md`), so its ceilings count the scan's own "
+            "lesion slices. The issue's target there is 0.85: what the within-range slices need for it with every other slice "
+            "found and the rim-only ones at chance (none: the other slices reach it alone; above 1: out of reach). Scan class: the whole scan's, as above.",
+            "",
+        ]
+        header = [
+            "case",
+            "lesion slices",
+            "lesion-free slices",
+            *CLASSES,
+            "median lesion voxels",
+            "ceiling: every lesion in the scored part",
+            "ceiling: beyond the healthy range only",
+            "within-range slices need for 0.85",
+            "scan class",
+        ]
+        rows = [
+            [
+                r["subject_id"],
+                r["lesion_slices"],
+                r["lesion_free_slices"],
+                *[_pct(r[f"share_{c}"]) for c in CLASSES],
+                _f(r["median_lesion_voxels"], 0),
+                _f(r["ceiling_scored_part"]),
+                _f(r["ceiling_beyond_range"]),
+                "none" if r["within_needed_for_0.85"] <= 0 else _f(r["within_needed_for_0.85"]),
+                r["scan_class"],
+            ]
+            for r in result["real"]
+        ]
+        lines += [markdown_table(header, rows), ""]
     if result.get("reading"):
         lines += ["## Reading", "", result["reading"], ""]
     return "\n".join(lines)
@@ -437,12 +530,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
     p.add_argument("--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to read too")
+    p.add_argument("--real", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
     p.add_argument("--docs", type=Path, default=DOCS_DIR)
     p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()
     classes, scans = counted_test_classes(demo)
+    from mri_anomaly.training.config import config_from_yaml
+
+    config = config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
+    real = real_case_ceilings(args.real, config, REAL_FLAIR) if args.real.is_dir() else []
     seeds = [0, *[s for s in args.seeds if s != 0]]
     result = {
         "demo": str(demo),
@@ -451,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": run_aurocs(demo, seeds, classes),
         "scan_classes": class_table(scans),
         "volume_runs": run_volume_aurocs(demo, seeds, scans),
+        "real": real,
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     result["meta"] = run_meta("ceilings.py", argv, load_start, t0)

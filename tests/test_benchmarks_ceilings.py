@@ -34,6 +34,11 @@ def test_lesion_slice_classes_by_hand(sc):
         (1, 1, 1),
         (2, 1, 1),
     ]
+    # the healthy range from another reference: with a healthy 5.0 in it, slice 2's 0.95 lies inside the range
+    reference = part.copy()
+    reference[3, 3, 0], image[3, 3, 0] = True, 5.0
+    rows = sc.lesion_slice_classes(image, lesion, part, reference)
+    assert [r["class"] for r in rows] == [sc.CLASSES[0], sc.CLASSES[1], sc.CLASSES[1], sc.CLASSES[2]]
 
 
 def test_scored_part_falls_back_to_the_brain(sc):

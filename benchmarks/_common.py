@@ -6,6 +6,7 @@ Timing: CPU wall clock (``time.perf_counter``) or CUDA events around each call; 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -114,6 +115,21 @@ def save_results(name: str, tag: str, markdown: str, data: dict[str, Any], out_d
     md_path.write_text(markdown)
     (out_dir / f"{name}-{tag}.json").write_text(json.dumps(data, indent=2) + "\n")
     return md_path
+
+
+def demo_benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a benchmark that reads a finished demo: ``doc``'s first paragraph as its description, ``--demo``
+    (required), ``--docs`` and ``--reading`` (a markdown file put under "Reading", :func:`reading_lines`)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
+    p.add_argument("--docs", type=Path, default=DOCS_DIR)
+    p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
+    return p
+
+
+def reading_lines(result: Mapping[str, Any]) -> list[str]:
+    """The document's "Reading" section: ``result["reading"]`` when there is one."""
+    return ["## Reading", "", result["reading"], ""] if result.get("reading") else []
 
 
 def write_doc(docs: Path, name: str, markdown: str, result: Mapping[str, Any]) -> None:

@@ -23,7 +23,6 @@ Writes ``docs/benchmarks/glow_warmup.md`` and ``.json``; runs under ``--out`` ar
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -36,7 +35,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 
 RUNS = ("glow2d-ratio", "glow3d-ratio")
 
@@ -164,21 +163,17 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         for r in result["summary"]
     ]
     lines += [markdown_table(header, rows), ""]
-    if result.get("reading"):
-        lines += ["## Reading", "", result["reading"], ""]
+    lines += reading_lines(result)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
+    p = demo_benchmark_parser(__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps of the other setting")
     p.add_argument("--window", type=int, default=40, help="steps measured from each phase's start")
     p.add_argument("--rise", type=float, default=0.25, help="a step-to-step rise counted, bits/dim")
     p.add_argument("--out", type=Path, default=Path("/tmp/mri-anomaly-glow-warmup"))
-    p.add_argument("--docs", type=Path, default=DOCS_DIR)
-    p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()

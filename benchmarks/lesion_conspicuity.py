@@ -33,7 +33,6 @@ Writes ``docs/benchmarks/lesion_conspicuity.md`` and ``.json``. Runs' scores und
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -49,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 from detection import best_column_over_seeds, load_seed_tables, seed_folder  # noqa: E402
 from real_data import default_data_dir, real_cases  # noqa: E402
 
@@ -725,24 +724,18 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             ms = m.get("ms", {})
             rows.append([m["run"], m["part"], *cells, _f(ms.get("spread"), 2), _f(ms.get("edges"), 2)])
         lines += [markdown_table(header, rows), ""]
-    if result.get("reading"):
-        lines += ["## Reading", "", result["reading"], ""]
+    lines += reading_lines(result)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
+    p = demo_benchmark_parser(__doc__)
     p.add_argument("--real", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
     p.add_argument(
         "--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to score too"
     )
     p.add_argument("--out", type=Path, default=Path("/tmp/mri-anomaly-lesion-conspicuity"))
-    p.add_argument("--docs", type=Path, default=DOCS_DIR)
     p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument(
-        "--reading", type=Path, help="a markdown file with the reading of the numbers, put under 'Reading'"
-    )
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     from mri_anomaly.training.config import config_from_yaml

@@ -27,7 +27,6 @@ q99 profiles); without it the real cases are scored with the demo's runs too. Wr
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -42,7 +41,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 from ceilings import CLASSES, class_aurocs, counted_test_classes  # noqa: E402
 from detection import compare_over_seeds, load_seed_tables, seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
@@ -305,22 +304,18 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             row.append(f"{first_and_mean(r)} → {first_and_mean(c)}")
         rows.append(row)
     lines += [markdown_table(header, rows), ""]
-    if result.get("reading"):
-        lines += ["## Reading", "", result["reading"], ""]
+    lines += reading_lines(result)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
+    p = demo_benchmark_parser(__doc__)
     p.add_argument("--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to read too")
     p.add_argument("--real", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
     p.add_argument("--real-reference", type=Path, help="detection.py's --real-out folder on the same demo")
     p.add_argument("--out", type=Path, default=Path("/tmp/mri-anomaly-slice-statistic"))
-    p.add_argument("--docs", type=Path, default=DOCS_DIR)
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--max-voxels", type=int, default=2_000_000)
-    p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
 

@@ -32,7 +32,6 @@ Writes ``docs/benchmarks/ceilings.md`` and ``.json``; reads the demo's scores, t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS_DIR, markdown_table, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 from detection import load_seed_tables  # noqa: E402
 from lesion_conspicuity import BASELINES, GROUP_ORDER, RUNS, anomalous_test_items  # noqa: E402
 from real_data import default_data_dir, real_cases  # noqa: E402
@@ -154,6 +153,38 @@ def classify_test_scans(data: Path, config: Mapping[str, Any]) -> tuple[pd.DataF
     return classify_items(anomalous_test_items(data), config, root=data)
 
 
+def brain_estimate_check(item: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, float]:
+    """How the brain the scores use (voxels > 0 after the run's preprocessing) compares with the case's brain mask
+    (``brain_mask``, else the nonzero voxels of its skull-stripped image) taken through the same preprocessing as a
+    mask (bilinear, > 0.5): ``brain_excess`` (the estimate's voxels over the mask's, minus 1) and
+    ``region_in_true_rim`` (the share of the scored region, the estimate minus the rim, that lies outside the mask's
+    own region: within the rim of the true brain)."""
+    import tempfile
+
+    import nibabel as nib
+    from mri_anomaly.data.preprocessing import preprocessing
+    from mri_anomaly.scoring.maps import erosion_voxels, map_region
+
+    transform = preprocessing(config["preprocessing"], keys=("image", "brain"))
+    erosion = erosion_voxels(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        brain_path = item.get("brain_mask")
+        if not brain_path:
+            img = nib.load(str(item["image"]))
+            brain_path = str(Path(tmp) / "brain.nii.gz")
+            nib.save(nib.Nifti1Image((np.asarray(img.dataobj) != 0).astype(np.uint8), img.affine), brain_path)
+        d = transform({"image": str(item["image"]), "brain": str(brain_path)})
+    image = torch.as_tensor(d["image"]).as_subclass(torch.Tensor)
+    true = torch.as_tensor(d["brain"]).as_subclass(torch.Tensor).float()
+    estimate = (image[0] > 0).numpy()
+    region = map_region(image, erosion)[0].numpy()
+    true_region = map_region(true, erosion)[0].numpy()
+    return {
+        "brain_excess": float(estimate.sum() / max(int((true[0] > 0.5).sum()), 1) - 1.0),
+        "region_in_true_rim": float((region & ~true_region).sum() / max(int(region.sum()), 1)),
+    }
+
+
 def real_case_ceilings(data: Path, config: Mapping[str, Any], cases: Sequence[str]) -> list[dict]:
     """Per real case of ``data`` named in ``cases`` (``real_data.real_cases``): its counted lesion and lesion-free
     slices after the run's preprocessing, the share of each class among the lesion slices, and the two ceilings
@@ -178,6 +209,9 @@ def real_case_ceilings(data: Path, config: Mapping[str, Any], cases: Sequence[st
                 if n
                 else float("nan"),
                 "scan_class": scan["class"],
+                **brain_estimate_check(
+                    next(c for c in items if c["subject_id"] == scan["subject_id"]), config
+                ),
             }
         )
     return out
@@ -492,7 +526,10 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             "Each case's counted slices through the same preprocessing; slice AUROC inside the scan (lesion against "
             "lesion-free counted slices of the same scan, as in `real_data.md`), so its ceilings count the scan's own "
             "lesion slices. The issue's target there is 0.85: what the within-range slices need for it with every other slice "
-            "found and the rim-only ones at chance (none: the other slices reach it alone; above 1: out of reach). Scan class: the whole scan's, as above.",
+            "found and the rim-only ones at chance (none: the other slices reach it alone; above 1: out of reach). The last "
+            "two columns: the brain the scores use (voxels > 0 after preprocessing) against the case's brain mask (BRATS; "
+            "MS: its skull-stripped image's nonzero voxels) taken through the same preprocessing as a mask, and the "
+            "share of the scored region (that brain minus 8 mm) within 8 mm of the mask's edge. Scan class: the whole scan's, as above.",
             "",
         ]
         header = [
@@ -505,6 +542,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             "ceiling: beyond the healthy range only",
             "within-range slices need for 0.85",
             "scan class",
+            "brain estimate vs brain mask",
+            "scored region in the true brain's rim",
         ]
         rows = [
             [
@@ -517,22 +556,20 @@ def to_markdown(result: Mapping[str, Any]) -> str:
                 _f(r["ceiling_beyond_range"]),
                 "none" if r["within_needed_for_0.85"] <= 0 else _f(r["within_needed_for_0.85"]),
                 r["scan_class"],
+                f"{100 * r['brain_excess']:+.0f} %",
+                _pct(r["region_in_true_rim"]),
             ]
             for r in result["real"]
         ]
         lines += [markdown_table(header, rows), ""]
-    if result.get("reading"):
-        lines += ["## Reading", "", result["reading"], ""]
+    lines += reading_lines(result)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
+    p = demo_benchmark_parser(__doc__)
     p.add_argument("--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to read too")
     p.add_argument("--real", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
-    p.add_argument("--docs", type=Path, default=DOCS_DIR)
-    p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()

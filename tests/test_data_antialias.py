@@ -41,6 +41,36 @@ def test_impulse_becomes_the_gaussian_of_the_rule_per_axis():
     )  # z: 4 mm
 
 
+def test_the_box_faces_keep_a_nonzero_background():
+    """A z-scored scan's constant background (BRATS: -3.6) stays at its level up to the box's faces; with zero
+    padding it rose towards 0 there. A scan with a zero background filters exactly as with zero padding."""
+    from monai.networks.layers import GaussianFilter
+
+    x = MetaTensor(torch.full((1, 16, 16, 16), -3.6), affine=torch.eye(4))
+    y = AntiAlias([4, 4, 4])(x)
+    assert torch.allclose(y.as_tensor(), torch.full((1, 16, 16, 16), -3.6), atol=1e-5)
+    blob = torch.zeros(1, 32, 32, 32)
+    blob[0, 10:22, 10:22, 10:22] = 1.0
+    sigma = antialias_sigma([1, 1, 1], [4, 4, 4])
+    zero_padded = GaussianFilter(spatial_dims=3, sigma=sigma, truncated=4.0)(blob[None])[0]
+    assert torch.equal(AntiAlias([4, 4, 4])(MetaTensor(blob, affine=torch.eye(4))).as_tensor(), zero_padded)
+
+
+def test_a_z_scored_scan_has_no_brain_at_the_box_faces(tmp_path):
+    """A 1 mm scan z-scored in its brain (background -3.6, as BRATS) through the 4 mm preprocessing: the first and
+    last axial slices, pure background, stay background (with the zero-padded low-pass they came out as all brain)."""
+    rng = np.random.default_rng(0)
+    arr = np.full((64, 64, 64), -3.6, np.float32)
+    arr[16:48, 16:48, 16:48] = rng.standard_normal((32, 32, 32))
+    path = _write(tmp_path / "zscored.nii.gz", arr, 1.0)
+    x = preprocessing(
+        {"spacing": [4, 4, 4], "spatial_size": [16, 16, 16], "crop_foreground": False}, ["image"]
+    )({"image": path})["image"][0]
+    fraction = (x > 0).float().mean(dim=(0, 1))
+    assert float(fraction[0]) == 0.0 and float(fraction[-1]) == 0.0
+    assert float(fraction[8]) > 0.3  # the brain is there
+
+
 def _write(path, arr, spacing):
     nib.save(nib.Nifti1Image(arr.astype(np.float32), np.diag([spacing, spacing, spacing, 1.0])), str(path))
     return str(path)

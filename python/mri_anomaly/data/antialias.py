@@ -58,10 +58,21 @@ class AntiAlias(Transform):
         if max(sigma) == 0.0:
             return img
         x = img.as_tensor().float()
-        # GaussianFilter pads with zeros: outside a skull-stripped brain that is the background itself
-        smoothed = GaussianFilter(spatial_dims=3, sigma=[max(s, 1e-6) for s in sigma], truncated=4.0)(
-            x[None]
-        )[0]
+        # GaussianFilter pads with zeros, which is the background only of a scan whose background is 0. A z-scored
+        # scan (BRATS: background -3.6) would rise towards 0 along the box's faces, and its first and last slices
+        # would turn into "brain". The box is extended by its edge values first, then cut back.
+        radius = [
+            int(4.0 * s + 0.5) + 1 for s in sigma
+        ]  # GaussianFilter's kernel reach (truncated at 4 sigma)
+        padding = [r for r in reversed(radius) for _ in (0, 1)]  # (last axis first, both sides) for F.pad
+        padded = torch.nn.functional.pad(x[None], padding, mode="replicate")
+        smoothed = GaussianFilter(spatial_dims=3, sigma=[max(s, 1e-6) for s in sigma], truncated=4.0)(padded)[
+            0
+        ]
+        h, w, d = x.shape[1:]
+        smoothed = smoothed[
+            :, radius[0] : radius[0] + h, radius[1] : radius[1] + w, radius[2] : radius[2] + d
+        ]
         return MetaTensor(smoothed.to(img.dtype), meta=img.meta, applied_operations=img.applied_operations)
 
 

@@ -50,7 +50,7 @@ class AnomalyMethod(nn.Module):
     a lesion fills a small part of a slice, and a mean over the slice dilutes it (on the demo's test slices,
     the 3D Glow's ``nll`` map: slice AUROC 0.61 as a mean, 0.94 as the 99th percentile, raw). ``"top200mm3"``,
     the mean of the slice's highest 200 mm³, lifts the autoencoder's residual and the image on the demo's test
-    slices (0.72 -> 0.80) and lowers them on the real FLAIR cases, so the 99th percentile stays
+    slices (0.72 -> 0.80), ties on the real BRATS FLAIRs and lowers MS patient07, so the 99th percentile stays
     (``docs/benchmarks/slice_statistic.md``)."""
 
     def __init__(self, spatial_dims: int, in_channels: int = 1) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from mri_anomaly.scoring.brain import brain_mask
+from mri_anomaly.scoring.brain import brain_mask, top_statistic_voxels
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 
 __all__ = [
@@ -95,7 +95,7 @@ def erosion_voxels(config: Mapping[str, Any]) -> tuple[int, int, int]:
 def top_voxels(config: Mapping[str, Any]) -> int:
     """How many voxels of the model grid fill ``MAP_TOP_VOLUME``'s 200 mm³ (at least one)."""
     sx, sy, sz = model_spacing(config)
-    return max(1, int(round(MAP_TOP_VOLUME[1] / (sx * sy * sz))))
+    return top_statistic_voxels(MAP_TOP_VOLUME[0], sx * sy * sz)
 
 
 def map_region(image: torch.Tensor, erosion: Sequence[int]) -> torch.Tensor:

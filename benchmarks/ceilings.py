@@ -70,6 +70,17 @@ def scored_part(image: torch.Tensor, erosion: Sequence[int]) -> np.ndarray:
     return torch.where(has_region[None, None, :], region, brain).numpy()
 
 
+def _healthy_range(image: np.ndarray, lesion: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """The lowest and highest voxel of ``reference`` not in ``lesion`` ((inf, -inf) when there is none)."""
+    healthy = image[reference & ~lesion]
+    return (float(healthy.min()), float(healthy.max())) if healthy.size else (np.inf, -np.inf)
+
+
+def _n_beyond(values: np.ndarray, bounds: tuple[float, float]) -> int:
+    """How many ``values`` lie outside ``bounds`` (low, high)."""
+    return int(((values > bounds[1]) | (values < bounds[0])).sum())
+
+
 def lesion_slice_classes(
     image: np.ndarray, lesion: np.ndarray, part: np.ndarray, reference: np.ndarray | None = None
 ) -> list[dict]:
@@ -78,14 +89,12 @@ def lesion_slice_classes(
     scan's healthy range: above the highest or below the lowest voxel of ``reference`` not in ``lesion``), and
     ``class`` (one of :data:`CLASSES`). ``reference``: the scan's scored brain (the maps' region, the same for the
     scan's class), default ``part``. Masks are boolean (H, W, D)."""
-    healthy = image[(part if reference is None else reference) & ~lesion]
-    low, high = (float(healthy.min()), float(healthy.max())) if healthy.size else (np.inf, -np.inf)
+    bounds = _healthy_range(image, lesion, part if reference is None else reference)
     rows = []
     for k in np.flatnonzero(lesion.any(axis=(0, 1))):
         les = lesion[..., k]
         inside = les & part[..., k]
-        values = image[..., k][inside]
-        beyond = int(((values > high) | (values < low)).sum())
+        beyond = _n_beyond(image[..., k][inside], bounds)
         cls = CLASSES[0] if not inside.any() else CLASSES[2] if beyond else CLASSES[1]
         rows.append(
             {
@@ -104,10 +113,8 @@ def lesion_scan_class(image: np.ndarray, lesion: np.ndarray, region: np.ndarray)
     volume scores read): ``lesion_voxels``, ``in_part`` (in ``region``), ``beyond`` (of those, outside the range of
     the voxels of ``region`` not in ``lesion``) and ``class``. Arrays of one shape, ``lesion`` and ``region``
     boolean."""
-    healthy = image[region & ~lesion]
-    low, high = (float(healthy.min()), float(healthy.max())) if healthy.size else (np.inf, -np.inf)
     values = image[lesion & region]
-    beyond = int(((values > high) | (values < low)).sum())
+    beyond = _n_beyond(values, _healthy_range(image, lesion, region))
     cls = CLASSES[0] if not values.size else CLASSES[2] if beyond else CLASSES[1]
     return {"lesion_voxels": int(lesion.sum()), "in_part": int(values.size), "beyond": beyond, "class": cls}
 
@@ -217,12 +224,16 @@ def real_case_ceilings(data: Path, config: Mapping[str, Any], cases: Sequence[st
     return out
 
 
-def counted_test_classes(demo: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`classify_test_scans` of a demo through its runs' preprocessing, the slices cut to the counted lesion
-    slices of its score tables (brain fraction >= ``slices.min_brain_fraction``): ``(slices, scans)``."""
+def demo_config(demo: Path) -> dict:
+    """The resolved config of the demo's ``intensity`` run: the preprocessing and map region every run shares."""
     from mri_anomaly.training.config import config_from_yaml
 
-    config = config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
+    return config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
+
+
+def counted_test_classes(demo: Path, config: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`classify_test_scans` of a demo through its runs' preprocessing, the slices cut to the counted lesion
+    slices of its score tables (brain fraction >= ``slices.min_brain_fraction``): ``(slices, scans)``."""
     slices, scans = classify_test_scans(demo / "data", config)
     scored = load_seed_tables(demo, [0], ["intensity"])[0]["intensity"]["slice"]
     scored = {
@@ -573,10 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()
-    classes, scans = counted_test_classes(demo)
-    from mri_anomaly.training.config import config_from_yaml
-
-    config = config_from_yaml((demo / "runs" / "intensity" / "config.yaml").read_text())
+    config = demo_config(demo)
+    classes, scans = counted_test_classes(demo, config)
     real = real_case_ceilings(args.real, config, REAL_FLAIR) if args.real.is_dir() else []
     seeds = [0, *[s for s in args.seeds if s != 0]]
     result = {

@@ -42,7 +42,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
-from ceilings import CLASSES, class_aurocs, counted_test_classes  # noqa: E402
+from ceilings import CLASSES, class_aurocs, counted_test_classes, demo_config  # noqa: E402
 from detection import compare_over_seeds, load_seed_tables, seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
 from real_data import default_data_dir, real_cases, score_real_cases, slice_auroc_within  # noqa: E402
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     demo, out = args.demo.resolve(), args.out.resolve()
     seeds = [0, *[s for s in args.seeds if s != 0]]
     rescore_demo(demo, out, seeds, CANDIDATE)
-    classes, _ = counted_test_classes(demo)
+    classes, _ = counted_test_classes(demo, demo_config(demo))
     demo_slices = compare_profiles(*paired_slices(demo, out, seeds), classes, args.n_bootstrap)
     runs = [r for r in (*RUNS, *BASELINES) if (out / "runs" / r).is_dir()]
     real_new = out / "real"

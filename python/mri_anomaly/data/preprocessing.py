@@ -65,6 +65,7 @@ from monai.transforms import (
     CenterSpatialCrop,
     Compose,
     CropForegroundd,
+    DeleteItemsd,
     DivisiblePadd,
     EnsureChannelFirstd,
     Invertd,
@@ -82,7 +83,7 @@ from mri_anomaly.data.histogram import (
     histogram_config_problems,
     histogram_settings,
 )
-from mri_anomaly.data.intensity import Binarized, ScaleIntensityInMaskd
+from mri_anomaly.data.intensity import Binarized, EstimateForegroundd, ScaleIntensityInMaskd
 from mri_anomaly.data.loading import LoadVolumed
 
 __all__ = [
@@ -102,6 +103,10 @@ __all__ = [
     "GridCropWarning",
     "CROP_WARNING_FRACTION",
 ]
+
+BRAIN_ESTIMATE_PREFIX = "estimated_brain_of_"
+"""Item key prefix of an image's estimated foreground while the chain carries it (removed after scaling). A
+prefix, not a suffix: MONAI's ``Spacingd`` takes every key that starts with ``"<image key>_"`` for a meta dict."""
 
 MAX_GRID = 2048
 """Voxels per axis of the model grid at most (0.1 mm over 20 cm)."""
@@ -397,8 +402,14 @@ def preprocessing(
     bm = cfg["brain_mask_key"]
     if bm is not None and bm not in masks:
         masks.append(bm)
+    it = cfg["intensity"]
+    # Without a brain mask, each image's foreground is estimated at the input's resolution and resampled like a
+    # mask (intensity module: EstimateForegroundd); it only serves the intensity scaling and is dropped after.
+    estimates = {k: f"{BRAIN_ESTIMATE_PREFIX}{k}" for k in imgs} if bm is None and it["inside_mask"] else {}
     all_keys = imgs + masks
-    modes = ["bilinear"] * (len(imgs) + len(masks))  # masks: bilinear then > 0.5 (no nearest-neighbour bias)
+    resampled = all_keys + list(estimates.values())
+    resampled_masks = masks + list(estimates.values())
+    modes = ["bilinear"] * len(resampled)  # masks: bilinear then > 0.5 (no nearest-neighbour bias)
     t: list[Any] = [LoadVolumed(imgs)]
     if masks:
         t.append(LoadVolumed(masks, mask_keys=masks, allow_missing_keys=True))
@@ -413,28 +424,29 @@ def preprocessing(
             labels=(("L", "R"), ("P", "A"), ("I", "S")),
             allow_missing_keys=True,
         ),
+        *[EstimateForegroundd(k, out_key) for k, out_key in estimates.items()],
     ]
     if cfg["spacing"] is not None:
         sp = cfg["spacing"] if isinstance(cfg["spacing"], Sequence) else [cfg["spacing"]] * 3
         pixdim = [float(s) for s in sp]
         if cfg["anti_alias"]:
             t.append(AntiAliasd(imgs, pixdim=pixdim))
-        t.append(Spacingd(all_keys, pixdim=pixdim, mode=modes, dtype=np.float32, allow_missing_keys=True))
-        if masks:
-            t.append(Binarized(masks, threshold=0.5, allow_missing_keys=True))
-    it = cfg["intensity"]
-    t.append(
-        ScaleIntensityInMaskd(
-            imgs,
-            mask_key=bm,
-            lower=it["lower"],
-            upper=it["upper"],
-            b_max=float(it["upper_value"]),
-            clip_max=1.0,
-            inside_mask=it["inside_mask"],
-            clip=it["clip"],
-        )
+        t.append(Spacingd(resampled, pixdim=pixdim, mode=modes, dtype=np.float32, allow_missing_keys=True))
+        if resampled_masks:
+            t.append(Binarized(resampled_masks, threshold=0.5, allow_missing_keys=True))
+    scaling = dict(
+        lower=it["lower"],
+        upper=it["upper"],
+        b_max=float(it["upper_value"]),
+        clip_max=1.0,
+        inside_mask=it["inside_mask"],
+        clip=it["clip"],
     )
+    if estimates:
+        t += [ScaleIntensityInMaskd([k], mask_key=out_key, **scaling) for k, out_key in estimates.items()]
+        t.append(DeleteItemsd(list(estimates.values())))
+    else:
+        t.append(ScaleIntensityInMaskd(imgs, mask_key=bm, **scaling))
     standardize, percentiles, landmarks = histogram_settings(it)
     if standardize == "histogram":
         if landmarks is None:

@@ -4,7 +4,7 @@
 * :mod:`~mri_anomaly.data.preprocessing`: ``PREPROCESSING_DEFAULTS`` (the config schema),
   ``validate_preprocessing_config``, ``preprocessing(config, keys) -> Compose``,
   ``invert_to_input_space`` / ``save_map_in_input_space`` (model grid -> the input file's grid and affine).
-* transforms in MONAI style: ``LoadVolume(d)``, ``ScaleIntensityInMask(d)``, ``Binarize(d)``,
+* transforms in MONAI style: ``LoadVolume(d)``, ``EstimateForegroundd``, ``ScaleIntensityInMask(d)``, ``Binarize(d)``,
   ``RandLesion(d)``, ``HistogramStandardize(d)`` (Nyul-Udupa landmarks, :mod:`~mri_anomaly.data.histogram`).
 * :mod:`~mri_anomaly.data.datalist`: Decathlon JSON / CSV datalists, validated (``load_datalist``,
   ``validate_datalist``, ``write_datalist``, ``build_datalist``).
@@ -48,6 +48,7 @@ from mri_anomaly.data.histogram_fit import fit_standard_landmarks
 from mri_anomaly.data.intensity import (
     Binarize,
     Binarized,
+    EstimateForegroundd,
     ScaleIntensityInMask,
     ScaleIntensityInMaskD,
     ScaleIntensityInMaskd,
@@ -95,6 +96,7 @@ __all__ = [
     "RandLesionDict",
     "RandLesiond",
     "SECTIONS",
+    "EstimateForegroundd",
     "ScaleIntensityInMask",
     "ScaleIntensityInMaskD",
     "ScaleIntensityInMaskDict",

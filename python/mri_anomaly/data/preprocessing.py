@@ -27,9 +27,10 @@ bilinearly and thresholded at 0.5, which keeps partial-volume majority and avoid
 bias of nearest-neighbour downsampling):
 
 ``LoadVolumed`` (checked, :class:`~mri_anomaly.data.io.InputFileError` on bad files) ->
-``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``AntiAliasd`` (images, when ``anti_alias`` and the input
-is finer than ``spacing``) -> ``Spacingd`` (+ ``Binarized`` on masks) ->
-``ScaleIntensityInMaskd`` -> (``HistogramStandardized`` when ``intensity.standardize: histogram``) ->
+``EnsureChannelFirstd`` -> ``Orientationd(RAS)`` -> ``EstimateForegroundd`` (without ``brain_mask_key``: the
+brain estimated at the input's resolution, carried as a mask) -> ``AntiAliasd`` (images, when ``anti_alias`` and
+the input is finer than ``spacing``) -> ``Spacingd`` (+ ``Binarized`` on masks) ->
+``ScaleIntensityInMaskd`` (the estimate dropped after it) -> (``HistogramStandardized`` when ``intensity.standardize: histogram``) ->
 ``CropForegroundd`` -> ``WarnGridCropd`` (a :class:`GridCropWarning` naming the file when the fixed grid
 cuts off more than :data:`CROP_WARNING_FRACTION` of the foreground; arrays untouched) ->
 ``ResizeWithPadOrCropd(spatial_size)`` (or ``DivisiblePadd(divisible_by)``).

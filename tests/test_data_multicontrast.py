@@ -220,6 +220,14 @@ def test_intensity_scaling_is_per_channel():
         lo, hi = float(inside.min()), float(inside.max())
         expected = ((single - lo) / (hi - lo)).clamp(0, 1) * mask
         torch.testing.assert_close(masked[c : c + 1], expected, atol=1e-6, rtol=1e-5)
+    # one mask per channel (each contrast's own estimated brain, EstimateForegroundd): each channel in its own
+    own = torch.cat([mask, 1.0 - mask])
+    masked = ScaleIntensityInMask(lower=0.0, upper=100.0)(torch.cat([a, b]), own)
+    for c, single in enumerate((a, b)):
+        inside = single[own[c : c + 1] > 0]
+        lo, hi = float(inside.min()), float(inside.max())
+        expected = ((single - lo) / (hi - lo)).clamp(0, 1) * own[c : c + 1]
+        torch.testing.assert_close(masked[c : c + 1], expected, atol=1e-6, rtol=1e-5)
 
 
 def test_a_map_comes_back_in_the_first_contrast_input_space(two_contrasts, tmp_path):

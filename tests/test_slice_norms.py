@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -70,6 +71,17 @@ def test_brain_fraction_covariate_removes_a_size_trend():
     assert rho(by_position) > 0.2 and abs(rho(with_covariate)) < 0.1
     with pytest.raises(ValueError, match="brain fraction"):
         standardise_slice_scores({"s": torch.tensor(test_scores[0]["s"])}, with_covariate)
+
+    # a read-only stored profile (a memory-mapped array) standardises as its tensor does, without torch's
+    # "non-writable" warning
+    read_only = np.array(test_fractions[0])
+    read_only.setflags(write=False)
+    scores = {"s": torch.tensor(test_scores[0]["s"])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_array = standardise_slice_scores(scores, with_covariate, read_only)["s"]
+    from_tensor = standardise_slice_scores(scores, with_covariate, torch.tensor(test_fractions[0]))["s"]
+    assert torch.equal(from_array, from_tensor)
 
 
 def test_brain_statistics_by_hand():

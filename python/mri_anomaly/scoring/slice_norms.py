@@ -208,7 +208,10 @@ def standardise_slice_scores(
                 raise ValueError(
                     "these slice norms depend on the brain fraction: pass each slice's brain fraction"
                 )
-            f = torch.as_tensor(brain_fraction, dtype=torch.float64).reshape(-1)
+            if isinstance(brain_fraction, torch.Tensor):
+                f = brain_fraction.detach().to("cpu", torch.float64).reshape(-1)
+            else:  # a copy: the profile may be a read-only view of a stored array, which torch warns about
+                f = torch.from_numpy(np.array(brain_fraction, dtype=np.float64)).reshape(-1)
             center = center + slope * (f - torch.as_tensor(f_center, dtype=torch.float64))
         out[name] = (v - center) / scale
     return out

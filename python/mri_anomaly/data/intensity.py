@@ -13,11 +13,7 @@
   preprocessing chain takes it to the model grid as it takes a brain mask (bilinear, then > 0.5): the brain
   on the grid is the voxels that are mostly brain. Estimated on the low-passed grid instead, the threshold
   keeps voxels only a few percent brain, and a 1 mm scan's brain came out 4-11 % too large at 4 mm
-  (``benchmarks/ceilings.py``), its scored region reaching into the background. The chain still takes the
-  percentiles inside the foreground estimated on the grid (``percentiles_in_mask=False``): that is the rule a
-  scan made at the model's resolution gets (the demo cohort: its partial-volume edge is in its foreground), and
-  the 1st percentile moves with where the edge is cut. Taken inside the mostly-brain voxels, it stretched a 1 mm
-  MS FLAIR's contrast 1.52-fold against that rule (BRATS FLAIRs 1.04-1.10; ``docs/real-data.md``).
+  (``benchmarks/ceilings.py``), its scored region reaching into the background.
 * :class:`Binarize` turns a resampled (interpolated) mask back into {0, 1}.
 
 All keep ``MetaTensor`` metadata; neither is spatial, so neither needs an inverse.
@@ -107,10 +103,7 @@ class ScaleIntensityInMask(Transform):
         clip: clip the output to [b_min, ``clip_max``].
         inside_mask: compute percentiles inside the brain (given or estimated); False: over all voxels.
         zero_outside: with a given mask, set voxels outside it to ``b_min``.
-        percentiles_in_mask: take the percentiles inside the given mask; False: inside the foreground
-            estimated on this grid even when a mask is given, the mask then only sets the outside to ``b_min``.
-        foreground_fraction: threshold of :func:`estimate_foreground` when the percentiles are taken inside the
-            estimated foreground.
+        foreground_fraction: threshold of :func:`estimate_foreground` when no mask is given.
         clip_max: upper clip value (None: ``b_max``); above ``b_max`` when ``upper`` is a tissue landmark such as
             the median, so brighter voxels keep their contrast up to ``clip_max``.
 
@@ -127,7 +120,6 @@ class ScaleIntensityInMask(Transform):
         clip: bool = True,
         inside_mask: bool = True,
         zero_outside: bool = True,
-        percentiles_in_mask: bool = True,
         foreground_fraction: float = 0.05,
         clip_max: float | None = None,
     ) -> None:
@@ -141,7 +133,6 @@ class ScaleIntensityInMask(Transform):
         self.clip = clip
         self.inside_mask = inside_mask
         self.zero_outside = zero_outside
-        self.percentiles_in_mask = percentiles_in_mask
         self.foreground_fraction = foreground_fraction
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -175,7 +166,7 @@ class ScaleIntensityInMask(Transform):
         if self.inside_mask:
             region = (
                 (mask > 0.5).expand_as(x)
-                if mask is not None and self.percentiles_in_mask
+                if mask is not None
                 else estimate_foreground(x, self.foreground_fraction)
             )
         else:

@@ -405,8 +405,7 @@ def preprocessing(
         masks.append(bm)
     it = cfg["intensity"]
     # Without a brain mask, each image's foreground is estimated at the input's resolution and resampled like a
-    # mask (intensity module: EstimateForegroundd); it sets the outside of the brain to 0 and is dropped after.
-    # The percentiles stay those of the foreground estimated on the grid, as for a scan made at this resolution.
+    # mask (intensity module: EstimateForegroundd); it only serves the intensity scaling and is dropped after.
     estimates = {k: f"{BRAIN_ESTIMATE_PREFIX}{k}" for k in imgs} if bm is None and it["inside_mask"] else {}
     all_keys = imgs + masks
     resampled = all_keys + list(estimates.values())
@@ -445,10 +444,7 @@ def preprocessing(
         clip=it["clip"],
     )
     if estimates:
-        t += [
-            ScaleIntensityInMaskd([k], mask_key=out_key, percentiles_in_mask=False, **scaling)
-            for k, out_key in estimates.items()
-        ]
+        t += [ScaleIntensityInMaskd([k], mask_key=out_key, **scaling) for k, out_key in estimates.items()]
         t.append(DeleteItemsd(list(estimates.values())))
     else:
         t.append(ScaleIntensityInMaskd(imgs, mask_key=bm, **scaling))

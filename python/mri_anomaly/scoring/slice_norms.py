@@ -43,6 +43,12 @@ RULE = (
 )
 
 
+def _as_row(v: Any) -> np.ndarray:
+    """A per-slice profile as a float64 (D,) array of its own (a copy: a stored profile may be read-only, and torch
+    warns when it wraps one)."""
+    return np.array(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64).reshape(-1)
+
+
 def _floored(scale: np.ndarray, floor_fraction: float) -> np.ndarray:
     """``scale`` with a floor of ``floor_fraction`` x its median over the positions where it is > 0."""
     positive = scale[scale > 0]
@@ -82,21 +88,18 @@ def fit_slice_norms(
             )
         return np.stack(rows)
 
-    def as_row(v: Any) -> np.ndarray:
-        return np.array(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64).reshape(-1)
-
     fraction = None
     if brain_fractions is not None:
         if len(brain_fractions) != len(slice_scores):
             raise ValueError(
                 f"{len(brain_fractions)} brain-fraction profiles for {len(slice_scores)} volumes"
             )
-        fraction = table_of([as_row(f) for f in brain_fractions], "brain fractions")
+        fraction = table_of([_as_row(f) for f in brain_fractions], "brain fractions")
     fits_slope = None
     if fraction is not None:
         fits_slope = fraction > 0
         if counted is not None:
-            fits_slope &= table_of([as_row(c) for c in counted], "counted masks").astype(bool)
+            fits_slope &= table_of([_as_row(c) for c in counted], "counted masks").astype(bool)
     out: dict[str, Any] = {
         "rule": RULE,
         "map_profile": MAP_SLICE_PROFILE,
@@ -118,7 +121,7 @@ def fit_slice_norms(
                 raise ValueError(
                     f"slice score column {column!r} is missing from a volume (columns: {sorted(volume)})"
                 )
-            rows.append(as_row(volume[column]))
+            rows.append(_as_row(volume[column]))
         table = table_of(rows, "volumes")  # (n, D)
         if fraction is not None and fraction.shape != table.shape:
             raise ValueError(f"brain fractions {fraction.shape} do not match the slice scores {table.shape}")
@@ -208,10 +211,7 @@ def standardise_slice_scores(
                 raise ValueError(
                     "these slice norms depend on the brain fraction: pass each slice's brain fraction"
                 )
-            if isinstance(brain_fraction, torch.Tensor):
-                f = brain_fraction.detach().to("cpu", torch.float64).reshape(-1)
-            else:  # a copy: the profile may be a read-only view of a stored array, which torch warns about
-                f = torch.from_numpy(np.array(brain_fraction, dtype=np.float64)).reshape(-1)
+            f = torch.from_numpy(_as_row(brain_fraction))
             center = center + slope * (f - torch.as_tensor(f_center, dtype=torch.float64))
         out[name] = (v - center) / scale
     return out

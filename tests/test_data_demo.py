@@ -21,6 +21,7 @@ from mri_anomaly.data import (
 )
 from mri_anomaly.data.commands import register_commands
 from mri_anomaly.data.demo import SIZE_STRATA, demo_grid, size_stratum, synthesize_subject
+from mri_anomaly.errors import UserInputError
 
 SMALL = dict(healthy=4, anomalous=3, general=3, spacing=8.0)
 
@@ -373,3 +374,37 @@ def test_partial_volume_lesions_image_the_same_subjects_fainter(tmp_path):
         # inside the mask the partial-volume lesion is nearer the surrounding tissue: fainter, whatever its sign
         median = np.median(x[x > 0])
         assert np.abs(arrays_b[key][mask] - median).mean() < np.abs(x[mask] - median).mean(), key
+
+
+def _outer_layer_ratio(image: np.ndarray) -> float:
+    """Mean of the outermost layer of nonzero voxels (6-connected) over the median of the rest."""
+    from scipy import ndimage
+
+    fg = image > 0
+    outer = fg & ~ndimage.binary_erosion(fg)
+    return float(image[outer].mean() / np.median(image[fg & ~outer]))
+
+
+def test_skull_strip_cuts_the_partly_brain_edge(tmp_path):
+    """``skull_strip_fraction`` only zeroes voxels: the default (0.5) keeps exactly the voxels of the faded cohort
+    (0.05) that are at least half brain, so the outermost layer is brighter, like a real scan stripped by its mask;
+    the lesion mask is cut with the image."""
+
+    def subject(**kwargs):
+        return synthesize_subject(np.random.default_rng([0, 4, 1]), 8.0, "flair", lesion="tumour", **kwargs)
+
+    faded, cut = subject(skull_strip_fraction=0.05), subject()
+    kept = cut["image"] > 0
+    np.testing.assert_array_equal(cut["image"][kept], faded["image"][kept])
+    assert not (kept & ~(faded["image"] > 0)).any()
+    assert 0.03 < 1 - kept.sum() / (faded["image"] > 0).sum() < 0.3  # a rim of partly-brain voxels goes
+    assert _outer_layer_ratio(cut["image"]) > _outer_layer_ratio(faded["image"]) + 0.1
+    assert cut["mask"].sum() > 0 and (cut["image"][cut["mask"] > 0] > 0).all()
+    assert not (cut["mask"] & ~faded["mask"]).any()
+    for bad in (0.0, 1.0):
+        with pytest.raises(UserInputError, match="skull_strip_fraction"):
+            make_demo_cohort(
+                tmp_path, healthy=1, anomalous=0, general=0, spacing=8.0, skull_strip_fraction=bad
+            )
+    make_demo_cohort(tmp_path / "c", healthy=1, anomalous=0, general=0, spacing=8.0)
+    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["skull_strip_fraction"] == 0.5

@@ -256,26 +256,39 @@ def test_a_map_comes_back_in_the_first_contrast_input_space(two_contrasts, tmp_p
 # ------------------------------------------------------------------------------------------ demo cohort
 def test_default_demo_cohort_is_unchanged(demo_cohort, tmp_path):
     """The single-contrast cohort's files and voxels are those it had before multi-contrast input existed (now with
-    ``smooth_anatomy=True``), and the default cohort's (tissue texture, periventricular signal) are pinned too."""
+    ``smooth_anatomy=True, skull_strip_fraction=0.05``), the textured cohort's of b75b566 (``skull_strip_fraction=
+    0.05``), and the default cohort's are pinned too."""
     data = load_datalist(demo_cohort)
     assert all(isinstance(it["image"], str) for items in data.values() for it in items)
+    small = {
+        "seed": 0,
+        "healthy": 4,
+        "anomalous": 0,
+        "general": 3,
+        "spacing": 8.0,
+        "skull_strip_fraction": 0.05,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        smooth = make_demo_cohort(
-            tmp_path / "smooth", seed=0, healthy=4, anomalous=0, general=3, spacing=8.0, smooth_anatomy=True
-        )
+        smooth = make_demo_cohort(tmp_path / "smooth", smooth_anatomy=True, **small)
+        faded = make_demo_cohort(tmp_path / "faded", **small)
     # float64 sums and maxima of the voxels (seed 0, 8 mm): the smooth cohort as it was before multi-contrast input
-    # and before the texture existed; the default cohort as of b75b566
+    # and before the texture existed; the textured cohort as of b75b566; the default cohort (cut at half brain)
     golden = {
         smooth: {
             "demo-train-000": (3788228.064537883, 1543.36572265625),
             "demo-val-000": (2183028.810813725, 1247.1019287109375),
             "demo-gen-001": (3298154.8903042153, 2968.196044921875),
         },
-        demo_cohort: {
+        faded: {
             "demo-train-000": (3702915.890621066, 1533.460693359375),
             "demo-val-000": (1605255.1335158646, 897.5346069335938),
             "demo-gen-001": (3377195.371781409, 2809.838134765625),
+        },
+        demo_cohort: {
+            "demo-train-000": (3641238.4206237793, 1533.460693359375),
+            "demo-val-000": (1576004.7316360474, 897.5346069335938),
+            "demo-gen-001": (3321783.4046783447, 2809.838134765625),
         },
     }
     for datalist, values in golden.items():

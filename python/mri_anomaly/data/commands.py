@@ -1,7 +1,8 @@
 """The ``demo-data`` and ``datalist`` subcommands; :func:`register_commands` adds them to ``mri-anomaly``.
 
 ``mri-anomaly demo-data --out DIR [--seed S] [--healthy N] [--anomalous N] [--general N] [--spacing MM]
-[--contrast t1|t2|flair[,...]] [--smooth-anatomy] [--full-contrast-lesions] [--workers N] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
+[--contrast t1|t2|flair[,...]] [--smooth-anatomy] [--full-contrast-lesions] [--skull-strip-fraction F]
+[--workers N] [--montage PNG]`` writes the synthetic cohort (:func:`make_demo_cohort`).
 
 ``mri-anomaly datalist (--images GLOB [GLOB ...] | --folder DIR) [--masks GLOB ...] [--brain-masks GLOB ...]
 [--labels CSV] [--section auto|training|validation|test|general] [--val-fraction F] [--test-fraction F]
@@ -46,6 +47,7 @@ def demo_data_command(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             smooth_anatomy=args.smooth_anatomy,
             partial_volume_lesions=not args.full_contrast_lesions,
+            skull_strip_fraction=args.skull_strip_fraction,
             workers=args.workers if args.workers is not None else default_workers(),
         )
     except UserInputError as e:
@@ -222,6 +224,13 @@ def register_commands(subparsers: Any) -> None:
         action="store_true",
         help="full lesion contrast in every mask voxel (the cohort before 2026-12-02) instead of partial volume "
         "(a voxel changes by the fraction of it the lesion fills); same subjects and masks",
+    )
+    p.add_argument(
+        "--skull-strip-fraction",
+        type=float,
+        default=DEMO_DEFAULTS["skull_strip_fraction"],
+        help="voxels less than this fraction brain are 0 (default %(default)s: the edge a real skull-stripped scan "
+        "has after preprocessing; 0.05: the cohort before 2026-12-03, whose edge faded out)",
     )
     p.add_argument(
         "--spacing",

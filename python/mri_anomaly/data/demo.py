@@ -24,7 +24,9 @@ Healthy subjects vary as a real cohort does:
   0-1) that lesion detectors otherwise take for lesions; the amplitude is uniform in 0-0.3 of the tissue scale
   (WM 0.48, GM 0.62), so some subjects have none (``_periventricular_weight``);
 * a smooth multiplicative bias field (log-amplitude ~0.12), a scanner gain (600-1400 arbitrary units)
-  and Rician noise (1-3 % of the brain median); the volume is skull-stripped (zero outside the brain).
+  and Rician noise (1-3 % of the brain median); the volume is skull-stripped: zero in every voxel less than half
+  brain, the edge a real skull-stripped scan has after the runs' preprocessing (its brain mask resampled to the
+  grid, > 0.5).
 
 ``smooth_anatomy=True`` (CLI ``--smooth-anatomy``) leaves out the texture and periventricular signal and writes,
 for the same seed, exactly the arrays of the cohort before they were added.
@@ -127,6 +129,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "spacing": 4.0,
     "contrast": "flair",
     "partial_volume_lesions": True,
+    "skull_strip_fraction": 0.5,
 }
 TINY_PREPROCESSING: dict[str, Any] = {
     "spacing": [8.0, 8.0, 8.0],
@@ -347,6 +350,7 @@ def synthesize_subject(
     extra_contrasts: Sequence[str] = (),
     extra_rng: np.random.Generator | None = None,
     partial_volume: bool = True,
+    skull_strip_fraction: float = DEMO_DEFAULTS["skull_strip_fraction"],
 ) -> dict[str, Any]:
     """One synthetic subject on the demo grid, in one contrast or several.
 
@@ -368,6 +372,9 @@ def synthesize_subject(
             which draws nothing from ``rng``).
         partial_volume: image the lesion with partial volume (``RandLesion(partial_volume=True)``: each voxel
             changes by the fraction of it the lesion fills); the subject, its mask and its draws are unchanged.
+        skull_strip_fraction: voxels less than this fraction brain are 0 in the image and the mask (the brain
+            fraction is the MNI brain mask's, warped and resampled with the subject); 0.05 writes the arrays of
+            before 2026-12-03, whose edge faded out over the partly-brain voxels.
 
     Returns:
         ``{"image": (X, Y, Z) float32, "images": [image, *extra images], "contrasts": [contrast, *extra],
@@ -393,6 +400,7 @@ def synthesize_subject(
             extra_contrasts,
             extra_rng,
             partial_volume,
+            skull_strip_fraction,
         )
 
 
@@ -435,6 +443,7 @@ def _synthesize(
     extra_contrasts=(),
     extra_rng=None,
     partial_volume=True,
+    skull_strip_fraction=DEMO_DEFAULTS["skull_strip_fraction"],
 ) -> dict[str, Any]:
     tpl = _template(float(spacing))
     shape, aff = demo_grid(spacing)
@@ -536,10 +545,10 @@ def _synthesize(
             ):  # pragma: no cover - RandLesion draws do not depend on contrast
                 raise RuntimeError(f"the lesion drawn in {c} differs from the one in {contrast}")
 
-    img = _imaging(rng, img, brain, v)
-    extra_imgs = [_imaging(extra_rng, x, brain, v) for x in extra_imgs]
+    img = _imaging(rng, img, brain, v, skull_strip_fraction)
+    extra_imgs = [_imaging(extra_rng, x, brain, v, skull_strip_fraction) for x in extra_imgs]
     if mask is not None:
-        mask[brain < 0.05] = 0
+        mask[brain < skull_strip_fraction] = 0
     return {
         "image": img,
         "images": [img, *extra_imgs],
@@ -605,8 +614,16 @@ def _contrast_image(
     return np.clip(img, 0, None).astype(np.float32)
 
 
-def _imaging(rng: np.random.Generator, img: np.ndarray, brain: np.ndarray, v: _Variation) -> np.ndarray:
-    """Bias field, scanner gain, Rician noise and skull stripping of one acquisition."""
+def _imaging(
+    rng: np.random.Generator, img: np.ndarray, brain: np.ndarray, v: _Variation, skull_strip_fraction: float
+) -> np.ndarray:
+    """Bias field, scanner gain, Rician noise and skull stripping of one acquisition.
+
+    The voxels kept are scaled by their brain fraction (outside the brain is 0, as in a scan stripped at a
+    finer resolution), and those less than ``skull_strip_fraction`` brain are cut: with 0.5, the outermost
+    layer averages about 0.55 of the brain's median and a quarter of it is above 0.8, as in the real FLAIR
+    cases through the same preprocessing; with 0.05 it faded out (0.35-0.45, 5-17 %).
+    """
     shape = img.shape
     bias = np.exp(_smooth_field(rng, (3, 3, 3), shape, v.bias))
     gain = rng.uniform(600, 1400)
@@ -615,7 +632,7 @@ def _imaging(rng: np.random.Generator, img: np.ndarray, brain: np.ndarray, v: _V
     n1, n2 = rng.standard_normal(shape), rng.standard_normal(shape)
     img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)
     img = (img * brain).astype(np.float32)
-    img[brain < 0.05] = 0.0
+    img[brain < skull_strip_fraction] = 0.0
     return img
 
 
@@ -656,6 +673,7 @@ class _SubjectTask:
     ms_files: list[Path]
     out: Path
     partial_volume: bool = True
+    skull_strip_fraction: float = DEMO_DEFAULTS["skull_strip_fraction"]
 
 
 def _write_subject(task: _SubjectTask) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -678,6 +696,7 @@ def _write_subject(task: _SubjectTask) -> tuple[dict[str, Any], dict[str, Any]]:
         extra_contrasts=cons[1:],
         extra_rng=np.random.default_rng([task.seed, _SECTION_CODE[group], i, 1]) if extra else None,
         partial_volume=task.partial_volume,
+        skull_strip_fraction=task.skull_strip_fraction,
     )
     sid = f"demo-{_SUBJECT_NAMES[group]}-{i:03d}"
     if extra:
@@ -748,6 +767,7 @@ def make_demo_cohort(
     smooth_anatomy: bool = False,
     workers: int = 1,
     partial_volume_lesions: bool = DEMO_DEFAULTS["partial_volume_lesions"],
+    skull_strip_fraction: float = DEMO_DEFAULTS["skull_strip_fraction"],
 ) -> Path:
     """Write the demo cohort (see the module docstring) and return the path of ``datalist.json``.
 
@@ -773,6 +793,9 @@ def make_demo_cohort(
             the lesion fills); False: full contrast in every mask voxel (the cohort before 2026-12-02). The same
             subjects, masks and healthy scans either way (``benchmarks/lesion_conspicuity.py`` measures both
             against real lesions).
+        skull_strip_fraction: voxels less than this fraction brain are 0 (default 0.5: the edge the runs'
+            preprocessing gives a real skull-stripped scan; 0.05: the cohort before 2026-12-03, whose edge
+            faded out).
 
     Raises:
         ValueError: bad counts, spacing or contrast.
@@ -791,6 +814,8 @@ def make_demo_cohort(
         )
     if not 0.5 <= spacing <= 8.0:
         raise UserInputError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
+    if not 0.0 < skull_strip_fraction < 1.0:
+        raise UserInputError(f"skull_strip_fraction must be in (0, 1), got {skull_strip_fraction}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -845,6 +870,7 @@ def make_demo_cohort(
             ms_files,
             out,
             bool(partial_volume_lesions),
+            float(skull_strip_fraction),
         )
         for sec, group, i, lesion, con, var, size in plan
     ]
@@ -871,6 +897,7 @@ def make_demo_cohort(
         "lesion_kinds": ",".join(kinds),
         "anatomy": "smooth template" if smooth_anatomy else "individual texture, periventricular signal",
         "lesion_imaging": "partial volume" if partial_volume_lesions else "full contrast in every mask voxel",
+        "skull_strip_fraction": float(skull_strip_fraction),
     }
     path = write_datalist(datalist, out / "datalist.json", relative=True, metadata=meta)
     with open(out / "subjects.csv", "w", newline="") as f:

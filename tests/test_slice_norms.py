@@ -82,6 +82,17 @@ def test_brain_fraction_covariate_removes_a_size_trend():
         from_array = standardise_slice_scores(scores, with_covariate, read_only)["s"]
     from_tensor = standardise_slice_scores(scores, with_covariate, torch.tensor(test_fractions[0]))["s"]
     assert torch.equal(from_array, from_tensor)
+    # scores and profiles as MONAI MetaTensors (what scoring passes), without NumPy 2's DeprecationWarning about
+    # the __array__ MetaTensor inherits
+    from monai.data import MetaTensor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_meta = standardise_slice_scores(
+            {"s": MetaTensor(scores["s"])}, with_covariate, MetaTensor(torch.tensor(test_fractions[0]))
+        )["s"]
+        refit = fit_slice_norms([{"s": MetaTensor(torch.tensor(v["s"]))} for v in fit_scores])
+    assert torch.equal(torch.as_tensor(from_meta), from_tensor) and refit == by_position
 
 
 def test_brain_statistics_by_hand():

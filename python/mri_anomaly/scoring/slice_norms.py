@@ -45,8 +45,11 @@ RULE = (
 
 def _as_row(v: Any) -> np.ndarray:
     """A per-slice profile as a float64 (D,) array of its own (a copy: a stored profile may be read-only, and torch
-    warns when it wraps one)."""
-    return np.array(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64).reshape(-1)
+    warns when it wraps one; a tensor goes through ``.numpy()``: NumPy 2 deprecates the ``__array__`` MONAI's
+    MetaTensor inherits, which takes no ``copy``)."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    return np.array(v, dtype=np.float64).reshape(-1)
 
 
 def _floored(scale: np.ndarray, floor_fraction: float) -> np.ndarray:

@@ -179,6 +179,22 @@ def run_with_config(src: Path, dst: Path, edit: Callable[[dict[str, Any]], None]
     return config
 
 
+def recalibrate_run(run_dir: Path, datalist: Path) -> None:
+    """Calibrate the run in ``run_dir`` on the datalist's validation section as training does at its end (slice norms
+    and thresholds into ``thresholds.json``), with the config its checkpoint holds."""
+    from mri_anomaly.data.datalist import load_datalist
+    from mri_anomaly.evaluation.calibration import calibrate_run
+    from mri_anomaly.evaluation.thresholds import save_thresholds
+    from mri_anomaly.runs import load_run
+
+    method, config, _ = load_run(run_dir)
+    items = load_datalist(datalist, check_files=False, check_headers=False).get("validation") or []
+    calibration = calibrate_run(method, config, items)
+    if calibration is None:
+        raise RuntimeError(f"{run_dir}: nothing to calibrate on in {datalist}")
+    save_thresholds(run_dir, calibration)
+
+
 def volume_aurocs_on_test(
     run_dir: Path, datalist: Path, score_dir: Path, columns: Sequence[str]
 ) -> dict[str, float]:

@@ -41,7 +41,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
+from _common import (  # noqa: E402
+    demo_benchmark_parser,
+    markdown_table,
+    reading_lines,
+    recalibrate_run,
+    run_meta,
+    write_doc,
+)
 from ceilings import CLASSES, class_aurocs, counted_test_classes, demo_config  # noqa: E402
 from detection import compare_over_seeds, load_seed_tables, seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
@@ -67,22 +74,12 @@ def slice_statistic(statistic: str) -> Iterator[None]:
 def recalibrated_copy(src: Path, dst: Path, datalist: Path) -> None:
     """``dst``: the run ``src`` (same checkpoint and config) recalibrated on the datalist's validation section with
     the current slice statistic (slice norms and thresholds, ``thresholds.json``)."""
-    from mri_anomaly.data.datalist import load_datalist
-    from mri_anomaly.evaluation.calibration import calibrate_run
-    from mri_anomaly.evaluation.thresholds import save_thresholds
-    from mri_anomaly.runs import load_run
-
     if (dst / "thresholds.json").is_file():
         return
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("checkpoint.pt", "config.yaml"):
         shutil.copy2(src / name, dst / name)
-    method, config, _ = load_run(dst)
-    items = load_datalist(datalist, check_files=False, check_headers=False).get("validation") or []
-    calibration = calibrate_run(method, config, items)
-    if calibration is None:
-        raise RuntimeError(f"{src}: nothing to calibrate on in {datalist}")
-    save_thresholds(dst, calibration)
+    recalibrate_run(dst, datalist)
 
 
 def rescore_demo(demo: Path, out: Path, seeds: Sequence[int], statistic: str, log=print) -> None:

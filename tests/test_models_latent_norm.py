@@ -92,6 +92,7 @@ def test_decoder_output_depends_on_the_scale_of_the_code() -> None:
     torch.manual_seed(0)
     z = torch.randn(6, 8)
 
+    @torch.no_grad()
     def change(model: torch.nn.Module) -> float:
         return float((model.decoder(z, (16, 16)) - model.decoder(0.5 * z, (16, 16))).abs().max())
 

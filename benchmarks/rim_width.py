@@ -146,7 +146,7 @@ def to_markdown(result: dict, command: str) -> str:
     meta = result["meta"]
     lines = ["# Rim width of the map scores: 0, 4 or 8 mm", "",
              f"Command: `{command}`  ", f"Machine: {meta['machine']}  ", f"Load: {meta['load']}  ",
-             f"Date: {meta['date']}  ", f"Demo: `{meta['demo']}` (the runs as trained; only `score.map_erosion_mm` changes)", "",
+             f"Date: {meta['date']}  ", f"Demo: `{meta['demo']}` (the runs as trained, recalibrated on its validation scans at each width; only `score.map_erosion_mm` changes)", "",
              "## Demo test set: volume AUROC of `<map>_q999` and `<map>_top200mm3` [95 % CI] (lesions < 1 cm³)", ""]  # fmt: skip
     cols = sorted({c for e in result["demo"].values() for c in e if c not in ("voxel", "slice")})
     lines.append("| column | " + " | ".join(f"{w} mm" for w in widths) + " |")

@@ -29,7 +29,7 @@ Healthy subjects vary as a real cohort does:
   grid, > 0.5).
 
 ``smooth_anatomy=True`` (CLI ``--smooth-anatomy``) leaves out the texture and periventricular signal and writes,
-for the same seed, exactly the arrays of the cohort before they were added.
+for the same seed and with ``skull_strip_fraction=0.05``, exactly the arrays of the cohort before they were added.
 
 Anomalous subjects (``test`` section, ``label`` 1, voxel ``mask``) cycle through three kinds
 (:class:`~mri_anomaly.data.lesions.RandLesion`), inserted before bias and noise so they are imaged

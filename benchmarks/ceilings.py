@@ -3,7 +3,7 @@ scores look.
 
 Slice-level evaluation counts an axial slice of the model grid as anomalous when the preprocessed lesion mask has a
 voxel in it (``slice_label``), and reads the counted slices only (brain fraction >= ``slices.min_brain_fraction``).
-A map's slice profile (``<map>_slice_q99``) reads the slice's brain minus the ``score.map_erosion_mm`` rim, or the
+A map's slice profile (``<map>_slice_top200mm3``) reads the slice's brain minus the ``score.map_erosion_mm`` rim, or the
 slice's brain where the erosion leaves none (:func:`mri_anomaly.scoring.brain.slice_brain_statistic`); a map's
 volume scores read the brain minus the rim (:func:`mri_anomaly.scoring.maps.map_region`). Per counted lesion slice,
 and per anomalous test scan, of the demo, through the runs' preprocessing, this script puts the slice (the scan) in

@@ -13,7 +13,7 @@ finished demo's cohort, for each ``N`` of ``--steps``, and reports:
 * ``--column`` against the demo's ``intensity`` and ``normative`` runs' best volume column on the same test
   scans, per seed and pooled over seeds (``detection.compare_over_seeds``): would the setting beat the baselines?
 * with ``--real DATA``, the slice AUROC inside each real FLAIR scan of ``DATA`` (MS patient07, BRATS 1-3) of
-  ``nll_slice_q99`` and ``llr_slice_q99``: does longer training carry over to real MRI, or only lift the demo?
+  ``nll`` and ``llr`` maps' slice profiles: does longer training carry over to real MRI, or only lift the demo?
 
 for each training seed of ``--seeds`` (the config's ``seed``): is the spread over seeds a matter of training length?
 A setting of ``--steps`` is ``N`` (steps per phase), ``G+I`` (``G`` steps of the general phase, ``I`` of the
@@ -55,6 +55,7 @@ from _common import (  # noqa: E402
     volume_aurocs_on_test,
     write_steps_doc,
 )
+from mri_anomaly.training.methods.base import AnomalyMethod  # noqa: E402
 
 COLUMNS = ("nll_top200mm3", "llr_top200mm3", "llr_q999", "nll_q999", "llr_top5_mean", "nll_bpd_top5_mean")
 # --column's default, the demo's best 2D Glow column on the partial-volume test set (detection.md; nll_top200mm3 on
@@ -62,7 +63,7 @@ COLUMNS = ("nll_top200mm3", "llr_top200mm3", "llr_q999", "nll_q999", "llr_top5_m
 TAIL = "llr_top200mm3"
 BASELINES = ("intensity", "normative")
 # slice columns read on the real cases: nll's is the 2D Glow's slice column the demo chooses (real_data.md)
-REAL_COLUMNS = ("nll_slice_q99", "llr_slice_q99")
+REAL_COLUMNS = tuple(f"{m}_slice_{AnomalyMethod.slice_statistic}" for m in ("nll", "llr"))
 
 
 def slices_of(items: list[dict], config: dict) -> torch.Tensor:

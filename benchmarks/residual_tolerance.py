@@ -48,6 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import markdown_table, run_meta, run_with_config, seed_runs, train_steps_run  # noqa: E402
+from mri_anomaly.training.methods.base import AnomalyMethod  # noqa: E402
+
+PROFILE = f"_slice_{AnomalyMethod.slice_statistic}"  # a map's slice profile column: <map>{PROFILE}
 
 RUNS = ("latent-norm-ae-2d", "latent-norm-ae-3d", "latent-norm-ae-2d-multicontrast")
 DOC_NAMES = {
@@ -99,7 +102,7 @@ def _score_patient07(run_dir: Path, data: Path, work: Path, max_voxels: int) -> 
 
 def real_case(run_dir: Path, data: Path, work: Path, max_voxels: int = 500_000) -> dict:
     """MS patient07 of ``data`` (``../shared/data``: the one real case with both FLAIR and T1) scored by a
-    two-contrast run: slice AUROC inside the scan of ``residual_slice_q99`` (lesion vs lesion-free slices) and the
+    two-contrast run: slice AUROC inside the scan of the ``residual`` map's slice profile (lesion vs lesion-free slices) and the
     ``residual`` map's voxel AP, with the raw FLAIR's voxel AP (the intensity baseline) and chance beside it."""
     from real_data import voxel_scores
 
@@ -107,7 +110,7 @@ def real_case(run_dir: Path, data: Path, work: Path, max_voxels: int = 500_000) 
     voxel = scored["voxel"]["ms-patient07"]["residual"]
     raw = voxel_scores(case, case["image"], max_voxels)
     return {
-        "slice_auroc": scored["slice"]["ms-patient07"]["residual_slice_q99"]["auroc"],
+        "slice_auroc": scored["slice"]["ms-patient07"][f"residual{PROFILE}"]["auroc"],
         "voxel_ap": voxel["ap"],
         "intensity_voxel_ap": raw["ap"],
         "chance_ap": raw["prevalence"],
@@ -124,8 +127,8 @@ def real_case_parts(run_dir: Path, data: Path, work: Path, parts: Sequence[str])
     counted = slices[slices["counted"].astype(bool)]
     return {
         part: {
-            "slice_auroc": scored["slice"]["ms-patient07"][f"{part}_slice_q99"]["auroc"],
-            "median_z": float(counted[f"{part}_slice_q99"].median()),
+            "slice_auroc": scored["slice"]["ms-patient07"][f"{part}{PROFILE}"]["auroc"],
+            "median_z": float(counted[f"{part}{PROFILE}"].median()),
         }
         for part in ("residual", *parts)
     }
@@ -225,7 +228,7 @@ def real_parts_markdown(real_parts: dict[str, dict[str, dict]], mm: float | None
     return [
         "",
         f"How far the real case sits from the healthy scans, part by part ({mm:g} mm): MS patient07's slice "
-        "AUROC inside the scan of each part's `_slice_q99`, standardised per slice position against the healthy "
+        f"AUROC inside the scan of each part's `{PROFILE}`, standardised per slice position against the healthy "
         "validation scans (the run calibrated with every part as a map), and in brackets the median robust z over "
         "the scan's counted slices: near 0 where the real scan's residual sits in the synthetic healthy range at "
         "that position.",
@@ -524,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         base = next(iter(first.values()))["real"]
         real_text = (
             f"MS patient07 (`{args.real}`, the one real case with FLAIR and T1, never used for training or "
-            "choices): slice AUROC inside the scan of `residual_slice_q99` (lesion vs lesion-free counted "
+            f"choices): slice AUROC inside the scan of `residual{PROFILE}` (lesion vs lesion-free counted "
             "slices) and the `residual` map's voxel AP in the FLAIR's space; the raw FLAIR as the map reaches "
             f"voxel AP {base['intensity_voxel_ap']:.3f}, chance (the lesion fraction of the brain) "
             f"{base['chance_ap']:.4f}."

@@ -10,7 +10,7 @@ with it, and reports per width:
 
 * volume AUROC of each run's ``<map>_q999`` and ``<map>_top200mm3`` columns (95 % bootstrap CI), and on lesions
   < 1 cm^3;
-* slice AUROC of each map's slice profile ``<map>_slice_q99`` on the demo's test slices;
+* slice AUROC of each map's slice profile (``<map>_slice_top200mm3``) on the demo's test slices;
 * voxel AP of each map on the demo's test scans (``evaluate``) and on each real lesion case;
 * on each real FLAIR case, the slice AUROC inside the scan of each profile and the ceilings of ``ceilings.py``
   (the share of lesion slices with their lesion only in the rim, and the AUROC of a score that found every lesion
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import recalibrate_run, run_meta, run_with_config  # noqa: E402
 from ceilings import REAL_FLAIR, demo_config, real_case_ceilings  # noqa: E402
 from mri_anomaly.scoring.maps import MAP_QUANTILE, MAP_TOP_VOLUME  # noqa: E402
+from mri_anomaly.training.methods.base import AnomalyMethod  # noqa: E402
 from real_data import default_data_dir, real_cases, score_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ MAP_RUNS = (
     "normative",
 )
 MAP_COLUMNS = tuple(f"_{suffix}" for suffix, _ in (MAP_QUANTILE, MAP_TOP_VOLUME))  # the runs' map columns
-PROFILE_SUFFIX = "_slice_q99"  # the maps' slice profiles
+PROFILE_SUFFIX = f"_slice_{AnomalyMethod.slice_statistic}"  # the maps' slice profiles
 
 
 def run_with_rim(src: Path, dst: Path, mm: float, datalist: Path | None = None) -> Path:

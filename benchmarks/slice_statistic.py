@@ -1,12 +1,12 @@
 """Which statistic of a map over a slice makes its slice profile: the 99th percentile (``<map>_slice_q99``, the
-package's) or the mean of the slice's highest 200 mm³ (``<map>_slice_top200mm3``, the volume score's
-``<map>_top200mm3`` taken per slice)?
+package's until the switch this script measured) or the mean of the slice's highest 200 mm³
+(``<map>_slice_top200mm3``, the volume score's ``<map>_top200mm3`` taken per slice, the package's now)?
 
 A slice's scored part holds some hundreds of voxels at 4 mm, so its 99th percentile lies below its highest ~1 %:
 a lesion that fills one to three voxels of the slice (most MS slices of the demo, ``ceilings.md``) does not
 move it. The volume scores met the same problem with the 99.9th percentile and answered it with the mean of the
 highest 200 mm³. This script takes the demo's runs (and their retrained seeds) unchanged, recalibrates each on the
-demo's healthy validation scans with the other slice statistic (slice norms and thresholds: ``calibrate_run``, as
+demo's healthy validation scans with the statistic the package does not use (``AnomalyMethod.slice_statistic``) (slice norms and thresholds: ``calibrate_run``, as
 at the end of training), scores the test scans and the real cases of ``../shared/data`` with it, and compares the
 two profiles of every map on the same slices:
 
@@ -20,8 +20,8 @@ Usage::
     python benchmarks/slice_statistic.py --demo demo-out [--seeds 1 2] [--real-reference REAL_OUT]
         [--out /tmp/mri-anomaly-slice-statistic]
 
-``--real-reference``: the ``--real-out`` folder of ``benchmarks/detection.py`` on the same demo (its scores are the
-q99 profiles); without it the real cases are scored with the demo's runs too. Writes
+``--real-reference``: the ``--real-out`` folder of ``benchmarks/detection.py`` on the same demo (its scores hold the
+package's profiles); without it the real cases are scored with the demo's runs too. Writes
 ``docs/benchmarks/slice_statistic.md`` and ``.json``; every score folder under ``--out`` is reused when complete.
 """
 
@@ -54,7 +54,21 @@ from detection import compare_over_seeds, load_seed_tables, seed_folder  # noqa:
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
 from real_data import default_data_dir, real_cases, score_real_cases, slice_auroc_within  # noqa: E402
 
-REFERENCE, CANDIDATE = "q99", "top200mm3"
+REFERENCE, CANDIDATE = "q99", "top200mm3"  # the tables read REFERENCE -> CANDIDATE
+
+
+def rescored_statistic() -> str:
+    """Of the two, the statistic the package does not use: the one the demo's runs are recalibrated with."""
+    from mri_anomaly.training.methods.base import AnomalyMethod
+
+    package = AnomalyMethod.slice_statistic
+    if package not in (REFERENCE, CANDIDATE):
+        raise RuntimeError(
+            f"the package's slice statistic {package!r} is neither {REFERENCE!r} nor {CANDIDATE!r}"
+        )
+    return REFERENCE if package == CANDIDATE else CANDIDATE
+
+
 FLAIR_CASES = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
 
 
@@ -116,9 +130,9 @@ def _profile_columns(columns: Sequence[str], statistic: str) -> list[str]:
 def paired_slices(
     demo: Path, out: Path, seeds: Sequence[int]
 ) -> tuple[dict[str, dict[int, pd.DataFrame]], set[str]]:
-    """``{run: {seed: counted test slices with both profiles of every map}}``: the demo's slice table (its
-    ``_slice_q99`` columns) joined with the rescored one's ``_slice_top200mm3`` columns on (scan, slice); and the
-    healthy test scans' ids."""
+    """``{run: {seed: counted test slices with both profiles of every map}}``: the demo's slice table (the
+    package's profiles) joined with the rescored one's profiles (:func:`rescored_statistic`) on (scan, slice); and
+    the healthy test scans' ids."""
     reference = load_seed_tables(demo, seeds, (*RUNS, *BASELINES))
     candidate = load_seed_tables(out, seeds, (*RUNS, *BASELINES))
     tables: dict[str, dict[int, pd.DataFrame]] = {}
@@ -128,7 +142,7 @@ def paired_slices(
             c = candidate.get(seed, {}).get(run)
             if c is None or t["slice"] is None or c["slice"] is None:
                 continue
-            new = _profile_columns(c["slice_columns"], CANDIDATE)
+            new = _profile_columns(c["slice_columns"], rescored_statistic())
             merged = t["slice"].merge(
                 c["slice"][["subject_id", "slice", "slice_label", *new]],
                 on=["subject_id", "slice", "slice_label"],
@@ -318,13 +332,14 @@ def main(argv: list[str] | None = None) -> int:
 
     demo, out = args.demo.resolve(), args.out.resolve()
     seeds = [0, *[s for s in args.seeds if s != 0]]
-    rescore_demo(demo, out, seeds, CANDIDATE)
+    rescored = rescored_statistic()
+    rescore_demo(demo, out, seeds, rescored)
     classes, _ = counted_test_classes(demo, demo_config(demo))
     demo_slices = compare_profiles(*paired_slices(demo, out, seeds), classes, args.n_bootstrap)
     runs = [r for r in (*RUNS, *BASELINES) if (out / "runs" / r).is_dir()]
     real_new = out / "real"
     if not (real_new / "done").is_file():
-        with slice_statistic(CANDIDATE):
+        with slice_statistic(rescored):
             score_real_cases(out, args.real, real_new, runs, args.max_voxels, seeds)
         (real_new / "done").write_text("")
     real_ref = args.real_reference
@@ -334,13 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             score_real_cases(demo, args.real, real_ref, runs, args.max_voxels, seeds)
             (real_ref / "done").write_text("")
     assert {c["subject_id"] for c in real_cases(args.real)} >= set(FLAIR_CASES)
+    real_folders = {rescored: real_new, REFERENCE if rescored == CANDIDATE else CANDIDATE: real_ref}
     result = {
         "demo": str(demo),
         "seeds": seeds,
         "demo_slices": demo_slices,
         "real": {
-            "reference": real_slice_aurocs(real_ref, seeds, REFERENCE),
-            "candidate": real_slice_aurocs(real_new, seeds, CANDIDATE),
+            "reference": real_slice_aurocs(real_folders[REFERENCE], seeds, REFERENCE),
+            "candidate": real_slice_aurocs(real_folders[CANDIDATE], seeds, CANDIDATE),
         },
         "reading": args.reading.read_text().strip() if args.reading else "",
     }

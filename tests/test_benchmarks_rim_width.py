@@ -50,11 +50,11 @@ def test_real_slice_markdown(rw):
             "4": [{"subject_id": "ms-patient07", "share_rim only": 0.1, "ceiling_scored_part": 0.95}],
         },
         "real_slice": {
-            "8": {"intensity": {"ms-patient07": {"intensity_slice_q99": 0.7}}},
-            "4": {"intensity": {"ms-patient07": {"intensity_slice_q99": None}}},
+            "8": {"intensity": {"ms-patient07": {"intensity_slice_top200mm3": 0.7}}},
+            "4": {"intensity": {"ms-patient07": {"intensity_slice_top200mm3": None}}},
         },
     }
     text = "\n".join(rw._real_slice_markdown(result, ["8", "4"]))
     assert "| ms-patient07 | 36 %, 0.821 | 10 %, 0.950 |" in text
-    assert "| intensity `intensity_slice_q99` | 0.700 | – |" in text
+    assert "| intensity `intensity_slice_top200mm3` | 0.700 | – |" in text
     assert rw._with_rim({"score": {"map_erosion_mm": 8.0}}, 4)["score"]["map_erosion_mm"] == 4.0

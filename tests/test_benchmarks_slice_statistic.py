@@ -19,10 +19,11 @@ def test_slice_statistic_switch_restores(ss):
 
     before = AnomalyMethod.slice_statistic
     cls = get_method_class("intensity")
-    with ss.slice_statistic("top200mm3"):
-        assert "intensity_slice_top200mm3" in slice_score_columns_of(cls, {"spatial_dims": 3})
+    assert before == "top200mm3"  # the package's
+    with ss.slice_statistic("q99"):
+        assert "intensity_slice_q99" in slice_score_columns_of(cls, {"spatial_dims": 3})
     assert AnomalyMethod.slice_statistic == before
-    with pytest.raises(RuntimeError), ss.slice_statistic("top200mm3"):
+    with pytest.raises(RuntimeError), ss.slice_statistic("q99"):
         raise RuntimeError
     assert AnomalyMethod.slice_statistic == before
 

@@ -89,6 +89,10 @@ def test_a_map_score_reads_its_map_profile_and_an_aggregate_its_slice_score():
     assert _match("r/llr_q999", slice_columns, "r/") == "r/llr_slice_q99"
     assert _match("r/nll_q999", slice_columns, "r/") == "r/nll_slice_q99"
     assert _match("r/nll_top200mm3", slice_columns, "r/") == "r/nll_slice_q99"
+    profiles = ["r/llr", "r/llr_slice_top200mm3", "r/abs_z_slice_top200mm3"]  # the package's profiles
+    assert _match("r/llr_q999", profiles, "r/") == "r/llr_slice_top200mm3"
+    assert _match("r/abs_z_top200mm3", profiles, "r/") == "r/abs_z_slice_top200mm3"
+    assert _match("r/llr_top5_mean", profiles, "r/") == "r/llr"
     assert _match("r/llr_top5_mean", slice_columns, "r/") == "r/llr"
     assert _match("r/nll_bpd_max", slice_columns, "r/") == "r/nll_bpd"
     assert _match("r/final_scale_q999", slice_columns, "r/") is None

@@ -164,7 +164,7 @@ def test_scores_csv_rows_columns_and_flags(scored, trained_2d_run, demo_cohort):
         )
     meta = json.loads((scored / "score_meta.json").read_text())
     assert meta["method"] == "latent-norm-ae" and meta["score_columns"] == columns
-    assert meta["slice_score_columns"] == ["latent_norm", "residual_slice_q99"]
+    assert meta["slice_score_columns"] == ["latent_norm", "residual_slice_top200mm3"]
     assert meta["map_names"] == ["residual"]
     assert meta["sections"] == ["validation", "test"] and "top-3 mean" in meta["aggregation"]
 
@@ -172,16 +172,19 @@ def test_scores_csv_rows_columns_and_flags(scored, trained_2d_run, demo_cohort):
 def test_volume_scores_are_the_documented_aggregate_of_slice_scores(scored):
     rows = read_csv(scored / "scores.csv")
     slices = read_csv(scored / "slice_scores.csv")
-    assert list(slices[0]) == [
-        "subject_id",
-        "section",
-        "slice",
-        "brain_fraction",
-        "counted",
-        "slice_label",
-        "latent_norm",
-        "residual_slice_q99",  # the map's slice profile: a slice column, not aggregated to volume columns
-    ]
+    assert (
+        list(slices[0])
+        == [
+            "subject_id",
+            "section",
+            "slice",
+            "brain_fraction",
+            "counted",
+            "slice_label",
+            "latent_norm",
+            "residual_slice_top200mm3",  # the map's slice profile: a slice column, not aggregated to volume columns
+        ]
+    )
     for r in rows:
         mine = [s for s in slices if s["subject_id"] == r["subject_id"] and s["section"] == r["section"]]
         assert [int(s["slice"]) for s in mine] == list(range(24))  # every axial slice of the 24^3 model grid
@@ -481,5 +484,5 @@ def test_3d_volumes_scored_in_batches_match_one_at_a_time(demo_cohort, tmp_path)
     )
     assert len(sa) == len(sb)
     for ra, rb in zip(sa, sb, strict=True):
-        for column in ("nll_slice_q99", "final_scale_slice_q99"):
+        for column in ("nll_slice_top200mm3", "final_scale_slice_top200mm3"):
             assert ra[column] == rb[column]

@@ -148,7 +148,12 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     Trainer(_glow2d_config(), demo_cohort, tmp_path / "run", progress=False).fit()
     stored = json.loads((tmp_path / "run" / "thresholds.json").read_text())
     norms = stored["slice_norms"]
-    assert set(norms["columns"]) == {"nll_bpd", "final_scale", "nll_slice_q99", "final_scale_slice_q99"}
+    assert set(norms["columns"]) == {
+        "nll_bpd",
+        "final_scale",
+        "nll_slice_top200mm3",
+        "final_scale_slice_top200mm3",
+    }
     assert norms["depth"] == 24
     # the norms are the robust statistics of the raw validation slice scores
     method, config, _ = load_run(tmp_path / "run")
@@ -162,7 +167,7 @@ def test_calibration_stores_norms_and_scoring_applies_them(demo_cohort, tmp_path
     refit = fit_slice_norms(
         [r.raw_slice_scores for r in raw], fractions, counted=[f >= 0.1 for f in fractions]
     )
-    for column in ("nll_bpd", "final_scale", "nll_slice_q99"):
+    for column in ("nll_bpd", "final_scale", "nll_slice_top200mm3"):
         assert norms["columns"][column]["center"] == pytest.approx(
             refit["columns"][column]["center"], rel=1e-9
         )
@@ -208,6 +213,11 @@ def test_norms_of_map_profiles_made_another_way_are_refused(tmp_path):
         check_map_profile(old, "run")
     # norms without any map profile column are not affected
     check_map_profile({**old, "columns": {"llr": old["columns"]["llr"]}}, "run")
+    # norms fitted on the q99 profiles, current otherwise, meet a run that makes top200mm3 profiles: refused,
+    # where standardise_slice_scores would leave those columns raw
+    check_map_profile(norms, "run", ["llr", "llr_slice_q99"])
+    with pytest.raises(UserInputError, match=r"run: .*predate.*llr_slice_top200mm3.*recalibrate"):
+        check_map_profile(norms, "run", ["llr", "llr_slice_top200mm3"])
     # a run directory whose stored norms are old: refused when scoring loads them
     from mri_anomaly.runs import run_slice_norms
 

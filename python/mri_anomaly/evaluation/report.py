@@ -18,6 +18,7 @@ import numpy as np
 
 from mri_anomaly.evaluation import figures as fig
 from mri_anomaly.evaluation.controls import BASELINE_METHODS, best_volume_columns
+from mri_anomaly.scoring.maps import MAP_SLICE_SUFFIX
 
 __all__ = ["write_report"]
 
@@ -111,12 +112,12 @@ def _base(name: str) -> str:
 
 def _match(key: str, candidates: Sequence[str], prefix: str) -> str | None:
     """The slice column / map that volume column ``key`` is made from (same base name), if any: for a map's
-    volume score (``<map>_q999``, ``<map>_top200mm3``) the map's slice profile (``<map>_slice_q99``) first, for an
-    aggregate of slice scores (``llr_top5_mean``) the slice score itself first."""
+    volume score (``<map>_q999``, ``<map>_top200mm3``) the map's slice profile (``<map>_slice_top200mm3``) first,
+    for an aggregate of slice scores (``llr_top5_mean``) the slice score itself first."""
     want = _base(key[len(prefix) :])
-    found = [c for c in candidates if _base(re.sub(r"_slice_(mean|q\d+)$", "", c[len(prefix) :])) == want]
+    found = [c for c in candidates if _base(re.sub(MAP_SLICE_SUFFIX, "", c[len(prefix) :])) == want]
     from_map = re.search(_MAP_SCORE, key) is not None
-    found.sort(key=lambda c: (re.search(r"_slice_(mean|q\d+)$", c) is not None) != from_map)
+    found.sort(key=lambda c: (re.search(MAP_SLICE_SUFFIX, c) is not None) != from_map)
     return found[0] if found else None
 
 

@@ -65,10 +65,14 @@ MAP_SLICE_PROFILE = "statistic of the map over the slice's part of the brain min
 (:func:`mri_anomaly.scoring.slice_norms.fit_slice_norms`), so norms fitted on another profile are refused."""
 
 
+MAP_SLICE_SUFFIX = r"_slice_(mean|q\d+|top\d+(\.\d+)?mm3)$"
+"""The end of a map's slice profile column: ``_slice_mean``, ``_slice_q<p>`` or ``_slice_top<V>mm3``."""
+
+
 def is_map_slice_column(column: str) -> bool:
     """Whether a slice score column is a map's slice profile (``<map>_slice_mean`` / ``_slice_q<p>`` /
     ``_slice_top<V>mm3``)."""
-    return re.search(r"_slice_(mean|q\d+|top\d+(\.\d+)?mm3)$", column) is not None
+    return re.search(MAP_SLICE_SUFFIX, column) is not None
 
 
 def map_score_columns(map_names: Sequence[str]) -> list[str]:

@@ -27,7 +27,7 @@ datalist's order, items in their order).
     counted`` (1 if brain fraction >= ``slices.min_brain_fraction``: the slices 2D volume scores aggregate
     over, and the ones slice-level evaluation uses), ``slice_label`` (1 if the preprocessed
     mask has voxels in the slice, 0 if not, empty without a mask), then score columns — 2D: the method's
-    slice scores; then, for every voxel map, ``<map>_slice_q99``: its 99th percentile over the slice's part of
+    slice scores; then, for every voxel map, ``<map>_slice_top200mm3``: the mean of its highest 200 mm³ in the slice's part of
     the brain minus the rim (``score.map_erosion_mm``) that the map's volume score uses. Standardised per
     slice position against the healthy validation scans (:mod:`mri_anomaly.scoring.slice_norms`).
 ``maps/<section>/<subject_id>_<map>.nii.gz``

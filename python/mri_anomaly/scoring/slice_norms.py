@@ -165,13 +165,16 @@ def check_map_profile(norms: Mapping[str, Any] | None, where: str, columns: Sequ
     if not norms:
         return
     fitted = norms.get("columns") or {}
-    stale = [c for c in fitted if is_map_slice_column(c)]
+    stale = (
+        [c for c in fitted if is_map_slice_column(c)] if norms.get("map_profile") != MAP_SLICE_PROFILE else []
+    )
+    # a profile with no norms: fitted on another statistic (the package's was q99 before top200mm3), or never
     stale += [c for c in columns if is_map_slice_column(c) and c not in fitted]
-    if stale and norms.get("map_profile") != MAP_SLICE_PROFILE:
+    if stale:
         raise UserInputError(
-            f"{where}: its slice norms predate the maps' slice profiles as they are made now ({MAP_SLICE_PROFILE}): "
-            f"{', '.join(stale)}; recalibrate the run: `mri-anomaly train --config RUN/config.yaml --datalist "
-            "DATALIST --out RUN --resume` scores a finished run's validation scans again"
+            f"{where}: its slice norms predate the maps' slice profiles as they are made now ({MAP_SLICE_PROFILE}, "
+            f"named <map>_slice_<statistic>): {', '.join(stale)}; recalibrate the run: `mri-anomaly train --config "
+            "RUN/config.yaml --datalist DATALIST --out RUN --resume` scores a finished run's validation scans again"
         )
 
 

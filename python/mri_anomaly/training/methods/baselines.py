@@ -15,8 +15,8 @@ section). Calibration (thresholds, slice norms) runs as for every method.
 
 Each returns only its map; the volume scores are the map's 99.9th percentile and the mean of its highest 200 mm³
 over the brain minus ``score.map_erosion_mm`` (``<map>_q999``, ``<map>_top200mm3``), made by the scoring layer for
-every method's maps alike (:mod:`mri_anomaly.scoring.maps`), and so is the slice profile ``<map>_slice_q99`` (the
-map's 99th percentile over each slice's part of that region, as for the learned methods' maps).
+every method's maps alike (:mod:`mri_anomaly.scoring.maps`), and so is the slice profile ``<map>_slice_top200mm3``
+(the mean of the map's highest 200 mm³ in each slice's part of that region, as for the learned methods' maps).
 """
 
 from __future__ import annotations

@@ -150,10 +150,10 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
         f"Demo: `{result['demo']}`; seeds {', '.join(map(str, result['seeds']))} (0: the demo's runs).",
         "",
-        "Per case and map, over the seeds: lesion slices counted (with a lesion voxel in the scored part); of those"
-        " seen, how many have a lesion voxel among the map's highest voxels of the slice (the voxels its"
+        "Per case and map: lesion slices counted (with a lesion voxel in the scored part), at the demo's seed; of"
+        " those seen, how many have a lesion voxel among the map's highest voxels of the slice (the voxels its"
         " `top200mm3` profile averages: 3 at 4 mm), and the share of all those highest voxels that are lesion"
-        " voxels; then the slice AUROC inside the scan of the profile (standardised, as `score` writes it; the demo's"
+        " voxels, both summed over the seeds (slices × seeds; the baselines have no seed); then the slice AUROC inside the scan of the profile (standardised, as `score` writes it; the demo's"
         " seed and, in brackets, the mean over seeds) and of the scored part's size alone (a control: lesion slices"
         " tend to be the larger, central ones).",
         "",

@@ -1,5 +1,5 @@
-"""``benchmarks/detection.py --seeds``: the summaries of the findings over training seeds, on hand-made tables
-(no training)."""
+"""``benchmarks/detection.py``: the summaries of the findings over training seeds (``--seeds``) and the issue's
+targets, on hand-made tables (no training); ``--from-json`` on the committed document's json."""
 
 from __future__ import annotations
 
@@ -210,3 +210,99 @@ def test_best_column_over_seeds_against_the_baselines_and_where_a_seed_loses(det
     )
     assert "| run | `a` | intensity `base` | +0.083 ± 0.118 |" in lines
     assert "| run | `a` | 1 | 0.833 | +0.000" in lines
+
+
+def _column(run, method, column, volume, slice_auroc=None, voxel_ap=None):
+    return {"run": run, "method": method, "column": column, "volume_auroc": volume, "slice_auroc": slice_auroc,
+            "voxel_ap": voxel_ap}  # fmt: skip
+
+
+def test_targets_by_hand(detection):
+    ae = _column("ae", "latent-norm-ae", "residual_top200mm3", 0.90, 0.80, 0.55)
+    glow = _column("glow", "glow-ratio", "llr_top200mm3", 0.70, 0.72, 0.20)
+    intensity = _column("intensity", "intensity", "intensity_top200mm3", 0.85, 0.79, 0.52)
+    vs = lambda d, lo, hi: {"difference": d, "difference_ci": [lo, hi]}  # noqa: E731
+    result = {
+        "summary": {
+            "best": {"ae": ae, "glow": glow, "intensity": intensity},
+            "columns": [ae, {**ae, "column": "residual_q999", "volume_auroc": 0.75}, glow, intensity],
+            "strata": {
+                "ae": {
+                    "size:medium": {"auroc": 0.9, "n_anomalous": 30},
+                    "size:large": {"auroc": 1.0, "n_anomalous": 10},
+                }
+            },  # fmt: skip
+            "baselines": {
+                "ae": {
+                    "verdict": "ahead, CI includes 0",
+                    "beats_all_baselines": True,
+                    "vs": {"intensity": vs(0.05, -0.01, 0.11), "normative": vs(0.1, 0.02, 0.2)},
+                },
+                "glow": {"verdict": "no", "vs": {"intensity": vs(-0.15, -0.2, -0.1)}},
+            },  # fmt: skip
+        },
+        "seeds": {
+            "ruff": {
+                "held_out": {
+                    "margin": 0.05,
+                    "verdict": "does not hold",
+                    "pooled": {"difference": 0.02, "difference_ci": [0.0, 0.04]},
+                }
+            }  # fmt: skip
+        },
+        "real": {
+            "cases": ["ms-patient07"],
+            "slice": {
+                "ae": {"ms-patient07": {"residual_slice_top200mm3": {"auroc": 0.6}}},
+                "glow": {"ms-patient07": {"llr_slice_top200mm3": {"auroc": 0.9}}},
+            },  # fmt: skip
+            "voxel": {
+                "ae": {"ms-patient07": {"residual": {"ap": 0.02}}},
+                "intensity": {"ms-patient07": {"intensity": {"ap": 0.03}}},
+            },  # fmt: skip
+        },
+    }
+    rows = {r["target"]: r for r in detection.targets(result)}
+    best = rows["volume AUROC, best learned"]
+    assert (best["measured"], best["met"]) == (0.90, False) and "ae" in best["detail"]
+    # lesions >= 1 cm³: the count-weighted mean of the medium and large strata (the AUROC of their union)
+    assert rows["volume AUROC on lesions ≥ 1 cm³, best learned column"]["measured"] == pytest.approx(0.925)
+    assert (
+        rows["ae: a column ≥ 0.85 (volume AUROC)"]["met"]
+        and not rows["glow: a column ≥ 0.85 (volume AUROC)"]["met"]
+    )
+    # ahead of both baselines with a CI across 0 is not shown to beat them
+    beats = rows["ae: best column beats both baselines (paired CIs above 0)"]
+    assert (
+        not beats["met"]
+        and beats["verdict"].startswith("**not shown**")
+        and "intensity +0.050" in beats["detail"]
+    )
+    assert rows["glow: best column beats both baselines (paired CIs above 0)"]["verdict"] == "**missed**"
+    # the slice target names the run's best volume column among the columns sharing the best slice column
+    slice_row = rows["slice AUROC, best learned column"]
+    assert slice_row["measured"] == 0.80 and "`residual_top200mm3`" in slice_row["detail"]
+    voxel = rows["voxel AP, best learned map (≥ 0.5 and ≥ the `intensity` map)"]
+    assert (voxel["goal"], voxel["met"]) == (0.52, True)
+    ruff = rows["Ruff et al.: Deep SAD − Deep SVDD on the kinds never labelled"]
+    assert ruff["verdict"] == "**does not hold**" and ruff["measured"] == 0.02
+    # real: the best learned run at its demo-chosen slice column, and the best map against the intensity map
+    real_slice = rows["real ms-patient07: slice AUROC, best learned (column chosen on the demo)"]
+    assert (real_slice["measured"], real_slice["detail"], real_slice["met"]) == (0.9, "glow", True)
+    real_voxel = rows["real ms-patient07: voxel AP, best learned map next to the `intensity` map"]
+    assert (real_voxel["measured"], real_voxel["goal"], real_voxel["met"]) == (0.02, 0.03, False)
+    text = "\n".join(detection.targets_markdown(list(rows.values())))
+    assert "| volume AUROC, best learned | 0.900 | 0.95 | **missed** by 0.050 |" in text
+    assert "| ae: a column ≥ 0.85 (volume AUROC) | 0.900 | 0.85 | met | `residual_top200mm3` |  |" in text
+
+
+def test_from_json_rewrites_the_document_with_its_targets(detection, tmp_path):
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "detection.json"
+    assert detection.main(["--from-json", str(committed), "--docs", str(tmp_path)]) == 0
+    text = (tmp_path / "detection.md").read_text()
+    assert "## The issue's targets" in text and "## Every method's best column, against the baselines" in text
+    # the seeds' tables are keyed by integer seeds: read back from JSON they still show their values
+    assert "| 0 | 0.675 | 0.502 | 0.651 |" in text
+    assert '"targets"' in (tmp_path / "detection.json").read_text()

@@ -6,7 +6,7 @@ rim; the slice's brain where the rim leaves nothing). A slice AUROC inside a sca
 the scan's lesion slices; it does not say that the voxels read are the lesion's. This script scores each real
 FLAIR case of ``../shared/data`` with the demo's runs (and their retrained seeds), takes every map's highest
 voxels per slice as ``top<V>mm3`` reads them (the package's profile; ``q99`` of a slice of 200–450 scored voxels
-lies at its 2nd to 5th highest), and reports per case and map:
+lies at about its 3rd to 5th highest), and reports per case and map:
 
 * the counted lesion slices, those with a lesion voxel in the scored part (``seen``), and of the latter the share
   whose highest voxels include a lesion voxel and the share of all their highest voxels that are lesion voxels;

@@ -49,8 +49,8 @@ class AnomalyMethod(nn.Module):
     ``"mean"`` (see :func:`mri_anomaly.scoring.brain.slice_brain_statistic`). The mean of the slice's highest
     200 mm³, like the volume's ``<map>_top200mm3``: a lesion fills a small part of a slice, a mean over the slice
     dilutes it (the 3D Glow's ``nll`` map on the demo's test slices: slice AUROC 0.61 as a mean, 0.94 as the 99th
-    percentile, raw), and a percentile's rank moves with the slice's brain area (the 99th percentile is the 2nd
-    highest voxel of a slice of 200 brain voxels and the 8th of one of 800), where a fixed volume does not. Against
+    percentile, raw), and a percentile's rank moves with the slice's brain area (the 99th percentile is about the 3rd
+    highest voxel of a slice of 200 brain voxels and the 9th of one of 800), where a fixed volume does not. Against
     ``"q99"`` it lifts the autoencoder's residual and the image on the demo's test slices (0.73 -> 0.80) and moves
     the other maps by -0.003 to +0.009 (``docs/benchmarks/slice_statistic.md``)."""
 

@@ -48,12 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 from detection import load_seed_tables  # noqa: E402
 from lesion_conspicuity import BASELINES, GROUP_ORDER, RUNS, anomalous_test_items  # noqa: E402
-from real_data import default_data_dir, real_cases  # noqa: E402
+from real_data import FLAIR_CASES, default_data_dir, real_cases  # noqa: E402
 
 CLASSES = ("rim only", "within healthy range", "beyond healthy range")
 SIZE_ORDER = ("small", "medium", "large")
 CONTROL = "brain_fraction"
-REAL_FLAIR = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
+REAL_FLAIR = FLAIR_CASES  # the real cases whose ceilings are measured
 
 
 def scored_part(image: torch.Tensor, erosion: Sequence[int]) -> np.ndarray:

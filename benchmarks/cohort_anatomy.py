@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DOCS_DIR, markdown_table, run_meta  # noqa: E402
 from detection import _f, _slice_column  # noqa: E402
+from real_data import FLAIR_CASES  # noqa: E402
 
-FLAIR_CASES = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
 LEARNED = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d", "latent-norm-ae-2d")
 BASELINES = ("intensity", "normative")
 

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_model  # noqa: E402
-from real_data import default_data_dir, real_cases, score_real_cases  # noqa: E402
+from real_data import FLAIR_CASES, default_data_dir, real_cases, score_real_cases  # noqa: E402
 from real_data import to_markdown as real_data_markdown  # noqa: E402
 
 RHO_BOUND = 0.2
@@ -838,7 +838,6 @@ def seeds_markdown(seeds: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- targets
 BASELINE_METHODS = ("intensity", "normative")
-REAL_FLAIR_CASES = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
 CAUSES = {
     "volume": "[ceilings.md](ceilings.md): lesions within their scan's healthy intensity range",
     "slice": "[ceilings.md](ceilings.md): lesion slices within the healthy range",
@@ -925,7 +924,7 @@ def targets(result: dict) -> list[dict]:
                      "detail": f"pooled [{_f(ruff['pooled']['difference_ci'][0])}, {_f(ruff['pooled']['difference_ci'][1])}]",
                      "cause": "[deep_sad_transfer.md](deep_sad_transfer.md)"})  # fmt: skip
     real = result.get("real") or {}
-    for sid in REAL_FLAIR_CASES:
+    for sid in FLAIR_CASES:
         if sid not in (real.get("cases") or []):
             continue
         chosen = []

@@ -38,9 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 from detection import seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
-from real_data import default_data_dir, real_cases  # noqa: E402
-
-FLAIR_CASES = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
+from real_data import FLAIR_CASES, default_data_dir, real_cases  # noqa: E402
 
 
 def top_voxel_indices(volume_map: np.ndarray, read: np.ndarray, n_top: int) -> list[np.ndarray]:

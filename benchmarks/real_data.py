@@ -43,6 +43,10 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("MRI_ANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+FLAIR_CASES = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
+"""The real FLAIR cases of :func:`real_cases`: the contrast the demo cohort imitates."""
+
+
 def real_cases(data: Path) -> list[dict]:
     """The datalist items of the real cases (absolute paths), with their contrast and source."""
     ms = data / "ms-lesjak2017-mni" / "patient07"

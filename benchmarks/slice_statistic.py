@@ -52,7 +52,13 @@ from _common import (  # noqa: E402
 from ceilings import CLASSES, class_aurocs, counted_test_classes, demo_config  # noqa: E402
 from detection import compare_over_seeds, load_seed_tables, seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
-from real_data import default_data_dir, real_cases, score_real_cases, slice_auroc_within  # noqa: E402
+from real_data import (  # noqa: E402
+    FLAIR_CASES,
+    default_data_dir,
+    real_cases,
+    score_real_cases,
+    slice_auroc_within,
+)
 
 REFERENCE, CANDIDATE = "q99", "top200mm3"  # the tables read REFERENCE -> CANDIDATE
 
@@ -67,9 +73,6 @@ def rescored_statistic() -> str:
             f"the package's slice statistic {package!r} is neither {REFERENCE!r} nor {CANDIDATE!r}"
         )
     return REFERENCE if package == CANDIDATE else CANDIDATE
-
-
-FLAIR_CASES = ("ms-patient07", "brats-pat0001", "brats-pat0002", "brats-pat0003")
 
 
 @contextlib.contextmanager

@@ -117,14 +117,33 @@ def save_results(name: str, tag: str, markdown: str, data: dict[str, Any], out_d
     return md_path
 
 
-def demo_benchmark_parser(doc: str) -> argparse.ArgumentParser:
+def demo_benchmark_parser(
+    doc: str, seeds: bool = False, real_flag: str | None = None
+) -> argparse.ArgumentParser:
     """The parser of a benchmark that reads a finished demo: ``doc``'s first paragraph as its description, ``--demo``
-    (required), ``--docs`` and ``--reading`` (a markdown file put under "Reading", :func:`reading_lines`)."""
+    (required), ``--docs`` and ``--reading`` (a markdown file put under "Reading", :func:`reading_lines`); with
+    ``seeds``, ``--seeds`` (the demo's retrained seeds to read too, :func:`demo_seeds`); with ``real_flag`` (e.g.
+    ``"--real"``), that option for the real cases' folder (default ``../shared/data``)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--demo", type=Path, required=True, help="a finished `mri-anomaly demo` folder")
     p.add_argument("--docs", type=Path, default=DOCS_DIR)
     p.add_argument("--reading", type=Path, help="a markdown file with the reading of the numbers")
+    if seeds:
+        p.add_argument(
+            "--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to read too"
+        )
+    if real_flag:
+        from real_data import default_data_dir
+
+        p.add_argument(
+            real_flag, type=Path, default=default_data_dir(), help="the real cases (../shared/data)"
+        )
     return p
+
+
+def demo_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds a demo benchmark reads: 0 (the demo's own runs) first, then ``--seeds`` without 0."""
+    return [0, *[s for s in args.seeds if s != 0]]
 
 
 def reading_lines(result: Mapping[str, Any]) -> list[str]:

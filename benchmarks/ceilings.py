@@ -45,10 +45,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, demo_seeds, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 from detection import load_seed_tables  # noqa: E402
 from lesion_conspicuity import BASELINES, GROUP_ORDER, RUNS, anomalous_test_items  # noqa: E402
-from real_data import FLAIR_CASES, default_data_dir, real_cases  # noqa: E402
+from real_data import FLAIR_CASES, real_cases  # noqa: E402
 
 CLASSES = ("rim only", "within healthy range", "beyond healthy range")
 SIZE_ORDER = ("small", "medium", "large")
@@ -578,16 +578,14 @@ def to_markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = demo_benchmark_parser(__doc__)
-    p.add_argument("--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to read too")
-    p.add_argument("--real", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
+    p = demo_benchmark_parser(__doc__, seeds=True, real_flag="--real")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()
     config = demo_config(demo)
     classes, scans = counted_test_classes(demo, config)
     real = real_case_ceilings(args.real, config, REAL_FLAIR) if args.real.is_dir() else []
-    seeds = [0, *[s for s in args.seeds if s != 0]]
+    seeds = demo_seeds(args)
     result = {
         "demo": str(demo),
         "seeds": seeds,

@@ -48,9 +48,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, demo_seeds, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 from detection import best_column_over_seeds, load_seed_tables, seed_folder  # noqa: E402
-from real_data import default_data_dir, real_cases  # noqa: E402
+from real_data import real_cases  # noqa: E402
 
 RUNS = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d", "latent-norm-ae-2d")
 BASELINES = ("intensity", "normative")
@@ -729,11 +729,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = demo_benchmark_parser(__doc__)
-    p.add_argument("--real", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
-    p.add_argument(
-        "--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to score too"
-    )
+    p = demo_benchmark_parser(__doc__, seeds=True, real_flag="--real")
     p.add_argument("--out", type=Path, default=Path("/tmp/mri-anomaly-lesion-conspicuity"))
     p.add_argument("--n-bootstrap", type=int, default=1000)
     args = p.parse_args(argv)
@@ -749,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     demo_rows = preprocessed_conspicuity(anomalous_test_items(demo / "data"), config["preprocessing"])
     twin_rows = preprocessed_conspicuity(anomalous_test_items(data), config["preprocessing"])
     keys = ("lesion_voxels", "ap", "chance", "above_q99", "contrast_iqr", "inner_ap")
-    seeds = [0, *[s for s in args.seeds if s != 0]]
+    seeds = demo_seeds(args)
     scoring = score_twin(demo, data, args.out, seeds)
     chosen = demo_chosen_columns(demo)
     runs = (*RUNS, *BASELINES)

@@ -35,10 +35,10 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, demo_seeds, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
 from detection import seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
-from real_data import FLAIR_CASES, default_data_dir, real_cases  # noqa: E402
+from real_data import FLAIR_CASES, real_cases  # noqa: E402
 
 
 def top_voxel_indices(volume_map: np.ndarray, read: np.ndarray, n_top: int) -> list[np.ndarray]:
@@ -185,14 +185,12 @@ def to_markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = demo_benchmark_parser(__doc__)
-    p.add_argument("--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to read too")
-    p.add_argument("--data", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
+    p = demo_benchmark_parser(__doc__, seeds=True, real_flag="--data")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     torch.set_num_threads(1)
     demo = args.demo.resolve()
-    seeds = [0, *[s for s in args.seeds if s != 0]]
+    seeds = demo_seeds(args)
     cases = [c for c in real_cases(args.data) if c["subject_id"] in FLAIR_CASES]
     if {c["subject_id"] for c in cases} != set(FLAIR_CASES):
         raise SystemExit(f"{args.data}: the real FLAIR cases {FLAIR_CASES} are not all there")

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     demo_benchmark_parser,
+    demo_seeds,
     markdown_table,
     reading_lines,
     recalibrate_run,
@@ -54,7 +55,6 @@ from detection import compare_over_seeds, load_seed_tables, seed_folder  # noqa:
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
 from real_data import (  # noqa: E402
     FLAIR_CASES,
-    default_data_dir,
     real_cases,
     score_real_cases,
     slice_auroc_within,
@@ -323,9 +323,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = demo_benchmark_parser(__doc__)
-    p.add_argument("--seeds", type=int, nargs="*", default=[], help="retrained seeds of the demo to read too")
-    p.add_argument("--real", type=Path, default=default_data_dir(), help="the real cases (../shared/data)")
+    p = demo_benchmark_parser(__doc__, seeds=True, real_flag="--real")
     p.add_argument("--real-reference", type=Path, help="detection.py's --real-out folder on the same demo")
     p.add_argument("--out", type=Path, default=Path("/tmp/mri-anomaly-slice-statistic"))
     p.add_argument("--n-bootstrap", type=int, default=1000)
@@ -334,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start, t0 = os.getloadavg()[0], time.time()
 
     demo, out = args.demo.resolve(), args.out.resolve()
-    seeds = [0, *[s for s in args.seeds if s != 0]]
+    seeds = demo_seeds(args)
     rescored = rescored_statistic()
     rescore_demo(demo, out, seeds, rescored)
     classes, _ = counted_test_classes(demo, demo_config(demo))

@@ -52,3 +52,16 @@ def test_slice_top_voxels_counts_lesion_voxels_among_the_highest(pv):
     # a scan without lesion-free counted slices has no AUROC
     row = pv.summarise(hits, labels, np.array([True, True, False]), np.array([0.9, 0.1, 0.5]))
     assert row["auroc_profile"] is None and row["auroc_size"] is None
+
+
+def test_demo_parser_reads_seeds_and_the_real_folder(pv, tmp_path):
+    """The shared parser of the demo benchmarks: the demo's own runs (seed 0) first, each seed once, and the real
+    cases' folder under the script's own option name."""
+    from _common import demo_benchmark_parser, demo_seeds
+
+    args = demo_benchmark_parser(pv.__doc__, seeds=True, real_flag="--data").parse_args(
+        ["--demo", str(tmp_path), "--seeds", "2", "0", "1", "--data", str(tmp_path / "real")]
+    )
+    assert demo_seeds(args) == [0, 2, 1] and args.data == tmp_path / "real"
+    args = demo_benchmark_parser(pv.__doc__, seeds=True).parse_args(["--demo", str(tmp_path)])
+    assert demo_seeds(args) == [0] and not hasattr(args, "data")

@@ -181,3 +181,66 @@ def test_tolerance_in_mm_becomes_voxels_of_the_model_grid() -> None:
     # The grid spacing comes from preprocessing, not from model:.
     with pytest.raises(ConfigError, match="model.model_spacing: unknown argument"):
         load_config(CONFIGS / "latent-norm-ae-2d.yaml", ["model.model_spacing=[1, 1, 1]"])
+
+
+def test_coarse_noise_is_drawn_on_cells_and_upsampled() -> None:
+    from mri_anomaly.training.methods.latent_norm import coarse_noise
+
+    torch.manual_seed(0)
+    fine = coarse_noise((2, 1, 12, 8), (1, 1), 0.5)
+    torch.manual_seed(0)
+    assert torch.equal(fine, torch.randn(2, 1, 12, 8) * 0.5)  # cells of one voxel: plain noise
+    torch.manual_seed(1)
+    noise = coarse_noise((2, 1, 12, 8), (4, 4), 0.5, torch.float64)
+    torch.manual_seed(1)
+    grid = torch.randn(2, 1, 3, 2, dtype=torch.float64) * 0.5
+    expected = torch.nn.functional.interpolate(grid, size=(12, 8), mode="bilinear", align_corners=False)
+    assert noise.shape == (2, 1, 12, 8) and torch.allclose(noise, expected)
+    # smooth at the cell scale: neighbours differ far less than independent draws would
+    assert (noise[..., 1:, :] - noise[..., :-1, :]).abs().mean() < 0.25 * noise.abs().mean()
+    assert coarse_noise((1, 2, 8, 8, 8), (3, 3, 3), 1.0).shape == (1, 2, 8, 8, 8)
+    with pytest.raises(ValueError, match="one size per spatial axis"):
+        coarse_noise((1, 1, 8, 8), (2, 2, 2), 1.0)
+
+
+def test_input_noise_trains_against_the_clean_image_inside_the_brain() -> None:
+    """With ``input_noise_std`` the net sees ``x + n`` in the brain (background untouched) and the loss compares
+    its output with the clean ``x``; at 0 it is the plain autoencoder's loss, and the option reaches the config."""
+    from mri_anomaly.runs import build_method
+    from mri_anomaly.training.config import ConfigError, load_config
+    from mri_anomaly.training.methods.latent_norm import coarse_noise
+
+    x = _slices(4, torch.Generator().manual_seed(0))
+    x[..., :2, :] = 0.0  # background rows
+    plain = LatentNormMethod(2, **SMALL)
+    assert plain.input_noise_std == 0.0
+    assert torch.equal(plain.training_loss("train", {"image": x}), plain.net.loss(x))
+
+    method = LatentNormMethod(
+        2, **SMALL, input_noise_std=0.3, input_noise_mm=8.0, model_spacing=(4.0, 4.0, 4.0)
+    )
+    assert method.input_noise_cells == (2, 2)
+    seen = []
+
+    def identity(inputs):  # x̂ = the (noisy) input, z = 0: the loss is then ‖noise inside the brain‖₂
+        seen.append(inputs)
+        return inputs, torch.zeros(inputs.shape[0], 8)
+
+    method.net.forward = identity
+    torch.manual_seed(3)
+    loss = method.training_loss("train", {"image": x})
+    torch.manual_seed(3)
+    noise = coarse_noise(x.shape, (2, 2), 0.3) * (x > 0)
+    assert torch.allclose(seen[0], x + noise) and torch.equal(seen[0][..., :2, :], x[..., :2, :])
+    assert loss == pytest.approx(torch.linalg.vector_norm(noise.flatten(1), dim=1).mean().item(), rel=1e-5)
+    # scoring adds nothing: the same input gives the same map twice
+    method = LatentNormMethod(2, **SMALL, input_noise_std=0.3)
+    first, second = method.score({"image": x}), method.score({"image": x})
+    assert torch.equal(first.maps["residual"], second.maps["residual"])
+
+    config = load_config(CONFIGS / "latent-norm-ae-2d.yaml", ["model.input_noise_std=0.2"])
+    built = build_method(config)
+    assert built.input_noise_std == 0.2 and built.input_noise_cells == (4, 4)  # 16 mm at 4 mm voxels
+    assert build_method(load_config(CONFIGS / "latent-norm-ae-2d.yaml")).input_noise_std == 0.0
+    with pytest.raises(ConfigError, match="input_noise_std must be >= 0"):
+        build_method(load_config(CONFIGS / "latent-norm-ae-2d.yaml", ["model.input_noise_std=-0.1"]))

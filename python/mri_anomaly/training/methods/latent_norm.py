@@ -30,13 +30,22 @@ and ‖z‖₂ ≈ 17.6 without the penalty (β = 0) but ≈ 1.0 with β = 1, i.
 while leaving the reconstruction term dominant in the score. On volumes ‖x − x̂‖₂ is ~√(number of
 slices) times larger (≈ 6× for 40 slices), so β must grow by that factor for the same balance
 (``configs/latent-norm-ae-3d.yaml`` uses 6). See :mod:`mri_anomaly.models.latent_norm`.
+
+``input_noise_std`` > 0 trains it as a denoising autoencoder with coarse noise (Kascenas et al., MIDL 2022):
+the encoder sees ``x + n`` inside the brain, ``n`` Gaussian noise of that standard deviation drawn on a grid of
+``input_noise_mm`` cells and upsampled (a blob the size of a lesion, not a voxel's speckle), and the loss
+compares x̂ with the clean ``x``; the model learns to put healthy tissue where a blob of wrong intensity was.
+Scoring never adds noise. The noise comes from torch's global generator, which checkpoints keep, so
+``--resume`` stays exact. Off (0) in the shipped configs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from mri_anomaly.models import LatentNormAutoEncoder
 from mri_anomaly.models.latent_norm import latent_norm_score
@@ -50,7 +59,7 @@ from mri_anomaly.training.methods.base import (
     register_method,
 )
 
-__all__ = ["LatentNormMethod", "RESIDUAL_SIGNS", "signed_residual"]
+__all__ = ["LatentNormMethod", "RESIDUAL_SIGNS", "coarse_noise", "signed_residual"]
 
 RESIDUAL_SIGNS = ("absolute", "positive", "negative")
 
@@ -71,6 +80,9 @@ class LatentNormMethod(AnomalyMethod):
         residual_tolerance_mm: radius in mm of the box the map compares each voxel's reconstruction over
             (0: voxel by voxel); rounded to whole voxels of the model grid per axis.
         model_spacing: the model grid's voxel size in mm (from the config's ``preprocessing.spacing``).
+        input_noise_std: standard deviation of the coarse noise added to the training inputs inside the brain
+            (0: a plain autoencoder); the loss compares x̂ with the clean input.
+        input_noise_mm: cell size in mm of the grid that noise is drawn on (rounded to whole voxels, >= 1).
 
     Raises:
         ValueError: for an argument out of range, naming it.
@@ -96,8 +108,14 @@ class LatentNormMethod(AnomalyMethod):
         residual: str = "absolute",
         residual_tolerance_mm: float = 0.0,
         model_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        input_noise_std: float = 0.0,
+        input_noise_mm: float = 16.0,
     ) -> None:
         super().__init__(spatial_dims, in_channels)
+        if not input_noise_std >= 0:
+            raise ValueError(f"input_noise_std must be >= 0, got {input_noise_std}")
+        if not input_noise_mm > 0:
+            raise ValueError(f"input_noise_mm must be > 0, got {input_noise_mm}")
         if residual not in RESIDUAL_SIGNS:
             raise ValueError(f"residual must be one of {RESIDUAL_SIGNS}, got {residual!r}")
         if not residual_tolerance_mm >= 0:
@@ -109,6 +127,11 @@ class LatentNormMethod(AnomalyMethod):
         # 2D slices are axial: their (H, W) are the volume's first two axes.
         self.residual_tolerance = tuple(
             int(round(self.residual_tolerance_mm / float(s))) for s in model_spacing[:spatial_dims]
+        )
+        self.input_noise_std = float(input_noise_std)
+        self.input_noise_mm = float(input_noise_mm)
+        self.input_noise_cells = tuple(
+            max(1, int(round(self.input_noise_mm / float(s)))) for s in model_spacing[:spatial_dims]
         )
         self.net = LatentNormAutoEncoder(
             spatial_dims,
@@ -125,9 +148,14 @@ class LatentNormMethod(AnomalyMethod):
         return batch_images(batch, self.spatial_dims, self.in_channels, next(self.net.parameters()).device)
 
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
-        """Batch mean of ``‖x − x̂‖₂ + β‖z‖₂``."""
+        """Batch mean of ``‖x − x̂‖₂ + β‖z‖₂``; x̂ and z from the noisy input when ``input_noise_std`` > 0."""
         self.check_phase(phase)
-        return self.net.loss(self._images(batch))
+        x = self._images(batch)
+        if self.input_noise_std == 0:
+            return self.net.loss(x)
+        noise = coarse_noise(x.shape, self.input_noise_cells, self.input_noise_std, x.dtype, x.device)
+        x_hat, z = self.net(x + noise * brain_mask(x).to(x.dtype))
+        return latent_norm_score(x, x_hat, z, self.net.beta).mean()
 
     @torch.no_grad()
     def score(self, batch: Batch) -> BatchScores:
@@ -147,7 +175,34 @@ class LatentNormMethod(AnomalyMethod):
         )
 
     def extra_repr(self) -> str:
-        return f"beta={self.net.beta}, residual={self.residual!r}, residual_tolerance_mm={self.residual_tolerance_mm}"
+        return (
+            f"beta={self.net.beta}, residual={self.residual!r}, residual_tolerance_mm={self.residual_tolerance_mm}, "
+            f"input_noise_std={self.input_noise_std}, input_noise_mm={self.input_noise_mm}"
+        )
+
+
+def coarse_noise(
+    shape: Sequence[int],
+    cells: Sequence[int],
+    std: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Gaussian noise of ``shape`` (N, C, *spatial): drawn with standard deviation ``std`` on a grid ``cells`` voxels
+    coarser per spatial axis (``ceil(size / cell)`` points) and upsampled to ``shape`` (bilinear / trilinear, corners
+    not aligned); from torch's global generator."""
+    spatial = tuple(int(n) for n in shape[2:])
+    if len(cells) != len(spatial) or len(spatial) not in (2, 3):
+        raise ValueError(
+            f"cells needs one size per spatial axis (2 or 3), got {tuple(cells)} for {tuple(shape)}"
+        )
+    coarse = tuple(max(1, math.ceil(n / int(c))) for n, c in zip(spatial, cells))
+    noise = torch.randn(int(shape[0]), int(shape[1]), *coarse, dtype=dtype, device=device) * std
+    if coarse == spatial:
+        return noise
+    return F.interpolate(
+        noise, size=spatial, mode="bilinear" if len(spatial) == 2 else "trilinear", align_corners=False
+    )
 
 
 def signed_residual(

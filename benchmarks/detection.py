@@ -272,12 +272,26 @@ def flow_columns(columns) -> dict[str, str]:
 
 
 def load_seed_tables(demo: Path, seeds, runs, section: str = "test") -> dict[int, dict[str, dict]]:
-    """``{seed: {run: {"volume", "slice", "slice_columns", "config"}}}`` of the runs whose scores exist.
+    """``{seed: {run: {"volume", "slice", "slice_columns", "score_columns", "config"}}}`` of the runs whose scores
+    exist (:func:`score_dir_tables` of each)."""
+    out: dict[int, dict[str, dict]] = {}
+    for seed in seeds:
+        folder = seed_folder(demo, seed)
+        for run in runs:
+            if (folder / "scores" / run / "scores.csv").is_file():
+                out.setdefault(seed, {})[run] = score_dir_tables(
+                    demo, folder / "scores" / run, run, folder / "runs" / run, section
+                )
+    return out
 
-    ``volume``: the labelled scans of ``section`` (label from the datalist, :data:`SEED_STRATA` from
+
+def score_dir_tables(demo: Path, score_dir: Path, run: str, run_dir: Path, section: str = "test") -> dict:
+    """``{"volume", "slice", "slice_columns", "score_columns", "config"}`` of one score folder of the demo's scans.
+
+    ``volume``: the labelled scans of ``section`` (label from the demo's datalist, :data:`SEED_STRATA` from its
     ``subjects.csv``);
     ``slice``: their counted slices with a 0/1 ``slice_label`` (as ``evaluate`` counts them), or None;
-    ``config``: the run's resolved ``config.yaml``.
+    ``config``: the run's resolved ``config.yaml`` (``{}`` when ``run_dir`` has none).
     """
     import pandas as pd
     from mri_anomaly.evaluation.levels import labelled_scans, section_slices
@@ -287,30 +301,22 @@ def load_seed_tables(demo: Path, seeds, runs, section: str = "test") -> dict[int
     lookup = datalist_lookup(demo / "data" / "datalist.json")
     subjects = pd.read_csv(demo / "data" / "subjects.csv", dtype={"subject_id": str})
     kinds = subjects[[c for c in ("subject_id", *SEED_STRATA) if c in subjects]]
-    out: dict[int, dict[str, dict]] = {}
-    for seed in seeds:
-        folder = seed_folder(demo, seed)
-        for run in runs:
-            if not (folder / "scores" / run / "scores.csv").is_file():
-                continue
-            ss = load_score_tables(folder / "scores" / run, run)
-            attach_datalist(ss, lookup)
-            df = ss.volumes
-            volume = labelled_scans(df[df["section"] == section]).merge(kinds, on="subject_id", how="left")
-            slices = None
-            if ss.slices is not None:
-                slices = section_slices(ss.slices, df, section)
-                slices = slices[slices["slice_label"].isin([0, 1])] if "slice_label" in slices else None
-            config_path = folder / "runs" / run / "config.yaml"
-            config = config_from_yaml(config_path.read_text()) if config_path.is_file() else {}
-            out.setdefault(seed, {})[run] = {
-                "volume": volume,
-                "slice": slices,
-                "slice_columns": ss.slice_columns,
-                "score_columns": ss.score_columns,
-                "config": config,
-            }
-    return out
+    ss = load_score_tables(score_dir, run)
+    attach_datalist(ss, lookup)
+    df = ss.volumes
+    volume = labelled_scans(df[df["section"] == section]).merge(kinds, on="subject_id", how="left")
+    slices = None
+    if ss.slices is not None:
+        slices = section_slices(ss.slices, df, section)
+        slices = slices[slices["slice_label"].isin([0, 1])] if "slice_label" in slices else None
+    config_path = run_dir / "config.yaml"
+    return {
+        "volume": volume,
+        "slice": slices,
+        "slice_columns": ss.slice_columns,
+        "score_columns": ss.score_columns,
+        "config": config_from_yaml(config_path.read_text()) if config_path.is_file() else {},
+    }
 
 
 def _mean_sd(values) -> tuple[float, float]:

@@ -1,0 +1,66 @@
+"""``benchmarks/denoising_ae.py``: lesion-variant AUROCs by hand, the profile column it reads, and its document
+from a hand-made result (no training)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def dae(load_benchmark):
+    return load_benchmark("denoising_ae")
+
+
+def test_variant_aurocs_count_each_variant_against_every_healthy_scan(dae):
+    volume = pd.DataFrame(
+        {
+            "label": [0, 0, 1, 1, 1, 1],
+            "lesion_variant": [None, None, "ms", "ms", "focal_opposite", "tumour"],
+            "score": [0.2, 0.4, 0.3, 0.5, 0.1, 0.9],
+        }
+    )
+    out = dae.kind_aurocs(volume, "score")
+    # ms: 0.3 beats 0.2 only, 0.5 beats both -> 3 of 4 pairs; dark focal 0.1 beats none; tumour beats both
+    assert out == {
+        "ms": pytest.approx(0.75),
+        "focal_opposite": pytest.approx(0.0),
+        "tumour": pytest.approx(1.0),
+    }
+
+
+def test_profile_column_finds_the_one_slice_profile_of_a_map(dae):
+    assert dae.profile_column(["latent_norm", "residual_slice_top200mm3"]) == "residual_slice_top200mm3"
+    assert dae.profile_column(["intensity_slice_top200mm3"], "intensity") == "intensity_slice_top200mm3"
+    with pytest.raises(ValueError, match="one slice profile"):
+        dae.profile_column(["latent_norm"])
+
+
+def test_document_has_a_row_per_variant_and_tolerance_and_the_baseline(dae):
+    def measures(auroc: float) -> dict:
+        return {
+            "auroc": auroc, "vs_intensity": auroc - 0.85, "vs_intensity_ci": [-0.01, 0.02],
+            "volume_classes": {"within healthy range": 0.6, "beyond healthy range": 0.9},
+            "kinds": {"ms": 0.8, "tumour": 0.9, "focal": 0.95, "focal_opposite": 0.55},
+            "slice_classes": {"all": 0.8, "within healthy range": 0.6}, "voxel_ap": 0.5,
+            "healthy_median": 0.2, "train_loss": 5.0,
+            "real": {"ms-patient07": {"slice": 0.6, "voxel_ap": 0.02}},
+        }  # fmt: skip
+
+    result = {
+        "meta": {"command": "python benchmarks/denoising_ae.py", "machine": "m", "load": "l", "date": "d",
+                 "seconds": 1.0, "demo": "demo-out"},
+        "seeds": ["0", "1"], "tolerances": [8.0], "overrides": {"plain": [], "dae": ["model.input_noise_std=0.2"]},
+        "profile": "residual_slice_top200mm3", "cases": ["ms-patient07"],
+        "variants": {"plain": {"8": {"0": measures(0.86), "1": measures(0.84)}},
+                     "dae": {"8": {"0": measures(0.90), "1": measures(0.88)}}},
+        "intensity": {**measures(0.85), "profile": "intensity_slice_top200mm3"}, "reading": "",
+    }  # fmt: skip
+    text = dae.to_markdown(result)
+    assert (
+        "| `plain` | 8 mm | 0.850 (0.860, 0.840) | +0.010 [-0.010, +0.020], -0.010 [-0.010, +0.020] |" in text
+    )
+    assert "| `dae` | 8 mm | 0.890 (0.900, 0.880) |" in text
+    assert "`plain`: `(none)`; `dae`: `model.input_noise_std=0.2`" in text
+    assert "| `intensity` | – | 0.850 | – | 0.600 | 0.900 |" in text
+    assert "| `dae` | 8 mm | 0.600 (0.600, 0.600) / 0.020 (0.020, 0.020) |" in text

@@ -146,6 +146,14 @@ def demo_seeds(args: argparse.Namespace) -> list[int]:
     return [0, *[s for s in args.seeds if s != 0]]
 
 
+def meta_lines(meta: Mapping[str, Any]) -> list[str]:
+    """A demo benchmark document's first lines: its command, then machine, load, date and duration (:func:`run_meta`)."""
+    return [
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
+    ]
+
+
 def reading_lines(result: Mapping[str, Any]) -> list[str]:
     """The document's "Reading" section: ``result["reading"]`` when there is one."""
     return ["## Reading", "", result["reading"], ""] if result.get("reading") else []

@@ -45,7 +45,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_benchmark_parser, demo_seeds, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
+from _common import (  # noqa: E402
+    demo_benchmark_parser,
+    demo_seeds,
+    markdown_table,
+    meta_lines,
+    reading_lines,
+    run_meta,
+    write_doc,
+)
 from detection import load_seed_tables  # noqa: E402
 from lesion_conspicuity import BASELINES, GROUP_ORDER, RUNS, anomalous_test_items  # noqa: E402
 from real_data import FLAIR_CASES, real_cases  # noqa: E402
@@ -443,8 +451,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         "# What the lesions show where the scores look: slice and volume ceilings",
         "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
+        *meta_lines(meta),
         f"Demo: `{result['demo']}`; seeds {', '.join(str(s) for s in seeds)} (0: the demo itself).",
         "",
         "Each counted lesion slice of the demo's anomalous test scans (slice-level evaluation: an axial slice with a "

@@ -38,7 +38,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, markdown_table, meta_lines, reading_lines, run_meta, write_doc  # noqa: E402
 from ceilings import CLASSES, class_aurocs, counted_test_classes, demo_config, volume_class_aurocs  # noqa: E402
 from detection import score_dir_tables  # noqa: E402
 from real_data import FLAIR_CASES, real_cases, score_run  # noqa: E402
@@ -139,8 +139,7 @@ def to_markdown(result: Mapping) -> str:
     lines = [
         "# The latent-norm autoencoder as a denoising autoencoder (coarse input noise) against the plain one",
         "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
+        *meta_lines(meta),
         f"Demo: `{meta['demo']}`; `configs/{RUN}.yaml` trained on its cohort per variant and seed "
         f"({', '.join(result['seeds'])}), each rescored at {', '.join(f'{t:g}' for t in result['tolerances'])} mm "
         "residual tolerance and recalibrated on its 80 healthy validation scans; `intensity`: the demo's run.",

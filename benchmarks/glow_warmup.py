@@ -35,7 +35,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_benchmark_parser, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
+from _common import demo_benchmark_parser, markdown_table, meta_lines, reading_lines, run_meta, write_doc  # noqa: E402
 
 RUNS = ("glow2d-ratio", "glow3d-ratio")
 
@@ -129,8 +129,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         "# Glow training: does the loss jump early without a warm-up?",
         "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
+        *meta_lines(meta),
         f"Configs: the demo's `{'`, `'.join(RUNS)}` (`{result['demo']}`), every step logged; seeds "
         f"{', '.join(str(s) for s in result['seeds'])}; each phase's first {result['window']} steps.",
         "",

@@ -35,7 +35,15 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import demo_benchmark_parser, demo_seeds, markdown_table, reading_lines, run_meta, write_doc  # noqa: E402
+from _common import (  # noqa: E402
+    demo_benchmark_parser,
+    demo_seeds,
+    markdown_table,
+    meta_lines,
+    reading_lines,
+    run_meta,
+    write_doc,
+)
 from detection import seed_folder  # noqa: E402
 from lesion_conspicuity import BASELINES, RUNS  # noqa: E402
 from real_data import FLAIR_CASES, real_cases  # noqa: E402
@@ -144,8 +152,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         "# Which voxels the slice profiles read on the real FLAIR cases",
         "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
+        *meta_lines(meta),
         f"Demo: `{result['demo']}`; seeds {', '.join(map(str, result['seeds']))} (0: the demo's runs).",
         "",
         "Per case and map: lesion slices counted (with a lesion voxel in the scored part), at the demo's seed; of"

@@ -45,6 +45,7 @@ from _common import (  # noqa: E402
     demo_benchmark_parser,
     demo_seeds,
     markdown_table,
+    meta_lines,
     reading_lines,
     recalibrate_run,
     run_meta,
@@ -250,8 +251,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         "# Slice profiles: the 99th percentile of a map over the slice, or the mean of its highest 200 mm³",
         "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['load']}; {meta['date']}; {meta['seconds']:.0f} s.  ",
+        *meta_lines(meta),
         f"Demo: `{result['demo']}`; seeds {', '.join(str(s) for s in seeds)} (0: the demo itself; the baselines have "
         "no seed). The same trained runs, recalibrated on the demo's 80 healthy validation scans with each statistic "
         "(slice norms per slice position, as at the end of training); test slices: the counted slices of the 224 "

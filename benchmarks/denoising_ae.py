@@ -19,7 +19,7 @@ every ``--tolerances`` mm (recalibrated), and reports, with ``intensity`` from t
 Usage::
 
     python benchmarks/denoising_ae.py --demo demo-out [--variant plain]
-        [--variant dae=model.input_noise_std=0.2] [--seeds 0 1 2] [--tolerances 8] [--out DIR]
+        [--variant dae=model.input_noise_std=0.2] [--seeds 0 1 2] [--tolerances 0 4 8] [--out DIR]
 
 Writes ``docs/benchmarks/denoising_ae.md`` and ``.json`` with the command, machine, load and date.
 """
@@ -42,7 +42,14 @@ from _common import demo_benchmark_parser, markdown_table, meta_lines, reading_l
 from ceilings import CLASSES, class_aurocs, counted_test_classes, demo_config, volume_class_aurocs  # noqa: E402
 from detection import score_dir_tables  # noqa: E402
 from real_data import FLAIR_CASES, real_cases, score_run  # noqa: E402
-from residual_tolerance import measure, parse_variant, run_with_tolerance, test_table, trained_runs  # noqa: E402
+from residual_tolerance import (  # noqa: E402
+    final_training_loss,
+    measure,
+    parse_variant,
+    run_with_tolerance,
+    test_table,
+    trained_runs,
+)
 
 RUN = "latent-norm-ae-2d"
 MAP = "residual"
@@ -77,16 +84,23 @@ def kind_aurocs(volume: pd.DataFrame, column: str) -> dict[str, float]:
     return out
 
 
-def demo_measures(
-    demo: Path, score_dir: Path, run_dir: Path, slice_classes: pd.DataFrame, scan_classes: pd.DataFrame
+def map_measures(
+    demo: Path,
+    score_dir: Path,
+    run: str,
+    run_dir: Path,
+    map_name: str,
+    column: str,
+    slice_classes: pd.DataFrame,
+    scan_classes: pd.DataFrame,
 ) -> dict:
-    """Class and kind AUROCs of one scored run (``residual_top200mm3`` and its slice profile) on the demo's test
-    scans."""
-    tables = score_dir_tables(demo, score_dir, RUN, run_dir)
-    profile = profile_column(tables["slice_columns"])
+    """Class and kind AUROCs of one scored run on the demo's test scans: its volume ``column`` and the slice profile
+    of ``map_name``."""
+    tables = score_dir_tables(demo, score_dir, run, run_dir)
+    profile = profile_column(tables["slice_columns"], map_name)
     return {
-        "volume_classes": volume_class_aurocs(tables["volume"], scan_classes, COLUMN),
-        "kinds": kind_aurocs(tables["volume"], COLUMN),
+        "volume_classes": volume_class_aurocs(tables["volume"], scan_classes, column),
+        "kinds": kind_aurocs(tables["volume"], column),
         "slice_classes": class_aurocs(tables["slice"], slice_classes, [profile])[profile],
         "profile": profile,
     }
@@ -104,18 +118,6 @@ def real_measures(
         profile = profile_column(list(slices), map_name)
         out[sid] = {"slice": slices[profile]["auroc"], "voxel_ap": scored["voxel"][sid][map_name]["ap"]}
     return out
-
-
-def baseline_measures(demo: Path, slice_classes: pd.DataFrame, scan_classes: pd.DataFrame) -> dict:
-    """The same measures for the demo's ``intensity`` run (its own map and profile)."""
-    tables = score_dir_tables(demo, demo / "scores" / "intensity", "intensity", demo / "runs" / "intensity")
-    profile = profile_column(tables["slice_columns"], "intensity")
-    return {
-        "volume_classes": volume_class_aurocs(tables["volume"], scan_classes, BASELINE),
-        "kinds": kind_aurocs(tables["volume"], BASELINE),
-        "slice_classes": class_aurocs(tables["slice"], slice_classes, [profile])[profile],
-        "profile": profile,
-    }
 
 
 def _f(v: float | None, digits: int = 3) -> str:
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="NAME=KEY=VALUE;KEY=VALUE: config overrides trained as one variant (repeatable)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument(
-        "--tolerances", type=float, nargs="+", default=[0.0, 8.0], help="residual tolerances in mm"
+        "--tolerances", type=float, nargs="+", default=[0.0, 4.0, 8.0], help="residual tolerances in mm"
     )
     p.add_argument("--out", type=Path, default=None, help="work folder (default DEMO/denoising_ae)")
     p.add_argument("--max-voxels", type=int, default=500_000)
@@ -254,7 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     baseline_dir = demo / "scores" / "intensity"
     baseline = test_table(baseline_dir)
     intensity = measure(baseline_dir, baseline, datalist, BASELINE, work / "evaluation" / "intensity")
-    intensity.update(baseline_measures(demo, slice_classes, scan_classes))
+    intensity.update(
+        map_measures(
+            demo,
+            baseline_dir,
+            "intensity",
+            demo / "runs" / "intensity",
+            "intensity",
+            BASELINE,
+            slice_classes,
+            scan_classes,
+        )  # fmt: skip
+    )
     intensity["real"] = real_measures(
         demo / "runs" / "intensity",
         cases,
@@ -279,10 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                     score_datalist(run, datalist, score_dir, sections=("validation", "test"), save_maps=True,
                                    progress=False)  # fmt: skip
                 v = measure(score_dir, baseline, datalist, COLUMN, work / "evaluation" / tag)
-                v.update(demo_measures(demo, score_dir, run, slice_classes, scan_classes))
+                v.update(map_measures(demo, score_dir, RUN, run, MAP, COLUMN, slice_classes, scan_classes))
                 profile = v.pop("profile")
-                log = pd.read_csv(run_dir / "train_log.csv")
-                v["train_loss"] = float(log["loss"].tail(10).mean())
+                v["train_loss"] = final_training_loss(run_dir)
                 v["real"] = real_measures(run, cases, real_datalist, work / "real" / tag, args.max_voxels)
                 results.setdefault(name, {}).setdefault(f"{mm:g}", {})[seed] = v
                 print(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import sys
@@ -285,6 +286,18 @@ def load_seed_tables(demo: Path, seeds, runs, section: str = "test") -> dict[int
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _demo_labels(demo: Path) -> tuple[dict, object]:
+    """The demo's datalist lookup and its ``subjects.csv`` strata (:data:`SEED_STRATA`), read once per demo: every
+    score folder of a demo is labelled from them."""
+    import pandas as pd
+    from mri_anomaly.evaluation.score_tables import datalist_lookup
+
+    lookup = datalist_lookup(demo / "data" / "datalist.json")
+    subjects = pd.read_csv(demo / "data" / "subjects.csv", dtype={"subject_id": str})
+    return lookup, subjects[[c for c in ("subject_id", *SEED_STRATA) if c in subjects]]
+
+
 def score_dir_tables(demo: Path, score_dir: Path, run: str, run_dir: Path, section: str = "test") -> dict:
     """``{"volume", "slice", "slice_columns", "score_columns", "config"}`` of one score folder of the demo's scans.
 
@@ -293,14 +306,11 @@ def score_dir_tables(demo: Path, score_dir: Path, run: str, run_dir: Path, secti
     ``slice``: their counted slices with a 0/1 ``slice_label`` (as ``evaluate`` counts them), or None;
     ``config``: the run's resolved ``config.yaml`` (``{}`` when ``run_dir`` has none).
     """
-    import pandas as pd
     from mri_anomaly.evaluation.levels import labelled_scans, section_slices
-    from mri_anomaly.evaluation.score_tables import attach_datalist, datalist_lookup, load_score_tables
+    from mri_anomaly.evaluation.score_tables import attach_datalist, load_score_tables
     from mri_anomaly.training.config import config_from_yaml
 
-    lookup = datalist_lookup(demo / "data" / "datalist.json")
-    subjects = pd.read_csv(demo / "data" / "subjects.csv", dtype={"subject_id": str})
-    kinds = subjects[[c for c in ("subject_id", *SEED_STRATA) if c in subjects]]
+    lookup, kinds = _demo_labels(demo)
     ss = load_score_tables(score_dir, run)
     attach_datalist(ss, lookup)
     df = ss.volumes

@@ -142,26 +142,62 @@ def measure(demo_datalist: Path, data: Path) -> dict:
     }
 
 
+def scaling_text(pre: dict) -> str:
+    """The intensity scaling of ``pre`` in words, e.g. ``4 mm, brain percentiles 1 / 50 -> 0 / 0.5, clipped``."""
+    it = pre["intensity"]
+    spacing = pre.get("spacing")
+    mm = (
+        f"{spacing[0]:g} mm, "
+        if isinstance(spacing, (list, tuple))
+        else (f"{spacing:g} mm, " if spacing else "")
+    )
+    where = "brain percentiles" if it.get("inside_mask") else "percentiles"
+    clip = ", clipped" if it.get("clip") else ""
+    return f"{mm}{where} {it.get('lower', 1.0):g} / {it.get('upper', 99.0):g} -> 0 / {it.get('upper_value', 1.0):g}{clip}"
+
+
 def _f(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
 def to_markdown(result: dict, command: str) -> str:
     rows = result["rows"]
+    real = [r for r in rows if not r["site"].startswith("demo")]
+    demo = [r for r in rows if r["site"].startswith("demo")]
+
+    def demo_row(keys: list[tuple[str, int]]) -> list[str]:
+        # one line for the demo's held-out healthy scans (160 of them): median and, in brackets, the maximum
+        cells = [f"demo held-out healthy ({len(demo)}): median (max)"]
+        for key, digits in keys:
+            vals = [r[key] for r in demo if key in r]
+            cells.append(f"{np.median(vals):.{digits}f} ({np.max(vals):.{digits}f})" if vals else "-")
+        return cells
+
+    keys = [
+        ("w1_before", 3),
+        ("w1_after", 3),
+        ("landmark_mae_before", 3),
+        ("landmark_mae_after", 3),
+        ("lesion_diff_before", 3),
+        ("lesion_diff_after", 3),
+        ("cnr_before", 2),
+        ("cnr_after", 2),
+    ]
     table = markdown_table(
         ["case", "W1 before", "W1 after", "landmark MAE before", "after", "lesion - healthy before", "after",
          "CNR before", "CNR after"],
-        [[r["case"], _f(r["w1_before"]), _f(r["w1_after"]), _f(r["landmark_mae_before"]),
-          _f(r["landmark_mae_after"]), _f(r.get("lesion_diff_before")), _f(r.get("lesion_diff_after")),
-          _f(r.get("cnr_before"), 2), _f(r.get("cnr_after"), 2)] for r in rows],
+        [[r["case"], *(_f(r.get(k), d) for k, d in keys)] for r in real] + ([demo_row(keys)] if demo else []),
     )  # fmt: skip
+    keys95 = [
+        ("healthy_above_p95_before", 3),
+        ("healthy_above_p95_after", 3),
+        ("lesion_above_p95_before", 3),
+        ("lesion_above_p95_after", 3),
+    ]
     table95 = markdown_table(
         ["case", "healthy > p95 before", "after", "lesion > p95 before", "after"],
-        [[r["case"], _f(r["healthy_above_p95_before"]), _f(r["healthy_above_p95_after"]),
-          _f(r.get("lesion_above_p95_before")), _f(r.get("lesion_above_p95_after"))] for r in rows],
+        [[r["case"], *(_f(r.get(k), d) for k, d in keys95)] for r in real] + ([demo_row(keys95)] if demo else []),
     )  # fmt: skip
-    real = [r for r in rows if not r["site"].startswith("demo")]
-    demo = [r for r in rows if r["site"].startswith("demo")]
 
     def mean(key: str, rs: list[dict]) -> str:
         vals = [r[key] for r in rs if key in r]
@@ -183,9 +219,9 @@ def to_markdown(result: dict, command: str) -> str:
             "",
             "No training. The standard landmarks (`preprocessing.intensity.standardize: histogram`, Nyúl & Udupa) are "
             "fitted on the demo cohort's healthy training scans with the demo models' preprocessing "
-            "(`configs/glow3d.yaml`: 4 mm, percentiles 1/99 -> 0/1, clipped). Each real FLAIR case (MS patient07; "
+            f"(`configs/glow3d.yaml`: {scaling_text(result['preprocessing'])}). Each real FLAIR case (MS patient07; "
             "BRATS 2013 patients 1-3, z-scored FLAIR, no brain mask given as in the demo runs) and the demo's "
-            "healthy validation/test scans are preprocessed before (percentile scaling only) and after "
+            "healthy validation/test scans are preprocessed before (that scaling only) and after "
             "standardisation. Healthy brain = brain voxels (> 0 after the scaling) outside the lesion mask.",
             "",
             "* **W1**: 1-D Wasserstein distance between the scan's healthy-brain intensities and the training scans' "

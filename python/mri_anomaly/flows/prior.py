@@ -46,7 +46,7 @@ class LatentPrior(nn.Module):
             Training then fits the parameters by gradient as before. Measured on the demo (3D,
             ``docs/benchmarks/glow_prior.md``): shrinkage narrows the init-vs-held-out gap but *raises* held-out
             bits/dim at 8 and at 32 init scans (the per-location moments carry real anatomy), while initialising
-            on 32 scans instead of 8 lowers it from 5.36 to 4.77 (on the smooth-anatomy cohort of before, 6.05 to
+            on 32 scans instead of 8 lowers it from 5.41 to 4.88 (on the smooth-anatomy cohort of before, 6.05 to
             5.45); so the default stays 0 and the 3D configs initialise on more scans.
 
     Raises:

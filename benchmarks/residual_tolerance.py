@@ -171,16 +171,15 @@ def maps_per_part(contrasts: Sequence[str]):
         LatentNormMethod.map_names, LatentNormMethod.score = original_names, original_score
 
 
-def part_aurocs(run_dir: Path, datalist: Path, work: Path, contrasts: Sequence[str]) -> dict[str, dict]:
-    """``{part: {"auroc", "healthy_median"}}`` of each part's ``_top200mm3`` on the test scans (see
-    :func:`maps_per_part`)."""
+def part_aurocs(run_dir: Path, datalist: Path, work: Path) -> dict[str, dict]:
+    """``{part: {"auroc", "healthy_median"}}`` of each part's ``_top200mm3`` on the test scans (call inside
+    :func:`maps_per_part`, with ``run_dir`` calibrated inside it too: the scorer refuses maps without slice norms)."""
     from mri_anomaly.evaluation.metrics import auroc
     from mri_anomaly.scoring.runner import score_datalist
 
     if not (work / "scores.csv").is_file():
         shutil.rmtree(work, ignore_errors=True)
-        with maps_per_part(contrasts):
-            score_datalist(run_dir, datalist, work, sections=("test",), save_maps=False, progress=False)
+        score_datalist(run_dir, datalist, work, sections=("test",), save_maps=False, progress=False)
     table = test_table(work)
     y = table["label"].to_numpy(int)
     names = [c[: -len("_top200mm3")] for c in table.columns if c.endswith("_top200mm3") and ":" not in c]
@@ -445,16 +444,13 @@ def main(argv: list[str] | None = None) -> int:
         for variant, trained in trained_by_variant.items():
             for seed, run_dir in trained.items():
                 name = f"{variant}-seed{seed}-{args.parts:g}mm-{residual}"
-                run = run_with_tolerance(run_dir, work / "runs" / name, args.parts, datalist, residual)
-                parts.setdefault(variant, {})[seed] = part_aurocs(
-                    run, datalist, work / "parts" / name, contrasts
-                )
-                if args.real and args.run.endswith("multicontrast"):
-                    with maps_per_part(contrasts) as part_names:
-                        # its own copy, calibrated with the parts as maps: every part gets slice norms
-                        run = run_with_tolerance(
-                            run_dir, work / "runs" / f"{name}-parts", args.parts, datalist, residual
-                        )
+                with maps_per_part(contrasts) as part_names:
+                    # its own copy, calibrated with the parts as maps: every part gets slice norms
+                    run = run_with_tolerance(
+                        run_dir, work / "runs" / f"{name}-parts", args.parts, datalist, residual
+                    )
+                    parts.setdefault(variant, {})[seed] = part_aurocs(run, datalist, work / "parts" / name)
+                    if args.real and args.run.endswith("multicontrast"):
                         real_parts.setdefault(variant, {})[seed] = real_case_parts(
                             run, args.real, work / "real-parts" / name, part_names
                         )

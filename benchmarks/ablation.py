@@ -266,6 +266,22 @@ def reuse_shipped_runs(demo: Path, out: Path, runs, state_file: str | None = Non
     return reused
 
 
+def seeds_note(out: Path, seeds: Sequence[int]) -> str:
+    """Where the runs of each extra seed came from, from ``out/ablation_reused.json``: taken trained from the
+    demo's ``seeds/<s>/`` (made by ``detection.py --seeds``) or trained here."""
+    record = json.loads((out / REUSED_FILE).read_text()) if (out / REUSED_FILE).is_file() else {}
+    taken = record.get("seeds", {})
+    parts = []
+    for seed in seeds:
+        names = taken.get(str(seed), [])
+        if names:
+            listed = ", ".join(f"`{n}`" for n in names)
+            parts.append(f"seed {seed}: {listed} from the demo's `seeds/{seed}/`, the rest trained here")
+        else:
+            parts.append(f"seed {seed}: all trained here")
+    return "Seeds: " + "; ".join(parts) + "."
+
+
 def _f(v) -> str:
     return "–" if v is None else f"{v:.3f}"
 
@@ -517,10 +533,6 @@ def main(argv: list[str] | None = None) -> int:
             ", ".join(f"`{r}`" for r in reused["runs"]) or "none"
         )
         reused_note += "."
-        if args.seeds and args.reuse_shipped:
-            reused_note += (
-                " Seeds: the same runs from the demo's `seeds/<s>/` where `detection.py --seeds` made them."
-            )
     run_demo(args.out, runs=runs, progress=False)
     seeded = [r for r in runs if r.name not in UNSEEDED]
     for seed in args.seeds:
@@ -530,7 +542,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             if taken:
                 print(f"seed {seed}: reused from the demo: {', '.join(taken)}", file=sys.stderr)
+                record = json.loads((args.out / REUSED_FILE).read_text())
+                record.setdefault("seeds", {}).setdefault(str(seed), []).extend(taken)
+                (args.out / REUSED_FILE).write_text(json.dumps(record))
         run_seed(args.out, seed, runs=seeded, progress=False)
+    if args.seeds:
+        reused_note += " " + seeds_note(args.out, args.seeds)
     metrics = json.loads((args.out / "report" / "metrics.json").read_text())
     real = None
     if args.data.is_dir():

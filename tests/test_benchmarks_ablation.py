@@ -218,3 +218,14 @@ def test_against_baseline_over_seeds_chooses_columns_at_seed_0(ab, tmp_path):
     assert line.startswith("| run | `x_q999` | 1.000 / 0.667 | 0.833 ± 0.236 | +0.333 / +0.000 | +0.167 [")
     assert line.endswith("| no |")
     assert "`i_q999` (0.667)" in "\n".join(ab.baseline_lines(out))
+
+
+def test_seeds_note_names_the_runs_taken_from_the_demo_per_seed(ab, tmp_path):
+    assert ab.seeds_note(tmp_path, [1, 2]) == "Seeds: seed 1: all trained here; seed 2: all trained here."
+    (tmp_path / ab.REUSED_FILE).write_text(
+        json.dumps({"demo": "d", "runs": [], "seeds": {"2": ["glow2d-ratio", "latent-norm-ae-2d"]}})
+    )
+    assert ab.seeds_note(tmp_path, [1, 2]) == (
+        "Seeds: seed 1: all trained here; seed 2: `glow2d-ratio`, `latent-norm-ae-2d` from the demo's "
+        "`seeds/2/`, the rest trained here."
+    )

@@ -63,18 +63,27 @@ BASELINE = "intensity_top200mm3"
 
 
 def trained_runs(
-    demo: Path, run: str, seeds: list[int], work: Path, datalist: Path, overrides: list[str]
+    demo: Path,
+    run: str,
+    seeds: list[int],
+    work: Path,
+    datalist: Path,
+    overrides: list[str],
+    reuse_demo: bool = True,
 ) -> dict[str, Path]:
-    """``{seed: run dir}``: the demo's runs of ``run`` when it trained them (and no overrides are asked), else
-    ``configs/<run>.yaml`` with ``overrides`` trained on ``datalist`` with each seed into ``work/seed<s>`` (reused
-    when already there)."""
-    found = {} if overrides else seed_runs(demo, run)
-    if found:
-        return found
-    from mri_anomaly.training.config import load_config
-
+    """``{seed: run dir}`` for each of ``seeds``: the demo's run of that seed when the demo trained it and no
+    overrides are asked, else ``configs/<run>.yaml`` with ``overrides`` trained on ``datalist`` with that seed into
+    ``work/seed<s>`` (reused when already there). A seed the demo lacks is trained, not dropped: a variant
+    compared with others must stand on the same seeds. ``reuse_demo`` False (another cohort's ``datalist``):
+    every seed is trained."""
+    found = seed_runs(demo, run) if reuse_demo and not overrides else {}
     out = {}
     for seed in seeds:
+        if str(seed) in found:
+            out[str(seed)] = found[str(seed)]
+            continue
+        from mri_anomaly.training.config import load_config
+
         config = load_config(REPO / "configs" / f"{run}.yaml", [*overrides, f"seed={seed}"])
         steps = int(config["train"]["phases"]["train"]["steps"])
         run_dir = work / f"seed{seed}"
@@ -402,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     baseline = test_table(baseline_dir)
     intensity = measure(baseline_dir, baseline, demo_datalist, BASELINE, work / "evaluation" / "intensity")
     variants = dict(args.variant or [("config", [])])
-    from_demo = datalist == demo_datalist and not any(variants.values()) and bool(seed_runs(demo, args.run))
+    demo_seeds = (
+        set(seed_runs(demo, args.run)) if datalist == demo_datalist and not any(variants.values()) else set()
+    )
+    from_demo = {str(s) for s in args.seeds} <= demo_seeds
     residual = load_config(REPO / "configs" / f"{args.run}.yaml")["model"].get("residual", "absolute")
     results: dict[str, dict[str, dict[str, dict]]] = {}
     residuals = args.residuals or [residual]
@@ -414,7 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     trained_by_variant: dict[str, dict[str, Path]] = {}
     for variant, overrides in variants.items():
         trained = trained_by_variant[variant] = trained_runs(
-            demo, args.run, args.seeds, work / "trained" / variant, datalist, overrides
+            demo,
+            args.run,
+            args.seeds,
+            work / "trained" / variant,
+            datalist,
+            overrides,
+            datalist == demo_datalist,
         )
         for seed, run_dir in trained.items():
             for r, mm in settings:
@@ -462,7 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         f"The demo's `{args.run}` runs (seed 0 and the seeds of `detection.py --seeds`)"
         if from_demo
         else f"`configs/{args.run}.yaml` trained on {cohort} with seeds {seeds}"
-        + (" (the demo does not train it)" if not any(variants.values()) else "")
+        + (" (the demo does not train it)" if not any(variants.values()) and not demo_seeds else "")
+        + (
+            f" (seed{'s' if len(demo_seeds) > 1 else ''} {', '.join(sorted(demo_seeds))}: the demo's runs)"
+            if demo_seeds
+            else ""
+        )
     )
     if any(variants.values()):
         origin += (

@@ -16,12 +16,17 @@ every ``--tolerances`` mm (recalibrated), and reports, with ``intensity`` from t
 * on the real FLAIR cases of ``../shared/data`` (never used for training or choosing): the slice AUROC of the
   profile inside each scan and the residual's voxel AP.
 
+Beside the map, the paper's own score ``latent_norm`` (‖x − x̂‖₂ + β‖z‖₂ per slice, the volume's mean of its 5
+highest slices) is reported per variant: ``--name latent_size`` writes the same tables for variants of the code
+size and β (the paper's ranges) as ``docs/benchmarks/latent_size.md``.
+
 Usage::
 
     python benchmarks/denoising_ae.py --demo demo-out [--variant plain]
         [--variant dae=model.input_noise_std=0.2] [--seeds 0 1 2] [--tolerances 0 4 8] [--out DIR]
+        [--name denoising_ae|latent_size]
 
-Writes ``docs/benchmarks/denoising_ae.md`` and ``.json`` with the command, machine, load and date.
+Writes ``docs/benchmarks/<name>.md`` and ``.json`` with the command, machine, load and date.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ BASELINE = "intensity_top200mm3"
 DEFAULT_VARIANTS = ("plain", "dae=model.input_noise_std=0.2")
 KINDS = ("ms", "tumour", "focal", "focal_opposite")
 KIND_NAMES = {"focal_opposite": "dark focal"}
+LATENT_COLUMN = "latent_norm_top5_mean"
+TITLES = {
+    "denoising_ae": "The latent-norm autoencoder as a denoising autoencoder (coarse input noise) against the plain one",
+    "latent_size": "The latent-norm autoencoder's code size and β, in the paper's ranges, against the shipped ones",
+}
 
 
 def profile_column(slice_columns: Sequence[str], map_name: str = MAP) -> str:
@@ -120,6 +130,16 @@ def real_measures(
     return out
 
 
+def column_auroc(score_dir: Path, column: str) -> float | None:
+    """Volume AUROC of ``column`` of ``score_dir/scores.csv`` on its test scans (None without the column)."""
+    from mri_anomaly.evaluation.metrics import auroc
+
+    table = test_table(score_dir)
+    if column not in table:
+        return None
+    return float(auroc(table["label"].to_numpy(np.float64), table[column].to_numpy(np.float64)))
+
+
 def _f(v: float | None, digits: int = 3) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
@@ -130,8 +150,10 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def _cell(per_seed: Mapping[str, Mapping], get) -> str:
-    """The mean over seeds, then each seed's value in brackets."""
+    """The mean over seeds, then each seed's value in brackets ("–" when no seed has it)."""
     values = [get(v) for v in per_seed.values()]
+    if all(v is None for v in values):
+        return "–"
     return f"{_f(_mean(values))} ({', '.join(_f(v) for v in values)})"
 
 
@@ -139,7 +161,7 @@ def to_markdown(result: Mapping) -> str:
     meta = result["meta"]
     variants = result["variants"]
     lines = [
-        "# The latent-norm autoencoder as a denoising autoencoder (coarse input noise) against the plain one",
+        f"# {TITLES[result.get('name', 'denoising_ae')]}",
         "",
         *meta_lines(meta),
         f"Demo: `{meta['demo']}`; `configs/{RUN}.yaml` trained on its cohort per variant and seed "
@@ -153,14 +175,15 @@ def to_markdown(result: Mapping) -> str:
         "Each cell: the mean over seeds, then each seed in brackets. Volume: `residual_top200mm3`; slice: its profile "
         f"`{result['profile']}`; scan and slice classes as in `ceilings.py` (the lesion only in the 8 mm rim, within "
         "the scan's healthy intensity range, beyond it), each class's anomalous scans (lesion slices) against every "
-        "healthy test scan (lesion-free counted slice).",
+        "healthy test scan (lesion-free counted slice). `latent_norm`: the paper's score ‖x − x̂‖₂ + β‖z‖₂ per slice, "
+        f"the volume's mean of its 5 highest slices (`{LATENT_COLUMN}`), volume AUROC.",
         "",
         "## Demo test set",
         "",
     ]
     header = ["variant", "tolerance", "volume AUROC", "− intensity [95 % CI], per seed", "within healthy range",
               "beyond healthy range", *[KIND_NAMES.get(k, k) for k in KINDS], "slice AUROC",
-              "slice: within healthy range", "voxel AP", "healthy median", "final loss"]  # fmt: skip
+              "slice: within healthy range", "voxel AP", "healthy median", "`latent_norm`", "final loss"]  # fmt: skip
     rows = []
     for name, by_tol in variants.items():
         for tol, per_seed in by_tol.items():
@@ -181,6 +204,7 @@ def to_markdown(result: Mapping) -> str:
                     _cell(per_seed, lambda v: v["slice_classes"].get(CLASSES[1])),
                     _cell(per_seed, lambda v: v["voxel_ap"]),
                     _cell(per_seed, lambda v: v["healthy_median"]),
+                    _cell(per_seed, lambda v: v.get("latent_norm")),
                     _cell(per_seed, lambda v: v["train_loss"]),
                 ]  # fmt: skip
             )
@@ -197,6 +221,7 @@ def to_markdown(result: Mapping) -> str:
             _f(base["slice_classes"].get("all")),
             _f(base["slice_classes"].get(CLASSES[1])),
             _f(base["voxel_ap"]),
+            "–",
             "–",
             "–",
         ]  # fmt: skip
@@ -240,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=None, help="work folder (default DEMO/denoising_ae)")
     p.add_argument("--max-voxels", type=int, default=500_000)
+    p.add_argument("--name", choices=sorted(TITLES), default="denoising_ae", help="the document written")
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()
@@ -295,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 v.update(map_measures(demo, score_dir, RUN, run, MAP, COLUMN, slice_classes, scan_classes))
                 profile = v.pop("profile")
                 v["train_loss"] = final_training_loss(run_dir)
+                v["latent_norm"] = column_auroc(score_dir, LATENT_COLUMN)
                 v["real"] = real_measures(run, cases, real_datalist, work / "real" / tag, args.max_voxels)
                 results.setdefault(name, {}).setdefault(f"{mm:g}", {})[seed] = v
                 print(
@@ -302,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     result = {
         "meta": run_meta("denoising_ae.py", argv, load_start, t0, demo=str(args.demo)),
+        "name": args.name,
         "seeds": [str(s) for s in args.seeds],
         "tolerances": list(args.tolerances),
         "overrides": variants,
@@ -311,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "intensity": intensity,
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
-    write_doc(args.docs, "denoising_ae", to_markdown(result), result)
+    write_doc(args.docs, args.name, to_markdown(result), result)
     return 0
 
 

@@ -64,3 +64,27 @@ def test_document_has_a_row_per_variant_and_tolerance_and_the_baseline(dae):
     assert "`plain`: `(none)`; `dae`: `model.input_noise_std=0.2`" in text
     assert "| `intensity` | – | 0.850 | – | 0.600 | 0.900 |" in text
     assert "| `dae` | 8 mm | 0.600 (0.600, 0.600) / 0.020 (0.020, 0.020) |" in text
+    assert text.startswith("# The latent-norm autoencoder as a denoising autoencoder")
+    # no latent_norm measured (a result of before the column): its cell says so
+    assert "| 0.200 (0.200, 0.200) | – | 5.000 (5.000, 5.000) |" in text
+
+    result["name"] = "latent_size"
+    result["variants"]["plain"]["8"]["0"]["latent_norm"] = 0.6
+    result["variants"]["plain"]["8"]["1"]["latent_norm"] = 0.7
+    text = dae.to_markdown(result)
+    assert text.startswith("# The latent-norm autoencoder's code size and β")
+    assert "| 0.200 (0.200, 0.200) | 0.650 (0.600, 0.700) | 5.000 (5.000, 5.000) |" in text
+
+
+def test_column_auroc_reads_the_test_scans_only(dae, tmp_path):
+    pd.DataFrame(
+        {
+            "subject_id": ["v0", "t0", "t1", "t2", "t3"],
+            "section": ["validation", "test", "test", "test", "test"],
+            "label": [0, 0, 0, 1, 1],
+            "latent_norm_top5_mean": [9.0, 0.1, 0.5, 0.3, 0.9],
+        }
+    ).to_csv(tmp_path / "scores.csv", index=False)
+    # test pairs (anomalous, healthy): 0.3 > 0.1, 0.3 < 0.5, 0.9 > both -> 3 of 4; the validation 9.0 never counts
+    assert dae.column_auroc(tmp_path, "latent_norm_top5_mean") == pytest.approx(0.75)
+    assert dae.column_auroc(tmp_path, "missing") is None

@@ -15,6 +15,7 @@ from mri_anomaly.data import TINY_PREPROCESSING, VolumeDataset, load_datalist, p
 from mri_anomaly.data.histogram import (
     DEFAULT_PERCENTILES,
     HistogramStandardize,
+    HistogramStandardized,
     healthy_items,
     mapping_knots,
     scan_landmarks,
@@ -64,6 +65,18 @@ def test_brain_mask_limits_the_landmarks_and_the_background_stays_zero():
     np.testing.assert_allclose(scan_landmarks(img, [50], mask), [0.25], atol=1e-7)
     out = HistogramStandardize([0.5], [50])(torch.cat([img, torch.zeros(1, 2, 1, 1)], 1), None)
     assert out.flatten()[-2:].tolist() == [0.0, 0.0]
+
+
+def test_dict_transform_uses_the_named_mask_and_refuses_a_missing_one():
+    img = _volume([0.1, 0.2, 0.3, 0.4, 0.9], background=0)
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]).reshape(1, -1, 1, 1)
+    transform = HistogramStandardized("image", mask_key="brain", landmarks=[0.5], percentiles=[50])
+    out = transform({"image": img, "brain": mask})["image"]
+    torch.testing.assert_close(out, HistogramStandardize([0.5], [50])(img, mask))
+    # without the mask the 0.9 voxel counts as brain: another median, another mapping
+    assert not torch.allclose(out, HistogramStandardize([0.5], [50])(img, None))
+    with pytest.raises(KeyError, match="'brain' missing from the item"):
+        transform({"image": img})
 
 
 # ----------------------------------------------------------------------------------------------- the fit

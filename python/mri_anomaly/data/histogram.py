@@ -189,7 +189,8 @@ class HistogramStandardized(MapTransform):
     """Dictionary twin of :class:`HistogramStandardize`.
 
     Args:
-        keys: image keys. mask_key: the brain mask key (None: brain = voxels above 0).
+        keys: image keys. mask_key: the brain mask key (None: brain = voxels above 0; named and absent from an
+            item: ``KeyError``).
         kwargs: passed to :class:`HistogramStandardize`.
     """
 
@@ -207,6 +208,11 @@ class HistogramStandardized(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         mask = d.get(self.mask_key) if self.mask_key is not None else None
+        if self.mask_key is not None and mask is None:
+            # as ScaleIntensityInMaskd: a named mask that is absent must not fall back to "brain = above 0"
+            raise KeyError(
+                f"brain mask key {self.mask_key!r} missing from the item (keys: {sorted(map(str, d))})"
+            )
         for key in self.key_iterator(d):
             d[key] = self.standardizer(d[key], mask)
         return d

@@ -6,7 +6,8 @@ residual then marks lesions that a plain autoencoder reproduces. Here that is ``
 ``input_noise_mm``, the noise's cell size) of ``latent-norm-ae``. This script trains
 ``configs/latent-norm-ae-2d.yaml`` once per ``--variant NAME=KEY=VALUE;...`` and seed on the demo's cohort (the
 training and recalibration of ``residual_tolerance.py``, whose work folder layout it shares; a variant without
-overrides is the demo's own runs, seed 0 and the seeded copies of ``detection.py --seeds``), rescores each run at
+overrides is the demo's own runs, seed 0 and the seeded copies of ``detection.py --seeds``, with the seeds the
+demo lacks trained here), rescores each run at
 every ``--tolerances`` mm (recalibrated), and reports, with ``intensity`` from the same demo beside it:
 
 * on the demo's test scans: volume AUROC of ``residual_top200mm3`` [95 % CI] and its paired difference with

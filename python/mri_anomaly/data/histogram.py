@@ -42,6 +42,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from mri_anomaly.config_checks import is_number, type_name
+from mri_anomaly.data.intensity import item_mask
 from mri_anomaly.data.io import InputFileError
 
 __all__ = [
@@ -207,12 +208,7 @@ class HistogramStandardized(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        mask = d.get(self.mask_key) if self.mask_key is not None else None
-        if self.mask_key is not None and mask is None:
-            # as ScaleIntensityInMaskd: a named mask that is absent must not fall back to "brain = above 0"
-            raise KeyError(
-                f"brain mask key {self.mask_key!r} missing from the item (keys: {sorted(map(str, d))})"
-            )
+        mask = item_mask(d, self.mask_key)
         for key in self.key_iterator(d):
             d[key] = self.standardizer(d[key], mask)
         return d

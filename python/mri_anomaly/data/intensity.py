@@ -43,6 +43,7 @@ __all__ = [
     "ScaleIntensityInMaskd",
     "ScaleIntensityInMaskD",
     "ScaleIntensityInMaskDict",
+    "item_mask",
 ]
 
 
@@ -207,14 +208,20 @@ class ScaleIntensityInMaskd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        mask = d.get(self.mask_key) if self.mask_key is not None else None
-        if self.mask_key is not None and mask is None:
-            raise KeyError(
-                f"brain mask key {self.mask_key!r} missing from the item (keys: {sorted(map(str, d))})"
-            )
+        mask = item_mask(d, self.mask_key)
         for key in self.key_iterator(d):
             d[key] = self.scaler(d[key], mask)
         return d
+
+
+def item_mask(data: Mapping[Hashable, Any], mask_key: str | None) -> Any:
+    """The brain mask ``data[mask_key]``, or None without a key; a named key absent from the item is a ``KeyError``
+    naming it (never a silent fall back to estimating the brain)."""
+    if mask_key is None:
+        return None
+    if data.get(mask_key) is None:
+        raise KeyError(f"brain mask key {mask_key!r} missing from the item (keys: {sorted(map(str, data))})")
+    return data[mask_key]
 
 
 class Binarize(Transform):

@@ -93,6 +93,14 @@ def trained_runs(
     return out
 
 
+def demo_seeds(trained_by_variant: dict[str, dict[str, Path]], work: Path) -> dict[str, list[str]]:
+    """``{variant: seeds}`` whose run :func:`trained_runs` took from the demo (any run dir outside ``work``)."""
+    return {
+        v: [s for s, run_dir in trained.items() if not run_dir.resolve().is_relative_to(work.resolve())]
+        for v, trained in trained_by_variant.items()
+    }
+
+
 def _score_patient07(run_dir: Path, data: Path, work: Path, max_voxels: int) -> tuple[dict, dict]:
     """MS patient07 of ``data`` (FLAIR + T1) scored by ``run_dir`` into ``work/scores``: ``(case, scored)``, the
     latter :func:`real_data.score_run`'s."""
@@ -411,10 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     baseline = test_table(baseline_dir)
     intensity = measure(baseline_dir, baseline, demo_datalist, BASELINE, work / "evaluation" / "intensity")
     variants = dict(args.variant or [("config", [])])
-    demo_seeds = (
-        set(seed_runs(demo, args.run)) if datalist == demo_datalist and not any(variants.values()) else set()
-    )
-    from_demo = {str(s) for s in args.seeds} <= demo_seeds
     residual = load_config(REPO / "configs" / f"{args.run}.yaml")["model"].get("residual", "absolute")
     results: dict[str, dict[str, dict[str, dict]]] = {}
     residuals = args.residuals or [residual]
@@ -476,16 +480,20 @@ def main(argv: list[str] | None = None) -> int:
     three_d, two = args.run.endswith("3d"), args.run.endswith("multicontrast")
     cohort = "the demo's cohort" if datalist == demo_datalist else f"the cohort `{args.data}`"
     seeds = ", ".join(next(iter(results.values())))
+    reused = demo_seeds(trained_by_variant, work)
+    from_demo = not any(variants.values()) and all(len(s) == len(args.seeds) for s in reused.values())
     origin = (
         f"The demo's `{args.run}` runs (seed 0 and the seeds of `detection.py --seeds`)"
         if from_demo
         else f"`configs/{args.run}.yaml` trained on {cohort} with seeds {seeds}"
-        + (" (the demo does not train it)" if not any(variants.values()) and not demo_seeds else "")
-        + (
-            f" (seed{'s' if len(demo_seeds) > 1 else ''} {', '.join(sorted(demo_seeds))}: the demo's runs)"
-            if demo_seeds
-            else ""
-        )
+        + (" (the demo does not train it)" if not any(variants.values()) and not any(reused.values()) else "")
+        + "".join(
+            f" (`{v}` seed{'s' if len(s) > 1 else ''} {', '.join(s)}: the demo's runs)"
+            if len(variants) > 1
+            else f" (seed{'s' if len(s) > 1 else ''} {', '.join(s)}: the demo's runs)"
+            for v, s in reused.items()
+            if s
+        )  # fmt: skip
     )
     if any(variants.values()):
         origin += (

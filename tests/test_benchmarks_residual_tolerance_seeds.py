@@ -67,3 +67,21 @@ def test_only_the_asked_seeds_are_returned(rt, demo_with_seed0, trained, tmp_pat
     (extra / "checkpoint.pt").write_bytes(b"")
     runs = rt.trained_runs(demo_with_seed0, "latent-norm-ae-2d", [3], tmp_path / "w", tmp_path / "d.json", [])
     assert runs == {"3": extra} and trained == []
+
+
+def test_demo_seeds_names_the_runs_taken_from_the_demo(rt, demo_with_seed0, trained, tmp_path):
+    work = tmp_path / "w"
+    by_variant = {
+        "plain": rt.trained_runs(
+            demo_with_seed0, "latent-norm-ae-2d", [0, 1], work / "plain", tmp_path / "d.json", []
+        ),
+        "z128": rt.trained_runs(
+            demo_with_seed0,
+            "latent-norm-ae-2d",
+            [0, 1],
+            work / "z128",
+            tmp_path / "d.json",
+            ["model.latent_dim=128"],
+        ),
+    }
+    assert rt.demo_seeds(by_variant, work) == {"plain": ["0"], "z128": []}

@@ -14,6 +14,8 @@ from mri_anomaly.data import (
     VolumeDataset,
     load_datalist,
     slice_brain_fractions,
+    slice_stack,
+    slice_stacks,
 )
 from mri_anomaly.data.loading import LoadVolume
 
@@ -146,3 +148,42 @@ def test_slice_dataset_lists_unreadable_volumes(items, tmp_path):
         "error"
     ]
     assert {v for v, _ in slices.index} == {0}
+
+
+def test_slice_stacks_hold_each_slice_with_its_neighbours_and_zeros_beyond_the_volume():
+    image = (
+        torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5) + 1
+    )  # (C=2, H, W, D=5), no zeros
+    stacks = slice_stacks(image, 2)
+    assert tuple(stacks.shape) == (5, 2 * 5, 3, 4)
+    for k in range(5):
+        for position, j in enumerate(range(k - 2, k + 3)):
+            part = stacks[k, 2 * position : 2 * position + 2]
+            expected = image[..., j] if 0 <= j < 5 else torch.zeros(2, 3, 4)
+            assert torch.equal(part, expected), (k, j)
+        assert torch.equal(slice_stack(image, k, 2), stacks[k])
+        assert torch.equal(stacks[k, 4:6], image[..., k])  # the centre: channels [r*C, (r+1)*C)
+    assert torch.equal(slice_stacks(image, 0), image.permute(3, 0, 1, 2))
+    with pytest.raises(ValueError, match="context"):
+        slice_stacks(image, -1)
+    with pytest.raises(IndexError, match="outside"):
+        slice_stack(image, 5, 1)
+
+
+def test_slice_dataset_with_context_stacks_neighbours_and_keeps_the_centre_mask(items):
+    vols = VolumeDataset(items, preprocessing_config=TINY_PREPROCESSING)
+    plain = SliceDataset(vols, min_brain_fraction=0.2)
+    stacked = SliceDataset(vols, min_brain_fraction=0.2, context=1)
+    assert stacked.index == plain.index  # the centre slice's brain decides, as without context
+    for i in range(len(stacked)):
+        s, p = stacked[i], plain[i]
+        v, k = stacked.index[i]
+        volume = vols[v]["image"].as_tensor()
+        assert tuple(s["image"].shape) == (3, 24, 24)
+        assert torch.equal(s["image"][1:2], p["image"])
+        for channel, j in ((0, k - 1), (2, k + 1)):
+            expected = volume[..., j] if 0 <= j < 24 else torch.zeros(1, 24, 24)
+            assert torch.equal(s["image"][channel : channel + 1], expected)
+        assert torch.equal(s["mask"], p["mask"]) and s["slice_label"] == p["slice_label"]
+    with pytest.raises(ValueError, match="context"):
+        SliceDataset(vols, context=-1)

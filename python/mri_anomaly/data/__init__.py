@@ -8,8 +8,8 @@
   ``RandLesion(d)``, ``HistogramStandardize(d)`` (Nyul-Udupa landmarks, :mod:`~mri_anomaly.data.histogram`).
 * :mod:`~mri_anomaly.data.datalist`: Decathlon JSON / CSV datalists, validated (``load_datalist``,
   ``validate_datalist``, ``write_datalist``, ``build_datalist``).
-* :mod:`~mri_anomaly.data.datasets`: ``VolumeDataset``, ``SliceDataset``, ``collate_with_errors``
-  (the item convention is documented there).
+* :mod:`~mri_anomaly.data.datasets`: ``VolumeDataset``, ``SliceDataset``, ``collate_with_errors``,
+  ``slice_stack(s)`` (2.5D inputs; the item convention is documented there).
 * :mod:`~mri_anomaly.data.demo`: ``make_demo_cohort`` (``mri-anomaly demo-data``); ``make_montage``.
 """
 
@@ -34,6 +34,8 @@ from mri_anomaly.data.datasets import (
     collate_with_errors,
     plain_tensor,
     slice_brain_fractions,
+    slice_stack,
+    slice_stacks,
     unwrap_input_error,
 )
 from mri_anomaly.data.demo import (
@@ -124,6 +126,8 @@ __all__ = [
     "safe_load",
     "save_map_in_input_space",
     "slice_brain_fractions",
+    "slice_stack",
+    "slice_stacks",
     "subject_id_from_path",
     "unwrap_input_error",
     "validate_datalist",

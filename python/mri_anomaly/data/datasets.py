@@ -13,6 +13,8 @@ Item convention (what a model, the trainer and the scorer receive; collation wit
 * ``subject_id``, ``site`` (``""`` when absent), ``image_path`` (the input file): str.
 * slices only: ``slice_index`` (int, k in ``vol[..., k]``) and ``slice_label`` (1 if the mask has voxels
   in the slice, 0 if it has none and the mask is known (or the volume is labelled healthy), -1 unknown).
+  With ``context`` r > 0 (2.5D) ``image`` is (C·(2r+1), H, W): slices k − r … k + r, each with its C channels
+  (:func:`slice_stack`); ``mask`` stays the centre slice's (1, H, W).
 
 A bad file never stops a cohort: with ``on_error="return"`` the item is
 ``{"error": "<path>: <problem>", "error_path", "subject_id", "image_path"}`` and
@@ -55,6 +57,8 @@ __all__ = [
     "plain_tensor",
     "unwrap_input_error",
     "slice_brain_fractions",
+    "slice_stack",
+    "slice_stacks",
 ]
 
 
@@ -366,6 +370,44 @@ def slice_brain_fractions(image: torch.Tensor, threshold: float = 0.0) -> torch.
     return (x > threshold).any(0).float().mean(dim=(0, 1))
 
 
+def slice_stacks(image: torch.Tensor, context: int) -> torch.Tensor:
+    """Every axial slice of a volume with its ``context`` neighbours on each side, as channels (2.5D input).
+
+    Args:
+        image: (C, H, W, D) volume, axial axis last.
+        context: neighbouring slices on each side (r >= 0); slices beyond the volume are 0 (background).
+
+    Returns:
+        (D, C·(2r+1), H, W): item k holds slices k − r, …, k + r in that order, each with its C channels, so the
+        centre slice's channels are ``[r·C, (r+1)·C)``. ``context`` 0 gives the plain slices (D, C, H, W).
+    """
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    x = plain_tensor(image)
+    slices = x.permute(3, 0, 1, 2)  # (D, C, H, W)
+    if context == 0:
+        return slices.contiguous()
+    depth = slices.shape[0]
+    padded = torch.nn.functional.pad(slices, (0, 0, 0, 0, 0, 0, context, context))
+    return torch.cat([padded[offset : offset + depth] for offset in range(2 * context + 1)], dim=1)
+
+
+def slice_stack(image: torch.Tensor, k: int, context: int) -> torch.Tensor:
+    """Axial slice ``k`` of ``image`` (C, H, W, D) with its ``context`` neighbours on each side: (C·(2r+1), H, W),
+    as item ``k`` of :func:`slice_stacks` (neighbours beyond the volume are 0)."""
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    x = plain_tensor(image)
+    depth = x.shape[-1]
+    if not 0 <= k < depth:
+        raise IndexError(f"slice {k} is outside the volume's {depth} axial slices")
+    parts = [
+        x[..., j] if 0 <= j < depth else torch.zeros_like(x[..., 0])
+        for j in range(k - context, k + context + 1)
+    ]
+    return torch.cat(parts, dim=0).clone()
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """Axial slices (1, H, W) of the volumes of a :class:`VolumeDataset`, with brain content.
 
@@ -381,6 +423,8 @@ class SliceDataset(torch.utils.data.Dataset):
         brain_threshold: intensity above which a voxel counts as brain.
         augment: random 2D transforms of each slice item (``image``/``mask`` (1, H, W)) on every access, e.g.
             :func:`~mri_anomaly.data.augmentation.mri_augmentation`; seeded by :meth:`set_random_state`.
+        context: neighbouring slices on each side stacked as channels of ``image`` (2.5D, :func:`slice_stack`);
+            selection, ``mask`` and ``slice_label`` are the centre slice's.
 
     Items: see the module docstring (``image``/``mask`` are plain (1, H, W) tensors).
     """
@@ -391,9 +435,13 @@ class SliceDataset(torch.utils.data.Dataset):
         min_brain_fraction: float = 0.1,
         brain_threshold: float = 0.0,
         augment: Callable | None = None,
+        context: int = 0,
     ) -> None:
         if not 0.0 <= min_brain_fraction <= 1.0:
             raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}")
+        if context < 0:
+            raise ValueError(f"context must be >= 0, got {context}")
+        self.context = int(context)
         self.volumes = volumes
         self.augment = augment
         self.min_brain_fraction = min_brain_fraction
@@ -422,7 +470,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if "error" in d:
             return d
         out = {key: val for key, val in d.items() if not isinstance(val, torch.Tensor)}
-        out["image"] = plain_tensor(d["image"])[..., k].clone()
+        out["image"] = slice_stack(d["image"], k, self.context)
         m = plain_tensor(d["mask"])[..., k].clone()
         out["mask"] = m
         out["slice_index"] = k

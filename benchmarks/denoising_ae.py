@@ -19,13 +19,14 @@ every ``--tolerances`` mm (recalibrated), and reports, with ``intensity`` from t
 
 Beside the map, the paper's own score ``latent_norm`` (‖x − x̂‖₂ + β‖z‖₂ per slice, the volume's mean of its 5
 highest slices) is reported per variant: ``--name latent_size`` writes the same tables for variants of the code
-size and β (the paper's ranges) as ``docs/benchmarks/latent_size.md``.
+size and β (the paper's ranges) as ``docs/benchmarks/latent_size.md``, ``--name slice_context`` for the 2.5D model
+(``slices.context``: each slice with its neighbours as input channels) as ``docs/benchmarks/slice_context.md``.
 
 Usage::
 
     python benchmarks/denoising_ae.py --demo demo-out [--variant plain]
         [--variant dae=model.input_noise_std=0.2] [--seeds 0 1 2] [--tolerances 0 4 8] [--out DIR]
-        [--name denoising_ae|latent_size]
+        [--name denoising_ae|latent_size|slice_context]
 
 Writes ``docs/benchmarks/<name>.md`` and ``.json`` with the command, machine, load and date.
 """
@@ -68,6 +69,7 @@ LATENT_COLUMN = "latent_norm_top5_mean"
 TITLES = {
     "denoising_ae": "The latent-norm autoencoder as a denoising autoencoder (coarse input noise) against the plain one",
     "latent_size": "The latent-norm autoencoder's code size and β, in the paper's ranges, against the shipped ones",
+    "slice_context": "The latent-norm autoencoder given its neighbouring slices (2.5D) against the plain 2D one",
 }
 
 

@@ -115,10 +115,29 @@ def test_unknown_method_and_missing_keys():
 def test_slices_section_applies_to_3d_too():
     cfg = _base()
     cfg["spatial_dims"] = 3
-    assert validate_config(cfg)["slices"] == {"min_brain_fraction": 0.05}
+    assert validate_config(cfg)["slices"] == {"min_brain_fraction": 0.05, "context": 0}
     cfg["slices"] = {"min_brain_fraction": 1.2}
     with pytest.raises(ConfigError, match=r"slices.min_brain_fraction: must be in \[0, 1\], got 1.2"):
         validate_config(cfg)
+
+
+def test_slice_context_is_for_2d_methods_that_take_it():
+    cfg = validate_config({**_base(), "slices": {"context": 2}})
+    assert cfg["slices"] == {"min_brain_fraction": 0.05, "context": 2}
+    method = build_method(cfg)
+    assert method.slice_context == 2 and method.net.in_channels == 5 and method.net.out_channels == 1
+    for slices, spatial_dims, method_name, message in (
+        ({"context": -1}, 2, "latent-norm-ae", r"slices.context: must be >= 0"),
+        ({"context": 1.5}, 2, "latent-norm-ae", r"slices.context: expected an integer"),
+        ({"context": 1}, 3, "latent-norm-ae", r"slices.context: neighbouring slices are for 2D models"),
+        ({"context": 1}, 2, "intensity", r"slices.context: method 'intensity' takes no neighbouring slices"),
+    ):
+        bad = {**_base(), "spatial_dims": spatial_dims, "method": method_name, "slices": slices}
+        if method_name != "latent-norm-ae":
+            bad["model"] = {}
+            bad["train"] = {"phases": {}}
+        with pytest.raises(ConfigError, match=message):
+            validate_config(bad)
 
 
 def test_required_model_argument_missing_is_reported():

@@ -244,3 +244,92 @@ def test_input_noise_trains_against_the_clean_image_inside_the_brain() -> None:
     assert build_method(load_config(CONFIGS / "latent-norm-ae-2d.yaml")).input_noise_std == 0.0
     with pytest.raises(ConfigError, match="input_noise_std must be >= 0"):
         build_method(load_config(CONFIGS / "latent-norm-ae-2d.yaml", ["model.input_noise_std=-0.1"]))
+
+
+def test_slice_context_reads_the_neighbours_and_reconstructs_the_centre_slice() -> None:
+    torch.manual_seed(0)
+    method = LatentNormMethod(2, in_channels=2, slice_context=1, beta=0.5, **SMALL)
+    assert method.net.in_channels == 6 and method.net.out_channels == 2
+    x = torch.rand(3, 6, SIZE, SIZE)
+    centre = x[:, 2:4]
+    out = method.score({"image": x})
+    method.eval()
+    with torch.no_grad():
+        x_hat, z = method.net(x)
+    assert x_hat.shape == centre.shape
+    # loss, score and map compare x_hat with the centre slice's two channels, never with the neighbours
+    brain = (centre > 0).any(dim=1, keepdim=True).float()
+    torch.testing.assert_close(
+        out.scores["latent_norm"], latent_norm_score(centre * brain, x_hat * brain, z, 0.5)
+    )
+    torch.testing.assert_close(out.maps["residual"], (centre - x_hat).abs().mean(dim=1, keepdim=True))
+    method.train()
+    torch.testing.assert_close(
+        method.training_loss("train", {"image": x}), method.net.loss(x, centre), rtol=0, atol=0
+    )
+    # the neighbours reach the reconstruction: another slice above changes x_hat of the same centre
+    other = x.clone()
+    other[:, 4:6] = torch.rand(3, 2, SIZE, SIZE)
+    method.eval()
+    with torch.no_grad():
+        assert not torch.allclose(method.net(other)[0], x_hat)
+    with pytest.raises(ValueError, match=r"\(N, 6, \*spatial\).*2 channel\(s\) x 3 slices"):
+        method.score({"image": centre})
+    with pytest.raises(ValueError, match="pass target"):
+        method.net.loss(x)
+    with pytest.raises(ValueError, match="slice_context is for 2D"):
+        LatentNormMethod(3, slice_context=1, **SMALL)
+    with pytest.raises(ValueError, match="whole number"):
+        LatentNormMethod(2, slice_context=-1, **SMALL)
+    # built from a config's slices.context; a method without 2.5D inputs refuses one
+    built = get_method_class("latent-norm-ae").from_config(2, 1, dict(SMALL), slice_context=2)
+    assert built.slice_context == 2 and built.net.in_channels == 5
+    with pytest.raises(ValueError, match="takes no neighbouring slices"):
+        get_method_class("intensity").from_config(2, 1, {}, slice_context=1)
+
+
+def _ellipses(centres: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(N, 1, SIZE, SIZE) smooth ellipses centred at ``centres`` (N, 2), with a little noise."""
+    yy, xx = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+    cy, cx = centres[:, 0, None, None], centres[:, 1, None, None]
+    image = 0.6 * torch.sigmoid(8 * (1 - ((yy - cy) / 5) ** 2 - ((xx - cx) / 4) ** 2))
+    return (image + 0.02 * torch.randn(image.shape, generator=generator)).clamp(0, 1).unsqueeze(1)
+
+
+def test_only_a_stack_model_finds_a_slice_that_breaks_from_its_neighbours() -> None:
+    """The 2.5D property: anatomy continues from slice to slice, so a model given the neighbours predicts the
+    centre from them. A centre slice shifted from its neighbours looks healthy on its own (drawn as the healthy
+    ones are, the plain model scores it near chance) but not beside them."""
+
+    def stacks(n: int, generator: torch.Generator, shifted: bool = False) -> torch.Tensor:
+        centres = 7.5 + 1.5 * torch.randn(n, 2, generator=generator)
+        offset = torch.zeros(n, 2)
+        if shifted:
+            offset[:, 0] = 3.0 * torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        return torch.cat(
+            [
+                _ellipses(centres - offset, generator),
+                _ellipses(centres, generator),
+                _ellipses(centres - offset, generator),
+            ],
+            dim=1,
+        )
+
+    aurocs = {}
+    for context in (0, 1):
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(0)
+        method = LatentNormMethod(2, slice_context=context, **SMALL, beta=1.0)
+        centre_only = slice(1, 2) if context == 0 else slice(0, 3)
+        opt = torch.optim.Adam(method.parameters(), lr=1e-2)
+        for _ in range(200):
+            loss = method.training_loss("train", {"image": stacks(32, generator)[:, centre_only]})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        test_generator = torch.Generator().manual_seed(1234)
+        normal = method.score({"image": stacks(64, test_generator)[:, centre_only]})
+        anomalous = method.score({"image": stacks(64, test_generator, shifted=True)[:, centre_only]})
+        scores = torch.cat([normal.scores["latent_norm"], anomalous.scores["latent_norm"]])
+        aurocs[context] = roc_auc_score([0] * 64 + [1] * 64, scores.numpy())
+    assert aurocs[1] > 0.85 and aurocs[0] < 0.7, aurocs

@@ -5,7 +5,9 @@ The file (``model.pt2``, :func:`torch.export.save`) holds
 * the **program**: the method's scoring on the model grid, ``image (N, C, *grid) in [0, 1] -> (scores {name: (N,)},
   maps {name: (N, 1, *grid)})`` — the on-grid part of the preprocessing (quantisation to 256 levels and
   dequantisation for flows), the network and the method's score arithmetic, with the fused flow-step ops as
-  ``torch.ops.mri_anomaly.*`` nodes. 2D runs take a dynamic number of slices N; 3D runs a batch of N >= 2 volumes;
+  ``torch.ops.mri_anomaly.*`` nodes. 2D runs take a dynamic number of slices N (a 2.5D run, ``slices.context`` r,
+  each slice with its r neighbours on each side as channels: C·(2r+1), ``model_input.slice_context``, as
+  :func:`mri_anomaly.data.slice_stacks` builds them); 3D runs a batch of N >= 2 volumes;
 * **metadata** (``extra_files["mri_anomaly.json"]``): the run's resolved config (preprocessing parameters,
   slice rule, top-k), the score columns and the primary one, the map names, the calibrated **thresholds** and
   how they were calibrated, the run fingerprint and the versions that exported it.
@@ -41,6 +43,7 @@ from torch import nn
 from mri_anomaly.errors import MissingInputError, UserInputError
 from mri_anomaly.files import atomic_write_with, jsonable
 from mri_anomaly.scoring.slice_norms import check_map_profile
+from mri_anomaly.training.config import slice_context
 
 __all__ = [
     "METADATA_FILE",
@@ -91,7 +94,8 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
             "needs a fixed model grid: train with preprocessing.spatial_size set"
         )
     grid = [int(s) for s in pre["spatial_size"]]
-    channels = int(config["in_channels"])
+    context = slice_context(config)
+    channels = int(config["in_channels"]) * (2 * context + 1)  # 2.5D: each slice with its neighbours
     generator = torch.Generator().manual_seed(0)
     if config["spatial_dims"] == 2:
         example = torch.rand(3, channels, *grid[:2], generator=generator)
@@ -136,6 +140,7 @@ def export_run(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
             "shape": ["N", channels, *grid[:2]] if config["spatial_dims"] == 2 else [1, channels, *grid],
             "range": [0.0, 1.0],
             "axial_axis": "last spatial axis of the preprocessed volume",
+            "slice_context": context,
         },
         "score_names": list(cls.score_names),
         "slice_statistic": getattr(cls, "slice_statistic", "mean"),

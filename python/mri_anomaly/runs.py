@@ -24,7 +24,7 @@ from mri_anomaly.evaluation.thresholds import load_thresholds
 from mri_anomaly.scoring.maps import model_spacing
 from mri_anomaly.scoring.slice_norms import check_map_profile
 from mri_anomaly.training.checkpoint import load_checkpoint
-from mri_anomaly.training.config import ConfigError, config_differences, config_from_yaml
+from mri_anomaly.training.config import ConfigError, config_differences, config_from_yaml, slice_context
 from mri_anomaly.training.methods import AnomalyMethod, get_method_class
 
 __all__ = [
@@ -56,6 +56,7 @@ def build_method(config: Mapping[str, Any]) -> AnomalyMethod:
             config["in_channels"],
             dict(config.get("model") or {}),
             model_spacing=model_spacing(config),
+            slice_context=slice_context(config),
         )
     except ValueError as err:
         if isinstance(err, UserInputError):

@@ -246,7 +246,7 @@ class BiasFreeDecoder(nn.Module):
 class BiasFreeAutoEncoder(nn.Module):
     """:class:`BiasFreeEncoder` + :class:`BiasFreeDecoder`: ``x (N, C, H, W[, D]) -> (x_hat, z)``.
 
-    ``x_hat`` has the shape of ``x`` (values in (0, 1)); ``z`` is (N, latent_dim). Used to pretrain the
+    ``x_hat`` has the shape of ``x`` with ``out_channels`` channels (values in (0, 1)); ``z`` is (N, latent_dim). Used to pretrain the
     Deep SAD encoder and as the network of the latent-norm autoencoder.
 
     Args:
@@ -256,6 +256,8 @@ class BiasFreeAutoEncoder(nn.Module):
         channels, kernel_size, pooled_size, negative_slope, norm_eps: as in :class:`BiasFreeEncoder`.
         decoder_bias: the decoder's ``with_bias`` (:class:`BiasFreeDecoder`); the encoder stays bias-free.
         patch: a map of codes ``z`` (N, latent_dim, *grid) instead of one vector (see :class:`BiasFreeEncoder`).
+        out_channels: channels of ``x_hat`` (default ``in_channels``); fewer when the input carries context the
+            reconstruction leaves out (2.5D: neighbouring slices in, the centre slice out).
     """
 
     def __init__(
@@ -270,8 +272,12 @@ class BiasFreeAutoEncoder(nn.Module):
         norm_eps: float = 1e-4,
         decoder_bias: bool = False,
         patch: bool = False,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
+        out_channels = in_channels if out_channels is None else int(out_channels)
+        if out_channels < 1:
+            raise ValueError(f"out_channels must be positive, got {out_channels}")
         options = dict(
             channels=channels,
             kernel_size=kernel_size,
@@ -282,14 +288,15 @@ class BiasFreeAutoEncoder(nn.Module):
         )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
+        self.out_channels = out_channels
         self.latent_dim = latent_dim
         self.encoder = BiasFreeEncoder(spatial_dims, in_channels, latent_dim, **options)
         self.decoder = BiasFreeDecoder(
-            spatial_dims, in_channels, latent_dim, with_bias=decoder_bias, **options
+            spatial_dims, out_channels, latent_dim, with_bias=decoder_bias, **options
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (N, C, H, W[, D]) -> ``(x_hat, z)`` with ``x_hat`` like ``x`` and ``z`` (N, latent_dim)
+        """``x`` (N, C, H, W[, D]) -> ``(x_hat, z)`` with ``x_hat`` (N, out_channels, H, W[, D]) and ``z`` (N, latent_dim)
         (``patch``: (N, latent_dim, *grid))."""
         z = self.encoder(x)
         return self.decoder(z, x.shape[2:]), z

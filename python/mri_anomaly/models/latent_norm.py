@@ -48,13 +48,16 @@ def latent_norm_score(x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor, bet
 class LatentNormAutoEncoder(BiasFreeAutoEncoder):
     """Autoencoder trained with the latent-norm loss; scores and residual maps per sample.
 
-    ``forward(x)`` returns ``(x_hat, z)``: ``x_hat`` like ``x`` (N, C, H, W[, D]) in (0, 1), ``z`` (N, latent_dim).
+    ``forward(x)`` returns ``(x_hat, z)``: ``x_hat`` (N, out_channels, H, W[, D]) in (0, 1), ``z`` (N, latent_dim).
+    The reconstruction's target is ``x`` itself, or, with fewer ``out_channels``, the ``target`` passed to
+    :meth:`loss` / :meth:`score_and_residual` (2.5D: the centre slice of a stack).
 
     Args:
         spatial_dims: 2 (slices) or 3 (volumes).
         in_channels: image channels.
         latent_dim: size of the code z.
         beta: weight of ``‖z‖₂`` in loss and score (see the module docstring for its scale).
+        out_channels: channels of ``x_hat`` (default ``in_channels``).
         channels, kernel_size, pooled_size, negative_slope, norm_eps: of the bias-free encoder and of the decoder
             (which has biases: see :class:`~mri_anomaly.models.BiasFreeDecoder`'s ``with_bias``).
 
@@ -73,6 +76,7 @@ class LatentNormAutoEncoder(BiasFreeAutoEncoder):
         pooled_size: int | Sequence[int] = 4,
         negative_slope: float = 0.01,
         norm_eps: float = 1e-4,
+        out_channels: int | None = None,
     ) -> None:
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
@@ -88,31 +92,44 @@ class LatentNormAutoEncoder(BiasFreeAutoEncoder):
             negative_slope,
             norm_eps,
             decoder_bias=True,
+            out_channels=out_channels,
         )
         self.beta = float(beta)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Training loss (0-dim): the batch mean of :func:`latent_norm_score`."""
+    def _target(self, x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        if target is None:
+            if self.out_channels != self.in_channels:
+                raise ValueError(
+                    f"the model reconstructs {self.out_channels} of its {self.in_channels} input channels: pass target"
+                )
+            return x
+        return target
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss (0-dim): the batch mean of :func:`latent_norm_score` (against ``target``, default ``x``)."""
         x_hat, z = self(x)
-        return latent_norm_score(x, x_hat, z, self.beta).mean()
+        return latent_norm_score(self._target(x, target), x_hat, z, self.beta).mean()
 
     @torch.no_grad()
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly score (N,) ``‖x − x̂‖₂ + β‖z‖₂`` in eval mode."""
-        return self.score_and_residual(x)[0]
+    def score(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Anomaly score (N,) ``‖target − x̂‖₂ + β‖z‖₂`` in eval mode (``target`` default ``x``)."""
+        return self.score_and_residual(x, target)[0]
 
     @torch.no_grad()
-    def residual_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Voxel map ``|x − x̂|`` with the shape of ``x``, in eval mode."""
-        return self.score_and_residual(x)[1]
+    def residual_map(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Voxel map ``|target − x̂|`` with the shape of ``x_hat``, in eval mode (``target`` default ``x``)."""
+        return self.score_and_residual(x, target)[1]
 
     @torch.no_grad()
-    def score_and_residual(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(score (N,), |x − x̂| like x)`` from one eval-mode forward pass."""
+    def score_and_residual(
+        self, x: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(score (N,), |target − x̂| like x_hat)`` from one eval-mode forward pass (``target`` default ``x``)."""
+        target = self._target(x, target)
         was_training = self.training
         self.eval()
         try:
             x_hat, z = self(x)
         finally:
             self.train(was_training)
-        return latent_norm_score(x, x_hat, z, self.beta), (x - x_hat).abs()
+        return latent_norm_score(target, x_hat, z, self.beta), (target - x_hat).abs()

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mri_anomaly.data import plain_tensor, slice_brain_fractions
+from mri_anomaly.data import plain_tensor, slice_brain_fractions, slice_stacks
 from mri_anomaly.scoring.aggregate import aggregate_slice_scores, slice_has_label
 from mri_anomaly.scoring.brain import slice_brain_statistic
 from mri_anomaly.scoring.maps import (
@@ -31,6 +31,7 @@ from mri_anomaly.scoring.maps import (
 )
 from mri_anomaly.scoring.nonfinite import nonfinite_to_most_anomalous
 from mri_anomaly.scoring.slice_norms import standardise_slice_scores
+from mri_anomaly.training.config import slice_context
 
 __all__ = [
     "RawVolumeScores",
@@ -156,9 +157,10 @@ def _slice_wise(
     device: torch.device,
     want_maps: bool,
 ) -> RawVolumeScores:
-    """A 2D method on the volume's axial slices, ``score.batch_size`` slices per forward pass; the maps are
-    assembled into volumes (their volume scores need them even when they are not kept)."""
-    slices = image.permute(3, 0, 1, 2).contiguous()  # (D, C, H, W)
+    """A 2D method on the volume's axial slices, ``score.batch_size`` slices per forward pass (each with its
+    ``slices.context`` neighbours as channels, :func:`~mri_anomaly.data.slice_stacks`); the maps are assembled into
+    volumes (their volume scores need them even when they are not kept)."""
+    slices = slice_stacks(image, slice_context(config))  # (D, C·(2r+1), H, W)
     chunk = int(config["score"]["batch_size"])
     parts_scores: dict[str, list[torch.Tensor]] = {}
     parts_maps: dict[str, list[torch.Tensor]] = {}

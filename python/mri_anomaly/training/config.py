@@ -8,8 +8,11 @@ and seed::
     in_channels: 1
     seed: 0
     preprocessing: {...}          # mri_anomaly.data preprocessing keys (validated by the data module)
-    slices: {min_brain_fraction: 0.05}   # axial slices with this much brain: 2D trains on and aggregates over
-                                         # them; both mark them counted=1 in slice_scores.csv
+    slices:
+      min_brain_fraction: 0.05    # axial slices with this much brain: 2D trains on and aggregates over them;
+                                  # both mark them counted=1 in slice_scores.csv
+      context: 0                  # 2D: neighbouring slices on each side stacked as input channels (2.5D; methods
+                                  # whose __init__ takes slice_context, latent-norm-ae); maps are the centre's
     model: {...}                  # keyword arguments of the method class's __init__
     train:
       batch_size: 4
@@ -62,6 +65,7 @@ __all__ = [
     "TRAIN_DEFAULTS",
     "SCORE_DEFAULTS",
     "SLICES_DEFAULTS",
+    "slice_context",
     "load_config",
     "apply_overrides",
     "parse_override",
@@ -94,7 +98,7 @@ SCORE_DEFAULTS: dict[str, Any] = {
     "allow_few_calibration_scans": False,
     "map_erosion_mm": 0.0,
 }
-SLICES_DEFAULTS: dict[str, Any] = {"min_brain_fraction": 0.05}
+SLICES_DEFAULTS: dict[str, Any] = {"min_brain_fraction": 0.05, "context": 0}
 TOP_LEVEL_DEFAULTS: dict[str, Any] = {"in_channels": 1, "seed": 0}
 
 
@@ -274,6 +278,14 @@ def _preprocessing_problems(preprocessing: dict[str, Any]) -> list[str]:
     return []
 
 
+def slice_context(config: Mapping[str, Any]) -> int:
+    """Neighbouring slices on each side that a 2D model's input stacks as channels (``slices.context``, 2.5D);
+    0 for 3D configs and configs without it."""
+    if config.get("spatial_dims") != 2:
+        return 0
+    return int((config.get("slices") or {}).get("context", 0))
+
+
 def validate_config(config: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
     """Check a config and return it with defaults filled in.
 
@@ -343,6 +355,16 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> dic
     if slices is not None:
         chk.unknown(slices, SLICES_DEFAULTS, "slices.")
         chk.number(slices, "min_brain_fraction", "slices.", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+        chk.int_(slices, "context", "slices.", minimum=0)
+        if is_int(slices.get("context")) and slices["context"] > 0:
+            if cfg.get("spatial_dims") == 3:
+                chk.add(
+                    "slices.context: neighbouring slices are for 2D models (spatial_dims: 2); use 0 for volumes"
+                )
+            elif method_cls is not None and not method_cls.takes_slice_context():
+                chk.add(
+                    f"slices.context: method {cfg['method']!r} takes no neighbouring slices (2.5D inputs); use 0"
+                )
         cfg["slices"] = {**SLICES_DEFAULTS, **slices}
 
     model = chk.section(cfg, "model", "")

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mri_anomaly.errors import UserInputError
+from mri_anomaly.training.config import slice_context
 
 if TYPE_CHECKING:
     from mri_anomaly.data import PreprocessedCache
@@ -213,7 +214,7 @@ def build_dataset(
 
     Volumes are preprocessed once and cached (:class:`mri_anomaly.data.VolumeDataset`, ``cache="auto"``);
     2D configs train on the axial slices with brain fraction >= ``slices.min_brain_fraction``
-    (:class:`mri_anomaly.data.SliceDataset`). A bad file raises an ``InputFileError`` naming it: training
+    (:class:`mri_anomaly.data.SliceDataset`), each with its ``slices.context`` neighbours as channels. A bad file raises an ``InputFileError`` naming it: training
     data must be readable (scoring, in contrast, records bad files and goes on).
 
     With ``train`` and ``train.augment`` set, :func:`~mri_anomaly.data.augmentation.mri_augmentation` runs on every
@@ -257,5 +258,6 @@ def build_dataset(
             volumes,
             min_brain_fraction=float(config["slices"]["min_brain_fraction"]),
             augment=augment,
+            context=slice_context(config),
         )
     return volumes

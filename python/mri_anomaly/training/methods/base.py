@@ -85,15 +85,30 @@ class AnomalyMethod(nn.Module):
         in_channels: int,
         params: dict[str, Any],
         model_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        slice_context: int = 0,
     ) -> AnomalyMethod:
         """Build from the ``model`` section of a validated config (keyword arguments of ``__init__``).
 
         A method whose ``__init__`` takes ``model_spacing`` also gets the model grid's voxel size in mm (the
         config's ``preprocessing.spacing``, like ``spatial_dims`` not a ``model:`` key), to turn sizes in mm into
-        voxels."""
-        if "model_spacing" in inspect.signature(cls.__init__).parameters:
+        voxels. ``slice_context`` (the config's ``slices.context``, 2.5D inputs) goes to a method whose
+        ``__init__`` takes it; any other method refuses a non-zero one.
+
+        Raises:
+            ValueError: ``slice_context`` > 0 for a method without 2.5D inputs."""
+        accepted = inspect.signature(cls.__init__).parameters
+        if "model_spacing" in accepted:
             params = {**params, "model_spacing": tuple(float(s) for s in model_spacing)}
+        if "slice_context" in accepted:
+            params = {**params, "slice_context": int(slice_context)}
+        elif slice_context:
+            raise ValueError(f"method {cls.name!r} takes no neighbouring slices (slices.context must be 0)")
         return cls(spatial_dims=spatial_dims, in_channels=in_channels, **params)
+
+    @classmethod
+    def takes_slice_context(cls) -> bool:
+        """Whether the method takes 2.5D inputs (the config's ``slices.context`` > 0)."""
+        return "slice_context" in inspect.signature(cls.__init__).parameters
 
     def check_phase(self, phase: str) -> None:
         """Raise ``ValueError`` naming the method's phases when ``phase`` is not one of them."""

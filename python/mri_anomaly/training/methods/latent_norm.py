@@ -85,6 +85,10 @@ class LatentNormMethod(AnomalyMethod):
         input_noise_std: standard deviation of the coarse noise added to the training inputs inside the brain
             (0: a plain autoencoder); the loss compares x̂ with the clean input.
         input_noise_mm: cell size in mm of the grid that noise is drawn on (rounded to whole voxels, >= 1).
+        slice_context: 2D only: neighbouring slices on each side the input stacks as channels (the config's
+            ``slices.context``, :func:`~mri_anomaly.data.slice_stacks`): the network sees
+            ``in_channels · (2·slice_context + 1)`` channels and reconstructs the centre slice's ``in_channels``,
+            which loss, score and map compare against (2.5D). 0: plain slices.
 
     Raises:
         ValueError: for an argument out of range, naming it.
@@ -112,8 +116,16 @@ class LatentNormMethod(AnomalyMethod):
         model_spacing: Sequence[float] = (1.0, 1.0, 1.0),
         input_noise_std: float = 0.0,
         input_noise_mm: float = 16.0,
+        slice_context: int = 0,
     ) -> None:
         super().__init__(spatial_dims, in_channels)
+        if isinstance(slice_context, bool) or int(slice_context) != slice_context or slice_context < 0:
+            raise ValueError(f"slice_context must be a whole number >= 0, got {slice_context!r}")
+        if slice_context and spatial_dims != 2:
+            raise ValueError(
+                f"slice_context is for 2D slices (spatial_dims 2), got spatial_dims {spatial_dims}"
+            )
+        self.slice_context = int(slice_context)
         if not input_noise_std >= 0:
             raise ValueError(f"input_noise_std must be >= 0, got {input_noise_std}")
         if not input_noise_mm > 0:
@@ -137,41 +149,55 @@ class LatentNormMethod(AnomalyMethod):
         )
         self.net = LatentNormAutoEncoder(
             spatial_dims,
-            in_channels,
+            in_channels * (2 * self.slice_context + 1),
             latent_dim,
             beta=beta,
             channels=tuple(channels),
             kernel_size=kernel_size,
             pooled_size=pooled_size,
             negative_slope=negative_slope,
+            out_channels=in_channels,
         )
 
-    def _images(self, batch: Batch) -> torch.Tensor:
-        return batch_images(batch, self.spatial_dims, self.in_channels, next(self.net.parameters()).device)
+    def _images(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network input (N, C·(2r+1), *spatial) and its centre slice (N, C, *spatial), the target."""
+        try:
+            x = batch_images(
+                batch, self.spatial_dims, self.net.in_channels, next(self.net.parameters()).device
+            )
+        except ValueError as err:
+            if not self.slice_context:
+                raise
+            raise ValueError(
+                f"{err} (slice_context {self.slice_context}: each slice with its neighbours, "
+                f"{self.in_channels} channel(s) x {2 * self.slice_context + 1} slices, as slice_stacks builds them)"
+            ) from err
+        first = self.slice_context * self.in_channels
+        return x, x[:, first : first + self.in_channels]
 
     def training_loss(self, phase: str, batch: Batch, general_batch: Batch | None = None) -> torch.Tensor:
         """Batch mean of ``‖x − x̂‖₂ + β‖z‖₂``; x̂ and z from the noisy input when ``input_noise_std`` > 0."""
         self.check_phase(phase)
-        x = self._images(batch)
+        x, target = self._images(batch)
         if self.input_noise_std == 0:
-            return self.net.loss(x)
+            return self.net.loss(x, target)
         noise = coarse_noise(x.shape, self.input_noise_cells, self.input_noise_std, x.dtype, x.device)
         x_hat, z = self.net(x + noise * brain_mask(x).to(x.dtype))
-        return latent_norm_score(x, x_hat, z, self.net.beta).mean()
+        return latent_norm_score(target, x_hat, z, self.net.beta).mean()
 
     @torch.no_grad()
     def score(self, batch: Batch) -> BatchScores:
-        """``latent_norm`` (N,) and the map ``residual`` (N, 1, *spatial)."""
-        x = self._images(batch)
+        """``latent_norm`` (N,) and the map ``residual`` (N, 1, *spatial), of the centre slice with ``slice_context``."""
+        x, target = self._images(batch)
         was_training = self.net.training
         self.net.eval()
         try:
             x_hat, z = self.net(x)
         finally:
             self.net.train(was_training)
-        brain = brain_mask(x).to(x.dtype)
-        score = latent_norm_score(x * brain, x_hat * brain, z, self.net.beta)
-        difference = signed_residual(x, x_hat, self.residual, self.residual_tolerance)
+        brain = brain_mask(target).to(x.dtype)
+        score = latent_norm_score(target * brain, x_hat * brain, z, self.net.beta)
+        difference = signed_residual(target, x_hat, self.residual, self.residual_tolerance)
         return BatchScores(
             scores={"latent_norm": score}, maps={"residual": difference.mean(dim=1, keepdim=True)}
         )
@@ -179,7 +205,8 @@ class LatentNormMethod(AnomalyMethod):
     def extra_repr(self) -> str:
         return (
             f"beta={self.net.beta}, residual={self.residual!r}, residual_tolerance_mm={self.residual_tolerance_mm}, "
-            f"input_noise_std={self.input_noise_std}, input_noise_mm={self.input_noise_mm}"
+            f"input_noise_std={self.input_noise_std}, input_noise_mm={self.input_noise_mm}, "
+            f"slice_context={self.slice_context}"
         )
 
 

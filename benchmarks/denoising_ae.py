@@ -143,6 +143,33 @@ def column_auroc(score_dir: Path, column: str) -> float | None:
     return float(auroc(table["label"].to_numpy(np.float64), table[column].to_numpy(np.float64)))
 
 
+def paired_with(score_dir: Path, reference_dir: Path, column: str = COLUMN) -> tuple[float, list[float]]:
+    """``column``'s volume AUROC on the test scans of ``score_dir`` minus that of ``reference_dir`` (the same
+    scans), with its paired bootstrap 95 % CI."""
+    from mri_anomaly.evaluation.bootstrap import auroc_with_ci
+
+    table, reference = test_table(score_dir), test_table(reference_dir)
+    y = table["label"].to_numpy(int)
+    paired = auroc_with_ci(
+        y, table[column].to_numpy(float), paired_with=reference.loc[table.index, column].to_numpy(float)
+    )
+    return float(paired["auroc_difference"]), [float(c) for c in paired["auroc_difference_ci"]]
+
+
+def add_differences_with_first(results: dict, work: Path) -> None:
+    """Each variant's paired difference with the first variant at the same seed and tolerance (``vs_first``,
+    ``vs_first_ci``), from the score folders under ``work/scores``."""
+    names = list(results)
+    for name in names[1:]:
+        for tol, per_seed in results[name].items():
+            for seed, v in per_seed.items():
+                if seed in results[names[0]].get(tol, {}):
+                    v["vs_first"], v["vs_first_ci"] = paired_with(
+                        work / "scores" / f"{name}-seed{seed}-{tol}mm",
+                        work / "scores" / f"{names[0]}-seed{seed}-{tol}mm",
+                    )
+
+
 def _f(v: float | None, digits: int = 3) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
@@ -184,7 +211,9 @@ def to_markdown(result: Mapping) -> str:
         "## Demo test set",
         "",
     ]
-    header = ["variant", "tolerance", "volume AUROC", "− intensity [95 % CI], per seed", "within healthy range",
+    first = next(iter(variants))
+    header = ["variant", "tolerance", "volume AUROC", "− intensity [95 % CI], per seed",
+              f"− `{first}` [95 % CI], same seed", "within healthy range",
               "beyond healthy range", *[KIND_NAMES.get(k, k) for k in KINDS], "slice AUROC",
               "slice: within healthy range", "voxel AP", "healthy median", "`latent_norm`", "final loss"]  # fmt: skip
     rows = []
@@ -194,12 +223,18 @@ def to_markdown(result: Mapping) -> str:
                 f"{v['vs_intensity']:+.3f} [{v['vs_intensity_ci'][0]:+.3f}, {v['vs_intensity_ci'][1]:+.3f}]"
                 for v in per_seed.values()
             )
+            against_first = ", ".join(
+                f"{v['vs_first']:+.3f} [{v['vs_first_ci'][0]:+.3f}, {v['vs_first_ci'][1]:+.3f}]"
+                for v in per_seed.values()
+                if "vs_first" in v
+            )
             rows.append(
                 [
                     f"`{name}`",
                     f"{tol} mm",
                     _cell(per_seed, lambda v: v["auroc"]),
                     diffs,
+                    against_first or "–",
                     _cell(per_seed, lambda v: v["volume_classes"].get(CLASSES[1])),
                     _cell(per_seed, lambda v: v["volume_classes"].get(CLASSES[2])),
                     *[_cell(per_seed, lambda v, k=k: v["kinds"].get(k)) for k in KINDS],
@@ -217,6 +252,7 @@ def to_markdown(result: Mapping) -> str:
             "`intensity`",
             "–",
             _f(base["auroc"]),
+            "–",
             "–",
             _f(base["volume_classes"].get(CLASSES[1])),
             _f(base["volume_classes"].get(CLASSES[2])),
@@ -330,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{tag}: volume {v['auroc']:.3f}, slice {v['slice_classes']['all']:.3f}", file=sys.stderr
                 )
+    add_differences_with_first(results, work)
     result = {
         "meta": run_meta("denoising_ae.py", argv, load_start, t0, demo=str(args.demo)),
         "name": args.name,

@@ -169,13 +169,15 @@ def maps_per_part(contrasts: Sequence[str]):
     @torch.no_grad()
     def score(self, batch):
         out = original_score(self, batch)
-        x = self._images(batch)
+        x, target = self._images(batch)  # target: the slice the map is of (the centre one of a 2.5D stack)
         self.net.eval()
         x_hat, _ = self.net(x)
         maps = dict(out.maps)
         for k, contrast in enumerate(contrasts):
             for short, sign in PART_SIGNS.items():
-                part = signed_residual(x[:, k : k + 1], x_hat[:, k : k + 1], sign, self.residual_tolerance)
+                part = signed_residual(
+                    target[:, k : k + 1], x_hat[:, k : k + 1], sign, self.residual_tolerance
+                )
                 maps[f"{contrast}_{short}"] = part
         maps["all_pos"] = sum(maps[f"{c}_pos"] for c in contrasts) / len(contrasts)
         return BatchScores(scores=out.scores, maps=maps)

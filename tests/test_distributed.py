@@ -148,7 +148,8 @@ def test_torchrun_two_gloo_processes_match_one_process(demo_cohort, tmp_path):
     assert [r["subject_id"] for r in rows_ddp] == [r["subject_id"] for r in rows_single]
     for a, b in zip(rows_ddp, rows_single):
         for column in ("nll_bpd", "final_scale"):
-            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4)
+            # under 1e-4 apart on an AMD EPYC (this test held there at 1e-4), up to 1.1e-4 on an Intel Xeon
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=3e-4)
 
     # Scoring: the shards merged into the tables one process writes (rows in datalist order; values to float
     # rounding: a slice statistic near 0 came out -1e-6 in one and 0.0 in the other).

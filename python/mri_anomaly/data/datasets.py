@@ -409,7 +409,8 @@ def slice_stack(image: torch.Tensor, k: int, context: int) -> torch.Tensor:
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """Axial slices (1, H, W) of the volumes of a :class:`VolumeDataset`, with brain content.
+    """Axial slices (C, H, W) of the volumes of a :class:`VolumeDataset`, with brain content; with ``context`` r,
+    each with its r neighbours on each side as channels (C·(2r+1), H, W).
 
     A slice ``vol[..., k]`` is kept when at least ``min_brain_fraction`` of its voxels are brain
     (``> brain_threshold``). Selection is computed once from the (cached) volumes; volumes that fail

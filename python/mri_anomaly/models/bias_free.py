@@ -246,8 +246,8 @@ class BiasFreeDecoder(nn.Module):
 class BiasFreeAutoEncoder(nn.Module):
     """:class:`BiasFreeEncoder` + :class:`BiasFreeDecoder`: ``x (N, C, H, W[, D]) -> (x_hat, z)``.
 
-    ``x_hat`` has the shape of ``x`` with ``out_channels`` channels (values in (0, 1)); ``z`` is (N, latent_dim). Used to pretrain the
-    Deep SAD encoder and as the network of the latent-norm autoencoder.
+    ``x_hat`` has the shape of ``x`` with ``out_channels`` channels (values in (0, 1)); ``z`` is (N, latent_dim).
+    Used to pretrain the Deep SAD encoder and as the network of the latent-norm autoencoder.
 
     Args:
         spatial_dims: 2 or 3.
@@ -296,7 +296,7 @@ class BiasFreeAutoEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (N, C, H, W[, D]) -> ``(x_hat, z)`` with ``x_hat`` (N, out_channels, H, W[, D]) and ``z`` (N, latent_dim)
-        (``patch``: (N, latent_dim, *grid))."""
+        """``x`` (N, C, H, W[, D]) -> ``(x_hat, z)`` with ``x_hat`` (N, out_channels, H, W[, D]) and ``z``
+        (N, latent_dim) (``patch``: (N, latent_dim, *grid))."""
         z = self.encoder(x)
         return self.decoder(z, x.shape[2:]), z

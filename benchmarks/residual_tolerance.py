@@ -47,7 +47,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import markdown_table, run_meta, run_with_config, seed_runs, train_steps_run  # noqa: E402
+from _common import markdown_table, run_meta, run_with_config, seed_runs, torch_threads, train_steps_run  # noqa: E402
 from mri_anomaly.training.methods.base import AnomalyMethod  # noqa: E402
 
 PROFILE = f"_slice_{AnomalyMethod.slice_statistic}"  # a map's slice profile column: <map>{PROFILE}
@@ -75,7 +75,8 @@ def trained_runs(
     overrides are asked, else ``configs/<run>.yaml`` with ``overrides`` trained on ``datalist`` with that seed into
     ``work/seed<s>`` (reused when already there). A seed the demo lacks is trained, not dropped: a variant
     compared with others must stand on the same seeds. ``reuse_demo`` False (another cohort's ``datalist``):
-    every seed is trained."""
+    every seed is trained. Training runs on one thread, as the demo and ``detection.py --seeds`` train, so a seed
+    trained here is the demo's run of that seed on the same machine, not another draw beside it."""
     found = seed_runs(demo, run) if reuse_demo and not overrides else {}
     out = {}
     for seed in seeds:
@@ -87,7 +88,8 @@ def trained_runs(
         config = load_config(REPO / "configs" / f"{run}.yaml", [*overrides, f"seed={seed}"])
         steps = int(config["train"]["phases"]["train"]["steps"])
         run_dir = work / f"seed{seed}"
-        seconds = train_steps_run(config, datalist, run_dir, steps)
+        with torch_threads(1):
+            seconds = train_steps_run(config, datalist, run_dir, steps)
         print(f"{run} seed {seed} {' '.join(overrides)}: trained in {seconds:.0f} s", file=sys.stderr)
         out[str(seed)] = run_dir
     return out

@@ -4,6 +4,7 @@ trainer is replaced by a recorder)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,9 @@ def trained(rt, monkeypatch):
     calls = []
 
     def record(config, datalist, run_dir, steps):
-        calls.append((config["seed"], config["model"]["latent_dim"], run_dir.name, steps))
+        calls.append(
+            (config["seed"], config["model"]["latent_dim"], run_dir.name, steps, torch.get_num_threads())
+        )
         return 0.0
 
     monkeypatch.setattr(rt, "train_steps_run", record)
@@ -85,3 +88,14 @@ def test_demo_seeds_names_the_runs_taken_from_the_demo(rt, demo_with_seed0, trai
         ),
     }
     assert rt.demo_seeds(by_variant, work) == {"plain": ["0"], "z128": []}
+
+
+def test_seeds_train_on_one_thread_as_the_demo_does(rt, demo_with_seed0, trained, tmp_path):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rt.trained_runs(demo_with_seed0, "latent-norm-ae-2d", [0, 1], tmp_path / "w", tmp_path / "d.json", [])
+        assert [c[4] for c in trained] == [1]  # seed 1 trained on one thread, as the demo trains its runs
+        assert torch.get_num_threads() == 2  # and the count restored
+    finally:
+        torch.set_num_threads(previous)

@@ -214,8 +214,9 @@ def build_dataset(
 
     Volumes are preprocessed once and cached (:class:`mri_anomaly.data.VolumeDataset`, ``cache="auto"``);
     2D configs train on the axial slices with brain fraction >= ``slices.min_brain_fraction``
-    (:class:`mri_anomaly.data.SliceDataset`), each with its ``slices.context`` neighbours as channels. A bad file raises an ``InputFileError`` naming it: training
-    data must be readable (scoring, in contrast, records bad files and goes on).
+    (:class:`mri_anomaly.data.SliceDataset`), each with its ``slices.context`` neighbours as channels. A bad file
+    raises an ``InputFileError`` naming it: training data must be readable (scoring, in contrast, records bad files
+    and goes on).
 
     With ``train`` and ``train.augment`` set, :func:`~mri_anomaly.data.augmentation.mri_augmentation` runs on every
     access after the cache (on slices for 2D configs, on volumes for 3D), seeded per sample by

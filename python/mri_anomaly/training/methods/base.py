@@ -99,7 +99,7 @@ class AnomalyMethod(nn.Module):
         accepted = inspect.signature(cls.__init__).parameters
         if "model_spacing" in accepted:
             params = {**params, "model_spacing": tuple(float(s) for s in model_spacing)}
-        if "slice_context" in accepted:
+        if cls.takes_slice_context():
             params = {**params, "slice_context": int(slice_context)}
         elif slice_context:
             raise ValueError(f"method {cls.name!r} takes no neighbouring slices (slices.context must be 0)")

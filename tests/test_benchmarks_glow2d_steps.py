@@ -79,3 +79,20 @@ def test_measured_slices_are_made_once_per_section(steps, monkeypatch):
     cache = {}
     assert steps.measured_slices(datalist, {}, cache) == {"training": 80, "validation": 30}
     assert list(steps.measured_slices(datalist, {}, cache)) == ["training", "validation"] and made == [80, 30]
+
+
+def _reading_row(steps, general: int, batch: int, seed: int, held_out: float, auroc: float) -> dict:
+    return {"general_steps": general, "in_steps": general, "batch_size": batch, "in_lr": steps.IN_LR, "seed": seed,
+            "bpd": {"validation": held_out}, "auroc": {"llr_top200mm3": auroc, "nll_top200mm3": auroc}}  # fmt: skip
+
+
+def test_reading_states_a_trend_only_over_several_step_counts(steps):
+    # one step count at the demo's batch beside an equal-compute setting: no "still falling" from one point
+    one = [_reading_row(steps, 100, 32, s, 4.7 + s / 10, 0.75) for s in (0, 1)]
+    one += [_reading_row(steps, 200, 16, s, 4.3, 0.76) for s in (0, 1)]
+    text = steps.reading(one, 32)
+    assert text.startswith("Held-out bits/dim (mean over seeds) 4.75 at 100 steps per phase; 200x16 4.30;")
+    assert "falling" not in text
+    assert "100 → 200x16) of `llr_top200mm3` 0.750 ± 0.000 → 0.760 ± 0.000" in text
+    two = one[:2] + [_reading_row(steps, 200, 32, s, 4.1, 0.78) for s in (0, 1)]
+    assert "4.75 at 100 steps per phase, 4.10 at 200: still falling" in steps.reading(two, 32)

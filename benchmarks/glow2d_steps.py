@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = {it["subject_id"]: int(it["label"]) for it in datalist["test"]}
     comparisons = against_baselines(score_dirs, labels, baseline_columns(demo, labels), column=args.column)
     meta = run_meta("glow2d_steps.py", argv, load_start, t0, demo=str(demo))
+    hand_reading = args.reading.read_text().strip() if args.reading else ""
     md = write_steps_doc(
         Path(args.docs),
         args.name,
@@ -404,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
             for column in (REAL_COLUMNS if real else ())
         ),
         reading(data, default_batch, args.column)
-        + (f"\n\n## Reading\n\n{args.reading.read_text().strip()}" if args.reading else ""),
+        + (f"\n\n## Reading\n\n{hand_reading}" if hand_reading else ""),
         {"runs": data, "against_baselines": comparisons, "real_slice_auroc": real}
-        | ({"reading": args.reading.read_text().strip()} if args.reading else {}),
+        | ({"reading": hand_reading} if hand_reading else {}),
     )
     print(md)
     return 0

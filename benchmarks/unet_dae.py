@@ -24,9 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNet
-from mri_anomaly.scoring.brain import brain_mask
 from mri_anomaly.training.methods.base import Batch, register_method
-from mri_anomaly.training.methods.latent_norm import LatentNormMethod, coarse_noise
+from mri_anomaly.training.methods.latent_norm import LatentNormMethod
 from torch import nn
 
 __all__ = ["DenoisingUNet", "UNetDenoisingMethod"]
@@ -126,8 +125,5 @@ class UNetDenoisingMethod(LatentNormMethod):
         """Batch MSE of x̂ against the clean centre slice; x̂ from the input with coarse noise in the brain."""
         self.check_phase(phase)
         x, target = self._images(batch)
-        if self.input_noise_std > 0:
-            noise = coarse_noise(x.shape, self.input_noise_cells, self.input_noise_std, x.dtype, x.device)
-            x = x + noise * brain_mask(x).to(x.dtype)
-        x_hat, _ = self.net(x)
+        x_hat, _ = self.net(self.noisy_input(x))
         return F.mse_loss(x_hat, target)

@@ -10,7 +10,7 @@ from mri_anomaly.pipeline import configs_dir
 from mri_anomaly.scoring.brain import brain_mask
 from mri_anomaly.training import load_config
 from mri_anomaly.training.methods import get_method_class
-from mri_anomaly.training.methods.latent_norm import signed_residual
+from mri_anomaly.training.methods.latent_norm import coarse_noise, signed_residual
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_loss_compares_the_reconstruction_of_a_noisy_slice_with_the_clean_one(un
     torch.manual_seed(1)
     loss = noisy.training_loss("train", {"image": x})
     torch.manual_seed(1)
-    noise = unet_dae.coarse_noise(x.shape, (4, 4), 0.2)
+    noise = coarse_noise(x.shape, (4, 4), 0.2)
     expected = F.mse_loss(clean.net(x + noise * brain_mask(x).to(x.dtype))[0], x)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert loss.item() != pytest.approx(clean.training_loss("train", {"image": x}).item(), rel=1e-3)

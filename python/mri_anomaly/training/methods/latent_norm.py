@@ -181,9 +181,15 @@ class LatentNormMethod(AnomalyMethod):
         x, target = self._images(batch)
         if self.input_noise_std == 0:
             return self.net.loss(x, target)
-        noise = coarse_noise(x.shape, self.input_noise_cells, self.input_noise_std, x.dtype, x.device)
-        x_hat, z = self.net(x + noise * brain_mask(x).to(x.dtype))
+        x_hat, z = self.net(self.noisy_input(x))
         return latent_norm_score(target, x_hat, z, self.net.beta).mean()
+
+    def noisy_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, C, *spatial) with coarse noise of ``input_noise_std`` added inside its brain (``x`` itself at 0)."""
+        if self.input_noise_std == 0:
+            return x
+        noise = coarse_noise(x.shape, self.input_noise_cells, self.input_noise_std, x.dtype, x.device)
+        return x + noise * brain_mask(x).to(x.dtype)
 
     @torch.no_grad()
     def score(self, batch: Batch) -> BatchScores:

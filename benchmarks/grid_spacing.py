@@ -15,8 +15,9 @@ and reports it beside the same runs of the shipped 4 mm demo (``--demo``, its se
 * the test scans: each run's volume AUROC [95 % CI] (its ``detection.md`` column and its other volume
   statistic), the autoencoder's paired difference with each baseline [95 % CI]; per scan class of ``ceilings.py``
   (the lesion only in the 8 mm rim, within the scan's healthy range, beyond it) the share of scans and each
-  run's AUROC; the slice AUROC of each map's profile on all lesion slices and on those within the healthy range;
-  the voxel AP;
+  run's AUROC; the slice AUROC of each map's profile on all lesion slices and per class; the voxel AP; and, since
+  the profile's 200 mm³ are more voxels on the finer grid, the finer grid's seed-0 runs rescored with a profile of
+  as many voxels as at 4 mm (``same_voxels_profile``; ``slice_statistic.rescore_demo``);
 * the real FLAIR cases of ``../shared/data`` (never used for training or choosing): each case's lesion slices
   within the healthy range at that grid, and each run's slice AUROC inside the scan and voxel AP.
 
@@ -239,6 +240,34 @@ def measure_grid(demo: Path, seeds: Sequence[int], data: Path, work: Path, max_v
     return out
 
 
+def same_voxels_profile(spacing: float, base_spacing: float = DEMO_SPACING) -> str:
+    """The ``top<V>mm3`` slice statistic that averages on ``spacing`` mm as many voxels as the package's
+    (:attr:`~mri_anomaly.training.methods.base.AnomalyMethod.slice_statistic`) does on the demo's grid."""
+    from mri_anomaly.scoring.brain import top_statistic_voxels
+    from mri_anomaly.training.methods.base import AnomalyMethod
+
+    n = top_statistic_voxels(AnomalyMethod.slice_statistic, base_spacing**3)
+    return f"top{n * spacing**3:g}mm3"
+
+
+def profile_rescored(demo: Path, statistic: str, work: Path) -> dict:
+    """Slice AUROCs (all lesion slices and per class) of each run's map profile ``<map>_slice_<statistic>`` on the
+    demo's test slices: its seed-0 runs recalibrated and rescored with that statistic into ``work``
+    (``slice_statistic.rescore_demo``)."""
+    from ceilings import class_aurocs
+    from detection import score_dir_tables
+    from slice_statistic import rescore_demo
+
+    rescore_demo(demo, work, [0], statistic, log=lambda msg: print(msg, file=sys.stderr))
+    slice_classes, _ = counted_test_classes(demo, demo_config(demo))
+    out = {}
+    for run, (map_name, _, _) in RUNS.items():
+        tables = score_dir_tables(demo, work / "scores" / run, run, work / "runs" / run)
+        column = f"{map_name}_slice_{statistic}"
+        out[run] = class_aurocs(tables["slice"], slice_classes, [column])[column]
+    return {"statistic": statistic, "runs": out}
+
+
 def found_baseline(demo: Path, run: str) -> Path:
     """The demo's run folder of baseline ``run`` (seed 0)."""
     path = demo / "runs" / run
@@ -318,6 +347,30 @@ def to_markdown(result: Mapping) -> str:
             rows,
         )  # fmt: skip
     )
+    if result.get("fine_profile"):
+        fp, fine_mm = result["fine_profile"], f"{grids[-1]['spacing_mm']:g} mm"
+        lines += [
+            "",
+            f"The slice profile is the mean of the slice's highest 200 mm³: 3 voxels at 4 mm, more at {fine_mm}. The "
+            f"{fine_mm} runs of seed 0 recalibrated and rescored with `{fp['statistic']}` (as many voxels as the "
+            f"profile at 4 mm), slice AUROC on all lesion slices and per class:",
+            "",
+        ]
+        rows = [
+            [
+                fine_mm,
+                run,
+                f"`{RUNS[run][0]}_slice_{fp['statistic']}`",
+                _f(v.get("all")),
+                *[_f(v.get(c)) for c in CLASSES],
+            ]
+            for run, v in fp["runs"].items()
+        ]
+        lines.append(
+            markdown_table(
+                ["grid", "run", "profile", "slice AUROC", *[f"slices: {c}" for c in CLASSES]], rows
+            )
+        )
     lines += [
         "",
         "The autoencoder's paired difference with each baseline's column on the same scans, per seed [95 % CI]:",
@@ -438,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": [str(s) for s in args.seeds],
         "grids": grids,
         "cohort": cohort_lesions(demo, fine),
+        "fine_profile": profile_rescored(fine, same_voxels_profile(args.spacing), work / "profile"),
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     write_doc(args.docs, "grid_spacing", to_markdown(result), result)

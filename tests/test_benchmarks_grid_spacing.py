@@ -50,6 +50,12 @@ def test_grid_runs_are_the_demo_configs_on_the_finer_grid_with_every_mm_setting_
     )
 
 
+def test_same_voxels_profile_averages_the_voxels_of_the_4_mm_profile(grid):
+    # the package's top200mm3 is 3 voxels of 64 mm^3; 3 voxels of 8 mm^3 are 24 mm^3
+    assert grid.same_voxels_profile(2.0) == "top24mm3"
+    assert grid.same_voxels_profile(1.0) == "top3mm3"
+
+
 def test_score_dir_of_a_demo_and_a_seed_run(grid, tmp_path):
     assert grid.score_dir_of(tmp_path / "runs" / "intensity") == tmp_path / "scores" / "intensity"
     seed_run = tmp_path / "seeds" / "1" / "runs" / "latent-norm-ae-2d"
@@ -175,3 +181,19 @@ def test_document_has_each_grid_run_and_case(grid):
     assert "| 4 mm | lesion slices: within range, ceiling beyond only | 14: 57 %, 0.536 |" in text
     assert "| 2 mm | intensity | 0.600 / 0.020 |" in text
     assert text.rstrip().endswith("R")
+    assert "rescored with `top24mm3`" not in text  # no rescored profile in this result
+
+    result["fine_profile"] = {
+        "statistic": "top24mm3",
+        "runs": {
+            "intensity": {
+                "all": 0.85,
+                "rim only": 0.5,
+                "within healthy range": 0.55,
+                "beyond healthy range": 0.97,
+            }
+        },
+    }
+    text = grid.to_markdown(result)
+    assert "rescored with `top24mm3`" in text
+    assert "| 2 mm | intensity | `intensity_slice_top24mm3` | 0.850 | 0.500 | 0.550 | 0.970 |" in text

@@ -250,13 +250,13 @@ def same_voxels_profile(spacing: float, base_spacing: float = DEMO_SPACING) -> s
     return f"top{n * spacing**3:g}mm3"
 
 
-def profile_rescored(demo: Path, statistic: str, work: Path) -> dict:
+def profile_rescored(demo: Path, statistic: str, work: Path, data: Path, max_voxels: int) -> dict:
     """Slice AUROCs (all lesion slices and per class) of each run's map profile ``<map>_slice_<statistic>`` on the
-    demo's test slices: its seed-0 runs recalibrated and rescored with that statistic into ``work``
-    (``slice_statistic.rescore_demo``)."""
+    demo's test slices, and inside each real FLAIR case of ``data``: its seed-0 runs recalibrated and rescored with
+    that statistic into ``work`` (``slice_statistic.rescore_demo``)."""
     from ceilings import class_aurocs
     from detection import score_dir_tables
-    from slice_statistic import rescore_demo
+    from slice_statistic import rescore_demo, slice_statistic
 
     rescore_demo(demo, work, [0], statistic, log=lambda msg: print(msg, file=sys.stderr))
     slice_classes, _ = counted_test_classes(demo, demo_config(demo))
@@ -265,7 +265,17 @@ def profile_rescored(demo: Path, statistic: str, work: Path) -> dict:
         tables = score_dir_tables(demo, work / "scores" / run, run, work / "runs" / run)
         column = f"{map_name}_slice_{statistic}"
         out[run] = class_aurocs(tables["slice"], slice_classes, [column])[column]
-    return {"statistic": statistic, "runs": out}
+    cases = [c for c in real_cases(data) if c["subject_id"] in FLAIR_CASES]
+    real_datalist = work / "real_datalist.json"
+    real_datalist.write_text(json.dumps({"test": cases}, indent=2))
+    real = {}
+    with slice_statistic(statistic):
+        for run, (map_name, _, _) in RUNS.items():
+            scored = real_measures(
+                work / "runs" / run, cases, real_datalist, work / "real" / run, max_voxels, map_name
+            )
+            real[run] = {case: v["slice"] for case, v in scored.items()}
+    return {"statistic": statistic, "runs": out, "real": real}
 
 
 def found_baseline(demo: Path, run: str) -> Path:
@@ -349,28 +359,22 @@ def to_markdown(result: Mapping) -> str:
     )
     if result.get("fine_profile"):
         fp, fine_mm = result["fine_profile"], f"{grids[-1]['spacing_mm']:g} mm"
+        real_names = sorted({case for per_run in fp.get("real", {}).values() for case in per_run})
         lines += [
             "",
             f"The slice profile is the mean of the slice's highest 200 mm³: 3 voxels at 4 mm, more at {fine_mm}. The "
             f"{fine_mm} runs of seed 0 recalibrated and rescored with `{fp['statistic']}` (as many voxels as the "
-            f"profile at 4 mm), slice AUROC on all lesion slices and per class:",
+            f"profile at 4 mm), slice AUROC on the demo's lesion slices, all and per class, and inside each real "
+            f"FLAIR scan (the package's profile: the table below):",
             "",
         ]
         rows = [
-            [
-                fine_mm,
-                run,
-                f"`{RUNS[run][0]}_slice_{fp['statistic']}`",
-                _f(v.get("all")),
-                *[_f(v.get(c)) for c in CLASSES],
-            ]
+            [fine_mm, run, f"`{RUNS[run][0]}_slice_{fp['statistic']}`", _f(v.get("all")),
+             *[_f(v.get(c)) for c in CLASSES], *[_f(fp.get("real", {}).get(run, {}).get(case)) for case in real_names]]
             for run, v in fp["runs"].items()
-        ]
-        lines.append(
-            markdown_table(
-                ["grid", "run", "profile", "slice AUROC", *[f"slices: {c}" for c in CLASSES]], rows
-            )
-        )
+        ]  # fmt: skip
+        header = ["grid", "run", "profile", "slice AUROC", *[f"slices: {c}" for c in CLASSES], *real_names]
+        lines.append(markdown_table(header, rows))
     lines += [
         "",
         "The autoencoder's paired difference with each baseline's column on the same scans, per seed [95 % CI]:",
@@ -491,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": [str(s) for s in args.seeds],
         "grids": grids,
         "cohort": cohort_lesions(demo, fine),
-        "fine_profile": profile_rescored(fine, same_voxels_profile(args.spacing), work / "profile"),
+        "fine_profile": profile_rescored(
+            fine, same_voxels_profile(args.spacing), work / "profile", args.real, args.max_voxels
+        ),
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     write_doc(args.docs, "grid_spacing", to_markdown(result), result)

@@ -193,7 +193,9 @@ def test_document_has_each_grid_run_and_case(grid):
                 "beyond healthy range": 0.97,
             }
         },
+        "real": {"intensity": {"ms-patient07": 0.56}},
     }
     text = grid.to_markdown(result)
     assert "rescored with `top24mm3`" in text
-    assert "| 2 mm | intensity | `intensity_slice_top24mm3` | 0.850 | 0.500 | 0.550 | 0.970 |" in text
+    assert "| 2 mm | intensity | `intensity_slice_top24mm3` | 0.850 | 0.500 | 0.550 | 0.970 | 0.560 |" in text
+    assert "| slices: beyond healthy range | ms-patient07 |" in text

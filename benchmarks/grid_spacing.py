@@ -112,8 +112,8 @@ def make_grid_demo(out: Path, spacing: float, seeds: Sequence[int]) -> Path:
 
     runs = grid_runs(spacing)
     out.mkdir(parents=True, exist_ok=True)
-    state = _State(out / STATE_FILE)
-    if not state.done("data"):  # run_demo would make the cohort at the demo's 4 mm
+    state = _State(out / STATE_FILE)  # the demo's own state file: run_demo then skips its (4 mm) cohort stage
+    if not state.done("data"):
         t = time.time()
         make_demo_cohort(out / "data", seed=0, spacing=spacing, workers=default_workers())
         state.data["settings"] = {"seed": 0, "smoke": False, "runs": [r.name for r in runs]}
@@ -123,11 +123,9 @@ def make_grid_demo(out: Path, spacing: float, seeds: Sequence[int]) -> Path:
             f"{out} holds a cohort at {state.data['data'].get('spacing_mm')} mm, not {spacing} mm"
         )
     run_demo(out, runs=runs, n_bootstrap=200, progress=False)
-    for seed in seeds:
-        if seed != 0:
-            run_seed(
-                out, seed, runs=[runs[0]], progress=False, lanes=2
-            )  # one lane: one thread, as the demo's
+    for seed in (s for s in seeds if s != 0):
+        # two lanes for one run: one process of one thread, as the demo's runs train
+        run_seed(out, seed, runs=[runs[0]], progress=False, lanes=2)
     return out
 
 

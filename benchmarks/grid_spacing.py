@@ -488,14 +488,15 @@ def main(argv: list[str] | None = None) -> int:
         grids.append(g)
     if grids[0]["spacing_mm"] != DEMO_SPACING:
         raise SystemExit(f"{demo}: a demo at {grids[0]['spacing_mm']} mm, not the shipped {DEMO_SPACING} mm")
+    fine_profile = profile_rescored(
+        fine, same_voxels_profile(args.spacing), work / "profile", args.real, args.max_voxels
+    )
     result = {
-        "meta": run_meta("grid_spacing.py", argv, load_start, t0, demo=str(args.demo)),
+        "meta": run_meta("grid_spacing.py", argv, load_start, t0, demo=str(args.demo)),  # after all the work
         "seeds": [str(s) for s in args.seeds],
         "grids": grids,
         "cohort": cohort_lesions(demo, fine),
-        "fine_profile": profile_rescored(
-            fine, same_voxels_profile(args.spacing), work / "profile", args.real, args.max_voxels
-        ),
+        "fine_profile": fine_profile,
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     write_doc(args.docs, "grid_spacing", to_markdown(result), result)

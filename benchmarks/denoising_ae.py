@@ -147,16 +147,17 @@ def column_auroc(score_dir: Path, column: str) -> float | None:
     return float(auroc(table["label"].to_numpy(np.float64), table[column].to_numpy(np.float64)))
 
 
-def paired_with(score_dir: Path, reference_dir: Path, column: str = COLUMN) -> tuple[float, list[float]]:
-    """``column``'s volume AUROC on the test scans of ``score_dir`` minus that of ``reference_dir`` (the same
-    scans), with its paired bootstrap 95 % CI."""
+def paired_with(
+    score_dir: Path, reference_dir: Path, column: str = COLUMN, reference_column: str | None = None
+) -> tuple[float, list[float]]:
+    """``column``'s volume AUROC on the test scans of ``score_dir`` minus that of ``reference_column`` (default
+    ``column``) of ``reference_dir`` (the same scans), with its paired bootstrap 95 % CI."""
     from mri_anomaly.evaluation.bootstrap import auroc_with_ci
 
     table, reference = test_table(score_dir), test_table(reference_dir)
     y = table["label"].to_numpy(int)
-    paired = auroc_with_ci(
-        y, table[column].to_numpy(float), paired_with=reference.loc[table.index, column].to_numpy(float)
-    )
+    reference_scores = reference.loc[table.index, reference_column or column].to_numpy(float)
+    paired = auroc_with_ci(y, table[column].to_numpy(float), paired_with=reference_scores)
     return float(paired["auroc_difference"]), [float(c) for c in paired["auroc_difference_ci"]]
 
 

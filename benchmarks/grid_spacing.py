@@ -54,7 +54,7 @@ from _common import (  # noqa: E402
     write_doc,
 )
 from ceilings import CLASSES, class_table, counted_test_classes, demo_config, real_case_ceilings  # noqa: E402
-from denoising_ae import KIND_NAMES, KINDS, map_measures, real_measures  # noqa: E402
+from denoising_ae import KIND_NAMES, KINDS, map_measures, paired_with, real_measures  # noqa: E402
 from real_data import FLAIR_CASES, real_cases  # noqa: E402
 from residual_tolerance import test_table, voxel_ap  # noqa: E402
 
@@ -168,17 +168,6 @@ def score_dir_of(run_dir: Path) -> Path:
     return run_dir.parent.parent / "scores" / run_dir.name
 
 
-def paired(score_dir: Path, column: str, reference_dir: Path, reference_column: str) -> dict:
-    """Volume AUROC [CI] of ``column`` on the test scans and its paired difference [CI] with ``reference_column``
-    of ``reference_dir`` on the same scans."""
-    from mri_anomaly.evaluation.bootstrap import auroc_with_ci
-
-    table, reference = test_table(score_dir), test_table(reference_dir)
-    y = table["label"].to_numpy(int)
-    r = auroc_with_ci(y, table[column].to_numpy(float), paired_with=reference.loc[table.index, reference_column].to_numpy(float))  # fmt: skip
-    return {"difference": float(r["auroc_difference"]), "ci": [float(c) for c in r["auroc_difference_ci"]]}
-
-
 def volume_auroc(score_dir: Path, column: str) -> dict:
     """Volume AUROC [95 % CI] of ``column`` on the test scans of ``score_dir``."""
     from mri_anomaly.evaluation.bootstrap import auroc_with_ci
@@ -188,10 +177,18 @@ def volume_auroc(score_dir: Path, column: str) -> dict:
     return {"auroc": float(r["auroc"]), "ci": [float(c) for c in r["auroc_ci"]]}
 
 
-def measure_grid(demo: Path, seeds: Sequence[int], data: Path, work: Path, max_voxels: int) -> dict:
-    """Every number of one grid's demo (see the module docstring); the autoencoder per seed, the baselines once."""
+def measure_grid(
+    demo: Path,
+    classes: tuple[pd.DataFrame, pd.DataFrame],
+    seeds: Sequence[int],
+    data: Path,
+    work: Path,
+    max_voxels: int,
+) -> dict:
+    """Every number of one grid's demo (see the module docstring); the autoencoder per seed, the baselines once.
+    ``classes``: its ``(slices, scans)`` of ``ceilings.counted_test_classes``."""
     config = demo_config(demo)
-    slice_classes, scan_classes = counted_test_classes(demo, config)
+    slice_classes, scan_classes = classes
     datalist = demo / "data" / "datalist.json"
     cases = [c for c in real_cases(data) if c["subject_id"] in FLAIR_CASES]
     real_datalist = work / "real_datalist.json"
@@ -228,7 +225,8 @@ def measure_grid(demo: Path, seeds: Sequence[int], data: Path, work: Path, max_v
             if run == AE:
                 for b in BASELINES:
                     base_dir = score_dir_of(found_baseline(demo, b))
-                    v[f"vs_{b}"] = paired(score_dir, column, base_dir, RUNS[b][1])
+                    difference, ci = paired_with(score_dir, base_dir, column, RUNS[b][1])
+                    v[f"vs_{b}"] = {"difference": difference, "ci": ci}
             v["real"] = real_measures(
                 run_dir, cases, real_datalist, work / "real" / tag, max_voxels, map_name
             )
@@ -248,16 +246,17 @@ def same_voxels_profile(spacing: float, base_spacing: float = DEMO_SPACING) -> s
     return f"top{n * spacing**3:g}mm3"
 
 
-def profile_rescored(demo: Path, statistic: str, work: Path, data: Path, max_voxels: int) -> dict:
-    """Slice AUROCs (all lesion slices and per class) of each run's map profile ``<map>_slice_<statistic>`` on the
-    demo's test slices, and inside each real FLAIR case of ``data``: its seed-0 runs recalibrated and rescored with
-    that statistic into ``work`` (``slice_statistic.rescore_demo``)."""
+def profile_rescored(
+    demo: Path, statistic: str, slice_classes: pd.DataFrame, work: Path, data: Path, max_voxels: int
+) -> dict:
+    """Slice AUROCs (all lesion slices and per class of ``slice_classes``) of each run's map profile
+    ``<map>_slice_<statistic>`` on the demo's test slices, and inside each real FLAIR case of ``data``: its seed-0
+    runs recalibrated and rescored with that statistic into ``work`` (``slice_statistic.rescore_demo``)."""
     from ceilings import class_aurocs
     from detection import score_dir_tables
     from slice_statistic import rescore_demo, slice_statistic
 
     rescore_demo(demo, work, [0], statistic, log=lambda msg: print(msg, file=sys.stderr))
-    slice_classes, _ = counted_test_classes(demo, demo_config(demo))
     out = {}
     for run, (map_name, _, _) in RUNS.items():
         tables = score_dir_tables(demo, work / "scores" / run, run, work / "runs" / run)
@@ -481,15 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     demo = args.demo.resolve()
     work = (args.out or demo / "grid_spacing").resolve()
     fine = make_grid_demo(work / "demo-out", args.spacing, args.seeds)
+    classes = {d: counted_test_classes(d, demo_config(d)) for d in (demo, fine)}
     grids = []
     for d, name in ((demo, "4mm"), (fine, f"{args.spacing:g}mm")):
-        g = measure_grid(d, args.seeds, args.real, work / "measures" / name, args.max_voxels)
+        g = measure_grid(d, classes[d], args.seeds, args.real, work / "measures" / name, args.max_voxels)
         g["demo"] = str(d)
         grids.append(g)
     if grids[0]["spacing_mm"] != DEMO_SPACING:
         raise SystemExit(f"{demo}: a demo at {grids[0]['spacing_mm']} mm, not the shipped {DEMO_SPACING} mm")
+    statistic = same_voxels_profile(args.spacing)
     fine_profile = profile_rescored(
-        fine, same_voxels_profile(args.spacing), work / "profile", args.real, args.max_voxels
+        fine, statistic, classes[fine][0], work / "profile", args.real, args.max_voxels
     )
     result = {
         "meta": run_meta("grid_spacing.py", argv, load_start, t0, demo=str(args.demo)),  # after all the work

@@ -50,11 +50,11 @@ from _common import (  # noqa: E402
     meta_lines,
     reading_lines,
     run_meta,
-    seed_runs,
     write_doc,
 )
 from ceilings import CLASSES, class_table, counted_test_classes, demo_config, real_case_ceilings  # noqa: E402
 from denoising_ae import KIND_NAMES, KINDS, map_measures, paired_with, real_measures  # noqa: E402
+from detection import seed_folder  # noqa: E402
 from real_data import FLAIR_CASES, real_cases  # noqa: E402
 from residual_tolerance import test_table, voxel_ap  # noqa: E402
 
@@ -70,13 +70,10 @@ DEMO_SPACING = 4.0
 
 
 def grid_overrides(
-    spacing: float,
-    base_spacing: float = DEMO_SPACING,
-    base_size: Sequence[int] = (40, 48, 40),
-    divisible_by: int = 8,
+    spacing: float, base_spacing: float, base_size: Sequence[int], divisible_by: int
 ) -> tuple[str, str]:
-    """Config overrides that put a demo config's grid (``base_size`` voxels of ``base_spacing`` mm) on
-    ``spacing`` mm over the same field of view.
+    """Config overrides that put a config's grid (``base_size`` voxels of ``base_spacing`` mm) on ``spacing`` mm
+    over the same field of view.
 
     Raises:
         ValueError: the field of view is not a whole number of ``spacing`` voxels divisible by ``divisible_by``."""
@@ -94,12 +91,19 @@ def grid_overrides(
 
 def grid_runs(spacing: float) -> list:
     """The demo's autoencoder and baselines (:data:`~mri_anomaly.pipeline.DEMO_RUNS`) with the grid of ``spacing``."""
-    from mri_anomaly.pipeline import DEMO_RUNS, DemoRun
+    from mri_anomaly.pipeline import DEMO_RUNS, DemoRun, configs_dir
+    from mri_anomaly.training.config import load_config
 
-    grid = grid_overrides(spacing)
     by_name = {r.name: r for r in DEMO_RUNS}
-    return [DemoRun(n, by_name[n].config, (*by_name[n].overrides, *grid), by_name[n].description, by_name[n].cost)
-            for n in RUNS]  # fmt: skip
+    runs = []
+    for name in RUNS:
+        r = by_name[name]
+        pre = load_config(configs_dir() / r.config, list(r.overrides))["preprocessing"]
+        if len(set(pre["spacing"])) != 1:
+            raise ValueError(f"{r.config}: an anisotropic grid {pre['spacing']}")
+        grid = grid_overrides(spacing, pre["spacing"][0], pre["spatial_size"], pre["divisible_by"])
+        runs.append(DemoRun(name, r.config, (*r.overrides, *grid), r.description, r.cost))
+    return runs
 
 
 def make_grid_demo(out: Path, spacing: float, seeds: Sequence[int]) -> Path:
@@ -163,9 +167,22 @@ def stage_seconds(demo: Path) -> dict[str, float]:
     return {k: float(state[v]["seconds"]) for k, v in stages.items() if v in state}
 
 
-def score_dir_of(run_dir: Path) -> Path:
-    """The score folder beside a demo (or seed) run folder: ``<base>/runs/<run>`` -> ``<base>/scores/<run>``."""
-    return run_dir.parent.parent / "scores" / run_dir.name
+def run_folders(demo: Path, seeds: Sequence[int]) -> dict[str, dict[str, Path]]:
+    """``{run: {seed: folder holding runs/<run> and scores/<run>}}`` (``detection.seed_folder``): the autoencoder at
+    each of ``seeds``, each baseline at seed 0.
+
+    Raises:
+        SystemExit: naming every run of those the demo has not trained."""
+    folders = {run: {str(s): seed_folder(demo, s) for s in (seeds if run == AE else [0])} for run in RUNS}
+    missing = [
+        f"{run} (seed {s})"
+        for run, per_seed in folders.items()
+        for s, folder in per_seed.items()
+        if not (folder / "runs" / run / "checkpoint.pt").is_file()
+    ]
+    if missing:
+        raise SystemExit(f"{demo}: no run of {', '.join(missing)}")
+    return folders
 
 
 def volume_auroc(score_dir: Path, column: str) -> dict:
@@ -203,16 +220,11 @@ def measure_grid(
         "seconds": stage_seconds(demo),
         "runs": {},
     }
+    folders = run_folders(demo, seeds)
     for run, (map_name, column, other) in RUNS.items():
-        found = seed_runs(demo, run)
-        chosen = [str(s) for s in (seeds if run == AE else [0])]
-        missing = [s for s in chosen if s not in found]
-        if missing:
-            raise SystemExit(f"{demo}: no {run} run of seed(s) {missing}")
         per_seed = {}
-        for seed in chosen:
-            run_dir = found[seed]
-            score_dir = score_dir_of(run_dir)
+        for seed, folder in folders[run].items():
+            run_dir, score_dir = folder / "runs" / run, folder / "scores" / run
             tag = f"{run}-seed{seed}"
             v = {
                 column: volume_auroc(score_dir, column),
@@ -224,7 +236,7 @@ def measure_grid(
             )
             if run == AE:
                 for b in BASELINES:
-                    base_dir = score_dir_of(found_baseline(demo, b))
+                    base_dir = folders[b]["0"] / "scores" / b
                     difference, ci = paired_with(score_dir, base_dir, column, RUNS[b][1])
                     v[f"vs_{b}"] = {"difference": difference, "ci": ci}
             v["real"] = real_measures(
@@ -273,14 +285,6 @@ def profile_rescored(
             )
             real[run] = {case: v["slice"] for case, v in scored.items()}
     return {"statistic": statistic, "runs": out, "real": real}
-
-
-def found_baseline(demo: Path, run: str) -> Path:
-    """The demo's run folder of baseline ``run`` (seed 0)."""
-    path = demo / "runs" / run
-    if not (path / "checkpoint.pt").is_file():
-        raise SystemExit(f"{demo}: no {run} run")
-    return path
 
 
 def _f(v: float | None, digits: int = 3) -> str:

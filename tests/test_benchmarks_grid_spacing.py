@@ -17,15 +17,16 @@ def grid(load_benchmark):
 
 
 def test_grid_overrides_keep_the_demos_field_of_view(grid):
-    assert grid.grid_overrides(2.0) == (
+    demo = (4.0, (40, 48, 40), 8)  # the shipped configs' grid
+    assert grid.grid_overrides(2.0, *demo) == (
         "preprocessing.spacing=[2.0,2.0,2.0]",
         "preprocessing.spatial_size=[80,96,80]",
     )
-    assert grid.grid_overrides(4.0)[1] == "preprocessing.spatial_size=[40,48,40]"
+    assert grid.grid_overrides(4.0, *demo)[1] == "preprocessing.spatial_size=[40,48,40]"
     with pytest.raises(ValueError, match="divisible by 8"):  # 20 x 24 x 20 voxels
-        grid.grid_overrides(8.0)
+        grid.grid_overrides(8.0, *demo)
     with pytest.raises(ValueError, match="whole number"):  # 160 / 3 voxels
-        grid.grid_overrides(3.0)
+        grid.grid_overrides(3.0, *demo)
 
 
 def test_grid_runs_are_the_demo_configs_on_the_finer_grid_with_every_mm_setting_kept(grid):
@@ -56,10 +57,23 @@ def test_same_voxels_profile_averages_the_voxels_of_the_4_mm_profile(grid):
     assert grid.same_voxels_profile(1.0) == "top3mm3"
 
 
-def test_score_dir_of_a_demo_and_a_seed_run(grid, tmp_path):
-    assert grid.score_dir_of(tmp_path / "runs" / "intensity") == tmp_path / "scores" / "intensity"
-    seed_run = tmp_path / "seeds" / "1" / "runs" / "latent-norm-ae-2d"
-    assert grid.score_dir_of(seed_run) == tmp_path / "seeds" / "1" / "scores" / "latent-norm-ae-2d"
+def test_run_folders_name_every_missing_run(grid, tmp_path):
+    def trained(folder: Path, run: str) -> None:
+        (folder / "runs" / run).mkdir(parents=True)
+        (folder / "runs" / run / "checkpoint.pt").write_bytes(b"")
+
+    for run in ("latent-norm-ae-2d", "intensity"):
+        trained(tmp_path, run)
+    trained(tmp_path / "seeds" / "2", "latent-norm-ae-2d")
+    with pytest.raises(SystemExit, match=r"no run of latent-norm-ae-2d \(seed 1\), normative \(seed 0\)$"):
+        grid.run_folders(tmp_path, [0, 1, 2])
+    trained(tmp_path, "normative")
+    folders = grid.run_folders(tmp_path, [0, 2])
+    assert folders == {
+        "latent-norm-ae-2d": {"0": tmp_path, "2": tmp_path / "seeds" / "2"},
+        "intensity": {"0": tmp_path},
+        "normative": {"0": tmp_path},
+    }
 
 
 def test_the_cohort_on_another_grid_has_the_same_subjects_and_lesions(tmp_path):

@@ -32,17 +32,17 @@ Config (``preprocessing.intensity``)::
 from __future__ import annotations
 
 import copy
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 
 from mri_anomaly.config_checks import is_number, type_name
-from mri_anomaly.data.intensity import item_mask
+from mri_anomaly.data.intensity import MaskedIntensityd
 from mri_anomaly.data.io import InputFileError
 
 __all__ = [
@@ -186,7 +186,7 @@ class HistogramStandardize(Transform):
         return standardize(img, self.landmarks, self.percentiles, mask, self.clip)
 
 
-class HistogramStandardized(MapTransform):
+class HistogramStandardized(MaskedIntensityd):
     """Dictionary twin of :class:`HistogramStandardize`.
 
     Args:
@@ -202,16 +202,7 @@ class HistogramStandardized(MapTransform):
         allow_missing_keys: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.mask_key = mask_key
-        self.standardizer = HistogramStandardize(**kwargs)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        mask = item_mask(d, self.mask_key)
-        for key in self.key_iterator(d):
-            d[key] = self.standardizer(d[key], mask)
-        return d
+        super().__init__(keys, HistogramStandardize(**kwargs), mask_key, allow_missing_keys)
 
 
 # ------------------------------------------------------------------------------------------------ config

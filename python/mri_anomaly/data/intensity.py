@@ -44,6 +44,7 @@ __all__ = [
     "ScaleIntensityInMaskD",
     "ScaleIntensityInMaskDict",
     "item_mask",
+    "MaskedIntensityd",
 ]
 
 
@@ -185,7 +186,40 @@ class ScaleIntensityInMask(Transform):
         return (x - lo) / (hi - lo) * (self.b_max - self.b_min) + self.b_min
 
 
-class ScaleIntensityInMaskd(MapTransform):
+class MaskedIntensityd(MapTransform):
+    """Applies an array transform called as ``transform(img, mask)`` to ``keys``, with the item's brain mask.
+
+    The shared body of the dictionary twins whose array transform reads the brain mask
+    (:class:`ScaleIntensityInMaskd`, :class:`~mri_anomaly.data.histogram.HistogramStandardized`).
+
+    Args:
+        keys: image keys.
+        transform: the array transform, ``(img, mask or None) -> img``.
+        mask_key: key of the brain mask (None: the transform's own rule; named and absent from an item:
+            ``KeyError``, :func:`item_mask`).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        transform: Any,
+        mask_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.transform = transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        mask = item_mask(d, self.mask_key)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], mask)
+        return d
+
+
+class ScaleIntensityInMaskd(MaskedIntensityd):
     """Dictionary twin of :class:`ScaleIntensityInMask`.
 
     Args:
@@ -202,16 +236,7 @@ class ScaleIntensityInMaskd(MapTransform):
         allow_missing_keys: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.mask_key = mask_key
-        self.scaler = ScaleIntensityInMask(**kwargs)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        mask = item_mask(d, self.mask_key)
-        for key in self.key_iterator(d):
-            d[key] = self.scaler(d[key], mask)
-        return d
+        super().__init__(keys, ScaleIntensityInMask(**kwargs), mask_key, allow_missing_keys)
 
 
 def item_mask(data: Mapping[Hashable, Any], mask_key: str | None) -> Any:

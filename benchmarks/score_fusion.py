@@ -19,7 +19,10 @@ Reported on the demo's test scans, for each fused score and each run alone: volu
 the paired difference with ``intensity`` and with the two baselines fused by the same rule (the bar a fused
 learned score has to clear: thresholding and the z-map are combined as easily), seed-averaged with a bootstrap
 CI over scans (``detection.compare_over_seeds``); the AUROC on each scan class of ``ceilings.py`` (lesion within
-the scan's healthy range, with its MS and dark focal scans apart, and beyond it) and on each lesion kind.
+the scan's healthy range, with its MS and dark focal scans apart, and beyond it) and on each lesion kind; each
+run's z-score distribution (healthy tail, share of each class above it). The same for the slices: each run's best
+slice column, already a robust z per slice position (what ``score`` writes), fused the same way, slice AUROC and
+paired differences with a bootstrap over scans.
 
 Usage::
 
@@ -36,6 +39,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,6 +63,7 @@ LEARNED = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d", "laten
 BASELINES = ("intensity", "normative")
 RULES = ("max", "mean")
 MAD_TO_SD = 1.4826
+SLICE_KEY = ("subject_id", "slice", "slice_label")
 SCAN_CLASSES = (CLASSES[1], f"{CLASSES[1]}:ms", f"{CLASSES[1]}:focal_opposite", CLASSES[2])
 NAMES = {
     "glow2d-ratio": "2D Glow",
@@ -139,27 +144,88 @@ def standardised_tables(demo: Path, seeds: Sequence[int]) -> tuple[dict[int, pd.
     return out, columns
 
 
+def _fused_frames(
+    tables: Mapping[int, pd.DataFrame], combo: tuple[str, ...], rule: str, keep: Sequence[str]
+) -> dict[int, pd.DataFrame]:
+    """Per seed the ``keep`` columns of ``tables`` with ``fused`` (``combo`` by ``rule``; a run alone: its own
+    column), ``intensity`` and ``baselines`` (the baselines fused by ``rule``, by max for a run alone)."""
+    frames = {}
+    for s, t in tables.items():
+        f = t[list(keep)].copy()
+        f["fused"] = t[combo[0]] if len(combo) == 1 else fuse([t[r] for r in combo], rule)
+        f["intensity"] = t["intensity"]
+        f["baselines"] = fuse([t[r] for r in BASELINES], "max" if rule == "alone" else rule)
+        frames[s] = f
+    return frames
+
+
+def _against_references(
+    frames: Mapping[int, pd.DataFrame], combo: tuple[str, ...], n_resamples: int, **level: Any
+) -> dict[str, dict]:
+    """``{"vs_intensity", "vs_baselines"}``: :func:`detection.compare_over_seeds` of ``fused`` against each
+    (``level``: its ``key``/``label``/``groups`` for slices), pooled difference, CI, per seed and verdict; a
+    reference that is the combination itself is left out."""
+    out = {}
+    for name in ("intensity", "baselines"):
+        if (name == "intensity" and combo == ("intensity",)) or (name == "baselines" and combo == BASELINES):
+            continue  # itself
+        c = compare_over_seeds(frames, "fused", name, n_resamples=n_resamples, **level)
+        out[f"vs_{name}"] = {
+            "difference": c["pooled"]["difference"],
+            "ci": c["pooled"]["difference_ci"],
+            "per_seed": {p["seed"]: p["difference"] for p in c["per_seed"]},
+            "verdict": c["verdict"],
+        }
+    return out
+
+
+def slice_tables(demo: Path, seeds: Sequence[int]) -> tuple[dict[int, pd.DataFrame], dict[str, str]]:
+    """``({seed: counted test slices}, {run: slice column})``: per seed ``subject_id``, ``slice``, ``slice_label``
+    and each run's best slice column at the demo's seed (a slice profile or a whole-slice score), a column named
+    after its run. The slice scores are already robust z-scores per slice position against the healthy validation
+    scans (what ``score`` writes), so they are fused as they are; the baselines' are the demo's own at every seed."""
+    from mri_anomaly.evaluation.metrics import auroc
+
+    test = load_seed_tables(demo, seeds, LEARNED)
+    baselines = load_seed_tables(demo, [0], BASELINES).get(0, {})
+    first = {**test[0], **baselines}
+    columns = {}
+    for r, t in first.items():
+        y = t["slice"]["slice_label"].to_numpy(int)
+        values = {c: auroc(y, t["slice"][c].to_numpy(np.float64)) for c in t["slice_columns"]}
+        columns[r] = max(values, key=lambda c: values[c])
+    out = {}
+    for s in seeds:
+        frame, n = None, None
+        for r in (*LEARNED, *BASELINES):
+            t = (test[s] if r in LEARNED else baselines)[r]["slice"]
+            n = len(t) if n is None else n  # every run has the first run's slices, and only those
+            part = t[[*SLICE_KEY, columns[r]]].rename(columns={columns[r]: r})
+            frame = part if frame is None else frame.merge(part, on=list(SLICE_KEY))
+            if len(t) != n or len(frame) != n:
+                raise RuntimeError(f"seed {s}: {r}'s counted test slices differ from the other runs'")
+        out[s] = frame
+    return out, columns
+
+
 def fused_measures(
     tables: Mapping[int, pd.DataFrame],
     scans: pd.DataFrame,
     combos: Sequence[tuple[str, ...]],
     n_resamples: int = 1000,
+    slices: Mapping[int, pd.DataFrame] | None = None,
 ) -> list[dict]:
-    """One entry per combination and rule: per-seed AUROC, its mean, the paired differences with ``intensity``
-    and with the baselines fused by the same rule (:func:`detection.compare_over_seeds`), and the mean over seeds
-    of the AUROC per scan class (``scans``: :func:`ceilings.counted_test_classes`) and lesion kind."""
+    """One entry per combination and rule: per-seed volume AUROC, its mean, the paired differences with
+    ``intensity`` and with the baselines fused by the same rule (:func:`detection.compare_over_seeds`), and the
+    mean over seeds of the AUROC per scan class (``scans``: :func:`ceilings.counted_test_classes`) and lesion kind;
+    with ``slices`` (:func:`slice_tables`), the same AUROC and differences of the runs' slice profiles fused
+    (``"slice"``; the bootstrap resamples whole scans)."""
     from mri_anomaly.evaluation.metrics import auroc
 
     out = []
     for combo in combos:
         for rule in RULES if len(combo) > 1 else ("alone",):
-            frames = {}
-            for s, t in tables.items():
-                f = t[["subject_id", "label", "lesion_variant"]].copy()
-                f["fused"] = t[combo[0]] if len(combo) == 1 else fuse([t[r] for r in combo], rule)
-                f["intensity"] = t["intensity"]
-                f["baselines"] = fuse([t[r] for r in BASELINES], "max" if rule == "alone" else rule)
-                frames[s] = f
+            frames = _fused_frames(tables, combo, rule, ("subject_id", "label", "lesion_variant"))
             per_seed = {
                 s: float(auroc(f["label"].to_numpy(int), f["fused"].to_numpy())) for s, f in frames.items()
             }
@@ -176,18 +242,25 @@ def fused_measures(
                 "mean": float(np.mean(list(per_seed.values()))),
                 "classes": {k: float(np.mean(v)) for k, v in classes.items()},
                 "kinds": {k: float(np.mean(v)) for k, v in kinds.items()},
+                **_against_references(frames, combo, n_resamples),
             }
-            for name in ("intensity", "baselines"):
-                if (name == "intensity" and combo == ("intensity",)) or (
-                    name == "baselines" and combo == BASELINES
-                ):
-                    continue  # itself
-                c = compare_over_seeds(frames, "fused", name, n_resamples=n_resamples)
-                entry[f"vs_{name}"] = {
-                    "difference": c["pooled"]["difference"],
-                    "ci": c["pooled"]["difference_ci"],
-                    "per_seed": {p["seed"]: p["difference"] for p in c["per_seed"]},
-                    "verdict": c["verdict"],
+            if slices is not None:
+                frames = _fused_frames(slices, combo, rule, SLICE_KEY)
+                per_seed = {
+                    s: float(auroc(f["slice_label"].to_numpy(int), f["fused"].to_numpy()))
+                    for s, f in frames.items()
+                }
+                entry["slice"] = {
+                    "auroc": per_seed,
+                    "mean": float(np.mean(list(per_seed.values()))),
+                    **_against_references(
+                        frames,
+                        combo,
+                        n_resamples,
+                        key=("subject_id", "slice"),
+                        label="slice_label",
+                        groups="subject_id",
+                    ),
                 }
             out.append(entry)
     return out
@@ -232,16 +305,17 @@ def _name(entry: Mapping) -> str:
     return names[0] if entry["rule"] == "alone" else f"{entry['rule']}({', '.join(names)})"
 
 
-def winners(fused: Sequence[Mapping]) -> list[Mapping]:
+def winners(fused: Sequence[Mapping], level: str = "volume") -> list[Mapping]:
     """The fused scores (two runs or more) whose difference with ``intensity`` and with the baselines fused both
-    hold (every seed above 0, the pooled CI above 0)."""
-    return [
-        e
-        for e in fused
-        if e["rule"] != "alone"
-        and e.get("vs_intensity", {}).get("verdict") == "holds"
-        and e.get("vs_baselines", {}).get("verdict") == "holds"
-    ]
+    hold (every seed above 0, the pooled CI above 0), at the ``"volume"`` or ``"slice"`` level."""
+    out = []
+    for e in fused:
+        measures = e if level == "volume" else e.get(level, {})
+        if e["rule"] != "alone" and all(
+            measures.get(f"vs_{name}", {}).get("verdict") == "holds" for name in ("intensity", "baselines")
+        ):
+            out.append(e)
+    return out
 
 
 def to_markdown(result: Mapping) -> str:
@@ -293,6 +367,39 @@ def to_markdown(result: Mapping) -> str:
             ]
         )
     lines += [markdown_table(header, rows), ""]
+    with_slices = [e for e in result["fused"] if "slice" in e]
+    if with_slices:
+        slice_cols = result.get("slice_columns", {})
+        lines += [
+            "Slices: the runs' slice scores (robust z-scores per slice position against the healthy validation "
+            "scans, as `score` writes them) fused the same way, on the counted slices of the test scans; each run's "
+            "best slice column at the demo's seed: "
+            + ", ".join(f"{NAMES.get(r, r)} `{c}`" for r, c in slice_cols.items())
+            + ". The CIs resample whole scans.",
+            "",
+            markdown_table(
+                [
+                    "score",
+                    "slice AUROC, mean (per seed)",
+                    "− `intensity` [95 % CI]",
+                    "− baselines fused [95 % CI]",
+                ],
+                [
+                    [
+                        _name(e),
+                        f"{_f(e['slice']['mean'])} ({', '.join(_f(e['slice']['auroc'][s]) for s in seeds)})",
+                        *[
+                            "–"
+                            if (v := e["slice"].get(f"vs_{name}")) is None
+                            else _diff(v) + (" **holds**" if v["verdict"] == "holds" else "")
+                            for name in ("intensity", "baselines")
+                        ],
+                    ]
+                    for e in with_slices
+                ],
+            ),
+            "",
+        ]
     lines += [
         "Each run's z-score on the test scans, mean over seeds: the healthy scans' 90th percentile and maximum, and "
         "the share of the anomalous scans within and beyond the healthy range above that 90th percentile.",
@@ -323,7 +430,12 @@ def to_markdown(result: Mapping) -> str:
         f"Highest mean over seeds of a fused score: {_name(best)}, {_f(best['mean'])} "
         f"(− `intensity` {_diff(best.get('vs_intensity'))}, − baselines fused {_diff(best.get('vs_baselines'))}). "
         "Fused scores that beat both `intensity` and the baselines fused at every seed with a CI above 0: "
-        f"{', '.join(_name(e) for e in winners(result['fused'])) or 'none'}.",
+        f"{', '.join(_name(e) for e in winners(result['fused'])) or 'none'}"
+        + (
+            f"; on slices: {', '.join(_name(e) for e in winners(result['fused'], 'slice')) or 'none'}."
+            if with_slices
+            else "."
+        ),
         "",
     ]
     return "\n".join(lines + reading_lines(result))
@@ -338,13 +450,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = demo_seeds(args)
     tables, columns = standardised_tables(demo, seeds)
     _, scans = counted_test_classes(demo, demo_config(demo))
-    fused = fused_measures(tables, scans, combinations((*LEARNED, *BASELINES)), args.bootstrap)
+    slices, slice_columns = slice_tables(demo, seeds)
+    fused = fused_measures(tables, scans, combinations((*LEARNED, *BASELINES)), args.bootstrap, slices)
     validation = load_seed_tables(demo, [0], ["intensity"], section="validation")[0]["intensity"]["volume"]
     first = tables[seeds[0]]
     result = {
         "meta": run_meta("score_fusion.py", argv, load_start, t0, demo=str(args.demo)),
         "seeds": seeds,
         "columns": columns,
+        "slice_columns": slice_columns,
         "n_test": int(len(first)),
         "n_anomalous": int(first["label"].sum()),
         "n_validation": int((validation["label"] == 0).sum()),

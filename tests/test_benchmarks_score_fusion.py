@@ -173,3 +173,68 @@ def test_standardised_tables_use_validation_scans(sf, monkeypatch, tmp_path):
     monkeypatch.setattr(sf, "load_seed_tables", partial_load)
     with pytest.raises(SystemExit, match="seed 1: glow2d-ratio, seed 1: deep-sad-2d"):
         sf.standardised_tables(tmp_path, [0, 1])
+
+
+def _slices() -> dict[int, pd.DataFrame]:
+    """Two scans of 3 slices each; the lesion slices are scan t1's 1 and 2. ``a`` finds slice 1, ``b`` slice 2."""
+    return {
+        0: pd.DataFrame(
+            {
+                "subject_id": ["t0", "t0", "t0", "t1", "t1", "t1"],
+                "slice": [0, 1, 2, 0, 1, 2],
+                "slice_label": [0, 0, 0, 0, 1, 1],
+                "a": [0.0, 1.0, 0.5, 0.2, 4.0, 0.1],
+                "b": [0.3, 0.0, 1.0, 0.6, 0.4, 5.0],
+                "intensity": [0.0, 1.0, 0.5, 0.2, 4.0, 0.1],
+                "normative": [0.0, 1.0, 0.5, 0.2, 4.0, 0.1],
+            }
+        )
+    }
+
+
+def test_fused_slices_by_hand(sf):
+    scans = pd.DataFrame({"subject_id": ["s4"], "group": ["ms"], "class": [sf.CLASSES[2]]})
+    out = sf.fused_measures(_tables(), scans, [("a",), ("a", "b")], n_resamples=0, slices=_slices())
+    alone, fused_max, _ = out
+    # a alone: slice 1 above all 4 lesion-free slices, slice 2 (0.1) above only t0's 0.0: (4 + 1) / 8
+    assert alone["slice"]["auroc"][0] == pytest.approx(5 / 8)
+    # max(a, b): lesion-free 0.3, 1.0, 1.0, 0.6; lesion 4.0, 5.0: perfect
+    assert fused_max["slice"]["auroc"][0] == pytest.approx(1.0)
+    # intensity = normative = a here: the baselines fused equal a, so the pair beats both by 3/8
+    assert fused_max["slice"]["vs_intensity"]["difference"] == pytest.approx(3 / 8)
+    assert fused_max["slice"]["vs_baselines"]["difference"] == pytest.approx(3 / 8)
+    assert [e["rule"] for e in sf.winners(out, "slice")] == ["max", "mean"]
+
+
+def test_slice_tables_pick_seed0_columns(sf, monkeypatch, tmp_path):
+    def slice_table(seed: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "subject_id": ["t0", "t0", "t1", "t1"],
+                "slice": [0, 1, 0, 1],
+                "slice_label": [0, 0, 0, 1],
+                "good": [0.0, 0.1, 0.2, 1.0 + seed],  # ranks the lesion slice first
+                "bad": [1.0, 0.1, 0.2, 0.0],
+            }
+        )
+
+    def fake_load(demo, seeds, runs, section="test"):
+        return {
+            s: {r: {"slice": slice_table(s), "slice_columns": ["bad", "good"]} for r in runs} for s in seeds
+        }
+
+    monkeypatch.setattr(sf, "load_seed_tables", fake_load)
+    tables, columns = sf.slice_tables(tmp_path, [0, 2])
+    assert set(columns.values()) == {"good"}
+    assert list(tables[2]["latent-norm-ae-2d"]) == [0.0, 0.1, 0.2, 3.0]  # seed 2's own scores
+    assert list(tables[2]["intensity"]) == [0.0, 0.1, 0.2, 1.0]  # the demo's baseline at every seed
+
+    def uneven_load(demo, seeds, runs, section="test"):
+        out = fake_load(demo, seeds, runs, section)
+        if "normative" in runs:
+            out[0]["normative"]["slice"] = slice_table(0).iloc[1:]
+        return out
+
+    monkeypatch.setattr(sf, "load_seed_tables", uneven_load)
+    with pytest.raises(RuntimeError, match="normative's counted test slices differ"):
+        sf.slice_tables(tmp_path, [0])

@@ -34,6 +34,7 @@ Writes ``docs/benchmarks/score_fusion.md`` and ``.json`` with the command, machi
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 import time
@@ -57,7 +58,8 @@ from _common import (  # noqa: E402
 )
 from ceilings import CLASSES, counted_test_classes, demo_config, volume_class_aurocs  # noqa: E402
 from denoising_ae import KIND_NAMES, KINDS, kind_aurocs  # noqa: E402
-from detection import best_column_over_seeds, compare_over_seeds, load_seed_tables  # noqa: E402
+from detection import best_column_over_seeds, compare_over_seeds, load_seed_tables, seed_folder  # noqa: E402
+from real_data import FLAIR_CASES, real_cases, score_run, slice_auroc_within  # noqa: E402
 
 LEARNED = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d", "latent-norm-ae-2d")
 BASELINES = ("intensity", "normative")
@@ -208,6 +210,55 @@ def slice_tables(demo: Path, seeds: Sequence[int]) -> tuple[dict[int, pd.DataFra
     return out, columns
 
 
+def _fingerprint(score_dir: Path) -> str | None:
+    meta = score_dir / "score_meta.json"
+    return json.loads(meta.read_text()).get("run_fingerprint") if meta.is_file() else None
+
+
+def real_slice_tables(
+    demo: Path, seeds: Sequence[int], columns: Mapping[str, str], real: Path, work: Path, max_voxels: int
+) -> dict[int, pd.DataFrame]:
+    """``{seed: counted slices of the real FLAIR cases}`` (``subject_id``, ``slice``, ``slice_label``, a column
+    per run: its slice column ``columns[run]``), each run's scores read from ``work`` in ``real_data.py --out``'s
+    layout (``scores/<run>``, ``seeds/<s>/<run>``) where they are of the same trained run as the demo's own scores
+    (``run_fingerprint``), else scored there first (:func:`real_data.score_run`)."""
+    cases = [c for c in real_cases(real) if c["subject_id"] in FLAIR_CASES]
+    datalist = work / "score_fusion_datalist.json"  # written when a run is scored here, beside real_data.py's
+    out = {}
+    for s in seeds:
+        frame = None
+        for r in (*LEARNED, *BASELINES):
+            seeded = s != 0 and r in LEARNED
+            folder = work / "seeds" / str(s) / r if seeded else work / "scores" / r
+            demo_scores = seed_folder(demo, s if seeded else 0) / "scores" / r
+            if _fingerprint(folder) is None or _fingerprint(folder) != _fingerprint(demo_scores):
+                work.mkdir(parents=True, exist_ok=True)
+                datalist.write_text(json.dumps({"test": cases}, indent=2))
+                score_run(demo_scores.parent.parent / "runs" / r, cases, datalist, folder, max_voxels)
+            t = pd.read_csv(folder / "slice_scores.csv", dtype={"subject_id": str})
+            t = t[(t["counted"] == 1) & t["slice_label"].isin([0, 1]) & t["subject_id"].isin(FLAIR_CASES)]
+            part = t[[*SLICE_KEY, columns[r]]].rename(columns={columns[r]: r})
+            frame = part if frame is None else frame.merge(part, on=list(SLICE_KEY))
+        out[s] = frame
+    return out
+
+
+def real_fused(real: Mapping[int, pd.DataFrame], combos: Sequence[tuple[str, ...]]) -> list[dict]:
+    """Per combination and rule, ``{"runs", "rule", "cases": {case: [slice AUROC inside the scan, per seed]}}``
+    (:func:`real_data.slice_auroc_within`)."""
+    out = []
+    for combo in combos:
+        for rule in RULES if len(combo) > 1 else ("alone",):
+            cases: dict[str, list[float | None]] = {}
+            for t in real.values():
+                fused = t[combo[0]] if len(combo) == 1 else fuse([t[r] for r in combo], rule)
+                frame = t[list(SLICE_KEY)].assign(fused=fused)
+                for case, part in frame.groupby("subject_id"):
+                    cases.setdefault(str(case), []).append(slice_auroc_within(part, "fused")[0])
+            out.append({"runs": list(combo), "rule": rule, "cases": cases})
+    return out
+
+
 def fused_measures(
     tables: Mapping[int, pd.DataFrame],
     scans: pd.DataFrame,
@@ -298,6 +349,13 @@ def _diff(entry: Mapping | None) -> str:
     ci = entry.get("ci")
     tail = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
     return f"{entry['difference']:+.3f}{tail}"
+
+
+def _spread(values: Sequence[float | None]) -> str:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return "–"
+    return f"{np.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})" if len(v) > 1 else f"{v[0]:.3f}"
 
 
 def _name(entry: Mapping) -> str:
@@ -425,6 +483,21 @@ def to_markdown(result: Mapping) -> str:
         ),
         "",
     ]
+    if result.get("real"):
+        lines += [
+            "Real FLAIR cases (`real_data.py`'s cases, never used for training or choosing): the same slice "
+            "columns scored on each case, fused the same way; slice AUROC inside each scan (its lesion slices "
+            "against its lesion-free counted slices), mean over seeds (lowest–highest).",
+            "",
+            markdown_table(
+                ["score", *FLAIR_CASES],
+                [
+                    [_name(e), *[_spread(e["cases"].get(case, [])) for case in FLAIR_CASES]]
+                    for e in result["real"]["fused"]
+                ],
+            ),
+            "",
+        ]
     best = max((e for e in result["fused"] if e["rule"] != "alone"), key=lambda e: e["mean"])
     lines += [
         f"Highest mean over seeds of a fused score: {_name(best)}, {_f(best['mean'])} "
@@ -442,8 +515,18 @@ def to_markdown(result: Mapping) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = demo_benchmark_parser(__doc__, seeds=True)
+    p = demo_benchmark_parser(__doc__, seeds=True, real_flag="--real")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of each CI")
+    p.add_argument(
+        "--real-out",
+        type=Path,
+        default=None,
+        help="the real cases' score folders (real_data.py --out's layout; default DEMO/score_fusion_real); "
+        "a run's folder of another model is scored anew",
+    )
+    p.add_argument(
+        "--max-voxels", type=int, default=500_000, help="brain voxels per real case for voxel metrics"
+    )
     args = p.parse_args(argv)
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()
@@ -451,7 +534,13 @@ def main(argv: list[str] | None = None) -> int:
     tables, columns = standardised_tables(demo, seeds)
     _, scans = counted_test_classes(demo, demo_config(demo))
     slices, slice_columns = slice_tables(demo, seeds)
-    fused = fused_measures(tables, scans, combinations((*LEARNED, *BASELINES)), args.bootstrap, slices)
+    combos = combinations((*LEARNED, *BASELINES))
+    fused = fused_measures(tables, scans, combos, args.bootstrap, slices)
+    real = None
+    if args.real.is_dir():
+        work = (args.real_out or demo / "score_fusion_real").resolve()
+        real_tables = real_slice_tables(demo, seeds, slice_columns, args.real, work, args.max_voxels)
+        real = {"folder": str(work), "fused": real_fused(real_tables, combos)}
     validation = load_seed_tables(demo, [0], ["intensity"], section="validation")[0]["intensity"]["volume"]
     first = tables[seeds[0]]
     result = {
@@ -464,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_validation": int((validation["label"] == 0).sum()),
         "fused": fused,
         "z": z_summary(tables, scans, (*LEARNED, *BASELINES)),
+        "real": real,
         "reading": args.reading.read_text().strip() if args.reading else "",
     }
     write_doc(args.docs, "score_fusion", to_markdown(result), result)

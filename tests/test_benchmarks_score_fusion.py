@@ -238,3 +238,68 @@ def test_slice_tables_pick_seed0_columns(sf, monkeypatch, tmp_path):
     monkeypatch.setattr(sf, "load_seed_tables", uneven_load)
     with pytest.raises(RuntimeError, match="normative's counted test slices differ"):
         sf.slice_tables(tmp_path, [0])
+
+
+def test_real_fused_inside_each_scan(sf):
+    t = pd.DataFrame(
+        {
+            "subject_id": ["ms", "ms", "ms", "br", "br", "br"],
+            "slice": [0, 1, 2, 0, 1, 2],
+            "slice_label": [0, 1, 0, 0, 1, 1],
+            "a": [0.0, 2.0, 1.0, 3.0, 1.0, 0.0],
+            "b": [1.0, 0.0, 0.5, 0.0, 1.0, 2.0],
+        }
+    )
+    alone, fused_max, fused_mean = sf.real_fused({0: t, 1: t.assign(a=t["b"])}, [("a",), ("a", "b")])
+    # each scan on its own: ms's lesion slice 1 above both others under a (1.0), below both under b (0.0);
+    # br's lesion slices below its lesion-free one under a (0.0), above it under b (1.0)
+    assert alone["cases"] == {"br": [0.0, 1.0], "ms": [1.0, 0.0]}
+    # max(a, b) at seed 0: ms 2.0 vs 1.0, 1.0; br 1.0 and 2.0 vs 3.0: 0.0
+    assert fused_max["cases"]["ms"][0] == pytest.approx(1.0) and fused_max["cases"]["br"][0] == 0.0
+    assert fused_mean["cases"]["ms"][0] == pytest.approx(1.0)  # 1.0 vs 0.5, 0.75
+    assert sf._spread([0.5, 1.0, None]) == "0.750 (0.500–1.000)" and sf._spread([]) == "–"
+
+
+def test_real_slice_tables_reuse_or_score(sf, monkeypatch, tmp_path):
+    """A real score folder of the demo's trained run is read; one of another model (or none) is scored anew."""
+    import json
+
+    demo, work = tmp_path / "demo", tmp_path / "real"
+    runs = (*sf.LEARNED, *sf.BASELINES)
+    for r in runs:
+        (demo / "scores" / r).mkdir(parents=True)
+        (demo / "scores" / r / "score_meta.json").write_text(json.dumps({"run_fingerprint": f"fp-{r}"}))
+    slices = pd.DataFrame(
+        {
+            "subject_id": ["ms-patient07"] * 3 + ["elsewhere"],
+            "slice": [0, 1, 2, 0],
+            "counted": [1, 1, 0, 1],
+            "slice_label": [0, 1, 1, 1],
+            "col": [0.0, 1.0, 2.0, 3.0],
+        }
+    )
+
+    def write(folder, fingerprint):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "score_meta.json").write_text(json.dumps({"run_fingerprint": fingerprint}))
+        slices.to_csv(folder / "slice_scores.csv", index=False)
+
+    for r in runs:
+        write(work / "scores" / r, f"fp-{r}")
+    write(work / "scores" / "normative", "another model")
+    scored = []
+
+    def fake_score_run(run_dir, cases, datalist, folder, max_voxels):
+        scored.append((run_dir, folder))
+        assert [c["subject_id"] for c in json.loads(datalist.read_text())["test"]] == list(sf.FLAIR_CASES)
+        write(folder, "fp-normative")
+
+    monkeypatch.setattr(sf, "score_run", fake_score_run)
+    monkeypatch.setattr(sf, "real_cases", lambda data: [{"subject_id": c} for c in (*sf.FLAIR_CASES, "ixi")])
+    tables = sf.real_slice_tables(demo, [0], {r: "col" for r in runs}, tmp_path / "data", work, 1000)
+    assert scored == [(demo / "runs" / "normative", work / "scores" / "normative")]
+    # counted lesion/lesion-free slices of the FLAIR cases only, a column per run
+    t = tables[0]
+    assert list(t["slice"]) == [0, 1] and list(t["normative"]) == [0.0, 1.0] and set(runs) <= set(t)
+    assert sf.real_slice_tables(demo, [0], {r: "col" for r in runs}, tmp_path, work, 1000)[0].equals(t)
+    assert len(scored) == 1  # now the folder is the demo's run: read, not scored again

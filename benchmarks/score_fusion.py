@@ -1,4 +1,4 @@
-"""Two runs' volume scores fused: does one run make up for another where it fails?
+"""Runs' scores fused: does one run make up for another where it fails?
 
 ``ceilings.md`` reads the demo's misses as runs failing in different places: the autoencoder's residual ranks the
 scans whose lesion leaves the scan's healthy intensity range (0.97) and misses the faint and dark lesions within
@@ -380,7 +380,7 @@ def to_markdown(result: Mapping) -> str:
     seeds = result["seeds"]
     cols = result["columns"]
     lines = [
-        "# Two runs' volume scores fused",
+        "# Runs' scores fused: volumes, slices and the real cases",
         "",
         *meta_lines(result["meta"]),
         f"Demo: `{result['meta']['demo']}`, seeds {', '.join(map(str, seeds))}; {result['n_test']} test scans "

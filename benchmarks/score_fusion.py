@@ -110,22 +110,36 @@ def combinations(runs: Sequence[str]) -> list[tuple[str, ...]]:
     return out
 
 
-def standardised_tables(demo: Path, seeds: Sequence[int]) -> tuple[dict[int, pd.DataFrame], dict[str, str]]:
-    """``({seed: test table}, {run: column})``: per seed the test scans (``subject_id``, ``label``,
-    ``lesion_variant``) with each run's column standardised against that seed's healthy validation scans
-    (:func:`robust_z`), a column named after its run; the baselines' (unseeded) tables are the demo's own.
+def demo_tables(demo: Path, seeds: Sequence[int]) -> dict[str, dict]:
+    """The demo's score tables, read once (:func:`detection.load_seed_tables`): ``test`` and ``validation``
+    ``{seed: {run: tables}}`` of the learned runs, ``baselines`` and ``baselines_validation`` ``{run: tables}`` of
+    the (unseeded) baselines, the demo's own.
 
     Raises:
         SystemExit: a run's scores are missing at some seed (named, all at once)."""
-    runs = (*LEARNED, *BASELINES)
-    test = load_seed_tables(demo, seeds, LEARNED)
-    validation = load_seed_tables(demo, seeds, LEARNED, section="validation")
-    baselines = load_seed_tables(demo, [0], BASELINES, section="test").get(0, {})
-    baselines_val = load_seed_tables(demo, [0], BASELINES, section="validation").get(0, {})
-    missing = [f"seed {s}: {r}" for s in seeds for r in LEARNED if r not in test.get(s, {})]
-    missing += [f"{r} (the demo's)" for r in BASELINES if r not in baselines]
+    out = {
+        "test": load_seed_tables(demo, seeds, LEARNED),
+        "validation": load_seed_tables(demo, seeds, LEARNED, section="validation"),
+        "baselines": load_seed_tables(demo, [0], BASELINES).get(0, {}),
+        "baselines_validation": load_seed_tables(demo, [0], BASELINES, section="validation").get(0, {}),
+    }
+    missing = [f"seed {s}: {r}" for s in seeds for r in LEARNED if r not in out["test"].get(s, {})]
+    missing += [f"{r} (the demo's)" for r in BASELINES if r not in out["baselines"]]
     if missing:
         raise SystemExit(f"{demo}: no scores for " + ", ".join(missing) + " (run detection.py --seeds first)")
+    return out
+
+
+def standardised_tables(
+    loaded: Mapping[str, dict], seeds: Sequence[int]
+) -> tuple[dict[int, pd.DataFrame], dict[str, str]]:
+    """``({seed: test table}, {run: column})``: per seed the test scans (``subject_id``, ``label``,
+    ``lesion_variant``) with each run's column standardised against that seed's healthy validation scans
+    (:func:`robust_z`), a column named after its run; the baselines' (unseeded) tables are the demo's own.
+    ``loaded``: :func:`demo_tables`."""
+    runs = (*LEARNED, *BASELINES)
+    test, validation = loaded["test"], loaded["validation"]
+    baselines, baselines_val = loaded["baselines"], loaded["baselines_validation"]
     best = best_column_over_seeds({0: {**test[0], **baselines}}, n_resamples=0)
     columns = {r: best[r]["column"] for r in runs}
     out = {}
@@ -181,15 +195,17 @@ def _against_references(
     return out
 
 
-def slice_tables(demo: Path, seeds: Sequence[int]) -> tuple[dict[int, pd.DataFrame], dict[str, str]]:
+def slice_tables(
+    loaded: Mapping[str, dict], seeds: Sequence[int]
+) -> tuple[dict[int, pd.DataFrame], dict[str, str]]:
     """``({seed: counted test slices}, {run: slice column})``: per seed ``subject_id``, ``slice``, ``slice_label``
     and each run's best slice column at the demo's seed (a slice profile or a whole-slice score), a column named
     after its run. The slice scores are already robust z-scores per slice position against the healthy validation
-    scans (what ``score`` writes), so they are fused as they are; the baselines' are the demo's own at every seed."""
+    scans (what ``score`` writes), so they are fused as they are; the baselines' are the demo's own at every seed.
+    ``loaded``: :func:`demo_tables`."""
     from mri_anomaly.evaluation.metrics import auroc
 
-    test = load_seed_tables(demo, seeds, LEARNED)
-    baselines = load_seed_tables(demo, [0], BASELINES).get(0, {})
+    test, baselines = loaded["test"], loaded["baselines"]
     first = {**test[0], **baselines}
     columns = {}
     for r, t in first.items():
@@ -531,9 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     load_start, t0 = os.getloadavg()[0], time.time()
     demo = args.demo.resolve()
     seeds = demo_seeds(args)
-    tables, columns = standardised_tables(demo, seeds)
+    loaded = demo_tables(demo, seeds)
+    tables, columns = standardised_tables(loaded, seeds)
     _, scans = counted_test_classes(demo, demo_config(demo))
-    slices, slice_columns = slice_tables(demo, seeds)
+    slices, slice_columns = slice_tables(loaded, seeds)
     combos = combinations((*LEARNED, *BASELINES))
     fused = fused_measures(tables, scans, combos, args.bootstrap, slices)
     real = None
@@ -541,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         work = (args.real_out or demo / "score_fusion_real").resolve()
         real_tables = real_slice_tables(demo, seeds, slice_columns, args.real, work, args.max_voxels)
         real = {"folder": str(work), "fused": real_fused(real_tables, combos)}
-    validation = load_seed_tables(demo, [0], ["intensity"], section="validation")[0]["intensity"]["volume"]
+    validation = loaded["baselines_validation"]["intensity"]["volume"]
     first = tables[seeds[0]]
     result = {
         "meta": run_meta("score_fusion.py", argv, load_start, t0, demo=str(args.demo)),

@@ -153,7 +153,7 @@ def test_standardised_tables_use_validation_scans(sf, monkeypatch, tmp_path):
         }
 
     monkeypatch.setattr(sf, "load_seed_tables", fake_load)
-    tables, columns = sf.standardised_tables(tmp_path, [0, 1])
+    tables, columns = sf.standardised_tables(sf.demo_tables(tmp_path, [0, 1]), [0, 1])
     assert columns == {r: "score" for r in (*sf.LEARNED, *sf.BASELINES)}
     assert sorted(tables) == [0, 1]
     t1 = tables[1].set_index("subject_id")
@@ -172,7 +172,7 @@ def test_standardised_tables_use_validation_scans(sf, monkeypatch, tmp_path):
 
     monkeypatch.setattr(sf, "load_seed_tables", partial_load)
     with pytest.raises(SystemExit, match="seed 1: glow2d-ratio, seed 1: deep-sad-2d"):
-        sf.standardised_tables(tmp_path, [0, 1])
+        sf.demo_tables(tmp_path, [0, 1])
 
 
 def _slices() -> dict[int, pd.DataFrame]:
@@ -224,7 +224,7 @@ def test_slice_tables_pick_seed0_columns(sf, monkeypatch, tmp_path):
         }
 
     monkeypatch.setattr(sf, "load_seed_tables", fake_load)
-    tables, columns = sf.slice_tables(tmp_path, [0, 2])
+    tables, columns = sf.slice_tables(sf.demo_tables(tmp_path, [0, 2]), [0, 2])
     assert set(columns.values()) == {"good"}
     assert list(tables[2]["latent-norm-ae-2d"]) == [0.0, 0.1, 0.2, 3.0]  # seed 2's own scores
     assert list(tables[2]["intensity"]) == [0.0, 0.1, 0.2, 1.0]  # the demo's baseline at every seed
@@ -237,7 +237,7 @@ def test_slice_tables_pick_seed0_columns(sf, monkeypatch, tmp_path):
 
     monkeypatch.setattr(sf, "load_seed_tables", uneven_load)
     with pytest.raises(RuntimeError, match="normative's counted test slices differ"):
-        sf.slice_tables(tmp_path, [0])
+        sf.slice_tables(sf.demo_tables(tmp_path, [0]), [0])
 
 
 def test_real_fused_inside_each_scan(sf):

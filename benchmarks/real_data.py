@@ -317,11 +317,14 @@ def to_markdown(result: dict, cases: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def _spread(values: list) -> str:
-    v = [x for x in values if x is not None]
+def spread(values: Sequence[float | None], digits: int = 2) -> str:
+    """``"mean (lowest–highest)"`` of the finite ``values`` (one value: itself; none: "–")."""
+    v = [x for x in values if x is not None and np.isfinite(x)]
     if not v:
         return "–"
-    return f"{np.mean(v):.2f} ({min(v):.2f}–{max(v):.2f})"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{np.mean(v):.{digits}f} ({min(v):.{digits}f}–{max(v):.{digits}f})"
 
 
 def over_seeds_markdown(result: dict, lesion_cases: list[dict]) -> list[str]:
@@ -351,7 +354,7 @@ def over_seeds_markdown(result: dict, lesion_cases: list[dict]) -> list[str]:
             sid = case["subject_id"]
             lines.append(
                 f"| {sid} | "
-                + " | ".join(_spread(over[r][level].get(sid, {}).get(c, [])) for r, c in cols)
+                + " | ".join(spread(over[r][level].get(sid, {}).get(c, [])) for r, c in cols)
                 + " |"
             )
         lines.append("")

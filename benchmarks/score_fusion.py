@@ -59,7 +59,7 @@ from _common import (  # noqa: E402
 from ceilings import CLASSES, counted_test_classes, demo_config, volume_class_aurocs  # noqa: E402
 from denoising_ae import KIND_NAMES, KINDS, kind_aurocs  # noqa: E402
 from detection import best_column_over_seeds, compare_over_seeds, load_seed_tables, seed_folder  # noqa: E402
-from real_data import FLAIR_CASES, real_cases, score_run, slice_auroc_within  # noqa: E402
+from real_data import FLAIR_CASES, real_cases, score_run, slice_auroc_within, spread  # noqa: E402
 
 LEARNED = ("glow2d-ratio", "glow3d-ratio", "deep-svdd-2d", "deep-sad-2d", "latent-norm-ae-2d")
 BASELINES = ("intensity", "normative")
@@ -367,13 +367,6 @@ def _diff(entry: Mapping | None) -> str:
     return f"{entry['difference']:+.3f}{tail}"
 
 
-def _spread(values: Sequence[float | None]) -> str:
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    if not v:
-        return "–"
-    return f"{np.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})" if len(v) > 1 else f"{v[0]:.3f}"
-
-
 def _name(entry: Mapping) -> str:
     names = [NAMES.get(r, r) for r in entry["runs"]]
     return names[0] if entry["rule"] == "alone" else f"{entry['rule']}({', '.join(names)})"
@@ -508,7 +501,7 @@ def to_markdown(result: Mapping) -> str:
             markdown_table(
                 ["score", *FLAIR_CASES],
                 [
-                    [_name(e), *[_spread(e["cases"].get(case, [])) for case in FLAIR_CASES]]
+                    [_name(e), *[spread(e["cases"].get(case, []), 3) for case in FLAIR_CASES]]
                     for e in result["real"]["fused"]
                 ],
             ),

@@ -257,7 +257,7 @@ def test_real_fused_inside_each_scan(sf):
     # max(a, b) at seed 0: ms 2.0 vs 1.0, 1.0; br 1.0 and 2.0 vs 3.0: 0.0
     assert fused_max["cases"]["ms"][0] == pytest.approx(1.0) and fused_max["cases"]["br"][0] == 0.0
     assert fused_mean["cases"]["ms"][0] == pytest.approx(1.0)  # 1.0 vs 0.5, 0.75
-    assert sf._spread([0.5, 1.0, None]) == "0.750 (0.500–1.000)" and sf._spread([]) == "–"
+    assert sf.spread([0.5, 1.0, None], 3) == "0.750 (0.500–1.000)" and sf.spread([]) == "–"
 
 
 def test_real_slice_tables_reuse_or_score(sf, monkeypatch, tmp_path):

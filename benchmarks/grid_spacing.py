@@ -110,23 +110,14 @@ def make_grid_demo(out: Path, spacing: float, seeds: Sequence[int]) -> Path:
     """The demo cohort (the demo's seed) at ``spacing`` mm in ``out/data``, :func:`grid_runs` trained and scored
     into ``out`` by the demo's pipeline, and the autoencoder again for each of ``seeds`` other than 0
     (``out/seeds/<s>``, one thread each). Resumes what is there; returns ``out``."""
-    from mri_anomaly.data import make_demo_cohort
-    from mri_anomaly.data.demo import default_workers
-    from mri_anomaly.pipeline import STATE_FILE, _State, run_demo, run_seed
+    from mri_anomaly.pipeline import STATE_FILE, run_demo, run_seed
 
     runs = grid_runs(spacing)
-    out.mkdir(parents=True, exist_ok=True)
-    state = _State(out / STATE_FILE)  # the demo's own state file: run_demo then skips its (4 mm) cohort stage
-    if not state.done("data"):
-        t = time.time()
-        make_demo_cohort(out / "data", seed=0, spacing=spacing, workers=default_workers())
-        state.data["settings"] = {"seed": 0, "smoke": False, "runs": [r.name for r in runs]}
-        state.mark("data", time.time() - t, spacing_mm=spacing)
-    elif state.data["data"].get("spacing_mm") != spacing:
-        raise SystemExit(
-            f"{out} holds a cohort at {state.data['data'].get('spacing_mm')} mm, not {spacing} mm"
-        )
-    run_demo(out, runs=runs, n_bootstrap=200, progress=False)
+    state = out / STATE_FILE
+    cohort = (json.loads(state.read_text()).get("data") or {}) if state.is_file() else {}
+    if cohort.get("done") and cohort.get("spacing_mm") != spacing:
+        raise SystemExit(f"{out} holds a cohort at {cohort.get('spacing_mm')} mm, not {spacing} mm")
+    run_demo(out, runs=runs, n_bootstrap=200, progress=False, spacing=spacing)
     for seed in (s for s in seeds if s != 0):
         # two lanes for one run: one process of one thread, as the demo's runs train
         run_seed(out, seed, runs=[runs[0]], progress=False, lanes=2)

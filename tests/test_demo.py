@@ -156,3 +156,57 @@ def test_run_seed_takes_a_run_defined_outside_the_demo(demo_cohort, tmp_path):
     assert (out / "scores" / variant.name / "scores.csv").is_file()
     with pytest.raises(UserInputError, match="unknown demo runs"):
         run_seed(demo, 3, runs=["no-such-run"], progress=False, log=lambda _: None, lanes=1)
+
+
+class _Stop(Exception):
+    """Raised where the demo would train: these tests stop after its cohort stage."""
+
+
+@pytest.fixture
+def cohort_calls(monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``make_demo_cohort`` call of ``run_demo`` (which makes nothing), whose
+    training stage raises :class:`_Stop`."""
+    import mri_anomaly.data
+    from mri_anomaly import pipeline
+
+    made: list[dict] = []
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(mri_anomaly.data, "make_demo_cohort", lambda out, **kwargs: made.append(kwargs))
+    monkeypatch.setattr(pipeline, "_train_and_score", stop)
+    return made
+
+
+def test_run_demo_makes_its_cohort_on_the_grid_asked_and_refuses_another(tmp_path, cohort_calls):
+    from mri_anomaly import pipeline
+    from mri_anomaly.errors import UserInputError
+
+    runs = pipeline.DEMO_RUNS[:1]
+
+    def demo(spacing):
+        pipeline.run_demo(tmp_path, runs=runs, spacing=spacing, progress=False, log=lambda _: None)
+
+    with pytest.raises(_Stop):
+        demo(2.0)
+    assert cohort_calls[0]["spacing"] == 2.0
+    state = json.loads((tmp_path / pipeline.STATE_FILE).read_text())
+    assert state["data"]["spacing_mm"] == 2.0
+    assert state["settings"] == {"seed": 0, "smoke": False, "runs": [runs[0].name], "spacing": 2.0}
+    for other in (4.0, None):  # the 4 mm demo's cohort is not this one
+        with pytest.raises(UserInputError, match="other settings"):
+            demo(other)
+    with pytest.raises(_Stop):  # the same grid resumes: the cohort is not made again
+        demo(2.0)
+    assert len(cohort_calls) == 1
+
+
+def test_run_demo_default_grid_keeps_the_settings_of_demos_made_before(tmp_path, cohort_calls):
+    from mri_anomaly import pipeline
+
+    with pytest.raises(_Stop):
+        pipeline.run_demo(tmp_path, runs=pipeline.DEMO_RUNS[:1], progress=False, log=lambda _: None)
+    state = json.loads((tmp_path / pipeline.STATE_FILE).read_text())
+    assert "spacing" not in cohort_calls[0] and "spacing_mm" not in state["data"]
+    assert set(state["settings"]) == {"seed", "smoke", "runs"}

@@ -338,6 +338,7 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = _say,
     lanes: int | None = None,
+    spacing: float | None = None,
 ) -> Path:
     """Run (or resume) the demo into ``out``; returns the path of ``report.html``.
 
@@ -352,6 +353,9 @@ def run_demo(
         lanes: runs trained and scored side by side, each in its own process on its share of the cores
             (default :func:`default_lanes`: 2 on a CPU with 2 cores or more); 1: one after the other in this
             process, with per-step progress bars.
+        spacing: the cohort's isotropic voxel size in mm (None: the demo's 4 mm); ``runs`` must preprocess onto
+            that grid (``benchmarks/grid_spacing.py`` sets their overrides). Recorded in the settings and with
+            the cohort stage (``spacing_mm``).
 
     Raises:
         FileNotFoundError: a config is missing. ValueError: ``out`` holds a demo made with other settings.
@@ -363,7 +367,9 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = _State(out / STATE_FILE)
-    settings = {"seed": seed, "smoke": smoke, "runs": [r.name for r in runs]}
+    settings: dict[str, Any] = {"seed": seed, "smoke": smoke, "runs": [r.name for r in runs]}
+    if spacing is not None:  # only then: demos made before the option resume with their settings unchanged
+        settings["spacing"] = float(spacing)
     if state.data.get("settings") not in (None, settings):
         raise UserInputError(
             f"{out} holds a demo made with other settings ({state.data['settings']}); use another --out or delete {out / STATE_FILE}"
@@ -377,8 +383,9 @@ def run_demo(
     if stage("data", f"demo cohort -> {data_dir}"):
         t, c = time.time(), _cpu_time()
         kwargs = dict(SMOKE_COHORT) if smoke else {}
-        make_demo_cohort(data_dir, seed=seed, workers=default_workers(), **kwargs)
-        state.mark("data", time.time() - t, c)
+        grid = {} if spacing is None else {"spacing": float(spacing)}
+        make_demo_cohort(data_dir, seed=seed, workers=default_workers(), **kwargs, **grid)
+        state.mark("data", time.time() - t, c, **{f"{k}_mm": v for k, v in grid.items()})
     lanes = default_lanes(device) if lanes is None else int(lanes)
     score_dirs = _train_and_score(out, runs, configs, datalist, state, stage, device, progress, lanes, log)
     report_dir = out / "report"

@@ -383,9 +383,10 @@ def run_demo(
     if stage("data", f"demo cohort -> {data_dir}"):
         t, c = time.time(), _cpu_time()
         kwargs = dict(SMOKE_COHORT) if smoke else {}
-        grid = {} if spacing is None else {"spacing": float(spacing)}
-        make_demo_cohort(data_dir, seed=seed, workers=default_workers(), **kwargs, **grid)
-        state.mark("data", time.time() - t, c, **{f"{k}_mm": v for k, v in grid.items()})
+        if spacing is not None:
+            kwargs["spacing"] = float(spacing)
+        make_demo_cohort(data_dir, seed=seed, workers=default_workers(), **kwargs)
+        state.mark("data", time.time() - t, c, **({} if spacing is None else {"spacing_mm": float(spacing)}))
     lanes = default_lanes(device) if lanes is None else int(lanes)
     score_dirs = _train_and_score(out, runs, configs, datalist, state, stage, device, progress, lanes, log)
     report_dir = out / "report"

@@ -22,13 +22,15 @@ highest slices) is reported per variant: ``--name latent_size`` writes the same 
 size and β (the paper's ranges) as ``docs/benchmarks/latent_size.md``, ``--name slice_context`` for the 2.5D model
 (``slices.context``: each slice with its neighbours as input channels) as ``docs/benchmarks/slice_context.md``,
 ``--name unet_dae`` against a peer, the U-Net denoising autoencoder of Kascenas et al. (``benchmarks/unet_dae.py``:
-``--variant unet=method=unet-dae``) as ``docs/benchmarks/unet_dae.md``.
+``--variant unet=method=unet-dae``) as ``docs/benchmarks/unet_dae.md``, ``--name unet_inpaint`` against a U-Net that
+predicts each cell of the slice from the cells around it without seeing it (``benchmarks/unet_inpaint.py``:
+``--variant inpaint=method=unet-inpaint``) as ``docs/benchmarks/unet_inpaint.md``.
 
 Usage::
 
     python benchmarks/denoising_ae.py --demo demo-out [--variant plain]
         [--variant dae=model.input_noise_std=0.2] [--seeds 0 1 2] [--tolerances 0 4 8] [--out DIR]
-        [--name denoising_ae|latent_size|slice_context|unet_dae]
+        [--name denoising_ae|latent_size|slice_context|unet_dae|unet_inpaint]
 
 Writes ``docs/benchmarks/<name>.md`` and ``.json`` with the command, machine, load and date.
 """
@@ -48,6 +50,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unet_dae  # noqa: E402, F401  (registers the peer method ``unet-dae`` for --variant ...;method=unet-dae)
+import unet_inpaint  # noqa: E402, F401  (registers the peer method ``unet-inpaint``)
 from _common import demo_benchmark_parser, markdown_table, meta_lines, reading_lines, run_meta, write_doc  # noqa: E402
 from ceilings import CLASSES, class_aurocs, counted_test_classes, demo_config, volume_class_aurocs  # noqa: E402
 from detection import score_dir_tables  # noqa: E402
@@ -74,6 +77,7 @@ TITLES = {
     "latent_size": "The latent-norm autoencoder's code size and β, in the paper's ranges, against the shipped ones",
     "slice_context": "The latent-norm autoencoder given its neighbouring slices (2.5D) against the plain 2D one",
     "unet_dae": "The latent-norm autoencoder against a peer: the U-Net denoising autoencoder of Kascenas et al.",
+    "unet_inpaint": "The latent-norm autoencoder against a U-Net that inpaints each cell from its surroundings",
 }
 
 

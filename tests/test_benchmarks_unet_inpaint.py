@@ -78,7 +78,7 @@ def test_a_voxels_reconstruction_does_not_depend_on_its_own_cell(unet_inpaint):
     changed = x.clone()
     changed[:, :, 16:20, 24:28] += 0.5  # one whole 4-voxel cell (row 4, column 6)
     with torch.no_grad():
-        before, after = method.reconstruct(x), method.reconstruct(changed)
+        before, after = method.reconstruct(x)[0], method.reconstruct(changed)[0]
     assert torch.equal(before[:, :, 16:20, 24:28], after[:, :, 16:20, 24:28])
     # the cell is context for the cells around it, so their reconstruction moves
     assert (before[:, :, 12:24, 20:32] - after[:, :, 12:24, 20:32]).abs().max() > 1e-4
@@ -106,7 +106,8 @@ def test_map_and_score_are_the_latent_norm_formulas_on_the_inpainted_slice(unet_
     x = _slices()
     out = method.score({"image": x})
     with torch.no_grad():
-        x_hat = method.reconstruct(x)
+        x_hat, code = method.reconstruct(x)
+    assert code.shape == (2, 0)
     assert torch.allclose(out.maps["residual"], signed_residual(x, x_hat, "positive", (2, 2)))
     brain = brain_mask(x).to(x.dtype)
     assert torch.allclose(out.scores["latent_norm"], ((x - x_hat) * brain).flatten(1).norm(dim=1), rtol=1e-5)

@@ -191,6 +191,10 @@ class LatentNormMethod(AnomalyMethod):
         noise = coarse_noise(x.shape, self.input_noise_cells, self.input_noise_std, x.dtype, x.device)
         return x + noise * brain_mask(x).to(x.dtype)
 
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x̂ (N, C, *spatial) of the network input ``x`` and its code z (N, latent_dim): what scoring compares."""
+        return self.net(x)
+
     @torch.no_grad()
     def score(self, batch: Batch) -> BatchScores:
         """``latent_norm`` (N,) and the map ``residual`` (N, 1, *spatial), of the centre slice with ``slice_context``."""
@@ -198,7 +202,7 @@ class LatentNormMethod(AnomalyMethod):
         was_training = self.net.training
         self.net.eval()
         try:
-            x_hat, z = self.net(x)
+            x_hat, z = self.reconstruct(x)
         finally:
             self.net.train(was_training)
         brain = brain_mask(target).to(x.dtype)

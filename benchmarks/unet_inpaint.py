@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from mri_anomaly.scoring.brain import brain_mask
-from mri_anomaly.training.methods.base import Batch, batch_images, register_method
+from mri_anomaly.training.methods.base import Batch, register_method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -123,11 +123,6 @@ class InpaintingUNetMethod(UNetDenoisingMethod):
         self.net = DenoisingUNet(
             2, in_channels + 1, in_channels, tuple(int(c) for c in unet_channels), int(num_res_units)
         )
-
-    def _images(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The slices (N, C, H, W), input and target alike (the mask channel is added per pass)."""
-        x = batch_images(batch, 2, self.in_channels, next(self.net.parameters()).device)
-        return x, x
 
     def masked_input(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x`` (N, C, H, W) with the ``mask`` (N, 1, H, W) cells set to 0, and the mask as one more channel."""

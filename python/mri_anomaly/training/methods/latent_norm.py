@@ -160,11 +160,11 @@ class LatentNormMethod(AnomalyMethod):
         )
 
     def _images(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network input (N, C·(2r+1), *spatial) and its centre slice (N, C, *spatial), the target."""
+        """The batch's slices with their neighbours (N, C·(2r+1), *spatial) and the centre slice (N, C, *spatial),
+        the target."""
+        channels = self.in_channels * (2 * self.slice_context + 1)
         try:
-            x = batch_images(
-                batch, self.spatial_dims, self.net.in_channels, next(self.net.parameters()).device
-            )
+            x = batch_images(batch, self.spatial_dims, channels, next(self.net.parameters()).device)
         except ValueError as err:
             if not self.slice_context:
                 raise
